@@ -1,0 +1,164 @@
+//! Destination names and what kind of delivery each one gets.
+//!
+//! `/topic/<name>` broadcasts, `/queue/<name>` has competing consumers, and `/user/...` follows
+//! Spring's convention: a client SUBSCRIBEs to `/user/<path>` and receives what anyone SENDs to
+//! `/user/<its user name>/<path>`. Inside the node both become the user-qualified form
+//! `/user/<name>/<path>`, which is delivered like a topic to every session of that user.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The longest destination accepted, in bytes.
+pub const MAX_DESTINATION_LEN: usize = 1024;
+
+/// How a destination delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Topic,
+    Queue,
+    User,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Topic, Kind::Queue, Kind::User];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Topic => "topic",
+            Kind::Queue => "queue",
+            Kind::User => "user",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a destination was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("unknown destination {0:?}: destinations start with /topic/, /queue/ or /user/")]
+    Unknown(String),
+    #[error("invalid destination {0:?}: {1}")]
+    Invalid(String, &'static str),
+    #[error("user destinations need a login: connect with a login to use {0:?}")]
+    NoUser(String),
+}
+
+/// A destination resolved for routing: its kind and the name the engine uses for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub kind: Kind,
+    /// `/topic/a`, `/queue/b`, or the user-qualified `/user/<name>/<path>`.
+    pub name: String,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+fn check(dest: &str) -> Result<(), DestinationError> {
+    if dest.len() > MAX_DESTINATION_LEN {
+        return Err(DestinationError::Invalid(truncate(dest), "longer than 1024 bytes"));
+    }
+    if dest.chars().any(char::is_control) {
+        return Err(DestinationError::Invalid(truncate(dest), "contains control characters"));
+    }
+    Ok(())
+}
+
+fn truncate(dest: &str) -> String {
+    dest.chars().take(64).collect()
+}
+
+fn non_empty_tail<'a>(dest: &'a str, prefix: &str) -> Result<Option<&'a str>, DestinationError> {
+    match dest.strip_prefix(prefix) {
+        Some("") => Err(DestinationError::Invalid(truncate(dest), "the name is empty")),
+        Some(tail) => Ok(Some(tail)),
+        None => Ok(None),
+    }
+}
+
+/// Resolves the destination of a SEND (or an admin publish). `/user/<name>/<path>` names the
+/// receiving user.
+pub fn for_send(dest: &str) -> Result<Route, DestinationError> {
+    check(dest)?;
+    if non_empty_tail(dest, "/topic/")?.is_some() {
+        return Ok(Route { kind: Kind::Topic, name: dest.to_owned() });
+    }
+    if non_empty_tail(dest, "/queue/")?.is_some() {
+        return Ok(Route { kind: Kind::Queue, name: dest.to_owned() });
+    }
+    if let Some(tail) = non_empty_tail(dest, "/user/")? {
+        match tail.split_once('/') {
+            Some((user, path)) if !user.is_empty() && !path.is_empty() => {
+                return Ok(Route { kind: Kind::User, name: dest.to_owned() })
+            }
+            _ => {
+                return Err(DestinationError::Invalid(truncate(dest), "expected /user/<name>/<destination>"))
+            }
+        }
+    }
+    Err(DestinationError::Unknown(truncate(dest)))
+}
+
+/// Resolves the destination of a SUBSCRIBE by the session of `user`. `/user/<path>` becomes
+/// `/user/<user>/<path>`.
+pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Route, DestinationError> {
+    check(dest)?;
+    if let Some(path) = non_empty_tail(dest, "/user/")? {
+        let Some(user) = user else {
+            return Err(DestinationError::NoUser(truncate(dest)));
+        };
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            return Err(DestinationError::Invalid(truncate(dest), "the name is empty"));
+        }
+        return Ok(Route { kind: Kind::User, name: format!("/user/{user}/{path}") });
+    }
+    for_send(dest)
+}
+
+/// The destination header a subscriber sees for a message published to `name`: user
+/// destinations show the `/user/<path>` form the client subscribed to (as Spring does).
+pub fn as_seen_by_subscriber(name: &str) -> Cow<'_, str> {
+    if let Some((_, path)) = name.strip_prefix("/user/").and_then(|tail| tail.split_once('/')) {
+        return Cow::Owned(format!("/user/{path}"));
+    }
+    Cow::Borrowed(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_resolve_by_prefix() {
+        assert_eq!(for_send("/topic/a").unwrap().kind, Kind::Topic);
+        assert_eq!(for_send("/queue/a.b").unwrap().kind, Kind::Queue);
+        let user = for_send("/user/ann/queue/x").unwrap();
+        assert_eq!((user.kind, user.name.as_str()), (Kind::User, "/user/ann/queue/x"));
+        assert!(matches!(for_send("/exchange/x"), Err(DestinationError::Unknown(_))));
+        assert!(matches!(for_send("/topic/"), Err(DestinationError::Invalid(..))));
+        assert!(matches!(for_send("/user/ann"), Err(DestinationError::Invalid(..))));
+        assert!(matches!(for_send("/topic/a\u{1}"), Err(DestinationError::Invalid(..))));
+        assert!(for_send(&format!("/topic/{}", "x".repeat(2000))).is_err());
+    }
+
+    #[test]
+    fn user_subscriptions_are_qualified_by_the_session_user() {
+        let route = for_subscribe("/user/queue/x", Some("ann")).unwrap();
+        assert_eq!(route.name, "/user/ann/queue/x");
+        assert!(matches!(for_subscribe("/user/queue/x", None), Err(DestinationError::NoUser(_))));
+        assert_eq!(for_subscribe("/topic/t", None).unwrap().kind, Kind::Topic);
+    }
+
+    #[test]
+    fn subscribers_see_the_unqualified_user_destination() {
+        assert_eq!(as_seen_by_subscriber("/user/ann/queue/x"), "/user/queue/x");
+        assert_eq!(as_seen_by_subscriber("/topic/a"), "/topic/a");
+    }
+}

@@ -1,0 +1,228 @@
+//! The embedded in-memory engine: one node, no Redis.
+//!
+//! Topics are delivered straight to the node's inbox. History topics keep a bounded, optionally
+//! expiring log per destination, with offsets from 1 upwards. Queues are FIFO lists with an
+//! in-flight table: fetched entries wait there until acknowledged or released.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, EntryId, History, Inbox, Message, Pending, QueueEntry};
+use crate::metrics::Metrics;
+
+/// The in-memory engine. Cheap to share behind an `Arc`; every lock is held for a few lines.
+pub struct MemoryEngine {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    inbox: OnceLock<Weak<dyn Inbox>>,
+    logs: Mutex<HashMap<Arc<str>, TopicLog>>,
+    queues: Mutex<HashMap<Arc<str>, MemQueue>>,
+}
+
+/// The retained messages of one history topic.
+struct TopicLog {
+    last_offset: u64,
+    /// (time appended, message), oldest first; bounded by the rule's size.
+    entries: VecDeque<(Instant, Arc<Message>)>,
+}
+
+#[derive(Default)]
+struct MemQueue {
+    next_id: u64,
+    ready: VecDeque<Stored>,
+    in_flight: HashMap<EntryId, Stored>,
+}
+
+struct Stored {
+    id: EntryId,
+    message: Arc<Message>,
+    /// Times a client has seen it.
+    deliveries: u32,
+}
+
+impl MemoryEngine {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> MemoryEngine {
+        MemoryEngine {
+            config,
+            metrics,
+            inbox: OnceLock::new(),
+            logs: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn inbox(&self) -> Option<Arc<dyn Inbox>> {
+        self.inbox.get().and_then(Weak::upgrade)
+    }
+
+    /// Appends to a queue's ready list, dropping the oldest entry past the configured bound.
+    fn push_ready(&self, queue: &Arc<str>, message: Arc<Message>, deliveries: u32) {
+        let max = self.config.queues.max_length;
+        let mut dropped = 0;
+        {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let q = queues.entry(queue.clone()).or_default();
+            q.next_id += 1;
+            let id: EntryId = q.next_id.to_string().into();
+            q.ready.push_back(Stored { id, message, deliveries });
+            while q.ready.len() > max {
+                q.ready.pop_front();
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.metrics.dropped("queue_full", dropped);
+        }
+        if let Some(inbox) = self.inbox() {
+            inbox.queue_ready(queue);
+        }
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn attach(&self, inbox: Weak<dyn Inbox>) {
+        let _ = self.inbox.set(inbox);
+    }
+
+    fn watch(&self, _destination: &str) -> Pending {
+        // Every publish reaches the hub, which knows its local subscribers.
+        Pending::ready(Ok(()))
+    }
+
+    fn unwatch(&self, _destination: &str) {}
+
+    async fn publish(&self, mut message: Message) -> Result<Option<u64>, EngineError> {
+        let Some(inbox) = self.inbox() else {
+            return Err(EngineError::Closed);
+        };
+        let Some(rule) = self.config.history_for(&message.destination) else {
+            inbox.deliver(Arc::new(message));
+            return Ok(None);
+        };
+        // History topic: the offset is assigned and the message delivered under the log's lock,
+        // so subscribers see offsets in increasing order.
+        let mut logs = self.logs.lock().expect("logs lock");
+        let log = logs
+            .entry(message.destination.clone())
+            .or_insert_with(|| TopicLog { last_offset: 0, entries: VecDeque::new() });
+        log.last_offset += 1;
+        let offset = log.last_offset;
+        message.offset = Some(offset);
+        let message = Arc::new(message);
+        log.entries.push_back((Instant::now(), message.clone()));
+        while log.entries.len() > rule.size {
+            log.entries.pop_front();
+        }
+        inbox.deliver(message);
+        Ok(Some(offset))
+    }
+
+    async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
+        let Some(rule) = self.config.history_for(destination) else {
+            return Ok(History { messages: Vec::new(), complete: false });
+        };
+        let mut logs = self.logs.lock().expect("logs lock");
+        let Some(log) = logs.get_mut(destination) else {
+            // Nothing was ever published here: nothing was missed unless the client claims
+            // to have seen offsets that never existed.
+            return Ok(History { messages: Vec::new(), complete: since == 0 });
+        };
+        if let Some(ttl) = rule.ttl {
+            let now = Instant::now();
+            while log.entries.front().is_some_and(|(at, _)| now.duration_since(*at) > ttl) {
+                log.entries.pop_front();
+            }
+        }
+        let first_retained = log.entries.front().and_then(|(_, m)| m.offset).unwrap_or(log.last_offset + 1);
+        let complete = since + 1 >= first_retained && since <= log.last_offset;
+        let messages = log
+            .entries
+            .iter()
+            .filter(|(_, m)| m.offset.is_some_and(|o| o > since))
+            .map(|(_, m)| m.clone())
+            .collect();
+        Ok(History { messages, complete })
+    }
+
+    async fn enqueue(&self, message: Message) -> Result<(), EngineError> {
+        let queue = message.destination.clone();
+        self.push_ready(&queue, Arc::new(message), 0);
+        Ok(())
+    }
+
+    async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        let Some(q) = queues.get_mut(queue) else {
+            return Ok(Vec::new());
+        };
+        let n = max.min(q.ready.len());
+        let mut out = Vec::with_capacity(n);
+        for mut stored in q.ready.drain(..n) {
+            out.push(QueueEntry {
+                id: stored.id.clone(),
+                message: stored.message.clone(),
+                redeliveries: stored.deliveries,
+            });
+            stored.deliveries += 1;
+            q.in_flight.insert(stored.id.clone(), stored);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        if let Some(q) = queues.get_mut(queue) {
+            for id in ids {
+                q.in_flight.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
+        let max_deliveries = self.config.queues.max_deliveries;
+        let mut dead = Vec::new();
+        {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let Some(q) = queues.get_mut(queue) else {
+                return Ok(());
+            };
+            // Back to the head, in their original order.
+            for id in ids.iter().rev() {
+                let Some(mut stored) = q.in_flight.remove(id) else {
+                    continue;
+                };
+                if !delivered {
+                    stored.deliveries = stored.deliveries.saturating_sub(1);
+                }
+                if max_deliveries > 0 && stored.deliveries >= max_deliveries {
+                    dead.push(stored.message);
+                } else {
+                    q.ready.push_front(stored);
+                }
+            }
+        }
+        for message in dead.into_iter().rev() {
+            let dlq: Arc<str> = format!("{queue}.dlq").into();
+            let mut moved = Message::clone(&message);
+            moved.destination = dlq.clone();
+            self.push_ready(&dlq, Arc::new(moved), 0);
+            self.metrics.dropped("dead_lettered", 1);
+        }
+        if let Some(inbox) = self.inbox() {
+            inbox.queue_ready(queue);
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn queue_depths(&self) -> Vec<(String, u64)> {
+        let queues = self.queues.lock().expect("queues lock");
+        queues.iter().map(|(name, q)| (name.to_string(), q.ready.len() as u64)).collect()
+    }
+}

@@ -1,0 +1,191 @@
+//! The engine: the one seam between "one node" and "a cluster".
+//!
+//! Everything above this module (sessions, the hub) talks to an [`Engine`] and never knows which
+//! one runs. The engine knows destinations and bytes, never STOMP frames: it moves [`Message`]s
+//! from publishers to the nodes that watch a destination, keeps history for history topics, and
+//! holds queues from which nodes fetch entries as their subscribers have credit.
+//!
+//! The node hands the engine an [`Inbox`] (the hub) at start-up; the engine calls it for every
+//! message of a watched destination and whenever a queue may have entries to fetch.
+//!
+//! Back ends are chosen by configuration and dispatched statically through [`AnyEngine`].
+
+pub mod memory;
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// One message as the engine stores and moves it: a destination, the user headers, the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The destination as the publisher named it (`/topic/a`, `/queue/b`, `/user/ann/queue/c`).
+    pub destination: Arc<str>,
+    /// Headers to pass through to subscribers, in order; STOMP's own headers already removed.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Position in the destination's history, set by the engine for history topics only.
+    pub offset: Option<u64>,
+}
+
+/// The id of a queue entry, as its engine names it.
+pub type EntryId = Arc<str>;
+
+/// One queue entry handed to this node by [`Engine::fetch`]; it stays in flight on this node
+/// until it is acknowledged or released.
+#[derive(Clone, Debug)]
+pub struct QueueEntry {
+    pub id: EntryId,
+    pub message: Arc<Message>,
+    /// How many times it was handed out before this time (0 on the first delivery).
+    pub redeliveries: u32,
+}
+
+/// What a history read found.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// The retained messages with an offset greater than the one asked for, oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// False when messages after the asked offset are no longer retained (trimmed, expired,
+    /// lost), or when the destination keeps no history: the subscriber missed something.
+    pub complete: bool,
+}
+
+/// Errors of the engine layer.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("the message store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the engine is shutting down")]
+    Closed,
+}
+
+/// Resolves once the engine has applied a request that it ordered when the call was made
+/// (for example: this node now receives a destination it asked to watch).
+#[derive(Debug)]
+pub struct Pending(PendingInner);
+
+#[derive(Debug)]
+enum PendingInner {
+    Ready(Result<(), EngineError>),
+    Waiting(oneshot::Receiver<Result<(), EngineError>>),
+}
+
+impl Pending {
+    /// Already applied.
+    pub fn ready(result: Result<(), EngineError>) -> Pending {
+        Pending(PendingInner::Ready(result))
+    }
+
+    /// Applied when the sender side answers.
+    pub fn waiting(rx: oneshot::Receiver<Result<(), EngineError>>) -> Pending {
+        Pending(PendingInner::Waiting(rx))
+    }
+
+    pub async fn wait(self) -> Result<(), EngineError> {
+        match self.0 {
+            PendingInner::Ready(result) => result,
+            PendingInner::Waiting(rx) => rx.await.unwrap_or(Err(EngineError::Closed)),
+        }
+    }
+}
+
+/// Where an engine hands what reaches this node. Implemented by the hub.
+pub trait Inbox: Send + Sync + 'static {
+    /// A message for a destination this node watches (topics and user destinations).
+    fn deliver(&self, message: Arc<Message>);
+    /// `queue` may have entries ready to fetch.
+    fn queue_ready(&self, queue: &str);
+}
+
+/// The operations every back end provides. Methods that take effect in call order are
+/// synchronous and return a [`Pending`]; the rest are async.
+pub trait Engine: Send + Sync {
+    /// Sets where deliveries go. Called once, before anything else.
+    fn attach(&self, inbox: Weak<dyn Inbox>);
+    /// This node has its first local subscriber of `destination`: start receiving it.
+    fn watch(&self, destination: &str) -> Pending;
+    /// This node's last local subscriber of `destination` left: stop receiving it.
+    fn unwatch(&self, destination: &str);
+    /// Publishes to a topic or user destination; returns the history offset when it keeps one.
+    fn publish(&self, message: Message) -> impl Future<Output = Result<Option<u64>, EngineError>> + Send;
+    /// Retained messages of `destination` after `since` (exclusive).
+    fn history(
+        &self,
+        destination: &str,
+        since: u64,
+    ) -> impl Future<Output = Result<History, EngineError>> + Send;
+    /// Appends to a queue.
+    fn enqueue(&self, message: Message) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Takes up to `max` ready entries of `queue` for this node.
+    fn fetch(
+        &self,
+        queue: &str,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<QueueEntry>, EngineError>> + Send;
+    /// The entries were consumed: forget them.
+    fn ack(&self, queue: &str, ids: &[EntryId]) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The entries go back to the queue. `delivered` says whether a client saw them (then
+    /// their next delivery is flagged as a redelivery).
+    fn release(
+        &self,
+        queue: &str,
+        ids: &[EntryId],
+        delivered: bool,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// True while the engine can serve (its store is reachable).
+    fn is_ready(&self) -> bool;
+    /// Ready entries per queue, for metrics.
+    fn queue_depths(&self) -> Vec<(String, u64)>;
+}
+
+/// The configured back end, dispatched statically.
+pub enum AnyEngine {
+    Memory(memory::MemoryEngine),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $engine:ident => $call:expr) => {
+        match $self {
+            AnyEngine::Memory($engine) => $call,
+        }
+    };
+}
+
+impl Engine for AnyEngine {
+    fn attach(&self, inbox: Weak<dyn Inbox>) {
+        dispatch!(self, e => e.attach(inbox))
+    }
+    fn watch(&self, destination: &str) -> Pending {
+        dispatch!(self, e => e.watch(destination))
+    }
+    fn unwatch(&self, destination: &str) {
+        dispatch!(self, e => e.unwatch(destination))
+    }
+    async fn publish(&self, message: Message) -> Result<Option<u64>, EngineError> {
+        dispatch!(self, e => e.publish(message).await)
+    }
+    async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
+        dispatch!(self, e => e.history(destination, since).await)
+    }
+    async fn enqueue(&self, message: Message) -> Result<(), EngineError> {
+        dispatch!(self, e => e.enqueue(message).await)
+    }
+    async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {
+        dispatch!(self, e => e.fetch(queue, max).await)
+    }
+    async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        dispatch!(self, e => e.ack(queue, ids).await)
+    }
+    async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
+        dispatch!(self, e => e.release(queue, ids, delivered).await)
+    }
+    fn is_ready(&self) -> bool {
+        dispatch!(self, e => e.is_ready())
+    }
+    fn queue_depths(&self) -> Vec<(String, u64)> {
+        dispatch!(self, e => e.queue_depths())
+    }
+}

@@ -1,0 +1,111 @@
+//! The admin port: health, readiness, Prometheus metrics and the publish API.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 while the node accepts clients and its engine is reachable, else 503 |
+//! | `GET /metrics` | Prometheus text format |
+//! | `POST /api/v1/publish` | publishes `{"destination", "headers", "body"}` without STOMP |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::destination;
+use crate::engine::{Engine, Message};
+use crate::hub::prepared;
+use crate::session::Context;
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
+    axum::serve(listener, router(ctx)).await
+}
+
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/publish", post(publish))
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    if ctx.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !ctx.hub().engine().is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "engine unreachable\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    let body = ctx.metrics().render(ctx.hub().engine().queue_depths());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// The body of `POST /api/v1/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub destination: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PublishResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorResponse {
+    error: String,
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(ErrorResponse { error: message })).into_response()
+}
+
+async fn publish(
+    State(ctx): State<Arc<Context>>,
+    request: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match request {
+        Ok(request) => request,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let route = match destination::for_send(&request.destination) {
+        Ok(route) => route,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if request.body.len() > ctx.config().limits.max_body_size {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body exceeds max-body-size ({} bytes)", ctx.config().limits.max_body_size),
+        );
+    }
+    let headers = request.headers.into_iter().filter(|(name, _)| !prepared::is_reserved(name)).collect();
+    let message = Message {
+        destination: Arc::from(route.name.as_str()),
+        headers,
+        body: Bytes::from(request.body),
+        offset: None,
+    };
+    match ctx.hub().publish(route.kind, message).await {
+        Ok(offset) => (StatusCode::ACCEPTED, Json(PublishResponse { offset })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

@@ -1,0 +1,444 @@
+//! The hub: this node's local subscriptions and the fan-out to them.
+//!
+//! Sessions register [`Subscriber`]s here; the hub asks the engine to watch a destination on its
+//! first local subscriber and to unwatch it after the last. The engine hands every message of a
+//! watched destination to the hub (it is the engine's [`Inbox`]); the hub encodes it once
+//! ([`Prepared`]) and pushes a [`Delivery`] into the [`Outbox`] of each local subscriber.
+//!
+//! Queues are pulled, not pushed: for each queue with local consumers a dispatcher task fetches
+//! as many entries from the engine as the consumers have credit (`prefetch-count` minus what
+//! they hold unacknowledged) and hands them out round-robin.
+//!
+//! Layout: `mod.rs` (hub, outbox, subscribers), `prepared.rs` (the shared MESSAGE tail).
+
+pub mod prepared;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::SlowConsumerPolicy;
+use crate::destination::{Kind, Route};
+use crate::engine::{AnyEngine, Engine, EngineError, EntryId, History, Inbox, Message, Pending};
+use crate::metrics::Metrics;
+pub use prepared::Prepared;
+
+/// Acknowledgement mode of a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    /// Cumulative: acknowledging one message acknowledges every earlier one of the subscription.
+    Client,
+    ClientIndividual,
+}
+
+impl AckMode {
+    pub fn parse(value: &str) -> Option<AckMode> {
+        match value {
+            "auto" => Some(AckMode::Auto),
+            "client" => Some(AckMode::Client),
+            "client-individual" => Some(AckMode::ClientIndividual),
+            _ => None,
+        }
+    }
+}
+
+/// One queue entry travelling to a client.
+#[derive(Clone, Debug)]
+pub struct EntryRef {
+    pub queue: Arc<str>,
+    pub id: EntryId,
+    pub redeliveries: u32,
+}
+
+/// One message for one subscription, queued in its connection's [`Outbox`].
+#[derive(Debug)]
+pub struct Delivery {
+    pub subscriber: Arc<Subscriber>,
+    pub message: Arc<Prepared>,
+    pub entry: Option<EntryRef>,
+}
+
+/// One client subscription as the hub sees it. Created by the session, shared with the hub.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// Unique within its session, so a re-used subscription id never receives stale deliveries.
+    pub seq: u64,
+    /// The client's subscription id.
+    pub id: String,
+    /// Written before each delivery: `MESSAGE` and the `subscription` header, escaped for the
+    /// session's protocol version.
+    pub head: bytes::Bytes,
+    pub ack: AckMode,
+    pub route: Route,
+    pub outbox: Arc<Outbox>,
+    /// Cleared when the subscription ends; deliveries still queued for it are then dropped
+    /// (or, for queue entries, released).
+    pub active: AtomicBool,
+    /// Queue subscriptions: how many entries it may hold unacknowledged.
+    pub prefetch: u32,
+    /// Queue subscriptions: how many entries it holds unacknowledged now.
+    pub in_flight: AtomicU32,
+}
+
+impl Subscriber {
+    fn credit(&self) -> u32 {
+        if !self.active.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.prefetch.saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+}
+
+/// The outbound side of one connection, as the hub sees it: an unbounded channel whose size in
+/// bytes is bounded by `limit`. When a push would pass the limit, the slow-consumer policy
+/// applies: `Disconnect` marks the outbox overflowed (the session then sends ERROR and closes),
+/// `Drop` drops the topic message and counts it. Queue entries are never dropped: the caller
+/// releases them back to their queue.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Delivery>,
+    queued: AtomicUsize,
+    limit: usize,
+    policy: SlowConsumerPolicy,
+    overflowed: AtomicBool,
+    /// Notified once when the outbox overflows under the `Disconnect` policy.
+    pub overflow: Notify,
+}
+
+impl Outbox {
+    pub fn new(limit: usize, policy: SlowConsumerPolicy) -> (Arc<Outbox>, mpsc::UnboundedReceiver<Delivery>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Outbox {
+            tx,
+            queued: AtomicUsize::new(0),
+            limit,
+            policy,
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
+        };
+        (Arc::new(outbox), rx)
+    }
+
+    /// Queues a delivery unless that would pass the byte limit.
+    pub fn push(&self, delivery: Delivery) -> Result<(), Delivery> {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return Err(delivery);
+        }
+        let size = delivery.message.len();
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if before + size > self.limit && before > 0 {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            if self.policy == SlowConsumerPolicy::Disconnect && !self.overflowed.swap(true, Ordering::AcqRel)
+            {
+                self.overflow.notify_one();
+            }
+            return Err(delivery);
+        }
+        self.tx.send(delivery).map_err(|e| {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            e.0
+        })
+    }
+
+    /// The session wrote (or discarded) a delivery of `size` bytes.
+    pub fn written(&self, size: usize) {
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+    }
+
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+}
+
+/// Local consumers of one queue and the wake-up for its dispatcher task.
+struct QueueDispatch {
+    name: Arc<str>,
+    consumers: Mutex<Vec<Arc<Subscriber>>>,
+    wake: Notify,
+    next: AtomicUsize,
+}
+
+/// Entries fetched in one engine call at most.
+const FETCH_BATCH: u32 = 256;
+
+/// This node's subscriptions and fan-out.
+pub struct Hub {
+    engine: AnyEngine,
+    metrics: Arc<Metrics>,
+    topics: RwLock<HashMap<Arc<str>, Vec<Arc<Subscriber>>>>,
+    queues: Mutex<HashMap<Arc<str>, Arc<QueueDispatch>>>,
+    me: Weak<Hub>,
+}
+
+impl Hub {
+    pub fn new(engine: AnyEngine, metrics: Arc<Metrics>) -> Arc<Hub> {
+        let hub = Arc::new_cyclic(|me| Hub {
+            engine,
+            metrics,
+            topics: RwLock::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        });
+        let inbox: Weak<dyn Inbox> = hub.me.clone();
+        hub.engine.attach(inbox);
+        hub
+    }
+
+    pub fn engine(&self) -> &AnyEngine {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Publishes to a topic, queue or user destination. Returns the history offset if any.
+    pub async fn publish(&self, kind: Kind, message: Message) -> Result<Option<u64>, EngineError> {
+        let result = match kind {
+            Kind::Queue => self.engine.enqueue(message).await.map(|()| None),
+            Kind::Topic | Kind::User => self.engine.publish(message).await,
+        };
+        match &result {
+            Ok(_) => self.metrics.published(kind),
+            Err(_) => self.metrics.dropped("publish_failed", 1),
+        }
+        result
+    }
+
+    pub async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
+        self.engine.history(destination, since).await
+    }
+
+    /// Adds a subscriber. The returned [`Pending`] resolves once messages published from then on
+    /// reach it.
+    pub fn subscribe(&self, subscriber: Arc<Subscriber>) -> Pending {
+        self.metrics.subscription_added();
+        match subscriber.route.kind {
+            Kind::Topic | Kind::User => {
+                let name: Arc<str> = Arc::from(subscriber.route.name.as_str());
+                let first = {
+                    let mut topics = self.topics.write().expect("topics lock");
+                    let subs = topics.entry(name.clone()).or_default();
+                    subs.push(subscriber);
+                    subs.len() == 1
+                };
+                // Ordered at call time: a later unwatch cannot overtake this watch.
+                if first {
+                    self.engine.watch(&name)
+                } else {
+                    Pending::ready(Ok(()))
+                }
+            }
+            Kind::Queue => {
+                let name: Arc<str> = Arc::from(subscriber.route.name.as_str());
+                let (dispatch, spawn) = {
+                    let mut queues = self.queues.lock().expect("queues lock");
+                    match queues.get(&name) {
+                        Some(d) => (d.clone(), false),
+                        None => {
+                            let d = Arc::new(QueueDispatch {
+                                name: name.clone(),
+                                consumers: Mutex::new(Vec::new()),
+                                wake: Notify::new(),
+                                next: AtomicUsize::new(0),
+                            });
+                            queues.insert(name.clone(), d.clone());
+                            (d, true)
+                        }
+                    }
+                };
+                dispatch.consumers.lock().expect("consumers lock").push(subscriber);
+                let pending = if spawn { self.engine.watch(&name) } else { Pending::ready(Ok(())) };
+                if spawn {
+                    if let Some(hub) = self.me.upgrade() {
+                        tokio::spawn(hub.dispatch_queue(dispatch.clone()));
+                    }
+                }
+                dispatch.wake.notify_one();
+                pending
+            }
+        }
+    }
+
+    /// Removes a subscriber. Its queue entries still unacknowledged are the session's to release.
+    pub fn unsubscribe(&self, subscriber: &Arc<Subscriber>) {
+        subscriber.active.store(false, Ordering::Release);
+        self.metrics.subscription_removed();
+        let name = subscriber.route.name.as_str();
+        match subscriber.route.kind {
+            Kind::Topic | Kind::User => {
+                let mut topics = self.topics.write().expect("topics lock");
+                if let Some(subs) = topics.get_mut(name) {
+                    subs.retain(|s| !Arc::ptr_eq(s, subscriber));
+                    if subs.is_empty() {
+                        topics.remove(name);
+                        self.engine.unwatch(name);
+                    }
+                }
+            }
+            Kind::Queue => {
+                let queues = self.queues.lock().expect("queues lock");
+                if let Some(dispatch) = queues.get(name) {
+                    dispatch
+                        .consumers
+                        .lock()
+                        .expect("consumers lock")
+                        .retain(|s| !Arc::ptr_eq(s, subscriber));
+                    dispatch.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Acknowledges queue entries a subscriber consumed, returning its credit.
+    pub async fn ack(
+        &self,
+        subscriber: &Subscriber,
+        queue: &Arc<str>,
+        ids: &[EntryId],
+    ) -> Result<(), EngineError> {
+        self.return_credit(subscriber, queue, ids.len());
+        self.engine.ack(queue, ids).await
+    }
+
+    /// Puts queue entries back (NACK, unsubscribe, closed session).
+    pub async fn release(
+        &self,
+        subscriber: &Subscriber,
+        queue: &Arc<str>,
+        ids: &[EntryId],
+        delivered: bool,
+    ) -> Result<(), EngineError> {
+        self.return_credit(subscriber, queue, ids.len());
+        self.engine.release(queue, ids, delivered).await
+    }
+
+    fn return_credit(&self, subscriber: &Subscriber, queue: &str, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let _ = subscriber
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+        if let Some(dispatch) = self.queues.lock().expect("queues lock").get(queue) {
+            dispatch.wake.notify_one();
+        }
+    }
+
+    /// Fetches and hands out entries of one queue while it has local consumers.
+    async fn dispatch_queue(self: Arc<Hub>, dispatch: Arc<QueueDispatch>) {
+        loop {
+            dispatch.wake.notified().await;
+            loop {
+                let credit: u32 = {
+                    let consumers = dispatch.consumers.lock().expect("consumers lock");
+                    consumers.iter().map(|c| c.credit()).sum()
+                };
+                if credit == 0 {
+                    break;
+                }
+                let entries = match self.engine.fetch(&dispatch.name, credit.min(FETCH_BATCH) as usize).await
+                {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        tracing::warn!(queue = %dispatch.name, %error, "queue fetch failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        break;
+                    }
+                };
+                if entries.is_empty() {
+                    break;
+                }
+                let mut refused = Vec::new();
+                for entry in entries {
+                    let message = Arc::new(Prepared::new(&entry.message));
+                    let entry_ref = EntryRef {
+                        queue: dispatch.name.clone(),
+                        id: entry.id,
+                        redeliveries: entry.redeliveries,
+                    };
+                    if !self.hand_out(&dispatch, message, entry_ref.clone()) {
+                        refused.push(entry_ref.id);
+                    }
+                }
+                if !refused.is_empty() {
+                    if let Err(error) = self.engine.release(&dispatch.name, &refused, false).await {
+                        tracing::warn!(queue = %dispatch.name, %error, "could not release queue entries");
+                    }
+                    // Those consumers are full or gone; wait for a change before trying again.
+                    break;
+                }
+            }
+            // Stop once nobody consumes here any more; the map entry goes with it.
+            let mut queues = self.queues.lock().expect("queues lock");
+            let idle = dispatch.consumers.lock().expect("consumers lock").is_empty();
+            if idle {
+                if queues.get(&dispatch.name).is_some_and(|d| Arc::ptr_eq(d, &dispatch)) {
+                    queues.remove(&dispatch.name);
+                    self.engine.unwatch(&dispatch.name);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Gives one entry to the next consumer with credit; false when nobody could take it.
+    fn hand_out(&self, dispatch: &QueueDispatch, message: Arc<Prepared>, entry: EntryRef) -> bool {
+        let consumers = dispatch.consumers.lock().expect("consumers lock");
+        let n = consumers.len();
+        let start = dispatch.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let consumer = &consumers[(start + i) % n];
+            if consumer.credit() == 0 {
+                continue;
+            }
+            consumer.in_flight.fetch_add(1, Ordering::AcqRel);
+            let delivery = Delivery {
+                subscriber: consumer.clone(),
+                message: message.clone(),
+                entry: Some(entry.clone()),
+            };
+            match consumer.outbox.push(delivery) {
+                Ok(()) => return true,
+                Err(_) => {
+                    consumer.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+        false
+    }
+
+    /// Local subscriptions of destinations, for the admin API and tests.
+    pub fn topic_subscriber_count(&self, destination: &str) -> usize {
+        self.topics.read().expect("topics lock").get(destination).map_or(0, Vec::len)
+    }
+}
+
+impl Inbox for Hub {
+    fn deliver(&self, message: Arc<Message>) {
+        let topics = self.topics.read().expect("topics lock");
+        let Some(subscribers) = topics.get(&*message.destination) else {
+            return;
+        };
+        let prepared = Arc::new(Prepared::new(&message));
+        let mut dropped = 0;
+        for subscriber in subscribers {
+            let delivery =
+                Delivery { subscriber: subscriber.clone(), message: prepared.clone(), entry: None };
+            if subscriber.outbox.push(delivery).is_err() {
+                dropped += 1;
+            }
+        }
+        drop(topics);
+        if dropped > 0 {
+            self.metrics.dropped("slow_consumer", dropped);
+        }
+    }
+
+    fn queue_ready(&self, queue: &str) {
+        if let Some(dispatch) = self.queues.lock().expect("queues lock").get(queue) {
+            dispatch.wake.notify_one();
+        }
+    }
+}

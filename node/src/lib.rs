@@ -1,0 +1,125 @@
+//! Stampede: a clustered STOMP 1.0/1.1/1.2 broker for browsers and services.
+//!
+//! Clients speak STOMP over WebSocket (`/ws`) or plain TCP. Each node keeps its own client
+//! sessions; with no Redis configured it runs the embedded in-memory engine.
+//!
+//! # Layout
+//! Dependencies flow one way: [`stomp`] (the frame codec, pure) → [`session`] (one client's
+//! state machine) → [`hub`] (local subscriptions and fan-out) → [`engine`] (the trait and its
+//! back ends). [`transport`] feeds sessions from WebSocket and TCP listeners; [`http`] serves
+//! health, metrics and the admin API; [`config`], [`destination`] and [`metrics`] stand beside.
+//!
+//! The binary is thin: it loads [`config::Config`], starts tracing, binds [`Listeners`] and calls
+//! [`run`]. Tests bind port 0 and call [`run`] the same way.
+
+pub mod config;
+pub mod destination;
+pub mod engine;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod session;
+pub mod stomp;
+pub mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::engine::{memory::MemoryEngine, AnyEngine};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::session::Context;
+
+/// Errors that stop a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind { setting: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("the cluster engine (redis-url) is not available in this build")]
+    NoClusterEngine,
+}
+
+/// The node's bound sockets. Binding happens before [`run`], so tests can bind port 0 and read
+/// the chosen ports.
+pub struct Listeners {
+    pub ws: TcpListener,
+    pub stomp: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses the configuration names.
+    pub async fn bind(config: &Config) -> Result<Listeners, Error> {
+        async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+            TcpListener::bind(addr).await.map_err(|source| Error::Bind { setting, addr, source })
+        }
+        let ws = bind("listen", config.listen).await?;
+        let stomp = match config.stomp_listen {
+            Some(addr) => Some(bind("stomp-listen", addr).await?),
+            None => None,
+        };
+        let admin = match config.admin_listen {
+            Some(addr) => Some(bind("admin-listen", addr).await?),
+            None => None,
+        };
+        Ok(Listeners { ws, stomp, admin })
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then drains: readiness turns false, listeners stop
+/// accepting, sessions close spread over the drain period (ERROR, then WebSocket close 1012),
+/// and their unacknowledged queue messages return to their queues.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let engine = match &config.redis_url {
+        None => AnyEngine::Memory(MemoryEngine::new(config.clone(), metrics.clone())),
+        Some(_) => return Err(Error::NoClusterEngine),
+    };
+    let hub = Hub::new(engine, metrics.clone());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let ctx = Arc::new(Context::new(config.clone(), hub, metrics, drain_rx));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Ok(addr) = listeners.ws.local_addr() {
+        tracing::info!(%addr, path = transport::ws::PATH, "WebSocket listening");
+    }
+    tasks.spawn(transport::ws::serve(listeners.ws, ctx.clone()));
+    if let Some(listener) = listeners.stomp {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "STOMP over TCP listening");
+        }
+        tasks.spawn(transport::tcp::serve(listener, ctx.clone()));
+    }
+    let admin = listeners.admin.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "admin listening");
+        }
+        tokio::spawn(http::serve(listener, ctx.clone()))
+    });
+    tracing::info!(node = %config.node_id, engine = "memory", "node started");
+
+    shutdown.await;
+    tracing::info!(period = ?config.drain_period, connections = ctx.connections(), "draining");
+    let _ = drain_tx.send(true);
+    let deadline = tokio::time::Instant::now() + config.drain_period + Duration::from_secs(5);
+    while ctx.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks.shutdown().await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    tracing::info!(left = ctx.connections(), "stopped");
+    Ok(())
+}

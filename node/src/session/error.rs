@@ -1,0 +1,83 @@
+//! Why a session refuses a client. Each variant becomes one ERROR frame in `Session::fail`.
+
+use crate::destination::DestinationError;
+use crate::engine::EngineError;
+use crate::stomp::ProtocolError;
+use crate::transport::CloseReason;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("{0}")]
+    Destination(#[from] DestinationError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("{command} frame lacks the required {header} header")]
+    MissingHeader { command: &'static str, header: &'static str },
+    /// A frame that is well formed but not acceptable here.
+    #[error("{0}")]
+    Invalid(String),
+    /// A configured limit was reached.
+    #[error("{0}")]
+    Limit(String),
+    #[error("expected CONNECT or STOMP as the first frame, got {0}")]
+    NotConnected(&'static str),
+    #[error("no supported protocol version in accept-version {0:?}: supported versions are 1.0,1.1,1.2")]
+    UnsupportedVersion(String),
+    #[error("no CONNECT frame within connect-timeout")]
+    ConnectTimeout,
+    #[error("heart-beat timeout: nothing received within the negotiated interval")]
+    HeartbeatTimeout,
+    #[error("slow consumer: the connection's outbound buffer (outbound-buffer) is full")]
+    SlowConsumer,
+    #[error("server shutting down: reconnect to another node")]
+    ShuttingDown,
+    /// The connection itself failed; no ERROR can be sent.
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl SessionError {
+    pub fn io(error: std::io::Error) -> SessionError {
+        SessionError::Transport(error.to_string())
+    }
+
+    pub fn invalid(why: impl Into<String>) -> SessionError {
+        SessionError::Invalid(why.into())
+    }
+
+    pub fn limit(why: impl Into<String>) -> SessionError {
+        SessionError::Limit(why.into())
+    }
+
+    /// How the transport closes after the ERROR.
+    pub fn close_reason(&self) -> CloseReason {
+        match self {
+            SessionError::ShuttingDown => CloseReason::Restart,
+            SessionError::SlowConsumer | SessionError::Limit(_) => CloseReason::Policy,
+            SessionError::HeartbeatTimeout | SessionError::ConnectTimeout | SessionError::Transport(_) => {
+                CloseReason::Normal
+            }
+            SessionError::Engine(_) => CloseReason::Restart,
+            _ => CloseReason::ProtocolError,
+        }
+    }
+
+    /// The ERROR frame's body: the message again, with what the client can do about it.
+    pub fn detail(&self) -> String {
+        let hint = match self {
+            SessionError::Protocol(_) => "The frame could not be parsed; see the STOMP specification.",
+            SessionError::Destination(_) => "Use /topic/<name>, /queue/<name> or /user/<name>/<destination>.",
+            SessionError::Engine(_) => "The broker could not store or publish the message; retry later.",
+            SessionError::SlowConsumer => "The client did not read its messages fast enough.",
+            SessionError::ShuttingDown => "This node is draining for a restart.",
+            _ => "",
+        };
+        if hint.is_empty() {
+            format!("{self}\n")
+        } else {
+            format!("{self}\n{hint}\n")
+        }
+    }
+}

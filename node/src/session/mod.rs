@@ -1,0 +1,804 @@
+//! One client's STOMP session: the state machine between a transport and the hub.
+//!
+//! A session task owns everything of its connection but the reading half: the negotiated
+//! version, subscriptions, unacknowledged queue deliveries, open transactions, heart-beats and
+//! the writing half ([`FrameSink`]). It waits on four things at once: frames from the reader
+//! task, deliveries from the hub (its [`Outbox`]), its heart-beat timer, and the node's drain
+//! signal. Deliveries are written in batches and flushed once per batch.
+//!
+//! Every refusal is a [`SessionError`]; [`Session::fail`] is the one place that turns it into
+//! an ERROR frame and closes.
+//!
+//! Layout: `mod.rs` (the loop and frame handling), `context.rs` (what sessions of a node share),
+//! `error.rs`.
+
+mod context;
+mod error;
+
+pub use context::{Context, Permit};
+pub use error::SessionError;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::destination::{self, Kind, Route};
+use crate::engine::{EntryId, Message};
+use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber};
+use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
+use crate::transport::{CloseReason, FrameSink, Inbound, Negotiated};
+
+/// The product name and version sent in CONNECTED.
+pub const SERVER: &str = concat!("Stampede/", env!("CARGO_PKG_VERSION"));
+
+/// Versions this broker speaks, as listed in ERROR frames.
+const SUPPORTED: &str = "1.0,1.1,1.2";
+
+/// Deliveries written in one batch before a flush.
+const BATCH: usize = 128;
+
+/// Frames one transaction may hold before COMMIT.
+pub const MAX_TRANSACTION_FRAMES: usize = 1024;
+
+/// Header a SUBSCRIBE carries to resume a history topic after an offset.
+pub const SINCE_HEADER: &str = "x-since";
+/// Header saying whether a resumed subscription got everything it missed.
+pub const RECOVERED_HEADER: &str = "x-recovered";
+/// Header limiting unacknowledged queue messages per subscription.
+pub const PREFETCH_HEADER: &str = "prefetch-count";
+
+/// A queue delivery waiting for the client's ACK or NACK.
+struct Unacked {
+    subscriber: Arc<Subscriber>,
+    entry: EntryRef,
+}
+
+/// A subscription resuming a history topic: live messages up to `floor` were replayed already.
+struct Resume {
+    floor: u64,
+    /// The history did not cover the gap: flag the next message with `x-recovered:false`.
+    gap: bool,
+}
+
+/// Runs a session to its end. `permit` holds the connection's place in the node's limits.
+pub async fn run<S: FrameSink>(
+    ctx: Arc<Context>,
+    transport: &'static str,
+    sink: S,
+    inbound: mpsc::Receiver<Inbound>,
+    negotiated: oneshot::Sender<Negotiated>,
+    peer: SocketAddr,
+    permit: Permit,
+) {
+    ctx.metrics().connection_opened(transport);
+    let config = ctx.config();
+    let (outbox, deliveries) = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
+    let tag = ctx.next_session_tag();
+    let span = tracing::debug_span!("session", session = %tag, %peer, transport);
+    let mut session = Session {
+        ctx: ctx.clone(),
+        sink,
+        inbound,
+        negotiated: Some(negotiated),
+        outbox,
+        deliveries,
+        tag,
+        version: None,
+        user: None,
+        heartbeat_out: None,
+        last_write: Instant::now(),
+        subscriptions: HashMap::new(),
+        next_sub_seq: 0,
+        resumes: HashMap::new(),
+        unacked: BTreeMap::new(),
+        auto_acks: Vec::new(),
+        last_message_seq: 0,
+        transactions: HashMap::new(),
+        scratch: BytesMut::with_capacity(256),
+        error_receipt: None,
+    };
+    tracing::Instrument::instrument(session.run(), span).await;
+    ctx.metrics().connection_closed(transport);
+    drop(permit);
+}
+
+/// Tells a client it cannot be served (before any session starts) and closes.
+pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()> {
+    let frame = Frame::new(Command::Error).with_header("message", why);
+    let mut out = BytesMut::new();
+    stomp::encode(&frame, None, &mut out);
+    sink.feed(&out, &[], true).await?;
+    sink.close(CloseReason::Policy).await
+}
+
+struct Session<S> {
+    ctx: Arc<Context>,
+    sink: S,
+    inbound: mpsc::Receiver<Inbound>,
+    /// Taken at CONNECT, when the reader learns the version.
+    negotiated: Option<oneshot::Sender<Negotiated>>,
+    outbox: Arc<Outbox>,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// Prefix of this session's message ids; also its `session` header.
+    tag: String,
+    /// Set once CONNECTED.
+    version: Option<Version>,
+    user: Option<String>,
+    heartbeat_out: Option<Duration>,
+    last_write: Instant,
+    subscriptions: HashMap<String, Arc<Subscriber>>,
+    next_sub_seq: u64,
+    resumes: HashMap<u64, Resume>,
+    /// Queue deliveries in client modes, by message sequence number.
+    unacked: BTreeMap<u64, Unacked>,
+    /// Queue deliveries in `auto` mode written in this batch, acknowledged after the flush.
+    auto_acks: Vec<(Arc<Subscriber>, EntryRef)>,
+    last_message_seq: u64,
+    transactions: HashMap<String, Vec<Frame>>,
+    scratch: BytesMut,
+    /// The `receipt` of the frame being refused, for the ERROR's `receipt-id`.
+    error_receipt: Option<String>,
+}
+
+/// What the loop does after an event.
+enum Flow {
+    Continue,
+    /// Close without ERROR (DISCONNECT done, peer gone).
+    Close(CloseReason),
+}
+
+enum Event {
+    Inbound(Option<Inbound>),
+    Delivery(Delivery),
+    Heartbeat,
+    DrainStarted,
+    Drain,
+    ConnectTimeout,
+    SlowConsumer,
+}
+
+impl<S: FrameSink> Session<S> {
+    async fn run(&mut self) {
+        let mut draining = self.ctx.draining();
+        let connect_deadline = tokio::time::sleep(self.ctx.config().limits.connect_timeout);
+        tokio::pin!(connect_deadline);
+        let mut drain_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        if *draining.borrow() {
+            drain_at = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat_armed = false;
+        let outbox = self.outbox.clone();
+        let result = loop {
+            if !heartbeat_armed {
+                if let Some(every) = self.heartbeat_out {
+                    heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    heartbeat_armed = true;
+                }
+            }
+            let connected = self.version.is_some();
+            let event = tokio::select! {
+                biased;
+                _ = outbox.overflow.notified() => Event::SlowConsumer,
+                _ = async { drain_at.as_mut().expect("armed").await }, if drain_at.is_some() => Event::Drain,
+                Ok(()) = draining.changed(), if drain_at.is_none() => Event::DrainStarted,
+                _ = &mut connect_deadline, if !connected => Event::ConnectTimeout,
+                inbound = self.inbound.recv() => Event::Inbound(inbound),
+                Some(delivery) = self.deliveries.recv() => Event::Delivery(delivery),
+                _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
+            };
+            let step = match event {
+                Event::SlowConsumer => Err(SessionError::SlowConsumer),
+                Event::Drain => Err(SessionError::ShuttingDown),
+                Event::ConnectTimeout => Err(SessionError::ConnectTimeout),
+                Event::DrainStarted => {
+                    if *draining.borrow() {
+                        drain_at = Some(Box::pin(tokio::time::sleep(self.drain_delay())));
+                    }
+                    Ok(Flow::Continue)
+                }
+                event => {
+                    // A write blocked on a client that stopped reading ends when it overflows.
+                    tokio::select! {
+                        biased;
+                        _ = outbox.overflow.notified() => Err(SessionError::SlowConsumer),
+                        step = self.handle(event) => step,
+                    }
+                }
+            };
+            match step {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close(reason)) => break Ok(reason),
+                Err(error) => break Err(error),
+            }
+        };
+        match result {
+            Ok(reason) => {
+                let _ = self.sink.close(reason).await;
+            }
+            Err(error) => self.fail(error).await,
+        }
+        self.finish().await;
+    }
+
+    /// When this session closes in a drain: spread over the drain period, so clients do not all
+    /// reconnect at once. Sessions not yet connected go at once.
+    fn drain_delay(&self) -> Duration {
+        if self.version.is_none() {
+            return Duration::ZERO;
+        }
+        let period = self.ctx.config().drain_period;
+        period.mul_f64(rand::random::<f64>())
+    }
+
+    async fn handle(&mut self, event: Event) -> Result<Flow, SessionError> {
+        match event {
+            Event::Inbound(None) => Ok(Flow::Close(CloseReason::Normal)),
+            Event::Inbound(Some(Inbound::Closed(why))) => {
+                if let Some(why) = why {
+                    tracing::debug!(%why, "connection failed");
+                }
+                Ok(Flow::Close(CloseReason::Normal))
+            }
+            Event::Inbound(Some(Inbound::Invalid(error))) => Err(SessionError::Protocol(error)),
+            Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
+            Event::Inbound(Some(Inbound::Frame(frame))) => {
+                self.ctx.metrics().frame_in(frame.command);
+                let receipt = frame.get("receipt").map(str::to_owned);
+                let flow = match self.on_frame(frame).await {
+                    Ok(flow) => flow,
+                    Err(error) => {
+                        self.error_receipt = receipt;
+                        return Err(error);
+                    }
+                };
+                self.write_batch(None).await?;
+                Ok(flow)
+            }
+            Event::Delivery(delivery) => {
+                self.write_batch(Some(delivery)).await?;
+                Ok(Flow::Continue)
+            }
+            Event::Heartbeat => {
+                if let Some(every) = self.heartbeat_out {
+                    if self.last_write.elapsed() + Duration::from_millis(10) >= every {
+                        self.sink.heartbeat().await.map_err(SessionError::io)?;
+                        self.sink.flush().await.map_err(SessionError::io)?;
+                        self.last_write = Instant::now();
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            Event::DrainStarted | Event::Drain | Event::ConnectTimeout | Event::SlowConsumer => {
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else the hub queued meanwhile (up to a batch), flushes once,
+    /// then acknowledges the `auto` queue deliveries it wrote.
+    async fn write_batch(&mut self, first: Option<Delivery>) -> Result<(), SessionError> {
+        let mut wrote = first.is_some();
+        if let Some(delivery) = first {
+            self.write_delivery(delivery).await?;
+        }
+        if self.version.is_some() {
+            for _ in 0..BATCH {
+                let Ok(delivery) = self.deliveries.try_recv() else { break };
+                self.write_delivery(delivery).await?;
+                wrote = true;
+            }
+        }
+        self.sink.flush().await.map_err(SessionError::io)?;
+        if wrote {
+            self.last_write = Instant::now();
+        }
+        self.ack_written().await
+    }
+
+    async fn ack_written(&mut self) -> Result<(), SessionError> {
+        if self.auto_acks.is_empty() {
+            return Ok(());
+        }
+        let acks = std::mem::take(&mut self.auto_acks);
+        for (subscriber, entry) in acks {
+            self.ctx.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one delivery from the hub, unless its subscription has ended meanwhile.
+    async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), SessionError> {
+        let Delivery { subscriber, message, entry } = delivery;
+        self.outbox.written(message.len());
+        let current = subscriber.active.load(Ordering::Acquire)
+            && self.subscriptions.get(&subscriber.id).is_some_and(|s| Arc::ptr_eq(s, &subscriber));
+        if !current {
+            if let Some(entry) = entry {
+                self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false).await?;
+            }
+            return Ok(());
+        }
+        let mut gap = false;
+        if !self.resumes.is_empty() {
+            if let (Some(resume), Some(offset)) = (self.resumes.get_mut(&subscriber.seq), message.offset) {
+                if offset <= resume.floor {
+                    return Ok(());
+                }
+                gap = resume.gap;
+                self.resumes.remove(&subscriber.seq);
+            }
+        }
+        self.write_message(&subscriber, &message, entry, gap).await
+    }
+
+    /// Writes a MESSAGE: this subscription's head, then the shared tail.
+    async fn write_message(
+        &mut self,
+        subscriber: &Arc<Subscriber>,
+        message: &Prepared,
+        entry: Option<EntryRef>,
+        gap: bool,
+    ) -> Result<(), SessionError> {
+        let version = self.version.unwrap_or(Version::V1_2);
+        self.last_message_seq += 1;
+        let seq = self.last_message_seq;
+        let mut seq_text = itoa::Buffer::new();
+        let seq_text = seq_text.format(seq);
+        let head = &mut self.scratch;
+        head.clear();
+        head.extend_from_slice(&subscriber.head);
+        head.extend_from_slice(b"message-id:");
+        head.extend_from_slice(self.tag.as_bytes());
+        head.put_u8(b'-');
+        head.extend_from_slice(seq_text.as_bytes());
+        head.put_u8(b'\n');
+        if subscriber.ack != AckMode::Auto {
+            head.extend_from_slice(b"ack:");
+            head.extend_from_slice(self.tag.as_bytes());
+            head.put_u8(b'-');
+            head.extend_from_slice(seq_text.as_bytes());
+            head.put_u8(b'\n');
+        }
+        if entry.as_ref().is_some_and(|e| e.redeliveries > 0) {
+            head.extend_from_slice(b"redelivered:true\n");
+        }
+        if gap {
+            head.extend_from_slice(RECOVERED_HEADER.as_bytes());
+            head.extend_from_slice(b":false\n");
+        }
+        self.sink.feed(&self.scratch, message.tail(version), message.text).await.map_err(SessionError::io)?;
+        self.ctx.metrics().frame_out(Command::Message);
+        self.ctx.metrics().delivered(1);
+        if let Some(entry) = entry {
+            if subscriber.ack == AckMode::Auto {
+                self.auto_acks.push((subscriber.clone(), entry));
+            } else {
+                self.unacked.insert(seq, Unacked { subscriber: subscriber.clone(), entry });
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes and queues a frame of the session's own (CONNECTED, RECEIPT, ERROR).
+    async fn send_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        stomp::encode(frame, self.version, &mut out);
+        self.sink.feed(&out, &[], true).await.map_err(SessionError::io)?;
+        self.ctx.metrics().frame_out(frame.command);
+        Ok(())
+    }
+
+    async fn send_receipt(&mut self, receipt: Option<String>) -> Result<(), SessionError> {
+        if let Some(id) = receipt {
+            self.send_frame(&Frame::new(Command::Receipt).with_header("receipt-id", id)).await?;
+        }
+        Ok(())
+    }
+
+    /// The one place a refusal becomes an ERROR frame; the connection then closes.
+    async fn fail(&mut self, error: SessionError) {
+        let receipt = self.error_receipt.take();
+        let close = error.close_reason();
+        match &error {
+            SessionError::Transport(why) => {
+                tracing::debug!(%why, "transport failed");
+                return;
+            }
+            SessionError::HeartbeatTimeout | SessionError::ConnectTimeout => {
+                tracing::debug!(%error, "closing session")
+            }
+            _ => tracing::info!(%error, "refused client"),
+        }
+        let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
+        if let SessionError::UnsupportedVersion(_) = error {
+            frame = frame.with_header("version", SUPPORTED);
+        }
+        if let Some(id) = receipt {
+            frame = frame.with_header("receipt-id", id);
+        }
+        let body = error.detail();
+        frame = frame
+            .with_header("content-type", "text/plain")
+            .with_header("content-length", body.len().to_string())
+            .with_body(Bytes::from(body));
+        self.ctx.metrics().error_sent();
+        let deadline = Duration::from_secs(2);
+        let _ = tokio::time::timeout(deadline, async {
+            if self.send_frame(&frame).await.is_ok() {
+                let _ = self.sink.flush().await;
+            }
+            let _ = self.sink.close(close).await;
+        })
+        .await;
+    }
+
+    /// Releases everything the session held: subscriptions, unacknowledged and undelivered
+    /// queue entries (back to their queues), open transactions (aborted).
+    async fn finish(&mut self) {
+        for (_, subscriber) in self.subscriptions.drain() {
+            self.ctx.hub().unsubscribe(&subscriber);
+        }
+        self.transactions.clear();
+        let unacked = std::mem::take(&mut self.unacked);
+        for (_, Unacked { subscriber, entry }) in unacked {
+            let _ = self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], true).await;
+        }
+        let _ = self.ack_written().await;
+        self.deliveries.close();
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            self.outbox.written(delivery.message.len());
+            if let Some(entry) = delivery.entry {
+                let _ = self.ctx.hub().release(&delivery.subscriber, &entry.queue, &[entry.id], false).await;
+            }
+        }
+    }
+
+    // === frame handling ===
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        if self.version.is_none() {
+            return match frame.command {
+                Command::Connect | Command::Stomp => self.on_connect(frame).await,
+                other => Err(SessionError::NotConnected(other.as_str())),
+            };
+        }
+        match frame.command {
+            Command::Connect | Command::Stomp => {
+                Err(SessionError::invalid("already connected: CONNECT may be sent once"))
+            }
+            Command::Send => self.on_send(frame).await,
+            Command::Subscribe => self.on_subscribe(frame).await,
+            Command::Unsubscribe => self.on_unsubscribe(frame).await,
+            Command::Ack | Command::Nack => self.on_ack(frame).await,
+            Command::Begin => self.on_begin(frame).await,
+            Command::Commit => self.on_commit(frame).await,
+            Command::Abort => self.on_abort(frame).await,
+            Command::Disconnect => {
+                let receipt = frame.get("receipt").map(str::to_owned);
+                self.write_batch(None).await?;
+                self.send_receipt(receipt).await?;
+                self.sink.flush().await.map_err(SessionError::io)?;
+                Ok(Flow::Close(CloseReason::Normal))
+            }
+            other => Err(SessionError::invalid(format!(
+                "{} is a server frame; clients may not send it",
+                other.as_str()
+            ))),
+        }
+    }
+
+    async fn on_connect(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let version = match frame.get("accept-version") {
+            None => Version::V1_0,
+            Some(accepted) => accepted
+                .split(',')
+                .filter_map(|v| Version::parse(v.trim()))
+                .max()
+                .ok_or_else(|| SessionError::UnsupportedVersion(accepted.chars().take(64).collect()))?,
+        };
+        let (client_send, client_receive) = match frame.get("heart-beat") {
+            Some(value) => parse_heart_beat(value)?,
+            None => (0, 0),
+        };
+        let hb = &self.ctx.config().heartbeat;
+        let server_send = hb.send.as_millis() as u64;
+        let server_receive = hb.receive.as_millis() as u64;
+        let outgoing = (server_send > 0 && client_receive > 0).then(|| server_send.max(client_receive));
+        let incoming = (client_send > 0 && server_receive > 0).then(|| client_send.max(server_receive));
+        self.heartbeat_out = outgoing.map(Duration::from_millis);
+        let read_timeout = incoming.map(|ms| Duration::from_millis(ms).mul_f64(hb.grace));
+        self.user = frame.get("login").filter(|l| !l.is_empty()).map(str::to_owned);
+        self.version = Some(version);
+        if let Some(tx) = self.negotiated.take() {
+            let _ = tx.send(Negotiated { version, read_timeout });
+        }
+        let connected = Frame::new(Command::Connected)
+            .with_header("version", version.as_str())
+            .with_header("heart-beat", format!("{server_send},{server_receive}"))
+            .with_header("server", SERVER)
+            .with_header("session", self.tag.clone());
+        let connected = match &self.user {
+            Some(user) => connected.with_header("user-name", user.clone()),
+            None => connected,
+        };
+        self.send_frame(&connected).await?;
+        tracing::debug!(version = version.as_str(), user = ?self.user, "connected");
+        Ok(Flow::Continue)
+    }
+
+    fn transaction_of(&mut self, frame: &Frame) -> Result<Option<&mut Vec<Frame>>, SessionError> {
+        let Some(tx) = frame.get("transaction") else { return Ok(None) };
+        match self.transactions.get_mut(tx) {
+            Some(frames) if frames.len() >= MAX_TRANSACTION_FRAMES => Err(SessionError::limit(format!(
+                "transaction {tx:?} holds too many frames (at most {MAX_TRANSACTION_FRAMES})"
+            ))),
+            Some(frames) => Ok(Some(frames)),
+            None => Err(SessionError::invalid(format!("unknown transaction {tx:?}"))),
+        }
+    }
+
+    async fn on_send(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let destination = required(&frame, "destination")?;
+        let route = destination::for_send(destination)?;
+        if let Some(frames) = self.transaction_of(&frame)? {
+            frames.push(frame);
+            return Ok(Flow::Continue);
+        }
+        let receipt = frame.get("receipt").map(str::to_owned);
+        self.publish(route, frame).await?;
+        self.send_receipt(receipt).await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn publish(&mut self, route: Route, frame: Frame) -> Result<(), SessionError> {
+        let Frame { headers, body, .. } = frame;
+        let mut kept: Vec<(String, String)> = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            // Repeated headers: the first one wins, so later copies are not passed on.
+            if !prepared::is_reserved(&name) && !kept.iter().any(|(n, _)| *n == name) {
+                kept.push((name, value));
+            }
+        }
+        let message =
+            Message { destination: Arc::from(route.name.as_str()), headers: kept, body, offset: None };
+        self.ctx.hub().publish(route.kind, message).await?;
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let version = self.version.unwrap_or(Version::V1_2);
+        let destination = required(&frame, "destination")?;
+        let route = destination::for_subscribe(destination, self.user.as_deref())?;
+        let id = match (frame.get("id"), version) {
+            (Some(id), _) => id.to_owned(),
+            (None, Version::V1_0) => destination.to_owned(),
+            (None, _) => return Err(SessionError::MissingHeader { command: "SUBSCRIBE", header: "id" }),
+        };
+        if self.subscriptions.contains_key(&id) {
+            return Err(SessionError::invalid(format!(
+                "subscription id {id:?} is already in use on this connection"
+            )));
+        }
+        let max = self.ctx.config().limits.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(SessionError::limit(format!("too many subscriptions (max-subscriptions is {max})")));
+        }
+        let ack = match frame.get("ack") {
+            None => AckMode::Auto,
+            Some(mode) => AckMode::parse(mode).ok_or_else(|| {
+                SessionError::invalid(format!(
+                    "unknown ack mode {mode:?}: expected auto, client or client-individual"
+                ))
+            })?,
+        };
+        let prefetch = match frame.get(PREFETCH_HEADER) {
+            None => self.ctx.config().queues.default_prefetch,
+            Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                SessionError::invalid(format!("{PREFETCH_HEADER} must be a positive integer, not {n:?}"))
+            })?,
+        };
+        let since = match frame.get(SINCE_HEADER) {
+            None => None,
+            Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                SessionError::invalid(format!("{SINCE_HEADER} must be an offset (an integer), not {s:?}"))
+            })?),
+        };
+        if since.is_some() && route.kind == Kind::Queue {
+            return Err(SessionError::invalid(format!("{SINCE_HEADER} applies to topics, not queues")));
+        }
+        let mut head = BytesMut::with_capacity(32 + id.len());
+        head.extend_from_slice(b"MESSAGE\nsubscription:");
+        match version {
+            Version::V1_0 => head.extend_from_slice(id.as_bytes()),
+            v => escape_into(&id, v, &mut head),
+        }
+        head.put_u8(b'\n');
+        self.next_sub_seq += 1;
+        let subscriber = Arc::new(Subscriber {
+            seq: self.next_sub_seq,
+            id: id.clone(),
+            head: head.freeze(),
+            ack,
+            route,
+            outbox: self.outbox.clone(),
+            active: AtomicBool::new(true),
+            prefetch,
+            in_flight: AtomicU32::new(0),
+        });
+        self.subscriptions.insert(id, subscriber.clone());
+        self.ctx.hub().subscribe(subscriber.clone()).wait().await?;
+        let mut receipt =
+            frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
+        if let Some(since) = since {
+            let recovered = self.replay(&subscriber, since).await?;
+            receipt =
+                receipt.map(|r| r.with_header(RECOVERED_HEADER, if recovered { "true" } else { "false" }));
+        }
+        if let Some(receipt) = receipt {
+            self.send_frame(&receipt).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last
+    /// replayed offset are then skipped. Returns whether the history covered the whole gap.
+    async fn replay(&mut self, subscriber: &Arc<Subscriber>, since: u64) -> Result<bool, SessionError> {
+        let history = self.ctx.hub().history(&subscriber.route.name, since).await?;
+        let mut floor = since;
+        let mut gap = !history.complete;
+        for message in &history.messages {
+            let prepared = Prepared::new(message);
+            floor = floor.max(message.offset.unwrap_or(floor));
+            self.write_message(subscriber, &prepared, None, gap).await?;
+            gap = false;
+        }
+        self.resumes.insert(subscriber.seq, Resume { floor, gap });
+        Ok(history.complete)
+    }
+
+    async fn on_unsubscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id.to_owned(),
+            (None, Some(Version::V1_0)) => required(&frame, "destination")?.to_owned(),
+            (None, _) => return Err(SessionError::MissingHeader { command: "UNSUBSCRIBE", header: "id" }),
+        };
+        let Some(subscriber) = self.subscriptions.remove(&id) else {
+            return Err(SessionError::invalid(format!("no subscription with id {id:?}")));
+        };
+        self.ctx.hub().unsubscribe(&subscriber);
+        self.resumes.remove(&subscriber.seq);
+        let held: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| Arc::ptr_eq(&u.subscriber, &subscriber))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in held {
+            if let Some(Unacked { subscriber, entry }) = self.unacked.remove(&seq) {
+                self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], true).await?;
+            }
+        }
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// The message sequence number an ACK or NACK names.
+    fn acked_seq(&self, frame: &Frame) -> Result<u64, SessionError> {
+        let header = if self.version == Some(Version::V1_2) { "id" } else { "message-id" };
+        let id = frame
+            .get(header)
+            .or_else(|| frame.get("id"))
+            .or_else(|| frame.get("message-id"))
+            .ok_or(SessionError::MissingHeader { command: frame.command.as_str(), header })?;
+        id.strip_prefix(self.tag.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|seq| seq.parse::<u64>().ok())
+            .filter(|seq| *seq >= 1 && *seq <= self.last_message_seq)
+            .ok_or_else(|| {
+                SessionError::invalid(format!("unknown message id {:?} in {}", id, frame.command.as_str()))
+            })
+    }
+
+    async fn on_ack(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let seq = self.acked_seq(&frame)?;
+        if let Some(frames) = self.transaction_of(&frame)? {
+            frames.push(frame);
+            return Ok(Flow::Continue);
+        }
+        let receipt = frame.get("receipt").map(str::to_owned);
+        self.settle(seq, frame.command == Command::Ack).await?;
+        self.send_receipt(receipt).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Acknowledges (or, with `ack == false`, returns to its queue) the delivery `seq` and, in
+    /// `client` mode, every earlier one of the same subscription. A delivery no longer held
+    /// (a topic message, or one settled already) is accepted and ignored.
+    async fn settle(&mut self, seq: u64, ack: bool) -> Result<(), SessionError> {
+        let Some(target) = self.unacked.get(&seq) else { return Ok(()) };
+        let subscriber = target.subscriber.clone();
+        let seqs: Vec<u64> = if subscriber.ack == AckMode::Client {
+            self.unacked
+                .range(..=seq)
+                .filter(|(_, u)| Arc::ptr_eq(&u.subscriber, &subscriber))
+                .map(|(s, _)| *s)
+                .collect()
+        } else {
+            vec![seq]
+        };
+        let mut by_queue: HashMap<Arc<str>, Vec<EntryId>> = HashMap::new();
+        for s in seqs {
+            if let Some(Unacked { entry, .. }) = self.unacked.remove(&s) {
+                by_queue.entry(entry.queue).or_default().push(entry.id);
+            }
+        }
+        for (queue, ids) in by_queue {
+            if ack {
+                self.ctx.hub().ack(&subscriber, &queue, &ids).await?;
+            } else {
+                self.ctx.hub().release(&subscriber, &queue, &ids, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_begin(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let tx = required(&frame, "transaction")?;
+        if self.transactions.contains_key(tx) {
+            return Err(SessionError::invalid(format!("transaction {tx:?} is already open")));
+        }
+        let max = self.ctx.config().limits.max_transactions;
+        if self.transactions.len() >= max {
+            return Err(SessionError::limit(format!(
+                "too many open transactions (max-transactions is {max})"
+            )));
+        }
+        self.transactions.insert(tx.to_owned(), Vec::new());
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn on_commit(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let tx = required(&frame, "transaction")?;
+        let frames = self
+            .transactions
+            .remove(tx)
+            .ok_or_else(|| SessionError::invalid(format!("unknown transaction {tx:?}")))?;
+        for held in frames {
+            match held.command {
+                Command::Send => {
+                    let route = destination::for_send(required(&held, "destination")?)?;
+                    self.publish(route, held).await?;
+                }
+                Command::Ack | Command::Nack => {
+                    let seq = self.acked_seq(&held)?;
+                    self.settle(seq, held.command == Command::Ack).await?;
+                }
+                _ => {}
+            }
+        }
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn on_abort(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let tx = required(&frame, "transaction")?;
+        if self.transactions.remove(tx).is_none() {
+            return Err(SessionError::invalid(format!("unknown transaction {tx:?}")));
+        }
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+}
+
+fn required<'f>(frame: &'f Frame, header: &'static str) -> Result<&'f str, SessionError> {
+    frame.get(header).ok_or(SessionError::MissingHeader { command: frame.command.as_str(), header })
+}
