@@ -166,42 +166,23 @@ pub enum ConfigError {
     Cli(#[from] clap::Error),
     /// The config file could not be read.
     #[error("cannot read config file {}: {source}", .path.display())]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { path: PathBuf, source: std::io::Error },
     /// The config file is not valid TOML.
     #[error("invalid config file {}: {source}", .path.display())]
-    ParseFile {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    ParseFile { path: PathBuf, source: toml::de::Error },
     /// The config file has a key that is not a setting (usually a typo).
     #[error(
         "unknown setting {key:?} in config file {}{}",
         .path.display(),
         .suggestion.map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default()
     )]
-    UnknownKey {
-        path: PathBuf,
-        key: String,
-        suggestion: Option<&'static str>,
-    },
+    UnknownKey { path: PathBuf, key: String, suggestion: Option<&'static str> },
     /// One setting's value is malformed or out of range.
     #[error("invalid value for {setting} from {origin}: {value:?}: {reason}")]
-    Invalid {
-        setting: &'static str,
-        origin: Origin,
-        value: String,
-        reason: String,
-    },
+    Invalid { setting: &'static str, origin: Origin, value: String, reason: String },
     /// One `[[history]]` table of the config file is malformed (1-based `entry`).
     #[error("invalid [[history]] entry {entry} in config file {}: {reason}", .path.display())]
-    FileHistory {
-        path: PathBuf,
-        entry: usize,
-        reason: String,
-    },
+    FileHistory { path: PathBuf, entry: usize, reason: String },
     /// Two settings are each well-formed but cannot hold together.
     #[error("{0}")]
     Conflict(Box<Conflict>),
@@ -234,10 +215,7 @@ impl Config {
 
     /// Same, from explicit args (`args[0]` = program name) and an explicit environment lookup, for
     /// tests. An environment variable set to the empty string counts as unset.
-    pub fn load_from<I, T>(
-        args: I,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError>
+    pub fn load_from<I, T>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
@@ -249,12 +227,7 @@ impl Config {
             None => env(CONFIG_ENV).map(PathBuf::from),
         };
         let file = path.map(ConfigFile::read).transpose()?;
-        Layers {
-            flags: &flags,
-            env: &env,
-            file: file.as_ref(),
-        }
-        .resolve()
+        Layers { flags: &flags, env: &env, file: file.as_ref() }.resolve()
     }
 
     /// First rule whose pattern matches `destination`.
@@ -328,9 +301,7 @@ impl HistoryRule {
     /// Checks a rule's parts; the error is the reason, for the caller to place.
     fn build(pattern: &str, size: usize, ttl: Option<&str>) -> Result<HistoryRule, String> {
         if !pattern.starts_with(TOPIC_PREFIX) || pattern.len() == TOPIC_PREFIX.len() {
-            return Err(format!(
-                "pattern {pattern:?} must start with {TOPIC_PREFIX:?} and name a topic"
-            ));
+            return Err(format!("pattern {pattern:?} must start with {TOPIC_PREFIX:?} and name a topic"));
         }
         if size == 0 {
             return Err("size must be at least 1 message".to_owned());
@@ -338,11 +309,7 @@ impl HistoryRule {
         let ttl = ttl
             .map(|ttl| nonzero(duration(ttl)).map_err(|reason| format!("ttl {ttl:?}: {reason}")))
             .transpose()?;
-        Ok(HistoryRule {
-            pattern: pattern.to_owned(),
-            size,
-            ttl,
-        })
+        Ok(HistoryRule { pattern: pattern.to_owned(), size, ttl })
     }
 }
 
@@ -417,12 +384,7 @@ const fn setting(
     builtin: Builtin,
     help: &'static str,
 ) -> Setting {
-    Setting {
-        name,
-        value_name,
-        builtin,
-        help,
-    }
+    Setting { name, value_name, builtin, help }
 }
 
 /// Every scalar setting, in `--help` order: name, value name, built-in value, help.
@@ -492,17 +454,11 @@ Sizes: bytes, or with KiB, MiB, GiB (1024-based) or KB, MB, GB (1000-based).
 Durations: 500ms, 10s, 1m, 1h30m.";
 
 fn spec(name: &str) -> &'static Setting {
-    SETTINGS
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("{name} is not in SETTINGS"))
+    SETTINGS.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} is not in SETTINGS"))
 }
 
 fn env_var(name: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        name.to_ascii_uppercase().replace('-', "_")
-    )
+    format!("{ENV_PREFIX}{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
 /// The `stampede` command line. Values are plain strings: parsing happens in `Layers::resolve`,
@@ -529,24 +485,20 @@ fn command() -> Command {
         let default = match s.builtin {
             Builtin::Value(value) | Builtin::Computed(value) => value,
         };
-        command = command.arg(Arg::new(s.name).long(s.name).value_name(s.value_name).help(
-            format!(
-                "{} [default: {default}] [env: {}=]",
-                s.help,
-                env_var(s.name)
-            ),
-        ));
+        command = command.arg(Arg::new(s.name).long(s.name).value_name(s.value_name).help(format!(
+            "{} [default: {default}] [env: {}=]",
+            s.help,
+            env_var(s.name)
+        )));
     }
     command.arg(
-        Arg::new(HISTORY)
-            .long(HISTORY)
-            .value_name("PATTERN=SIZE[,TTL]")
-            .action(ArgAction::Append)
-            .help(format!(
+        Arg::new(HISTORY).long(HISTORY).value_name("PATTERN=SIZE[,TTL]").action(ArgAction::Append).help(
+            format!(
                 "Keep the last SIZE messages (each for at most TTL) of topics matching PATTERN, \
                  where * matches anything, / included; repeatable, the first match wins \
                  [default: none] [env: {HISTORY_ENV}=, rules separated by ;]"
-            )),
+            ),
+        ),
     )
 }
 
@@ -577,15 +529,10 @@ impl ConfigFile {
             Ok(table) => table,
             Err(source) => return Err(ConfigError::ParseFile { path, source }),
         };
-        let unknown = table
-            .keys()
-            .find(|key| key.as_str() != HISTORY && SETTINGS.iter().all(|s| s.name != *key));
+        let unknown =
+            table.keys().find(|key| key.as_str() != HISTORY && SETTINGS.iter().all(|s| s.name != *key));
         if let Some(key) = unknown {
-            return Err(ConfigError::UnknownKey {
-                suggestion: closest_setting(key),
-                key: key.clone(),
-                path,
-            });
+            return Err(ConfigError::UnknownKey { suggestion: closest_setting(key), key: key.clone(), path });
         }
         Ok(ConfigFile { path, table })
     }
@@ -629,15 +576,9 @@ impl ConfigFile {
             .enumerate()
             .map(|(i, entry)| {
                 if !entry.is_table() {
-                    return Err(fail(
-                        i,
-                        "expected a table with pattern, size and ttl".into(),
-                    ));
+                    return Err(fail(i, "expected a table with pattern, size and ttl".into()));
                 }
-                let table: HistoryTable = entry
-                    .clone()
-                    .try_into()
-                    .map_err(|e| fail(i, e.to_string()))?;
+                let table: HistoryTable = entry.clone().try_into().map_err(|e| fail(i, e.to_string()))?;
                 HistoryRule::build(&table.pattern, table.size, table.ttl.as_deref())
                     .map_err(|reason| fail(i, reason))
             })
@@ -688,19 +629,11 @@ impl Layers<'_> {
             return Ok(None);
         };
         match parse(text.trim()) {
-            Ok(value) => Ok(Some(Resolved {
-                value,
-                origin,
-                text,
-            })),
+            Ok(value) => Ok(Some(Resolved { value, origin, text })),
             Err(reason) => Err(ConfigError::Invalid {
                 setting: name,
                 origin,
-                value: if name == "redis-url" {
-                    redact_url(&text)
-                } else {
-                    text
-                },
+                value: if name == "redis-url" { redact_url(&text) } else { text },
                 reason,
             }),
         }
@@ -724,11 +657,7 @@ impl Layers<'_> {
             value: text.to_owned(),
             reason,
         })?;
-        Ok(Resolved {
-            value,
-            origin: Origin::Default,
-            text: text.to_owned(),
-        })
+        Ok(Resolved { value, origin: Origin::Default, text: text.to_owned() })
     }
 
     /// History rules from the highest layer that has any; layers are not merged.
@@ -776,40 +705,27 @@ impl Layers<'_> {
 
         let max_frame_size = self.value("max-frame-size", |s| nonzero(size(s)))?;
         let max_body_size = self.value("max-body-size", |s| nonzero(size(s)))?;
-        check_at_most(
-            ("max-body-size", &max_body_size),
-            ("max-frame-size", &max_frame_size),
-        )?;
+        check_at_most(("max-body-size", &max_body_size), ("max-frame-size", &max_frame_size))?;
         let limits = Limits {
             max_frame_size: max_frame_size.value,
             max_body_size: max_body_size.value,
             max_headers: self.value("max-headers", |s| nonzero(count(s)))?.value,
             max_header_length: self.value("max-header-length", |s| nonzero(size(s)))?.value,
-            max_subscriptions: self
-                .value("max-subscriptions", |s| nonzero(count(s)))?
-                .value,
+            max_subscriptions: self.value("max-subscriptions", |s| nonzero(count(s)))?.value,
             max_transactions: self.value("max-transactions", |s| nonzero(count(s)))?.value,
             max_connections: self.value("max-connections", count)?.value,
-            connect_timeout: self
-                .value("connect-timeout", |s| nonzero(duration(s)))?
-                .value,
+            connect_timeout: self.value("connect-timeout", |s| nonzero(duration(s)))?.value,
             outbound_buffer: self.value("outbound-buffer", |s| nonzero(size(s)))?.value,
             slow_consumer: self.value("slow-consumer", slow_consumer)?.value,
         };
 
         let (send, receive) = self.value("heartbeat", heartbeat)?.value;
-        let heartbeat = Heartbeat {
-            send,
-            receive,
-            grace: self.value("heartbeat-grace", grace)?.value,
-        };
+        let heartbeat = Heartbeat { send, receive, grace: self.value("heartbeat-grace", grace)?.value };
 
         let queues = Queues {
             max_length: self.value("queue-max-length", |s| nonzero(count(s)))?.value,
             default_prefetch: self.value("prefetch-default", |s| nonzero(count(s)))?.value,
-            reclaim_after: self
-                .value("queue-reclaim-after", |s| nonzero(duration(s)))?
-                .value,
+            reclaim_after: self.value("queue-reclaim-after", |s| nonzero(duration(s)))?.value,
             max_deliveries: self.value("queue-max-deliveries", count)?.value,
         };
 
@@ -874,8 +790,7 @@ fn check_distinct_ports(
                 continue;
             };
             let overlap = a.ip() == b.ip()
-                || (a.is_ipv4() == b.is_ipv4()
-                    && (a.ip().is_unspecified() || b.ip().is_unspecified()));
+                || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()));
             if a.port() != 0 && a.port() == b.port() && overlap {
                 return Err(ConfigError::Conflict(Box::new(Conflict {
                     setting: name,
@@ -925,9 +840,7 @@ const SIZE_EXPECTED: &str = "expected a size like 65536, 64KiB or 1MiB";
 
 /// Bytes, or a whole number with KiB/MiB/GiB (1024-based) or KB/MB/GB (1000-based), any case.
 fn size(text: &str) -> Result<usize, String> {
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, suffix) = text.split_at(digits_end);
     let number: u64 = digits.parse().map_err(|_| SIZE_EXPECTED.to_owned())?;
     let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
@@ -947,8 +860,7 @@ fn size(text: &str) -> Result<usize, String> {
 }
 
 fn count<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| "expected a whole number like 100".to_owned())
+    text.parse().map_err(|_| "expected a whole number like 100".to_owned())
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -965,17 +877,14 @@ fn nonzero<T: Default + PartialEq>(value: Result<T, String>) -> Result<T, String
 }
 
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| "expected an address like 0.0.0.0:8080 or [::]:8080".to_owned())
+    text.parse().map_err(|_| "expected an address like 0.0.0.0:8080 or [::]:8080".to_owned())
 }
 
 fn optional_socket_addr(text: &str) -> Result<Option<SocketAddr>, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| "expected an address like 0.0.0.0:61613, or off".to_owned())
+    text.parse().map(Some).map_err(|_| "expected an address like 0.0.0.0:61613, or off".to_owned())
 }
 
 /// Schemes fred understands for a server, a Sentinel group and a Cluster, plain and TLS.
@@ -997,27 +906,22 @@ fn redis_url(text: &str) -> Result<Option<String>, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    let known = REDIS_SCHEMES.iter().any(|scheme| {
-        text.get(..scheme.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
-    });
+    let known = REDIS_SCHEMES
+        .iter()
+        .any(|scheme| text.get(..scheme.len()).is_some_and(|head| head.eq_ignore_ascii_case(scheme)));
     if known {
         Ok(Some(text.to_owned()))
     } else {
-        Err(
-            "expected a URL starting with redis://, rediss://, redis+sentinel:// or \
+        Err("expected a URL starting with redis://, rediss://, redis+sentinel:// or \
              redis-cluster://, or off"
-                .to_owned(),
-        )
+            .to_owned())
     }
 }
 
 fn node_id(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
         && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if valid {
         Ok(text.to_owned())
     } else {
@@ -1046,10 +950,7 @@ fn heartbeat(text: &str) -> Result<(Duration, Duration), String> {
     let expected = || "expected SEND_MS,RECV_MS in milliseconds, like 10000,10000".to_owned();
     let (send, receive) = text.split_once(',').ok_or_else(expected)?;
     let millis = |part: &str| part.trim().parse::<u64>().map_err(|_| expected());
-    Ok((
-        Duration::from_millis(millis(send)?),
-        Duration::from_millis(millis(receive)?),
-    ))
+    Ok((Duration::from_millis(millis(send)?), Duration::from_millis(millis(receive)?)))
 }
 
 fn grace(text: &str) -> Result<f64, String> {
@@ -1073,9 +974,7 @@ fn parse_history_rule(text: &str) -> Result<HistoryRule, String> {
         Some((size, ttl)) => (size.trim(), Some(ttl.trim())),
         None => (rest.trim(), None),
     };
-    let size = size
-        .parse()
-        .map_err(|_| format!("size {size:?}: expected a whole number of messages"))?;
+    let size = size.parse().map_err(|_| format!("size {size:?}: expected a whole number of messages"))?;
     HistoryRule::build(pattern.trim(), size, ttl)
 }
 
@@ -1149,10 +1048,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let argv = std::iter::once("stampede").chain(args.iter().copied());
         Config::load_from(argv, &|name| env.get(name).cloned())
     }
@@ -1226,11 +1122,7 @@ mod tests {
         );
         assert_eq!(
             c.heartbeat,
-            Heartbeat {
-                send: Duration::from_secs(10),
-                receive: Duration::from_secs(10),
-                grace: 2.0,
-            }
+            Heartbeat { send: Duration::from_secs(10), receive: Duration::from_secs(10), grace: 2.0 }
         );
         assert_eq!(
             c.queues,
@@ -1241,13 +1133,7 @@ mod tests {
                 max_deliveries: 0,
             }
         );
-        assert_eq!(
-            c.ws,
-            WsTuning {
-                read_buffer: 8 * 1024,
-                write_buffer: 64 * 1024,
-            }
-        );
+        assert_eq!(c.ws, WsTuning { read_buffer: 8 * 1024, write_buffer: 64 * 1024 });
         assert_eq!(c.drain_period, Duration::from_secs(30));
         assert!(c.history.is_empty());
     }
@@ -1307,10 +1193,7 @@ mod tests {
     fn config_flag_beats_config_env() {
         let from_env = TempFile::new("node-id = \"from-env\"");
         let from_flag = TempFile::new("node-id = \"from-flag\"");
-        let c = ok(
-            &["--config", from_flag.path()],
-            &[("STAMPEDE_CONFIG", from_env.path())],
-        );
+        let c = ok(&["--config", from_flag.path()], &[("STAMPEDE_CONFIG", from_env.path())]);
         assert_eq!(c.node_id, "from-flag");
         let c = ok(&[], &[("STAMPEDE_CONFIG", from_env.path())]);
         assert_eq!(c.node_id, "from-env");
@@ -1336,30 +1219,21 @@ mod tests {
         let file = TempFile::new("redis-url = \"off\"");
         let c = ok(
             &["--config", file.path(), "--stomp-listen", "off"],
-            &[
-                ("STAMPEDE_ADMIN_LISTEN", "OFF"),
-                ("STAMPEDE_REDIS_URL", "off"),
-            ],
+            &[("STAMPEDE_ADMIN_LISTEN", "OFF"), ("STAMPEDE_REDIS_URL", "off")],
         );
         assert_eq!(c.stomp_listen, None);
         assert_eq!(c.admin_listen, None);
         assert_eq!(c.redis_url, None);
         // A flag can turn off a listener the file enables, and the other way round.
         let file = TempFile::new("stomp-listen = \"off\"");
-        let c = ok(
-            &["--config", file.path(), "--stomp-listen", "127.0.0.1:6161"],
-            &[],
-        );
+        let c = ok(&["--config", file.path(), "--stomp-listen", "127.0.0.1:6161"], &[]);
         assert_eq!(c.stomp_listen, Some(addr("127.0.0.1:6161")));
     }
 
     #[test]
     fn listen_cannot_be_off() {
         let e = err(&["--listen", "off"], &[]);
-        assert!(
-            e.starts_with("invalid value for listen from command line --listen: \"off\""),
-            "{e}"
-        );
+        assert!(e.starts_with("invalid value for listen from command line --listen: \"off\""), "{e}");
     }
 
     #[test]
@@ -1398,14 +1272,7 @@ mod tests {
             "outbound-buffer = \"1MB\"\nqueue-reclaim-after = \"2m 30s\"\nws-read-buffer = 4096",
         );
         let c = ok(
-            &[
-                "--config",
-                file.path(),
-                "--connect-timeout",
-                "500ms",
-                "--ws-write-buffer",
-                "16KiB",
-            ],
+            &["--config", file.path(), "--connect-timeout", "500ms", "--ws-write-buffer", "16KiB"],
             &[("STAMPEDE_DRAIN_PERIOD", "1m")],
         );
         assert_eq!(c.limits.connect_timeout, Duration::from_millis(500));
@@ -1427,15 +1294,9 @@ mod tests {
              expected a duration with a unit, like 500ms, 10s or 1m"
         );
         // Zero is a valid drain period but not a valid connect timeout.
-        assert_eq!(
-            ok(&["--drain-period", "0s"], &[]).drain_period,
-            Duration::ZERO
-        );
+        assert_eq!(ok(&["--drain-period", "0s"], &[]).drain_period, Duration::ZERO);
         let e = err(&["--connect-timeout", "0s"], &[]);
-        assert!(
-            e.contains("connect-timeout") && e.contains("must be greater than 0"),
-            "{e}"
-        );
+        assert!(e.contains("connect-timeout") && e.contains("must be greater than 0"), "{e}");
     }
 
     #[test]
@@ -1459,15 +1320,9 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::Drop);
         let e = err(&[], &[("STAMPEDE_SLOW_CONSUMER", "block")]);
-        assert!(
-            e.contains("slow-consumer") && e.contains("expected disconnect or drop"),
-            "{e}"
-        );
+        assert!(e.contains("slow-consumer") && e.contains("expected disconnect or drop"), "{e}");
         let e = err(&["--log-format", "xml"], &[]);
-        assert!(
-            e.contains("log-format") && e.contains("expected text or json"),
-            "{e}"
-        );
+        assert!(e.contains("log-format") && e.contains("expected text or json"), "{e}");
     }
 
     #[test]
@@ -1502,40 +1357,22 @@ mod tests {
                     size: 1000,
                     ttl: Some(Duration::from_secs(600)),
                 },
-                HistoryRule {
-                    pattern: "/topic/chat.*".into(),
-                    size: 50,
-                    ttl: None,
-                },
+                HistoryRule { pattern: "/topic/chat.*".into(), size: 50, ttl: None },
             ]
         );
     }
 
     #[test]
     fn history_from_flags_and_environment() {
-        let c = ok(
-            &["--history", "/topic/a/*=10,1m", "--history", "/topic/b=5"],
-            &[],
-        );
+        let c = ok(&["--history", "/topic/a/*=10,1m", "--history", "/topic/b=5"], &[]);
         assert_eq!(
             c.history,
             vec![
-                HistoryRule {
-                    pattern: "/topic/a/*".into(),
-                    size: 10,
-                    ttl: Some(Duration::from_secs(60)),
-                },
-                HistoryRule {
-                    pattern: "/topic/b".into(),
-                    size: 5,
-                    ttl: None,
-                },
+                HistoryRule { pattern: "/topic/a/*".into(), size: 10, ttl: Some(Duration::from_secs(60)) },
+                HistoryRule { pattern: "/topic/b".into(), size: 5, ttl: None },
             ]
         );
-        let c = ok(
-            &[],
-            &[("STAMPEDE_HISTORY", " /topic/x.*=3,30s ; /topic/y=7;")],
-        );
+        let c = ok(&[], &[("STAMPEDE_HISTORY", " /topic/x.*=3,30s ; /topic/y=7;")]);
         assert_eq!(c.history.len(), 2);
         assert_eq!(c.history[0].pattern, "/topic/x.*");
         assert_eq!(c.history[0].ttl, Some(Duration::from_secs(30)));
@@ -1546,15 +1383,9 @@ mod tests {
     #[test]
     fn history_layers_replace_rather_than_merge() {
         let file = TempFile::new("[[history]]\npattern = \"/topic/file\"\nsize = 1");
-        let env = [
-            ("STAMPEDE_CONFIG", file.path()),
-            ("STAMPEDE_HISTORY", "/topic/env=2"),
-        ];
+        let env = [("STAMPEDE_CONFIG", file.path()), ("STAMPEDE_HISTORY", "/topic/env=2")];
         let patterns = |c: Config| c.history.into_iter().map(|r| r.pattern).collect::<Vec<_>>();
-        assert_eq!(
-            patterns(ok(&["--history", "/topic/flag=3"], &env)),
-            ["/topic/flag"]
-        );
+        assert_eq!(patterns(ok(&["--history", "/topic/flag=3"], &env)), ["/topic/flag"]);
         assert_eq!(patterns(ok(&[], &env)), ["/topic/env"]);
         assert_eq!(patterns(ok(&[], &env[..1])), ["/topic/file"]);
     }
@@ -1568,10 +1399,7 @@ mod tests {
              pattern \"/queue/a\" must start with \"/topic/\" and name a topic"
         );
         let e = err(&[], &[("STAMPEDE_HISTORY", "/topic/a=0")]);
-        assert!(
-            e.contains("environment STAMPEDE_HISTORY") && e.contains("size must be at least 1"),
-            "{e}"
-        );
+        assert!(e.contains("environment STAMPEDE_HISTORY") && e.contains("size must be at least 1"), "{e}");
         let e = err(&["--history", "/topic/a"], &[]);
         assert!(e.contains("expected PATTERN=SIZE[,TTL]"), "{e}");
         let e = err(&["--history", "/topic/a=ten"], &[]);
@@ -1589,10 +1417,7 @@ mod tests {
              [[history]]\npattern = \"/topic/b\"\nsise = 1",
         );
         let e = err(&["--config", file.path()], &[]);
-        assert!(
-            e.starts_with("invalid [[history]] entry 2 in config file ") && e.contains("sise"),
-            "{e}"
-        );
+        assert!(e.starts_with("invalid [[history]] entry 2 in config file ") && e.contains("sise"), "{e}");
         let file = TempFile::new("[[history]]\npattern = \"/topic/a\"\nsize = 1\nttl = \"0s\"");
         let e = err(&["--config", file.path()], &[]);
         assert!(e.contains("entry 1") && e.contains("ttl \"0s\""), "{e}");
@@ -1608,10 +1433,7 @@ mod tests {
         assert!(!m("/topic/prices", "/topic/prices2"));
         assert!(m("/topic/prices/*", "/topic/prices/eur"));
         assert!(m("/topic/prices/*", "/topic/prices/eur/usd"), "* crosses /");
-        assert!(
-            m("/topic/prices/*", "/topic/prices/"),
-            "* matches the empty run"
-        );
+        assert!(m("/topic/prices/*", "/topic/prices/"), "* matches the empty run");
         assert!(!m("/topic/prices/*", "/topic/price"));
         assert!(m("/topic/*.trades", "/topic/a/b.trades"));
         assert!(!m("/topic/*.trades", "/topic/a.trades.x"));
@@ -1654,15 +1476,9 @@ mod tests {
              max-frame-size = 1000 (from command line --max-frame-size)"
         );
         let e = err(&[], &[("STAMPEDE_MAX_BODY_SIZE", "2MiB")]);
-        assert!(
-            e.starts_with("max-body-size = 2MiB (from environment STAMPEDE_MAX_BODY_SIZE)"),
-            "{e}"
-        );
+        assert!(e.starts_with("max-body-size = 2MiB (from environment STAMPEDE_MAX_BODY_SIZE)"), "{e}");
         // Equal is fine.
-        ok(
-            &["--max-frame-size", "1MiB", "--max-body-size", "1MiB"],
-            &[],
-        );
+        ok(&["--max-frame-size", "1MiB", "--max-body-size", "1MiB"], &[]);
     }
 
     #[test]
@@ -1674,19 +1490,13 @@ mod tests {
              \"0.5\": must be at least 1.0"
         );
         let e = err(&[], &[("STAMPEDE_HEARTBEAT_GRACE", "NaN")]);
-        assert!(
-            e.contains("heartbeat-grace") && e.contains("expected a number"),
-            "{e}"
-        );
+        assert!(e.contains("heartbeat-grace") && e.contains("expected a number"), "{e}");
         assert_eq!(ok(&["--heartbeat-grace", "1"], &[]).heartbeat.grace, 1.0);
     }
 
     #[test]
     fn bad_node_ids_are_rejected() {
-        assert_eq!(
-            ok(&["--node-id", "node-1.eu_west"], &[]).node_id,
-            "node-1.eu_west"
-        );
+        assert_eq!(ok(&["--node-id", "node-1.eu_west"], &[]).node_id, "node-1.eu_west");
         let sixty_four = "a".repeat(64);
         assert_eq!(ok(&["--node-id", &sixty_four], &[]).node_id, sixty_four);
         for bad in ["", "has space", "slash/y", "ünï", &"a".repeat(65)] {
@@ -1710,15 +1520,9 @@ mod tests {
             "redis-cluster://n1:6379,n2:6379",
             "REDIS://localhost",
         ] {
-            assert_eq!(
-                ok(&["--redis-url", good], &[]).redis_url.as_deref(),
-                Some(good)
-            );
+            assert_eq!(ok(&["--redis-url", good], &[]).redis_url.as_deref(), Some(good));
         }
-        let e = err(
-            &[],
-            &[("STAMPEDE_REDIS_URL", "http://user:secret@localhost")],
-        );
+        let e = err(&[], &[("STAMPEDE_REDIS_URL", "http://user:secret@localhost")]);
         assert_eq!(
             e,
             "invalid value for redis-url from environment STAMPEDE_REDIS_URL: \
@@ -1730,18 +1534,9 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_debug_output() {
-        let c = ok(
-            &[
-                "--redis-url",
-                "redis://app:hunter2@redis:6379/0?sentinel_password=s3cret&x=1",
-            ],
-            &[],
-        );
+        let c = ok(&["--redis-url", "redis://app:hunter2@redis:6379/0?sentinel_password=s3cret&x=1"], &[]);
         let debug = format!("{c:?}");
-        assert!(
-            !debug.contains("hunter2") && !debug.contains("s3cret"),
-            "{debug}"
-        );
+        assert!(!debug.contains("hunter2") && !debug.contains("s3cret"), "{debug}");
         assert_eq!(
             c.redacted_redis_url().as_deref(),
             Some("redis://app:***@redis:6379/0?sentinel_password=***&x=1")
@@ -1803,15 +1598,9 @@ mod tests {
             "--ws-read-buffer",
         ] {
             let e = err(&[flag, "0"], &[]);
-            assert!(
-                e.contains(flag) && e.ends_with("must be greater than 0"),
-                "{e}"
-            );
+            assert!(e.contains(flag) && e.ends_with("must be greater than 0"), "{e}");
         }
-        let c = ok(
-            &["--max-connections", "0", "--queue-max-deliveries", "0"],
-            &[],
-        );
+        let c = ok(&["--max-connections", "0", "--queue-max-deliveries", "0"], &[]);
         assert_eq!((c.limits.max_connections, c.queues.max_deliveries), (0, 0));
         let e = err(&["--prefetch-default", "4294967296"], &[]);
         assert!(e.contains("prefetch-default"), "{e}");
@@ -1827,25 +1616,10 @@ mod tests {
         );
         // Port 0 is chosen by the OS, and distinct addresses may share a port.
         ok(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--stomp-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ],
+            &["--listen", "127.0.0.1:0", "--stomp-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
             &[],
         );
-        ok(
-            &[
-                "--listen",
-                "127.0.0.1:7000",
-                "--admin-listen",
-                "127.0.0.2:7000",
-            ],
-            &[],
-        );
+        ok(&["--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.2:7000"], &[]);
         ok(&["--admin-listen", "off", "--stomp-listen", "off"], &[]);
     }
 
@@ -1856,24 +1630,15 @@ mod tests {
         let path = std::env::temp_dir().join("stampede-config-test-does-not-exist.toml");
         let path = path.to_str().unwrap();
         let e = err(&[], &[("STAMPEDE_CONFIG", path)]);
-        assert!(
-            e.starts_with(&format!("cannot read config file {path}: ")),
-            "{e}"
-        );
+        assert!(e.starts_with(&format!("cannot read config file {path}: ")), "{e}");
     }
 
     #[test]
     fn invalid_toml_is_named() {
         let file = TempFile::new("listen = 0.0.0.0:8080\n");
         let e = err(&["--config", file.path()], &[]);
-        assert!(
-            e.starts_with(&format!("invalid config file {}: ", file.path())),
-            "{e}"
-        );
-        assert!(matches!(
-            load(&["--config", file.path()], &[]),
-            Err(ConfigError::ParseFile { .. })
-        ));
+        assert!(e.starts_with(&format!("invalid config file {}: ", file.path())), "{e}");
+        assert!(matches!(load(&["--config", file.path()], &[]), Err(ConfigError::ParseFile { .. })));
     }
 
     // --- command line ---
@@ -1889,28 +1654,11 @@ mod tests {
             let default = match s.builtin {
                 Builtin::Value(v) | Builtin::Computed(v) => v,
             };
-            assert!(
-                help.contains(&format!("--{} <", s.name)),
-                "{} missing",
-                s.name
-            );
-            assert!(
-                help.contains(&format!("[default: {default}]")),
-                "{} default",
-                s.name
-            );
-            assert!(
-                help.contains(&format!("[env: {}=]", env_var(s.name))),
-                "{} env",
-                s.name
-            );
+            assert!(help.contains(&format!("--{} <", s.name)), "{} missing", s.name);
+            assert!(help.contains(&format!("[default: {default}]")), "{} default", s.name);
+            assert!(help.contains(&format!("[env: {}=]", env_var(s.name))), "{} env", s.name);
         }
-        for extra in [
-            "--config <PATH>",
-            "STAMPEDE_CONFIG",
-            "--history <",
-            "STAMPEDE_HISTORY",
-        ] {
+        for extra in ["--config <PATH>", "STAMPEDE_CONFIG", "--history <", "STAMPEDE_HISTORY"] {
             assert!(help.contains(extra), "{extra} missing");
         }
     }

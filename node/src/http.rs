@@ -6,6 +6,7 @@
 //! | `GET /readyz` | 200 while the node accepts clients and its engine is reachable, else 503 |
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /api/v1/publish` | publishes `{"destination", "headers", "body"}` without STOMP |
+//! | `GET /api/v1/nodes` | the live nodes of the cluster with their connection and subscription counts |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/nodes", get(nodes))
         .with_state(ctx)
 }
 
@@ -51,6 +53,13 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
 async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
     let body = ctx.metrics().render(ctx.hub().engine().queue_depths());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn nodes(State(ctx): State<Arc<Context>>) -> Response {
+    match ctx.hub().engine().nodes().await {
+        Ok(nodes) => Json(serde_json::json!({ "nodes": nodes })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 /// The body of `POST /api/v1/publish`.

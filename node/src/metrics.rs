@@ -55,6 +55,7 @@ pub struct Metrics {
     subscriptions: Gauge,
     queue_depth: Family<QueueLabel, Gauge<u64, AtomicU64>>,
     errors: Counter,
+    open_connections: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -119,6 +120,7 @@ impl Metrics {
             subscriptions,
             queue_depth,
             errors,
+            open_connections: AtomicU64::new(0),
         }
     }
 
@@ -135,10 +137,12 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self, transport: &'static str) {
+        self.open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.connections.get_or_create(&TransportLabel { transport }).inc();
     }
 
     pub fn connection_closed(&self, transport: &'static str) {
+        self.open_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.connections.get_or_create(&TransportLabel { transport }).dec();
     }
 
@@ -163,6 +167,16 @@ impl Metrics {
 
     pub fn subscription_removed(&self) {
         self.subscriptions.dec();
+    }
+
+    /// Open client connections on this node.
+    pub fn connection_count(&self) -> u64 {
+        self.open_connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Active subscriptions on this node.
+    pub fn subscription_count(&self) -> u64 {
+        self.subscriptions.get().max(0) as u64
     }
 
     pub fn error_sent(&self) {

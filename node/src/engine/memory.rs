@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, EntryId, History, Inbox, Message, Pending, QueueEntry};
+use crate::engine::{Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, QueueEntry};
 use crate::metrics::Metrics;
 
 /// The in-memory engine. Cheap to share behind an `Arc`; every lock is held for a few lines.
@@ -224,5 +224,15 @@ impl Engine for MemoryEngine {
     fn queue_depths(&self) -> Vec<(String, u64)> {
         let queues = self.queues.lock().expect("queues lock");
         queues.iter().map(|(name, q)| (name.to_string(), q.ready.len() as u64)).collect()
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Ok(vec![NodeInfo {
+            node_id: self.config.node_id.clone(),
+            connections: self.metrics.connection_count(),
+            subscriptions: self.metrics.subscription_count(),
+            last_seen_ms: now.as_millis() as u64,
+        }])
     }
 }

@@ -53,6 +53,16 @@ pub struct History {
     pub complete: bool,
 }
 
+/// One live node of the cluster, as its registry entry says.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    /// Unix time in milliseconds of the node's last heartbeat.
+    pub last_seen_ms: u64,
+}
+
 /// Errors of the engine layer.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum EngineError {
@@ -139,6 +149,8 @@ pub trait Engine: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Ready entries per queue, for metrics.
     fn queue_depths(&self) -> Vec<(String, u64)>;
+    /// The live nodes of the cluster (just this one on a single-node engine).
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, EngineError>> + Send;
 }
 
 /// The configured back end, dispatched statically.
@@ -187,5 +199,8 @@ impl Engine for AnyEngine {
     }
     fn queue_depths(&self) -> Vec<(String, u64)> {
         dispatch!(self, e => e.queue_depths())
+    }
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        dispatch!(self, e => e.nodes().await)
     }
 }
