@@ -553,8 +553,16 @@ impl<S: FrameSink> Session<S> {
             return Ok(Flow::Continue);
         }
         let receipt = frame.get("receipt").map(str::to_owned);
-        self.publish(route, frame).await?;
-        self.send_receipt(receipt).await?;
+        match self.publish(route, frame).await {
+            Ok(()) => self.send_receipt(receipt).await?,
+            // Without a receipt the client asked for no confirmation: the failure is counted
+            // (messages_dropped{reason="publish_failed"}) and logged, and the session goes on.
+            // With one, the ERROR carries its receipt-id: never a RECEIPT for a lost message.
+            Err(SessionError::Engine(error)) if receipt.is_none() => {
+                tracing::warn!(%error, "publish failed")
+            }
+            Err(error) => return Err(error),
+        }
         Ok(Flow::Continue)
     }
 
