@@ -16,6 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
 
 /// One message as the engine stores and moves it: a destination, the user headers, the body.
@@ -73,32 +74,30 @@ pub enum EngineError {
 }
 
 /// Resolves once the engine has applied a request that it ordered when the call was made
-/// (for example: this node now receives a destination it asked to watch).
-#[derive(Debug)]
-pub struct Pending(PendingInner);
+/// (for example: this node now receives a destination it asked to watch). Clones share the
+/// outcome, so every subscriber that joins while a watch is under way waits for the same one.
+#[derive(Clone)]
+pub struct Pending(Shared<BoxFuture<'static, Result<(), EngineError>>>);
 
-#[derive(Debug)]
-enum PendingInner {
-    Ready(Result<(), EngineError>),
-    Waiting(oneshot::Receiver<Result<(), EngineError>>),
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
 }
 
 impl Pending {
     /// Already applied.
     pub fn ready(result: Result<(), EngineError>) -> Pending {
-        Pending(PendingInner::Ready(result))
+        Pending(futures_util::future::ready(result).boxed().shared())
     }
 
     /// Applied when the sender side answers.
     pub fn waiting(rx: oneshot::Receiver<Result<(), EngineError>>) -> Pending {
-        Pending(PendingInner::Waiting(rx))
+        Pending(async move { rx.await.unwrap_or(Err(EngineError::Closed)) }.boxed().shared())
     }
 
     pub async fn wait(self) -> Result<(), EngineError> {
-        match self.0 {
-            PendingInner::Ready(result) => result,
-            PendingInner::Waiting(rx) => rx.await.unwrap_or(Err(EngineError::Closed)),
-        }
+        self.0.await
     }
 }
 

@@ -161,6 +161,14 @@ struct QueueDispatch {
     next: AtomicUsize,
 }
 
+/// The local subscribers of one topic or user destination.
+struct Topic {
+    subscribers: Vec<Arc<Subscriber>>,
+    /// The engine's watch of this destination, shared by everyone who subscribes while it is
+    /// under way: a subscription is live only once the watch is.
+    watched: Pending,
+}
+
 /// Entries fetched in one engine call at most.
 const FETCH_BATCH: u32 = 256;
 
@@ -168,7 +176,7 @@ const FETCH_BATCH: u32 = 256;
 pub struct Hub {
     engine: AnyEngine,
     metrics: Arc<Metrics>,
-    topics: RwLock<HashMap<Arc<str>, Vec<Arc<Subscriber>>>>,
+    topics: RwLock<HashMap<Arc<str>, Topic>>,
     queues: Mutex<HashMap<Arc<str>, Arc<QueueDispatch>>>,
     me: Weak<Hub>,
 }
@@ -219,17 +227,19 @@ impl Hub {
         match subscriber.route.kind {
             Kind::Topic | Kind::User => {
                 let name: Arc<str> = Arc::from(subscriber.route.name.as_str());
-                let first = {
-                    let mut topics = self.topics.write().expect("topics lock");
-                    let subs = topics.entry(name.clone()).or_default();
-                    subs.push(subscriber);
-                    subs.len() == 1
-                };
-                // Ordered at call time: a later unwatch cannot overtake this watch.
-                if first {
-                    self.engine.watch(&name)
-                } else {
-                    Pending::ready(Ok(()))
+                let mut topics = self.topics.write().expect("topics lock");
+                match topics.get_mut(&name) {
+                    Some(topic) => {
+                        topic.subscribers.push(subscriber);
+                        topic.watched.clone()
+                    }
+                    None => {
+                        // Ordered at call time, under the lock: a later unwatch cannot overtake it.
+                        let watched = self.engine.watch(&name);
+                        topics
+                            .insert(name, Topic { subscribers: vec![subscriber], watched: watched.clone() });
+                        watched
+                    }
                 }
             }
             Kind::Queue => {
@@ -271,9 +281,9 @@ impl Hub {
         match subscriber.route.kind {
             Kind::Topic | Kind::User => {
                 let mut topics = self.topics.write().expect("topics lock");
-                if let Some(subs) = topics.get_mut(name) {
-                    subs.retain(|s| !Arc::ptr_eq(s, subscriber));
-                    if subs.is_empty() {
+                if let Some(topic) = topics.get_mut(name) {
+                    topic.subscribers.retain(|s| !Arc::ptr_eq(s, subscriber));
+                    if topic.subscribers.is_empty() {
                         topics.remove(name);
                         self.engine.unwatch(name);
                     }
@@ -411,14 +421,14 @@ impl Hub {
 
     /// Local subscriptions of destinations, for the admin API and tests.
     pub fn topic_subscriber_count(&self, destination: &str) -> usize {
-        self.topics.read().expect("topics lock").get(destination).map_or(0, Vec::len)
+        self.topics.read().expect("topics lock").get(destination).map_or(0, |t| t.subscribers.len())
     }
 }
 
 impl Inbox for Hub {
     fn deliver(&self, message: Arc<Message>) {
         let topics = self.topics.read().expect("topics lock");
-        let Some(subscribers) = topics.get(&*message.destination) else {
+        let Some(Topic { subscribers, .. }) = topics.get(&*message.destination) else {
             return;
         };
         let prepared = Arc::new(Prepared::new(&message));
