@@ -22,7 +22,8 @@ fn python() -> PathBuf {
     let python = target.join("bin/python3");
     let ready = target.join(".ready");
     if !ready.exists() {
-        let status = Command::new("python3").arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
+        let status =
+            Command::new("python3").arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
         assert!(status.success(), "python3 -m venv failed");
         let status = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", STOMP_PY])
@@ -77,5 +78,10 @@ fn stomp_py_over_websocket_and_tcp() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stomp.py client failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("websocket: ok") && stdout.contains("tcp (STOMP 1.1): ok") && stdout.contains("tcp (STOMP 1.2): ok"), "unexpected output:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("websocket: ok")
+            && stdout.contains("tcp (STOMP 1.1): ok")
+            && stdout.contains("tcp (STOMP 1.2): ok"),
+        "unexpected output:\n{stdout}\n{stderr}"
+    );
 }

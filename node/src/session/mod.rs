@@ -92,6 +92,7 @@ pub async fn run<S: FrameSink>(
         user: None,
         heartbeat_out: None,
         last_write: Instant::now(),
+        wrote: false,
         subscriptions: HashMap::new(),
         next_sub_seq: 0,
         resumes: HashMap::new(),
@@ -131,6 +132,8 @@ struct Session<S> {
     user: Option<String>,
     heartbeat_out: Option<Duration>,
     last_write: Instant,
+    /// Something was fed to the sink since the last flush.
+    wrote: bool,
     subscriptions: HashMap<String, Arc<Subscriber>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
@@ -249,6 +252,7 @@ impl<S: FrameSink> Session<S> {
             }
             Event::Inbound(Some(Inbound::Invalid(error))) => Err(SessionError::Protocol(error)),
             Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
+            Event::Inbound(Some(Inbound::TooLarge(why))) => Err(SessionError::Limit(why)),
             Event::Inbound(Some(Inbound::Frame(frame))) => {
                 self.ctx.metrics().frame_in(frame.command);
                 let receipt = frame.get("receipt").map(str::to_owned);
@@ -285,7 +289,6 @@ impl<S: FrameSink> Session<S> {
     /// Writes `first` and whatever else the hub queued meanwhile (up to a batch), flushes once,
     /// then acknowledges the `auto` queue deliveries it wrote.
     async fn write_batch(&mut self, first: Option<Delivery>) -> Result<(), SessionError> {
-        let mut wrote = first.is_some();
         if let Some(delivery) = first {
             self.write_delivery(delivery).await?;
         }
@@ -293,11 +296,10 @@ impl<S: FrameSink> Session<S> {
             for _ in 0..BATCH {
                 let Ok(delivery) = self.deliveries.try_recv() else { break };
                 self.write_delivery(delivery).await?;
-                wrote = true;
             }
         }
         self.sink.flush().await.map_err(SessionError::io)?;
-        if wrote {
+        if std::mem::take(&mut self.wrote) {
             self.last_write = Instant::now();
         }
         self.ack_written().await
@@ -375,6 +377,7 @@ impl<S: FrameSink> Session<S> {
             head.extend_from_slice(b":false\n");
         }
         self.sink.feed(&self.scratch, message.tail(version), message.text).await.map_err(SessionError::io)?;
+        self.wrote = true;
         self.ctx.metrics().frame_out(Command::Message);
         self.ctx.metrics().delivered(1);
         if let Some(entry) = entry {
@@ -392,6 +395,7 @@ impl<S: FrameSink> Session<S> {
         let mut out = BytesMut::new();
         stomp::encode(frame, self.version, &mut out);
         self.sink.feed(&out, &[], true).await.map_err(SessionError::io)?;
+        self.wrote = true;
         self.ctx.metrics().frame_out(frame.command);
         Ok(())
     }
@@ -447,18 +451,46 @@ impl<S: FrameSink> Session<S> {
             self.ctx.hub().unsubscribe(&subscriber);
         }
         self.transactions.clear();
-        let unacked = std::mem::take(&mut self.unacked);
-        for (_, Unacked { subscriber, entry }) in unacked {
-            let _ = self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], true).await;
-        }
+        let _ = self.release_unacked(|_| true).await;
         let _ = self.ack_written().await;
         self.deliveries.close();
+        let mut undelivered = Vec::new();
         while let Ok(delivery) = self.deliveries.try_recv() {
             self.outbox.written(delivery.message.len());
             if let Some(entry) = delivery.entry {
-                let _ = self.ctx.hub().release(&delivery.subscriber, &entry.queue, &[entry.id], false).await;
+                undelivered.push((delivery.subscriber, entry));
             }
         }
+        let _ = self.release(undelivered, false).await;
+    }
+
+    /// Returns the unacknowledged queue deliveries of the subscriptions `which` selects to their
+    /// queues, flagged as redelivered.
+    async fn release_unacked(&mut self, which: impl Fn(&Arc<Subscriber>) -> bool) -> Result<(), SessionError> {
+        let seqs: Vec<u64> =
+            self.unacked.iter().filter(|(_, u)| which(&u.subscriber)).map(|(seq, _)| *seq).collect();
+        let held = seqs
+            .into_iter()
+            .filter_map(|seq| self.unacked.remove(&seq))
+            .map(|Unacked { subscriber, entry }| (subscriber, entry))
+            .collect();
+        self.release(held, true).await
+    }
+
+    /// Releases entries with one engine call per subscription and queue, keeping their order
+    /// (the engine puts a batch back at the head of its queue as it was).
+    async fn release(&self, entries: Vec<(Arc<Subscriber>, EntryRef)>, delivered: bool) -> Result<(), SessionError> {
+        let mut batches: Vec<(Arc<Subscriber>, Arc<str>, Vec<EntryId>)> = Vec::new();
+        for (subscriber, entry) in entries {
+            match batches.iter_mut().find(|(s, q, _)| Arc::ptr_eq(s, &subscriber) && *q == entry.queue) {
+                Some((_, _, ids)) => ids.push(entry.id),
+                None => batches.push((subscriber, entry.queue, vec![entry.id])),
+            }
+        }
+        for (subscriber, queue, ids) in batches {
+            self.ctx.hub().release(&subscriber, &queue, &ids, delivered).await?;
+        }
+        Ok(())
     }
 
     // === frame handling ===
@@ -548,11 +580,12 @@ impl<S: FrameSink> Session<S> {
     async fn on_send(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         let destination = required(&frame, "destination")?;
         let route = destination::for_send(destination)?;
+        let receipt = frame.get("receipt").map(str::to_owned);
         if let Some(frames) = self.transaction_of(&frame)? {
             frames.push(frame);
+            self.send_receipt(receipt).await?;
             return Ok(Flow::Continue);
         }
-        let receipt = frame.get("receipt").map(str::to_owned);
         match self.publish(route, frame).await {
             Ok(()) => self.send_receipt(receipt).await?,
             // Without a receipt the client asked for no confirmation: the failure is counted
@@ -683,17 +716,7 @@ impl<S: FrameSink> Session<S> {
         };
         self.ctx.hub().unsubscribe(&subscriber);
         self.resumes.remove(&subscriber.seq);
-        let held: Vec<u64> = self
-            .unacked
-            .iter()
-            .filter(|(_, u)| Arc::ptr_eq(&u.subscriber, &subscriber))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in held {
-            if let Some(Unacked { subscriber, entry }) = self.unacked.remove(&seq) {
-                self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], true).await?;
-            }
-        }
+        self.release_unacked(|s| Arc::ptr_eq(s, &subscriber)).await?;
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
         Ok(Flow::Continue)
     }
@@ -717,11 +740,12 @@ impl<S: FrameSink> Session<S> {
 
     async fn on_ack(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         let seq = self.acked_seq(&frame)?;
+        let receipt = frame.get("receipt").map(str::to_owned);
         if let Some(frames) = self.transaction_of(&frame)? {
             frames.push(frame);
+            self.send_receipt(receipt).await?;
             return Ok(Flow::Continue);
         }
-        let receipt = frame.get("receipt").map(str::to_owned);
         self.settle(seq, frame.command == Command::Ack).await?;
         self.send_receipt(receipt).await?;
         Ok(Flow::Continue)

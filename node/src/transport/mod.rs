@@ -27,6 +27,8 @@ pub enum Inbound {
     Invalid(ProtocolError),
     /// Nothing arrived within the negotiated heart-beat tolerance.
     TimedOut,
+    /// The transport refused a message over its size limit; says which.
+    TooLarge(String),
     /// The peer closed the connection, or it failed (`Some` says how).
     Closed(Option<String>),
 }
@@ -141,6 +143,10 @@ async fn read_loop<S: ByteSource>(
             Ok(Read::Data | Read::Activity) => {}
             Ok(Read::Eof) => {
                 let _ = tx.send(Inbound::Closed(None)).await;
+                return;
+            }
+            Err(error) if error.kind() == io::ErrorKind::FileTooLarge => {
+                let _ = tx.send(Inbound::TooLarge(error.to_string())).await;
                 return;
             }
             Err(error) => {

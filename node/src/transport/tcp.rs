@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,10 +91,19 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for TcpSink<W> {
         Ok(())
     }
 
+    /// Cancellation-safe: bytes leave `out` as they are written, so a flush interrupted (a slow
+    /// consumer cut off mid-write) never writes the same bytes twice.
     async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.writer.write_all(&self.out).await?;
-            self.out.clear();
+        while !self.out.is_empty() {
+            let n = self.writer.write(&self.out).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.out.advance(n);
+        }
+        if self.out.capacity() > WRITE_HIGH_WATER {
+            // A burst is over: do not keep its buffer for an idle connection.
+            self.out = BytesMut::new();
         }
         self.writer.flush().await
     }

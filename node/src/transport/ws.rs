@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::session::{self, Context};
@@ -31,6 +31,9 @@ use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read};
 
 /// The path clients connect to.
 pub const PATH: &str = "/ws";
+
+/// Bytes a WebSocket message may exceed max-frame-size by before tungstenite refuses it.
+const WS_SLACK: usize = 64 * 1024;
 
 /// STOMP subprotocols, best first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -64,8 +67,10 @@ pub fn websocket_config(ctx: &Context) -> WebSocketConfig {
         .read_buffer_size(config.ws.read_buffer)
         .write_buffer_size(config.ws.write_buffer)
         .max_write_buffer_size(config.ws.write_buffer.saturating_mul(2).max(config.limits.max_frame_size * 2))
-        .max_message_size(Some(config.limits.max_frame_size))
-        .max_frame_size(Some(config.limits.max_frame_size))
+        // A little above our frame limit, so a frame just over it reaches the codec and gets a
+        // precise ERROR; anything larger is refused by tungstenite before it is buffered.
+        .max_message_size(Some(config.limits.max_frame_size + WS_SLACK))
+        .max_frame_size(Some(config.limits.max_frame_size + WS_SLACK))
 }
 
 /// Picks the best STOMP subprotocol a client offered.
@@ -139,6 +144,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteSource for WsSource
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Read::Activity),
             Some(Ok(Message::Close(_))) | None => Ok(Read::Eof),
+            Some(Err(WsError::Capacity(error))) => Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("WebSocket message refused: {error} (max-frame-size)"),
+            )),
             Some(Err(error)) => Err(io::Error::other(error)),
         }
     }
