@@ -38,6 +38,9 @@ pub struct Config {
     /// the scheme is checked here; the engine parses the rest. May hold a password: log it with
     /// [`Config::redacted_redis_url`].
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel the cluster engine uses, so several clusters (or
+    /// other applications) can share one Redis.
+    pub redis_prefix: String,
     /// This node's name in the cluster (Redis keys, admin API, logs).
     pub node_id: String,
     /// Log line format; the level comes from `RUST_LOG`.
@@ -256,6 +259,7 @@ impl fmt::Debug for Config {
             .field("stomp_listen", &self.stomp_listen)
             .field("admin_listen", &self.admin_listen)
             .field("redis_url", &self.redacted_redis_url())
+            .field("redis_prefix", &self.redis_prefix)
             .field("node_id", &self.node_id)
             .field("log_format", &self.log_format)
             .field("limits", &self.limits)
@@ -400,6 +404,9 @@ const SETTINGS: &[Setting] = &[
         "Redis for the cluster engine: redis://, rediss://, redis+sentinel://, redis-cluster:// \
          (also redis-sentinel://, redis+cluster:// and their rediss forms); unset or off: the \
          embedded in-memory engine, one node"),
+    setting("redis-prefix", "PREFIX", Builtin::Value("stampede"),
+        "Prefix of the cluster engine's Redis keys and channels: 1 to 64 printable characters, \
+         no spaces, { or }"),
     setting("node-id", "ID", Builtin::Computed("random UUID"),
         "This node's name in the cluster: 1 to 64 of A-Z a-z 0-9 . _ -"),
     setting("log-format", "text|json", Builtin::Value("text"),
@@ -697,6 +704,7 @@ impl Layers<'_> {
         let stomp_listen = self.value("stomp-listen", optional_socket_addr)?;
         let admin_listen = self.value("admin-listen", optional_socket_addr)?;
         let redis_url = self.optional("redis-url", redis_url)?.and_then(|r| r.value);
+        let redis_prefix = self.value("redis-prefix", redis_prefix)?.value;
         let node_id = match self.optional("node-id", node_id)? {
             Some(resolved) => resolved.value,
             None => uuid::Uuid::new_v4().to_string(),
@@ -748,6 +756,7 @@ impl Layers<'_> {
             stomp_listen: stomp_listen.value,
             admin_listen: admin_listen.value,
             redis_url,
+            redis_prefix,
             node_id,
             log_format,
             limits,
@@ -915,6 +924,19 @@ fn redis_url(text: &str) -> Result<Option<String>, String> {
         Err("expected a URL starting with redis://, rediss://, redis+sentinel:// or \
              redis-cluster://, or off"
             .to_owned())
+    }
+}
+
+/// A key prefix: printable ASCII without spaces or braces, so the engine's hash tags (`{...}`)
+/// stay the only ones in a key.
+fn redis_prefix(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1 to 64 printable characters without spaces, { or }".to_owned())
     }
 }
 
@@ -1530,6 +1552,24 @@ mod tests {
              redis+sentinel:// or redis-cluster://, or off"
         );
         assert!(err(&["--redis-url", "localhost:6379"], &[]).contains("redis-url"));
+    }
+
+    #[test]
+    fn redis_prefix_defaults_and_is_checked() {
+        assert_eq!(ok(&[], &[]).redis_prefix, "stampede");
+        assert_eq!(ok(&["--redis-prefix", "app1:stomp"], &[]).redis_prefix, "app1:stomp");
+        assert_eq!(ok(&[], &[("STAMPEDE_REDIS_PREFIX", "blue")]).redis_prefix, "blue");
+        let file = TempFile::new("redis-prefix = \"green\"");
+        assert_eq!(ok(&["--config", file.path()], &[]).redis_prefix, "green");
+        for bad in ["", "has space", "a{b}", "x}", &"p".repeat(65)] {
+            let arg = format!("--redis-prefix={bad}");
+            let e = err(&[&arg], &[]);
+            assert!(
+                e.starts_with("invalid value for redis-prefix from command line --redis-prefix")
+                    && e.contains("expected 1 to 64 printable characters"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::engine::{memory::MemoryEngine, AnyEngine};
+use crate::engine::{memory::MemoryEngine, redis::RedisEngine, AnyEngine};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::session::Context;
@@ -41,8 +41,8 @@ use crate::session::Context;
 pub enum Error {
     #[error("cannot listen on {addr} ({setting}): {source}")]
     Bind { setting: &'static str, addr: SocketAddr, source: std::io::Error },
-    #[error("the cluster engine (redis-url) is not available in this build")]
-    NoClusterEngine,
+    #[error("cannot start the cluster engine (redis-url): {0}")]
+    ClusterEngine(#[source] crate::engine::EngineError),
 }
 
 /// The node's bound sockets. Binding happens before [`run`], so tests can bind port 0 and read
@@ -84,7 +84,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let engine = match &config.redis_url {
         None => AnyEngine::Memory(MemoryEngine::new(config.clone(), metrics.clone())),
-        Some(_) => return Err(Error::NoClusterEngine),
+        Some(_) => AnyEngine::Redis(
+            RedisEngine::connect(config.clone(), metrics.clone()).await.map_err(Error::ClusterEngine)?,
+        ),
+    };
+    let engine_name = match engine {
+        AnyEngine::Memory(_) => "memory",
+        AnyEngine::Redis(_) => "redis",
     };
     let hub = Hub::new(engine, metrics.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -107,7 +113,7 @@ pub async fn run(
         }
         tokio::spawn(http::serve(listener, ctx.clone()))
     });
-    tracing::info!(node = %config.node_id, engine = "memory", "node started");
+    tracing::info!(node = %config.node_id, engine = engine_name, "node started");
 
     shutdown.await;
     tracing::info!(period = ?config.drain_period, connections = ctx.connections(), "draining");

@@ -43,6 +43,17 @@ struct QueueLabel {
 pub const DROP_REASONS: [&str; 5] =
     ["slow_consumer", "queue_full", "no_subscriber", "dead_lettered", "publish_failed"];
 
+/// Events of the cluster engine worth counting: pub/sub messages lost because the delivering
+/// task fell behind (`lagged`), envelopes no node version could read (`undecodable`),
+/// reconnections to Redis (`reconnected`), history messages delivered from a stream after a gap
+/// (`recovered`).
+pub const ENGINE_EVENTS: [&str; 4] = ["lagged", "undecodable", "reconnected", "recovered"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
 /// The node's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +66,7 @@ pub struct Metrics {
     subscriptions: Gauge,
     queue_depth: Family<QueueLabel, Gauge<u64, AtomicU64>>,
     errors: Counter,
+    engine_events: Vec<Counter>,
     open_connections: AtomicU64,
 }
 
@@ -69,6 +81,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("stampede");
         let connections = Family::<TransportLabel, Gauge>::default();
         registry.register("connections", "Open client connections", connections.clone());
+        for transport in ["ws", "tcp"] {
+            let _ = connections.get_or_create(&TransportLabel { transport });
+        }
         let frames_in_family = Family::<CommandLabel, Counter>::default();
         registry.register("frames_received", "STOMP frames received, by command", frames_in_family.clone());
         let frames_out_family = Family::<CommandLabel, Counter>::default();
@@ -109,6 +124,12 @@ impl Metrics {
         registry.register("queue_depth", "Messages waiting in a queue", queue_depth.clone());
         let errors = Counter::default();
         registry.register("protocol_errors", "ERROR frames sent to clients", errors.clone());
+        let events_family = Family::<EventLabel, Counter>::default();
+        registry.register("engine_events", "Cluster engine events, by kind", events_family.clone());
+        let engine_events = ENGINE_EVENTS
+            .iter()
+            .map(|e| events_family.get_or_create(&EventLabel { event: e }).clone())
+            .collect();
         Metrics {
             registry,
             connections,
@@ -120,6 +141,7 @@ impl Metrics {
             subscriptions,
             queue_depth,
             errors,
+            engine_events,
             open_connections: AtomicU64::new(0),
         }
     }
@@ -177,6 +199,13 @@ impl Metrics {
     /// Active subscriptions on this node.
     pub fn subscription_count(&self) -> u64 {
         self.subscriptions.get().max(0) as u64
+    }
+
+    /// Counts `n` cluster engine events of one kind, one of [`ENGINE_EVENTS`].
+    pub fn engine_event(&self, event: &'static str, n: u64) {
+        if let Some(i) = ENGINE_EVENTS.iter().position(|e| *e == event) {
+            self.engine_events[i].inc_by(n);
+        }
     }
 
     pub fn error_sent(&self) {

@@ -11,6 +11,7 @@
 //! Back ends are chosen by configuration and dispatched statically through [`AnyEngine`].
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -155,12 +156,14 @@ pub trait Engine: Send + Sync {
 /// The configured back end, dispatched statically.
 pub enum AnyEngine {
     Memory(memory::MemoryEngine),
+    Redis(redis::RedisEngine),
 }
 
 macro_rules! dispatch {
     ($self:ident, $engine:ident => $call:expr) => {
         match $self {
             AnyEngine::Memory($engine) => $call,
+            AnyEngine::Redis($engine) => $call,
         }
     };
 }

@@ -466,7 +466,10 @@ impl<S: FrameSink> Session<S> {
 
     /// Returns the unacknowledged queue deliveries of the subscriptions `which` selects to their
     /// queues, flagged as redelivered.
-    async fn release_unacked(&mut self, which: impl Fn(&Arc<Subscriber>) -> bool) -> Result<(), SessionError> {
+    async fn release_unacked(
+        &mut self,
+        which: impl Fn(&Arc<Subscriber>) -> bool,
+    ) -> Result<(), SessionError> {
         let seqs: Vec<u64> =
             self.unacked.iter().filter(|(_, u)| which(&u.subscriber)).map(|(seq, _)| *seq).collect();
         let held = seqs
@@ -479,7 +482,11 @@ impl<S: FrameSink> Session<S> {
 
     /// Releases entries with one engine call per subscription and queue, keeping their order
     /// (the engine puts a batch back at the head of its queue as it was).
-    async fn release(&self, entries: Vec<(Arc<Subscriber>, EntryRef)>, delivered: bool) -> Result<(), SessionError> {
+    async fn release(
+        &self,
+        entries: Vec<(Arc<Subscriber>, EntryRef)>,
+        delivered: bool,
+    ) -> Result<(), SessionError> {
         let mut batches: Vec<(Arc<Subscriber>, Arc<str>, Vec<EntryId>)> = Vec::new();
         for (subscriber, entry) in entries {
             match batches.iter_mut().find(|(s, q, _)| Arc::ptr_eq(s, &subscriber) && *q == entry.queue) {

@@ -1,0 +1,290 @@
+//! N `stampede` processes sharing one Redis, each on its own free ports.
+//!
+//! The binary is the one cargo builds for this workspace: the first [`Cluster`] of a test
+//! process runs `cargo build -p stampede` (once, behind a `OnceLock`) and takes
+//! `target/<profile>/stampede`. Set [`BIN_ENV`] to use another binary instead.
+//!
+//! Every [`Node`] keeps its ports and arguments, so [`Node::restart`] brings back the same node
+//! after a [`Node::kill`] or [`Node::stop`]. Dropping a node kills it; if the test is failing,
+//! its captured log is printed first.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::client::{Endpoint, Transport};
+use crate::http;
+use crate::process::{free_port, Log, Process};
+use crate::redis::Redis;
+
+/// Environment variable: path of a `stampede` binary to test instead of building one.
+pub const BIN_ENV: &str = "CLUSTER_TEST_STAMPEDE_BIN";
+
+/// The drain period every node gets, so a SIGTERM ends quickly.
+pub const DRAIN_PERIOD: Duration = Duration::from_secs(1);
+
+/// The idle time after which live nodes claim a dead node's pending queue entries.
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a node may take from spawn to `/readyz` 200.
+const READY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `stampede` binary, built on first use.
+pub fn stampede_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os(BIN_ENV).filter(|b| !b.is_empty()) {
+            return PathBuf::from(bin);
+        }
+        // Tests run from target/<profile>/deps/; the binary goes to target/<profile>/.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(&cargo)
+            .args(["build", "-p", "stampede", "--bin", "stampede", "--profile", profile])
+            .current_dir(&workspace)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
+        assert!(
+            output.status.success(),
+            "cargo build -p stampede failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let bin = profile_dir.join("stampede");
+        assert!(bin.is_file(), "cargo build -p stampede did not produce {}", bin.display());
+        bin
+    })
+}
+
+// === impl Cluster ===
+
+/// The nodes of one test. Dropping it kills every node.
+pub struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes on `redis` (the cluster engine) and waits until every one is ready.
+    /// `extra_args` go after the harness's own, so they override them.
+    pub async fn start(n: usize, redis: &Redis, extra_args: &[&str]) -> Cluster {
+        Cluster::launch(n, Some(redis.url()), extra_args).await
+    }
+
+    /// One node on the embedded in-memory engine (no Redis).
+    pub async fn memory(extra_args: &[&str]) -> Cluster {
+        Cluster::launch(1, None, extra_args).await
+    }
+
+    async fn launch(n: usize, redis_url: Option<String>, extra_args: &[&str]) -> Cluster {
+        assert!(n > 0, "a cluster has at least one node");
+        let bin = stampede_bin();
+        let nodes: Vec<Node> = (0..n).map(|i| Node::new(bin, i, redis_url.clone(), extra_args)).collect();
+        for node in &nodes {
+            node.spawn();
+        }
+        // Owned before waiting, so a node that never gets ready is still killed and its log
+        // printed by the drop that follows the panic.
+        let cluster = Cluster { nodes };
+        for node in &cluster.nodes {
+            node.wait_ready().await;
+        }
+        cluster
+    }
+
+    pub fn node(&self, index: usize) -> &Node {
+        &self.nodes[index]
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Each node's endpoint for `transport`, in node order: what a client that fails over
+    /// from node to node needs.
+    pub fn endpoints(&self, transport: Transport) -> Vec<Endpoint> {
+        self.nodes.iter().map(|node| node.endpoint(transport)).collect()
+    }
+}
+
+// === impl Node ===
+
+/// One `stampede` process, stopped or running.
+pub struct Node {
+    index: usize,
+    id: String,
+    bin: PathBuf,
+    listen: SocketAddr,
+    stomp: SocketAddr,
+    admin: SocketAddr,
+    args: Vec<String>,
+    log: Log,
+    process: Mutex<Option<Process>>,
+}
+
+impl Node {
+    fn new(bin: &Path, index: usize, redis_url: Option<String>, extra_args: &[&str]) -> Node {
+        let id = format!("node-{index}");
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (listen, stomp, admin) = (local(free_port()), local(free_port()), local(free_port()));
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--stomp-listen".into(),
+            stomp.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--node-id".into(),
+            id.clone(),
+            "--drain-period".into(),
+            humantime(DRAIN_PERIOD),
+            "--queue-reclaim-after".into(),
+            humantime(RECLAIM_AFTER),
+        ];
+        if let Some(url) = redis_url {
+            args.extend(["--redis-url".into(), url]);
+        }
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        Node {
+            index,
+            log: Log::new(&id),
+            id,
+            bin: bin.to_owned(),
+            listen,
+            stomp,
+            admin,
+            args,
+            process: Mutex::new(None),
+        }
+    }
+
+    /// `node-<index>`, as passed to `--node-id`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// `ws://127.0.0.1:<port>/ws`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.listen)
+    }
+
+    /// STOMP over plain TCP.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.stomp
+    }
+
+    /// `http://127.0.0.1:<port>`, the admin port.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn endpoint(&self, transport: Transport) -> Endpoint {
+        match transport {
+            Transport::Ws => Endpoint::Ws(self.ws_url()),
+            Transport::Tcp => Endpoint::Tcp(self.stomp),
+        }
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.process.lock().expect("node process").as_mut().is_some_and(|p| p.exit_status().is_none())
+    }
+
+    /// SIGKILL (`kill -9`): no drain, nothing handed back.
+    pub fn kill(&self) {
+        if let Some(mut process) = self.process.lock().expect("node process").take() {
+            process.kill();
+        }
+    }
+
+    /// SIGTERM, then waits for the drain to end and the process to exit. Returns its exit
+    /// status, or `None` if it had to be killed.
+    pub async fn stop(&self) -> Option<ExitStatus> {
+        let process = self.process.lock().expect("node process").take();
+        let mut process = process?;
+        process.terminate(DRAIN_PERIOD + Duration::from_secs(10)).await
+    }
+
+    /// Starts it again with the same ports and arguments and waits until it is ready.
+    pub async fn restart(&self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// `GET /readyz` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        matches!(http::get(self.admin, "/readyz").await, Ok(r) if r.status == 200)
+    }
+
+    /// The status `GET /readyz` answers now, or `None` if the admin port does not answer.
+    pub async fn readyz(&self) -> Option<u16> {
+        http::get(self.admin, "/readyz").await.ok().map(|r| r.status)
+    }
+
+    fn spawn(&self) {
+        let mut command = Command::new(&self.bin);
+        command.args(&self.args);
+        let process = Process::spawn(command, &self.log);
+        *self.process.lock().expect("node process") = Some(process);
+    }
+
+    /// Waits until `/readyz` answers 200; panics if the process exits first or takes too long.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + READY_PATIENCE;
+        loop {
+            let exited = self.process.lock().expect("node process").as_mut().map(Process::exit_status);
+            match exited {
+                None => panic!("{} is not running: nothing to wait for", self.id),
+                Some(Some(status)) => panic!("{} exited ({status}) before it was ready", self.id),
+                Some(None) => {}
+            }
+            if self.is_ready().await {
+                self.log.note("ready");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{} was not ready within {READY_PATIENCE:?}", self.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        self.log.on_drop();
+    }
+}
+
+fn humantime(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}

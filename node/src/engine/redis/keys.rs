@@ -1,0 +1,288 @@
+//! Redis key and channel names, and the translation of `redis-url` into fred's configuration.
+//!
+//! Every key of one destination carries the hash tag `{<destination>}`, so on Redis Cluster all of
+//! them live in one slot and a Lua script may touch them together. Keys that span destinations
+//! (the queue set, the node registry) are only ever used by single commands.
+
+use fred::types::config::Config as FredConfig;
+
+/// The consumer group of every queue stream.
+pub const GROUP: &str = "stampede";
+
+/// Names of keys and channels under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    channel_prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.to_owned(), channel_prefix: format!("{prefix}:ch:") }
+    }
+
+    /// Stream of a history topic: entries `0-<offset>` with fields `e` (envelope), `t` (ms).
+    pub fn log(&self, destination: &str) -> String {
+        format!("{}:{{{destination}}}:log", self.prefix)
+    }
+
+    /// Counter of a history topic: its last offset.
+    pub fn seq(&self, destination: &str) -> String {
+        format!("{}:{{{destination}}}:seq", self.prefix)
+    }
+
+    /// Stream of a queue: fields `e` (envelope), `r` (redeliveries).
+    pub fn queue(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:q", self.prefix)
+    }
+
+    /// Set of every queue name ever enqueued to, for reclaiming and depth metrics.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Hash of one node's heartbeat.
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// Sorted set of node ids by last heartbeat (ms).
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues.
+    pub fn channel(&self, destination: &str) -> String {
+        format!("{}{destination}", self.channel_prefix)
+    }
+
+    /// The destination a channel belongs to.
+    pub fn destination_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(self.channel_prefix.as_str())
+    }
+}
+
+/// Whether a destination is a queue (competing consumers) rather than a topic.
+pub fn is_queue(destination: &str) -> bool {
+    destination.starts_with("/queue/")
+}
+
+/// Turns a `redis-url` as the configuration accepts it into fred's configuration.
+///
+/// Accepted: `redis://[user:pass@]host[:port][/db]`; Sentinel as
+/// `redis+sentinel://` or `redis-sentinel://[user:pass@]s1[:port][,s2[:port]...]/<service>[/db]`
+/// (the service may also be given as `?sentinelServiceName=` or `#service`); Cluster as
+/// `redis-cluster://` or `redis+cluster://[user:pass@]n1[:port][,n2[:port]...]`. Several hosts are
+/// also accepted as fred's own `?node=host:port` parameters. The `rediss` forms need TLS support,
+/// which this build does not include, so they are refused with a clear message rather than
+/// silently connecting in plain text.
+pub fn fred_config(url: &str) -> Result<FredConfig, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| "expected scheme://host".to_owned())?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (kind, tls) = match scheme.as_str() {
+        "redis" => (Kind::Server, false),
+        "rediss" => (Kind::Server, true),
+        "redis+sentinel" | "redis-sentinel" => (Kind::Sentinel, false),
+        "rediss+sentinel" | "rediss-sentinel" => (Kind::Sentinel, true),
+        "redis-cluster" | "redis+cluster" => (Kind::Cluster, false),
+        "rediss-cluster" | "rediss+cluster" => (Kind::Cluster, true),
+        other => return Err(format!("unknown scheme {other}://")),
+    };
+    if tls {
+        return Err(format!(
+            "{scheme}:// needs TLS, and this build of stampede has no TLS support for Redis; use \
+             redis:// through a TLS tunnel, or a build with fred's TLS feature"
+        ));
+    }
+
+    // Split `[userinfo@]hosts[/path][?query][#fragment]`.
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest, None),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+    let Some((first, others)) = hosts.split_first() else {
+        return Err("no host given".to_owned());
+    };
+    let mut params: Vec<String> =
+        query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut db = None;
+    let mut service = None;
+    for segment in &segments {
+        if segment.bytes().all(|b| b.is_ascii_digit()) {
+            db = Some(*segment);
+        } else if service.is_none() {
+            service = Some(*segment);
+        } else {
+            return Err(format!("unexpected path segment {segment:?}"));
+        }
+    }
+
+    let (fred_scheme, default_port) = match kind {
+        Kind::Server => ("redis", 6379),
+        Kind::Sentinel => ("redis-sentinel", 26379),
+        Kind::Cluster => ("redis-cluster", 6379),
+    };
+    match kind {
+        Kind::Server => {
+            if !others.is_empty() {
+                return Err("redis:// takes one host; use redis-cluster:// or redis+sentinel:// for several"
+                    .to_owned());
+            }
+            if let Some(service) = service {
+                return Err(format!("unexpected path {service:?}: redis:// takes a database number"));
+            }
+        }
+        Kind::Sentinel => {
+            let named = params.iter().any(|p| p.starts_with("sentinelServiceName="));
+            match service.or(fragment.filter(|f| !f.is_empty())) {
+                Some(name) if !named => params.push(format!("sentinelServiceName={name}")),
+                Some(_) => return Err("the Sentinel service is named twice".to_owned()),
+                None if named => {}
+                None => {
+                    return Err("name the Sentinel service: redis+sentinel://host:26379/<service>".to_owned())
+                }
+            }
+        }
+        Kind::Cluster => {
+            if let Some(service) = service {
+                return Err(format!("unexpected path {service:?}: a cluster has no database or service"));
+            }
+            db = None;
+        }
+    }
+    for host in others {
+        params.push(format!("node={}", with_port(host, default_port)));
+    }
+
+    let mut out = format!("{fred_scheme}://");
+    if let Some(userinfo) = userinfo {
+        out.push_str(userinfo);
+        out.push('@');
+    }
+    out.push_str(first);
+    if let Some(db) = db {
+        out.push('/');
+        out.push_str(db);
+    }
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    FredConfig::from_url(&out).map_err(|e| e.details().to_string())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Server,
+    Sentinel,
+    Cluster,
+}
+
+/// `host` with `:port` added when it has none (IPv6 literals are bracketed).
+fn with_port(host: &str, port: u16) -> String {
+    let has_port = match host.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => host.contains(':'),
+    };
+    if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::types::config::Server;
+    use fred::types::config::ServerConfig;
+
+    fn hosts(config: &FredConfig) -> Vec<(String, u16)> {
+        let list: Vec<Server> = match &config.server {
+            ServerConfig::Centralized { server } => vec![server.clone()],
+            ServerConfig::Clustered { hosts, .. } => hosts.clone(),
+            ServerConfig::Sentinel { hosts, .. } => hosts.clone(),
+        };
+        let mut out: Vec<(String, u16)> = list.into_iter().map(|s| (s.host.to_string(), s.port)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn layout_shares_one_hash_tag_per_destination() {
+        let keys = Keys::new("stampede");
+        assert_eq!(keys.log("/topic/a"), "stampede:{/topic/a}:log");
+        assert_eq!(keys.seq("/topic/a"), "stampede:{/topic/a}:seq");
+        assert_eq!(keys.queue("/queue/q"), "stampede:{/queue/q}:q");
+        assert_eq!(keys.channel("/topic/a"), "stampede:ch:/topic/a");
+        assert_eq!(keys.destination_of("stampede:ch:/queue/q"), Some("/queue/q"));
+        assert_eq!(keys.destination_of("other:ch:/queue/q"), None);
+        let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+        assert_eq!(slot(&keys.log("/topic/a")), slot(&keys.seq("/topic/a")));
+        assert_eq!(slot(&keys.queue("/topic/a")), slot(&keys.seq("/topic/a")));
+    }
+
+    #[test]
+    fn standalone_urls() {
+        let c = fred_config("redis://localhost:6380/2").expect("valid");
+        assert_eq!(hosts(&c), vec![("localhost".to_owned(), 6380)]);
+        assert_eq!(c.database, Some(2));
+        let c = fred_config("REDIS://user:pw@cache").expect("valid");
+        assert_eq!(hosts(&c), vec![("cache".to_owned(), 6379)]);
+        assert_eq!(c.username.as_deref(), Some("user"));
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert!(fred_config("redis://a,b").is_err());
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        for url in [
+            "redis+sentinel://s1:26379,s2/mymaster",
+            "redis-sentinel://s1:26379,s2:26379/mymaster/0",
+            "redis-sentinel://s1,s2#mymaster",
+            "redis-sentinel://s1?sentinelServiceName=mymaster&node=s2:26379",
+        ] {
+            let c = fred_config(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(hosts(&c), vec![("s1".to_owned(), 26379), ("s2".to_owned(), 26379)], "{url}");
+            match &c.server {
+                ServerConfig::Sentinel { service_name, .. } => assert_eq!(service_name, "mymaster"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let e = fred_config("redis+sentinel://s1:26379").expect_err("no service");
+        assert!(e.contains("Sentinel service"), "{e}");
+    }
+
+    #[test]
+    fn cluster_urls() {
+        for url in ["redis-cluster://n1:7000,n2:7001", "redis+cluster://n1:7000?node=n2:7001"] {
+            let c = fred_config(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(hosts(&c), vec![("n1".to_owned(), 7000), ("n2".to_owned(), 7001)], "{url}");
+            assert!(matches!(c.server, ServerConfig::Clustered { .. }));
+        }
+        let c = fred_config("redis-cluster://n1,n2").expect("valid");
+        assert_eq!(hosts(&c), vec![("n1".to_owned(), 6379), ("n2".to_owned(), 6379)]);
+    }
+
+    #[test]
+    fn tls_schemes_are_refused_clearly() {
+        for url in ["rediss://h", "rediss+sentinel://h/m", "rediss-cluster://h:1"] {
+            let e = fred_config(url).expect_err(url);
+            assert!(e.contains("needs TLS"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The cluster engine on Redis: nodes share topics, history, queues and a registry through one
+//! Redis (standalone, Sentinel or Cluster), using [fred].
+//!
+//! Two connections per node: a command client (pipelined, never blocked: no BLPOP or XREAD BLOCK)
+//! and a [`SubscriberClient`] for pub/sub. Both reconnect forever with exponential backoff; the
+//! engine is ready ([`Engine::is_ready`]) only while both are connected, and the node starts and
+//! keeps its sessions while Redis is away. Calls that need Redis fail at once with
+//! [`EngineError::Unavailable`] while it is away.
+//!
+//! # Keys and channels
+//! Everything of one destination shares the hash tag `{<destination>}`, so its keys live in one
+//! Redis Cluster slot and one Lua script may use them together. `P` is `redis-prefix`.
+//!
+//! | key / channel | type | what |
+//! | --- | --- | --- |
+//! | `P:{/topic/t}:log` | stream | history of a history topic: id `0-<offset>`, fields `e` (envelope), `t` (publish time, ms) |
+//! | `P:{/topic/t}:seq` | string | the history topic's last offset |
+//! | `P:{/queue/q}:q` | stream | a queue: fields `e` (envelope), `r` (redeliveries); consumer group `stampede`, one consumer per node (its `node-id`) |
+//! | `P:queues` | set | names of every queue enqueued to (for reclaiming and depth metrics) |
+//! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`; expires after 5 s |
+//! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
+//! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes) |
+//! | `P:ch:/queue/q` | channel | "entries ready" notifications of a queue (`r`) |
+//!
+//! # Topics
+//! A publish is one PUBLISH of the [`envelope`]; a node SUBSCRIBEs to a destination's channel
+//! while it watches it. Watch and unwatch are applied in call order by one task; messages are
+//! decoded and handed to the inbox in arrival order by another. A node's own publishes come back
+//! through Redis like everyone else's, so per-publisher order holds on every node.
+//!
+//! History topics publish with one script: INCR the offset, XADD the envelope carrying it (exact
+//! `MAXLEN size`), PEXPIRE both keys (3 × ttl) when the rule has a ttl, PUBLISH. Each node
+//! remembers the last offset it delivered per watched history topic: live messages at or below it
+//! are duplicates and dropped; a jump (a lost message) and every reconnect or pub/sub lag are
+//! filled from the stream before going on, in the delivering task, so order holds. An offset below
+//! the remembered one with the counter also below it means the topic restarted (expired counter,
+//! Redis restarted empty): delivery restarts from the new offsets.
+//!
+//! # Queues
+//! Streams with a consumer group: `fetch` is a non-blocking XREADGROUP of new entries; `ack` is
+//! XACK + XDEL; `release` re-adds entries **at the tail** (Redis cannot insert at a stream's head,
+//! unlike the in-memory engine, which puts them back first) with redeliveries + 1 when a client saw
+//! them, and moves them to `<queue>.dlq` once they reach `queue-max-deliveries`. The bound
+//! `queue-max-length` counts ready entries only; the oldest ready ones are dropped past it. Every
+//! `queue-reclaim-after / 3` a node refreshes the idle time of the entries it holds; every
+//! `queue-reclaim-after` it claims entries idle longer than that (their node died) and re-adds them
+//! as redeliveries, so they flow to consumers anywhere in the cluster.
+//!
+//! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
+//! `pubsub.rs` (watching and delivering), `queues.rs`, `registry.rs`, `tests.rs`.
+
+mod envelope;
+mod keys;
+mod pubsub;
+mod queues;
+mod registry;
+mod scripts;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::{ConnectionConfig, PerformanceConfig, ReconnectPolicy};
+use fred::types::{Builder, ClusterHash, CustomCommand, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, QueueEntry};
+use crate::metrics::Metrics;
+pub use envelope::Envelope;
+use keys::Keys;
+
+/// Pub/sub messages fred buffers for the delivering task before it reports a lag (fred's
+/// default of 32 would drop messages under any burst).
+const BROADCAST_CAPACITY: usize = 1 << 16;
+/// Timeout of every command; a command still unanswered then fails (and the publish with it).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `connect` waits for Redis before returning a not-yet-ready engine.
+const CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// Entries handled per script call (Lua's `unpack` has a limit).
+const IDS_PER_CALL: usize = 500;
+
+/// Knobs tests turn; production uses [`Tuning::default`].
+#[derive(Clone, Debug)]
+struct Tuning {
+    broadcast_capacity: usize,
+    connect_wait: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning { broadcast_capacity: BROADCAST_CAPACITY, connect_wait: CONNECT_WAIT }
+    }
+}
+
+/// The Redis engine. Dropping it stops its tasks, removes the node from the registry and closes
+/// its connections (best effort).
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    control: mpsc::UnboundedSender<pubsub::Control>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a node watches, as the delivering task needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watched {
+    Topic,
+    /// A history topic and the last offset handed to the inbox (`None`: not known yet).
+    History {
+        last: Option<u64>,
+    },
+    Queue,
+}
+
+/// State shared by the engine and its tasks. Locks are held for a few lines, never across await.
+struct Inner {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    keys: Keys,
+    client: Client,
+    subscriber: SubscriberClient,
+    inbox: OnceLock<Weak<dyn Inbox>>,
+    /// Written by the watching task only; read (and history offsets advanced) by the delivering one.
+    watched: Mutex<HashMap<Arc<str>, Watched>>,
+    /// Queue entries this node holds, from fetch until ack or release.
+    in_flight: Mutex<HashMap<Arc<str>, HashSet<EntryId>>>,
+    /// Queues this node has added to the `queues` set.
+    known_queues: Mutex<HashSet<Arc<str>>>,
+    /// Ready entries per queue, refreshed by the queue task.
+    depths: Mutex<Vec<(String, u64)>>,
+}
+
+impl RedisEngine {
+    /// Starts the engine for `config.redis_url`. Fails only when the URL cannot be used; when
+    /// Redis is unreachable the engine starts anyway, not ready, and keeps reconnecting.
+    pub async fn connect(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<RedisEngine, EngineError> {
+        RedisEngine::connect_with(config, metrics, Tuning::default()).await
+    }
+
+    async fn connect_with(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        tuning: Tuning,
+    ) -> Result<RedisEngine, EngineError> {
+        let url = config
+            .redis_url
+            .as_deref()
+            .ok_or_else(|| EngineError::Unavailable("redis-url is not set".to_owned()))?;
+        let redacted = config.redacted_redis_url().unwrap_or_default();
+        let mut fred_config = keys::fred_config(url)
+            .map_err(|e| EngineError::Unavailable(format!("cannot use redis-url {redacted}: {e}")))?;
+        // Keep trying when Redis is down at start-up instead of failing.
+        fred_config.fail_fast = false;
+
+        let policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+        let mut connection = ConnectionConfig {
+            connection_timeout: Duration::from_secs(3),
+            internal_command_timeout: Duration::from_secs(3),
+            // A command cut off by a disconnect fails rather than running twice after it.
+            max_command_attempts: 1,
+            ..ConnectionConfig::default()
+        };
+        connection.unresponsive.max_timeout = Some(Duration::from_secs(10));
+        connection.tcp.nodelay = Some(true);
+        let perf = |capacity: usize| PerformanceConfig {
+            default_command_timeout: COMMAND_TIMEOUT,
+            broadcast_channel_capacity: capacity,
+            ..PerformanceConfig::default()
+        };
+        let builder = |capacity: usize| {
+            let mut builder = Builder::from_config(fred_config.clone());
+            builder
+                .set_policy(policy.clone())
+                .set_connection_config(connection.clone())
+                .set_performance_config(perf(capacity));
+            builder
+        };
+        let fail = |e: fred::error::Error| EngineError::Unavailable(format!("redis client: {e}"));
+        let client =
+            builder(PerformanceConfig::default().broadcast_channel_capacity).build().map_err(fail)?;
+        let subscriber = builder(tuning.broadcast_capacity).build_subscriber_client().map_err(fail)?;
+
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&config.redis_prefix),
+            config,
+            metrics,
+            client,
+            subscriber,
+            inbox: OnceLock::new(),
+            watched: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            known_queues: Mutex::new(HashSet::new()),
+            depths: Mutex::new(Vec::new()),
+        });
+
+        // Event streams first, so nothing sent after connecting is missed.
+        let messages = inner.subscriber.message_rx();
+        let subscriber_reconnects = inner.subscriber.reconnect_rx();
+        let client_reconnects = inner.client.reconnect_rx();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (refill_tx, refill_rx) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(pubsub::control_loop(inner.clone(), control_rx, subscriber_reconnects, refill_tx)),
+            tokio::spawn(pubsub::delivery_loop(inner.clone(), messages, refill_rx)),
+            tokio::spawn(queues::maintenance_loop(inner.clone(), client_reconnects)),
+            tokio::spawn(registry::heartbeat_loop(inner.clone())),
+        ];
+        let _client_task = inner.client.connect();
+        let _subscriber_task = inner.subscriber.connect();
+
+        tracing::info!(url = %redacted, prefix = %inner.config.redis_prefix, "connecting to Redis");
+        let deadline = tokio::time::Instant::now() + tuning.connect_wait;
+        while !inner.is_ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if inner.is_ready() {
+            tracing::info!(url = %redacted, "connected to Redis");
+        } else {
+            tracing::warn!(url = %redacted, "Redis is not reachable yet; the node starts not ready and keeps trying");
+        }
+        Ok(RedisEngine { inner, control: control_tx, tasks })
+    }
+
+    /// Stops the tasks, leaves the registry and closes the connections.
+    pub async fn close(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.inner.leave().await;
+    }
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            runtime.spawn(async move { inner.leave().await });
+        }
+    }
+}
+
+impl Inner {
+    fn inbox(&self) -> Option<Arc<dyn Inbox>> {
+        self.inbox.get().and_then(Weak::upgrade)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.client.is_connected() && self.subscriber.is_connected()
+    }
+
+    /// Fails at once while the command connection is down, so client requests do not queue.
+    fn check_connected(&self) -> Result<(), EngineError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(EngineError::Unavailable("Redis is not connected".to_owned()))
+        }
+    }
+
+    /// Best effort on shutdown: leave the registry, then close both connections.
+    async fn leave(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), registry::deregister(self)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.subscriber.quit()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.quit()).await;
+    }
+
+    /// One command routed by `key`'s slot (or anywhere when `key` is empty).
+    async fn command(&self, name: &'static str, key: &str, args: Vec<Value>) -> Result<Value, EngineError> {
+        let hash = if key.is_empty() {
+            ClusterHash::Random
+        } else {
+            ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
+        };
+        self.client
+            .custom::<Value, Value>(CustomCommand::new_static(name, hash, false), args)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Adds a queue to the `queues` set once per process (again after each reconnect, see the
+    /// queue task).
+    async fn register_queue(&self, queue: &str) -> Result<(), EngineError> {
+        let new = !self.known_queues.lock().expect("known queues lock").contains(queue);
+        if new {
+            let set = self.keys.queues();
+            self.command("SADD", &set, vec![Value::from(set.as_str()), Value::from(queue)]).await?;
+            self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
+        }
+        Ok(())
+    }
+
+    /// Reads a history topic after `since`: the counter and the retained entries, oldest first.
+    async fn read_history(&self, destination: &str, since: u64) -> Result<(u64, Vec<Message>), EngineError> {
+        let ttl_ms = self
+            .config
+            .history_for(destination)
+            .and_then(|rule| rule.ttl)
+            .map_or(0, |ttl| ttl.as_millis().max(1) as i64);
+        let (seq_key, log_key) = (self.keys.seq(destination), self.keys.log(destination));
+        let first = format!("0-{}", since.saturating_add(1));
+        let reply = scripts::HISTORY_READ
+            .run(&self.client, &[&seq_key, &log_key], vec![Value::from(first), Value::Integer(ttl_ms)])
+            .await
+            .map_err(unavailable)?;
+        let mut items = reply.into_array().into_iter();
+        let seq = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut messages = Vec::new();
+        while let (Some(offset), Some(bytes)) = (items.next(), items.next()) {
+            let Some(bytes) = bytes.as_bytes() else { continue };
+            match envelope::decode(bytes) {
+                Ok(envelope) => {
+                    let mut message = envelope.into_message();
+                    message.offset = message.offset.or(offset.as_u64());
+                    messages.push(message);
+                }
+                Err(error) => self.undecodable(destination, &error),
+            }
+        }
+        Ok((seq, messages))
+    }
+
+    fn undecodable(&self, destination: &str, error: &envelope::DecodeError) {
+        tracing::warn!(%destination, %error, "dropping a message this node cannot read");
+        self.metrics.engine_event("undecodable", 1);
+    }
+}
+
+fn unavailable(error: fred::error::Error) -> EngineError {
+    EngineError::Unavailable(error.to_string())
+}
+
+impl Engine for RedisEngine {
+    fn attach(&self, inbox: Weak<dyn Inbox>) {
+        let _ = self.inner.inbox.set(inbox);
+    }
+
+    fn watch(&self, destination: &str) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        match self.control.send(pubsub::Control::Watch(Arc::from(destination), tx)) {
+            Ok(()) => Pending::waiting(rx),
+            Err(_) => Pending::ready(Err(EngineError::Closed)),
+        }
+    }
+
+    fn unwatch(&self, destination: &str) {
+        let _ = self.control.send(pubsub::Control::Unwatch(Arc::from(destination)));
+    }
+
+    async fn publish(&self, message: Message) -> Result<Option<u64>, EngineError> {
+        let inner = &self.inner;
+        inner.check_connected()?;
+        let channel = inner.keys.channel(&message.destination);
+        let Some(rule) = inner.config.history_for(&message.destination) else {
+            let bytes = envelope::encode(&inner.config.node_id, &message);
+            inner
+                .client
+                .publish::<(), _, _>(channel, bytes::Bytes::from(bytes))
+                .await
+                .map_err(unavailable)?;
+            return Ok(None);
+        };
+        let bytes = envelope::encode_without_offset(&inner.config.node_id, &message);
+        let expire_ms = rule.ttl.map_or(0, |ttl| ttl.as_millis().saturating_mul(3).max(1) as i64);
+        let (seq_key, log_key) = (inner.keys.seq(&message.destination), inner.keys.log(&message.destination));
+        let args = vec![
+            Value::Bytes(bytes.into()),
+            Value::Integer(rule.size as i64),
+            Value::Integer(expire_ms),
+            Value::from(channel),
+        ];
+        let reply = scripts::HISTORY_PUBLISH
+            .run(&inner.client, &[&seq_key, &log_key], args)
+            .await
+            .map_err(unavailable)?;
+        let offset = reply.as_u64().ok_or_else(|| {
+            EngineError::Unavailable(format!("unexpected reply to a history publish: {reply:?}"))
+        })?;
+        Ok(Some(offset))
+    }
+
+    async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
+        if self.inner.config.history_for(destination).is_none() {
+            return Ok(History { messages: Vec::new(), complete: false });
+        }
+        self.inner.check_connected()?;
+        let (last, messages) = self.inner.read_history(destination, since).await?;
+        // Retained entries are a contiguous run ending at `last`: nothing was missed when the run
+        // starts right after `since`, or, with nothing after `since`, when `since` is the end.
+        let complete = match messages.first() {
+            Some(first) => first.offset == Some(since.saturating_add(1)),
+            None => since == last,
+        };
+        Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete })
+    }
+
+    async fn enqueue(&self, message: Message) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        inner.check_connected()?;
+        inner.register_queue(&message.destination).await?;
+        queues::push(inner, &message.destination, envelope::encode(&inner.config.node_id, &message)).await
+    }
+
+    async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {
+        queues::fetch(&self.inner, queue, max).await
+    }
+
+    async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        queues::ack(&self.inner, queue, ids).await
+    }
+
+    async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
+        queues::release(&self.inner, queue, ids, delivered).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    fn queue_depths(&self) -> Vec<(String, u64)> {
+        self.inner.depths.lock().expect("depths lock").clone()
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        self.inner.check_connected()?;
+        registry::nodes(&self.inner).await
+    }
+}

@@ -1,0 +1,294 @@
+//! Watching destinations and delivering what arrives on their channels.
+//!
+//! Two tasks. The control task owns SUBSCRIBE/UNSUBSCRIBE: it applies watch and unwatch in call
+//! order and, after every (re)connection of the subscriber, subscribes again to everything
+//! watched and asks the delivering task to catch up. The delivering task reads fred's message
+//! stream in arrival order, decodes each envelope and hands it to the inbox; for history topics it
+//! drops duplicates and fills gaps from the stream, in the same task, so deliveries stay in order.
+
+use std::sync::Arc;
+
+use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::types::config::Server;
+use fred::types::{Message as PubsubMessage, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::keys::is_queue;
+use super::{envelope, queues, unavailable, Inner, Watched};
+use crate::engine::{EngineError, Message};
+
+/// Channels per SUBSCRIBE when re-subscribing everything.
+const CHANNELS_PER_CALL: usize = 1000;
+
+/// Requests to the control task, in call order.
+pub(super) enum Control {
+    Watch(Arc<str>, oneshot::Sender<Result<(), EngineError>>),
+    Unwatch(Arc<str>),
+}
+
+/// Applies watch and unwatch in order, and re-subscribes after reconnections.
+pub(super) async fn control_loop(
+    inner: Arc<Inner>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    mut reconnects: broadcast::Receiver<Server>,
+    refill: mpsc::UnboundedSender<()>,
+) {
+    let mut connections = 0u64;
+    loop {
+        tokio::select! {
+            request = control.recv() => match request {
+                Some(Control::Watch(destination, reply)) => {
+                    let result = watch(&inner, &destination).await;
+                    let _ = reply.send(result);
+                }
+                Some(Control::Unwatch(destination)) => unwatch(&inner, &destination).await,
+                None => return,
+            },
+            event = reconnects.recv() => match event {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    connections += 1;
+                    if connections > 1 {
+                        inner.metrics.engine_event("reconnected", 1);
+                    }
+                    resubscribe(&inner, &refill).await;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Starts receiving `destination`. It stays watched even when this fails (Redis away): the next
+/// reconnection subscribes to it.
+async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError> {
+    let kind = if is_queue(destination) {
+        Watched::Queue
+    } else if inner.config.history_for(destination).is_some() {
+        Watched::History { last: None }
+    } else {
+        Watched::Topic
+    };
+    inner.watched.lock().expect("watched lock").insert(destination.clone(), kind);
+    if !inner.subscriber.is_connected() {
+        return Err(EngineError::Unavailable("Redis is not connected".to_owned()));
+    }
+    match kind {
+        // Offsets up to the current one were published before this watch: not for us.
+        Watched::History { .. } => {
+            let seq = current_offset(inner, destination).await?;
+            set_last(inner, destination, seq);
+        }
+        Watched::Queue => {
+            queues::create_group(inner, destination).await?;
+            inner.register_queue(destination).await?;
+        }
+        Watched::Topic => {}
+    }
+    inner.subscriber.subscribe(inner.keys.channel(destination)).await.map_err(unavailable)
+}
+
+async fn unwatch(inner: &Inner, destination: &str) {
+    inner.watched.lock().expect("watched lock").remove(destination);
+    if inner.subscriber.is_connected() {
+        if let Err(error) = inner.subscriber.unsubscribe(inner.keys.channel(destination)).await {
+            tracing::warn!(%destination, %error, "UNSUBSCRIBE failed");
+        }
+    }
+}
+
+/// After a (re)connection: subscribe to everything watched, recreate queue groups (Redis may
+/// have restarted empty), have the delivering task catch up, and wake the queue dispatchers for
+/// notifications missed meanwhile.
+async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) {
+    let watched: Vec<(Arc<str>, Watched)> =
+        inner.watched.lock().expect("watched lock").iter().map(|(d, w)| (d.clone(), *w)).collect();
+    if watched.is_empty() {
+        return;
+    }
+    tracing::info!(destinations = watched.len(), "re-subscribing after connecting to Redis");
+    let channels: Vec<String> = watched.iter().map(|(d, _)| inner.keys.channel(d)).collect();
+    for chunk in channels.chunks(CHANNELS_PER_CALL) {
+        if let Err(error) = inner.subscriber.subscribe(chunk.to_vec()).await {
+            tracing::warn!(%error, "re-subscribing failed; retrying at the next reconnection");
+        }
+    }
+    for (destination, kind) in &watched {
+        if *kind == Watched::Queue {
+            if let Err(error) = queues::create_group(inner, destination).await {
+                tracing::warn!(%destination, %error, "could not recreate the queue's consumer group");
+            }
+        }
+    }
+    let _ = refill.send(());
+    queues::wake_watched(inner);
+}
+
+/// Reads the channels' messages in arrival order and hands them to the inbox.
+pub(super) async fn delivery_loop(
+    inner: Arc<Inner>,
+    mut messages: broadcast::Receiver<PubsubMessage>,
+    mut refill: mpsc::UnboundedReceiver<()>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = refill.recv() => {
+                while refill.try_recv().is_ok() {}
+                catch_up_all(&inner).await;
+            }
+            received = messages.recv() => match received {
+                Ok(message) => on_message(&inner, message).await,
+                Err(RecvError::Lagged(lost)) => {
+                    tracing::warn!(lost, "pub/sub messages were lost to a lag; refilling history topics");
+                    inner.metrics.engine_event("lagged", lost);
+                    catch_up_all(&inner).await;
+                    queues::wake_watched(&inner);
+                }
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn on_message(inner: &Inner, message: PubsubMessage) {
+    let Some(destination) = inner.keys.destination_of(&message.channel) else {
+        return;
+    };
+    if is_queue(destination) {
+        if let Some(inbox) = inner.inbox() {
+            inbox.queue_ready(destination);
+        }
+        return;
+    }
+    let message = match envelope::decode(message.value.as_bytes().unwrap_or_default()) {
+        Ok(envelope) => envelope.into_message(),
+        Err(error) => return inner.undecodable(destination, &error),
+    };
+    match (message.offset, cursor(inner, destination)) {
+        (Some(offset), Some(last)) => deliver_in_order(inner, destination, message, offset, last).await,
+        _ => deliver(inner, message),
+    }
+}
+
+/// A history message: delivered when it is the next offset; a jump is filled from the stream
+/// first; an offset already delivered is dropped unless the topic restarted.
+async fn deliver_in_order(
+    inner: &Inner,
+    destination: &str,
+    message: Message,
+    offset: u64,
+    last: Option<u64>,
+) {
+    let Some(last) = last else {
+        set_last(inner, destination, offset);
+        return deliver(inner, message);
+    };
+    if offset == last.saturating_add(1) {
+        set_last(inner, destination, offset);
+        return deliver(inner, message);
+    }
+    match catch_up(inner, destination, Some(offset)).await {
+        Ok(reached) if offset <= reached => {} // a duplicate
+        Ok(_) => {
+            set_last(inner, destination, offset);
+            deliver(inner, message);
+        }
+        Err(error) => {
+            tracing::warn!(%destination, %error, "could not read history to fill a gap");
+            if offset > last {
+                set_last(inner, destination, offset);
+                deliver(inner, message);
+            }
+        }
+    }
+}
+
+/// Catches up every watched history topic (after a reconnection or a lag).
+async fn catch_up_all(inner: &Inner) {
+    let topics: Vec<Arc<str>> = inner
+        .watched
+        .lock()
+        .expect("watched lock")
+        .iter()
+        .filter(|(_, w)| matches!(w, Watched::History { .. }))
+        .map(|(d, _)| d.clone())
+        .collect();
+    for destination in topics {
+        if let Err(error) = catch_up(inner, &destination, None).await {
+            tracing::warn!(%destination, %error, "could not refill history after a gap");
+        }
+    }
+}
+
+/// Delivers what the stream holds after the last delivered offset (and before `upto`), and
+/// returns the offset delivery has now reached. When the topic's counter is below the last
+/// delivered offset, the topic restarted (counter expired, Redis restarted empty): delivery
+/// restarts from its first retained entry.
+async fn catch_up(inner: &Inner, destination: &str, upto: Option<u64>) -> Result<u64, EngineError> {
+    let Some(last) = cursor(inner, destination) else {
+        return Ok(0);
+    };
+    let Some(last) = last else {
+        let seq = current_offset(inner, destination).await?;
+        set_last(inner, destination, seq);
+        return Ok(seq);
+    };
+    let (seq, mut messages) = inner.read_history(destination, last).await?;
+    let mut reached = last;
+    if seq < last {
+        tracing::info!(%destination, last, now = seq, "history topic restarted; following its new offsets");
+        reached = 0;
+        messages = inner.read_history(destination, 0).await?.1;
+    }
+    let mut recovered = 0;
+    for message in messages {
+        let Some(offset) = message.offset else { continue };
+        if upto.is_some_and(|upto| offset >= upto) {
+            break;
+        }
+        if offset > reached {
+            reached = offset;
+            recovered += 1;
+            deliver(inner, message);
+        }
+    }
+    if upto.is_none() {
+        // Whatever is not retained up to the counter is lost; do not look for it again.
+        reached = reached.max(seq);
+    }
+    if recovered > 0 {
+        tracing::debug!(%destination, recovered, "delivered history messages missed live");
+        inner.metrics.engine_event("recovered", recovered);
+    }
+    set_last(inner, destination, reached);
+    Ok(reached)
+}
+
+/// The topic's current offset (0 when it has none).
+async fn current_offset(inner: &Inner, destination: &str) -> Result<u64, EngineError> {
+    let key = inner.keys.seq(destination);
+    let reply = inner.command("GET", &key, vec![Value::from(key.as_str())]).await?;
+    Ok(reply.as_u64().unwrap_or(0))
+}
+
+/// `Some(last)` for a watched history topic.
+fn cursor(inner: &Inner, destination: &str) -> Option<Option<u64>> {
+    match inner.watched.lock().expect("watched lock").get(destination) {
+        Some(Watched::History { last }) => Some(*last),
+        _ => None,
+    }
+}
+
+fn set_last(inner: &Inner, destination: &str, offset: u64) {
+    if let Some(Watched::History { last }) = inner.watched.lock().expect("watched lock").get_mut(destination)
+    {
+        *last = Some(offset);
+    }
+}
+
+fn deliver(inner: &Inner, message: Message) {
+    if let Some(inbox) = inner.inbox() {
+        inbox.deliver(Arc::new(message));
+    }
+}

@@ -1,0 +1,371 @@
+//! Queues on Redis Streams: fetch, ack, release, dead-lettering, and the periodic work that
+//! keeps a dead node's entries flowing (refreshing this node's in-flight entries, reclaiming idle
+//! ones) and the depth metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::interfaces::ClientLike;
+use fred::types::config::Server;
+use fred::types::Value;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::MissedTickBehavior;
+
+use super::keys::GROUP;
+use super::{envelope, scripts, unavailable, Inner, Watched, IDS_PER_CALL};
+use crate::engine::{EngineError, EntryId, QueueEntry};
+
+/// Entries claimed per XAUTOCLAIM, and calls per queue per reclaim pass.
+const RECLAIM_COUNT: u64 = 100;
+const RECLAIM_CALLS: usize = 10;
+/// How often queue depths are read for the metrics, and for how many queues at most.
+const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+const DEPTH_QUEUES: usize = 1000;
+
+/// Appends an envelope to `queue`, trimming the oldest ready entries past the bound.
+pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Result<(), EngineError> {
+    let key = inner.keys.queue(queue);
+    let args = vec![
+        Value::Bytes(envelope.into()),
+        Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
+        Value::from(inner.keys.channel(queue)),
+    ];
+    let reply = scripts::ENQUEUE.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
+    let dropped = reply.as_u64().unwrap_or(0);
+    if dropped > 0 {
+        inner.metrics.dropped("queue_full", dropped);
+    }
+    Ok(())
+}
+
+/// Creates the queue's consumer group (and stream) unless it exists.
+pub(super) async fn create_group(inner: &Inner, queue: &str) -> Result<(), EngineError> {
+    let key = inner.keys.queue(queue);
+    let args = ["CREATE", key.as_str(), GROUP, "0", "MKSTREAM"].map(Value::from).to_vec();
+    match inner.command("XGROUP", &key, args).await {
+        Err(EngineError::Unavailable(e)) if e.contains("BUSYGROUP") => Ok(()),
+        result => result.map(|_| ()),
+    }
+}
+
+/// Up to `max` entries no consumer has been given yet.
+pub(super) async fn fetch(inner: &Inner, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let key = inner.keys.queue(queue);
+    let args = || {
+        vec![
+            Value::from("GROUP"),
+            Value::from(GROUP),
+            Value::from(inner.config.node_id.as_str()),
+            Value::from("COUNT"),
+            Value::Integer(max.try_into().unwrap_or(i64::MAX)),
+            Value::from("STREAMS"),
+            Value::from(key.as_str()),
+            Value::from(">"),
+        ]
+    };
+    let reply = match inner.command("XREADGROUP", &key, args()).await {
+        // The group is gone (Redis restarted empty, the key was deleted): recreate it.
+        Err(EngineError::Unavailable(e)) if e.contains("NOGROUP") => {
+            create_group(inner, queue).await?;
+            inner.command("XREADGROUP", &key, args()).await?
+        }
+        result => result?,
+    };
+    let mut entries = Vec::new();
+    for stream in reply.into_array() {
+        let mut parts = stream.into_array().into_iter();
+        let Some(list) = parts.nth(1) else { continue };
+        for entry in list.into_array() {
+            let mut fields = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (fields.next(), fields.next()) else { continue };
+            let Some(id) = id.as_string() else { continue };
+            let fields = fields.into_array();
+            let redeliveries = field(&fields, "r").and_then(Value::as_u64).unwrap_or(0);
+            let decoded = match field(&fields, "e").and_then(Value::as_bytes) {
+                Some(bytes) => envelope::decode(bytes),
+                None => envelope::decode(&[]),
+            };
+            match decoded {
+                Ok(envelope) => entries.push(QueueEntry {
+                    id: Arc::from(id),
+                    message: Arc::new(envelope.into_message()),
+                    redeliveries: u32::try_from(redeliveries).unwrap_or(u32::MAX),
+                }),
+                // Left pending: after `reclaim-after` it is re-added for another node (maybe a
+                // newer one that can read it) rather than lost.
+                Err(error) => inner.undecodable(queue, &error),
+            }
+        }
+    }
+    if !entries.is_empty() {
+        let mut in_flight = inner.in_flight.lock().expect("in-flight lock");
+        let held = in_flight.entry(Arc::from(queue)).or_default();
+        held.extend(entries.iter().map(|e| e.id.clone()));
+    }
+    Ok(entries)
+}
+
+/// The value of `name` in a stream entry's flat field list.
+fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a Value> {
+    fields.chunks_exact(2).find(|pair| pair[0].as_str().is_some_and(|n| n == name)).map(|pair| &pair[1])
+}
+
+fn forget(inner: &Inner, queue: &str, ids: &[EntryId]) {
+    let mut in_flight = inner.in_flight.lock().expect("in-flight lock");
+    if let Some(held) = in_flight.get_mut(queue) {
+        for id in ids {
+            held.remove(id);
+        }
+        if held.is_empty() {
+            in_flight.remove(queue);
+        }
+    }
+}
+
+/// Consumed: XACK and XDEL.
+pub(super) async fn ack(inner: &Inner, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+    forget(inner, queue, ids);
+    delete(inner, queue, ids.iter().map(|id| Value::from(&**id)).collect()).await
+}
+
+async fn delete(inner: &Inner, queue: &str, ids: Vec<Value>) -> Result<(), EngineError> {
+    let key = inner.keys.queue(queue);
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        scripts::ACK.run(&inner.client, &[&key], chunk.to_vec()).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Back to the queue's tail (redeliveries + 1 when `delivered`), or to its dead-letter queue.
+pub(super) async fn release(
+    inner: &Inner,
+    queue: &str,
+    ids: &[EntryId],
+    delivered: bool,
+) -> Result<(), EngineError> {
+    forget(inner, queue, ids);
+    let key = inner.keys.queue(queue);
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        let mut args = vec![
+            Value::from(if delivered { "1" } else { "0" }),
+            Value::Integer(inner.config.queues.max_deliveries.into()),
+            Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
+            Value::from(inner.keys.channel(queue)),
+        ];
+        args.extend(chunk.iter().map(|id| Value::from(&**id)));
+        let reply = scripts::RELEASE.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
+        let mut items = reply.into_array().into_iter();
+        let dropped = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let _moved = items.next();
+        if dropped > 0 {
+            inner.metrics.dropped("queue_full", dropped);
+        }
+        dead_letter(inner, queue, items.collect()).await?;
+    }
+    if let Some(inbox) = inner.inbox() {
+        inbox.queue_ready(queue);
+    }
+    Ok(())
+}
+
+/// Moves entries a script left pending (`[id, envelope, id, envelope, ...]`) to `<queue>.dlq`,
+/// then deletes them from `queue`.
+async fn dead_letter(inner: &Inner, queue: &str, dead: Vec<Value>) -> Result<(), EngineError> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let dlq = format!("{queue}.dlq");
+    inner.register_queue(&dlq).await?;
+    let mut ids = Vec::new();
+    for pair in dead.chunks_exact(2) {
+        let bytes = Bytes::copy_from_slice(pair[1].as_bytes().unwrap_or_default());
+        let moved = match envelope::decode(&bytes) {
+            Ok(envelope) => {
+                let origin = envelope.origin().to_owned();
+                let mut message = envelope.into_message();
+                message.destination = Arc::from(dlq.as_str());
+                envelope::encode(&origin, &message)
+            }
+            // Kept as it is: a node that can read it may still want it.
+            Err(_) => bytes.to_vec(),
+        };
+        push(inner, &dlq, moved).await?;
+        ids.push(pair[0].clone());
+    }
+    let n = ids.len() as u64;
+    delete(inner, queue, ids).await?;
+    tracing::info!(%queue, dead_lettered = n, "messages moved to the dead-letter queue");
+    inner.metrics.dropped("dead_lettered", n);
+    Ok(())
+}
+
+/// Wakes the dispatcher of every queue this node watches (notifications may have been missed).
+pub(super) fn wake_watched(inner: &Inner) {
+    let Some(inbox) = inner.inbox() else { return };
+    let queues: Vec<Arc<str>> = inner
+        .watched
+        .lock()
+        .expect("watched lock")
+        .iter()
+        .filter(|(_, w)| **w == Watched::Queue)
+        .map(|(d, _)| d.clone())
+        .collect();
+    for queue in queues {
+        inbox.queue_ready(&queue);
+    }
+}
+
+/// The periodic queue work: refresh in-flight entries every `reclaim_after / 3`, reclaim idle
+/// entries every `reclaim_after`, read depths every few seconds; after the command connection
+/// comes back, wake the local dispatchers.
+pub(super) async fn maintenance_loop(inner: Arc<Inner>, mut reconnects: broadcast::Receiver<Server>) {
+    let reclaim_after = inner.config.queues.reclaim_after.max(Duration::from_millis(3));
+    let mut refresh_tick = tokio::time::interval(reclaim_after / 3);
+    let mut reclaim_tick = tokio::time::interval(reclaim_after);
+    let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
+    for tick in [&mut refresh_tick, &mut reclaim_tick, &mut depth_tick] {
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    }
+    let mut events = true;
+    loop {
+        tokio::select! {
+            _ = refresh_tick.tick() => {
+                if inner.client.is_connected() {
+                    if let Err(error) = refresh(&inner).await {
+                        tracing::warn!(%error, "could not refresh in-flight queue entries");
+                    }
+                    wake_watched(&inner);
+                }
+            }
+            _ = reclaim_tick.tick() => {
+                if inner.client.is_connected() {
+                    if let Err(error) = reclaim(&inner, reclaim_after).await {
+                        tracing::warn!(%error, "could not reclaim idle queue entries");
+                    }
+                }
+            }
+            _ = depth_tick.tick() => {
+                if inner.client.is_connected() {
+                    read_depths(&inner).await;
+                }
+            }
+            event = reconnects.recv(), if events => match event {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Redis may have restarted empty: register the queues again.
+                    inner.known_queues.lock().expect("known queues lock").clear();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    while !inner.client.is_connected() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    wake_watched(&inner);
+                }
+                Err(RecvError::Closed) => events = false,
+            },
+        }
+    }
+}
+
+/// Resets the idle time of the entries this node holds, so live nodes never reclaim them.
+async fn refresh(inner: &Inner) -> Result<(), EngineError> {
+    let held: Vec<(Arc<str>, Vec<EntryId>)> = inner
+        .in_flight
+        .lock()
+        .expect("in-flight lock")
+        .iter()
+        .map(|(q, ids)| (q.clone(), ids.iter().cloned().collect()))
+        .collect();
+    for (queue, ids) in held {
+        let key = inner.keys.queue(&queue);
+        for chunk in ids.chunks(IDS_PER_CALL) {
+            let mut args = vec![
+                Value::from(key.as_str()),
+                Value::from(GROUP),
+                Value::from(inner.config.node_id.as_str()),
+                Value::Integer(0),
+            ];
+            args.extend(chunk.iter().map(|id| Value::from(&**id)));
+            args.push(Value::from("JUSTID"));
+            inner.command("XCLAIM", &key, args).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Claims entries idle past `reclaim_after` in every queue and re-adds them as redeliveries.
+async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineError> {
+    let set = inner.keys.queues();
+    let known: Vec<Value> =
+        inner.known_queues.lock().expect("known queues lock").iter().map(|q| Value::from(&**q)).collect();
+    if !known.is_empty() {
+        let mut args = vec![Value::from(set.as_str())];
+        args.extend(known);
+        inner.command("SADD", &set, args).await?;
+    }
+    let queues = inner.command("SMEMBERS", &set, vec![Value::from(set.as_str())]).await?;
+    let min_idle = i64::try_from(reclaim_after.as_millis()).unwrap_or(i64::MAX);
+    for queue in queues.into_array().iter().filter_map(Value::as_string) {
+        let key = inner.keys.queue(&queue);
+        let mut cursor = Value::from("0-0");
+        let mut moved_total = 0;
+        for _ in 0..RECLAIM_CALLS {
+            let args = vec![
+                Value::from(inner.config.node_id.as_str()),
+                Value::Integer(min_idle),
+                Value::Integer(RECLAIM_COUNT as i64),
+                Value::Integer(inner.config.queues.max_deliveries.into()),
+                Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
+                Value::from(inner.keys.channel(&queue)),
+                cursor.clone(),
+            ];
+            let reply = scripts::RECLAIM.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
+            let mut items = reply.into_array().into_iter();
+            let next = items.next().unwrap_or(Value::Null);
+            let claimed = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            let dropped = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            moved_total += items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            if dropped > 0 {
+                inner.metrics.dropped("queue_full", dropped);
+            }
+            dead_letter(inner, &queue, items.collect()).await?;
+            let done = next.as_str().is_none_or(|n| n == "0-0");
+            if done || claimed == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if moved_total > 0 {
+            tracing::info!(%queue, reclaimed = moved_total, "re-queued entries left idle by another node");
+            let local =
+                inner.watched.lock().expect("watched lock").get(queue.as_str()) == Some(&Watched::Queue);
+            if local {
+                if let Some(inbox) = inner.inbox() {
+                    inbox.queue_ready(&queue);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the ready entries of (up to [`DEPTH_QUEUES`]) known queues.
+pub(super) async fn read_depths(inner: &Inner) {
+    let set = inner.keys.queues();
+    let Ok(queues) = inner.command("SMEMBERS", &set, vec![Value::from(set.as_str())]).await else {
+        return;
+    };
+    let names: Vec<String> =
+        queues.into_array().iter().filter_map(Value::as_string).take(DEPTH_QUEUES).collect();
+    let reads = names.iter().map(|queue| async move {
+        let key = inner.keys.queue(queue);
+        let depth = scripts::DEPTH.run(&inner.client, &[&key], Vec::new()).await.ok()?.as_u64()?;
+        Some((queue.clone(), depth))
+    });
+    let depths: Vec<(String, u64)> =
+        futures_util::future::join_all(reads).await.into_iter().flatten().collect();
+    *inner.depths.lock().expect("depths lock") = depths;
+}

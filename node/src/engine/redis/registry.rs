@@ -1,0 +1,119 @@
+//! The node registry: a heartbeat hash per node and a sorted set of node ids by last beat.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::interfaces::ClientLike;
+use fred::types::Value;
+
+use super::Inner;
+use crate::engine::{EngineError, NodeInfo};
+
+/// How often a node writes its heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A node is listed while its last heartbeat is this recent (its hash expires after it too).
+pub const NODE_TTL: Duration = Duration::from_secs(5);
+/// Entries of the sorted set older than this are removed.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Writes the heartbeat every [`HEARTBEAT_INTERVAL`] while connected.
+pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.client.is_connected() {
+            if let Err(error) = heartbeat(&inner).await {
+                tracing::debug!(%error, "heartbeat failed");
+            }
+        }
+    }
+}
+
+async fn heartbeat(inner: &Inner) -> Result<(), EngineError> {
+    let now = now_ms();
+    let node = inner.keys.node(&inner.config.node_id);
+    let nodes = inner.keys.nodes();
+    let id = inner.config.node_id.as_str();
+    let hset = vec![
+        Value::from(node.as_str()),
+        Value::from("connections"),
+        Value::from(inner.metrics.connection_count().to_string()),
+        Value::from("subscriptions"),
+        Value::from(inner.metrics.subscription_count().to_string()),
+        Value::from("last_seen_ms"),
+        Value::from(now.to_string()),
+    ];
+    let expire = vec![Value::from(node.as_str()), Value::Integer(NODE_TTL.as_millis() as i64)];
+    let zadd = vec![Value::from(nodes.as_str()), Value::from(now.to_string()), Value::from(id)];
+    let forget = now.saturating_sub(FORGET_AFTER.as_millis() as u64);
+    let prune = vec![Value::from(nodes.as_str()), Value::from("-inf"), Value::from(format!("({forget}"))];
+    let (a, b, c, d) = tokio::join!(
+        inner.command("HSET", &node, hset),
+        inner.command("PEXPIRE", &node, expire),
+        inner.command("ZADD", &nodes, zadd),
+        inner.command("ZREMRANGEBYSCORE", &nodes, prune),
+    );
+    a.and(b).and(c).and(d).map(|_| ())
+}
+
+/// Removes this node's entry.
+pub(super) async fn deregister(inner: &Inner) {
+    let node = inner.keys.node(&inner.config.node_id);
+    let nodes = inner.keys.nodes();
+    let _ = tokio::join!(
+        inner.command("DEL", &node, vec![Value::from(node.as_str())]),
+        inner.command(
+            "ZREM",
+            &nodes,
+            vec![Value::from(nodes.as_str()), Value::from(inner.config.node_id.as_str())]
+        ),
+    );
+}
+
+/// Nodes whose heartbeat is recent and whose hash still exists.
+pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeInfo>, EngineError> {
+    let nodes = inner.keys.nodes();
+    let since = now_ms().saturating_sub(NODE_TTL.as_millis() as u64);
+    let args = vec![Value::from(nodes.as_str()), Value::from(since.to_string()), Value::from("+inf")];
+    let ids = inner.command("ZRANGEBYSCORE", &nodes, args).await?;
+    let ids: Vec<String> = ids.into_array().iter().filter_map(Value::as_string).collect();
+    let reads = ids.iter().map(|id| async move {
+        let key = inner.keys.node(id);
+        let reply = inner.command("HGETALL", &key, vec![Value::from(key.as_str())]).await?;
+        Ok::<_, EngineError>(parse_node(id, reply))
+    });
+    let mut out = Vec::with_capacity(ids.len());
+    for read in futures_util::future::join_all(reads).await {
+        if let Some(info) = read? {
+            out.push(info);
+        }
+    }
+    out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(out)
+}
+
+/// A heartbeat hash (flat `[field, value, ...]`, or a map) as a [`NodeInfo`]; `None` when gone.
+fn parse_node(id: &str, reply: Value) -> Option<NodeInfo> {
+    let fields = reply.into_array();
+    if fields.is_empty() {
+        return None;
+    }
+    let get = |name: &str| {
+        fields
+            .chunks_exact(2)
+            .find(|pair| pair[0].as_str().is_some_and(|n| n == name))
+            .and_then(|pair| pair[1].as_u64())
+            .unwrap_or(0)
+    };
+    Some(NodeInfo {
+        node_id: id.to_owned(),
+        connections: get("connections"),
+        subscriptions: get("subscriptions"),
+        last_seen_ms: get("last_seen_ms"),
+    })
+}

@@ -1,0 +1,346 @@
+//! The Lua scripts that make multi-step operations atomic, and how they are run.
+//!
+//! Each script touches the keys of one destination only (one hash tag), so it runs on Redis
+//! Cluster too. Scripts are sent with EVALSHA as pipelined custom commands (fred does not
+//! pipeline its own EVALSHA) routed by the first key's slot, and re-sent with EVAL when the server
+//! answers NOSCRIPT (after a restart or on a cluster node that has not seen it yet).
+
+use std::sync::LazyLock;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use super::keys::GROUP;
+
+/// One Lua script and its SHA-1.
+pub struct Script {
+    pub name: &'static str,
+    lua: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, body: &str) -> Script {
+        let lua = format!("local GROUP = '{GROUP}'\n{LIBRARY}\n{body}");
+        let sha = hex(&sha1(lua.as_bytes()));
+        Script { name, lua, sha }
+    }
+
+    /// Runs the script with `keys` (all in one slot) and `args`.
+    pub async fn run(
+        &self,
+        client: &Client,
+        keys: &[&str],
+        args: Vec<Value>,
+    ) -> Result<Value, fred::error::Error> {
+        let slot = keys.first().map(|k| fred::util::redis_keyslot(k.as_bytes()));
+        let hash = slot.map(ClusterHash::Custom).unwrap_or(ClusterHash::Random);
+        let call = |command: &'static str, head: Value| {
+            let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+            all.push(head);
+            all.push(Value::Integer(keys.len() as i64));
+            all.extend(keys.iter().map(|k| Value::from(*k)));
+            all.extend(args.iter().cloned());
+            client.custom::<Value, Value>(CustomCommand::new_static(command, hash.clone(), false), all)
+        };
+        match call("EVALSHA", Value::from(self.sha.as_str())).await {
+            Err(e) if e.details().contains("NOSCRIPT") => {
+                tracing::debug!(script = self.name, "loading a script into Redis");
+                call("EVAL", Value::from(self.lua.as_str())).await
+            }
+            result => result,
+        }
+    }
+}
+
+/// Functions shared by the queue scripts.
+///
+/// `push` appends an entry and then keeps at most `maxlen` *ready* entries (those after the
+/// group's last-delivered id; entries in flight do not count), deleting the oldest ready ones.
+/// `requeue` moves entries this node holds back to the tail: redeliveries + 1 when `delivered`,
+/// or leaves them pending and returns them for the dead-letter queue when they reached
+/// `maxdel`. An id no longer in the stream (acknowledged, trimmed, reclaimed) is only XACKed.
+const LIBRARY: &str = r#"
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+
+local function push(key, env, r, maxlen)
+  redis.call('XADD', key, '*', 'e', env, 'r', r)
+  local len = redis.call('XLEN', key)
+  if len <= maxlen then return 0 end
+  local start, pending = '-', 0
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+  if ok then
+    for _, g in ipairs(groups) do
+      if field(g, 'name') == GROUP then
+        start = '(' .. field(g, 'last-delivered-id')
+        pending = tonumber(field(g, 'pending')) or 0
+      end
+    end
+  end
+  local excess = len - pending - maxlen
+  if excess <= 0 then return 0 end
+  local old = redis.call('XRANGE', key, start, '+', 'COUNT', excess)
+  for _, e in ipairs(old) do redis.call('XDEL', key, e[1]) end
+  return #old
+end
+
+local function requeue(key, ids, delivered, maxdel, maxlen)
+  local dropped, moved, dead = 0, 0, {}
+  for _, id in ipairs(ids) do
+    local found = redis.call('XRANGE', key, id, id)
+    if #found == 0 then
+      redis.call('XACK', key, GROUP, id)
+    else
+      local fields = found[1][2]
+      local env = field(fields, 'e')
+      local r = tonumber(field(fields, 'r')) or 0
+      if delivered then r = r + 1 end
+      if env == nil then
+        redis.call('XACK', key, GROUP, id)
+        redis.call('XDEL', key, id)
+      elseif maxdel > 0 and r >= maxdel then
+        dead[#dead + 1] = id
+        dead[#dead + 1] = env
+      else
+        redis.call('XACK', key, GROUP, id)
+        redis.call('XDEL', key, id)
+        dropped = dropped + push(key, env, r, maxlen)
+        moved = moved + 1
+      end
+    end
+  end
+  return dropped, moved, dead
+end
+"#;
+
+/// KEYS: seq, log. ARGV: envelope without offset, size, expire ms (0 = never), channel.
+/// Assigns the next offset, completes the envelope with it (bincode varint, see `envelope`),
+/// appends it as entry `0-<offset>`, trims to `size`, and publishes it. Returns the offset.
+pub static HISTORY_PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "history_publish",
+        r#"
+local function varint(n)
+  if n < 251 then return string.char(n) end
+  local bytes, marker
+  if n < 65536 then bytes, marker = 2, 251
+  elseif n < 4294967296 then bytes, marker = 4, 252
+  else bytes, marker = 8, 253 end
+  local out = { string.char(marker) }
+  for i = 1, bytes do
+    out[#out + 1] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(out)
+end
+
+local seq = redis.call('INCR', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local env = string.sub(ARGV[1], 1, -2) .. '\1' .. varint(seq)
+local ok = pcall(redis.call, 'XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', env, 't', now)
+if not ok then
+  -- The counter was lost while the log was kept: continue after the log's last entry.
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    seq = tonumber(string.match(last[1][1], '%d+%-(%d+)')) + 1
+    redis.call('SET', KEYS[1], seq)
+    env = string.sub(ARGV[1], 1, -2) .. '\1' .. varint(seq)
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', env, 't', now)
+end
+local expire = tonumber(ARGV[3])
+if expire > 0 then
+  redis.call('PEXPIRE', KEYS[1], expire)
+  redis.call('PEXPIRE', KEYS[2], expire)
+end
+redis.call('PUBLISH', ARGV[4], env)
+return seq
+"#,
+    )
+});
+
+/// KEYS: seq, log. ARGV: first id (`0-<since+1>`), ttl ms (0 = none).
+/// Returns `{last offset, offset, envelope, offset, envelope, ...}` for the entries from the
+/// first id on that are younger than the ttl, read atomically with the counter.
+pub static HISTORY_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "history_read",
+        r#"
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local ttl = tonumber(ARGV[2])
+local oldest = 0
+if ttl > 0 then
+  local t = redis.call('TIME')
+  oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ttl
+end
+local out = { seq }
+for _, e in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1], '+')) do
+  local at = tonumber(field(e[2], 't')) or 0
+  local env = field(e[2], 'e')
+  if env and at >= oldest then
+    out[#out + 1] = tonumber(string.match(e[1], '%d+%-(%d+)'))
+    out[#out + 1] = env
+  end
+end
+return out
+"#,
+    )
+});
+
+/// KEYS: queue. ARGV: envelope, max length, channel. Appends (redeliveries 0), trims the oldest
+/// ready entries past the bound, notifies. Returns how many entries were dropped.
+pub static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "enqueue",
+        r#"
+local dropped = push(KEYS[1], ARGV[1], 0, tonumber(ARGV[2]))
+redis.call('PUBLISH', ARGV[3], 'r')
+return dropped
+"#,
+    )
+});
+
+/// KEYS: queue. ARGV: ids. Acknowledges and deletes them.
+pub static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "ack",
+        r#"
+redis.call('XACK', KEYS[1], GROUP, unpack(ARGV))
+return redis.call('XDEL', KEYS[1], unpack(ARGV))
+"#,
+    )
+});
+
+/// KEYS: queue. ARGV: delivered (0/1), max deliveries, max length, channel, ids...
+/// Returns `{dropped, moved, dead id, dead envelope, ...}`; dead entries stay pending.
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "release",
+        r#"
+local ids = {}
+for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+local dropped, moved, dead = requeue(KEYS[1], ids, ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]))
+if moved > 0 then redis.call('PUBLISH', ARGV[4], 'r') end
+local out = { dropped, moved }
+for _, v in ipairs(dead) do out[#out + 1] = v end
+return out
+"#,
+    )
+});
+
+/// KEYS: queue. ARGV: consumer, min idle ms, count, max deliveries, max length, channel, cursor.
+/// Claims entries idle past the limit and requeues them as redeliveries; on the first call of a
+/// pass, also deletes consumers that hold nothing and were idle past the limit.
+/// Returns `{next cursor, claimed, dropped, moved, dead id, dead envelope, ...}`.
+pub static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "reclaim",
+        r#"
+local ok, res = pcall(redis.call, 'XAUTOCLAIM', KEYS[1], GROUP, ARGV[1], ARGV[2], ARGV[7], 'COUNT', ARGV[3], 'JUSTID')
+if not ok then return { '0-0', 0, 0, 0 } end
+if ARGV[7] == '0-0' then
+  -- Forget consumers (nodes) that hold nothing and were idle as long: gone, or they come back.
+  local okc, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], GROUP)
+  if okc then
+    for _, c in ipairs(consumers) do
+      local name = field(c, 'name')
+      if name ~= ARGV[1] and tonumber(field(c, 'pending')) == 0 and tonumber(field(c, 'idle')) > tonumber(ARGV[2]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], GROUP, name)
+      end
+    end
+  end
+end
+local ids = res[2]
+local dropped, moved, dead = requeue(KEYS[1], ids, true, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if moved > 0 then redis.call('PUBLISH', ARGV[6], 'r') end
+local out = { res[1], #ids, dropped, moved }
+for _, v in ipairs(dead) do out[#out + 1] = v end
+return out
+"#,
+    )
+});
+
+/// KEYS: queue. Ready entries: the stream's length minus the entries in flight.
+pub static DEPTH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "depth",
+        r#"
+local len = redis.call('XLEN', KEYS[1])
+local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], GROUP)
+local pending = 0
+if ok then pending = tonumber(p[1]) or 0 end
+if len > pending then return len - pending end
+return 0
+"#,
+    )
+});
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-1 (FIPS 180-1), only to name scripts for EVALSHA.
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
+    for chunk in message.chunks_exact(64) {
+        let mut w = [0u32; 80];
+        for (i, word) in chunk.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
+                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
+                _ => (b ^ c ^ d, 0xCA62_C1D6),
+            };
+            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, word) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha1_matches_known_digests() {
+        assert_eq!(hex(&sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+        assert_eq!(hex(&sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex(&sha1(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")),
+            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
+        );
+        assert_eq!(hex(&sha1(&[b'a'; 1000])), "291e9a6c66994949b57ba5e650361e98fc36b1ba");
+    }
+}

@@ -1,0 +1,646 @@
+//! Tests of the Redis engine against a real `redis-server`: each test starts its own server on a
+//! free port in a temporary directory (no persistence) and kills it when done.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::types::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{envelope, scripts, RedisEngine, Tuning};
+use crate::config::{Config, HistoryRule};
+use crate::engine::{Engine, EngineError, EntryId, Inbox, Message};
+use crate::metrics::Metrics;
+
+/// A `redis-server` child process; killed (and its directory removed) on drop.
+struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Picks a free port without starting the server.
+    fn reserve() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(format!("stampede-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        RedisServer { port, dir, child: None }
+    }
+
+    async fn start() -> RedisServer {
+        let mut server = RedisServer::reserve();
+        server.spawn().await;
+        server
+    }
+
+    /// Starts the server on its port and waits until it answers PING.
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (installed at /usr/bin/redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.ping().await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        if stream.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).await.is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An inbox that records what it is handed.
+#[derive(Default)]
+struct Collect {
+    messages: Mutex<Vec<Arc<Message>>>,
+    ready: Mutex<Vec<String>>,
+    /// Time each delivery takes (a slow consumer), if any.
+    delay: Option<Duration>,
+}
+
+impl Inbox for Collect {
+    fn deliver(&self, message: Arc<Message>) {
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
+        self.messages.lock().expect("lock").push(message);
+    }
+
+    fn queue_ready(&self, queue: &str) {
+        self.ready.lock().expect("lock").push(queue.to_owned());
+    }
+}
+
+impl Collect {
+    fn count(&self) -> usize {
+        self.messages.lock().expect("lock").len()
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect()
+    }
+
+    fn offsets(&self) -> Vec<u64> {
+        self.messages.lock().expect("lock").iter().filter_map(|m| m.offset).collect()
+    }
+
+    fn was_woken(&self, queue: &str) -> bool {
+        self.ready.lock().expect("lock").iter().any(|q| q == queue)
+    }
+}
+
+struct Node {
+    engine: RedisEngine,
+    inbox: Arc<Collect>,
+    metrics: Arc<Metrics>,
+}
+
+async fn node(server: &RedisServer, id: &str, edit: impl FnOnce(&mut Config)) -> Node {
+    node_with(
+        server,
+        id,
+        edit,
+        Collect::default(),
+        Tuning { connect_wait: Duration::from_secs(5), ..Tuning::default() },
+    )
+    .await
+}
+
+async fn node_with(
+    server: &RedisServer,
+    id: &str,
+    edit: impl FnOnce(&mut Config),
+    inbox: Collect,
+    tuning: Tuning,
+) -> Node {
+    let mut config = Config { node_id: id.to_owned(), redis_url: Some(server.url()), ..Config::default() };
+    edit(&mut config);
+    let metrics = Arc::new(Metrics::new());
+    let engine =
+        RedisEngine::connect_with(Arc::new(config), metrics.clone(), tuning).await.expect("engine starts");
+    let inbox = Arc::new(inbox);
+    let dyn_inbox: Arc<dyn Inbox> = inbox.clone();
+    let weak: Weak<dyn Inbox> = Arc::downgrade(&dyn_inbox);
+    engine.attach(weak);
+    Node { engine, inbox, metrics }
+}
+
+fn message(destination: &str, body: impl Into<String>) -> Message {
+    Message {
+        destination: Arc::from(destination),
+        headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
+        body: Bytes::from(body.into()),
+        offset: None,
+    }
+}
+
+fn history(pattern: &str, size: usize, ttl: Option<Duration>) -> HistoryRule {
+    HistoryRule { pattern: pattern.to_owned(), size, ttl }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A counter's value in the rendered metrics, e.g. `messages_dropped_total{reason="queue_full"}`.
+fn counter(metrics: &Metrics, name: &str) -> u64 {
+    let wanted = format!("stampede_{name} ");
+    metrics
+        .render(Vec::new())
+        .lines()
+        .find_map(|line| line.strip_prefix(&wanted).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn raw(node: &Node, command: &'static str, key: &str, args: &[&str]) -> Value {
+    let args = args.iter().map(|a| Value::from(*a)).collect();
+    node.engine.inner.command(command, key, args).await.expect("command succeeds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_messages_reach_other_nodes_once_in_order_until_unwatched() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    let b = node(&server, "node-b", |_| {}).await;
+    assert!(a.engine.is_ready() && b.engine.is_ready());
+
+    b.engine.watch("/topic/t").wait().await.expect("watch");
+    for i in 0..100 {
+        assert_eq!(a.engine.publish(message("/topic/t", i.to_string())).await, Ok(None));
+    }
+    assert!(eventually(WAIT, || b.inbox.count() >= 100).await, "got {}", b.inbox.count());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(b.inbox.bodies(), expected, "each message once, in publish order");
+    assert_eq!(a.inbox.count(), 0, "node A does not watch the topic");
+    let first = b.inbox.messages.lock().expect("lock")[0].clone();
+    assert_eq!(&*first.destination, "/topic/t");
+    assert_eq!(first.headers, vec![("content-type".to_owned(), "text/plain".to_owned())]);
+
+    // The publisher's own node receives through Redis too once it watches.
+    a.engine.watch("/topic/t").wait().await.expect("watch");
+    a.engine.publish(message("/topic/t", "100")).await.expect("publish");
+    assert!(eventually(WAIT, || a.inbox.count() == 1 && b.inbox.count() == 101).await);
+
+    // Unwatch is applied in call order: once a later watch is done, it is done too.
+    b.engine.unwatch("/topic/t");
+    b.engine.watch("/topic/other").wait().await.expect("watch");
+    a.engine.publish(message("/topic/t", "101")).await.expect("publish");
+    assert!(eventually(WAIT, || a.inbox.count() == 2).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.inbox.count(), 101, "nothing after unwatch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_offsets_replay_and_completeness_match_the_memory_engine() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| {
+        c.history =
+            vec![history("/topic/h*", 5, None), history("/topic/ttl", 10, Some(Duration::from_millis(300)))]
+    };
+    let a = node(&server, "node-a", rules).await;
+
+    let mut offsets = Vec::new();
+    for i in 1..=8 {
+        offsets.push(a.engine.publish(message("/topic/h", format!("m{i}"))).await.expect("publish"));
+    }
+    assert_eq!(offsets, (1..=8).map(Some).collect::<Vec<_>>());
+
+    let h = a.engine.history("/topic/h", 5).await.expect("history");
+    assert!(h.complete);
+    assert_eq!(h.messages.iter().map(|m| m.offset.unwrap_or(0)).collect::<Vec<_>>(), [6, 7, 8]);
+    assert_eq!(&h.messages[0].body[..], b"m6");
+    assert_eq!(&*h.messages[0].destination, "/topic/h");
+
+    let h = a.engine.history("/topic/h", 3).await.expect("history");
+    assert!(h.complete, "4..8 retained: nothing missed after 3");
+    assert_eq!(h.messages.len(), 5);
+    let h = a.engine.history("/topic/h", 0).await.expect("history");
+    assert!(!h.complete, "1..3 were trimmed");
+    assert_eq!(h.messages.iter().map(|m| m.offset.unwrap_or(0)).collect::<Vec<_>>(), [4, 5, 6, 7, 8]);
+    let h = a.engine.history("/topic/h", 8).await.expect("history");
+    assert!(h.complete && h.messages.is_empty());
+    let h = a.engine.history("/topic/h", 9).await.expect("history");
+    assert!(!h.complete, "a client cannot have seen offset 9");
+
+    let h = a.engine.history("/topic/h-never", 0).await.expect("history");
+    assert!(h.complete && h.messages.is_empty(), "nothing published, nothing missed");
+    assert!(!a.engine.history("/topic/h-never", 1).await.expect("history").complete);
+    assert!(!a.engine.history("/topic/plain", 0).await.expect("history").complete, "no history rule");
+
+    // TTL: entries older than it are skipped; keys expire after 3 × ttl.
+    a.engine.publish(message("/topic/ttl", "t1")).await.expect("publish");
+    a.engine.publish(message("/topic/ttl", "t2")).await.expect("publish");
+    let h = a.engine.history("/topic/ttl", 0).await.expect("history");
+    assert!(h.complete && h.messages.len() == 2);
+    let pttl = raw(&a, "PTTL", "stampede:{/topic/ttl}:log", &["stampede:{/topic/ttl}:log"]).await;
+    assert!(pttl.as_i64().is_some_and(|ms| ms > 300 && ms <= 900), "{pttl:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let h = a.engine.history("/topic/ttl", 0).await.expect("history");
+    assert!(!h.complete && h.messages.is_empty(), "expired: missed");
+    assert!(a.engine.history("/topic/ttl", 2).await.expect("history").complete);
+    a.engine.publish(message("/topic/ttl", "t3")).await.expect("publish");
+    let h = a.engine.history("/topic/ttl", 2).await.expect("history");
+    assert!(h.complete && h.messages.len() == 1 && h.messages[0].offset == Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_every_varint_width_survive_the_lua_script() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/*", 100, None)];
+    let a = node(&server, "node-a", rules).await;
+    let b = node(&server, "node-b", rules).await;
+    b.engine.watch("/topic/w").wait().await.expect("watch");
+    let seq = "stampede:{/topic/w}:seq";
+    let mut expected = Vec::new();
+    for start in [0u64, 249, 250, 65_534, 65_535, 4_294_967_294, 4_294_967_295, 1 << 40] {
+        raw(&a, "SET", seq, &[seq, &start.to_string()]).await;
+        let offset = a.engine.publish(message("/topic/w", start.to_string())).await.expect("publish");
+        assert_eq!(offset, Some(start + 1));
+        expected.push(start + 1);
+    }
+    assert!(eventually(WAIT, || b.inbox.count() == expected.len()).await, "{:?}", b.inbox.offsets());
+    assert_eq!(b.inbox.offsets(), expected, "live envelopes carry the script's offsets");
+    let h = a.engine.history("/topic/w", 0).await.expect("history");
+    assert_eq!(h.messages.iter().filter_map(|m| m.offset).collect::<Vec<_>>(), expected);
+    // The stored envelope is the Rust encoding with the offset patched in, byte for byte.
+    let stored =
+        raw(&a, "XRANGE", "stampede:{/topic/w}:log", &["stampede:{/topic/w}:log", "-", "+", "COUNT", "1"])
+            .await;
+    let fields = stored.into_array().remove(0).into_array().remove(1).into_array();
+    let mut sent = message("/topic/w", "0");
+    sent.offset = None;
+    let patched = envelope::with_offset(&envelope::encode_without_offset("node-a", &sent), 1);
+    assert_eq!(fields[1].as_bytes(), Some(&patched[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_live_delivery_drops_duplicates_and_fills_gaps_in_order() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
+    let a = node(&server, "node-a", rules).await;
+    let b = node(&server, "node-b", rules).await;
+    a.engine.publish(message("/topic/h", "before")).await.expect("publish");
+    b.engine.watch("/topic/h").wait().await.expect("watch");
+    for i in 2..=3 {
+        a.engine.publish(message("/topic/h", i.to_string())).await.expect("publish");
+    }
+    assert!(eventually(WAIT, || b.inbox.count() == 2).await);
+
+    // Offset 4 is stored but its live copy is lost (published on a channel nobody hears).
+    let lost = envelope::encode_without_offset("node-a", &message("/topic/h", "4"));
+    let keys = &a.engine.inner.keys;
+    let (seq, log) = (keys.seq("/topic/h"), keys.log("/topic/h"));
+    let args =
+        vec![Value::Bytes(lost.into()), Value::Integer(100), Value::Integer(0), Value::from("nowhere")];
+    scripts::HISTORY_PUBLISH.run(&a.engine.inner.client, &[&seq, &log], args).await.expect("script");
+    a.engine.publish(message("/topic/h", "5")).await.expect("publish");
+    assert!(eventually(WAIT, || b.inbox.count() == 4).await, "{:?}", b.inbox.bodies());
+    assert_eq!(b.inbox.offsets(), [2, 3, 4, 5], "the gap is filled before 5 is delivered");
+
+    // A copy of an envelope already delivered is dropped.
+    let mut again = message("/topic/h", "5");
+    again.offset = Some(5);
+    let channel = keys.channel("/topic/h");
+    raw(&a, "PUBLISH", "", &[&channel, &String::from_utf8_lossy(&envelope::encode("x", &again))]).await;
+    a.engine.publish(message("/topic/h", "6")).await.expect("publish");
+    assert!(eventually(WAIT, || b.inbox.count() >= 5).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.inbox.offsets(), [2, 3, 4, 5, 6]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_refills_history_from_the_stream() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/fast", 1000, None)];
+    let a = node(&server, "node-a", rules).await;
+    let slow = Collect { delay: Some(Duration::from_millis(2)), ..Collect::default() };
+    let tuning = Tuning { broadcast_capacity: 16, connect_wait: Duration::from_secs(5) };
+    let b = node_with(&server, "node-b", rules, slow, tuning).await;
+    b.engine.watch("/topic/fast").wait().await.expect("watch");
+    let publishes = (0..300).map(|i| a.engine.publish(message("/topic/fast", i.to_string())));
+    for result in futures_util::future::join_all(publishes).await {
+        result.expect("publish");
+    }
+    assert!(eventually(Duration::from_secs(20), || b.inbox.count() >= 300).await, "{}", b.inbox.count());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.inbox.offsets(), (1..=300).collect::<Vec<_>>(), "every offset once, in order");
+    assert!(counter(&b.metrics, "engine_events_total{event=\"lagged\"}") > 0, "the small buffer lagged");
+    assert!(counter(&b.metrics, "engine_events_total{event=\"recovered\"}") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_entries_go_to_exactly_one_node_and_come_back_when_released() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    let b = node(&server, "node-b", |_| {}).await;
+    a.engine.watch("/queue/q").wait().await.expect("watch");
+    b.engine.watch("/queue/q").wait().await.expect("watch");
+    for i in 0..10 {
+        a.engine.enqueue(message("/queue/q", i.to_string())).await.expect("enqueue");
+    }
+    assert!(eventually(WAIT, || b.inbox.was_woken("/queue/q")).await, "B is told entries are ready");
+
+    let (got_a, got_b) = tokio::join!(a.engine.fetch("/queue/q", 10), b.engine.fetch("/queue/q", 10));
+    let (got_a, got_b) = (got_a.expect("fetch"), got_b.expect("fetch"));
+    assert_eq!(got_a.len() + got_b.len(), 10, "A {} + B {}", got_a.len(), got_b.len());
+    let ids: HashSet<EntryId> = got_a.iter().chain(&got_b).map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 10, "no entry went to both nodes");
+    let bodies: HashSet<String> =
+        got_a.iter().chain(&got_b).map(|e| String::from_utf8_lossy(&e.message.body).into_owned()).collect();
+    assert_eq!(bodies, (0..10).map(|i| i.to_string()).collect());
+    assert!(got_a.iter().chain(&got_b).all(|e| e.redeliveries == 0 && &*e.message.destination == "/queue/q"));
+    assert!(a.engine.fetch("/queue/q", 10).await.expect("fetch").is_empty());
+
+    // A's entries were seen by a client; B's were not.
+    let a_ids: Vec<EntryId> = got_a.iter().map(|e| e.id.clone()).collect();
+    let b_ids: Vec<EntryId> = got_b.iter().map(|e| e.id.clone()).collect();
+    a.engine.release("/queue/q", &a_ids, true).await.expect("release");
+    b.engine.release("/queue/q", &b_ids, false).await.expect("release");
+    let again = b.engine.fetch("/queue/q", 100).await.expect("fetch");
+    assert_eq!(again.len(), 10);
+    let a_bodies: HashSet<Bytes> = got_a.iter().map(|e| e.message.body.clone()).collect();
+    for entry in &again {
+        let expected = if a_bodies.contains(&entry.message.body) { 1 } else { 0 };
+        assert_eq!(entry.redeliveries, expected, "{:?}", entry.message.body);
+    }
+
+    let all: Vec<EntryId> = again.iter().map(|e| e.id.clone()).collect();
+    b.engine.ack("/queue/q", &all).await.expect("ack");
+    assert!(b.engine.fetch("/queue/q", 100).await.expect("fetch").is_empty());
+    let len = raw(&b, "XLEN", "stampede:{/queue/q}:q", &["stampede:{/queue/q}:q"]).await;
+    assert_eq!(len.as_u64(), Some(0), "acknowledged entries are deleted");
+    assert!(b.engine.inner.in_flight.lock().expect("lock").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_keep_a_bounded_backlog_and_dead_letter_after_max_deliveries() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a", |c| {
+        c.queues.max_length = 3;
+        c.queues.max_deliveries = 2;
+    })
+    .await;
+
+    // Nobody consumes yet: the oldest ready entries go past the bound.
+    for i in 0..5 {
+        a.engine.enqueue(message("/queue/b", i.to_string())).await.expect("enqueue");
+    }
+    assert_eq!(counter(&a.metrics, "messages_dropped_total{reason=\"queue_full\"}"), 2);
+    super::queues::read_depths(&a.engine.inner).await;
+    assert_eq!(a.engine.queue_depths(), [("/queue/b".to_owned(), 3)]);
+    let held = a.engine.fetch("/queue/b", 10).await.expect("fetch");
+    let bodies: Vec<&[u8]> = held.iter().map(|e| &e.message.body[..]).collect();
+    assert_eq!(bodies, [b"2", b"3", b"4"]);
+    // Entries in flight do not count against the bound.
+    for i in 5..8 {
+        a.engine.enqueue(message("/queue/b", i.to_string())).await.expect("enqueue");
+    }
+    assert_eq!(counter(&a.metrics, "messages_dropped_total{reason=\"queue_full\"}"), 2);
+    super::queues::read_depths(&a.engine.inner).await;
+    assert_eq!(a.engine.queue_depths(), [("/queue/b".to_owned(), 3)], "in-flight entries are not ready");
+
+    // Dead letters: the second delivery that a client saw is the last.
+    a.engine.enqueue(message("/queue/d", "poison")).await.expect("enqueue");
+    let first = a.engine.fetch("/queue/d", 1).await.expect("fetch");
+    assert_eq!(first[0].redeliveries, 0);
+    a.engine.release("/queue/d", &[first[0].id.clone()], true).await.expect("release");
+    let second = a.engine.fetch("/queue/d", 1).await.expect("fetch");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].redeliveries, 1);
+    a.engine.release("/queue/d", &[second[0].id.clone()], true).await.expect("release");
+    assert!(a.engine.fetch("/queue/d", 1).await.expect("fetch").is_empty());
+    let dead = a.engine.fetch("/queue/d.dlq", 10).await.expect("fetch");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&*dead[0].message.destination, "/queue/d.dlq");
+    assert_eq!(&dead[0].message.body[..], b"poison");
+    assert_eq!(dead[0].redeliveries, 0);
+    assert_eq!(counter(&a.metrics, "messages_dropped_total{reason=\"dead_lettered\"}"), 1);
+    let len = raw(&a, "XLEN", "stampede:{/queue/d}:q", &["stampede:{/queue/d}:q"]).await;
+    assert_eq!(len.as_u64(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_dead_node_are_reclaimed_as_redeliveries_but_a_live_nodes_are_not() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    let fast = |c: &mut Config| c.queues.reclaim_after = Duration::from_millis(600);
+    let b = node(&server, "node-b", fast).await;
+    b.engine.watch("/queue/r").wait().await.expect("watch");
+    for i in 0..3 {
+        b.engine.enqueue(message("/queue/r", i.to_string())).await.expect("enqueue");
+    }
+    let taken = a.engine.fetch("/queue/r", 10).await.expect("fetch");
+    assert_eq!(taken.len(), 3);
+    drop(a); // dies holding them: no refresh, no ack
+
+    let mut reclaimed = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while reclaimed.len() < 3 && Instant::now() < deadline {
+        reclaimed.extend(b.engine.fetch("/queue/r", 10).await.expect("fetch"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reclaimed.len(), 3, "B reclaimed A's entries");
+    assert!(reclaimed.iter().all(|e| e.redeliveries == 1));
+    assert!(b.inbox.was_woken("/queue/r"));
+    let key = "stampede:{/queue/r}:q";
+    let deadline = Instant::now() + WAIT;
+    let mut consumers = Vec::new();
+    while Instant::now() < deadline {
+        let reply = raw(&b, "XINFO", key, &["CONSUMERS", key, "stampede"]).await;
+        consumers = reply
+            .into_array()
+            .into_iter()
+            .filter_map(|c| c.into_array().get(1).and_then(Value::as_string))
+            .collect::<Vec<_>>();
+        if consumers == ["node-b"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(consumers, ["node-b"], "the dead node's consumer is forgotten");
+
+    // B is alive: it refreshes what it holds, so neither it nor C takes them back.
+    let c = node(&server, "node-c", fast).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(c.engine.fetch("/queue/r", 10).await.expect("fetch").is_empty());
+    assert!(b.engine.fetch("/queue/r", 10).await.expect("fetch").is_empty());
+    let ids: Vec<EntryId> = reclaimed.iter().map(|e| e.id.clone()).collect();
+    b.engine.ack("/queue/r", &ids).await.expect("ack");
+    let len = raw(&b, "XLEN", "stampede:{/queue/r}:q", &["stampede:{/queue/r}:q"]).await;
+    assert_eq!(len.as_u64(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_lists_live_nodes() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    let b = node(&server, "node-b", |c| c.redis_prefix = "stampede".to_owned()).await;
+    let mut nodes = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while nodes.len() < 2 && Instant::now() < deadline {
+        nodes = a.engine.nodes().await.expect("nodes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(ids, ["node-a", "node-b"]);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    assert!(nodes.iter().all(|n| n.last_seen_ms + 5_000 >= now && n.connections == 0));
+
+    b.engine.close().await;
+    let ids: Vec<String> = a.engine.nodes().await.expect("nodes").into_iter().map(|n| n.node_id).collect();
+    assert_eq!(ids, ["node-a"], "a closed node leaves the registry");
+
+    // Another prefix is another cluster.
+    let other = node(&server, "node-x", |c| c.redis_prefix = "other".to_owned()).await;
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while ids.is_empty() && Instant::now() < deadline {
+        ids = other.engine.nodes().await.expect("nodes").into_iter().map(|n| n.node_id).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ids, ["node-x"]);
+    let keys = raw(&other, "KEYS", "", &["other:*"]).await.into_array();
+    assert!(keys.iter().all(|k| k.as_str().is_some_and(|k| k.starts_with("other:"))) && !keys.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_and_watches_survive_a_restart() {
+    let mut server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
+    let a = node(&server, "node-a", rules).await;
+    let b = node(&server, "node-b", rules).await;
+    b.engine.watch("/topic/t").wait().await.expect("watch");
+    b.engine.watch("/topic/h").wait().await.expect("watch");
+    a.engine.publish(message("/topic/h", "h1")).await.expect("publish");
+    a.engine.publish(message("/topic/h", "h2")).await.expect("publish");
+    assert!(eventually(WAIT, || b.inbox.count() == 2).await);
+
+    server.kill();
+    assert!(eventually(WAIT, || !a.engine.is_ready() && !b.engine.is_ready()).await);
+    assert!(matches!(a.engine.publish(message("/topic/t", "lost")).await, Err(EngineError::Unavailable(_))));
+    assert!(matches!(b.engine.watch("/topic/later").wait().await, Err(EngineError::Unavailable(_))));
+
+    server.spawn().await; // same port, empty
+    assert!(eventually(Duration::from_secs(15), || a.engine.is_ready() && b.engine.is_ready()).await);
+    // Re-subscribing follows the reconnection; publish until the first one arrives.
+    let deadline = Instant::now() + WAIT;
+    while !b.inbox.bodies().iter().any(|m| m == "t-again") && Instant::now() < deadline {
+        a.engine.publish(message("/topic/t", "t-again")).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.inbox.bodies().iter().any(|m| m == "t-again"), "the watched topic delivers again");
+    // Redis came back empty: the history topic restarts at offset 1 and is still delivered.
+    assert_eq!(a.engine.publish(message("/topic/h", "h-new")).await, Ok(Some(1)));
+    assert!(
+        eventually(WAIT, || b.inbox.bodies().iter().any(|m| m == "h-new")).await,
+        "{:?}",
+        b.inbox.bodies()
+    );
+    // The watch that failed while Redis was away was kept and is live now.
+    a.engine.publish(message("/topic/later", "l")).await.expect("publish");
+    assert!(eventually(WAIT, || b.inbox.bodies().iter().any(|m| m == "l")).await);
+    assert!(counter(&b.metrics, "engine_events_total{event=\"reconnected\"}") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_without_redis_and_becomes_ready_when_it_appears() {
+    let mut server = RedisServer::reserve();
+    let tuning = Tuning { connect_wait: Duration::from_millis(300), ..Tuning::default() };
+    let started = Instant::now();
+    let a = node_with(&server, "node-a", |_| {}, Collect::default(), tuning.clone()).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "start-up does not wait for Redis");
+    assert!(!a.engine.is_ready());
+    assert!(matches!(a.engine.publish(message("/topic/t", "x")).await, Err(EngineError::Unavailable(_))));
+    assert!(matches!(a.engine.enqueue(message("/queue/q", "x")).await, Err(EngineError::Unavailable(_))));
+    assert!(matches!(a.engine.history("/topic/t", 0).await, Ok(h) if !h.complete));
+    assert!(matches!(a.engine.watch("/topic/t").wait().await, Err(EngineError::Unavailable(_))));
+
+    server.spawn().await;
+    assert!(eventually(Duration::from_secs(15), || a.engine.is_ready()).await);
+    let b = node(&server, "node-b", |_| {}).await;
+    let deadline = Instant::now() + WAIT;
+    while a.inbox.count() == 0 && Instant::now() < deadline {
+        b.engine.publish(message("/topic/t", "hello")).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.inbox.count() > 0, "the watch asked for while Redis was away is live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_url_is_a_clear_start_up_error() {
+    let config =
+        Config { redis_url: Some("rediss://user:secret@cache:6380".to_owned()), ..Config::default() };
+    let error =
+        RedisEngine::connect(Arc::new(config), Arc::new(Metrics::new())).await.err().expect("refused");
+    let text = error.to_string();
+    assert!(text.contains("needs TLS") && !text.contains("secret"), "{text}");
+}
