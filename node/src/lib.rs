@@ -123,6 +123,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tasks.shutdown().await;
+    engine::Engine::close(ctx.hub().engine()).await;
     if let Some(admin) = admin {
         admin.abort();
     }

@@ -226,6 +226,8 @@ impl Engine for MemoryEngine {
         queues.iter().map(|(name, q)| (name.to_string(), q.ready.len() as u64)).collect()
     }
 
+    async fn close(&self) {}
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Ok(vec![NodeInfo {

@@ -100,6 +100,11 @@ impl Pending {
     pub async fn wait(self) -> Result<(), EngineError> {
         self.0.await
     }
+
+    /// The outcome, once there is one.
+    pub fn outcome(&self) -> Option<Result<(), EngineError>> {
+        self.0.peek().cloned()
+    }
 }
 
 /// Where an engine hands what reaches this node. Implemented by the hub.
@@ -149,6 +154,8 @@ pub trait Engine: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Ready entries per queue, for metrics.
     fn queue_depths(&self) -> Vec<(String, u64)>;
+    /// Leaves the cluster (registry entry, background tasks). Called once, at shutdown.
+    fn close(&self) -> impl Future<Output = ()> + Send;
     /// The live nodes of the cluster (just this one on a single-node engine).
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, EngineError>> + Send;
 }
@@ -204,5 +211,8 @@ impl Engine for AnyEngine {
     }
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
         dispatch!(self, e => e.nodes().await)
+    }
+    async fn close(&self) {
+        dispatch!(self, e => e.close().await)
     }
 }

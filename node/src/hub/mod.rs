@@ -169,6 +169,10 @@ struct Topic {
     watched: Pending,
 }
 
+/// Backoff between failed queue fetches while consumers wait.
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Entries fetched in one engine call at most.
 const FETCH_BATCH: u32 = 256;
 
@@ -231,6 +235,10 @@ impl Hub {
                 match topics.get_mut(&name) {
                     Some(topic) => {
                         topic.subscribers.push(subscriber);
+                        // A watch that failed (the store was unreachable) is asked for again.
+                        if matches!(topic.watched.outcome(), Some(Err(_))) {
+                            topic.watched = self.engine.watch(&name);
+                        }
                         topic.watched.clone()
                     }
                     None => {
@@ -338,6 +346,7 @@ impl Hub {
 
     /// Fetches and hands out entries of one queue while it has local consumers.
     async fn dispatch_queue(self: Arc<Hub>, dispatch: Arc<QueueDispatch>) {
+        let mut backoff = RETRY_MIN;
         loop {
             dispatch.wake.notified().await;
             loop {
@@ -350,11 +359,16 @@ impl Hub {
                 }
                 let entries = match self.engine.fetch(&dispatch.name, credit.min(FETCH_BATCH) as usize).await
                 {
-                    Ok(entries) => entries,
+                    Ok(entries) => {
+                        backoff = RETRY_MIN;
+                        entries
+                    }
                     Err(error) => {
-                        tracing::warn!(queue = %dispatch.name, %error, "queue fetch failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        break;
+                        // Consumers are waiting: retry with backoff until the engine is back.
+                        tracing::warn!(queue = %dispatch.name, %error, retry_in = ?backoff, "queue fetch failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        continue;
                     }
                 };
                 if entries.is_empty() {

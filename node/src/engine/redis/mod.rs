@@ -227,7 +227,7 @@ impl RedisEngine {
     }
 
     /// Stops the tasks, leaves the registry and closes the connections.
-    pub async fn close(&self) {
+    pub async fn shutdown(&self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -338,6 +338,10 @@ fn unavailable(error: fred::error::Error) -> EngineError {
 }
 
 impl Engine for RedisEngine {
+    async fn close(&self) {
+        self.shutdown().await
+    }
+
     fn attach(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inner.inbox.set(inbox);
     }
