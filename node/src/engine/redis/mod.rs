@@ -133,6 +133,9 @@ struct Inner {
     known_queues: Mutex<HashSet<Arc<str>>>,
     /// Ready entries per queue, refreshed by the queue task.
     depths: Mutex<Vec<(String, u64)>>,
+    /// False once Redis stopped answering the registry's probes, even if the connection looks up
+    /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
+    answering: std::sync::atomic::AtomicBool,
 }
 
 impl RedisEngine {
@@ -196,6 +199,7 @@ impl RedisEngine {
             in_flight: Mutex::new(HashMap::new()),
             known_queues: Mutex::new(HashSet::new()),
             depths: Mutex::new(Vec::new()),
+            answering: std::sync::atomic::AtomicBool::new(true),
         });
 
         // Event streams first, so nothing sent after connecting is missed.
@@ -253,7 +257,9 @@ impl Inner {
     }
 
     fn is_ready(&self) -> bool {
-        self.client.is_connected() && self.subscriber.is_connected()
+        self.client.is_connected()
+            && self.subscriber.is_connected()
+            && self.answering.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Fails at once while the command connection is down, so client requests do not queue.

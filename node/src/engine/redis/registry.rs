@@ -1,5 +1,6 @@
 //! The node registry: a heartbeat hash per node and a sorted set of node ids by last beat.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,16 +21,45 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Writes the heartbeat every [`HEARTBEAT_INTERVAL`] while connected.
+/// How long a probe PING may take before it counts as unanswered.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Unanswered probes in a row after which Redis counts as unreachable.
+const PROBE_FAILURES: u32 = 2;
+
+/// Every [`HEARTBEAT_INTERVAL`]: probes both connections with PING, and writes the heartbeat
+/// while Redis answers. A cut network leaves fred's connections "up" (it detects a dead peer only
+/// when nothing is written for a while, and the heartbeat writes every second), so the probe is
+/// what turns readiness off: after [`PROBE_FAILURES`] unanswered probes the node reports not
+/// ready and forces both connections to reconnect.
 pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0;
     loop {
         tick.tick().await;
-        if inner.client.is_connected() {
-            if let Err(error) = heartbeat(&inner).await {
-                tracing::debug!(%error, "heartbeat failed");
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let (a, b) = tokio::join!(inner.client.ping::<Value>(None), inner.subscriber.ping::<Value>(None));
+            a.and(b)
+        })
+        .await;
+        if matches!(probe, Ok(Ok(_))) {
+            failures = 0;
+            if !inner.answering.swap(true, Ordering::AcqRel) {
+                tracing::info!("Redis answers again");
             }
+        } else {
+            failures += 1;
+            if failures >= PROBE_FAILURES && inner.answering.swap(false, Ordering::AcqRel) {
+                tracing::warn!("Redis does not answer: not ready, reconnecting");
+                let (client, subscriber) = (inner.client.clone(), inner.subscriber.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::join!(client.force_reconnection(), subscriber.force_reconnection());
+                });
+            }
+            continue;
+        }
+        if let Err(error) = heartbeat(&inner).await {
+            tracing::debug!(%error, "heartbeat failed");
         }
     }
 }

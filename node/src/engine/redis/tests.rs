@@ -92,6 +92,14 @@ impl RedisServer {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// SIGSTOP / SIGCONT: the server stops answering while its connections stay open, as when
+    /// the network to it is cut.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
 }
 
 impl Drop for RedisServer {
@@ -643,4 +651,23 @@ async fn a_bad_url_is_a_clear_start_up_error() {
         RedisEngine::connect(Arc::new(config), Arc::new(Metrics::new())).await.err().expect("refused");
     let text = error.to_string();
     assert!(text.contains("needs TLS") && !text.contains("secret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_makes_the_node_unready_until_it_answers_again() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    assert!(eventually(WAIT, || a.engine.is_ready()).await);
+    // Connections stay open but nothing answers: only the probes can tell.
+    server.signal("-STOP");
+    let unready = eventually(Duration::from_secs(10), || !a.engine.is_ready()).await;
+    server.signal("-CONT");
+    assert!(unready, "a silent Redis must make the node unready");
+    assert!(
+        eventually(Duration::from_secs(15), || a.engine.is_ready()).await,
+        "ready again once Redis answers"
+    );
+    a.engine.watch("/topic/t").wait().await.expect("watch after recovery");
+    a.engine.publish(message("/topic/t", "back")).await.expect("publish after recovery");
+    assert!(eventually(WAIT, || a.inbox.count() == 1).await, "delivery works after recovery");
 }
