@@ -1,0 +1,115 @@
+{{/* Chart name, truncated to 63 characters (a DNS label). */}}
+{{- define "stampede.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name; the release name alone when it already contains the chart name. */}}
+{{- define "stampede.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "stampede.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "stampede.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "stampede.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "stampede.labels" -}}
+helm.sh/chart: {{ include "stampede.chart" . }}
+{{ include "stampede.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The broker pods' selector: the component keeps the in-chart Redis out of it. */}}
+{{- define "stampede.brokerSelectorLabels" -}}
+{{ include "stampede.selectorLabels" . }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "stampede.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "stampede.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "stampede.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The in-chart Redis's name (StatefulSet and Service). */}}
+{{- define "stampede.redisName" -}}
+{{- printf "%s-redis" (include "stampede.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The Redis URL the nodes use: "" means none (in-memory engine). */}}
+{{- define "stampede.redisUrl" -}}
+{{- if .Values.redis.internal.enabled }}
+{{- printf "redis://%s:6379" (include "stampede.redisName" .) }}
+{{- else }}
+{{- .Values.redis.url }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the pods get a Redis URL at all. */}}
+{{- define "stampede.hasRedis" -}}
+{{- if or .Values.redis.internal.enabled .Values.redis.existingSecret (include "stampede.redisUrl" .) }}true{{- end }}
+{{- end }}
+
+{{/* The Secret holding the Redis URL, and its key. */}}
+{{- define "stampede.redisSecretName" -}}
+{{- if and .Values.redis.existingSecret (not .Values.redis.internal.enabled) }}
+{{- .Values.redis.existingSecret }}
+{{- else }}
+{{- include "stampede.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "stampede.redisSecretKey" -}}
+{{- if and .Values.redis.existingSecret (not .Values.redis.internal.enabled) }}
+{{- .Values.redis.existingSecretKey }}
+{{- else }}
+{{- "redis-url" }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds from deletion to SIGKILL: preStop sleep + drain period + margin, unless set. */}}
+{{- define "stampede.terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add .Values.drain.preStopSleepSeconds .Values.drain.periodSeconds .Values.drain.marginSeconds }}
+{{- else }}
+{{- .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Refuses value combinations that cannot work. */}}
+{{- define "stampede.validate" -}}
+{{- if and (not (include "stampede.hasRedis" .)) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
+{{- fail "redis: with more than one replica (or autoscaling) the nodes need Redis: set redis.url, redis.existingSecret or redis.internal.enabled=true (an empty redis.url runs each pod alone in memory, for replicaCount=1 only)" }}
+{{- end }}
+{{- range $key, $_ := .Values.config }}
+{{- if has $key (list "redis-url" "node-id" "listen" "stomp-listen" "admin-listen" "drain-period" "history" "config") }}
+{{- fail (printf "config.%s: set this through the chart's own values (redis.*, ports.*, stomp.enabled, drain.periodSeconds, history), not config" $key) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set maxUnavailable or minAvailable, not both (set the other to null)" }}
+{{- end }}
+{{- end }}

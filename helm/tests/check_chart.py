@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Lints, renders and validates the Stampede Helm chart, without a cluster.
+
+For each value set below: check the values against values.schema.json, `helm lint --strict`,
+render every template (Helm's own engine, from the helm-python-sdk wheel), validate each
+rendered manifest against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
+fields are errors) for the oldest Kubernetes the chart supports and the newest known, then run
+the chart's own assertions (drain sizing, probes, security context, ...). Value sets that must
+be refused are checked to fail with the expected message.
+
+Custom resources (ServiceMonitor) have no schema there: they are parsed and checked by hand,
+and reported as skipped for schema validation.
+
+    helm/tests/check.sh                      # venv + requirements + this script
+    python3 helm/tests/check_chart.py -v     # print every rendered manifest
+
+Exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE.parent / "stampede"
+REPO = HERE.parent.parent
+RELEASE = "demo"
+NAMESPACE = "messaging"
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ["1.25.0", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version()) + ".0"]
+# API groups with no schema in kubernetes-validate (custom resources).
+CRD_GROUPS = {"monitoring.coreos.com"}
+
+Docs = list[dict[str, Any]]
+
+
+def documented_env_vars() -> set[str]:
+    """The STAMPEDE_* variables docs/configuration.md lists: the ConfigMap may hold only these."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    return set(re.findall(r"`(STAMPEDE_[A-Z0-9_]+)`", text))
+
+
+def find(docs: Docs, kind: str, name_suffix: str = "") -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, found {len(matches)}"
+    return matches[0]
+
+
+def kinds(docs: Docs) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def broker(docs: Docs) -> dict[str, Any]:
+    return find(docs, "Deployment")
+
+
+def container(docs: Docs) -> dict[str, Any]:
+    return broker(docs)["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_names(docs: Docs) -> set[str]:
+    return {e["name"] for e in container(docs).get("env", [])}
+
+
+def common_checks(docs: Docs, values: dict[str, Any]) -> None:
+    """What every broker Deployment must satisfy, whatever the values."""
+    merged = values
+    dep = broker(docs)
+    pod = dep["spec"]["template"]["spec"]
+    c = container(docs)
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness must probe /readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness must probe /healthz"
+    assert c["readinessProbe"]["httpGet"]["port"] == "admin" == c["livenessProbe"]["httpGet"]["port"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["admin"] == merged["ports"]["admin"] and ports["ws"] == merged["ports"]["websocket"]
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, sc
+    assert "ALL" in sc["capabilities"]["drop"], sc
+    assert pod["securityContext"]["runAsNonRoot"] is True, pod["securityContext"]
+    assert c.get("resources"), "the broker container must have resources"
+
+    # Drain timeline: preStop sleep, then SIGTERM and the drain period, all within the grace period.
+    drain = merged["drain"]
+    pre = c["lifecycle"]["preStop"]
+    slept = pre["sleep"]["seconds"] if "sleep" in pre else int(pre["exec"]["command"][-1])
+    assert slept == drain["preStopSleepSeconds"], pre
+    grace = pod["terminationGracePeriodSeconds"]
+    if merged.get("terminationGracePeriodSeconds") is None:
+        assert grace == drain["preStopSleepSeconds"] + drain["periodSeconds"] + drain["marginSeconds"], grace
+    assert grace > slept + drain["periodSeconds"], f"grace {grace}s leaves no time to drain"
+
+    cm = find(docs, "ConfigMap")
+    assert cm["data"]["STAMPEDE_DRAIN_PERIOD"] == f"{drain['periodSeconds']}s"
+    unknown = set(cm["data"]) - documented_env_vars()
+    assert not unknown, f"ConfigMap keys that are no documented setting: {sorted(unknown)}"
+    assert "STAMPEDE_NODE_ID" in env_names(docs)
+
+    # Selectors: the Services and the PDB select the broker pods, never the in-chart Redis.
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    for d in docs:
+        selector = None
+        if d["kind"] == "Service" and not d["metadata"]["name"].endswith("-redis"):
+            selector = d["spec"]["selector"]
+        elif d["kind"] == "PodDisruptionBudget":
+            selector = d["spec"]["selector"]["matchLabels"]
+        if selector is not None:
+            assert all(pod_labels.get(k) == v for k, v in selector.items()), (d["metadata"]["name"], selector)
+            assert selector.get("app.kubernetes.io/component") == "broker", selector
+
+    # Every Secret value decodes; no Redis password lands in a ConfigMap.
+    for value in cm["data"].values():
+        assert "redis://" not in value and "rediss://" not in value, "Redis URL in the ConfigMap"
+
+
+def check_defaults(docs: Docs, values: dict[str, Any]) -> None:
+    assert kinds(docs) == sorted(
+        ["ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Service", "Service", "ServiceAccount"]
+    ), kinds(docs)
+    assert broker(docs)["spec"]["replicas"] == 3
+    assert "STAMPEDE_REDIS_URL" in env_names(docs)
+    svc = find(docs, "Service", "stampede")
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"ws": 8080, "stomp": 61613}
+    admin = find(docs, "Service", "-admin")
+    assert [p["port"] for p in admin["spec"]["ports"]] == [9090]
+    assert broker(docs)["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def check_everything_on(docs: Docs, values: dict[str, Any]) -> None:
+    assert "replicas" not in broker(docs)["spec"], "the HPA owns the replica count"
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == broker(docs)["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 20)
+    ing = find(docs, "Ingress")
+    annotations = ing["metadata"]["annotations"]
+    for key in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert annotations[f"nginx.ingress.kubernetes.io/{key}"] == "3600", annotations
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": broker(docs)["metadata"]["name"], "port": {"name": "ws"}}, backend
+    assert ing["spec"]["tls"][0]["secretName"] == "stampede-tls"
+    sm = find(docs, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "admin" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    admin = find(docs, "Service", "-admin")
+    assert all(admin["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert admin["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+def check_internal_redis(docs: Docs, values: dict[str, Any]) -> None:
+    sts = find(docs, "StatefulSet", "-redis")
+    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--appendonly" in args and args[args.index("--appendonly") + 1] == "yes", args
+    svc = find(docs, "Service", "-redis")
+    secret = find(docs, "Secret")
+    import base64
+
+    url = base64.b64decode(secret["data"]["redis-url"]).decode()
+    assert url == f"redis://{svc['metadata']['name']}:6379", url
+    redis_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert redis_labels["app.kubernetes.io/component"] == "redis"
+    assert all(redis_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+
+
+def check_custom(docs: Docs, values: dict[str, Any]) -> None:
+    c = container(docs)
+    assert c["resources"] == values["resources"], c["resources"]
+    assert c["image"] == "registry.example.com/stampede:1.2.3"
+    assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    pod = broker(docs)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 5 + 60 + 10
+    cm = find(docs, "ConfigMap")["data"]
+    assert cm["STAMPEDE_STOMP_LISTEN"] == "off"
+    assert cm["STAMPEDE_MAX_CONNECTIONS"] == "50000"
+    assert cm["STAMPEDE_SLOW_CONSUMER"] == "drop"
+    assert cm["STAMPEDE_HISTORY"] == "/topic/prices/*=1000,10m; /topic/chat.*=50"
+    assert cm["STAMPEDE_DRAIN_PERIOD"] == "60s"
+    assert not [d for d in docs if d["kind"] == "Secret"], "an existing Secret is used, none rendered"
+    ref = next(e for e in c["env"] if e["name"] == "STAMPEDE_REDIS_URL")["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "redis-credentials", "key": "url"}, ref
+    svc = find(docs, "Service", "stampede")
+    assert svc["spec"]["type"] == "LoadBalancer" and [p["name"] for p in svc["spec"]["ports"]] == ["ws"]
+    assert [p["name"] for p in c["ports"]] == ["ws", "admin"]
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert not [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert pod["serviceAccountName"] == "default"
+    assert {"name": "RUST_LOG", "value": "info,stampede=debug"} in c["env"]
+
+
+def check_single_memory_node(docs: Docs, values: dict[str, Any]) -> None:
+    assert broker(docs)["spec"]["replicas"] == 1
+    assert "STAMPEDE_REDIS_URL" not in env_names(docs)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+BASE: dict[str, Any] = {}
+
+# (name, values, check, minimum Kubernetes version of the schemas to validate against)
+CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], str]] = [
+    ("defaults", {}, check_defaults, "1.25.0"),
+    (
+        "hpa + servicemonitor + ingress",
+        {
+            "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 20, "targetMemoryUtilizationPercentage": 80},
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "adminService": {"prometheusAnnotations": True},
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "hosts": [{"host": "stomp.example.com", "paths": [{"path": "/ws", "pathType": "Prefix"}]}],
+                "tls": [{"secretName": "stampede-tls", "hosts": ["stomp.example.com"]}],
+            },
+        },
+        check_everything_on,
+        "1.25.0",
+    ),
+    (
+        "in-chart redis",
+        {"redis": {"internal": {"enabled": True, "persistence": {"size": "2Gi"}}}, "replicaCount": 2},
+        check_internal_redis,
+        "1.25.0",
+    ),
+    (
+        "custom resources, settings, existing secret",
+        {
+            "image": {"repository": "registry.example.com/stampede", "tag": "1.2.3", "pullPolicy": "Always"},
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+            "redis": {"existingSecret": "redis-credentials", "existingSecretKey": "url"},
+            "config": {"max-connections": 50000, "slow-consumer": "drop", "log-format": "text"},
+            "history": ["/topic/prices/*=1000,10m", "/topic/chat.*=50"],
+            "stomp": {"enabled": False},
+            "drain": {"periodSeconds": 60, "preStopSleepSeconds": 5, "marginSeconds": 10, "useSleepAction": True},
+            "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+            "podDisruptionBudget": {"enabled": False},
+            "serviceAccount": {"create": False},
+            "extraEnv": [{"name": "RUST_LOG", "value": "info,stampede=debug"}],
+            "nodeSelector": {"kubernetes.io/arch": "amd64"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "brokers", "effect": "NoSchedule"}],
+        },
+        check_custom,
+        # The preStop sleep action is Kubernetes 1.30+.
+        "1.30.0",
+    ),
+    ("single in-memory node", {"redis": {"url": ""}, "replicaCount": 1}, check_single_memory_node, "1.25.0"),
+]
+
+# Value sets the chart must refuse: (name, values, a piece of the expected message).
+REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    ("no redis with 3 replicas", {"redis": {"url": ""}}, "need Redis"),
+    ("no redis with autoscaling", {"redis": {"url": ""}, "replicaCount": 1, "autoscaling": {"enabled": True}}, "need Redis"),
+    ("redis-url in config", {"config": {"redis-url": "redis://x:6379"}}, "redis-url"),
+    ("replicaCount not a number", {"replicaCount": "three"}, "replicaCount"),
+    ("unknown top-level value", {"replicas": 3}, "replicas"),
+    ("bad redis scheme", {"redis": {"url": "http://redis:6379"}}, "url"),
+    ("bad history rule", {"history": ["/queue/jobs=10"]}, "history"),
+    ("both PDB bounds", {"podDisruptionBudget": {"minAvailable": 2}}, "not both"),
+]
+
+
+def render(chart: Any, values: dict[str, Any]) -> tuple[Docs, dict[str, str]]:
+    chart.validate_schema(values)
+    rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: Docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            assert text.strip(), "NOTES.txt rendered empty"
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                assert isinstance(doc, dict) and "kind" in doc, f"{path}: not a Kubernetes object"
+                doc.setdefault("metadata", {})
+                docs.append(doc)
+    return docs, rendered
+
+
+def validate_schemas(docs: Docs, min_version: str, notes: list[str]) -> None:
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(map(int, v.split(".")))
+
+    versions = sorted({min_version, *[v for v in KUBE_VERSIONS if key(v) >= key(min_version)]}, key=key)
+    for doc in docs:
+        group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
+        name = f"{doc['kind']}/{doc['metadata'].get('name')}"
+        if group in CRD_GROUPS:
+            notes.append(f"{name}: custom resource ({doc['apiVersion']}), no schema: checked by hand only")
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = "/".join(str(p) for p in e.path)
+                raise AssertionError(f"{name} invalid for Kubernetes {version} at {path}: {e.message}") from None
+
+
+def lint(values: dict[str, Any]) -> list[str]:
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
+    problems = [f"{m['path']}: {m['error']}" for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    problems += list(report.get("errors") or [])
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the rendered manifests")
+    args = parser.parse_args()
+
+    failures: list[str] = []
+    notes: list[str] = []
+    print(f"chart {CHART} (Helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {', '.join(KUBE_VERSIONS)})")
+    with helm.Chart.load(str(CHART)) as chart:
+        defaults = chart.values
+        for name, values, check, min_version in CASES:
+            try:
+                problems = lint(values)
+                assert not problems, "helm lint --strict: " + "; ".join(problems)
+                docs, rendered = render(chart, values)
+                if args.verbose:
+                    for path, text in sorted(rendered.items()):
+                        print(f"--- {path}\n{text}")
+                validate_schemas(docs, min_version, notes)
+                merged = chart.merge_values(copy.deepcopy(values)) if values else copy.deepcopy(defaults)
+                common_checks(docs, merged)
+                check(docs, values)
+                print(f"ok    {name}: {len(docs)} objects ({', '.join(kinds(docs))})")
+            except Exception as e:  # noqa: BLE001 - every failure is reported, then the next case runs
+                failures.append(f"{name}: {e}")
+                print(f"FAIL  {name}: {e}")
+                if args.verbose:
+                    traceback.print_exc()
+        for name, values, expected in REFUSED:
+            try:
+                render(chart, values)
+            except Exception as e:  # noqa: BLE001
+                if expected.lower() in str(e).lower():
+                    print(f"ok    refused: {name}")
+                else:
+                    failures.append(f"refused {name}: failed, but not with {expected!r}: {e}")
+                    print(f"FAIL  refused {name}: wrong message: {e}")
+                continue
+            failures.append(f"refused {name}: the chart rendered it")
+            print(f"FAIL  refused {name}: the chart rendered it")
+
+    for note in sorted(set(notes)):
+        print(f"note  {note}")
+    if failures:
+        print(f"\n{len(failures)} chart check(s) failed", file=sys.stderr)
+        return 1
+    print(f"\nall {len(CASES)} value sets and {len(REFUSED)} refusals passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
