@@ -1,4 +1,9 @@
 //! The admin port: health, readiness, metrics and the publish API.
+//!
+//! The publish API hands messages to the engine like a SEND, so its scenarios run on every engine
+//! variant (see `support`), the message published through one node's admin port and received on
+//! another's. The rest (health, readiness, the metrics of one node, refused requests) is the
+//! node's own and runs on the memory engine only.
 
 #[macro_use]
 mod support;
@@ -7,7 +12,9 @@ use std::time::Duration;
 
 use support::*;
 
-both_transports!(metrics_follow_activity, publish_api_reaches_subscribers);
+both_transports!(metrics_follow_activity);
+
+every_engine!(publish_api_reaches_subscribers, history_publish_api_returns_the_offset);
 
 #[tokio::test]
 async fn healthz_answers_200() {
@@ -123,11 +130,12 @@ async fn metrics_follow_activity(t: Transport) {
     node.shutdown().await;
 }
 
-async fn publish_api_reaches_subscribers(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut sub = node.connect(t).await;
+async fn publish_api_reaches_subscribers(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
     sub.subscribe("/topic/api", "s", &[]).await;
-    let response = node
+    let response = cluster
+        .node(1)
         .post_json(
             "/api/v1/publish",
             r#"{"destination":"/topic/api","headers":{"content-type":"application/json","x-origin":"admin","subscription":"forged"},"body":"{\"a\":1}"}"#,
@@ -143,11 +151,13 @@ async fn publish_api_reaches_subscribers(t: Transport) {
     assert_eq!(message.headers.iter().filter(|(n, _)| n == "subscription").count(), 1);
 
     // A queue publish waits for a consumer.
-    let response = node.post_json("/api/v1/publish", r#"{"destination":"/queue/api","body":"queued"}"#).await;
+    let response =
+        cluster.node(2).post_json("/api/v1/publish", r#"{"destination":"/queue/api","body":"queued"}"#).await;
     assert_eq!(response.status, 202, "{}", response.body);
     sub.subscribe("/queue/api", "q", &[]).await;
     assert_eq!(body(&sub.recv_message().await), "queued");
-    node.shutdown().await;
+    sub.assert_quiet().await;
+    cluster.shutdown().await;
 }
 
 #[tokio::test]
@@ -167,15 +177,16 @@ async fn publish_api_refuses_bad_requests() {
     node.shutdown().await;
 }
 
-#[tokio::test]
-async fn history_publish_api_returns_the_offset() {
-    let node = TestNode::start(|c| {
+/// Offsets count per topic across the cluster, whichever node's admin port publishes.
+async fn history_publish_api_returns_the_offset(v: Variant) {
+    let cluster = Cluster::start(v, |c| {
         c.history = vec![stampede::config::HistoryRule { pattern: "/topic/h".into(), size: 10, ttl: None }]
     })
     .await;
-    for offset in 1..=2 {
+    for offset in 1..=3usize {
+        let node = cluster.node(offset);
         let response = node.post_json("/api/v1/publish", r#"{"destination":"/topic/h","body":"x"}"#).await;
         assert_eq!((response.status, response.body), (202, format!("{{\"offset\":{offset}}}")));
     }
-    node.shutdown().await;
+    cluster.shutdown().await;
 }

@@ -1,6 +1,10 @@
 //! Bad input: each offending client gets an ERROR frame with a clear `message` and is closed,
 //! while a well-behaved subscriber on the same node keeps receiving every message published
 //! meanwhile. Every scenario runs over WebSocket and TCP.
+//!
+//! Memory engine only: refusing bad input is the node's own business (the codec and the session
+//! reject it before any engine is involved), so the Redis variants of `support` would test
+//! nothing more here.
 
 #[macro_use]
 mod support;

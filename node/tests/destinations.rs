@@ -1,5 +1,12 @@
 //! Delivery semantics of topics, queues, user destinations and history topics. Every scenario
-//! runs over WebSocket and TCP.
+//! runs on every engine variant (memory over WebSocket and TCP, one Redis node, three Redis
+//! nodes with the clients spread over them; see `support`). Where the engines differ by design
+//! (where released queue messages go back, and what the bound does to them), the expectation
+//! comes from `EngineKind`.
+//!
+//! An absence is checked with an end marker published after whatever must not arrive; where a
+//! closed session's messages must be back in their queue before that marker, the scenario waits
+//! for the session to end first (`Cluster::settle`).
 
 #[macro_use]
 mod support;
@@ -10,8 +17,9 @@ use stampede::config::HistoryRule;
 use stampede::stomp::{Command, Frame};
 use support::*;
 
-both_transports!(
+every_engine!(
     topic_broadcast_to_every_subscriber,
+    publish_right_after_the_subscribe_receipt_arrives,
     topic_keeps_order_per_publisher,
     queue_competing_consumers,
     ack_auto,
@@ -27,6 +35,7 @@ both_transports!(
     prefetch_limits_in_flight,
     queue_keeps_messages_until_subscribe,
     queue_bound_drops_oldest,
+    queue_bound_and_released_messages,
     user_destinations,
     user_subscription_needs_login,
     unknown_destination_prefix,
@@ -35,15 +44,15 @@ both_transports!(
     history_window_too_small,
 );
 
-async fn topic_broadcast_to_every_subscriber(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
+async fn topic_broadcast_to_every_subscriber(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
     let mut subscribers = Vec::new();
-    for _ in 0..3 {
-        let mut sub = node.connect(t).await;
+    for i in 0..3 {
+        let mut sub = cluster.connect(i).await;
         sub.subscribe("/topic/news", "s", &[]).await;
         subscribers.push(sub);
     }
-    let mut publisher = node.connect(t).await;
+    let mut publisher = cluster.connect(3).await;
     for i in 0..25 {
         publisher.send("/topic/news", &i.to_string()).await;
     }
@@ -54,19 +63,45 @@ async fn topic_broadcast_to_every_subscriber(t: Transport) {
     }
     // A topic message published with nobody subscribed is gone.
     publisher.publish("/topic/empty", "lost", &[]).await;
-    let mut late = node.connect(t).await;
+    let mut late = cluster.connect(4).await;
     late.subscribe("/topic/empty", "s", &[]).await;
     late.assert_quiet().await;
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn topic_keeps_order_per_publisher(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut sub = node.connect(t).await;
+/// The RECEIPT of a SUBSCRIBE means the subscription is live: a message published the moment it
+/// arrives is delivered. Each round a new client subscribes to the topic the previous round's
+/// subscriber left by closing (so the node stops watching it and watches it again), and a
+/// publisher (on another node, when there are three) publishes to it at once. A round that
+/// misses its message costs a second; three misses end the test.
+async fn publish_right_after_the_subscribe_receipt_arrives(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut publisher = cluster.connect(1).await;
+    let mut missed = Vec::new();
+    for round in 0..40 {
+        let mut sub = cluster.connect(0).await;
+        sub.subscribe("/topic/fresh", "s", &[]).await;
+        publisher.publish("/topic/fresh", &round.to_string(), &[]).await;
+        match sub.recv_frame(std::time::Duration::from_secs(1)).await {
+            Ok(message) if body(&message) == round.to_string() => {}
+            other => missed.push((round, other.map(|m| show(&m)))),
+        }
+        sub.drop_connection().await;
+        if missed.len() == 3 {
+            break;
+        }
+    }
+    assert!(missed.is_empty(), "published right after the receipt, not delivered (round, got): {missed:?}");
+    cluster.shutdown().await;
+}
+
+async fn topic_keeps_order_per_publisher(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
     sub.subscribe("/topic/order", "s", &[]).await;
     let mut publishers = Vec::new();
     for p in 0..3 {
-        let client = node.connect(t).await;
+        let client = cluster.connect(p + 1).await;
         publishers.push(tokio::spawn(async move {
             let mut client = client;
             for i in 0..50 {
@@ -95,26 +130,30 @@ async fn topic_keeps_order_per_publisher(t: Transport) {
         total += 1;
     }
     assert_eq!(total, 150);
-    node.shutdown().await;
+    sub.assert_quiet().await;
+    cluster.shutdown().await;
 }
 
-async fn queue_competing_consumers(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut a = node.connect(t).await;
-    let mut b = node.connect(t).await;
-    a.subscribe("/queue/work", "s", &[]).await;
-    b.subscribe("/queue/work", "s", &[]).await;
-    let mut publisher = node.connect(t).await;
-    for i in 0..40 {
+/// Two consumers (on two nodes when there are three) that each may hold 20 unacknowledged
+/// messages share 40: each gets 20, none twice.
+async fn queue_competing_consumers(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut a = cluster.connect(0).await;
+    let mut b = cluster.connect(1).await;
+    let held = [("ack", "client-individual"), ("prefetch-count", "20")];
+    a.subscribe("/queue/work", "s", &held).await;
+    b.subscribe("/queue/work", "s", &held).await;
+    let mut publisher = cluster.connect(2).await;
+    for i in 0..39 {
         publisher.send("/queue/work", &i.to_string()).await;
     }
-    publisher.publish("/queue/other", "sync", &[]).await;
+    publisher.publish("/queue/work", "39", &[]).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let (mut from_a, mut from_b) = (0, 0);
-    while from_a + from_b < 40 {
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    while from_a.len() + from_b.len() < 40 {
         tokio::select! {
-            Ok(frame) = a.recv_frame(WAIT) => { from_a += 1; *seen.entry(body(&frame)).or_default() += 1; }
-            Ok(frame) = b.recv_frame(WAIT) => { from_b += 1; *seen.entry(body(&frame)).or_default() += 1; }
+            Ok(frame) = a.recv_frame(WAIT) => { *seen.entry(body(&frame)).or_default() += 1; from_a.push(frame); }
+            Ok(frame) = b.recv_frame(WAIT) => { *seen.entry(body(&frame)).or_default() += 1; from_b.push(frame); }
             else => panic!("a consumer failed"),
         }
     }
@@ -122,14 +161,22 @@ async fn queue_competing_consumers(t: Transport) {
     b.assert_quiet().await;
     assert_eq!(seen.len(), 40, "each message once: {seen:?}");
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
-    assert!(from_a > 0 && from_b > 0, "both consumers compete: a {from_a}, b {from_b}");
-    assert_eq!(node.metric("stampede_queue_depth{queue=\"/queue/work\"}").await.unwrap_or(0.0), 0.0);
-    node.shutdown().await;
+    assert_eq!((from_a.len(), from_b.len()), (20, 20), "both consumers compete, up to their prefetch");
+    for message in &from_a {
+        a.ack(message).await;
+    }
+    for message in &from_b {
+        b.ack(message).await;
+    }
+    a.assert_quiet().await;
+    b.assert_quiet().await;
+    assert_eq!(cluster.queue_depth("/queue/work").await, 0);
+    cluster.shutdown().await;
 }
 
-async fn ack_auto(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut consumer = node.connect(t).await;
+async fn ack_auto(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut consumer = cluster.connect(0).await;
     // With one message in flight at most, the rest only flows if `auto` acknowledges.
     consumer.subscribe("/queue/auto", "s", &[("ack", "auto"), ("prefetch-count", "1")]).await;
     for i in 0..5 {
@@ -139,16 +186,17 @@ async fn ack_auto(t: Transport) {
     assert_eq!(messages.iter().map(body).collect::<Vec<_>>(), ["0", "1", "2", "3", "4"]);
     assert!(messages.iter().all(|m| m.get("ack").is_none()), "auto mode needs no ack header");
     consumer.drop_connection().await;
-    let mut next = node.connect(t).await;
+    cluster.settle(0).await;
+    let mut next = cluster.connect(1).await;
     next.subscribe("/queue/auto", "s", &[]).await;
     next.publish("/queue/auto", "end", &[]).await;
     assert_eq!(next.bodies_until("end").await, Vec::<String>::new(), "nothing redelivered");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn ack_client_is_cumulative(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut consumer = node.connect(t).await;
+async fn ack_client_is_cumulative(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/cum", "s", &[("ack", "client"), ("prefetch-count", "3")]).await;
     for i in 1..=4 {
         consumer.send("/queue/cum", &i.to_string()).await;
@@ -162,19 +210,20 @@ async fn ack_client_is_cumulative(t: Transport) {
     let fourth = consumer.recv_message().await;
     assert_eq!(body(&fourth), "4");
     consumer.drop_connection().await;
+    cluster.settle(0).await;
     // 1-3 were acknowledged by the ACK of 3; only 4 comes back.
-    let mut next = node.connect(t).await;
+    let mut next = cluster.connect(1).await;
     next.subscribe("/queue/cum", "s", &[]).await;
     next.publish("/queue/cum", "end", &[]).await;
     let again = next.recv_message().await;
     assert_eq!((body(&again).as_str(), again.get("redelivered")), ("4", Some("true")));
     assert_eq!(next.bodies_until("end").await, Vec::<String>::new());
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn ack_client_individual(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut consumer = node.connect(t).await;
+async fn ack_client_individual(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/ind", "s", &[("ack", "client-individual")]).await;
     for i in 1..=3 {
         consumer.send("/queue/ind", &i.to_string()).await;
@@ -182,210 +231,278 @@ async fn ack_client_individual(t: Transport) {
     let messages = consumer.recv_messages(3).await;
     consumer.ack(&messages[2]).await;
     consumer.drop_connection().await;
+    cluster.settle(0).await;
     // Only 3 was acknowledged: 1 and 2 come back, in order.
-    let mut next = node.connect(t).await;
+    let mut next = cluster.connect(1).await;
     next.subscribe("/queue/ind", "s", &[]).await;
     next.publish("/queue/ind", "end", &[]).await;
     let again = next.recv_messages(2).await;
-    assert_eq!(sorted(again.iter().map(body)), ["1", "2"]);
+    assert_eq!(again.iter().map(body).collect::<Vec<_>>(), ["1", "2"]);
     assert!(again.iter().all(|m| m.get("redelivered") == Some("true")));
     assert_eq!(next.bodies_until("end").await, Vec::<String>::new());
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn nack_redelivers(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut consumer = node.connect(t).await;
+/// A NACKed message comes again, flagged, with its headers and a new message-id; where it goes
+/// relative to a message waiting behind it is the engine's (`EngineKind::order_after_release`).
+async fn nack_redelivers(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/nack", "s", &[("ack", "client-individual"), ("prefetch-count", "1")]).await;
-    consumer.publish("/queue/nack", "once more", &[("x-k", "v")]).await;
+    let mut publisher = cluster.connect(1).await;
+    publisher.publish("/queue/nack", "once more", &[("x-k", "v")]).await;
+    publisher.publish("/queue/nack", "next", &[]).await;
     let first = consumer.recv_message().await;
-    assert_eq!(first.get("redelivered"), None);
+    assert_eq!((body(&first).as_str(), first.get("redelivered")), ("once more", None));
     consumer.nack(&first).await;
-    let again = consumer.recv_message().await;
-    assert_eq!(body(&again), "once more");
-    assert_eq!(header(&again, "x-k"), "v");
-    assert_eq!(again.get("redelivered"), Some("true"));
-    assert_ne!(header(&again, "message-id"), header(&first, "message-id"));
-    consumer.ack(&again).await;
+    for expected in cluster.engine().order_after_release(&["once more"], &["next"]) {
+        let message = consumer.recv_message().await;
+        assert_eq!(body(&message), expected, "{:?}", cluster.engine());
+        if expected == "once more" {
+            assert_eq!(header(&message, "x-k"), "v");
+            assert_eq!(message.get("redelivered"), Some("true"));
+            assert_ne!(header(&message, "message-id"), header(&first, "message-id"));
+        } else {
+            assert_eq!(message.get("redelivered"), None);
+        }
+        consumer.ack(&message).await;
+    }
     consumer.assert_quiet().await;
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn closed_session_redelivers_to_another_consumer(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut a = node.connect(t).await;
+async fn closed_session_redelivers_to_another_consumer(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut a = cluster.connect(0).await;
     a.subscribe("/queue/handover", "s", &[("ack", "client")]).await;
     for i in 1..=3 {
         a.send("/queue/handover", &i.to_string()).await;
     }
     assert_eq!(a.recv_messages(3).await.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3"]);
-    let mut b = node.connect(t).await;
+    let mut b = cluster.connect(1).await;
     b.subscribe("/queue/handover", "s", &[("ack", "client")]).await;
     b.assert_quiet().await;
     a.drop_connection().await;
     let again = b.recv_messages(3).await;
-    assert_eq!(sorted(again.iter().map(body)), ["1", "2", "3"]);
+    assert_eq!(again.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3"]);
     assert!(
         again.iter().all(|m| m.get("redelivered") == Some("true")),
         "{:?}",
         again.iter().map(show).collect::<Vec<_>>()
     );
-    node.shutdown().await;
+    b.assert_quiet().await;
+    cluster.shutdown().await;
 }
 
-fn sorted(items: impl Iterator<Item = String>) -> Vec<String> {
-    let mut items: Vec<String> = items.collect();
-    items.sort();
-    items
+/// Unacknowledged messages go back to their queue in their original order, whether the session
+/// closes or unsubscribes; where they go relative to the messages still waiting is the engine's
+/// (`EngineKind::order_after_release`).
+async fn redelivery_after_close_keeps_order(v: Variant) {
+    redelivery_keeps_queue_order(v, false).await
 }
 
-/// Unacknowledged messages go back to the head of their queue in their original order (as
-/// the engine's release promises), whether the session closes or unsubscribes.
-async fn redelivery_after_close_keeps_order(t: Transport) {
-    redelivery_keeps_queue_order(t, false).await
+async fn redelivery_after_unsubscribe_keeps_order(v: Variant) {
+    redelivery_keeps_queue_order(v, true).await
 }
 
-async fn redelivery_after_unsubscribe_keeps_order(t: Transport) {
-    redelivery_keeps_queue_order(t, true).await
-}
-
-async fn redelivery_keeps_queue_order(t: Transport, unsubscribe: bool) {
-    let node = TestNode::start(|_| {}).await;
+async fn redelivery_keeps_queue_order(v: Variant, unsubscribe: bool) {
+    let cluster = Cluster::start(v, |_| {}).await;
     let queue = "/queue/order";
-    {
-        let mut a = node.connect(t).await;
-        a.subscribe(queue, "s", &[("ack", "client-individual")]).await;
-        for i in 1..=3 {
-            a.send(queue, &i.to_string()).await;
-        }
-        a.publish(queue, "4", &[]).await;
-        assert_eq!(a.recv_messages(4).await.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3", "4"]);
-        if unsubscribe {
-            a.unsubscribe("s").await;
-        } else {
-            a.drop_connection().await;
-        }
-        let mut b = node.connect(t).await;
-        b.subscribe(queue, "s", &[]).await;
-        let again = b.recv_messages(4).await;
-        assert_eq!(
-            again.iter().map(body).collect::<Vec<_>>(),
-            ["1", "2", "3", "4"],
-            "order after {}",
-            if unsubscribe { "UNSUBSCRIBE" } else { "the connection closed" }
-        );
+    let mut a = cluster.connect(0).await;
+    a.subscribe(queue, "s", &[("ack", "client-individual"), ("prefetch-count", "4")]).await;
+    for i in 1..=5 {
+        a.send(queue, &i.to_string()).await;
     }
-    node.shutdown().await;
+    a.publish(queue, "6", &[]).await;
+    assert_eq!(a.recv_messages(4).await.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3", "4"]);
+    a.assert_quiet().await;
+    if unsubscribe {
+        a.unsubscribe("s").await;
+    } else {
+        a.drop_connection().await;
+        cluster.settle(0).await;
+    }
+    let mut b = cluster.connect(1).await;
+    b.subscribe(queue, "s", &[]).await;
+    let again = b.recv_messages(6).await;
+    let expected = cluster.engine().order_after_release(&["1", "2", "3", "4"], &["5", "6"]);
+    assert_eq!(
+        again.iter().map(body).collect::<Vec<_>>(),
+        expected,
+        "order after {} on {:?}",
+        if unsubscribe { "UNSUBSCRIBE" } else { "the connection closed" },
+        cluster.engine()
+    );
+    for message in &again {
+        let released = ["1", "2", "3", "4"].contains(&body(message).as_str());
+        assert_eq!(message.get("redelivered"), released.then_some("true"), "{}", show(message));
+    }
+    b.assert_quiet().await;
+    cluster.shutdown().await;
 }
 
-async fn unsubscribe_returns_unacked_messages(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut a = node.connect(t).await;
+async fn unsubscribe_returns_unacked_messages(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut a = cluster.connect(0).await;
     a.subscribe("/queue/unsub", "s", &[("ack", "client-individual")]).await;
-    a.publish("/queue/unsub", "held", &[]).await;
+    let mut publisher = cluster.connect(1).await;
+    publisher.publish("/queue/unsub", "held", &[]).await;
     a.recv_message().await;
     a.unsubscribe("s").await;
     a.subscribe("/queue/unsub", "s2", &[("ack", "client-individual")]).await;
     let again = a.recv_message().await;
     assert_eq!((body(&again).as_str(), header(&again, "subscription")), ("held", "s2"));
     assert_eq!(again.get("redelivered"), Some("true"));
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn unsubscribe_stops_delivery(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn unsubscribe_stops_delivery(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
+    let mut publisher = cluster.connect(1).await;
     client.subscribe("/topic/u", "gone", &[]).await;
     client.subscribe("/topic/u", "kept", &[]).await;
     client.unsubscribe("gone").await;
-    client.publish("/topic/u", "x", &[]).await;
+    publisher.publish("/topic/u", "x", &[]).await;
     let message = client.recv_message().await;
     assert_eq!(header(&message, "subscription"), "kept");
     client.assert_quiet().await;
-    // The id is free again.
+    // The id is free again, and the last UNSUBSCRIBE stops the destination.
     client.subscribe("/topic/u", "gone", &[]).await;
-    node.shutdown().await;
+    client.unsubscribe("gone").await;
+    client.unsubscribe("kept").await;
+    client.subscribe("/topic/marker", "m", &[]).await;
+    publisher.publish("/topic/u", "not for anyone", &[]).await;
+    publisher.publish("/topic/marker", "end", &[]).await;
+    assert_eq!(client.bodies_until("end").await, Vec::<String>::new());
+    cluster.shutdown().await;
 }
 
-async fn dead_letter_after_max_deliveries(t: Transport) {
-    let node = TestNode::start(|c| c.queues.max_deliveries = 2).await;
-    let mut consumer = node.connect(t).await;
+async fn dead_letter_after_max_deliveries(v: Variant) {
+    let cluster = Cluster::start(v, |c| c.queues.max_deliveries = 2).await;
+    let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/poison", "s", &[("ack", "client-individual")]).await;
-    consumer.publish("/queue/poison", "bad", &[("x-k", "v")]).await;
+    let mut publisher = cluster.connect(1).await;
+    publisher.publish("/queue/poison", "bad", &[("x-k", "v")]).await;
     let first = consumer.recv_message().await;
     consumer.nack(&first).await;
     let second = consumer.recv_message().await;
     assert_eq!(second.get("redelivered"), Some("true"));
     consumer.nack(&second).await;
     consumer.assert_quiet().await;
-    assert_eq!(node.metric("stampede_messages_dropped_total{reason=\"dead_lettered\"}").await, Some(1.0));
-    consumer.subscribe("/queue/poison.dlq", "dlq", &[]).await;
-    let dead = consumer.recv_message().await;
+    assert_eq!(cluster.metric("stampede_messages_dropped_total{reason=\"dead_lettered\"}").await, 1.0);
+    let mut dlq = cluster.connect(2).await;
+    dlq.subscribe("/queue/poison.dlq", "dlq", &[]).await;
+    let dead = dlq.recv_message().await;
     assert_eq!((body(&dead).as_str(), header(&dead, "x-k")), ("bad", "v"));
     assert_eq!(header(&dead, "destination"), "/queue/poison.dlq");
-    node.shutdown().await;
+    dlq.assert_quiet().await;
+    cluster.shutdown().await;
 }
 
-async fn prefetch_limits_in_flight(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut consumer = node.connect(t).await;
+async fn prefetch_limits_in_flight(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/pf", "s", &[("ack", "client-individual"), ("prefetch-count", "2")]).await;
-    for i in 1..=5 {
-        consumer.send("/queue/pf", &i.to_string()).await;
+    let mut publisher = cluster.connect(1).await;
+    for i in 1..=4 {
+        publisher.send("/queue/pf", &i.to_string()).await;
     }
+    publisher.publish("/queue/pf", "5", &[]).await;
     let first = consumer.recv_messages(2).await;
     assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["1", "2"]);
     consumer.assert_quiet().await;
+    let c = &cluster;
     assert!(
-        eventually(WAIT, || async {
-            node.metric("stampede_queue_depth{queue=\"/queue/pf\"}").await == Some(3.0)
-        })
-        .await,
-        "3 messages wait in the queue"
+        eventually(WAIT, || async { c.queue_depth("/queue/pf").await == 3 }).await,
+        "3 messages wait in the queue, not {}",
+        c.queue_depth("/queue/pf").await
     );
     consumer.ack(&first[0]).await;
     assert_eq!(body(&consumer.recv_message().await), "3");
     consumer.assert_quiet().await;
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn queue_keeps_messages_until_subscribe(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut publisher = node.connect(t).await;
+async fn queue_keeps_messages_until_subscribe(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut publisher = cluster.connect(0).await;
     for i in 0..5 {
         publisher.send("/queue/later", &i.to_string()).await;
     }
     publisher.publish("/queue/later", "end", &[]).await;
-    assert_eq!(node.metric("stampede_queue_depth{queue=\"/queue/later\"}").await, Some(6.0));
-    let mut consumer = node.connect(t).await;
+    assert_eq!(cluster.queue_depth("/queue/later").await, 6);
+    let mut consumer = cluster.connect(1).await;
     consumer.subscribe("/queue/later", "s", &[]).await;
     assert_eq!(consumer.bodies_until("end").await, ["0", "1", "2", "3", "4"]);
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn queue_bound_drops_oldest(t: Transport) {
-    let node = TestNode::start(|c| c.queues.max_length = 3).await;
-    let mut publisher = node.connect(t).await;
+async fn queue_bound_drops_oldest(v: Variant) {
+    let cluster = Cluster::start(v, |c| c.queues.max_length = 3).await;
+    let mut publisher = cluster.connect(0).await;
     for i in 1..=5 {
         publisher.publish("/queue/bounded", &i.to_string(), &[]).await;
     }
-    let mut consumer = node.connect(t).await;
+    assert_eq!(cluster.queue_depth("/queue/bounded").await, 3);
+    let mut consumer = cluster.connect(1).await;
     consumer.subscribe("/queue/bounded", "s", &[]).await;
     assert_eq!(consumer.recv_messages(3).await.iter().map(body).collect::<Vec<_>>(), ["3", "4", "5"]);
     consumer.assert_quiet().await;
-    assert_eq!(node.metric("stampede_messages_dropped_total{reason=\"queue_full\"}").await, Some(2.0));
-    node.shutdown().await;
+    assert_eq!(cluster.metric("stampede_messages_dropped_total{reason=\"queue_full\"}").await, 2.0);
+    cluster.shutdown().await;
 }
 
-async fn user_destinations(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut ann1 = node.connect_as(t, "ann").await;
-    let mut ann2 = node.connect_as(t, "ann").await;
-    let mut bob = node.connect_as(t, "bob").await;
+/// Messages in flight do not count towards the bound on either engine; what happens when they
+/// come back to a full queue is the engine's (`EngineKind::bounded_after_release`).
+async fn queue_bound_and_released_messages(v: Variant) {
+    let cluster = Cluster::start(v, |c| c.queues.max_length = 3).await;
+    let queue = "/queue/full";
+    let mut holder = cluster.connect(0).await;
+    holder.subscribe(queue, "s", &[("ack", "client-individual"), ("prefetch-count", "2")]).await;
+    let mut publisher = cluster.connect(1).await;
+    for i in 1..=5 {
+        publisher.publish(queue, &i.to_string(), &[]).await;
+    }
+    assert_eq!(holder.recv_messages(2).await.iter().map(body).collect::<Vec<_>>(), ["1", "2"]);
+    holder.assert_quiet().await;
+    assert_eq!(cluster.queue_depth(queue).await, 3, "3, 4 and 5 wait");
+    assert_eq!(cluster.metric("stampede_messages_dropped_total{reason=\"queue_full\"}").await, 0.0);
+
+    holder.drop_connection().await;
+    cluster.settle(1).await;
+    let (expected, dropped) = cluster.engine().bounded_after_release(&["1", "2"], &["3", "4", "5"], 3);
+    assert_eq!(
+        cluster.metric("stampede_messages_dropped_total{reason=\"queue_full\"}").await,
+        dropped as f64,
+        "{:?}",
+        cluster.engine()
+    );
+    assert_eq!(cluster.queue_depth(queue).await, expected.len() as u64, "{:?}", cluster.engine());
+    let mut consumer = cluster.connect(2).await;
+    consumer.subscribe(queue, "s", &[]).await;
+    let mut seen = Vec::new();
+    for message in consumer.recv_messages(expected.len()).await {
+        let released = ["1", "2"].contains(&body(&message).as_str());
+        assert_eq!(message.get("redelivered"), released.then_some("true"), "{}", show(&message));
+        seen.push(body(&message));
+    }
+    assert_eq!(seen, expected, "{:?}", cluster.engine());
+    // Published only now: appended to a full queue it would push the oldest out.
+    publisher.publish(queue, "end", &[]).await;
+    assert_eq!(consumer.bodies_until("end").await, Vec::<String>::new());
+    cluster.shutdown().await;
+}
+
+async fn user_destinations(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut ann1 = cluster.connect_as(0, "ann").await;
+    let mut ann2 = cluster.connect_as(1, "ann").await;
+    let mut bob = cluster.connect_as(2, "bob").await;
     for client in [&mut ann1, &mut ann2, &mut bob] {
         client.subscribe("/user/queue/inbox", "s", &[]).await;
     }
-    let mut sender = node.connect(t).await;
+    let mut sender = cluster.connect(3).await;
     sender.publish("/user/ann/queue/inbox", "for ann", &[("x-from", "sender")]).await;
     sender.publish("/user/bob/queue/inbox", "for bob", &[]).await;
     for ann in [&mut ann1, &mut ann2] {
@@ -398,12 +515,13 @@ async fn user_destinations(t: Transport) {
     let message = bob.recv_message().await;
     assert_eq!(body(&message), "for bob", "bob must not get ann's message");
     assert_eq!(header(&message, "destination"), "/user/queue/inbox");
-    node.shutdown().await;
+    bob.assert_quiet().await;
+    cluster.shutdown().await;
 }
 
-async fn user_subscription_needs_login(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn user_subscription_needs_login(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     client
         .send_frame(
             &Frame::new(Command::Subscribe)
@@ -413,15 +531,15 @@ async fn user_subscription_needs_login(t: Transport) {
         .await
         .unwrap();
     assert_error(&client.expect_error().await, "login");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn unknown_destination_prefix(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn unknown_destination_prefix(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     client.send("/exchange/x", "x").await;
     assert_error(&client.expect_error().await, "/exchange/x");
-    let mut client = node.connect(t).await;
+    let mut client = cluster.connect(1).await;
     client
         .send_frame(
             &Frame::new(Command::Subscribe).with_header("destination", "/exchange/x").with_header("id", "s"),
@@ -429,7 +547,7 @@ async fn unknown_destination_prefix(t: Transport) {
         .await
         .unwrap();
     assert_error(&client.expect_error().await, "unknown destination");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 fn history(pattern: &str, size: usize) -> HistoryRule {
@@ -440,10 +558,10 @@ fn offsets(messages: &[Frame]) -> Vec<u64> {
     messages.iter().map(|m| header(m, "x-offset").parse().unwrap()).collect()
 }
 
-async fn history_offsets_and_resume(t: Transport) {
-    let node = TestNode::start(|c| c.history = vec![history("/topic/hist.*", 100)]).await;
-    let mut publisher = node.connect(t).await;
-    let mut sub = node.connect(t).await;
+async fn history_offsets_and_resume(v: Variant) {
+    let cluster = Cluster::start(v, |c| c.history = vec![history("/topic/hist.*", 100)]).await;
+    let mut publisher = cluster.connect(0).await;
+    let mut sub = cluster.connect(1).await;
     sub.subscribe("/topic/hist.prices", "s", &[]).await;
     for i in 1..=3 {
         publisher.publish("/topic/hist.prices", &format!("p{i}"), &[]).await;
@@ -454,7 +572,7 @@ async fn history_offsets_and_resume(t: Transport) {
     for i in 4..=6 {
         publisher.publish("/topic/hist.prices", &format!("p{i}"), &[]).await;
     }
-    let mut back = node.connect(t).await;
+    let mut back = cluster.connect(2).await;
     let receipt = back.subscribe("/topic/hist.prices", "s", &[("x-since", "3")]).await;
     assert_eq!(receipt.get("x-recovered"), Some("true"));
     publisher.publish("/topic/hist.prices", "p7", &[]).await;
@@ -464,16 +582,16 @@ async fn history_offsets_and_resume(t: Transport) {
     assert!(resumed.iter().all(|m| m.get("x-recovered").is_none()));
     back.assert_quiet().await;
     // Topics without a history rule carry no offset.
-    let mut plain = node.connect(t).await;
+    let mut plain = cluster.connect(3).await;
     plain.subscribe("/topic/plain", "s", &[]).await;
-    plain.publish("/topic/plain", "x", &[]).await;
+    publisher.publish("/topic/plain", "x", &[]).await;
     assert_eq!(plain.recv_message().await.get("x-offset"), None);
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn history_resume_races_live_publishing(t: Transport) {
-    let node = TestNode::start(|c| c.history = vec![history("/topic/hist.*", 1000)]).await;
-    let publisher = node.connect(t).await;
+async fn history_resume_races_live_publishing(v: Variant) {
+    let cluster = Cluster::start(v, |c| c.history = vec![history("/topic/hist.*", 1000)]).await;
+    let publisher = cluster.connect(0).await;
     let publishing = tokio::spawn(async move {
         let mut publisher = publisher;
         for i in 1..=300 {
@@ -486,23 +604,23 @@ async fn history_resume_races_live_publishing(t: Transport) {
     });
     // Subscribe while messages are flowing; ask for everything from the start.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let mut sub = node.connect(t).await;
+    let mut sub = cluster.connect(1).await;
     let receipt = sub.subscribe("/topic/hist.race", "s", &[("x-since", "0")]).await;
     assert_eq!(receipt.get("x-recovered"), Some("true"));
     publishing.await.unwrap();
     let seen = sub.recv_messages(301).await;
     assert_eq!(offsets(&seen), (1..=301).collect::<Vec<u64>>(), "no gap, no duplicate");
     sub.assert_quiet().await;
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn history_window_too_small(t: Transport) {
-    let node = TestNode::start(|c| c.history = vec![history("/topic/small.*", 3)]).await;
-    let mut publisher = node.connect(t).await;
+async fn history_window_too_small(v: Variant) {
+    let cluster = Cluster::start(v, |c| c.history = vec![history("/topic/small.*", 3)]).await;
+    let mut publisher = cluster.connect(0).await;
     for i in 1..=10 {
         publisher.publish("/topic/small.x", &i.to_string(), &[]).await;
     }
-    let mut sub = node.connect(t).await;
+    let mut sub = cluster.connect(1).await;
     let receipt = sub.subscribe("/topic/small.x", "s", &[("x-since", "1")]).await;
     assert_eq!(receipt.get("x-recovered"), Some("false"));
     let replayed = sub.recv_messages(3).await;
@@ -513,5 +631,6 @@ async fn history_window_too_small(t: Transport) {
     publisher.publish("/topic/small.x", "11", &[]).await;
     let live = sub.recv_message().await;
     assert_eq!((offsets(std::slice::from_ref(&live)), live.get("x-recovered")), (vec![11], None));
-    node.shutdown().await;
+    sub.assert_quiet().await;
+    cluster.shutdown().await;
 }

@@ -1,6 +1,12 @@
 //! The STOMP protocol as a client sees it: connecting and version negotiation, header encoding,
-//! bodies, receipts, heart-beats, MESSAGE headers and transactions. Every scenario runs over
-//! WebSocket and TCP.
+//! bodies, receipts, heart-beats, MESSAGE headers and transactions.
+//!
+//! Scenarios whose frames travel through destinations run on every engine variant (memory over
+//! WebSocket and TCP, one Redis node, three Redis nodes with the clients spread over them; see
+//! `support`): what the codec accepts must survive the engine's envelope and other nodes.
+//! Scenarios about one connection's framing and timing, which never reach the engine (version
+//! negotiation, refused escapes, DISCONNECT and ERROR receipts, heart-beats), run on the memory
+//! engine only, over both transports.
 
 #[macro_use]
 mod support;
@@ -11,24 +17,16 @@ use std::time::Duration;
 use stampede::stomp::{Command, Frame};
 use support::*;
 
-both_transports!(
+every_engine!(
     connect_and_stomp_commands,
-    version_negotiation,
-    unsupported_version_is_refused,
     header_escaping_round_trips_in_1_1_and_1_2,
     headers_are_raw_in_1_0,
     stomp_1_0_subscription_without_id,
-    unknown_escape_is_refused,
     content_length_body_with_nuls,
     crlf_line_ends,
     repeated_headers_first_wins,
     receipts_for_every_command,
     receipts_for_frames_in_a_transaction,
-    disconnect_with_receipt,
-    error_carries_receipt_id,
-    server_heartbeats,
-    silent_client_is_dropped,
-    heartbeating_client_is_kept,
     user_headers_reach_message,
     message_ids_are_unique,
     subscription_header_names_the_subscription,
@@ -40,10 +38,22 @@ both_transports!(
     nack_in_transaction,
 );
 
-async fn connect_and_stomp_commands(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    for command in [Command::Connect, Command::Stomp] {
-        let mut client = node.open(t).await;
+// One connection's framing and timing: memory engine only.
+both_transports!(
+    version_negotiation,
+    unsupported_version_is_refused,
+    unknown_escape_is_refused,
+    disconnect_with_receipt,
+    error_carries_receipt_id,
+    server_heartbeats,
+    silent_client_is_dropped,
+    heartbeating_client_is_kept,
+);
+
+async fn connect_and_stomp_commands(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    for (i, command) in [Command::Connect, Command::Stomp].into_iter().enumerate() {
+        let mut client = cluster.open(i).await;
         let connected = client.connect_with(command, Some("1.2"), &[("login", "ann")]).await;
         assert_eq!(connected.command, Command::Connected, "{}", show(&connected));
         assert_eq!(header(&connected, "version"), "1.2");
@@ -55,7 +65,7 @@ async fn connect_and_stomp_commands(t: Transport) {
         client.publish("/topic/c", "x", &[]).await;
         assert_eq!(body(&client.recv_message().await), "x");
     }
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 async fn version_negotiation(t: Transport) {
@@ -84,29 +94,31 @@ async fn unsupported_version_is_refused(t: Transport) {
     node.shutdown().await;
 }
 
-async fn header_escaping_round_trips_in_1_1_and_1_2(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    for version in ["1.1", "1.2"] {
-        let mut client = node.open(t).await;
-        client.connect(Some(version), &[]).await;
-        client.subscribe("/topic/esc", "s", &[]).await;
+async fn header_escaping_round_trips_in_1_1_and_1_2(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    for (i, version) in ["1.1", "1.2"].into_iter().enumerate() {
+        let mut sub = cluster.open(i).await;
+        sub.connect(Some(version), &[]).await;
+        sub.subscribe("/topic/esc", "s", &[]).await;
+        let mut publisher = cluster.open(i + 1).await;
+        publisher.connect(Some(version), &[]).await;
         let value = "a:b\nc\\d";
         // Encoded by the client with escapes: a\cb\nc\\d.
-        client.publish("/topic/esc", "x", &[("x-tricky", value), ("x:name", "v")]).await;
-        let message = client.recv_message().await;
+        publisher.publish("/topic/esc", "x", &[("x-tricky", value), ("x:name", "v")]).await;
+        let message = sub.recv_message().await;
         assert_eq!(header(&message, "x-tricky"), value, "version {version}");
         assert_eq!(header(&message, "x:name"), "v", "version {version}");
         // Raw bytes with an escape sequence, sent by hand.
-        client.send_raw(b"SEND\ndestination:/topic/esc\nx-raw:one\\ctwo\\nthree\n\nraw\0").await.unwrap();
-        let message = client.recv_message().await;
+        publisher.send_raw(b"SEND\ndestination:/topic/esc\nx-raw:one\\ctwo\\nthree\n\nraw\0").await.unwrap();
+        let message = sub.recv_message().await;
         assert_eq!(header(&message, "x-raw"), "one:two\nthree");
     }
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn headers_are_raw_in_1_0(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut old = node.open(t).await;
+async fn headers_are_raw_in_1_0(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut old = cluster.open(0).await;
     old.connect(Some("1.0"), &[]).await;
     old.subscribe("/topic/raw", "s", &[]).await;
     // In 1.0 a backslash is an ordinary character and a value may contain ':'.
@@ -116,18 +128,18 @@ async fn headers_are_raw_in_1_0(t: Transport) {
     assert_eq!(header(&message, "x-path"), "C:\\dir\\n");
 
     // A 1.2 publisher's escaped value reaches a 1.0 subscriber unescaped.
-    let mut new = node.connect(t).await;
+    let mut new = cluster.connect(1).await;
     new.publish("/topic/raw", "y", &[("x-colon", "a:b")]).await;
     let message = old.recv_message().await;
     assert_eq!(header(&message, "x-colon"), "a:b");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 /// STOMP 1.0: SUBSCRIBE may omit `id` (the destination stands for it), ACK names the
 /// `message-id`, UNSUBSCRIBE may name the destination.
-async fn stomp_1_0_subscription_without_id(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.open(t).await;
+async fn stomp_1_0_subscription_without_id(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.open(0).await;
     client.connect(None, &[]).await;
     client
         .request(
@@ -136,19 +148,16 @@ async fn stomp_1_0_subscription_without_id(t: Transport) {
                 .with_header("ack", "client"),
         )
         .await;
-    client.publish("/queue/old", "hi", &[]).await;
+    let mut publisher = cluster.connect(1).await;
+    publisher.publish("/queue/old", "hi", &[]).await;
     let message = client.recv_message().await;
     assert_eq!(header(&message, "subscription"), "/queue/old");
     client.request(Frame::new(Command::Ack).with_header("message-id", header(&message, "message-id"))).await;
     client.request(Frame::new(Command::Unsubscribe).with_header("destination", "/queue/old")).await;
-    client.publish("/queue/old", "later", &[]).await;
+    publisher.publish("/queue/old", "later", &[]).await;
     client.assert_quiet().await;
-    assert_eq!(
-        node.metric("stampede_queue_depth{queue=\"/queue/old\"}").await,
-        Some(1.0),
-        "hi was acknowledged"
-    );
-    node.shutdown().await;
+    assert_eq!(cluster.queue_depth("/queue/old").await, 1, "hi was acknowledged");
+    cluster.shutdown().await;
 }
 
 async fn unknown_escape_is_refused(t: Transport) {
@@ -160,44 +169,47 @@ async fn unknown_escape_is_refused(t: Transport) {
     node.shutdown().await;
 }
 
-async fn content_length_body_with_nuls(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn content_length_body_with_nuls(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     client.subscribe("/queue/nul", "s", &[]).await;
+    let mut publisher = cluster.connect(1).await;
     let payload = b"\0a\0\0b\0".to_vec();
     let send = Frame::new(Command::Send)
         .with_header("destination", "/queue/nul")
         .with_header("content-length", payload.len().to_string())
         .with_body(payload.clone());
-    client.request(send).await;
+    publisher.request(send).await;
     let message = client.recv_message().await;
     assert_eq!(&message.body[..], &payload[..]);
     assert_eq!(header(&message, "content-length"), "6");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn crlf_line_ends(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.open(t).await;
+async fn crlf_line_ends(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.open(0).await;
     client.send_raw(b"CONNECT\r\naccept-version:1.2\r\nhost:x\r\n\r\n\0").await.unwrap();
     let connected = client.recv_frame(WAIT).await.unwrap();
     assert_eq!(connected.command, Command::Connected, "{}", show(&connected));
     client.version = Some(stampede::stomp::Version::V1_2);
     client.send_raw(b"SUBSCRIBE\r\ndestination:/topic/crlf\r\nid:s\r\nreceipt:r1\r\n\r\n\0").await.unwrap();
     client.await_receipt("r1").await;
-    client.send_raw(b"SEND\r\ndestination:/topic/crlf\r\nx-k:v\r\n\r\nbody\0\r\n").await.unwrap();
+    let mut publisher = cluster.connect(1).await;
+    publisher.send_raw(b"SEND\r\ndestination:/topic/crlf\r\nx-k:v\r\n\r\nbody\0\r\n").await.unwrap();
     let message = client.recv_message().await;
     assert_eq!(header(&message, "x-k"), "v");
     assert_eq!(header(&message, "destination"), "/topic/crlf");
     assert_eq!(body(&message), "body");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn repeated_headers_first_wins(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn repeated_headers_first_wins(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     client.subscribe("/topic/rep", "s", &[]).await;
-    client
+    let mut publisher = cluster.connect(1).await;
+    publisher
         .send_raw(
             b"SEND\ndestination:/topic/rep\ndestination:/topic/other\nx-user:first\nx-user:second\n\nx\0",
         )
@@ -208,12 +220,12 @@ async fn repeated_headers_first_wins(t: Transport) {
     let users: Vec<&str> =
         message.headers.iter().filter(|(n, _)| n == "x-user").map(|(_, v)| v.as_str()).collect();
     assert_eq!(users, ["first"]);
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn receipts_for_every_command(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn receipts_for_every_command(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     let receipted = |command, headers: &[(&str, &str)], receipt: &str| {
         let mut frame = Frame::new(command);
         for (n, v) in headers {
@@ -246,13 +258,13 @@ async fn receipts_for_every_command(t: Transport) {
     client.await_receipt("ack").await;
     client.send_frame(&receipted(Command::Unsubscribe, &[("id", "s")], "unsub")).await.unwrap();
     client.await_receipt("unsub").await;
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 /// STOMP: any client frame but CONNECT may ask for a RECEIPT, transactional ones included.
-async fn receipts_for_frames_in_a_transaction(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn receipts_for_frames_in_a_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     client.subscribe("/queue/rtx", "s", &[("ack", "client-individual")]).await;
     client.publish("/queue/rtx", "m", &[]).await;
     let message = client.recv_message().await;
@@ -269,7 +281,7 @@ async fn receipts_for_frames_in_a_transaction(t: Transport) {
     let receipt =
         client.recv_frame(Duration::from_secs(1)).await.expect("a RECEIPT for ACK in a transaction");
     assert_eq!((receipt.command, receipt.get("receipt-id")), (Command::Receipt, Some("tx-ack")));
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 async fn disconnect_with_receipt(t: Transport) {
@@ -357,11 +369,11 @@ async fn heartbeating_client_is_kept(t: Transport) {
     node.shutdown().await;
 }
 
-async fn user_headers_reach_message(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut sub = node.connect(t).await;
+async fn user_headers_reach_message(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
     sub.subscribe("/topic/hdr", "s", &[]).await;
-    let mut publisher = node.connect(t).await;
+    let mut publisher = cluster.connect(1).await;
     publisher
         .publish(
             "/topic/hdr",
@@ -377,52 +389,56 @@ async fn user_headers_reach_message(t: Transport) {
     assert_eq!(header(&message, "content-length"), "2");
     // The publisher's receipt header is not passed on.
     assert_eq!(message.get("receipt"), None);
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn message_ids_are_unique(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut a = node.connect(t).await;
-    let mut b = node.connect(t).await;
+async fn message_ids_are_unique(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut a = cluster.connect(0).await;
+    let mut b = cluster.connect(1).await;
+    let mut c = cluster.connect(2).await;
     a.subscribe("/topic/ids", "s1", &[]).await;
     a.subscribe("/topic/ids", "s2", &[]).await;
     b.subscribe("/topic/ids", "s1", &[]).await;
+    c.subscribe("/topic/ids", "s1", &[]).await;
     for i in 0..20 {
         a.send("/topic/ids", &i.to_string()).await;
     }
     let mut messages = a.recv_messages(40).await;
     messages.extend(b.recv_messages(20).await);
+    messages.extend(c.recv_messages(20).await);
     let mut ids = HashSet::new();
     for message in &messages {
         assert!(ids.insert(header(message, "message-id").to_owned()), "duplicate {}", show(message));
     }
-    assert_eq!(ids.len(), 60);
-    node.shutdown().await;
+    assert_eq!(ids.len(), 80);
+    cluster.shutdown().await;
 }
 
-async fn subscription_header_names_the_subscription(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+async fn subscription_header_names_the_subscription(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
     client.subscribe("/topic/one", "sub-one", &[]).await;
     client.subscribe("/topic/two", "sub:two", &[]).await;
-    client.publish("/topic/two", "2", &[]).await;
-    client.publish("/topic/one", "1", &[]).await;
+    let mut publisher = cluster.connect(1).await;
+    publisher.publish("/topic/two", "2", &[]).await;
+    publisher.publish("/topic/one", "1", &[]).await;
     let two = client.recv_message().await;
     assert_eq!((header(&two, "subscription"), body(&two).as_str()), ("sub:two", "2"));
     let one = client.recv_message().await;
     assert_eq!((header(&one, "subscription"), body(&one).as_str()), ("sub-one", "1"));
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 fn tx_send(destination: &str, body: &str, tx: &str) -> Frame {
     send_frame(destination, body, &[("transaction", tx)])
 }
 
-async fn send_in_transaction_waits_for_commit(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut sub = node.connect(t).await;
+async fn send_in_transaction_waits_for_commit(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
     sub.subscribe("/topic/tx", "s", &[]).await;
-    let mut publisher = node.connect(t).await;
+    let mut publisher = cluster.connect(1).await;
     publisher.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     publisher.send_frame(&tx_send("/topic/tx", "tx-1", "t1")).await.unwrap();
     publisher.send_frame(&tx_send("/topic/tx", "tx-2", "t1")).await.unwrap();
@@ -433,14 +449,14 @@ async fn send_in_transaction_waits_for_commit(t: Transport) {
     let bodies: Vec<String> = sub.recv_messages(2).await.iter().map(body).collect();
     assert_eq!(bodies, ["tx-1", "tx-2"]);
     sub.assert_quiet().await;
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn abort_discards_transaction(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut sub = node.connect(t).await;
+async fn abort_discards_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
     sub.subscribe("/queue/txa", "s", &[]).await;
-    let mut publisher = node.connect(t).await;
+    let mut publisher = cluster.connect(1).await;
     publisher.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     publisher.send_frame(&tx_send("/queue/txa", "never", "t1")).await.unwrap();
     publisher.request(Frame::new(Command::Abort).with_header("transaction", "t1")).await;
@@ -449,41 +465,41 @@ async fn abort_discards_transaction(t: Transport) {
     // The transaction is gone: committing it now is an error.
     publisher.send_frame(&Frame::new(Command::Commit).with_header("transaction", "t1")).await.unwrap();
     assert_error(&publisher.expect_error().await, "unknown transaction");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn closed_connection_aborts_transaction(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let mut sub = node.connect(t).await;
+async fn closed_connection_aborts_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
     sub.subscribe("/topic/txc", "s", &[]).await;
-    let mut publisher = node.connect(t).await;
+    let mut publisher = cluster.connect(1).await;
     publisher.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     publisher.send_frame(&tx_send("/topic/txc", "never", "t1")).await.unwrap();
     publisher.drop_connection().await;
-    let n = &node;
-    assert!(
-        eventually(WAIT, move || async move { n.connections().await == 1.0 }).await,
-        "the publisher's session did not end"
-    );
-    let mut other = node.connect(t).await;
+    // The publisher's session ended.
+    cluster.settle(1).await;
+    let mut other = cluster.connect(2).await;
     other.publish("/topic/txc", "end", &[]).await;
     assert_eq!(sub.bodies_until("end").await, Vec::<String>::new());
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-/// A client-individual consumer of `queue` holding one unacknowledged message.
-async fn holding_one(node: &TestNode, t: Transport, queue: &str) -> (Client, Frame) {
-    let mut consumer = node.connect(t).await;
+/// Client `i`, a client-individual consumer of `queue` holding one unacknowledged message
+/// another client published.
+async fn holding_one(cluster: &Cluster, i: usize, queue: &str) -> (Client, Frame) {
+    let mut consumer = cluster.connect(i).await;
     consumer.subscribe(queue, "s", &[("ack", "client-individual"), ("prefetch-count", "1")]).await;
-    consumer.publish(queue, "m1", &[]).await;
+    let mut publisher = cluster.connect(i + 1).await;
+    publisher.publish(queue, "m1", &[]).await;
+    publisher.disconnect().await;
     let message = consumer.recv_message().await;
     assert_eq!(body(&message), "m1");
     (consumer, message)
 }
 
-async fn ack_in_committed_transaction(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let (mut consumer, message) = holding_one(&node, t, "/queue/txack").await;
+async fn ack_in_committed_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let (mut consumer, message) = holding_one(&cluster, 0, "/queue/txack").await;
     consumer.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     consumer
         .send_frame(
@@ -499,17 +515,18 @@ async fn ack_in_committed_transaction(t: Transport) {
     assert_eq!(body(&m2), "m2");
     consumer.ack(&m2).await;
     consumer.drop_connection().await;
+    cluster.settle(0).await;
     // Nothing left to redeliver.
-    let mut next = node.connect(t).await;
+    let mut next = cluster.connect(2).await;
     next.subscribe("/queue/txack", "s", &[]).await;
     next.publish("/queue/txack", "end", &[]).await;
     assert_eq!(next.bodies_until("end").await, Vec::<String>::new());
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn ack_in_aborted_transaction(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let (mut consumer, message) = holding_one(&node, t, "/queue/txab").await;
+async fn ack_in_aborted_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let (mut consumer, message) = holding_one(&cluster, 0, "/queue/txab").await;
     consumer.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     consumer
         .send_frame(
@@ -520,17 +537,17 @@ async fn ack_in_aborted_transaction(t: Transport) {
     consumer.request(Frame::new(Command::Abort).with_header("transaction", "t1")).await;
     consumer.drop_connection().await;
     // The ACK was aborted, so the message is still unacknowledged and comes back.
-    let mut next = node.connect(t).await;
+    let mut next = cluster.connect(2).await;
     next.subscribe("/queue/txab", "s", &[]).await;
     let again = next.recv_message().await;
     assert_eq!(body(&again), "m1");
     assert_eq!(again.get("redelivered"), Some("true"));
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
-async fn nack_in_transaction(t: Transport) {
-    let node = TestNode::start(|_| {}).await;
-    let (mut consumer, message) = holding_one(&node, t, "/queue/txnack").await;
+async fn nack_in_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let (mut consumer, message) = holding_one(&cluster, 0, "/queue/txnack").await;
     consumer.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     consumer
         .send_frame(
@@ -543,5 +560,5 @@ async fn nack_in_transaction(t: Transport) {
     let again = consumer.recv_message().await;
     assert_eq!(body(&again), "m1");
     assert_eq!(again.get("redelivered"), Some("true"));
-    node.shutdown().await;
+    cluster.shutdown().await;
 }

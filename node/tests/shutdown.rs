@@ -1,5 +1,9 @@
 //! Graceful shutdown: the drain closes every session with an ERROR (and WebSocket close 1012)
 //! spread over the drain period, stops accepting, and returns unacknowledged queue messages.
+//!
+//! Memory engine only: the drain is one node's mechanics. That a closed session's messages go
+//! back to their queue on every engine is covered by `destinations` (redelivery after close),
+//! which runs on every variant.
 
 #[macro_use]
 mod support;

@@ -1,5 +1,8 @@
 //! A subscriber that stops reading is cut off once its outbound buffer fills, without holding
 //! back the other subscribers.
+//!
+//! Memory engine only: the outbound buffer and the slow-consumer policy are one node's
+//! connection mechanics; the engine only feeds the node's fan-out.
 
 #[macro_use]
 mod support;

@@ -1,5 +1,7 @@
 //! STOMP over WebSocket: subprotocol negotiation, the `/ws` path, and how STOMP frames map to
 //! WebSocket messages in both directions.
+//!
+//! Memory engine only: the handshake and the framing are the node's transport, not the engine.
 
 #[macro_use]
 mod support;

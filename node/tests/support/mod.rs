@@ -1,9 +1,32 @@
-//! Test harness for the integration tests: a node on ephemeral ports ([`TestNode`]), a small
-//! STOMP client over WebSocket or TCP ([`Client`]), a tiny HTTP/1.1 client for the admin port,
-//! and [`eventually`] for conditions that become true asynchronously.
+//! Test harness for the integration tests: a node on ephemeral ports ([`TestNode`]), a cluster of
+//! them on one engine ([`Cluster`]), a small STOMP client over WebSocket or TCP ([`Client`]), a tiny
+//! HTTP/1.1 client for the admin port, and [`eventually`] for conditions that become true
+//! asynchronously.
 //!
-//! Every scenario that concerns a session is written once as `async fn name(t: Transport)` and
-//! run over both transports with [`both_transports!`], which makes `name::ws` and `name::tcp`.
+//! # Variants
+//! A scenario about sessions and destinations is written once as `async fn name(v: Variant)` and
+//! run by [`every_engine!`] on every engine variant:
+//!
+//! | test | engine | nodes | transport |
+//! | --- | --- | --- | --- |
+//! | `name::memory_ws`, `name::memory_tcp` | embedded memory engine | 1 | both |
+//! | `name::redis1_ws` or `name::redis1_tcp` | Redis | 1 | one, alternating between scenarios |
+//! | `name::redis3_tcp` or `name::redis3_ws` | Redis | 3, sharing one Redis | the other one |
+//!
+//! The scenario starts a [`Cluster`] and asks it for client `i`, which connects to node `i % n`:
+//! on three nodes a scenario's clients are spread over the nodes, so messages cross nodes.
+//!
+//! The Redis variants share one `redis-server` per test binary ([`redis`]): started from PATH on a
+//! free port, without persistence, and killed when the test process exits. Every cluster uses its
+//! own key prefix (`redis-prefix`), so tests running at the same time do not see each other.
+//!
+//! Where the engines differ by design (where a released queue message goes back, and what the
+//! queue bound does to it), the expectation comes from [`EngineKind`]'s methods, the one place
+//! that states the difference.
+//!
+//! A scenario about one node's local mechanics (framing, handshakes, heart-beats, slow consumers,
+//! the drain, the admin port) runs on the memory engine over both transports with
+//! [`both_transports!`], as `name::memory_ws` and `name::memory_tcp`, or as a plain test.
 
 #![allow(dead_code)]
 
@@ -11,6 +34,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -32,22 +56,60 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a test watches for something that should not happen.
 pub const QUIET: Duration = Duration::from_millis(250);
 
-/// Runs `async fn $name(t: Transport)` once per transport, as tests `$name::ws` and `$name::tcp`.
+/// Runs `async fn $name(t: Transport)` on one memory-engine node once per transport, as tests
+/// `$name::memory_ws` and `$name::memory_tcp`: for scenarios about one node's local mechanics.
 #[allow(unused_macros)]
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn ws() {
+                async fn memory_ws() {
                     super::$name($crate::support::Transport::Ws).await
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn tcp() {
+                async fn memory_tcp() {
                     super::$name($crate::support::Transport::Tcp).await
                 }
             }
         )*
+    };
+}
+
+/// Runs `async fn $name(v: Variant)` on every engine variant (see the module doc): `memory_ws`,
+/// `memory_tcp`, then one Redis node and three Redis nodes on one transport each. The transports
+/// of the Redis variants alternate from one scenario to the next (`redis1_ws` + `redis3_tcp`,
+/// then `redis1_tcp` + `redis3_ws`), so both transports meet both Redis variants in every file.
+#[allow(unused_macros)]
+macro_rules! every_engine {
+    (@variants $name:ident, $r1:ident, $t1:ident, $r3:ident, $t3:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory_ws() {
+                super::$name($crate::support::Variant::memory($crate::support::Transport::Ws)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory_tcp() {
+                super::$name($crate::support::Variant::memory($crate::support::Transport::Tcp)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $r1() {
+                super::$name($crate::support::Variant::redis(1, $crate::support::Transport::$t1)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $r3() {
+                super::$name($crate::support::Variant::redis(3, $crate::support::Transport::$t3)).await
+            }
+        }
+    };
+    () => {};
+    ($a:ident $(,)?) => {
+        every_engine!(@variants $a, redis1_ws, Ws, redis3_tcp, Tcp);
+    };
+    ($a:ident, $b:ident $(, $rest:ident)* $(,)?) => {
+        every_engine!(@variants $a, redis1_ws, Ws, redis3_tcp, Tcp);
+        every_engine!(@variants $b, redis1_tcp, Tcp, redis3_ws, Ws);
+        every_engine!($($rest),*);
     };
 }
 
@@ -213,6 +275,365 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// === engines, variants and clusters ===
+
+/// The engine a [`Cluster`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The embedded in-memory engine (one node).
+    Memory,
+    /// The Redis cluster engine, on the test binary's shared `redis-server`.
+    Redis,
+}
+
+/// What the engines do differently, by design: the one place scenarios take engine-specific
+/// expectations from. Both behaviours are documented by the engines themselves:
+/// - memory (`engine/memory.rs`, `release`): released entries go "back to the head, in their
+///   original order"; the bound (`queue-max-length`) is applied when a message is appended, so a
+///   release is never trimmed;
+/// - Redis (module doc of `engine/redis`, "Queues"): `release` "re-adds entries **at the tail**
+///   (Redis cannot insert at a stream's head)", one by one, and the bound "counts ready entries
+///   only; the oldest ready ones are dropped past it", at every re-add too.
+impl EngineKind {
+    /// The order in which a queue delivers after `released` (unacknowledged or NACKed entries,
+    /// in the order they were delivered) went back while `waiting` were ready: memory puts them
+    /// before the waiting ones, Redis after them.
+    pub fn order_after_release(self, released: &[&str], waiting: &[&str]) -> Vec<String> {
+        let (first, then) = match self {
+            EngineKind::Memory => (released, waiting),
+            EngineKind::Redis => (waiting, released),
+        };
+        first.iter().chain(then).map(|s| s.to_string()).collect()
+    }
+
+    /// What a queue bounded to `max_length` holds (in delivery order) after `released` went back
+    /// while `waiting` (at most `max_length`) were ready, and how many messages that dropped.
+    /// Memory: all of them, released first, none dropped (the queue is above its bound until the
+    /// next message is appended). Redis: each re-add at the tail drops the oldest ready entry
+    /// past the bound, so the newest `max_length` are kept.
+    pub fn bounded_after_release(
+        self,
+        released: &[&str],
+        waiting: &[&str],
+        max_length: usize,
+    ) -> (Vec<String>, usize) {
+        let all = self.order_after_release(released, waiting);
+        match self {
+            EngineKind::Memory => (all, 0),
+            EngineKind::Redis => {
+                let dropped = all.len().saturating_sub(max_length);
+                (all[dropped..].to_vec(), dropped)
+            }
+        }
+    }
+}
+
+/// One way to run a scenario: an engine, a number of nodes, a transport for its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    pub engine: EngineKind,
+    pub nodes: usize,
+    pub transport: Transport,
+}
+
+impl Variant {
+    pub fn memory(transport: Transport) -> Variant {
+        Variant { engine: EngineKind::Memory, nodes: 1, transport }
+    }
+
+    pub fn redis(nodes: usize, transport: Transport) -> Variant {
+        Variant { engine: EngineKind::Redis, nodes, transport }
+    }
+}
+
+/// Clusters started by this process, for unique Redis prefixes and node ids.
+static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+
+/// The nodes of one scenario, all on the variant's engine. Client `i` connects to node `i % n`.
+pub struct Cluster {
+    pub variant: Variant,
+    nodes: Vec<TestNode>,
+    /// `redis-prefix` of the Redis variants.
+    prefix: Option<String>,
+}
+
+impl Cluster {
+    /// Starts the variant's nodes, each configured with `configure` (then, on Redis, the shared
+    /// server's URL, this cluster's prefix and a node id of its own), and waits until every node
+    /// is ready (its engine connected).
+    pub async fn start(variant: Variant, configure: impl Fn(&mut Config)) -> Cluster {
+        let mut nodes = Vec::with_capacity(variant.nodes);
+        let prefix = match variant.engine {
+            EngineKind::Memory => {
+                assert_eq!(variant.nodes, 1, "the memory engine runs one node");
+                nodes.push(TestNode::start(configure).await);
+                None
+            }
+            EngineKind::Redis => {
+                let url = redis().url();
+                let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+                let prefix = format!("test-{}-{n}", std::process::id());
+                for i in 0..variant.nodes {
+                    let node = TestNode::start(|c| {
+                        configure(c);
+                        c.redis_url = Some(url.clone());
+                        c.redis_prefix = prefix.clone();
+                        c.node_id = format!("{prefix}-node{i}");
+                    })
+                    .await;
+                    nodes.push(node);
+                }
+                Some(prefix)
+            }
+        };
+        for (i, node) in nodes.iter().enumerate() {
+            let ready = eventually(WAIT, || async { node.get("/readyz").await.status == 200 }).await;
+            assert!(ready, "node {i} of {variant:?} did not get ready");
+        }
+        Cluster { variant, nodes, prefix }
+    }
+
+    /// The transport of the variant.
+    pub fn t(&self) -> Transport {
+        self.variant.transport
+    }
+
+    pub fn engine(&self) -> EngineKind {
+        self.variant.engine
+    }
+
+    /// The node client `i` uses: node `i % n`.
+    pub fn node(&self, i: usize) -> &TestNode {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// An open, not yet STOMP-connected client `i`.
+    pub async fn open(&self, i: usize) -> Client {
+        self.node(i).open(self.t()).await
+    }
+
+    /// Client `i`, connected with STOMP 1.2 and no login.
+    pub async fn connect(&self, i: usize) -> Client {
+        self.node(i).connect(self.t()).await
+    }
+
+    /// Client `i`, connected with STOMP 1.2 as `login`.
+    pub async fn connect_as(&self, i: usize, login: &str) -> Client {
+        self.node(i).connect_as(self.t(), login).await
+    }
+
+    /// The sum over the nodes of one `/metrics` sample (absent counts as 0).
+    pub async fn metric(&self, key: &str) -> f64 {
+        let mut sum = 0.0;
+        for node in &self.nodes {
+            sum += node.metric(key).await.unwrap_or(0.0);
+        }
+        sum
+    }
+
+    /// Open client connections over all nodes.
+    pub async fn connections(&self) -> f64 {
+        let mut sum = 0.0;
+        for node in &self.nodes {
+            sum += node.connections().await;
+        }
+        sum
+    }
+
+    /// Waits until `n` client connections are open over all nodes: a session counts until it
+    /// has released what it held, so after this its queue entries are back in their queues.
+    pub async fn settle(&self, n: usize) {
+        let n = n as f64;
+        assert!(
+            eventually(WAIT, || async { self.connections().await == n }).await,
+            "still {} connections, expected {n}",
+            self.connections().await
+        );
+    }
+
+    /// Ready messages of `queue` (not in flight). Memory: the node's `stampede_queue_depth`.
+    /// Redis: read from Redis itself, as the engine's own depth script does (the node's gauge
+    /// is refreshed only every few seconds, a local mechanic the memory variants cover).
+    pub async fn queue_depth(&self, queue: &str) -> u64 {
+        match &self.prefix {
+            None => {
+                let key = format!("stampede_queue_depth{{queue=\"{queue}\"}}");
+                self.nodes[0].metric(&key).await.unwrap_or(0.0) as u64
+            }
+            Some(prefix) => {
+                // Key layout and group name: the module doc of engine/redis.
+                let key = format!("{prefix}:{{{queue}}}:q");
+                let script = "local len = redis.call('XLEN', KEYS[1]) \
+                              local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], 'stampede') \
+                              local pending = 0 \
+                              if ok then pending = tonumber(p[1]) or 0 end \
+                              return len - pending";
+                match redis().call(&["EVAL", script, "1", &key]).await {
+                    Resp::Int(n) => u64::try_from(n).expect("a depth"),
+                    other => panic!("depth of {queue}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Shuts every node down (at the same time) and waits for them.
+    pub async fn shutdown(self) {
+        futures_util::future::join_all(self.nodes.into_iter().map(TestNode::shutdown)).await;
+    }
+}
+
+// === the shared redis-server ===
+
+/// The `redis-server` of this test binary, started on first use.
+pub fn redis() -> &'static RedisServer {
+    static REDIS: OnceLock<RedisServer> = OnceLock::new();
+    REDIS.get_or_init(RedisServer::start)
+}
+
+/// A `redis-server` without persistence, for the whole test process. A shell runs it and kills
+/// it when its standard input, a pipe this process holds open until it exits, reaches EOF: so it
+/// ends with the test binary, passed, failed or killed.
+pub struct RedisServer {
+    port: u16,
+    _child: std::process::Child,
+    _lifeline: std::process::ChildStdin,
+}
+
+/// `$@`: redis-server's arguments. Exits when Redis does (so a failed start is seen).
+const REDIS_WRAPPER: &str = r#"redis-server "$@" </dev/null & pid=$!
+exec 3<&0
+( cat <&3 >/dev/null; kill $pid 2>/dev/null ) &
+wait $pid"#;
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let found = std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(found, "the Redis variants need `redis-server` on PATH");
+        let dir = std::env::temp_dir();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(REDIS_WRAPPER)
+                .arg("sh")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--loglevel", "warning", "--logfile", ""])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("run sh");
+            let lifeline = child.stdin.take().expect("a stdin pipe");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if ping(port) {
+                    return RedisServer { port, _child: child, _lifeline: lifeline };
+                }
+                // Exited: most likely the port was taken meanwhile; try another one.
+                if child.try_wait().expect("wait for sh").is_some() || std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command on a fresh connection; returns the reply.
+    pub async fn call(&self, args: &[&str]) -> Resp {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to Redis");
+        stream.write_all(&resp_command(args)).await.expect("write to Redis");
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some((reply, _)) = parse_resp(&buf) {
+                return reply;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+                .await
+                .expect("a Redis reply in time")
+                .expect("read from Redis");
+            assert!(n > 0, "Redis closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 16];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+}
+
+/// A Redis reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// One reply from the start of `buf` and its length, or None when `buf` holds less.
+fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..end]).expect("a UTF-8 reply line");
+    let after = end + 2;
+    match buf.first()? {
+        b'+' => Some((Resp::Simple(line.to_owned()), after)),
+        b'-' => Some((Resp::Error(line.to_owned()), after)),
+        b':' => Some((Resp::Int(line.parse().expect("an integer")), after)),
+        b'$' => {
+            let Ok(len) = usize::try_from(line.parse::<i64>().expect("a length")) else {
+                return Some((Resp::Bulk(None), after));
+            };
+            let bytes = buf.get(after..after + len)?.to_vec();
+            buf.get(after + len..after + len + 2)?;
+            Some((Resp::Bulk(Some(bytes)), after + len + 2))
+        }
+        b'*' => {
+            let Ok(n) = usize::try_from(line.parse::<i64>().expect("a count")) else {
+                return Some((Resp::Array(None), after));
+            };
+            let mut items = Vec::with_capacity(n);
+            let mut at = after;
+            for _ in 0..n {
+                let (item, used) = parse_resp(&buf[at..])?;
+                items.push(item);
+                at += used;
+            }
+            Some((Resp::Array(Some(items)), at))
+        }
+        other => panic!("not a Redis reply: {:?}", *other as char),
     }
 }
 

@@ -85,7 +85,18 @@ async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError>
         }
         Watched::Topic => {}
     }
-    inner.subscriber.subscribe(inner.keys.channel(destination)).await.map_err(unavailable)
+    inner.subscriber.subscribe(inner.keys.channel(destination)).await.map_err(unavailable)?;
+    // fred resolves SUBSCRIBE once it is queued on the connection, before Redis has it. A PING on
+    // the same connection is answered after the SUBSCRIBE: once it returns, messages published
+    // from now on reach this node (the SUBSCRIBE's RECEIPT depends on it).
+    inner.subscriber.ping::<Value>(None).await.map_err(unavailable)?;
+    if kind == Watched::Queue {
+        // Entries enqueued before the subscription took effect announced themselves to nobody.
+        if let Some(inbox) = inner.inbox.get().and_then(std::sync::Weak::upgrade) {
+            inbox.queue_ready(destination);
+        }
+    }
+    Ok(())
 }
 
 async fn unwatch(inner: &Inner, destination: &str) {
