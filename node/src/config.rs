@@ -11,8 +11,12 @@
 //! - `Layers` asks the flags, the environment and the file, highest first, for a setting's text.
 //! - `Layers::resolve` turns each text into its typed value with a parser from the "Parsers"
 //!   section, then checks the rules that span two settings.
-//! - History rules (`--history`, `STAMPEDE_HISTORY`, `[[history]]`) are a list, resolved as one
-//!   setting: the highest layer that has any rules supplies all of them.
+//! - History rules (`--history`, `STAMPEDE_HISTORY`, `[[history]]`) and access rules (`--acl`,
+//!   `STAMPEDE_ACL`, `[[acl]]`) are lists, each resolved as one setting: the highest layer that
+//!   has any rules supplies all of them.
+//! - Security settings (authentication, access rules, TLS, origins) are only read and checked
+//!   for form here; the files they name are loaded by [`crate::auth`] and
+//!   [`crate::transport::tls`] before the node binds.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -57,6 +61,129 @@ pub struct Config {
     pub drain_period: Duration,
     /// Topics that keep history, in order; the first rule matching a destination applies.
     pub history: Vec<HistoryRule>,
+    /// Who may connect, and what they may publish and subscribe to.
+    pub auth: AuthSettings,
+    /// TLS for the client listeners (WebSocket and STOMP over TCP); `None` = plain text.
+    pub tls: Option<TlsFiles>,
+    /// Which browser origins may open a WebSocket.
+    pub origins: OriginPolicy,
+}
+
+/// A secret setting (a key, a token). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Authentication and authorization. With neither `users_file` nor a JWT key set, authentication
+/// is off: every client may connect, its `login` is taken on trust, and it may do everything.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthSettings {
+    /// `name:hash[:role,role]` lines; hashes in argon2 (PHC) or bcrypt form.
+    pub users_file: Option<PathBuf>,
+    pub jwt: JwtSettings,
+    /// Allow rules, in order; see [`AclRule`].
+    pub acl: Vec<AclRule>,
+    /// What an authenticated client may do where no rule allows it.
+    pub acl_default: AclDefault,
+    /// Bearer token the admin API requires (all but `/healthz`, `/readyz`, and `/metrics` when
+    /// `metrics_public`); `None` = the admin API is open.
+    pub admin_token: Option<Secret>,
+    /// Serve `/metrics` without the admin token.
+    pub metrics_public: bool,
+}
+
+impl AuthSettings {
+    /// Whether clients must authenticate.
+    pub fn enabled(&self) -> bool {
+        self.users_file.is_some() || self.jwt.enabled()
+    }
+}
+
+/// JSON Web Token verification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JwtSettings {
+    /// HS256/384/512 shared key (at least 32 bytes).
+    pub secret: Option<Secret>,
+    /// PEM file with an RSA (RS*, PS*) or EC (ES256, ES384) public key.
+    pub public_key: Option<PathBuf>,
+    /// JWKS file (a JSON `{"keys": [...]}`); keys are chosen by the token's `kid`.
+    pub jwks: Option<PathBuf>,
+    /// Algorithms accepted; `None` = the default algorithm of each configured key.
+    pub algorithms: Option<Vec<jsonwebtoken::Algorithm>>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Accepted `aud` values; `None` = not checked.
+    pub audience: Option<Vec<String>>,
+    /// Accepted `iss` values; `None` = not checked.
+    pub issuer: Option<Vec<String>>,
+    /// The claim naming the user.
+    pub user_claim: String,
+    /// The claim listing the roles; dots reach into objects (`realm_access.roles`).
+    pub roles_claim: String,
+}
+
+impl JwtSettings {
+    /// Whether any verification key is configured.
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some() || self.public_key.is_some() || self.jwks.is_some()
+    }
+}
+
+/// Who an access rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// Every authenticated client.
+    Anyone,
+    User(String),
+    Role(String),
+}
+
+/// Allows `subject` to publish to destinations matching `publish` and subscribe to those matching
+/// `subscribe` (patterns: `*` matches any run of characters, `/` included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclRule {
+    pub subject: Subject,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// What an authenticated client may do where no rule allows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclDefault {
+    Allow,
+    Deny,
+}
+
+/// The certificate chain and private key of the client listeners, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Which `Origin` a WebSocket handshake may carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginPolicy {
+    /// Exact origins (`https://app.example.com`), lower-cased; `*` allows any. `None` = no check.
+    pub allowed: Option<Vec<String>>,
+    /// With `allowed` set, accept handshakes that carry no `Origin` (non-browser clients).
+    pub allow_missing: bool,
 }
 
 /// How log lines are written.
@@ -86,7 +213,14 @@ pub struct Limits {
     pub max_transactions: usize,
     /// Most client connections on this node; 0 = unlimited.
     pub max_connections: usize,
-    /// Time from accept to a valid CONNECT frame (WebSocket handshake included).
+    /// Most client connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Frames (heart-beats and WebSocket pings included) one connection may send per second on
+    /// average; 0 = unlimited.
+    pub max_frame_rate: u32,
+    /// Frames one connection may send at once above `max_frame_rate` (the token bucket's size).
+    pub frame_rate_burst: u32,
+    /// Time from accept to a valid CONNECT frame (TLS and WebSocket handshakes included).
     pub connect_timeout: Duration,
     /// Bytes queued for one connection before `slow_consumer` applies.
     pub outbound_buffer: usize,
@@ -186,6 +320,12 @@ pub enum ConfigError {
     /// One `[[history]]` table of the config file is malformed (1-based `entry`).
     #[error("invalid [[history]] entry {entry} in config file {}: {reason}", .path.display())]
     FileHistory { path: PathBuf, entry: usize, reason: String },
+    /// One `[[acl]]` table of the config file is malformed (1-based `entry`).
+    #[error("invalid [[acl]] entry {entry} in config file {}: {reason}", .path.display())]
+    FileAcl { path: PathBuf, entry: usize, reason: String },
+    /// A setting needs another one that is not set.
+    #[error("{setting} (from {origin}) {reason}")]
+    Needs { setting: &'static str, origin: Origin, reason: &'static str },
     /// Two settings are each well-formed but cannot hold together.
     #[error("{0}")]
     Conflict(Box<Conflict>),
@@ -268,6 +408,9 @@ impl fmt::Debug for Config {
             .field("ws", &self.ws)
             .field("drain_period", &self.drain_period)
             .field("history", &self.history)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("origins", &self.origins)
             .finish()
     }
 }
@@ -314,6 +457,37 @@ impl HistoryRule {
             .map(|ttl| nonzero(duration(ttl)).map_err(|reason| format!("ttl {ttl:?}: {reason}")))
             .transpose()?;
         Ok(HistoryRule { pattern: pattern.to_owned(), size, ttl })
+    }
+}
+
+impl AclRule {
+    /// Checks a rule's parts; the error is the reason, for the caller to place.
+    fn build(subject: Subject, publish: Vec<String>, subscribe: Vec<String>) -> Result<AclRule, String> {
+        if publish.is_empty() && subscribe.is_empty() {
+            return Err("a rule must allow publish or subscribe to at least one pattern".to_owned());
+        }
+        if let Subject::User(name) | Subject::Role(name) = &subject {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("name {name:?}: expected a non-empty name without spaces"));
+            }
+        }
+        for pattern in publish.iter().chain(&subscribe) {
+            if !pattern.starts_with('/') || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "pattern {pattern:?}: expected a destination pattern starting with /, like /topic/chat.*"
+                ));
+            }
+        }
+        Ok(AclRule { subject, publish, subscribe })
+    }
+
+    /// Whether the rule applies to a client with this user name and these roles.
+    pub fn applies_to(&self, user: &str, roles: &[String]) -> bool {
+        match &self.subject {
+            Subject::Anyone => true,
+            Subject::User(name) => name == user,
+            Subject::Role(role) => roles.iter().any(|r| r == role),
+        }
     }
 }
 
@@ -364,6 +538,8 @@ const ENV_PREFIX: &str = "STAMPEDE_";
 const CONFIG_ENV: &str = "STAMPEDE_CONFIG";
 const HISTORY: &str = "history";
 const HISTORY_ENV: &str = "STAMPEDE_HISTORY";
+const ACL: &str = "acl";
+const ACL_ENV: &str = "STAMPEDE_ACL";
 const TOPIC_PREFIX: &str = "/topic/";
 
 /// One scalar setting: `name` is the flag (`--name`), the TOML key, and, upper-cased with `-` as
@@ -426,8 +602,15 @@ const SETTINGS: &[Setting] = &[
         "Most open transactions per connection"),
     setting("max-connections", "N", Builtin::Value("0"),
         "Most client connections on this node; 0 = unlimited"),
+    setting("max-connections-per-ip", "N", Builtin::Value("0"),
+        "Most client connections from one IP address; 0 = unlimited"),
+    setting("max-frame-rate", "N", Builtin::Value("0"),
+        "Frames per second one connection may send on average (heart-beats and WebSocket pings \
+         count); past it the connection gets an ERROR and is closed; 0 = unlimited"),
+    setting("frame-rate-burst", "N", Builtin::Value("1000"),
+        "Frames one connection may send at once above max-frame-rate"),
     setting("connect-timeout", "DURATION", Builtin::Value("10s"),
-        "Time from accept to a valid CONNECT frame, WebSocket handshake included"),
+        "Time from accept to a valid CONNECT frame, TLS and WebSocket handshakes included"),
     setting("outbound-buffer", "SIZE", Builtin::Value("4MiB"),
         "Bytes queued for one connection before the slow-consumer policy applies"),
     setting("slow-consumer", "disconnect|drop", Builtin::Value("disconnect"),
@@ -452,7 +635,51 @@ const SETTINGS: &[Setting] = &[
         "WebSocket write buffer per connection: flushed when it holds this much"),
     setting("drain-period", "DURATION", Builtin::Value("30s"),
         "On SIGTERM, client sessions are closed spread over this period"),
+    setting("users-file", "PATH", Builtin::Computed("unset"),
+        "Users who may CONNECT with login and passcode: one name:hash[:role,role] per line, the \
+         hash in argon2 or bcrypt form; turns authentication on"),
+    setting("jwt-secret", "SECRET", Builtin::Computed("unset"),
+        "Shared key (at least 32 bytes) of HS256 JSON Web Tokens; turns authentication on"),
+    setting("jwt-public-key", "PATH", Builtin::Computed("unset"),
+        "PEM file with the RSA (RS256) or P-256 (ES256) public key of JSON Web Tokens; turns \
+         authentication on"),
+    setting("jwt-jwks", "PATH", Builtin::Computed("unset"),
+        "JWKS file (JSON) of JSON Web Token keys, chosen by kid; turns authentication on"),
+    setting("jwt-algorithms", "ALG,...", Builtin::Computed("those of the configured keys"),
+        "JWT algorithms accepted, from HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 \
+         ES256 ES384; none is never accepted"),
+    setting("jwt-leeway", "DURATION", Builtin::Value("30s"),
+        "Clock skew tolerated on a JWT's exp and nbf"),
+    setting("jwt-audience", "AUD,...", Builtin::Computed("unset"),
+        "A JWT's aud must name one of these; unset: aud is not checked"),
+    setting("jwt-issuer", "ISS,...", Builtin::Computed("unset"),
+        "A JWT's iss must be one of these; unset: iss is not checked"),
+    setting("jwt-user-claim", "CLAIM", Builtin::Value("sub"),
+        "The JWT claim naming the user"),
+    setting("jwt-roles-claim", "CLAIM", Builtin::Value("roles"),
+        "The JWT claim listing the user's roles; dots reach into objects (realm_access.roles)"),
+    setting("acl-default", "allow|deny", Builtin::Value("deny"),
+        "What an authenticated client may do where no acl rule allows it (its own /user/ \
+         destinations are always allowed); ignored while authentication is off"),
+    setting("admin-token", "TOKEN", Builtin::Computed("unset"),
+        "Bearer token the admin API requires; /healthz and /readyz stay open; unset: open"),
+    setting("metrics-public", "true|false", Builtin::Value("false"),
+        "Serve /metrics without the admin token"),
+    setting("ws-origins", "ORIGIN,...", Builtin::Computed("unset"),
+        "Origins allowed to open a WebSocket, exact matches like https://app.example.com; * \
+         allows any; unset: no Origin check"),
+    setting("ws-allow-no-origin", "true|false", Builtin::Value("false"),
+        "With ws-origins set, accept WebSocket handshakes without an Origin header (non-browser \
+         clients)"),
+    setting("tls-cert", "PATH", Builtin::Computed("unset"),
+        "PEM certificate chain: the WebSocket and STOMP listeners speak TLS (wss, stomp+ssl); \
+         needs tls-key"),
+    setting("tls-key", "PATH", Builtin::Computed("unset"),
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls-cert"),
 ];
+
+/// Settings whose TOML value may also be an array of strings (joined with commas).
+const LIST_SETTINGS: &[&str] = &["jwt-algorithms", "jwt-audience", "jwt-issuer", "ws-origins"];
 
 const AFTER_HELP: &str = "\
 Precedence: flags, then environment variables, then the --config file (same names as the flags, \
@@ -498,15 +725,21 @@ fn command() -> Command {
             env_var(s.name)
         )));
     }
-    command.arg(
-        Arg::new(HISTORY).long(HISTORY).value_name("PATTERN=SIZE[,TTL]").action(ArgAction::Append).help(
+    command
+        .arg(Arg::new(HISTORY).long(HISTORY).value_name("PATTERN=SIZE[,TTL]").action(ArgAction::Append).help(
             format!(
                 "Keep the last SIZE messages (each for at most TTL) of topics matching PATTERN, \
                  where * matches anything, / included; repeatable, the first match wins \
                  [default: none] [env: {HISTORY_ENV}=, rules separated by ;]"
             ),
-        ),
-    )
+        ))
+        .arg(Arg::new(ACL).long(ACL).value_name("WHO ACTIONS PATTERN").action(ArgAction::Append).help(
+            format!(
+                "Allow WHO (user:NAME, role:NAME or * for anyone authenticated) to publish, subscribe or \
+         publish,subscribe to destinations matching PATTERN (* matches anything); repeatable \
+         [default: none] [env: {ACL_ENV}=, rules separated by ;]"
+            ),
+        ))
 }
 
 // === Layers ===
@@ -515,6 +748,18 @@ fn command() -> Command {
 struct ConfigFile {
     path: PathBuf,
     table: toml::Table,
+}
+
+/// One `[[acl]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclTable {
+    user: Option<String>,
+    role: Option<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
 }
 
 /// One `[[history]]` table.
@@ -536,8 +781,9 @@ impl ConfigFile {
             Ok(table) => table,
             Err(source) => return Err(ConfigError::ParseFile { path, source }),
         };
-        let unknown =
-            table.keys().find(|key| key.as_str() != HISTORY && SETTINGS.iter().all(|s| s.name != *key));
+        let unknown = table.keys().find(|key| {
+            key.as_str() != HISTORY && key.as_str() != ACL && SETTINGS.iter().all(|s| s.name != *key)
+        });
         if let Some(key) = unknown {
             return Err(ConfigError::UnknownKey { suggestion: closest_setting(key), key: key.clone(), path });
         }
@@ -555,6 +801,11 @@ impl ConfigFile {
             toml::Value::Integer(n) => Ok(n.to_string()),
             toml::Value::Float(x) => Ok(x.to_string()),
             toml::Value::Boolean(b) => Ok(b.to_string()),
+            toml::Value::Array(items)
+                if LIST_SETTINGS.contains(&name) && items.iter().all(toml::Value::is_str) =>
+            {
+                Ok(items.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(","))
+            }
             other => Err(ConfigError::Invalid {
                 setting: name,
                 origin: self.origin(),
@@ -562,6 +813,39 @@ impl ConfigFile {
                 reason: "expected a string or a number".to_owned(),
             }),
         }
+    }
+
+    fn acl(&self, value: &toml::Value) -> Result<Vec<AclRule>, ConfigError> {
+        let Some(entries) = value.as_array() else {
+            return Err(ConfigError::Invalid {
+                setting: ACL,
+                origin: self.origin(),
+                value: value.to_string(),
+                reason: "expected [[acl]] tables with user or role, publish and subscribe".to_owned(),
+            });
+        };
+        let fail = |entry: usize, reason: String| ConfigError::FileAcl {
+            path: self.path.clone(),
+            entry: entry + 1,
+            reason,
+        };
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                if !entry.is_table() {
+                    return Err(fail(i, "expected a table with user or role, publish and subscribe".into()));
+                }
+                let table: AclTable = entry.clone().try_into().map_err(|e| fail(i, e.to_string()))?;
+                let subject = match (table.user, table.role) {
+                    (Some(_), Some(_)) => return Err(fail(i, "give user or role, not both".into())),
+                    (Some(user), None) => Subject::User(user),
+                    (None, Some(role)) => Subject::Role(role),
+                    (None, None) => Subject::Anyone,
+                };
+                AclRule::build(subject, table.publish, table.subscribe).map_err(|reason| fail(i, reason))
+            })
+            .collect()
     }
 
     fn history(&self, value: &toml::Value) -> Result<Vec<HistoryRule>, ConfigError> {
@@ -699,6 +983,103 @@ impl Layers<'_> {
         }
     }
 
+    /// Access rules from the highest layer that has any; layers are not merged.
+    fn acl(&self) -> Result<Resolved<Vec<AclRule>>, ConfigError> {
+        let parse_all = |items: Vec<&str>, origin: Origin| {
+            let rules = items
+                .iter()
+                .map(|item| {
+                    parse_acl_rule(item).map_err(|reason| ConfigError::Invalid {
+                        setting: ACL,
+                        origin: origin.clone(),
+                        value: (*item).to_owned(),
+                        reason,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Resolved { value: rules, origin, text: items.join("; ") })
+        };
+        if let Some(items) = self.flags.get_many::<String>(ACL) {
+            let items = items.map(String::as_str).collect();
+            return parse_all(items, Origin::Flag(format!("--{ACL}")));
+        }
+        if let Some(list) = (self.env)(ACL_ENV) {
+            let items = list.split(';').map(str::trim).filter(|s| !s.is_empty());
+            return parse_all(items.collect(), Origin::Env(ACL_ENV.to_owned()));
+        }
+        match self.file.and_then(|file| Some((file, file.table.get(ACL)?))) {
+            Some((file, value)) => {
+                Ok(Resolved { value: file.acl(value)?, origin: file.origin(), text: "[[acl]]".to_owned() })
+            }
+            None => Ok(Resolved { value: Vec::new(), origin: Origin::Default, text: String::new() }),
+        }
+    }
+
+    /// Authentication, access rules and the admin token.
+    fn auth(&self) -> Result<AuthSettings, ConfigError> {
+        let secret = self.optional("jwt-secret", jwt_secret)?.map(|r| r.value);
+        let jwt = JwtSettings {
+            secret,
+            public_key: self.optional("jwt-public-key", path)?.map(|r| r.value),
+            jwks: self.optional("jwt-jwks", path)?.map(|r| r.value),
+            algorithms: self.optional("jwt-algorithms", jwt_algorithms)?.map(|r| r.value),
+            leeway: self.value("jwt-leeway", duration)?.value,
+            audience: self.optional("jwt-audience", list)?.map(|r| r.value),
+            issuer: self.optional("jwt-issuer", list)?.map(|r| r.value),
+            user_claim: self.value("jwt-user-claim", claim)?.value,
+            roles_claim: self.value("jwt-roles-claim", claim)?.value,
+        };
+        let users_file = self.optional("users-file", path)?.map(|r| r.value);
+        let acl = self.acl()?;
+        let auth = AuthSettings {
+            users_file,
+            jwt,
+            acl: acl.value,
+            acl_default: self.value("acl-default", acl_default)?.value,
+            admin_token: self.optional("admin-token", admin_token)?.map(|r| r.value),
+            metrics_public: self.value("metrics-public", boolean)?.value,
+        };
+        if !auth.enabled() && !auth.acl.is_empty() {
+            return Err(ConfigError::Needs {
+                setting: ACL,
+                origin: acl.origin,
+                reason: "needs authentication: set users-file, jwt-secret, jwt-public-key or jwt-jwks \
+                         (without it a client's login is not checked, so rules on it mean nothing)",
+            });
+        }
+        for name in ["jwt-algorithms", "jwt-audience", "jwt-issuer", "jwt-user-claim", "jwt-roles-claim"] {
+            if !auth.jwt.enabled() {
+                if let Some((_, origin)) = self.text(name)? {
+                    return Err(ConfigError::Needs {
+                        setting: name,
+                        origin,
+                        reason: "needs a JWT key: set jwt-secret, jwt-public-key or jwt-jwks",
+                    });
+                }
+            }
+        }
+        Ok(auth)
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let cert = self.optional("tls-cert", path)?;
+        let key = self.optional("tls-key", path)?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert: cert.value, key: key.value })),
+            (None, None) => Ok(None),
+            (Some(cert), None) => Err(ConfigError::Needs {
+                setting: "tls-cert",
+                origin: cert.origin,
+                reason: "needs tls-key, the certificate's private key",
+            }),
+            (None, Some(key)) => Err(ConfigError::Needs {
+                setting: "tls-key",
+                origin: key.origin,
+                reason: "needs tls-cert, the certificate it belongs to",
+            }),
+        }
+    }
+
     fn resolve(&self) -> Result<Config, ConfigError> {
         let listen = self.value("listen", socket_addr)?;
         let stomp_listen = self.value("stomp-listen", optional_socket_addr)?;
@@ -722,6 +1103,9 @@ impl Layers<'_> {
             max_subscriptions: self.value("max-subscriptions", |s| nonzero(count(s)))?.value,
             max_transactions: self.value("max-transactions", |s| nonzero(count(s)))?.value,
             max_connections: self.value("max-connections", count)?.value,
+            max_connections_per_ip: self.value("max-connections-per-ip", count)?.value,
+            max_frame_rate: self.value("max-frame-rate", count)?.value,
+            frame_rate_burst: self.value("frame-rate-burst", |s| nonzero(count(s)))?.value,
             connect_timeout: self.value("connect-timeout", |s| nonzero(duration(s)))?.value,
             outbound_buffer: self.value("outbound-buffer", |s| nonzero(size(s)))?.value,
             slow_consumer: self.value("slow-consumer", slow_consumer)?.value,
@@ -744,6 +1128,12 @@ impl Layers<'_> {
 
         let drain_period = self.value("drain-period", duration)?.value;
         let history = self.history()?;
+        let auth = self.auth()?;
+        let tls = self.tls()?;
+        let origins = OriginPolicy {
+            allowed: self.optional("ws-origins", origins)?.map(|r| r.value),
+            allow_missing: self.value("ws-allow-no-origin", boolean)?.value,
+        };
 
         check_distinct_ports(&[
             ("listen", Some(listen.value), &listen.origin),
@@ -765,6 +1155,9 @@ impl Layers<'_> {
             ws,
             drain_period,
             history,
+            auth,
+            tls,
+            origins,
         })
     }
 }
@@ -821,7 +1214,7 @@ fn closest_setting(key: &str) -> Option<&'static str> {
     SETTINGS
         .iter()
         .map(|s| s.name)
-        .chain([HISTORY])
+        .chain([HISTORY, ACL])
         .map(|name| (edit_distance(key, name), name))
         .filter(|&(distance, _)| distance <= 2)
         .min_by_key(|&(distance, _)| distance)
@@ -883,6 +1276,145 @@ fn nonzero<T: Default + PartialEq>(value: Result<T, String>) -> Result<T, String
         Ok(value) if value == T::default() => Err("must be greater than 0".to_owned()),
         other => other,
     }
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn path(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("expected a file path".to_owned());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// Comma-separated, trimmed, empty items dropped; at least one item.
+fn list(text: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> =
+        text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if items.is_empty() {
+        return Err("expected one or more values separated by commas".to_owned());
+    }
+    Ok(items)
+}
+
+/// Shortest HMAC key accepted: RFC 7518 asks for a key at least as long as the hash (256 bits).
+const MIN_JWT_SECRET: usize = 32;
+
+fn jwt_secret(text: &str) -> Result<Secret, String> {
+    if text.len() < MIN_JWT_SECRET {
+        return Err(format!("must be at least {MIN_JWT_SECRET} bytes (RFC 7518: as long as the hash)"));
+    }
+    Ok(Secret::new(text))
+}
+
+fn admin_token(text: &str) -> Result<Secret, String> {
+    if text.len() < 16 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("expected at least 16 characters without spaces".to_owned());
+    }
+    Ok(Secret::new(text))
+}
+
+/// Algorithms the broker verifies; `none` is refused by name.
+fn jwt_algorithms(text: &str) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+    use jsonwebtoken::Algorithm::*;
+    const ACCEPTED: [jsonwebtoken::Algorithm; 11] =
+        [HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384];
+    let mut out = Vec::new();
+    for item in list(text)? {
+        if item.eq_ignore_ascii_case("none") {
+            return Err("none (unsigned tokens) is never accepted".to_owned());
+        }
+        let alg = item
+            .to_ascii_uppercase()
+            .parse::<jsonwebtoken::Algorithm>()
+            .ok()
+            .filter(|alg| ACCEPTED.contains(alg))
+            .ok_or_else(|| {
+                format!(
+                    "unknown algorithm {item:?}: expected HS256, HS384, HS512, RS256, RS384, RS512, \
+                     PS256, PS384, PS512, ES256 or ES384"
+                )
+            })?;
+        if !out.contains(&alg) {
+            out.push(alg);
+        }
+    }
+    Ok(out)
+}
+
+fn claim(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.split('.').all(|part| !part.is_empty())
+        && text.chars().all(|c| !c.is_whitespace() && !c.is_control());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected a claim name, dots separating nested names".to_owned())
+    }
+}
+
+fn acl_default(text: &str) -> Result<AclDefault, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "allow" => Ok(AclDefault::Allow),
+        "deny" => Ok(AclDefault::Deny),
+        _ => Err("expected allow or deny".to_owned()),
+    }
+}
+
+/// `*`, or `scheme://host[:port]` without a path, as browsers send it; kept lower-cased.
+fn origins(text: &str) -> Result<Vec<String>, String> {
+    list(text)?
+        .into_iter()
+        .map(|origin| {
+            if origin == "*" {
+                return Ok(origin);
+            }
+            let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                    && !rest.is_empty()
+                    && !rest.contains(['/', '?', '#', '*', ' '])
+            });
+            if valid {
+                Ok(origin.to_ascii_lowercase())
+            } else {
+                Err(format!(
+                    "origin {origin:?}: expected scheme://host[:port] like https://app.example.com, or *"
+                ))
+            }
+        })
+        .collect()
+}
+
+/// `WHO ACTIONS PATTERN`, as `--acl` and `STAMPEDE_ACL` take it.
+fn parse_acl_rule(text: &str) -> Result<AclRule, String> {
+    let expected =
+        || "expected WHO ACTIONS PATTERN like \"role:traders publish,subscribe /topic/prices/*\"".to_owned();
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [who, actions, pattern] = parts[..] else { return Err(expected()) };
+    let subject = match who.split_once(':') {
+        None if who == "*" => Subject::Anyone,
+        Some(("user", name)) if !name.is_empty() => Subject::User(name.to_owned()),
+        Some(("role", name)) if !name.is_empty() => Subject::Role(name.to_owned()),
+        _ => return Err(format!("who {who:?}: expected user:NAME, role:NAME or *")),
+    };
+    let (mut publish, mut subscribe) = (Vec::new(), Vec::new());
+    for action in actions.split(',') {
+        match action {
+            "publish" => publish.push(pattern.to_owned()),
+            "subscribe" => subscribe.push(pattern.to_owned()),
+            other => {
+                return Err(format!("action {other:?}: expected publish, subscribe or publish,subscribe"))
+            }
+        }
+    }
+    AclRule::build(subject, publish, subscribe)
 }
 
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
@@ -1001,7 +1533,7 @@ fn parse_history_rule(text: &str) -> Result<HistoryRule, String> {
 }
 
 /// `*` matches any run of bytes, `/` included; everything else matches itself.
-fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where the last `*` was, and where in `text` its current run ends.
     let mut star: Option<(usize, usize)> = None;
@@ -1137,6 +1669,9 @@ mod tests {
                 max_subscriptions: 1024,
                 max_transactions: 16,
                 max_connections: 0,
+                max_connections_per_ip: 0,
+                max_frame_rate: 0,
+                frame_rate_burst: 1000,
                 connect_timeout: Duration::from_secs(10),
                 outbound_buffer: 4 << 20,
                 slow_consumer: SlowConsumerPolicy::Disconnect,
@@ -1158,6 +1693,30 @@ mod tests {
         assert_eq!(c.ws, WsTuning { read_buffer: 8 * 1024, write_buffer: 64 * 1024 });
         assert_eq!(c.drain_period, Duration::from_secs(30));
         assert!(c.history.is_empty());
+        assert_eq!(
+            c.auth,
+            AuthSettings {
+                users_file: None,
+                jwt: JwtSettings {
+                    secret: None,
+                    public_key: None,
+                    jwks: None,
+                    algorithms: None,
+                    leeway: Duration::from_secs(30),
+                    audience: None,
+                    issuer: None,
+                    user_claim: "sub".into(),
+                    roles_claim: "roles".into(),
+                },
+                acl: Vec::new(),
+                acl_default: AclDefault::Deny,
+                admin_token: None,
+                metrics_public: false,
+            }
+        );
+        assert!(!c.auth.enabled(), "authentication is off by default");
+        assert_eq!(c.tls, None);
+        assert_eq!(c.origins, OriginPolicy { allowed: None, allow_missing: false });
     }
 
     #[test]
@@ -1487,6 +2046,182 @@ mod tests {
         assert_eq!(Config::default().history_for("/topic/chat"), None);
     }
 
+    // --- security ---
+
+    #[test]
+    fn security_settings_from_every_layer() {
+        let file = TempFile::new(
+            r#"
+            users-file = "/etc/stampede/users"
+            jwt-public-key = "/etc/stampede/jwt.pem"
+            jwt-algorithms = ["RS256", "es256"]
+            jwt-audience = ["stampede", "chat"]
+            ws-origins = ["https://App.example.com", "http://localhost:3000"]
+            ws-allow-no-origin = true
+            max-connections-per-ip = 20
+            "#,
+        );
+        let c = ok(
+            &["--config", file.path(), "--jwt-leeway", "5s", "--max-frame-rate", "100"],
+            &[("STAMPEDE_JWT_ISSUER", "https://idp"), ("STAMPEDE_ACL_DEFAULT", "allow")],
+        );
+        assert_eq!(c.auth.users_file, Some(PathBuf::from("/etc/stampede/users")));
+        assert_eq!(c.auth.jwt.public_key, Some(PathBuf::from("/etc/stampede/jwt.pem")));
+        assert_eq!(
+            c.auth.jwt.algorithms,
+            Some(vec![jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::ES256])
+        );
+        assert_eq!(c.auth.jwt.audience, Some(vec!["stampede".to_owned(), "chat".to_owned()]));
+        assert_eq!(c.auth.jwt.issuer, Some(vec!["https://idp".to_owned()]));
+        assert_eq!(c.auth.jwt.leeway, Duration::from_secs(5));
+        assert_eq!(c.auth.acl_default, AclDefault::Allow);
+        assert_eq!(
+            c.origins,
+            OriginPolicy {
+                allowed: Some(vec!["https://app.example.com".into(), "http://localhost:3000".into()]),
+                allow_missing: true,
+            }
+        );
+        assert_eq!((c.limits.max_connections_per_ip, c.limits.max_frame_rate), (20, 100));
+        assert!(c.auth.enabled());
+    }
+
+    #[test]
+    fn secrets_are_checked_and_never_printed() {
+        let secret = "s".repeat(32);
+        let token = "admin-token-0123456789";
+        let c = ok(&["--jwt-secret", &secret, "--admin-token", token], &[]);
+        assert_eq!(c.auth.jwt.secret.as_ref().map(Secret::expose), Some(secret.as_str()));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(&secret) && !debug.contains(token), "{debug}");
+        let e = err(&["--jwt-secret", "short"], &[]);
+        assert!(e.starts_with("invalid value for jwt-secret") && e.contains("at least 32 bytes"), "{e}");
+        let e = err(&[], &[("STAMPEDE_ADMIN_TOKEN", "short")]);
+        assert!(e.contains("admin-token") && e.contains("at least 16 characters"), "{e}");
+    }
+
+    #[test]
+    fn unsigned_and_unknown_algorithms_are_refused() {
+        let secret = "s".repeat(32);
+        let e = err(&["--jwt-secret", &secret, "--jwt-algorithms", "HS256,none"], &[]);
+        assert!(e.contains("none (unsigned tokens) is never accepted"), "{e}");
+        let e = err(&["--jwt-secret", &secret, "--jwt-algorithms", "HS1"], &[]);
+        assert!(e.contains("unknown algorithm \"HS1\""), "{e}");
+        let e = err(&["--jwt-secret", &secret, "--jwt-algorithms", "EdDSA"], &[]);
+        assert!(e.contains("unknown algorithm"), "{e}");
+    }
+
+    #[test]
+    fn jwt_rules_without_a_key_are_refused() {
+        let e = err(&["--jwt-audience", "x"], &[]);
+        assert_eq!(
+            e,
+            "jwt-audience (from command line --jwt-audience) needs a JWT key: set jwt-secret, \
+             jwt-public-key or jwt-jwks"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let e = err(&["--tls-cert", "/c.pem"], &[]);
+        assert_eq!(e, "tls-cert (from command line --tls-cert) needs tls-key, the certificate's private key");
+        let e = err(&[], &[("STAMPEDE_TLS_KEY", "/k.pem")]);
+        assert!(e.starts_with("tls-key (from environment STAMPEDE_TLS_KEY) needs tls-cert"), "{e}");
+        let c = ok(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"], &[]);
+        assert_eq!(c.tls, Some(TlsFiles { cert: "/c.pem".into(), key: "/k.pem".into() }));
+    }
+
+    #[test]
+    fn origins_are_exact_or_star() {
+        let c = ok(&["--ws-origins", "*"], &[]);
+        assert_eq!(c.origins.allowed, Some(vec!["*".to_owned()]));
+        for bad in ["app.example.com", "https://app.example.com/", "https://*.example.com", "https://"] {
+            let e = err(&["--ws-origins", bad], &[]);
+            assert!(e.contains("expected scheme://host[:port]"), "{bad}: {e}");
+        }
+        let e = err(&["--ws-allow-no-origin", "maybe"], &[]);
+        assert!(e.contains("expected true or false"), "{e}");
+    }
+
+    #[test]
+    fn acl_rules_from_every_layer() {
+        let secret = "s".repeat(32);
+        let file = TempFile::new(
+            r#"
+            [[acl]]
+            role = "traders"
+            publish = ["/queue/orders"]
+            subscribe = ["/topic/prices/*"]
+
+            [[acl]]
+            subscribe = ["/topic/public.*"]
+            "#,
+        );
+        let c = ok(&["--config", file.path(), "--jwt-secret", &secret], &[]);
+        assert_eq!(
+            c.auth.acl,
+            vec![
+                AclRule {
+                    subject: Subject::Role("traders".into()),
+                    publish: vec!["/queue/orders".into()],
+                    subscribe: vec!["/topic/prices/*".into()],
+                },
+                AclRule {
+                    subject: Subject::Anyone,
+                    publish: vec![],
+                    subscribe: vec!["/topic/public.*".into()]
+                },
+            ]
+        );
+        let env = [
+            ("STAMPEDE_CONFIG", file.path()),
+            ("STAMPEDE_ACL", "user:ann publish /user/*; * subscribe /topic/x"),
+        ];
+        let c = ok(&["--jwt-secret", &secret], &env);
+        assert_eq!(c.auth.acl.len(), 2, "the environment replaces the file");
+        assert_eq!(c.auth.acl[0].subject, Subject::User("ann".into()));
+        let c = ok(&["--jwt-secret", &secret, "--acl", "role:ops publish,subscribe /queue/*"], &env);
+        assert_eq!(c.auth.acl.len(), 1, "flags replace the environment");
+        assert_eq!((c.auth.acl[0].publish.len(), c.auth.acl[0].subscribe.len()), (1, 1));
+    }
+
+    #[test]
+    fn bad_acl_rules_are_named() {
+        let secret = "s".repeat(32);
+        let e = err(&["--jwt-secret", &secret, "--acl", "role:x read /topic/a"], &[]);
+        assert!(
+            e.starts_with("invalid value for acl from command line --acl") && e.contains("action \"read\""),
+            "{e}"
+        );
+        let e = err(&["--jwt-secret", &secret, "--acl", "group:x publish /topic/a"], &[]);
+        assert!(e.contains("expected user:NAME, role:NAME or *"), "{e}");
+        let e = err(&["--jwt-secret", &secret, "--acl", "* publish topic/a"], &[]);
+        assert!(e.contains("starting with /"), "{e}");
+        let e = err(&["--jwt-secret", &secret, "--acl", "* publish"], &[]);
+        assert!(e.contains("expected WHO ACTIONS PATTERN"), "{e}");
+        let file = TempFile::new("[[acl]]\nuser = \"a\"\nrole = \"b\"\npublish = [\"/topic/a\"]");
+        let e = err(&["--config", file.path(), "--jwt-secret", &secret], &[]);
+        assert!(e.contains("invalid [[acl]] entry 1") && e.contains("not both"), "{e}");
+        let file = TempFile::new("[[acl]]\nrole = \"b\"");
+        let e = err(&["--config", file.path(), "--jwt-secret", &secret], &[]);
+        assert!(e.contains("at least one pattern"), "{e}");
+        let file = TempFile::new("[[acl]]\nrole = \"b\"\npublsh = [\"/topic/a\"]");
+        let e = err(&["--config", file.path(), "--jwt-secret", &secret], &[]);
+        assert!(e.contains("entry 1") && e.contains("publsh"), "{e}");
+    }
+
+    #[test]
+    fn acl_rules_without_authentication_are_refused() {
+        let e = err(&["--acl", "* publish /topic/a"], &[]);
+        assert!(e.starts_with("acl (from command line --acl) needs authentication"), "{e}");
+    }
+
+    #[test]
+    fn frame_rate_burst_must_be_positive() {
+        let e = err(&["--frame-rate-burst", "0"], &[]);
+        assert!(e.contains("frame-rate-burst") && e.ends_with("must be greater than 0"), "{e}");
+    }
+
     // --- validation ---
 
     #[test]
@@ -1698,7 +2433,14 @@ mod tests {
             assert!(help.contains(&format!("[default: {default}]")), "{} default", s.name);
             assert!(help.contains(&format!("[env: {}=]", env_var(s.name))), "{} env", s.name);
         }
-        for extra in ["--config <PATH>", "STAMPEDE_CONFIG", "--history <", "STAMPEDE_HISTORY"] {
+        for extra in [
+            "--config <PATH>",
+            "STAMPEDE_CONFIG",
+            "--history <",
+            "STAMPEDE_HISTORY",
+            "--acl <",
+            "STAMPEDE_ACL",
+        ] {
             assert!(help.contains(extra), "{extra} missing");
         }
     }

@@ -7,12 +7,17 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /api/v1/publish` | publishes `{"destination", "headers", "body"}` without STOMP |
 //! | `GET /api/v1/nodes` | the live nodes of the cluster with their connection and subscription counts |
+//!
+//! With `admin-token` set, every route but `/healthz` and `/readyz` (and `/metrics` with
+//! `metrics-public`) needs `Authorization: Bearer <admin-token>`, else 401; the check is
+//! [`crate::auth::Auth::admin_allows`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,7 +42,22 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/nodes", get(nodes))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
         .with_state(ctx)
+}
+
+/// Lets a request through when the admin token allows it.
+async fn guard(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if ctx.auth().admin_allows(request.uri().path(), authorization) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "admin token required: Authorization: Bearer <admin-token>".to_owned(),
+    );
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> Response {

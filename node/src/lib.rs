@@ -6,12 +6,15 @@
 //! # Layout
 //! Dependencies flow one way: [`stomp`] (the frame codec, pure) → [`session`] (one client's
 //! state machine) → [`hub`] (local subscriptions and fan-out) → [`engine`] (the trait and its
-//! back ends). [`transport`] feeds sessions from WebSocket and TCP listeners; [`http`] serves
-//! health, metrics and the admin API; [`config`], [`destination`] and [`metrics`] stand beside.
+//! back ends). [`transport`] feeds sessions from WebSocket and TCP listeners (plain or TLS);
+//! [`http`] serves health, metrics and the admin API; [`config`], [`auth`] (who a client is and
+//! what it may do), [`destination`] and [`metrics`] stand beside.
 //!
-//! The binary is thin: it loads [`config::Config`], starts tracing, binds [`Listeners`] and calls
-//! [`run`]. Tests bind port 0 and call [`run`] the same way.
+//! The binary is thin: it loads [`config::Config`], checks the files it names with
+//! [`Security::load`], starts tracing, binds [`Listeners`] and calls [`run`]. Tests bind port 0
+//! and call [`run`] the same way.
 
+pub mod auth;
 pub mod config;
 pub mod destination;
 pub mod engine;
@@ -43,6 +46,41 @@ pub enum Error {
     Bind { setting: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the cluster engine (redis-url): {0}")]
     ClusterEngine(#[source] crate::engine::EngineError),
+    #[error("{0}")]
+    Auth(#[from] auth::LoadError),
+    #[error("{0}")]
+    Tls(#[from] transport::tls::TlsError),
+}
+
+/// The node's authentication and TLS, loaded from the files the configuration names.
+pub struct Security {
+    pub auth: auth::Auth,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Security {
+    /// Reads and checks the users file, the JWT keys and the TLS certificate and key.
+    pub fn load(config: &Config) -> Result<Security, Error> {
+        let auth = auth::Auth::load(config)?;
+        let tls = config.tls.as_ref().map(transport::tls::acceptor).transpose()?;
+        Ok(Security { auth, tls })
+    }
+
+    /// Logs what an operator should know about the node's exposure.
+    fn warn(&self, config: &Config) {
+        if !self.auth.enabled() {
+            tracing::warn!(
+                "authentication is off: any client may connect and claim any login; set users-file \
+                 or jwt-secret, jwt-public-key or jwt-jwks to require it (see docs/security.md)"
+            );
+        } else if !self.auth.origin_check_enabled() {
+            tracing::warn!("ws-origins is unset: web pages of any origin may open a WebSocket to this node");
+        }
+        let public_admin = config.admin_listen.is_some_and(|addr| !addr.ip().is_loopback());
+        if public_admin && !self.auth.admin_token_set() {
+            tracing::warn!("the admin API is open on a non-loopback address: set admin-token");
+        }
+    }
 }
 
 /// The node's bound sockets. Binding happens before [`run`], so tests can bind port 0 and read
@@ -80,6 +118,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let security = Security::load(&config)?;
+    security.warn(&config);
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let engine = match &config.redis_url {
@@ -94,16 +134,19 @@ pub async fn run(
     };
     let hub = Hub::new(engine, metrics.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
-    let ctx = Arc::new(Context::new(config.clone(), hub, metrics, drain_rx));
+    let ctx = Arc::new(
+        Context::new(config.clone(), hub, metrics, drain_rx).with_security(security.auth, security.tls),
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
+    let tls = ctx.tls().is_some();
     if let Ok(addr) = listeners.ws.local_addr() {
-        tracing::info!(%addr, path = transport::ws::PATH, "WebSocket listening");
+        tracing::info!(%addr, path = transport::ws::PATH, tls, "WebSocket listening");
     }
     tasks.spawn(transport::ws::serve(listeners.ws, ctx.clone()));
     if let Some(listener) = listeners.stomp {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "STOMP over TCP listening");
+            tracing::info!(%addr, tls, "STOMP over TCP listening");
         }
         tasks.spawn(transport::tcp::serve(listener, ctx.clone()));
     }

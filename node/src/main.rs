@@ -1,4 +1,5 @@
-//! The `stampede` binary: load the configuration, start tracing, bind, run until a signal.
+//! The `stampede` binary: load the configuration and the files it names, start tracing, bind,
+//! run until a signal.
 
 use stampede::config::{Config, ConfigError, LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -12,6 +13,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The users file, keys and certificate are checked before any socket opens; `run` loads
+    // them again (cheaply) for itself.
+    if let Err(e) = stampede::Security::load(&config) {
+        eprintln!("stampede: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -66,6 +66,8 @@ pub struct Metrics {
     subscriptions: Gauge,
     queue_depth: Family<QueueLabel, Gauge<u64, AtomicU64>>,
     errors: Counter,
+    auth_failures: Counter,
+    access_denied: Counter,
     engine_events: Vec<Counter>,
     open_connections: AtomicU64,
 }
@@ -124,6 +126,18 @@ impl Metrics {
         registry.register("queue_depth", "Messages waiting in a queue", queue_depth.clone());
         let errors = Counter::default();
         registry.register("protocol_errors", "ERROR frames sent to clients", errors.clone());
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Clients refused by authentication (bad credentials or token, expired token)",
+            auth_failures.clone(),
+        );
+        let access_denied = Counter::default();
+        registry.register(
+            "access_denied",
+            "SEND or SUBSCRIBE frames refused by the access rules",
+            access_denied.clone(),
+        );
         let events_family = Family::<EventLabel, Counter>::default();
         registry.register("engine_events", "Cluster engine events, by kind", events_family.clone());
         let engine_events = ENGINE_EVENTS
@@ -141,6 +155,8 @@ impl Metrics {
             subscriptions,
             queue_depth,
             errors,
+            auth_failures,
+            access_denied,
             engine_events,
             open_connections: AtomicU64::new(0),
         }
@@ -210,6 +226,14 @@ impl Metrics {
 
     pub fn error_sent(&self) {
         self.errors.inc();
+    }
+
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+
+    pub fn access_denied(&self) {
+        self.access_denied.inc();
     }
 
     /// Renders the Prometheus text format, with queue depths read now.

@@ -1,12 +1,15 @@
-//! What every session of a node shares: configuration, the hub, metrics, the drain signal and
-//! the connection count.
+//! What every session of a node shares: configuration, the hub, metrics, the drain signal,
+//! authentication and TLS, and the connection counts (per node and per client address).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -21,18 +24,45 @@ pub struct Context {
     node_tag: String,
     sessions: AtomicU64,
     connections: Arc<AtomicUsize>,
+    /// Open connections by client address, kept only with `max-connections-per-ip` set.
+    per_address: PerAddress,
+    auth: Auth,
+    tls: Option<TlsAcceptor>,
 }
 
-/// A connection's place within `max-connections`; released when dropped.
+/// Open connections by client address; locked only to count one in or out.
+type PerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A connection's place within `max-connections` and `max-connections-per-ip`; released when
+/// dropped.
 #[derive(Debug)]
 pub struct Permit {
     connections: Arc<AtomicUsize>,
+    address: Option<(PerAddress, IpAddr)>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some((per_address, ip)) = &self.address {
+            let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = counts.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(ip);
+                }
+            }
+        }
     }
+}
+
+/// Why a connection was not admitted; the text is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many connections (max-connections is {0})")]
+    NodeFull(usize),
+    #[error("too many connections from {0} (max-connections-per-ip is {1})")]
+    AddressFull(IpAddr, usize),
 }
 
 impl Context {
@@ -50,7 +80,25 @@ impl Context {
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
             sessions: AtomicU64::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
+            per_address: Arc::new(Mutex::new(HashMap::new())),
+            auth: Auth::off(),
+            tls: None,
         }
+    }
+
+    /// The same context with authentication and TLS (a context from [`Context::new`] has
+    /// neither: every client is trusted, connections are plain text).
+    pub fn with_security(self, auth: Auth, tls: Option<TlsAcceptor>) -> Context {
+        Context { auth, tls, ..self }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// The TLS acceptor of the client listeners, when TLS is configured.
+    pub fn tls(&self) -> Option<&TlsAcceptor> {
+        self.tls.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -85,14 +133,33 @@ impl Context {
         self.connections.load(Ordering::Acquire)
     }
 
-    /// Takes a place for a new connection, or None when `max-connections` are open.
-    pub fn admit(&self, _peer: SocketAddr) -> Option<Permit> {
+    /// Takes a place for a new connection, or says which limit is reached: `max-connections`
+    /// on this node or `max-connections-per-ip` for the client's address.
+    pub fn admit(&self, peer: SocketAddr) -> Result<Permit, Refusal> {
         let max = self.config.limits.max_connections;
         let admitted = self
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1))
             .is_ok();
-        admitted.then(|| Permit { connections: self.connections.clone() })
+        if !admitted {
+            return Err(Refusal::NodeFull(max));
+        }
+        // From here, dropping the permit gives the node-wide place back.
+        let mut permit = Permit { connections: self.connections.clone(), address: None };
+        let per_ip = self.config.limits.max_connections_per_ip;
+        if per_ip > 0 {
+            let ip = canonical(peer.ip());
+            let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(ip).or_insert(0);
+            if *n >= per_ip {
+                drop(counts);
+                return Err(Refusal::AddressFull(ip, per_ip));
+            }
+            *n += 1;
+            drop(counts);
+            permit.address = Some((self.per_address.clone(), ip));
+        }
+        Ok(permit)
     }
 
     /// The codec's limits from the configuration.
@@ -104,5 +171,23 @@ impl Context {
             max_headers: l.max_headers,
             max_header_line: l.max_header_length,
         }
+    }
+
+    /// What a connection's reader enforces: the codec's limits and the frame rate.
+    pub fn read_limits(&self) -> crate::transport::ReadLimits {
+        let l = &self.config.limits;
+        crate::transport::ReadLimits {
+            codec: self.codec_limits(),
+            frame_rate: l.max_frame_rate,
+            frame_burst: l.frame_rate_burst,
+        }
+    }
+}
+
+/// An IPv4 client seen through an IPv6 socket counts as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }

@@ -1,5 +1,6 @@
 //! Why a session refuses a client. Each variant becomes one ERROR frame in `Session::fail`.
 
+use crate::auth::AuthError;
 use crate::destination::DestinationError;
 use crate::engine::EngineError;
 use crate::stomp::ProtocolError;
@@ -13,6 +14,12 @@ pub enum SessionError {
     Destination(#[from] DestinationError),
     #[error("{0}")]
     Engine(#[from] EngineError),
+    /// Authentication or authorization refused the client.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// The client broke the WebSocket protocol.
+    #[error("{0}")]
+    WebSocket(String),
     #[error("{command} frame lacks the required {header} header")]
     MissingHeader { command: &'static str, header: &'static str },
     /// A frame that is well formed but not acceptable here.
@@ -55,7 +62,9 @@ impl SessionError {
     pub fn close_reason(&self) -> CloseReason {
         match self {
             SessionError::ShuttingDown => CloseReason::Restart,
-            SessionError::SlowConsumer | SessionError::Limit(_) => CloseReason::Policy,
+            SessionError::SlowConsumer | SessionError::Limit(_) | SessionError::Auth(_) => {
+                CloseReason::Policy
+            }
             SessionError::HeartbeatTimeout | SessionError::ConnectTimeout | SessionError::Transport(_) => {
                 CloseReason::Normal
             }
@@ -72,6 +81,14 @@ impl SessionError {
             SessionError::Engine(_) => "The broker could not store or publish the message; retry later.",
             SessionError::SlowConsumer => "The client did not read its messages fast enough.",
             SessionError::ShuttingDown => "This node is draining for a restart.",
+            SessionError::Auth(AuthError::Forbidden { .. }) => {
+                "The access rules (acl) do not allow this for your user or roles."
+            }
+            SessionError::Auth(AuthError::Expired) => {
+                "Connect again with a fresh token, or SEND one to /auth/refresh before exp."
+            }
+            SessionError::Auth(_) => "Check the credentials; see docs/security.md.",
+            SessionError::WebSocket(_) => "The WebSocket frames were not valid (RFC 6455).",
             _ => "",
         };
         if hint.is_empty() {

@@ -9,24 +9,30 @@
 //! Every refusal is a [`SessionError`]; [`Session::fail`] is the one place that turns it into
 //! an ERROR frame and closes.
 //!
+//! Security decisions are [`crate::auth`]'s: at CONNECT the session asks it who the client is
+//! (an [`Identity`]), at each SEND and SUBSCRIBE whether that client may, and a token's expiry
+//! becomes a timer that ends the session unless the client SENDs a fresh token to
+//! [`REFRESH_DESTINATION`] first.
+//!
 //! Layout: `mod.rs` (the loop and frame handling), `context.rs` (what sessions of a node share),
 //! `error.rs`.
 
 mod context;
 mod error;
 
-pub use context::{Context, Permit};
+pub use context::{Context, Permit, Refusal};
 pub use error::SessionError;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message};
 use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber};
@@ -65,16 +71,29 @@ struct Resume {
     gap: bool,
 }
 
-/// Runs a session to its end. `permit` holds the connection's place in the node's limits.
+/// A connection a transport accepted and hands to its session.
+#[derive(Debug)]
+pub struct Accepted {
+    /// `ws` or `tcp`, for metrics and logs.
+    pub transport: &'static str,
+    pub peer: SocketAddr,
+    /// The connection's place in the node's limits, held until the session ends.
+    pub permit: Permit,
+    /// `connect-timeout` after the accept: CONNECT must have arrived by then.
+    pub deadline: tokio::time::Instant,
+    /// A token from the WebSocket handshake (`Authorization: Bearer` or `?token=`).
+    pub bearer: Option<String>,
+}
+
+/// Runs a session to its end.
 pub async fn run<S: FrameSink>(
     ctx: Arc<Context>,
-    transport: &'static str,
     sink: S,
     inbound: mpsc::Receiver<Inbound>,
     negotiated: oneshot::Sender<Negotiated>,
-    peer: SocketAddr,
-    permit: Permit,
+    accepted: Accepted,
 ) {
+    let Accepted { transport, peer, permit, deadline, bearer } = accepted;
     ctx.metrics().connection_opened(transport);
     let config = ctx.config();
     let (outbox, deliveries) = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
@@ -90,6 +109,10 @@ pub async fn run<S: FrameSink>(
         tag,
         version: None,
         user: None,
+        identity: Identity::trusted(None),
+        bearer,
+        connect_deadline: deadline,
+        token_deadline: None,
         heartbeat_out: None,
         last_write: Instant::now(),
         wrote: false,
@@ -129,7 +152,15 @@ struct Session<S> {
     tag: String,
     /// Set once CONNECTED.
     version: Option<Version>,
+    /// The identity's user name, for `/user/` destinations.
     user: Option<String>,
+    /// Who the client is; trusted and anonymous until CONNECT.
+    identity: Identity,
+    /// A token from the WebSocket handshake, used at CONNECT.
+    bearer: Option<String>,
+    connect_deadline: tokio::time::Instant,
+    /// When the token the client authenticated with runs out (`exp` + `jwt-leeway`).
+    token_deadline: Option<tokio::time::Instant>,
     heartbeat_out: Option<Duration>,
     last_write: Instant,
     /// Something was fed to the sink since the last flush.
@@ -162,14 +193,17 @@ enum Event {
     DrainStarted,
     Drain,
     ConnectTimeout,
+    TokenExpired,
     SlowConsumer,
 }
 
 impl<S: FrameSink> Session<S> {
     async fn run(&mut self) {
         let mut draining = self.ctx.draining();
-        let connect_deadline = tokio::time::sleep(self.ctx.config().limits.connect_timeout);
+        let connect_deadline = tokio::time::sleep_until(self.connect_deadline);
         tokio::pin!(connect_deadline);
+        let mut token_expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut token_armed: Option<tokio::time::Instant> = None;
         let mut drain_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         if *draining.borrow() {
             drain_at = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
@@ -186,6 +220,10 @@ impl<S: FrameSink> Session<S> {
                     heartbeat_armed = true;
                 }
             }
+            if self.token_deadline != token_armed {
+                token_armed = self.token_deadline;
+                token_expiry = token_armed.map(|at| Box::pin(tokio::time::sleep_until(at)));
+            }
             let connected = self.version.is_some();
             let event = tokio::select! {
                 biased;
@@ -193,6 +231,9 @@ impl<S: FrameSink> Session<S> {
                 _ = async { drain_at.as_mut().expect("armed").await }, if drain_at.is_some() => Event::Drain,
                 Ok(()) = draining.changed(), if drain_at.is_none() => Event::DrainStarted,
                 _ = &mut connect_deadline, if !connected => Event::ConnectTimeout,
+                _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
+                    Event::TokenExpired
+                }
                 inbound = self.inbound.recv() => Event::Inbound(inbound),
                 Some(delivery) = self.deliveries.recv() => Event::Delivery(delivery),
                 _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
@@ -201,6 +242,7 @@ impl<S: FrameSink> Session<S> {
                 Event::SlowConsumer => Err(SessionError::SlowConsumer),
                 Event::Drain => Err(SessionError::ShuttingDown),
                 Event::ConnectTimeout => Err(SessionError::ConnectTimeout),
+                Event::TokenExpired => Err(SessionError::Auth(AuthError::Expired)),
                 Event::DrainStarted => {
                     if *draining.borrow() {
                         drain_at = Some(Box::pin(tokio::time::sleep(self.drain_delay())));
@@ -253,6 +295,15 @@ impl<S: FrameSink> Session<S> {
             Event::Inbound(Some(Inbound::Invalid(error))) => Err(SessionError::Protocol(error)),
             Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
             Event::Inbound(Some(Inbound::TooLarge(why))) => Err(SessionError::Limit(why)),
+            Event::Inbound(Some(Inbound::RateLimited)) => {
+                let limits = &self.ctx.config().limits;
+                Err(SessionError::limit(format!(
+                    "frame rate exceeded: more than {} frames per second (max-frame-rate), in bursts \
+                     of {} (frame-rate-burst)",
+                    limits.max_frame_rate, limits.frame_rate_burst
+                )))
+            }
+            Event::Inbound(Some(Inbound::WebSocket(why))) => Err(SessionError::WebSocket(why)),
             Event::Inbound(Some(Inbound::Frame(frame))) => {
                 self.ctx.metrics().frame_in(frame.command);
                 let receipt = frame.get("receipt").map(str::to_owned);
@@ -280,9 +331,11 @@ impl<S: FrameSink> Session<S> {
                 }
                 Ok(Flow::Continue)
             }
-            Event::DrainStarted | Event::Drain | Event::ConnectTimeout | Event::SlowConsumer => {
-                Ok(Flow::Continue)
-            }
+            Event::DrainStarted
+            | Event::Drain
+            | Event::ConnectTimeout
+            | Event::TokenExpired
+            | Event::SlowConsumer => Ok(Flow::Continue),
         }
     }
 
@@ -419,6 +472,14 @@ impl<S: FrameSink> Session<S> {
             SessionError::HeartbeatTimeout | SessionError::ConnectTimeout => {
                 tracing::debug!(%error, "closing session")
             }
+            SessionError::Auth(AuthError::Forbidden { .. }) => {
+                self.ctx.metrics().access_denied();
+                tracing::info!(%error, user = ?self.user, "refused client")
+            }
+            SessionError::Auth(_) => {
+                self.ctx.metrics().auth_failed();
+                tracing::info!(%error, "refused client")
+            }
             _ => tracing::info!(%error, "refused client"),
         }
         let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
@@ -554,7 +615,14 @@ impl<S: FrameSink> Session<S> {
         let incoming = (client_send > 0 && server_receive > 0).then(|| client_send.max(server_receive));
         self.heartbeat_out = outgoing.map(Duration::from_millis);
         let read_timeout = incoming.map(|ms| Duration::from_millis(ms).mul_f64(hb.grace));
-        self.user = frame.get("login").filter(|l| !l.is_empty()).map(str::to_owned);
+        let bearer = self.bearer.take();
+        let credentials = Credentials {
+            login: frame.get("login"),
+            passcode: frame.get("passcode"),
+            bearer: bearer.as_deref(),
+        };
+        let identity = self.ctx.auth().authenticate(credentials).await?;
+        self.adopt(identity);
         self.version = Some(version);
         if let Some(tx) = self.negotiated.take() {
             let _ = tx.send(Negotiated { version, read_timeout });
@@ -573,6 +641,45 @@ impl<S: FrameSink> Session<S> {
         Ok(Flow::Continue)
     }
 
+    /// Takes on who the client now is, and when that runs out.
+    fn adopt(&mut self, identity: Identity) {
+        self.user = identity.user.clone();
+        self.token_deadline = identity.expires.and_then(|exp| {
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default() + self.ctx.auth().leeway();
+            tokio::time::Instant::now().checked_add(left)
+        });
+        self.identity = identity;
+    }
+
+    /// A SEND to [`REFRESH_DESTINATION`]: the body is a fresh token for the same user. Its
+    /// roles and grants replace the old ones, so every subscription must still be allowed.
+    async fn on_refresh(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        if frame.get("transaction").is_some() {
+            return Err(SessionError::invalid("a token refresh cannot be part of a transaction"));
+        }
+        let token =
+            std::str::from_utf8(&frame.body).ok().map(str::trim).filter(|t| !t.is_empty()).ok_or_else(
+                || {
+                    AuthError::Refresh(format!(
+                        "the body of a SEND to {REFRESH_DESTINATION} must be the new token"
+                    ))
+                },
+            )?;
+        let fresh = self.ctx.auth().refresh(&self.identity, token)?;
+        for (id, subscriber) in &self.subscriptions {
+            if let Err(denied) = self.ctx.auth().may_subscribe(&fresh, &subscriber.route) {
+                return Err(AuthError::Refresh(format!(
+                    "the new token does not keep subscription {id:?}: {denied}"
+                ))
+                .into());
+            }
+        }
+        self.adopt(fresh);
+        tracing::debug!(user = ?self.user, "token refreshed");
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+
     fn transaction_of(&mut self, frame: &Frame) -> Result<Option<&mut Vec<Frame>>, SessionError> {
         let Some(tx) = frame.get("transaction") else { return Ok(None) };
         match self.transactions.get_mut(tx) {
@@ -586,7 +693,11 @@ impl<S: FrameSink> Session<S> {
 
     async fn on_send(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         let destination = required(&frame, "destination")?;
+        if destination == REFRESH_DESTINATION {
+            return self.on_refresh(frame).await;
+        }
         let route = destination::for_send(destination)?;
+        self.ctx.auth().may_publish(&self.identity, &route)?;
         let receipt = frame.get("receipt").map(str::to_owned);
         if let Some(frames) = self.transaction_of(&frame)? {
             frames.push(frame);
@@ -625,6 +736,7 @@ impl<S: FrameSink> Session<S> {
         let version = self.version.unwrap_or(Version::V1_2);
         let destination = required(&frame, "destination")?;
         let route = destination::for_subscribe(destination, self.user.as_deref())?;
+        self.ctx.auth().may_subscribe(&self.identity, &route)?;
         let id = match (frame.get("id"), version) {
             (Some(id), _) => id.to_owned(),
             (None, Version::V1_0) => destination.to_owned(),

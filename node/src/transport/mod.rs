@@ -5,9 +5,14 @@
 //! is slowed by TCP back-pressure, not buffered). The session task owns the writing half, a
 //! [`FrameSink`], which batches frames and flushes once per batch.
 //!
-//! Layout: `mod.rs` (the reader loop and the sink trait), `tcp.rs`, `ws.rs`.
+//! The reader also enforces the per-connection frame rate (`max-frame-rate`, a token bucket of
+//! `frame-rate-burst` frames): every frame, heart-beat and WebSocket ping takes a token, and a
+//! client that runs out is reported to its session, which refuses it.
+//!
+//! Layout: `mod.rs` (the reader loop and the sink trait), `tcp.rs`, `ws.rs`, `tls.rs`.
 
 pub mod tcp;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -16,6 +21,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, ProtocolError, Version};
 
@@ -29,6 +35,11 @@ pub enum Inbound {
     TimedOut,
     /// The transport refused a message over its size limit; says which.
     TooLarge(String),
+    /// The client sent more than `max-frame-rate` allows; the reader has stopped.
+    RateLimited,
+    /// The client broke the WebSocket protocol (an unmasked frame, a bad opcode, an oversized
+    /// control frame); says how. The reader has stopped.
+    WebSocket(String),
     /// The peer closed the connection, or it failed (`Some` says how).
     Closed(Option<String>),
 }
@@ -79,14 +90,66 @@ pub trait ByteSource: Send + 'static {
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<Read>> + Send;
 }
 
+/// An error a [`ByteSource`] returns when the client broke the WebSocket protocol.
+#[derive(Debug, thiserror::Error)]
+#[error("WebSocket protocol error: {0}")]
+pub struct WebSocketViolation(pub String);
+
 /// Frames queued from a reader to its session at most; past that the reader stops reading.
 const INBOUND_CAPACITY: usize = 32;
+
+/// What a reader enforces: the codec's limits and the frame rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub codec: Limits,
+    /// Frames per second on average; 0 = unlimited.
+    pub frame_rate: u32,
+    /// Frames at once above the rate.
+    pub frame_burst: u32,
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limits: &ReadLimits) -> Option<Bucket> {
+        (limits.frame_rate > 0).then(|| Bucket {
+            rate: f64::from(limits.frame_rate),
+            burst: f64::from(limits.frame_burst.max(1)),
+            tokens: f64::from(limits.frame_burst.max(1)),
+            last: Instant::now(),
+        })
+    }
+
+    /// Takes one token; false when none is left.
+    fn take(&mut self) -> bool {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&mut self, now: Instant) -> bool {
+        if self.tokens < 1.0 {
+            let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.burst);
+            self.last = now;
+        }
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
 
 /// Starts the reader task of a connection. Its first frame is decoded with CONNECT rules; after a
 /// CONNECT or STOMP frame it waits for the session's [`Negotiated`] before decoding further.
 pub fn spawn_reader<S: ByteSource>(
     source: S,
-    limits: Limits,
+    limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
 ) -> mpsc::Receiver<Inbound> {
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -96,17 +159,24 @@ pub fn spawn_reader<S: ByteSource>(
 
 async fn read_loop<S: ByteSource>(
     mut source: S,
-    limits: Limits,
+    limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
     tx: mpsc::Sender<Inbound>,
 ) {
-    let mut decoder = Decoder::new(limits);
+    let mut decoder = Decoder::new(limits.codec);
+    let mut bucket = Bucket::new(&limits);
+    let mut within_rate = move || bucket.as_mut().is_none_or(Bucket::take);
     let mut buf = BytesMut::new();
     let mut negotiated = Some(negotiated);
     let mut read_timeout = None;
     loop {
         loop {
-            match decoder.decode(&mut buf) {
+            let decoded = decoder.decode(&mut buf);
+            if matches!(decoded, Ok(Some(_))) && !within_rate() {
+                let _ = tx.send(Inbound::RateLimited).await;
+                return;
+            }
+            match decoded {
                 Ok(Some(Decoded::Frame(frame))) => {
                     let connect = matches!(frame.command, Command::Connect | Command::Stomp);
                     if tx.send(Inbound::Frame(frame)).await.is_err() {
@@ -140,7 +210,13 @@ async fn read_loop<S: ByteSource>(
             None => source.read(&mut buf).await,
         };
         match read {
-            Ok(Read::Data | Read::Activity) => {}
+            Ok(Read::Data) => {}
+            Ok(Read::Activity) => {
+                if !within_rate() {
+                    let _ = tx.send(Inbound::RateLimited).await;
+                    return;
+                }
+            }
             Ok(Read::Eof) => {
                 let _ = tx.send(Inbound::Closed(None)).await;
                 return;
@@ -149,10 +225,35 @@ async fn read_loop<S: ByteSource>(
                 let _ = tx.send(Inbound::TooLarge(error.to_string())).await;
                 return;
             }
+            Err(error) if error.get_ref().is_some_and(|e| e.is::<WebSocketViolation>()) => {
+                let _ = tx.send(Inbound::WebSocket(error.to_string())).await;
+                return;
+            }
             Err(error) => {
                 let _ = tx.send(Inbound::Closed(Some(error.to_string()))).await;
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let limits = ReadLimits { codec: Limits::default(), frame_rate: 10, frame_burst: 5 };
+        let mut bucket = Bucket::new(&limits).unwrap();
+        let start = bucket.last;
+        assert!((0..5).all(|_| bucket.take_at(start)), "a burst of 5");
+        assert!(!bucket.take_at(start), "then nothing");
+        let later = start + Duration::from_millis(100);
+        assert!(bucket.take_at(later), "one token per 100 ms");
+        assert!(!bucket.take_at(later));
+        let much_later = later + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.take_at(much_later)).count(), 5, "refills up to the burst only");
+        let off = ReadLimits { frame_rate: 0, ..limits };
+        assert!(Bucket::new(&off).is_none());
     }
 }

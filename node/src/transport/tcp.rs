@@ -1,4 +1,6 @@
-//! STOMP over plain TCP (port 61613 by default): the byte stream is the frame stream.
+//! STOMP over TCP (port 61613 by default): the byte stream is the frame stream. With TLS
+//! configured, the stream is a TLS stream (stomp+ssl) and its handshake must finish within
+//! `connect-timeout` of the accept, like the CONNECT that follows it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,8 +9,9 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
-use crate::session::{self, Context};
+use crate::session::{self, Accepted, Context, Permit, Refusal};
 use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read};
 
 /// Bytes read from the socket at a time.
@@ -38,16 +41,49 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let deadline = Instant::now() + ctx.config().limits.connect_timeout;
     let _ = stream.set_nodelay(true);
-    let Some(permit) = ctx.admit(peer) else {
-        let mut sink = TcpSink::new(stream);
-        let _ = session::refuse(&mut sink, "too many connections").await;
-        return;
+    let admitted = ctx.admit(peer);
+    match ctx.tls().cloned() {
+        None => {
+            let (read, write) = stream.into_split();
+            stomp(read, write, peer, ctx, admitted, deadline).await;
+        }
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let (read, write) = tokio::io::split(stream);
+                stomp(read, write, peer, ctx, admitted, deadline).await;
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+/// Runs the session of a connection, or tells the client it cannot be served.
+async fn stomp<R, W>(
+    read: R,
+    write: W,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    admitted: Result<Permit, Refusal>,
+    deadline: Instant,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut sink = TcpSink::new(write);
+    let permit = match admitted {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let _ = tokio::time::timeout_at(deadline, session::refuse(&mut sink, &refusal.to_string())).await;
+            return;
+        }
     };
-    let (read, write) = stream.into_split();
     let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-    let inbound = spawn_reader(TcpSource(read), ctx.codec_limits(), negotiated_rx);
-    session::run(ctx, "tcp", TcpSink::new(write), inbound, negotiated_tx, peer, permit).await;
+    let inbound = spawn_reader(TcpSource(read), ctx.read_limits(), negotiated_rx);
+    let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };
+    session::run(ctx, sink, inbound, negotiated_tx, accepted).await;
 }
 
 /// The reading half of a TCP connection.

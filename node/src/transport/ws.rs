@@ -5,6 +5,17 @@
 //! none). STOMP bytes may arrive in text or binary messages, several frames per message or one
 //! frame over several messages: the reader appends every payload to one buffer and decodes from
 //! there. Each outgoing frame is one message: text, or binary when its body is not UTF-8.
+//!
+//! The handshake is where browser-facing checks happen, before any STOMP byte: the path, the
+//! node's and the client address's connection limits (503, 429), the `Origin` allowlist (403),
+//! and the token a browser cannot put in a STOMP header (`Authorization: Bearer`, or
+//! `?token=` on the URL), which is handed to the session to check at CONNECT. With TLS
+//! configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
+//! must finish within `connect-timeout` of the accept, so a client that opens a connection and
+//! sends nothing (or sends its request a byte at a time) holds a place only that long.
+//! permessage-deflate is not offered: tungstenite does not implement it, and an offer of it is
+//! ignored (compression would let a small message cost much memory, and would leak secrets
+//! through lengths, as in CRIME/BREACH).
 
 // tungstenite's handshake callback returns its own `Result<Response, ErrorResponse>`; the large
 // error type is its API, not ours.
@@ -19,6 +30,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,8 +38,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::session::{self, Context};
-use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read};
+use crate::auth;
+use crate::session::{self, Accepted, Context, Permit, Refusal};
+use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read, WebSocketViolation};
 
 /// The path clients connect to.
 pub const PATH: &str = "/ws";
@@ -93,16 +106,58 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let deadline = Instant::now() + ctx.config().limits.connect_timeout;
     let _ = stream.set_nodelay(true);
+    // Taken before the handshakes, so a client that never finishes them still counts.
     let admitted = ctx.admit(peer);
-    let full = admitted.is_none();
+    match ctx.tls().cloned() {
+        None => handshake(stream, peer, ctx, admitted, deadline).await,
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => handshake(stream, peer, ctx, admitted, deadline).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+/// The WebSocket handshake on a plain or TLS stream, then the session.
+async fn handshake<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    admitted: Result<Permit, Refusal>,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let refusal = admitted.as_ref().err().cloned();
+    let (bearer_tx, bearer_rx) = tokio::sync::oneshot::channel::<Option<String>>();
+    let checks = ctx.clone();
     let callback = move |request: &Request, mut response: Response| {
         if request.uri().path() != PATH {
             return Err(reject(StatusCode::NOT_FOUND, "not found: STOMP over WebSocket is at /ws"));
         }
-        if full {
-            return Err(reject(StatusCode::SERVICE_UNAVAILABLE, "too many connections"));
+        match refusal {
+            Some(refusal @ Refusal::NodeFull(_)) => {
+                return Err(reject(StatusCode::SERVICE_UNAVAILABLE, &refusal.to_string()));
+            }
+            Some(refusal @ Refusal::AddressFull(..)) => {
+                return Err(reject(StatusCode::TOO_MANY_REQUESTS, &refusal.to_string()));
+            }
+            None => {}
         }
+        let origin = request.headers().get("origin").map(|v| v.to_str().unwrap_or("\u{0}"));
+        if !checks.auth().origin_allowed(origin) {
+            return Err(reject(StatusCode::FORBIDDEN, "origin not allowed (ws-origins)"));
+        }
+        let bearer = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::bearer)
+            .map(str::to_owned)
+            .or_else(|| request.uri().query().and_then(auth::query_token));
+        let _ = bearer_tx.send(bearer);
         if let Some(protocol) = choose_subprotocol(request) {
             response.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
         }
@@ -110,7 +165,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config(&ctx)));
-    let socket = match tokio::time::timeout(ctx.config().limits.connect_timeout, handshake).await {
+    let socket = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "WebSocket handshake failed");
@@ -121,11 +176,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
             return;
         }
     };
-    let Some(permit) = admitted else { return };
+    let Ok(permit) = admitted else { return };
+    let bearer = bearer_rx.await.ok().flatten();
     let (sink, source) = socket.split();
     let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-    let inbound = spawn_reader(WsSource(source), ctx.codec_limits(), negotiated_rx);
-    session::run(ctx, "ws", WsSink { sink }, inbound, negotiated_tx, peer, permit).await;
+    let inbound = spawn_reader(WsSource(source), ctx.read_limits(), negotiated_rx);
+    let accepted = Accepted { transport: "ws", peer, permit, deadline, bearer };
+    session::run(ctx, WsSink { sink }, inbound, negotiated_tx, accepted).await;
 }
 
 /// The reading half of a WebSocket connection.
@@ -148,6 +205,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteSource for WsSource
                 io::ErrorKind::FileTooLarge,
                 format!("WebSocket message refused: {error} (max-frame-size)"),
             )),
+            Some(Err(WsError::Protocol(error))) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, WebSocketViolation(error.to_string())))
+            }
             Some(Err(error)) => Err(io::Error::other(error)),
         }
     }

@@ -1,0 +1,71 @@
+//! TLS for the client listeners: rustls (on `ring`) through tokio-rustls.
+//!
+//! With `tls-cert` and `tls-key` set, both client listeners speak TLS only: WebSocket clients
+//! connect with `wss://host:port/ws` and TCP clients with STOMP over TLS ("stomp+ssl"). The
+//! transports stay generic over the stream: an accepted `TcpStream` is wrapped in a `TlsStream`
+//! before the WebSocket handshake or the first STOMP byte, within `connect-timeout`. TLS 1.2
+//! and 1.3 are offered with rustls's safe defaults; client certificates are not asked for. The
+//! admin port stays plain HTTP (bind it to a private address). Certificates are read at start-up;
+//! rotating them takes a restart (a rolling one, in a cluster).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsFiles;
+
+/// Why the certificate or key could not be used; names the setting and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {setting} {}: {source}", .path.display())]
+    Read { setting: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("invalid {setting} {}: {reason}", .path.display())]
+    Invalid { setting: &'static str, path: PathBuf, reason: String },
+    #[error("tls-cert and tls-key do not make a usable server identity: {0}")]
+    Config(String),
+}
+
+/// The acceptor for the configured certificate chain and key.
+pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+    let certs = certificates(&files.cert)?;
+    let key = private_key(&files.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { setting, path: path.to_owned(), source })
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    const SETTING: &str = "tls-cert";
+    let pem = read(SETTING, path)?;
+    let invalid = |reason: String| TlsError::Invalid { setting: SETTING, path: path.to_owned(), reason };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("no certificate (BEGIN CERTIFICATE) found".to_owned()));
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    const SETTING: &str = "tls-key";
+    let pem = read(SETTING, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Invalid {
+        setting: SETTING,
+        path: path.to_owned(),
+        reason: format!("expected a PKCS#8, PKCS#1 or SEC1 private key in PEM form: {e}"),
+    })
+}
