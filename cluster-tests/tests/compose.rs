@@ -109,6 +109,26 @@ impl Stack {
         run(&mut self.command(args)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Running containers of the project whose health check does not report healthy (yet).
+    fn unhealthy(&self) -> Vec<String> {
+        let project = format!("label=com.docker.compose.project={}", self.project);
+        let ids = run(Command::new("docker").args(["ps", "-q", "--no-trunc", "--filter", &project]))
+            .unwrap_or_default();
+        ids.split_whitespace()
+            .filter(|id| {
+                let health = run(Command::new("docker").args([
+                    "inspect",
+                    "-f",
+                    "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+                    id,
+                ]))
+                .unwrap_or_default();
+                !matches!(health.trim(), "healthy" | "none")
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Running containers of a service, by full id, sorted.
     fn running(&self, service: &str) -> Vec<String> {
         let project = format!("label=com.docker.compose.project={}", self.project);
@@ -1251,6 +1271,11 @@ fn compose_stack_survives_node_loss_partition_redis_pause_and_scale_out() {
     if run_step("d") {
         say!("step d: scale to five nodes");
         let before_scale = stack.running("node");
+        // docker-compose refuses to scale while a container it depends on reports unhealthy
+        // (Redis just came out of its pause; a loaded machine may be slow to re-probe).
+        wait_for("every container of the stack healthy", Duration::from_secs(90), || {
+            stack.unhealthy().is_empty().then_some(())
+        });
         stack.compose(&["up", "-d", "--no-build", "--no-recreate", "--scale", "node=5"]);
         let nodes5 = wait_for("five running nodes", Duration::from_secs(60), || {
             let nodes = stack.running("node");
