@@ -1,0 +1,26 @@
+//! Stampede's load generator and benchmark suite.
+//!
+//! - `stampede-bench` ([`cli`]): drives any STOMP-over-WebSocket broker (or the raw
+//!   `ws-baseline` server) through one scenario and prints a table or JSON.
+//! - `ws-baseline` ([`baseline`]): a minimal WebSocket broadcast server, the practical ceiling
+//!   of this machine and stack.
+//! - `bench-suite` ([`suite`]): the one reproducible benchmark: starts each target, runs every
+//!   scenario against it with the same parameters, and writes `docs/benchmarks.md`.
+//!
+//! # Layout
+//! [`stomp`] (frames written and parsed by hand) → [`conn`] (connections from 127.0.0.x source
+//! addresses, STOMP handshakes) → [`scenario`] (the five scenarios and their hot loops) →
+//! [`report`]; [`stats`] holds the histograms, counters, flow control and `/proc` sampling.
+
+pub mod baseline;
+pub mod cli;
+pub mod conn;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod stomp;
+pub mod suite;
+
+pub use conn::{Endpoint, Protocol};
+pub use report::Report;
+pub use scenario::{Common, Scenario};

@@ -1,0 +1,572 @@
+//! `docs/benchmarks.md`: the machine, the command line, the goals (met or missed), the ratio
+//! table and the raw numbers.
+
+use std::fmt::Write as _;
+
+use super::targets::Kind;
+use super::{Results, TargetResult};
+use crate::report::Report;
+
+/// Whether a goal was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Met,
+    Missed,
+    /// Met where it could be measured, but not at the scale the goal names.
+    Partly,
+    /// Not measured (a target did not run).
+    Unknown,
+}
+
+impl Status {
+    fn text(self) -> &'static str {
+        match self {
+            Status::Met => "**met**",
+            Status::Missed => "**missed**",
+            Status::Partly => "partly (see note)",
+            Status::Unknown => "not measured",
+        }
+    }
+}
+
+pub struct Goal {
+    pub name: &'static str,
+    pub goal: &'static str,
+    pub measured: String,
+    pub status: Status,
+}
+
+fn report<'a>(r: &'a Results, kind: Kind, run: &str) -> Option<&'a Report> {
+    r.target(kind)?.report(run)
+}
+
+fn rate(r: &Results, kind: Kind, run: &str) -> Option<f64> {
+    report(r, kind, run).map(|rep| rep.deliveries_per_s).filter(|v| *v > 0.0)
+}
+
+fn p99(r: &Results, kind: Kind, run: &str) -> Option<f64> {
+    report(r, kind, run)?.latency.as_ref().map(|l| l.p99_ms)
+}
+
+fn idle_per_conn(r: &Results, kind: Kind) -> Option<(f64, usize)> {
+    let rep = report(r, kind, "idle")?;
+    Some((rep.memory.as_ref()?.per_connection_bytes?, rep.connections_reached))
+}
+
+fn ratio_goal(
+    name: &'static str,
+    goal: &'static str,
+    a: Option<f64>,
+    b: Option<f64>,
+    min: f64,
+    percent: bool,
+) -> Goal {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let ratio = a / b;
+            let shown = if percent { format!("{:.0}%", ratio * 100.0) } else { format!("{ratio:.2}×") };
+            Goal {
+                name,
+                goal,
+                measured: format!("{} vs {} deliveries/s = {shown}", int(a), int(b)),
+                status: if ratio >= min { Status::Met } else { Status::Missed },
+            }
+        }
+        _ => Goal { name, goal, measured: "—".into(), status: Status::Unknown },
+    }
+}
+
+fn latency_goal(name: &'static str, goal: &'static str, p99: Option<f64>, max_ms: f64) -> Goal {
+    match p99 {
+        Some(p) => Goal {
+            name,
+            goal,
+            measured: format!("p99 {p:.3} ms"),
+            status: if p <= max_ms { Status::Met } else { Status::Missed },
+        },
+        None => Goal { name, goal, measured: "—".into(), status: Status::Unknown },
+    }
+}
+
+/// The goals of the issue, checked against the results.
+pub fn goals(r: &Results) -> Vec<Goal> {
+    let mut goals = vec![
+        ratio_goal(
+            "Fan-out deliveries/s, Stampede (1 node) / RabbitMQ Web-STOMP",
+            "≥ 10×",
+            rate(r, Kind::Memory, "fanout"),
+            rate(r, Kind::Rabbitmq, "fanout"),
+            10.0,
+            false,
+        ),
+        ratio_goal(
+            "Fan-out deliveries/s, Stampede (1 node) / raw baseline",
+            "≥ 80%",
+            rate(r, Kind::Memory, "fanout"),
+            rate(r, Kind::Baseline, "fanout"),
+            0.8,
+            true,
+        ),
+        ratio_goal(
+            "Fan-out deliveries/s, Stampede (3 nodes + Redis) / 1 node",
+            "≥ 70%",
+            rate(r, Kind::Cluster, "fanout"),
+            rate(r, Kind::Memory, "fanout"),
+            0.7,
+            true,
+        ),
+        latency_goal(
+            "p99 publish-to-delivery at half the peak fan-out rate, 1 node",
+            "≤ 2 ms",
+            p99(r, Kind::Memory, "fanout-half"),
+            2.0,
+        ),
+        latency_goal(
+            "p99 publish-to-delivery at half the peak fan-out rate, across nodes",
+            "≤ 5 ms",
+            p99(r, Kind::Cluster, "fanout-half"),
+            5.0,
+        ),
+    ];
+    let idle = match idle_per_conn(r, Kind::Memory) {
+        Some((per, reached)) => {
+            let status = match (per <= 8192.0, reached >= 100_000) {
+                (false, _) => Status::Missed,
+                (true, true) => Status::Met,
+                (true, false) => Status::Partly,
+            };
+            Goal {
+                name: "RSS per idle connection with one subscription, 100,000 connections, 1 node",
+                goal: "≤ 8 KiB",
+                measured: format!("{:.2} KiB at {} connections", per / 1024.0, group(reached as f64)),
+                status,
+            }
+        }
+        None => Goal {
+            name: "RSS per idle connection with one subscription, 100,000 connections, 1 node",
+            goal: "≤ 8 KiB",
+            measured: "—".into(),
+            status: Status::Unknown,
+        },
+    };
+    goals.push(idle);
+    let per: Vec<f64> = r.scaling.iter().filter_map(|s| s.redis.per_message).collect();
+    let redis = if per.len() >= 2 {
+        let (min, max) = per.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let shapes: Vec<String> = r
+            .scaling
+            .iter()
+            .filter_map(|s| Some(format!("{:.2} ({}n/{}s)", s.redis.per_message?, s.nodes, s.subscribers)))
+            .collect();
+        Goal {
+            name: "Redis commands per topic message, whatever the subscribers and nodes",
+            goal: "constant",
+            measured: shapes.join(", "),
+            status: if min > 0.0 && max / min <= 1.10 { Status::Met } else { Status::Missed },
+        }
+    } else {
+        Goal {
+            name: "Redis commands per topic message, whatever the subscribers and nodes",
+            goal: "constant",
+            measured: "—".into(),
+            status: Status::Unknown,
+        }
+    };
+    goals.push(redis);
+    goals
+}
+
+fn int(v: f64) -> String {
+    group(v.round())
+}
+
+/// 1234567 → "1,234,567".
+fn group(v: f64) -> String {
+    let digits = format!("{}", v.abs() as u64);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "—".into())
+}
+
+fn ratio_cell(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    }
+}
+
+/// The goals as a Markdown table (also printed at the end of a run).
+pub fn summary(r: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| goal | target | measured | status |");
+    let _ = writeln!(out, "| --- | --- | --- | --- |");
+    for g in goals(r) {
+        let _ = writeln!(out, "| {} | {} | {} | {} |", g.name, g.goal, g.measured, g.status.text());
+    }
+    out
+}
+
+/// The metrics compared across targets: (run, label, value, higher is better).
+type Metric = (&'static str, &'static str, fn(&Report) -> Option<f64>, bool);
+
+const METRICS: &[Metric] = &[
+    (
+        "idle",
+        "RSS per idle connection (KiB)",
+        |r| Some(r.memory.as_ref()?.per_connection_bytes? / 1024.0),
+        false,
+    ),
+    ("fanout", "fan-out deliveries/s (closed loop)", |r| Some(r.deliveries_per_s).filter(|v| *v > 0.0), true),
+    ("fanout", "fan-out deliveries per broker CPU-second", |r| r.deliveries_per_broker_cpu_s(), true),
+    ("fanout-half", "fan-out p99 at half the peak rate (ms)", |r| Some(r.latency.as_ref()?.p99_ms), false),
+    ("topics", "many topics deliveries/s", |r| Some(r.deliveries_per_s).filter(|v| *v > 0.0), true),
+    ("topics", "many topics p99 (ms)", |r| Some(r.latency.as_ref()?.p99_ms), false),
+    ("queue", "queue deliveries/s (acked)", |r| Some(r.deliveries_per_s).filter(|v| *v > 0.0), true),
+    ("queue", "queue p99 (ms)", |r| Some(r.latency.as_ref()?.p99_ms), false),
+    ("churn", "churn cycles/s", |r| Some(r.cycles_per_s).filter(|v| *v > 0.0), true),
+    ("churn", "churn cycle p99 (ms)", |r| Some(r.cycle_latency.as_ref()?.p99_ms), false),
+];
+
+fn metric_value(r: &Results, kind: Kind, m: &Metric) -> Option<f64> {
+    report(r, kind, m.0).and_then(|rep| (m.2)(rep))
+}
+
+fn fmt_metric(v: f64) -> String {
+    if v >= 1000.0 {
+        int(v)
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The whole report.
+pub fn render(r: &Results) -> String {
+    let mut out = String::new();
+    let m = &r.machine;
+    let p = &r.plan;
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Stampede against RabbitMQ Web-STOMP and against a raw WebSocket broadcast server, under the \
+         same scenarios, in one run on one machine. Written by `bench/run.sh` (the `bench-suite` \
+         binary); the load generator is `stampede-bench`. Numbers come from a single run on a shared \
+         machine and are noisy: read the ratios, not the absolute values.\n"
+    );
+    let _ = writeln!(out, "## Command\n\n```\n{}\n```\n", r.command_line);
+    let _ = writeln!(out, "## Machine\n");
+    let _ = writeln!(out, "| | |\n| --- | --- |");
+    for (k, v) in [
+        ("CPUs (nproc)", m.cpus.to_string()),
+        ("CPU model", m.cpu_model.clone()),
+        ("memory", m.memory.clone()),
+        ("kernel", m.kernel.clone()),
+        ("OS", m.os.clone()),
+        ("open files limit", m.nofile.clone()),
+        ("ephemeral ports", m.port_range.clone()),
+        ("somaxconn", m.somaxconn.clone()),
+        ("load average at start / end", format!("{} / {}", m.load_at_start, m.load_at_end)),
+        ("rustc", m.rustc.clone()),
+        ("commit", m.commit.clone()),
+        ("date", m.date.clone()),
+        ("suite run time", format!("{:.0} s", r.elapsed_s)),
+    ] {
+        let _ = writeln!(out, "| {k} | {v} |");
+    }
+    let _ = writeln!(out, "\nTargets (all on 127.0.0.1; clients connect from 127.0.0.2 – 127.0.0.33):\n");
+    for t in &r.targets {
+        let state = match &t.skipped {
+            Some(why) => format!("skipped: {why}"),
+            None => format!("{} — {}", t.version, t.urls.join(", ")),
+        };
+        let _ = writeln!(out, "- **{}**: {state}", t.title);
+    }
+    let _ = writeln!(
+        out,
+        "\nParameters, the same for every target: {} s measured after {} s of warm-up per scenario; \
+         {} B bodies; fan-out {} subscribers and 1 publisher; many topics {} connections, each \
+         subscribed to its own topic and publishing to it, 4 messages in flight each; queue {} \
+         producers and {} consumers, `ack:client-individual`, `prefetch-count:{}`; idle {} \
+         connections with one subscription each, held {} s; churn {} workers connecting, \
+         subscribing and disconnecting in a loop. Throughput runs are closed loop (publishers stay at \
+         most a window ahead of the receivers); the half-rate run is open loop at half the measured \
+         peak publish rate. On the cluster target, clients are spread round-robin over the nodes and \
+         publishers sit on the first node, so most deliveries cross Redis. Broker RSS and CPU are read \
+         from /proc for the broker's processes: the nodes and redis-server for the cluster, beam.smp \
+         for RabbitMQ. The load generator runs on the same cores as the brokers.\n",
+        p.duration_s,
+        p.warmup_s,
+        p.size,
+        p.subscribers,
+        p.topics,
+        p.producers,
+        p.consumers,
+        p.prefetch,
+        group(p.idle as f64),
+        p.idle_hold_s,
+        p.churn_concurrency
+    );
+    for note in &r.notes {
+        let _ = writeln!(out, "> Note: {note}\n");
+    }
+
+    let _ = writeln!(out, "## Goals\n");
+    out.push_str(&summary(r));
+
+    let _ = writeln!(out, "\n## Ratios\n");
+    let _ = writeln!(
+        out,
+        "Above 1× is better for Stampede on throughput rows, below 1× is better on latency and memory \
+         rows (marked ↓).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| metric | Stampede / RabbitMQ | Stampede / baseline | 3 nodes / 1 node | 3 nodes / RabbitMQ |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
+    for metric in METRICS {
+        let v = |k| metric_value(r, k, metric);
+        let arrow = if metric.3 { "" } else { " ↓" };
+        let _ = writeln!(
+            out,
+            "| {}{arrow} | {} | {} | {} | {} |",
+            metric.1,
+            ratio_cell(v(Kind::Memory), v(Kind::Rabbitmq)),
+            ratio_cell(v(Kind::Memory), v(Kind::Baseline)),
+            ratio_cell(v(Kind::Cluster), v(Kind::Memory)),
+            ratio_cell(v(Kind::Cluster), v(Kind::Rabbitmq)),
+        );
+    }
+
+    let _ = writeln!(out, "\n## Headline numbers\n");
+    let titles: Vec<&TargetResult> = r.targets.iter().filter(|t| t.skipped.is_none()).collect();
+    let _ = write!(out, "| metric |");
+    for t in &titles {
+        let _ = write!(out, " {} |", t.title);
+    }
+    let _ = write!(out, "\n| --- |");
+    for _ in &titles {
+        let _ = write!(out, " --- |");
+    }
+    out.push('\n');
+    for metric in METRICS {
+        let _ = write!(out, "| {} |", metric.1);
+        for t in &titles {
+            let _ = write!(out, " {} |", opt(metric_value(r, t.kind, metric), fmt_metric));
+        }
+        out.push('\n');
+    }
+
+    let _ = writeln!(out, "\n## Raw numbers\n");
+    for run in ["idle", "fanout", "fanout-half", "topics", "queue", "churn"] {
+        let reports: Vec<(&TargetResult, Option<&Report>, Option<&String>)> = titles
+            .iter()
+            .map(|t| {
+                let result = t.runs.get(run);
+                (*t, result.and_then(|x| x.report.as_ref()), result.and_then(|x| x.failure.as_ref()))
+            })
+            .collect();
+        if reports.iter().all(|(_, rep, _)| rep.is_none()) {
+            continue;
+        }
+        let _ = writeln!(out, "### {run}\n");
+        let _ = write!(out, "| |");
+        for (t, _, _) in &reports {
+            let _ = write!(out, " {} |", t.title);
+        }
+        let _ = write!(out, "\n| --- |");
+        for _ in &reports {
+            let _ = write!(out, " --- |");
+        }
+        out.push('\n');
+        type Row = (&'static str, fn(&Report) -> String);
+        let rows: &[Row] = &[
+            ("connections reached / asked", |r| {
+                format!("{} / {}", group(r.connections_reached as f64), group(r.connections_requested as f64))
+            }),
+            ("setup time (s)", |r| format!("{:.1}", r.setup_s)),
+            ("rate asked (msg/s)", |r| if r.params.rate > 0.0 { int(r.params.rate) } else { "max".into() }),
+            ("published/s", |r| int(r.sent_per_s)),
+            ("delivered/s", |r| int(r.deliveries_per_s)),
+            ("latency p50 / p99 / p99.9 / max (ms)", |r| {
+                opt(r.latency.as_ref(), |l| {
+                    format!("{:.2} / {:.2} / {:.2} / {:.1}", l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms)
+                })
+            }),
+            ("churn cycles/s", |r| if r.cycles > 0 { int(r.cycles_per_s) } else { "—".into() }),
+            ("cycle p50 / p99 (ms)", |r| {
+                opt(r.cycle_latency.as_ref(), |l| format!("{:.2} / {:.2}", l.p50_ms, l.p99_ms))
+            }),
+            ("broker CPU in window (s)", |r| opt(r.broker_cpu_s, |c| format!("{c:.2}"))),
+            ("load generator CPU in window (s)", |r| opt(r.bench_cpu_s, |c| format!("{c:.2}"))),
+            ("deliveries per broker CPU-s", |r| opt(r.deliveries_per_broker_cpu_s(), int)),
+            ("broker RSS before → after (MiB)", |r| {
+                opt(r.memory.as_ref(), |m| {
+                    format!(
+                        "{:.1} → {:.1}",
+                        m.before_bytes as f64 / 1048576.0,
+                        m.after_bytes as f64 / 1048576.0
+                    )
+                })
+            }),
+            ("RSS per connection (KiB)", |r| {
+                opt(r.memory.as_ref().and_then(|m| m.per_connection_bytes), |b| format!("{:.2}", b / 1024.0))
+            }),
+            ("errors", |r| {
+                if r.errors == 0 {
+                    "0".into()
+                } else {
+                    format!(
+                        "{} ({})",
+                        r.errors,
+                        r.error_samples.first().map(|s| s.replace('|', "/")).unwrap_or_default()
+                    )
+                }
+            }),
+        ];
+        for (label, f) in rows {
+            let _ = write!(out, "| {label} |");
+            for (_, rep, failure) in &reports {
+                let cell = match (rep, failure) {
+                    (Some(rep), _) => f(rep),
+                    (None, Some(why)) => format!("failed: {why}"),
+                    (None, None) => "n/a".into(),
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+        let notes: Vec<String> = reports
+            .iter()
+            .filter_map(|(t, rep, _)| Some((t, rep.as_ref()?)))
+            .flat_map(|(t, rep)| rep.notes.iter().map(move |n| format!("{}: {n}", t.title)))
+            .collect();
+        for note in notes {
+            let _ = writeln!(out, "\n> {note}");
+        }
+        out.push('\n');
+    }
+
+    if let Some(cluster) = r.target(Kind::Cluster) {
+        let _ = writeln!(out, "## Redis commands per message (cluster target)\n");
+        let _ = writeln!(
+            out,
+            "From `INFO commandstats` before and after each run; the commands the nodes send anyway \
+             (heartbeats), measured over an idle period, are subtracted. \"per message\" divides by the \
+             messages published in the whole run.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| run | messages | commands | per message | PUBLISH per message | busiest commands |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+        for (name, run) in &cluster.runs {
+            let (Some(redis), Some(rep)) = (&run.redis, &run.report) else { continue };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} |",
+                group(rep.sent_total as f64),
+                group(redis.total as f64),
+                opt(redis.per_message, |v| format!("{v:.3}")),
+                opt(redis.publish_per_message, |v| format!("{v:.3}")),
+                busiest(&redis.commands)
+            );
+        }
+        if !r.scaling.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nScaling check: fan-out at {} msg/s for {} s, publisher on the first node, subscribers \
+                 spread over the nodes used.\n",
+                r.plan.scaling_rate, r.plan.scaling_duration_s
+            );
+            let _ = writeln!(out, "| nodes with subscribers | subscribers | messages | deliveries | commands per message | PUBLISH per message | busiest commands |");
+            let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+            for s in &r.scaling {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    s.nodes,
+                    s.subscribers,
+                    group(s.messages as f64),
+                    group(s.deliveries as f64),
+                    opt(s.redis.per_message, |v| format!("{v:.3}")),
+                    opt(s.redis.publish_per_message, |v| format!("{v:.3}")),
+                    busiest(&s.redis.commands)
+                );
+            }
+        }
+        out.push('\n');
+    }
+
+    out.push_str(REPRODUCE);
+    if !r.appendix.is_empty() {
+        out.push('\n');
+        out.push_str(&r.appendix);
+    }
+    out
+}
+
+fn busiest(commands: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut list: Vec<(&String, &u64)> = commands.iter().collect();
+    list.sort_by(|a, b| b.1.cmp(a.1));
+    list.iter().take(4).map(|(k, v)| format!("{k} {}", group(**v as f64))).collect::<Vec<_>>().join(", ")
+}
+
+const REPRODUCE: &str = "\
+## Reproducing
+
+Prerequisites (Debian/Ubuntu); the suite installs nothing and says what is missing:
+
+```
+apt-get install redis-server rabbitmq-server
+```
+
+The suite starts its own RabbitMQ node (own directory, node name and ports, Web-STOMP on
+127.0.0.1:15674 at `/ws`) with `rabbitmq_web_stomp` enabled through an `enabled_plugins` file, the
+equivalent of `rabbitmq-plugins enable rabbitmq_web_stomp`; it does not touch a system RabbitMQ. To
+measure an already running one instead, pass `--rabbitmq-url ws://127.0.0.1:15674/ws`.
+
+```
+bench/run.sh              # the full run, about 10 minutes; writes docs/benchmarks.md
+bench/run.sh --short      # a smoke run, about 2 minutes
+bench/run.sh --targets memory,rabbitmq --duration 20s
+```
+
+`run.sh` builds the release binaries, raises the open-files limit to its hard limit, and runs
+`target/release/bench-suite`. The load generator alone drives any STOMP-over-WebSocket broker:
+
+```
+target/release/stampede-bench fanout --url ws://127.0.0.1:8080/ws --subscribers 200
+target/release/stampede-bench --help
+```
+
+### 100,000 idle connections
+
+Every connection costs the load generator and the broker one file descriptor each, and a client
+address one ephemeral port per destination. The generator spreads its connections over the
+source addresses 127.0.0.2 – 127.0.0.33 (`--source-ips`), so the ephemeral port range is not the
+limit; what is needed is:
+
+```
+ulimit -n 1048576                      # hard limit too: /etc/security/limits.conf or LimitNOFILE=
+sysctl -w fs.nr_open=1048576 fs.file-max=2097152
+sysctl -w net.core.somaxconn=4096 net.ipv4.tcp_max_syn_backlog=4096
+sysctl -w net.ipv4.ip_local_port_range='1024 65535'   # optional with 32 source addresses
+```
+
+Raising the hard open-files limit needs `CAP_SYS_RESOURCE`; where it cannot be raised the suite runs
+as many idle connections as the limit allows and reports the count it reached.
+";

@@ -1,0 +1,472 @@
+//! The four targets, started on loopback and stopped again: the raw baseline, Stampede on its
+//! embedded engine, Stampede as N nodes on Redis (the cluster-tests harness), and a private
+//! RabbitMQ node with Web-STOMP.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster_tests::process::{free_port, temp_dir, Process};
+use cluster_tests::{Cluster, Log, Redis};
+
+use crate::conn::Protocol;
+
+/// Which target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Baseline,
+    Memory,
+    Cluster,
+    Rabbitmq,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Baseline, Kind::Memory, Kind::Cluster, Kind::Rabbitmq];
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "baseline" => Some(Kind::Baseline),
+            "memory" | "stampede" => Some(Kind::Memory),
+            "cluster" | "redis" => Some(Kind::Cluster),
+            "rabbitmq" | "rabbit" => Some(Kind::Rabbitmq),
+            _ => None,
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Baseline => "baseline",
+            Kind::Memory => "memory",
+            Kind::Cluster => "cluster",
+            Kind::Rabbitmq => "rabbitmq",
+        }
+    }
+
+    pub fn title(self, nodes: usize) -> String {
+        match self {
+            Kind::Baseline => "raw WS baseline".into(),
+            Kind::Memory => "Stampede, 1 node (memory)".into(),
+            Kind::Cluster => format!("Stampede, {nodes} nodes + Redis"),
+            Kind::Rabbitmq => "RabbitMQ Web-STOMP".into(),
+        }
+    }
+}
+
+/// A running target.
+pub struct Running {
+    pub kind: Kind,
+    pub urls: Vec<String>,
+    pub protocol: Protocol,
+    pub login: Option<(String, String)>,
+    /// The broker processes (sampled for RSS and CPU).
+    pub pids: Vec<u32>,
+    /// The version the target reports, when known.
+    pub version: String,
+    pub redis: Option<Redis>,
+    cluster: Option<Cluster>,
+    process: Option<Process>,
+    rabbit: Option<Rabbit>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(mut rabbit) = self.rabbit.take() {
+            rabbit.stop();
+        }
+        drop(self.cluster.take());
+        drop(self.process.take());
+        drop(self.redis.take());
+    }
+}
+
+/// Programs the suite needs; a missing one is reported with how to install it.
+pub struct Bins {
+    pub stampede: PathBuf,
+    pub bench: PathBuf,
+    pub baseline: PathBuf,
+}
+
+/// What is missing for `kind`, with install hints; empty when it can run.
+pub fn missing(kind: Kind, bins: &Bins) -> Vec<String> {
+    let mut out = Vec::new();
+    let file = |path: &Path, hint: &str, out: &mut Vec<String>| {
+        if !path.is_file() {
+            out.push(format!("{} not found ({hint})", path.display()));
+        }
+    };
+    file(&bins.bench, "cargo build --release -p stampede-bench", &mut out);
+    match kind {
+        Kind::Baseline => file(&bins.baseline, "cargo build --release -p stampede-bench", &mut out),
+        Kind::Memory => file(&bins.stampede, "cargo build --release -p stampede", &mut out),
+        Kind::Cluster => {
+            file(&bins.stampede, "cargo build --release -p stampede", &mut out);
+            for program in ["redis-server", "redis-cli"] {
+                if which(program).is_none() {
+                    out.push(format!("{program} not on PATH (apt-get install redis-server)"));
+                }
+            }
+        }
+        Kind::Rabbitmq => {
+            if rabbitmq_server().is_none() {
+                out.push(
+                    "rabbitmq-server not found (apt-get install rabbitmq-server; the suite starts its own \
+                     node with rabbitmq_web_stomp enabled, as `rabbitmq-plugins enable rabbitmq_web_stomp` \
+                     would)"
+                        .into(),
+                );
+            } else if !rabbitmq_has_web_stomp() {
+                out.push(
+                    "the rabbitmq_web_stomp plugin is not installed (it ships with rabbitmq-server)".into(),
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+fn rabbitmq_server() -> Option<PathBuf> {
+    let direct = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    if direct.is_file() {
+        return Some(direct);
+    }
+    which("rabbitmq-server")
+}
+
+fn rabbitmq_has_web_stomp() -> bool {
+    let Ok(versions) = std::fs::read_dir("/usr/lib/rabbitmq/lib") else { return true };
+    versions.flatten().any(|v| {
+        std::fs::read_dir(v.path().join("plugins"))
+            .map(|plugins| {
+                plugins.flatten().any(|p| p.file_name().to_string_lossy().starts_with("rabbitmq_web_stomp-"))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Starts `kind` and waits until it serves WebSocket clients.
+pub async fn start(
+    kind: Kind,
+    bins: &Bins,
+    nodes: usize,
+    rabbitmq_url: Option<&str>,
+) -> Result<Running, String> {
+    let mut running = Running {
+        kind,
+        urls: Vec::new(),
+        protocol: Protocol::Stomp,
+        login: None,
+        pids: Vec::new(),
+        version: String::new(),
+        redis: None,
+        cluster: None,
+        process: None,
+        rabbit: None,
+    };
+    match kind {
+        Kind::Baseline => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut command = Command::new(&bins.baseline);
+            command.args(["--listen", &addr.to_string()]);
+            let process = Process::spawn(command, &Log::new("ws-baseline"));
+            wait_for_port(addr, Duration::from_secs(10)).await?;
+            running.pids.push(process.pid());
+            running.process = Some(process);
+            running.urls.push(format!("ws://{addr}/ws"));
+            running.protocol = Protocol::Raw;
+            running.version = "this repository".into();
+        }
+        Kind::Memory | Kind::Cluster => {
+            // The harness builds nothing when it is told which binary to run.
+            std::env::set_var(cluster_tests::cluster::BIN_ENV, &bins.stampede);
+            let cluster = if kind == Kind::Memory {
+                Cluster::memory(&[]).await
+            } else {
+                let redis = Redis::start().await;
+                // The harness's Redis fsyncs every write (for its crash tests); a benchmark wants
+                // Redis as deployed for pub/sub: no append-only file.
+                redis.cli(&["CONFIG", "SET", "appendonly", "no"]).await;
+                let cluster = Cluster::start(nodes, &redis, &[]).await;
+                running.version = redis_version(&redis).await;
+                // Redis is part of the cluster: its CPU and memory count with the nodes'.
+                let port = format!(":{}", redis.addr().port());
+                let redis_pid = find_pid(|args| {
+                    let line = args.join(" ");
+                    line.contains("redis-server") && line.contains(&port)
+                });
+                running.pids.extend(redis_pid);
+                running.redis = Some(redis);
+                cluster
+            };
+            for node in cluster.nodes() {
+                let listen = node.ws_url();
+                let listen = listen.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
+                let pid = find_pid(|args| args.windows(2).any(|w| w[0] == "--listen" && w[1] == listen))
+                    .ok_or_else(|| format!("cannot find the pid of {}", node.id()))?;
+                running.pids.push(pid);
+                running.urls.push(node.ws_url());
+            }
+            let version = Command::new(&bins.stampede).arg("--version").output().ok();
+            let stampede =
+                version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+            running.version = if running.version.is_empty() {
+                stampede
+            } else {
+                format!("{stampede}; {}", running.version)
+            };
+            running.cluster = Some(cluster);
+        }
+        Kind::Rabbitmq => {
+            running.login = Some(("guest".into(), "guest".into()));
+            if let Some(url) = rabbitmq_url {
+                running.urls.push(url.to_owned());
+                running.version = "external instance".into();
+                if let Some(pid) = find_pid(|args| args.first().is_some_and(|a| a.ends_with("beam.smp"))) {
+                    running.pids.push(pid);
+                }
+            } else {
+                let rabbit = Rabbit::start().await?;
+                running.urls.push(format!("ws://{}/ws", rabbit.web_stomp));
+                running.pids.push(rabbit.beam);
+                running.version = rabbit.version.clone();
+                running.rabbit = Some(rabbit);
+            }
+        }
+    }
+    Ok(running)
+}
+
+async fn redis_version(redis: &Redis) -> String {
+    let info = redis.cli(&["INFO", "server"]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| format!("Redis {}", v.trim()))
+        .unwrap_or_default()
+}
+
+/// `INFO commandstats` as command → calls (the `info` command itself left out).
+pub async fn command_stats(redis: &Redis) -> BTreeMap<String, u64> {
+    let text = redis.cli(&["INFO", "commandstats"]).await;
+    let mut stats = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, rest)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+            continue;
+        };
+        let calls = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if name != "info" {
+            stats.insert(name.to_owned(), calls);
+        }
+    }
+    stats
+}
+
+async fn wait_for_port(addr: SocketAddr, patience: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("nothing listens on {addr} after {patience:?}"))
+}
+
+/// The first process whose command line (split on NULs) satisfies `matches`. Reads
+/// `/proc/<pid>/cmdline` once per process: bounded by the number of processes.
+pub fn find_pid(matches: impl Fn(&[String]) -> bool) -> Option<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if matches(&args) {
+            found.push(pid);
+        }
+    }
+    found.into_iter().max()
+}
+
+/// A port below the ephemeral range that nothing listens on, for servers (like Erlang's) that bind
+/// without `SO_REUSEADDR`: a port in the ephemeral range may be held in TIME_WAIT by the load
+/// generator's earlier client sockets. `preferred` first; `taken` collects what was handed out.
+fn quiet_port(preferred: Option<u16>, taken: &mut Vec<u16>) -> Result<u16, String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, last) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let span = u32::from(last - first);
+    let start = std::process::id() % span;
+    let candidates =
+        preferred.into_iter().chain((0..span).map(|i| first + ((start + i * 7919) % span) as u16));
+    for port in candidates.take(4000) {
+        if !taken.contains(&port) && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            taken.push(port);
+            return Ok(port);
+        }
+    }
+    Err("no free port below the ephemeral range".into())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+// === RabbitMQ ===
+
+/// A private RabbitMQ node: its own directory, node name and ports, in its own process group.
+struct Rabbit {
+    process: Option<Process>,
+    group: u32,
+    beam: u32,
+    web_stomp: SocketAddr,
+    dir: PathBuf,
+    started_epmd: bool,
+    version: String,
+    log: Log,
+}
+
+impl Rabbit {
+    async fn start() -> Result<Rabbit, String> {
+        let server = rabbitmq_server().ok_or("rabbitmq-server not found")?;
+        let dir = temp_dir("rabbitmq");
+        let mut taken = Vec::new();
+        let web_stomp = SocketAddr::from(([127, 0, 0, 1], quiet_port(Some(15674), &mut taken)?));
+        let amqp = quiet_port(None, &mut taken)?;
+        let stomp = quiet_port(None, &mut taken)?;
+        let dist = quiet_port(None, &mut taken)?;
+        let config = format!(
+            "listeners.tcp.default = 127.0.0.1:{amqp}\n\
+             stomp.listeners.tcp.1 = 127.0.0.1:{stomp}\n\
+             web_stomp.tcp.ip = 127.0.0.1\n\
+             web_stomp.tcp.port = {}\n\
+             loopback_users = none\n\
+             log.console = true\n\
+             log.console.level = warning\n\
+             log.file = false\n",
+            web_stomp.port()
+        );
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+        };
+        write("rabbitmq.conf", &config)?;
+        write("enabled_plugins", "[rabbitmq_web_stomp].\n")?;
+        let started_epmd =
+            TcpStream::connect_timeout(&"127.0.0.1:4369".parse().expect("addr"), Duration::from_millis(200))
+                .is_err();
+        let mut command = Command::new(&server);
+        command
+            .current_dir(&dir)
+            .env("HOME", &dir)
+            .env("RABBITMQ_NODENAME", format!("stampede-bench-{}@localhost", std::process::id()))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}")
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .process_group(0);
+        let log = Log::new("rabbitmq");
+        let process = Process::spawn(command, &log);
+        let group = process.pid();
+        let mut rabbit = Rabbit {
+            process: Some(process),
+            group,
+            beam: 0,
+            web_stomp,
+            dir,
+            started_epmd,
+            version: String::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if rabbit.beam == 0 {
+                rabbit.beam = find_pid(|args| args.first().is_some_and(|a| a.ends_with("beam.smp")))
+                    .filter(|pid| parent_of(*pid) == Some(group))
+                    .unwrap_or(0);
+            }
+            if rabbit.beam != 0 && TcpStream::connect_timeout(&web_stomp, Duration::from_millis(200)).is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                rabbit.log.dump();
+                rabbit.stop();
+                return Err("RabbitMQ did not open its Web-STOMP port within 120 s".into());
+            }
+            let exited = rabbit.process.as_mut().and_then(Process::exit_status);
+            if let Some(status) = exited {
+                rabbit.log.dump();
+                rabbit.stop();
+                return Err(format!("rabbitmq-server exited ({status}) before it was ready"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        rabbit.version = rabbit
+            .log
+            .text()
+            .lines()
+            .find_map(|l| {
+                l.split("RabbitMQ ").nth(1).map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            })
+            .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|v| format!("RabbitMQ {v}"))
+            .unwrap_or_else(|| "RabbitMQ".into());
+        Ok(rabbit)
+    }
+
+    fn stop(&mut self) {
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &format!("-{}", self.group)])
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline
+            && self.beam != 0
+            && Path::new(&format!("/proc/{}", self.beam)).exists()
+        {
+            if std::fs::read_to_string(format!("/proc/{}/stat", self.beam)).is_ok_and(|s| s.contains(") Z "))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal("-KILL");
+        drop(self.process.take());
+        if self.started_epmd {
+            let _ = Command::new("epmd").arg("-kill").env("ERL_EPMD_ADDRESS", "127.0.0.1").output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        if self.process.is_some() {
+            self.stop();
+        }
+    }
+}

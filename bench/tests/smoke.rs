@@ -1,0 +1,112 @@
+//! Smoke tests: `stampede-bench` against an in-process Stampede node, for about two seconds each,
+//! so CI exercises the load generator end to end (CLI, STOMP over WebSocket, JSON report).
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use stampede::config::Config;
+use stampede_bench::Report;
+
+/// Starts a node on the embedded engine on a free loopback port; returns its WebSocket URL.
+/// The node runs until the test's runtime ends.
+async fn start_node() -> String {
+    let config = Config::load_from(
+        [
+            "stampede",
+            "--listen",
+            "127.0.0.1:0",
+            "--stomp-listen",
+            "off",
+            "--admin-listen",
+            "off",
+            "--drain-period",
+            "100ms",
+        ],
+        &|_| None,
+    )
+    .expect("a valid configuration");
+    let listeners = stampede::Listeners::bind(&config).await.expect("bind 127.0.0.1:0");
+    let addr: SocketAddr = listeners.ws.local_addr().expect("bound address");
+    tokio::spawn(stampede::run(config, listeners, std::future::pending()));
+    format!("ws://{addr}/ws")
+}
+
+/// Runs the `stampede-bench` binary with `args` and returns its JSON report.
+async fn bench(args: &[&str]) -> Report {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_stampede-bench"))
+            .args(&args)
+            .args(["--json", "-", "--quiet", "--source-ips", "4"])
+            .output()
+            .expect("run stampede-bench")
+    });
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("stampede-bench ends within a minute")
+        .expect("join");
+    assert!(
+        output.status.success(),
+        "stampede-bench failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("stampede-bench printed no JSON report ({e}):\n{}", String::from_utf8_lossy(&output.stdout))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_counts_deliveries() {
+    let url = start_node().await;
+    let report = bench(&[
+        "fanout",
+        "--url",
+        &url,
+        "--subscribers",
+        "5",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--size",
+        "64",
+        "--broker-pid",
+        &std::process::id().to_string(),
+    ])
+    .await;
+    assert_eq!(report.scenario, "fanout");
+    assert_eq!(report.connections_reached, 6, "{report:#?}");
+    assert_eq!(report.errors, 0, "{report:#?}");
+    assert!(report.sent > 0, "nothing published: {report:#?}");
+    assert!(report.received > 0, "no deliveries counted: {report:#?}");
+    // Every subscriber gets every message; only those straddling the window's edges may differ.
+    assert!(report.received >= report.sent * 4, "{report:#?}");
+    let latency = report.latency.expect("latency percentiles");
+    assert!(latency.count > 0 && latency.p50_ms <= latency.p99_ms);
+    assert!(report.broker_cpu_s.is_some() && report.memory.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_and_idle_run() {
+    let url = start_node().await;
+    let report = bench(&[
+        "queue",
+        "--url",
+        &url,
+        "--producers",
+        "1",
+        "--consumers",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ])
+    .await;
+    assert_eq!(report.errors, 0, "{report:#?}");
+    assert!(report.received > 0, "no queue deliveries: {report:#?}");
+    let report = bench(&["idle", "--url", &url, "--connections", "50", "--hold", "200ms"]).await;
+    assert_eq!(report.connections_reached, 50, "{report:#?}");
+}
