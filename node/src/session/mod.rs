@@ -373,9 +373,9 @@ impl<S: FrameSink> Session<S> {
     async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), SessionError> {
         let Delivery { subscriber, message, entry } = delivery;
         self.outbox.written(message.len());
-        let current = subscriber.active.load(Ordering::Acquire)
-            && self.subscriptions.get(&subscriber.id).is_some_and(|s| Arc::ptr_eq(s, &subscriber));
-        if !current {
+        // Unsubscribing clears `active` before the subscription id can be used again, so the flag
+        // alone tells a stale delivery (no lookup per delivery).
+        if !subscriber.active.load(Ordering::Acquire) {
             if let Some(entry) = entry {
                 self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false).await?;
             }
