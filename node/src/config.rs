@@ -264,9 +264,11 @@ pub struct Queues {
 /// WebSocket buffer sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WsTuning {
-    /// Read buffer per connection.
+    /// Most bytes read from a socket at once: the read buffer starts small, grows to this while
+    /// data keeps coming, and is released when the connection goes quiet.
     pub read_buffer: usize,
-    /// Write buffer per connection: flushed to the socket when it holds this much.
+    /// Write high-water mark: queued output is written to the socket once it holds this much,
+    /// before the batch ends.
     pub write_buffer: usize,
 }
 
@@ -630,9 +632,11 @@ const SETTINGS: &[Setting] = &[
     setting("queue-max-deliveries", "N", Builtin::Value("0"),
         "Deliveries after which a message goes to the dead-letter queue; 0 = unlimited"),
     setting("ws-read-buffer", "SIZE", Builtin::Value("8KiB"),
-        "WebSocket read buffer per connection"),
+        "Most bytes a WebSocket connection reads from its socket at once; its read buffer starts \
+         at 512 bytes, grows to this while data keeps coming and is released when it stops"),
     setting("ws-write-buffer", "SIZE", Builtin::Value("64KiB"),
-        "WebSocket write buffer per connection: flushed when it holds this much"),
+        "Bytes queued for a WebSocket connection at which they are written before the batch \
+         ends (the write high-water mark)"),
     setting("drain-period", "DURATION", Builtin::Value("30s"),
         "On SIGTERM, client sessions are closed spread over this period"),
     setting("users-file", "PATH", Builtin::Computed("unset"),

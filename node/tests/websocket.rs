@@ -125,3 +125,99 @@ async fn replies_are_text_unless_the_body_is_not_utf8() {
     assert_eq!(sub.last_kind, Some(WsKind::Binary));
     node.shutdown().await;
 }
+
+// === the handshake and framing by hand ===
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// An upgrade request for `/ws` with `version` as `Sec-WebSocket-Version`.
+fn upgrade_request(version: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\
+         Sec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+    )
+}
+
+/// A masked client frame with FIN set.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x5a, 0x01, 0xc3, 0x7e];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads an HTTP response head; returns it and the bytes that came after it.
+async fn read_response_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = got.split_off(end + 4);
+            return (String::from_utf8(got).expect("an ASCII head"), rest);
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed before the end of the response head: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_ping_gets_a_pong_with_its_payload() {
+    let node = TestNode::start(|_| {}).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(node.ws_url()).await.unwrap();
+    for payload in [&b""[..], b"are you there?", &[0xa5; 125]] {
+        ws.send(Message::Ping(payload.to_vec().into())).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, ws.next()).await.expect("a pong in time").unwrap().unwrap();
+        assert_eq!(answer, Message::Pong(payload.to_vec().into()));
+    }
+    // The connection still speaks STOMP.
+    ws.send(Message::text("CONNECT\naccept-version:1.2\nhost:x\n\n\0")).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, ws.next()).await.expect("CONNECTED in time").unwrap().unwrap();
+    assert!(answer.to_text().unwrap().starts_with("CONNECTED\n"), "{answer:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_version_8_is_refused_with_426() {
+    let node = TestNode::start(|_| {}).await;
+    let mut stream = TcpStream::connect(node.ws_addr()).await.unwrap();
+    stream.write_all(upgrade_request("8").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("closed in time").unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+    let head = answer.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.lines().any(|line| line == "sec-websocket-version: 13"), "{answer}");
+    node.shutdown().await;
+}
+
+/// A client that sends its first frames right behind the upgrade request, in the same write,
+/// before it has seen the 101: the frames are not lost.
+#[tokio::test]
+async fn frames_pipelined_behind_the_handshake_are_kept() {
+    let node = TestNode::start(|_| {}).await;
+    let mut stream = TcpStream::connect(node.ws_addr()).await.unwrap();
+    let mut bytes = upgrade_request("13").into_bytes();
+    bytes.extend(client_frame(0x1, b"CONNECT\naccept-version:1.2\nhost:x\n\n\0"));
+    bytes.extend(client_frame(0x1, b"SUBSCRIBE\nid:s\ndestination:/topic/p\nreceipt:r\n\n\0"));
+    stream.write_all(&bytes).await.unwrap();
+    let (head, rest) = read_response_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    assert!(head.contains("Sec-WebSocket-Protocol: v12.stomp"), "{head}");
+    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
+    let mut next = async || {
+        let message = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").unwrap().unwrap();
+        message.into_text().unwrap().to_string()
+    };
+    assert!(next().await.starts_with("CONNECTED\n"));
+    assert!(next().await.starts_with("RECEIPT\nreceipt-id:r\n"));
+    node.shutdown().await;
+}

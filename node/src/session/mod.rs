@@ -304,10 +304,18 @@ impl<S: FrameSink> Session<S> {
                 )))
             }
             Event::Inbound(Some(Inbound::WebSocket(why))) => Err(SessionError::WebSocket(why)),
+            Event::Inbound(Some(Inbound::Ping(payload))) => {
+                // A pong is not a STOMP heart-beat: `last_write` stays as it is.
+                self.sink.pong(&payload).await.map_err(SessionError::io)?;
+                self.sink.flush().await.map_err(SessionError::io)?;
+                Ok(Flow::Continue)
+            }
             Event::Inbound(Some(Inbound::Frame(frame))) => {
                 self.ctx.metrics().frame_in(frame.command);
                 let receipt = frame.get("receipt").map(str::to_owned);
-                let flow = match self.on_frame(frame).await {
+                // Boxed: frame handling is the session's largest state, and an idle session should
+                // not carry it (see `tests::an_idle_session_is_small`).
+                let flow = match Box::pin(self.on_frame(frame)).await {
                     Ok(flow) => flow,
                     Err(error) => {
                         self.error_receipt = receipt;

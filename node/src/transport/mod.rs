@@ -9,17 +9,22 @@
 //! `frame-rate-burst` frames): every frame, heart-beat and WebSocket ping takes a token, and a
 //! client that runs out is reported to its session, which refuses it.
 //!
-//! Layout: `mod.rs` (the reader loop and the sink trait), `tcp.rs`, `ws.rs`, `tls.rs`.
+//! WebSocket pings travel the same way: the reader decodes a ping, takes a token for it and hands
+//! its payload to the session, which owns the writing half and answers with the pong.
+//!
+//! Layout: `mod.rs` (the reader loop and the sink trait), `writer.rs` (the buffered writer both
+//! sinks use), `tcp.rs`, `ws.rs` (with `ws/handshake.rs` and `ws/codec.rs`), `tls.rs`.
 
 pub mod tcp;
 pub mod tls;
+mod writer;
 pub mod ws;
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -40,6 +45,8 @@ pub enum Inbound {
     /// The client broke the WebSocket protocol (an unmasked frame, a bad opcode, an oversized
     /// control frame); says how. The reader has stopped.
     WebSocket(String),
+    /// A WebSocket ping: the session answers with a pong carrying this payload.
+    Ping(Bytes),
     /// The peer closed the connection, or it failed (`Some` says how).
     Closed(Option<String>),
 }
@@ -71,17 +78,22 @@ pub trait FrameSink: Send {
     fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> impl Future<Output = io::Result<()>> + Send;
     /// Queues an EOL heart-beat.
     fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Queues the answer to a WebSocket ping (nothing on transports without pings).
+    fn pong(&mut self, payload: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Flushes and closes.
     fn close(&mut self, reason: CloseReason) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// What one read from a transport produced.
+#[derive(Debug)]
 pub enum Read {
     /// STOMP bytes were appended to the buffer.
     Data,
-    /// Transport-level traffic (a WebSocket ping) that proves the peer alive.
+    /// Transport-level traffic (a WebSocket pong) that proves the peer alive.
     Activity,
+    /// A WebSocket ping, to be answered with a pong carrying its payload.
+    Ping(Bytes),
     Eof,
 }
 
@@ -214,6 +226,15 @@ async fn read_loop<S: ByteSource>(
             Ok(Read::Activity) => {
                 if !within_rate() {
                     let _ = tx.send(Inbound::RateLimited).await;
+                    return;
+                }
+            }
+            Ok(Read::Ping(payload)) => {
+                if !within_rate() {
+                    let _ = tx.send(Inbound::RateLimited).await;
+                    return;
+                }
+                if tx.send(Inbound::Ping(payload)).await.is_err() {
                     return;
                 }
             }

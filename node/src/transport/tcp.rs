@@ -6,12 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::session::{self, Accepted, Context, Permit, Refusal};
+use crate::transport::writer::Writer;
 use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read};
 
 /// Bytes read from the socket at a time.
@@ -102,50 +103,35 @@ impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for TcpSource<R> {
 /// The writing half of a TCP connection: frames are appended to one buffer and written with
 /// one syscall per batch.
 pub struct TcpSink<W> {
-    writer: W,
-    out: BytesMut,
+    out: Writer<W>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> TcpSink<W> {
     pub fn new(writer: W) -> TcpSink<W> {
-        TcpSink { writer, out: BytesMut::new() }
+        TcpSink { out: Writer::new(writer, WRITE_HIGH_WATER) }
     }
 }
 
 impl<W: AsyncWrite + Unpin + Send> FrameSink for TcpSink<W> {
     async fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> io::Result<()> {
-        self.out.extend_from_slice(head);
-        self.out.extend_from_slice(tail);
-        if self.out.len() >= WRITE_HIGH_WATER {
-            self.flush().await?;
-        }
-        Ok(())
+        self.out.queue([head, tail, &[]]).await
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
-        self.out.extend_from_slice(b"\n");
+        self.out.buffer().extend_from_slice(b"\n");
         Ok(())
     }
 
-    /// Cancellation-safe: bytes leave `out` as they are written, so a flush interrupted (a slow
-    /// consumer cut off mid-write) never writes the same bytes twice.
+    /// No pings reach a TCP session.
+    async fn pong(&mut self, _payload: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
     async fn flush(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
-            let n = self.writer.write(&self.out).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.out.advance(n);
-        }
-        if self.out.capacity() > WRITE_HIGH_WATER {
-            // A burst is over: do not keep its buffer for an idle connection.
-            self.out = BytesMut::new();
-        }
-        self.writer.flush().await
+        self.out.flush().await
     }
 
     async fn close(&mut self, _reason: CloseReason) -> io::Result<()> {
-        self.flush().await?;
-        self.writer.shutdown().await
+        self.out.close().await
     }
 }

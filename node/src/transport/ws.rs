@@ -1,55 +1,78 @@
-//! STOMP over WebSocket at `GET /ws` (tokio-tungstenite).
+//! STOMP over WebSocket at `GET /ws`: RFC 6455, server side, written for this broker.
 //!
-//! The handshake negotiates the STOMP subprotocols `v12.stomp`, `v11.stomp` and `v10.stomp`
-//! (the best one offered is echoed; a handshake offering none is accepted, as stomp.py sends
-//! none). STOMP bytes may arrive in text or binary messages, several frames per message or one
-//! frame over several messages: the reader appends every payload to one buffer and decodes from
-//! there. Each outgoing frame is one message: text, or binary when its body is not UTF-8.
-//!
-//! The handshake is where browser-facing checks happen, before any STOMP byte: the path, the
-//! node's and the client address's connection limits (503, 429), the `Origin` allowlist (403),
-//! and the token a browser cannot put in a STOMP header (`Authorization: Bearer`, or
-//! `?token=` on the URL), which is handed to the session to check at CONNECT. With TLS
-//! configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
+//! The handshake (`ws/handshake.rs`) is read and answered by hand. It negotiates the STOMP
+//! subprotocols `v12.stomp`, `v11.stomp` and `v10.stomp` (the best one offered is echoed; a
+//! handshake offering none is accepted, as stomp.py sends none). It is where browser-facing
+//! checks happen, before any STOMP byte: the request itself (a GET in HTTP/1.1 of 16 KiB at
+//! most: 400, 431), the path (404), the upgrade headers (400; 426 for a WebSocket version other
+//! than 13), the node's and the client address's connection limits (503, 429), the `Origin`
+//! allowlist (403), and the token a browser cannot put in a STOMP header (`Authorization:
+//! Bearer`, or `?token=` on the URL), which is handed to the session to check at CONNECT. With
+//! TLS configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
 //! must finish within `connect-timeout` of the accept, so a client that opens a connection and
-//! sends nothing (or sends its request a byte at a time) holds a place only that long.
-//! permessage-deflate is not offered: tungstenite does not implement it, and an offer of it is
-//! ignored (compression would let a small message cost much memory, and would leak secrets
-//! through lengths, as in CRIME/BREACH).
+//! sends nothing (or sends its request a byte at a time) holds a place only that long. Bytes the
+//! client sends right behind its request are kept: they are its first WebSocket frames.
+//!
+//! No extension is negotiated: permessage-deflate is not offered, and an offer of it is ignored
+//! (compression would let a small message cost much memory, and would leak secrets through
+//! lengths, as in CRIME/BREACH).
+//!
+//! Reading ([`WsSource`], the framing in `ws/codec.rs`): STOMP bytes may arrive in text or binary
+//! messages, several frames per message or one frame over several messages. Each payload is
+//! appended to the reader's STOMP buffer and unmasked there, so the decoder sees one byte
+//! stream. Large payloads are read from the socket straight into that buffer. A frame or
+//! message over `max-frame-size` (plus 64 KiB of slack, so a frame just over the limit reaches
+//! the STOMP codec and gets a precise ERROR) is refused from its header, before its payload is
+//! buffered. Text messages must be UTF-8. A client that breaks RFC 6455 (unmasked frames, RSV
+//! bits, unknown opcodes, oversized or fragmented control frames, a continuation of nothing, a
+//! new message inside a fragmented one, bad UTF-8) gets an ERROR and close code 1002. Pings are
+//! answered by the session with a pong, pongs prove the client alive, a close frame ends the
+//! session (close code 1000). The socket is read `ws-read-buffer` bytes at most at a time into
+//! a buffer that starts small, grows while data keeps coming and is released when it stops.
+//!
+//! Writing ([`WsSink`]): each outgoing STOMP frame is one WebSocket frame, text, or binary when
+//! its body is not UTF-8 (decided once per message, when the hub prepares it). The frame header,
+//! the session's head and the shared tail are appended to one output buffer, written once per
+//! batch, or as soon as `ws-write-buffer` bytes are queued. The session owns the writing half
+//! of the socket: a plain TCP stream is split with `into_split`, so nothing is locked per write;
+//! a TLS stream with `tokio::io::split`.
 
-// tungstenite's handshake callback returns its own `Result<Response, ErrorResponse>`; the large
-// error type is its API, not ours.
-#![allow(clippy::result_large_err)]
+mod codec;
+mod handshake;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
-use crate::auth;
 use crate::session::{self, Accepted, Context, Permit, Refusal};
+use crate::transport::writer::Writer;
 use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read, WebSocketViolation};
+use codec::{DecodeError, Decoder, Event};
+use handshake::Outcome;
 
 /// The path clients connect to.
 pub const PATH: &str = "/ws";
 
-/// Bytes a WebSocket message may exceed max-frame-size by before tungstenite refuses it.
+/// Bytes a WebSocket message may exceed max-frame-size by before it is refused unread.
 const WS_SLACK: usize = 64 * 1024;
 
 /// STOMP subprotocols, best first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+/// The read buffer of a quiet connection, and the first read after a pause: most frames fit. A
+/// read that fills it is followed by reads of `ws-read-buffer`; a larger buffer is swapped for
+/// one this small when a read finds nothing to read.
+const IDLE_READ: usize = 512;
+
+/// Payload bytes still to come past which a frame's payload is read from the socket straight
+/// into the STOMP buffer.
+const DIRECT_READ: usize = 4096;
 
 /// Accepts WebSocket clients until the node starts draining.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
@@ -72,101 +95,44 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     }
 }
 
-/// tungstenite's settings from ours. Its defaults (128 KiB read buffer per connection, 64 MiB
-/// messages) are wrong for a broker holding many mostly idle connections.
-pub fn websocket_config(ctx: &Context) -> WebSocketConfig {
-    let config = ctx.config();
-    WebSocketConfig::default()
-        .read_buffer_size(config.ws.read_buffer)
-        .write_buffer_size(config.ws.write_buffer)
-        .max_write_buffer_size(config.ws.write_buffer.saturating_mul(2).max(config.limits.max_frame_size * 2))
-        // A little above our frame limit, so a frame just over it reaches the codec and gets a
-        // precise ERROR; anything larger is refused by tungstenite before it is buffered.
-        .max_message_size(Some(config.limits.max_frame_size + WS_SLACK))
-        .max_frame_size(Some(config.limits.max_frame_size + WS_SLACK))
-}
-
-/// Picks the best STOMP subprotocol a client offered.
-fn choose_subprotocol(request: &Request) -> Option<&'static str> {
-    let offered: Vec<&str> = request
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    SUBPROTOCOLS.into_iter().find(|p| offered.contains(p))
-}
-
-fn reject(status: StatusCode, why: &str) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(why.to_owned()));
-    *response.status_mut() = status;
-    response
-}
-
 async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let deadline = Instant::now() + ctx.config().limits.connect_timeout;
     let _ = stream.set_nodelay(true);
     // Taken before the handshakes, so a client that never finishes them still counts.
     let admitted = ctx.admit(peer);
     match ctx.tls().cloned() {
-        None => handshake(stream, peer, ctx, admitted, deadline).await,
+        None => websocket(stream, TcpStream::into_split, peer, ctx, admitted, deadline).await,
         Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => handshake(stream, peer, ctx, admitted, deadline).await,
+            Ok(Ok(stream)) => websocket(stream, tokio::io::split, peer, ctx, admitted, deadline).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
     }
 }
 
-/// The WebSocket handshake on a plain or TLS stream, then the session.
-async fn handshake<S>(
-    stream: S,
+/// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
+/// halves (`split`).
+async fn websocket<S, R, W>(
+    mut stream: S,
+    split: impl FnOnce(S) -> (R, W),
     peer: SocketAddr,
     ctx: Arc<Context>,
     admitted: Result<Permit, Refusal>,
     deadline: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send,
 {
-    let refusal = admitted.as_ref().err().cloned();
-    let (bearer_tx, bearer_rx) = tokio::sync::oneshot::channel::<Option<String>>();
-    let checks = ctx.clone();
-    let callback = move |request: &Request, mut response: Response| {
-        if request.uri().path() != PATH {
-            return Err(reject(StatusCode::NOT_FOUND, "not found: STOMP over WebSocket is at /ws"));
+    let checks = handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
+        ctx.auth().origin_allowed(origin)
+    });
+    let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
+        Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
+        Ok(Ok(Outcome::Refused(rejection))) => {
+            tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
+            return;
         }
-        match refusal {
-            Some(refusal @ Refusal::NodeFull(_)) => {
-                return Err(reject(StatusCode::SERVICE_UNAVAILABLE, &refusal.to_string()));
-            }
-            Some(refusal @ Refusal::AddressFull(..)) => {
-                return Err(reject(StatusCode::TOO_MANY_REQUESTS, &refusal.to_string()));
-            }
-            None => {}
-        }
-        let origin = request.headers().get("origin").map(|v| v.to_str().unwrap_or("\u{0}"));
-        if !checks.auth().origin_allowed(origin) {
-            return Err(reject(StatusCode::FORBIDDEN, "origin not allowed (ws-origins)"));
-        }
-        let bearer = request
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(auth::bearer)
-            .map(str::to_owned)
-            .or_else(|| request.uri().query().and_then(auth::query_token));
-        let _ = bearer_tx.send(bearer);
-        if let Some(protocol) = choose_subprotocol(request) {
-            response.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
-        }
-        Ok(response)
-    };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config(&ctx)));
-    let socket = match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "WebSocket handshake failed");
             return;
@@ -176,83 +142,248 @@ async fn handshake<S>(
             return;
         }
     };
+    // A refused admission was answered with 503 or 429 above.
     let Ok(permit) = admitted else { return };
-    let bearer = bearer_rx.await.ok().flatten();
-    let (sink, source) = socket.split();
+    let config = ctx.config();
+    let (read, write) = split(stream);
+    let limit = config.limits.max_frame_size.saturating_add(WS_SLACK);
+    let source = WsSource::new(read, rest, limit, config.ws.read_buffer);
+    let sink = WsSink::new(write, config.ws.write_buffer);
     let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-    let inbound = spawn_reader(WsSource(source), ctx.read_limits(), negotiated_rx);
+    let inbound = spawn_reader(source, ctx.read_limits(), negotiated_rx);
     let accepted = Accepted { transport: "ws", peer, permit, deadline, bearer };
-    session::run(ctx, WsSink { sink }, inbound, negotiated_tx, accepted).await;
+    session::run(ctx, sink, inbound, negotiated_tx, accepted).await;
 }
 
-/// The reading half of a WebSocket connection.
-pub struct WsSource<S>(pub SplitStream<WebSocketStream<S>>);
+/// The reading half of a WebSocket connection: client frames in, STOMP bytes out.
+pub struct WsSource<R> {
+    reader: R,
+    /// Bytes read and not decoded yet (at most part of a frame header, or a control frame,
+    /// while the reader waits).
+    raw: BytesMut,
+    decoder: Decoder,
+    /// Most bytes read at once (`ws-read-buffer`).
+    chunk: usize,
+    /// The last read filled the room it had: more is probably waiting.
+    busy: bool,
+}
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteSource for WsSource<S> {
+impl<R> WsSource<R> {
+    /// `rest`: bytes that came with the handshake; `limit`: the largest message accepted.
+    pub fn new(reader: R, rest: BytesMut, limit: usize, chunk: usize) -> WsSource<R> {
+        WsSource { reader, raw: rest, decoder: Decoder::new(limit), chunk: chunk.max(1), busy: false }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
+    /// Reads more into `raw`: a little when the client was quiet, a chunk while data keeps
+    /// coming. Returns the bytes read (0: the client closed).
+    async fn fill(&mut self) -> io::Result<usize> {
+        let room = if self.busy { self.chunk } else { IDLE_READ.min(self.chunk) };
+        self.raw.reserve(room);
+        let mut spare = self.raw.capacity() - self.raw.len();
+        let n = match self.reader.read_buf(&mut self.raw).now_or_never() {
+            Some(read) => read?,
+            None => {
+                // Nothing to read: the client went quiet. Wait with a small buffer, not with the
+                // one a burst grew.
+                if self.raw.is_empty() && self.raw.try_reclaim(IDLE_READ + 1) {
+                    self.raw = BytesMut::with_capacity(IDLE_READ.min(self.chunk));
+                    spare = self.raw.capacity();
+                }
+                self.reader.read_buf(&mut self.raw).await?
+            }
+        };
+        self.busy = n == spare;
+        Ok(n)
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for WsSource<R> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Read> {
-        match self.0.next().await {
-            Some(Ok(Message::Text(text))) => {
-                buf.extend_from_slice(text.as_bytes());
-                Ok(Read::Data)
+        loop {
+            match self.decoder.decode(&mut self.raw, buf).map_err(decode_error)? {
+                Some(Event::Data) => return Ok(Read::Data),
+                Some(Event::Ping(payload)) => return Ok(Read::Ping(payload)),
+                Some(Event::Pong) => return Ok(Read::Activity),
+                Some(Event::Close) => return Ok(Read::Eof),
+                None => {}
             }
-            Some(Ok(Message::Binary(bytes))) => {
-                buf.extend_from_slice(&bytes);
-                Ok(Read::Data)
+            let direct = self.decoder.data_remaining().filter(|&r| r >= DIRECT_READ && self.raw.is_empty());
+            if let Some(remaining) = direct {
+                // The middle of a large payload: read it where it goes, unmask it there.
+                let start = buf.len();
+                buf.reserve(remaining.min(self.chunk.max(DIRECT_READ)));
+                let n = (&mut self.reader).take(remaining as u64).read_buf(buf).await?;
+                if n == 0 {
+                    return Ok(Read::Eof);
+                }
+                self.decoder.accept(&mut buf[start..]).map_err(decode_error)?;
+                return Ok(Read::Data);
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Read::Activity),
-            Some(Ok(Message::Close(_))) | None => Ok(Read::Eof),
-            Some(Err(WsError::Capacity(error))) => Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!("WebSocket message refused: {error} (max-frame-size)"),
-            )),
-            Some(Err(WsError::Protocol(error))) => {
-                Err(io::Error::new(io::ErrorKind::InvalidData, WebSocketViolation(error.to_string())))
+            if self.fill().await? == 0 {
+                return Ok(Read::Eof);
             }
-            Some(Err(error)) => Err(io::Error::other(error)),
         }
     }
 }
 
-/// The writing half of a WebSocket connection: one message per frame, flushed per batch.
-pub struct WsSink<S> {
-    pub sink: SplitSink<WebSocketStream<S>, Message>,
+/// A codec error as the reader loop expects it.
+fn decode_error(error: DecodeError) -> io::Error {
+    match error {
+        DecodeError::Violation(why) => io::Error::new(io::ErrorKind::InvalidData, WebSocketViolation(why)),
+        DecodeError::TooLarge(why) => io::Error::new(io::ErrorKind::FileTooLarge, why),
+    }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
+/// The writing half of a WebSocket connection: one WebSocket frame per STOMP frame, written
+/// once per batch.
+pub struct WsSink<W> {
+    out: Writer<W>,
+}
+
+impl<W: AsyncWrite + Unpin + Send> WsSink<W> {
+    /// `high_water`: queued bytes past which frames are written before the batch ends.
+    pub fn new(writer: W, high_water: usize) -> WsSink<W> {
+        WsSink { out: Writer::new(writer, high_water) }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> FrameSink for WsSink<W> {
     async fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> io::Result<()> {
-        let mut frame = BytesMut::with_capacity(head.len() + tail.len());
-        frame.extend_from_slice(head);
-        frame.extend_from_slice(tail);
-        let frame = frame.freeze();
-        let message = if text {
-            match Utf8Bytes::try_from(frame) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return Err(io::Error::other("text frame is not UTF-8")),
-            }
-        } else {
-            Message::Binary(frame)
-        };
-        self.sink.feed(message).await.map_err(io::Error::other)
+        let opcode = if text { codec::TEXT } else { codec::BINARY };
+        let (header, size) = codec::header(opcode, head.len() + tail.len());
+        self.out.queue([&header[..size], head, tail]).await
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
-        self.sink.feed(Message::Text(Utf8Bytes::from_static("\n"))).await.map_err(io::Error::other)
+        codec::put_frame(self.out.buffer(), codec::TEXT, b"\n");
+        Ok(())
+    }
+
+    async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
+        codec::put_frame(self.out.buffer(), codec::PONG, payload);
+        Ok(())
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.sink.flush().await.map_err(io::Error::other)
+        self.out.flush().await
     }
 
     async fn close(&mut self, reason: CloseReason) -> io::Result<()> {
         let (code, text) = match reason {
-            CloseReason::Normal => (CloseCode::Normal, ""),
-            CloseReason::ProtocolError => (CloseCode::Protocol, "STOMP protocol error"),
-            CloseReason::Policy => (CloseCode::Policy, "limit exceeded"),
-            CloseReason::Restart => (CloseCode::Restart, "server restarting"),
+            CloseReason::Normal => (1000, ""),
+            CloseReason::ProtocolError => (1002, "STOMP protocol error"),
+            CloseReason::Policy => (1008, "limit exceeded"),
+            CloseReason::Restart => (1012, "server restarting"),
         };
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(text) };
-        self.sink.send(Message::Close(Some(frame))).await.map_err(io::Error::other)?;
-        let _ = self.sink.close().await;
-        Ok(())
+        codec::put_close(self.out.buffer(), code, text);
+        self.out.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        codec::put_header(&mut out, opcode, payload.len());
+        out[1] |= 0x80;
+        let mask = [9, 8, 7, 6];
+        out.extend_from_slice(&mask);
+        let start = out.len();
+        out.extend_from_slice(payload);
+        codec::unmask(&mut out[start..], mask, 0);
+        out.to_vec()
+    }
+
+    #[tokio::test]
+    async fn the_source_reads_handshake_leftovers_then_the_socket() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let rest = BytesMut::from(&client_frame(codec::TEXT, b"CONNECT\n")[..]);
+        let mut source = WsSource::new(server, rest, 1 << 20, 16);
+        let mut buf = BytesMut::new();
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+        assert_eq!(&buf[..], b"CONNECT\n");
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = client_frame(codec::BINARY, &big);
+        wire.extend(client_frame(codec::PING, b"p"));
+        wire.extend(client_frame(codec::PONG, b""));
+        wire.extend(client_frame(codec::CLOSE, b""));
+        let writer = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut client, &wire).await.unwrap();
+            client
+        });
+        buf.clear();
+        let mut reads = 0;
+        while buf.len() < big.len() {
+            assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+            reads += 1;
+        }
+        assert_eq!(&buf[..], &big[..]);
+        assert!(reads > 1, "read in pieces");
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Ping(p) if &p[..] == b"p"));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Activity));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Eof));
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_grows_for_a_burst_and_shrinks_when_the_client_goes_quiet() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut source = WsSource::new(server, BytesMut::new(), 1 << 20, 4096);
+        let frame = client_frame(codec::TEXT, &[b'x'; 100]);
+        let burst: Vec<u8> = (0..100).flat_map(|_| frame.clone()).collect();
+        tokio::io::AsyncWriteExt::write_all(&mut client, &burst).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut grew = false;
+        while buf.len() < 100 * 100 {
+            assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+            grew |= source.raw.capacity() > IDLE_READ;
+        }
+        assert!(grew, "reads of ws-read-buffer during the burst");
+        assert!(source.read(&mut buf).now_or_never().is_none(), "nothing more to read");
+        assert!(source.raw.capacity() <= IDLE_READ, "{} bytes held while quiet", source.raw.capacity());
+    }
+
+    #[tokio::test]
+    async fn violations_and_oversized_messages_are_errors_the_reader_loop_knows() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut unmasked = client_frame(codec::TEXT, b"x");
+        unmasked[1] &= 0x7f;
+        let mut source = WsSource::new(server, BytesMut::from(&unmasked[..]), 1 << 20, 4096);
+        let error = source.read(&mut BytesMut::new()).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.get_ref().is_some_and(|e| e.is::<WebSocketViolation>()));
+        assert_eq!(error.to_string(), "WebSocket protocol error: Received an unmasked frame from client");
+
+        let (_client, server) = tokio::io::duplex(64);
+        let mut header = client_frame(codec::BINARY, &[0; 200]);
+        header.truncate(8);
+        let mut source = WsSource::new(server, BytesMut::from(&header[..]), 100, 4096);
+        let error = source.read(&mut BytesMut::new()).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge);
+        assert!(error.to_string().starts_with("WebSocket message refused: "), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_sink_writes_frames_and_closes_with_a_code() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let mut sink = WsSink::new(server, 64 * 1024);
+        sink.feed(b"MESSAGE\n", b"\nhi\0", true).await.unwrap();
+        sink.feed(b"MESSAGE\n", b"\n\xff\0", false).await.unwrap();
+        sink.heartbeat().await.unwrap();
+        sink.pong(b"p").await.unwrap();
+        sink.flush().await.unwrap();
+        sink.close(CloseReason::Policy).await.unwrap();
+        drop(sink);
+        let mut written = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut written).await.unwrap();
+        let mut expected = b"\x81\x0cMESSAGE\n\nhi\0\x82\x0bMESSAGE\n\n\xff\0\x81\x01\n\x8a\x01p".to_vec();
+        expected.extend_from_slice(b"\x88\x10\x03\xf0limit exceeded");
+        assert_eq!(written, expected);
     }
 }

@@ -1,0 +1,126 @@
+//! The buffered writer both transports' sinks are built on: bytes are queued in one buffer and
+//! written with one syscall per batch (or earlier, past a high-water mark).
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// An output buffer this small is always kept between batches. A larger one (grown by a burst)
+/// is kept only while batches stay large: it is released after a batch of at most this much
+/// (traffic is light again, the buffer is not earning its keep), or when it has grown past twice
+/// the high-water mark. So a connection under load does not reallocate per batch, and one that
+/// has quietened down holds little.
+const KEEP: usize = 2 * 1024;
+
+/// The writing half of a connection and its output buffer.
+pub struct Writer<W> {
+    io: W,
+    out: BytesMut,
+    /// Queued bytes past which [`Writer::queued`] writes before the batch's flush.
+    high_water: usize,
+}
+
+impl<W: AsyncWrite + Unpin + Send> Writer<W> {
+    pub fn new(io: W, high_water: usize) -> Writer<W> {
+        Writer { io, out: BytesMut::new(), high_water }
+    }
+
+    /// The output buffer, for small additions (heart-beats, control frames) written at the next
+    /// flush.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Queues `parts` back to back (a frame), then writes the queue out if it has reached the
+    /// high-water mark.
+    pub async fn queue(&mut self, parts: [&[u8]; 3]) -> io::Result<()> {
+        self.out.reserve(parts.iter().map(|part| part.len()).sum());
+        for part in parts {
+            self.out.extend_from_slice(part);
+        }
+        self.queued().await
+    }
+
+    async fn queued(&mut self) -> io::Result<()> {
+        if self.out.len() >= self.high_water {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued. Cancellation-safe: bytes leave the buffer as they are written,
+    /// so a flush interrupted (a slow consumer cut off mid-write) never writes the same bytes
+    /// twice, and the next flush goes on where it stopped.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        while !self.out.is_empty() {
+            let n = self.io.write(&self.out).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.out.advance(n);
+            written += n;
+        }
+        // The buffer is empty: `try_reclaim(n)` tells whether its allocation holds n bytes.
+        let oversized = 2 * self.high_water + 1;
+        if self.out.try_reclaim(KEEP + 1) && (written <= KEEP || self.out.try_reclaim(oversized)) {
+            self.out = BytesMut::new();
+        }
+        self.io.flush().await
+    }
+
+    /// Flushes, then shuts the writing direction down.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.io.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the (empty) buffer's allocation holds `n` bytes.
+    fn holds<W>(writer: &mut Writer<W>, n: usize) -> bool {
+        writer.out.try_reclaim(n)
+    }
+
+    #[tokio::test]
+    async fn a_burst_buffer_is_kept_while_batches_are_large_then_released() {
+        let mut writer = Writer::new(Vec::new(), 64 * 1024);
+        writer.queue([b"", &[b'a'; 100], b""]).await.unwrap();
+        writer.flush().await.unwrap();
+        assert!(holds(&mut writer, 100), "a small buffer is kept");
+        writer.queue([&[b'b'; 5_000], b"", &[b'c'; 5_000]]).await.unwrap();
+        assert_eq!(writer.io.len(), 100, "below the high-water mark nothing is written yet");
+        writer.flush().await.unwrap();
+        assert_eq!(writer.io.len(), 10_100);
+        assert!(holds(&mut writer, 10_000), "kept after a large batch");
+        writer.queue([&[b'd'; 8_000], b"", b""]).await.unwrap();
+        writer.flush().await.unwrap();
+        assert!(holds(&mut writer, 10_000), "kept while batches are large");
+        writer.queue([b"small", b"", b""]).await.unwrap();
+        writer.flush().await.unwrap();
+        assert!(!holds(&mut writer, KEEP + 1), "released after a small batch");
+        assert_eq!(writer.io.len(), 18_105);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_past_twice_the_high_water_mark_is_released() {
+        let mut writer = Writer::new(Vec::new(), 4096);
+        writer.buffer().extend_from_slice(&[b'a'; 10_000]);
+        writer.flush().await.unwrap();
+        assert!(!holds(&mut writer, KEEP + 1));
+    }
+
+    #[tokio::test]
+    async fn past_the_high_water_mark_queued_writes() {
+        let mut writer = Writer::new(Vec::new(), 1000);
+        writer.queue([b"a", &[b'b'; 997], b"c"]).await.unwrap();
+        assert!(writer.io.is_empty());
+        writer.queue([b"", b"d", b""]).await.unwrap();
+        assert_eq!(writer.io.len(), 1000);
+        assert!(writer.out.is_empty());
+    }
+}
