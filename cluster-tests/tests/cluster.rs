@@ -788,3 +788,23 @@ async fn nodes_api_lists_every_node_with_its_connections() {
     }
     drop(clients);
 }
+
+// === Scenario 9: publishes are pipelined, and a DISCONNECT receipt still covers them ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_receipt_waits_for_pipelined_publishes() {
+    let redis = Redis::start().await;
+    let cluster = Cluster::start(1, &redis, &["--history", HISTORY]).await;
+    let mut client = connect(cluster.node(0), Transport::Tcp, None).await;
+    // Redis stalls every write for a while: the SENDs are taken by the node but cannot be stored.
+    redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    for n in 0..200u64 {
+        let text = n.to_string();
+        client.send("/topic/hist.pipelined", &format!("message {n}"), &[("seq", &text)]).await.expect("send");
+    }
+    client.disconnect().await.expect("DISCONNECT receipt");
+    // The receipt came only after every SEND before it reached Redis.
+    let logs = redis.cli(&["KEYS", "*hist.pipelined*:log"]).await;
+    let log = logs.lines().next().unwrap_or_else(|| panic!("no history stream in Redis: {logs:?}"));
+    assert_eq!(redis.cli(&["XLEN", log]).await, "200", "history entries when the receipt arrived");
+}

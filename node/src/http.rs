@@ -133,7 +133,7 @@ async fn publish(
         body: Bytes::from(request.body),
         offset: None,
     };
-    match ctx.hub().publish(route.kind, message).await {
+    match ctx.hub().publish(route.kind, message).await.outcome().await {
         Ok(offset) => (StatusCode::ACCEPTED, Json(PublishResponse { offset })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

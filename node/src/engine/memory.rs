@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, QueueEntry};
+use crate::engine::{
+    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, Published, QueueEntry,
+};
 use crate::metrics::Metrics;
 
 /// The in-memory engine. Cheap to share behind an `Arc`; every lock is held for a few lines.
@@ -43,6 +45,33 @@ struct Stored {
 }
 
 impl MemoryEngine {
+    /// Delivers at once: the publish is applied before the call returns.
+    fn publish_now(&self, mut message: Message) -> Result<Option<u64>, EngineError> {
+        let Some(inbox) = self.inbox() else {
+            return Err(EngineError::Closed);
+        };
+        let Some(rule) = self.config.history_for(&message.destination) else {
+            inbox.deliver(Arc::new(message));
+            return Ok(None);
+        };
+        // History topic: the offset is assigned and the message delivered under the log's lock,
+        // so subscribers see offsets in increasing order.
+        let mut logs = self.logs.lock().expect("logs lock");
+        let log = logs
+            .entry(message.destination.clone())
+            .or_insert_with(|| TopicLog { last_offset: 0, entries: VecDeque::new() });
+        log.last_offset += 1;
+        let offset = log.last_offset;
+        message.offset = Some(offset);
+        let message = Arc::new(message);
+        log.entries.push_back((Instant::now(), message.clone()));
+        while log.entries.len() > rule.size {
+            log.entries.pop_front();
+        }
+        inbox.deliver(message);
+        Ok(Some(offset))
+    }
+
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> MemoryEngine {
         MemoryEngine {
             config,
@@ -93,30 +122,8 @@ impl Engine for MemoryEngine {
 
     fn unwatch(&self, _destination: &str) {}
 
-    async fn publish(&self, mut message: Message) -> Result<Option<u64>, EngineError> {
-        let Some(inbox) = self.inbox() else {
-            return Err(EngineError::Closed);
-        };
-        let Some(rule) = self.config.history_for(&message.destination) else {
-            inbox.deliver(Arc::new(message));
-            return Ok(None);
-        };
-        // History topic: the offset is assigned and the message delivered under the log's lock,
-        // so subscribers see offsets in increasing order.
-        let mut logs = self.logs.lock().expect("logs lock");
-        let log = logs
-            .entry(message.destination.clone())
-            .or_insert_with(|| TopicLog { last_offset: 0, entries: VecDeque::new() });
-        log.last_offset += 1;
-        let offset = log.last_offset;
-        message.offset = Some(offset);
-        let message = Arc::new(message);
-        log.entries.push_back((Instant::now(), message.clone()));
-        while log.entries.len() > rule.size {
-            log.entries.pop_front();
-        }
-        inbox.deliver(message);
-        Ok(Some(offset))
+    async fn publish(&self, message: Message) -> Published {
+        Published::done(self.publish_now(message))
     }
 
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
@@ -146,10 +153,10 @@ impl Engine for MemoryEngine {
         Ok(History { messages, complete })
     }
 
-    async fn enqueue(&self, message: Message) -> Result<(), EngineError> {
+    async fn enqueue(&self, message: Message) -> Published {
         let queue = message.destination.clone();
         self.push_ready(&queue, Arc::new(message), 0);
-        Ok(())
+        Published::done(Ok(None))
     }
 
     async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {

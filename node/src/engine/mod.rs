@@ -107,6 +107,44 @@ impl Pending {
     }
 }
 
+/// A publish an engine has taken: see [`Engine::publish`].
+#[derive(Debug)]
+pub struct Published(Taken);
+
+#[derive(Debug)]
+enum Taken {
+    Done(Result<Option<u64>, EngineError>),
+    Waiting(oneshot::Receiver<Result<Option<u64>, EngineError>>),
+}
+
+impl Published {
+    /// Already applied (or refused).
+    pub fn done(result: Result<Option<u64>, EngineError>) -> Published {
+        Published(Taken::Done(result))
+    }
+
+    /// Applied when the sender side answers.
+    pub fn waiting(rx: oneshot::Receiver<Result<Option<u64>, EngineError>>) -> Published {
+        Published(Taken::Waiting(rx))
+    }
+
+    /// The failure, when it is already known.
+    pub fn failed(&self) -> Option<&EngineError> {
+        match &self.0 {
+            Taken::Done(Err(error)) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Waits for the outcome: the history offset, if the destination keeps history.
+    pub async fn outcome(self) -> Result<Option<u64>, EngineError> {
+        match self.0 {
+            Taken::Done(result) => result,
+            Taken::Waiting(rx) => rx.await.unwrap_or(Err(EngineError::Closed)),
+        }
+    }
+}
+
 /// Where an engine hands what reaches this node. Implemented by the hub.
 pub trait Inbox: Send + Sync + 'static {
     /// A message for a destination this node watches (topics and user destinations).
@@ -124,16 +162,20 @@ pub trait Engine: Send + Sync {
     fn watch(&self, destination: &str) -> Pending;
     /// This node's last local subscriber of `destination` left: stop receiving it.
     fn unwatch(&self, destination: &str);
-    /// Publishes to a topic or user destination; returns the history offset when it keeps one.
-    fn publish(&self, message: Message) -> impl Future<Output = Result<Option<u64>, EngineError>> + Send;
+    /// Publishes to a topic or user destination. Resolves once the engine has *taken* the
+    /// message, ordered after everything the caller published before; the [`Published`] it
+    /// returns tells the outcome (the history offset, when the destination keeps one) for callers
+    /// that need it (receipts). Dropping it is how a caller publishes without waiting; the engine
+    /// then counts and logs a failure itself.
+    fn publish(&self, message: Message) -> impl Future<Output = Published> + Send;
     /// Retained messages of `destination` after `since` (exclusive).
     fn history(
         &self,
         destination: &str,
         since: u64,
     ) -> impl Future<Output = Result<History, EngineError>> + Send;
-    /// Appends to a queue.
-    fn enqueue(&self, message: Message) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Appends to a queue; taken and answered like [`Engine::publish`].
+    fn enqueue(&self, message: Message) -> impl Future<Output = Published> + Send;
     /// Takes up to `max` ready entries of `queue` for this node.
     fn fetch(
         &self,
@@ -185,13 +227,13 @@ impl Engine for AnyEngine {
     fn unwatch(&self, destination: &str) {
         dispatch!(self, e => e.unwatch(destination))
     }
-    async fn publish(&self, message: Message) -> Result<Option<u64>, EngineError> {
+    async fn publish(&self, message: Message) -> Published {
         dispatch!(self, e => e.publish(message).await)
     }
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         dispatch!(self, e => e.history(destination, since).await)
     }
-    async fn enqueue(&self, message: Message) -> Result<(), EngineError> {
+    async fn enqueue(&self, message: Message) -> Published {
         dispatch!(self, e => e.enqueue(message).await)
     }
     async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {

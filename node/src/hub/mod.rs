@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::SlowConsumerPolicy;
 use crate::destination::{Kind, Route};
-use crate::engine::{AnyEngine, Engine, EngineError, EntryId, History, Inbox, Message, Pending};
+use crate::engine::{AnyEngine, Engine, EngineError, EntryId, History, Inbox, Message, Pending, Published};
 use crate::metrics::Metrics;
 pub use prepared::Prepared;
 
@@ -207,17 +207,19 @@ impl Hub {
         &self.metrics
     }
 
-    /// Publishes to a topic, queue or user destination. Returns the history offset if any.
-    pub async fn publish(&self, kind: Kind, message: Message) -> Result<Option<u64>, EngineError> {
-        let result = match kind {
-            Kind::Queue => self.engine.enqueue(message).await.map(|()| None),
+    /// Publishes to a topic, queue or user destination. Resolves once the engine has taken the
+    /// message (in call order); the [`Published`] tells the outcome to a caller that waits for it.
+    pub async fn publish(&self, kind: Kind, message: Message) -> Published {
+        let published = match kind {
+            Kind::Queue => self.engine.enqueue(message).await,
             Kind::Topic | Kind::User => self.engine.publish(message).await,
         };
-        match &result {
-            Ok(_) => self.metrics.published(kind),
-            Err(_) => self.metrics.dropped("publish_failed", 1),
+        // A failure known now is counted here; one found later by the engine, by the engine.
+        match published.failed() {
+            None => self.metrics.published(kind),
+            Some(_) => self.metrics.dropped("publish_failed", 1),
         }
-        result
+        published
     }
 
     pub async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {

@@ -19,6 +19,8 @@
 
 mod context;
 mod error;
+#[cfg(test)]
+mod tests;
 
 pub use context::{Context, Permit, Refusal};
 pub use error::SessionError;
@@ -34,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
-use crate::engine::{EntryId, Message};
+use crate::engine::{EntryId, Message, Published};
 use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
 use crate::transport::{CloseReason, FrameSink, Inbound, Negotiated};
@@ -116,6 +118,8 @@ pub async fn run<S: FrameSink>(
         heartbeat_out: None,
         last_write: Instant::now(),
         wrote: false,
+        batch_messages: 0,
+        unconfirmed: None,
         subscriptions: HashMap::new(),
         next_sub_seq: 0,
         resumes: HashMap::new(),
@@ -165,6 +169,11 @@ struct Session<S> {
     last_write: Instant,
     /// Something was fed to the sink since the last flush.
     wrote: bool,
+    /// MESSAGE frames written in the current batch (counted in the metrics once per batch).
+    batch_messages: u64,
+    /// The last publish of a SEND without receipt, while the engine has not answered it: a
+    /// DISCONNECT's receipt waits for it (and so, publishes being ordered, for all before it).
+    unconfirmed: Option<Published>,
     subscriptions: HashMap<String, Arc<Subscriber>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
@@ -268,9 +277,9 @@ impl<S: FrameSink> Session<S> {
             Ok(reason) => {
                 let _ = self.sink.close(reason).await;
             }
-            Err(error) => self.fail(error).await,
+            Err(error) => Box::pin(self.fail(error)).await,
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     /// When this session closes in a drain: spread over the drain period, so clients do not all
@@ -363,6 +372,11 @@ impl<S: FrameSink> Session<S> {
         if std::mem::take(&mut self.wrote) {
             self.last_write = Instant::now();
         }
+        let messages = std::mem::take(&mut self.batch_messages);
+        if messages > 0 {
+            self.ctx.metrics().frames_out(Command::Message, messages);
+            self.ctx.metrics().delivered(messages);
+        }
         self.ack_written().await
     }
 
@@ -372,7 +386,7 @@ impl<S: FrameSink> Session<S> {
         }
         let acks = std::mem::take(&mut self.auto_acks);
         for (subscriber, entry) in acks {
-            self.ctx.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id)).await?;
+            Box::pin(self.ctx.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id))).await?;
         }
         Ok(())
     }
@@ -385,7 +399,7 @@ impl<S: FrameSink> Session<S> {
         // alone tells a stale delivery (no lookup per delivery).
         if !subscriber.active.load(Ordering::Acquire) {
             if let Some(entry) = entry {
-                self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false).await?;
+                Box::pin(self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false)).await?;
             }
             return Ok(());
         }
@@ -439,8 +453,7 @@ impl<S: FrameSink> Session<S> {
         }
         self.sink.feed(&self.scratch, message.tail(version), message.text).await.map_err(SessionError::io)?;
         self.wrote = true;
-        self.ctx.metrics().frame_out(Command::Message);
-        self.ctx.metrics().delivered(1);
+        self.batch_messages += 1;
         if let Some(entry) = entry {
             if subscriber.ack == AckMode::Auto {
                 self.auto_acks.push((subscriber.clone(), entry));
@@ -591,6 +604,13 @@ impl<S: FrameSink> Session<S> {
             Command::Abort => self.on_abort(frame).await,
             Command::Disconnect => {
                 let receipt = frame.get("receipt").map(str::to_owned);
+                if let (Some(_), Some(published)) = (&receipt, self.unconfirmed.take()) {
+                    // The receipt tells the client everything it sent was handled: its publishes
+                    // have reached the store, or failed (counted and logged).
+                    if let Err(error) = published.outcome().await {
+                        tracing::warn!(%error, "publish failed");
+                    }
+                }
                 self.write_batch(None).await?;
                 self.send_receipt(receipt).await?;
                 self.sink.flush().await.map_err(SessionError::io)?;
@@ -712,20 +732,27 @@ impl<S: FrameSink> Session<S> {
             self.send_receipt(receipt).await?;
             return Ok(Flow::Continue);
         }
-        match self.publish(route, frame).await {
-            Ok(()) => self.send_receipt(receipt).await?,
-            // Without a receipt the client asked for no confirmation: the failure is counted
-            // (messages_dropped{reason="publish_failed"}) and logged, and the session goes on.
-            // With one, the ERROR carries its receipt-id: never a RECEIPT for a lost message.
-            Err(SessionError::Engine(error)) if receipt.is_none() => {
-                tracing::warn!(%error, "publish failed")
+        let published = self.publish(route, frame).await;
+        match receipt {
+            // A receipt promises the message is published: wait for the engine's answer. A
+            // failure becomes an ERROR carrying the receipt-id, never a RECEIPT for a lost message.
+            Some(_) => {
+                published.outcome().await?;
+                self.send_receipt(receipt).await?;
             }
-            Err(error) => return Err(error),
+            // Without one the client asked for no confirmation: the session goes on reading while
+            // the engine sends (on Redis, pipelined with the publishes before and after it). A
+            // failure is counted (messages_dropped{reason="publish_failed"}) and logged.
+            None => match published.failed() {
+                Some(error) => tracing::warn!(%error, "publish failed"),
+                None => self.unconfirmed = Some(published),
+            },
         }
         Ok(Flow::Continue)
     }
 
-    async fn publish(&mut self, route: Route, frame: Frame) -> Result<(), SessionError> {
+    /// Hands a SEND's message to the hub, in order with this session's other publishes.
+    async fn publish(&mut self, route: Route, frame: Frame) -> Published {
         let Frame { headers, body, .. } = frame;
         let mut kept: Vec<(String, String)> = Vec::with_capacity(headers.len());
         for (name, value) in headers {
@@ -736,8 +763,7 @@ impl<S: FrameSink> Session<S> {
         }
         let message =
             Message { destination: Arc::from(route.name.as_str()), headers: kept, body, offset: None };
-        self.ctx.hub().publish(route.kind, message).await?;
-        Ok(())
+        self.ctx.hub().publish(route.kind, message).await
     }
 
     async fn on_subscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
@@ -931,11 +957,13 @@ impl<S: FrameSink> Session<S> {
             .transactions
             .remove(tx)
             .ok_or_else(|| SessionError::invalid(format!("unknown transaction {tx:?}")))?;
+        // The publishes go out pipelined; the commit's receipt waits for all of them.
+        let mut published = Vec::new();
         for held in frames {
             match held.command {
                 Command::Send => {
                     let route = destination::for_send(required(&held, "destination")?)?;
-                    self.publish(route, held).await?;
+                    published.push(self.publish(route, held).await);
                 }
                 Command::Ack | Command::Nack => {
                     let seq = self.acked_seq(&held)?;
@@ -943,6 +971,9 @@ impl<S: FrameSink> Session<S> {
                 }
                 _ => {}
             }
+        }
+        for published in published {
+            published.outcome().await?;
         }
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
         Ok(Flow::Continue)

@@ -23,7 +23,8 @@
 //! | `P:ch:/queue/q` | channel | "entries ready" notifications of a queue (`r`) |
 //!
 //! # Topics
-//! A publish is one PUBLISH of the [`envelope`]; a node SUBSCRIBEs to a destination's channel
+//! A publish is one PUBLISH of the [`envelope`], sent by the [`publisher`] task, which pipelines
+//! every publish of the node in the order the sessions handed them over; a node SUBSCRIBEs to a destination's channel
 //! while it watches it. Watch and unwatch are applied in call order by one task; messages are
 //! decoded and handed to the inbox in arrival order by another. A node's own publishes come back
 //! through Redis like everyone else's, so per-publisher order holds on every node.
@@ -47,10 +48,11 @@
 //! as redeliveries, so they flow to consumers anywhere in the cluster.
 //!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
-//! `pubsub.rs` (watching and delivering), `queues.rs`, `registry.rs`, `tests.rs`.
+//! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`, `registry.rs`, `tests.rs`.
 
 mod envelope;
 mod keys;
+mod publisher;
 mod pubsub;
 mod queues;
 mod registry;
@@ -63,17 +65,20 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, ReconnectPolicy};
 use fred::types::{Builder, ClusterHash, CustomCommand, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, QueueEntry};
+use crate::engine::{
+    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, Published, QueueEntry,
+};
 use crate::metrics::Metrics;
 pub use envelope::Envelope;
 use keys::Keys;
+use publisher::{Op, ScriptReply};
 
 /// Pub/sub messages fred buffers for the delivering task before it reports a lag (fred's
 /// default of 32 would drop messages under any burst).
@@ -103,6 +108,7 @@ impl Default for Tuning {
 pub struct RedisEngine {
     inner: Arc<Inner>,
     control: mpsc::UnboundedSender<pubsub::Control>,
+    publishes: mpsc::Sender<publisher::Request>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -208,7 +214,9 @@ impl RedisEngine {
         let client_reconnects = inner.client.reconnect_rx();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (refill_tx, refill_rx) = mpsc::unbounded_channel();
+        let (publish_tx, publish_rx) = mpsc::channel(publisher::CAPACITY);
         let tasks = vec![
+            tokio::spawn(publisher::publish_loop(inner.clone(), publish_rx)),
             tokio::spawn(pubsub::control_loop(inner.clone(), control_rx, subscriber_reconnects, refill_tx)),
             tokio::spawn(pubsub::delivery_loop(inner.clone(), messages, refill_rx)),
             tokio::spawn(queues::maintenance_loop(inner.clone(), client_reconnects)),
@@ -227,11 +235,26 @@ impl RedisEngine {
         } else {
             tracing::warn!(url = %redacted, "Redis is not reachable yet; the node starts not ready and keeps trying");
         }
-        Ok(RedisEngine { inner, control: control_tx, tasks })
+        Ok(RedisEngine { inner, control: control_tx, publishes: publish_tx, tasks })
     }
 
-    /// Stops the tasks, leaves the registry and closes the connections.
+    /// Hands a write to the publishing task, in call order.
+    async fn write(&self, destination: Arc<str>, op: Op) -> Published {
+        let (reply, rx) = oneshot::channel();
+        let job = publisher::Job { destination, op, reply };
+        match self.publishes.send(publisher::Request::Write(job)).await {
+            Ok(()) => Published::waiting(rx),
+            Err(_) => Published::done(Err(EngineError::Closed)),
+        }
+    }
+
+    /// Sends the writes already taken (for at most a command timeout), stops the tasks,
+    /// leaves the registry and closes the connections.
     pub async fn shutdown(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.publishes.send(publisher::Request::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(COMMAND_TIMEOUT, flushed).await;
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -364,36 +387,28 @@ impl Engine for RedisEngine {
         let _ = self.control.send(pubsub::Control::Unwatch(Arc::from(destination)));
     }
 
-    async fn publish(&self, message: Message) -> Result<Option<u64>, EngineError> {
+    async fn publish(&self, message: Message) -> Published {
         let inner = &self.inner;
-        inner.check_connected()?;
+        if let Err(error) = inner.check_connected() {
+            return Published::done(Err(error));
+        }
+        let node = &inner.config.node_id;
         let channel = inner.keys.channel(&message.destination);
-        let Some(rule) = inner.config.history_for(&message.destination) else {
-            let bytes = envelope::encode(&inner.config.node_id, &message);
-            inner
-                .client
-                .publish::<(), _, _>(channel, bytes::Bytes::from(bytes))
-                .await
-                .map_err(unavailable)?;
-            return Ok(None);
+        let op = match inner.config.history_for(&message.destination) {
+            None => Op::Publish { channel, envelope: envelope::encode(node, &message).into() },
+            Some(rule) => Op::Script {
+                script: &scripts::HISTORY_PUBLISH,
+                keys: vec![inner.keys.seq(&message.destination), inner.keys.log(&message.destination)],
+                args: vec![
+                    Value::Bytes(envelope::encode_without_offset(node, &message).into()),
+                    Value::Integer(rule.size as i64),
+                    Value::Integer(rule.ttl.map_or(0, |ttl| ttl.as_millis().saturating_mul(3).max(1) as i64)),
+                    Value::from(channel),
+                ],
+                reply: ScriptReply::Offset,
+            },
         };
-        let bytes = envelope::encode_without_offset(&inner.config.node_id, &message);
-        let expire_ms = rule.ttl.map_or(0, |ttl| ttl.as_millis().saturating_mul(3).max(1) as i64);
-        let (seq_key, log_key) = (inner.keys.seq(&message.destination), inner.keys.log(&message.destination));
-        let args = vec![
-            Value::Bytes(bytes.into()),
-            Value::Integer(rule.size as i64),
-            Value::Integer(expire_ms),
-            Value::from(channel),
-        ];
-        let reply = scripts::HISTORY_PUBLISH
-            .run(&inner.client, &[&seq_key, &log_key], args)
-            .await
-            .map_err(unavailable)?;
-        let offset = reply.as_u64().ok_or_else(|| {
-            EngineError::Unavailable(format!("unexpected reply to a history publish: {reply:?}"))
-        })?;
-        Ok(Some(offset))
+        self.write(message.destination, op).await
     }
 
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
@@ -411,11 +426,25 @@ impl Engine for RedisEngine {
         Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete })
     }
 
-    async fn enqueue(&self, message: Message) -> Result<(), EngineError> {
+    async fn enqueue(&self, message: Message) -> Published {
         let inner = &self.inner;
-        inner.check_connected()?;
-        inner.register_queue(&message.destination).await?;
-        queues::push(inner, &message.destination, envelope::encode(&inner.config.node_id, &message)).await
+        if let Err(error) = inner.check_connected() {
+            return Published::done(Err(error));
+        }
+        if let Err(error) = inner.register_queue(&message.destination).await {
+            return Published::done(Err(error));
+        }
+        let op = Op::Script {
+            script: &scripts::ENQUEUE,
+            keys: vec![inner.keys.queue(&message.destination)],
+            args: vec![
+                Value::Bytes(envelope::encode(&inner.config.node_id, &message).into()),
+                Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
+                Value::from(inner.keys.channel(&message.destination)),
+            ],
+            reply: ScriptReply::Dropped,
+        };
+        self.write(message.destination, op).await
     }
 
     async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {

@@ -24,7 +24,8 @@ const RECLAIM_CALLS: usize = 10;
 const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEPTH_QUEUES: usize = 1000;
 
-/// Appends an envelope to `queue`, trimming the oldest ready entries past the bound.
+/// Appends an envelope to `queue`, trimming the oldest ready entries past the bound (dead
+/// letters; clients' enqueues go through the pipelining publisher).
 pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Result<(), EngineError> {
     let key = inner.keys.queue(queue);
     let args = vec![

@@ -8,8 +8,9 @@
 use std::sync::LazyLock;
 
 use fred::clients::Client;
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, LuaInterface};
 use fred::types::{ClusterHash, CustomCommand, Value};
+use sha1::{Digest, Sha1};
 
 use super::keys::GROUP;
 
@@ -23,7 +24,7 @@ pub struct Script {
 impl Script {
     fn new(name: &'static str, body: &str) -> Script {
         let lua = format!("local GROUP = '{GROUP}'\n{LIBRARY}\n{body}");
-        let sha = hex(&sha1(lua.as_bytes()));
+        let sha = hex(&Sha1::digest(lua.as_bytes()));
         Script { name, lua, sha }
     }
 
@@ -34,24 +35,59 @@ impl Script {
         keys: &[&str],
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        let slot = keys.first().map(|k| fred::util::redis_keyslot(k.as_bytes()));
-        let hash = slot.map(ClusterHash::Custom).unwrap_or(ClusterHash::Random);
-        let call = |command: &'static str, head: Value| {
-            let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-            all.push(head);
-            all.push(Value::Integer(keys.len() as i64));
-            all.extend(keys.iter().map(|k| Value::from(*k)));
-            all.extend(args.iter().cloned());
-            client.custom::<Value, Value>(CustomCommand::new_static(command, hash.clone(), false), all)
-        };
-        match call("EVALSHA", Value::from(self.sha.as_str())).await {
-            Err(e) if e.details().contains("NOSCRIPT") => {
+        let (command, all) = self.call("EVALSHA", Value::from(self.sha.as_str()), keys, &args);
+        match client.custom::<Value, Value>(command, all).await {
+            Err(e) if is_noscript(&e) => {
                 tracing::debug!(script = self.name, "loading a script into Redis");
-                call("EVAL", Value::from(self.lua.as_str())).await
+                let (command, all) = self.call("EVAL", Value::from(self.lua.as_str()), keys, &args);
+                client.custom::<Value, Value>(command, all).await
             }
             result => result,
         }
     }
+
+    /// Loads the script into Redis (every primary of a Redis Cluster), so that its EVALSHA calls
+    /// in a pipeline do not fail. Returns the SHA-1 Redis names it by.
+    pub async fn load(&self, client: &Client) -> Result<String, fred::error::Error> {
+        if client.is_clustered() {
+            client.script_load_cluster(self.lua.as_str()).await
+        } else {
+            client.script_load(self.lua.as_str()).await
+        }
+    }
+
+    #[cfg(test)]
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// The EVALSHA of the script with `keys` and `args`, to send in a pipeline; a reply that
+    /// [`is_noscript`] means it has to be [`run`](Script::run) again.
+    pub fn evalsha(&self, keys: &[&str], args: &[Value]) -> (CustomCommand, Vec<Value>) {
+        self.call("EVALSHA", Value::from(self.sha.as_str()), keys, args)
+    }
+
+    fn call(
+        &self,
+        command: &'static str,
+        head: Value,
+        keys: &[&str],
+        args: &[Value],
+    ) -> (CustomCommand, Vec<Value>) {
+        let slot = keys.first().map(|k| fred::util::redis_keyslot(k.as_bytes()));
+        let hash = slot.map(ClusterHash::Custom).unwrap_or(ClusterHash::Random);
+        let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+        all.push(head);
+        all.push(Value::Integer(keys.len() as i64));
+        all.extend(keys.iter().map(|k| Value::from(*k)));
+        all.extend(args.iter().cloned());
+        (CustomCommand::new_static(command, hash, false), all)
+    }
+}
+
+/// Redis does not know the script (restarted, failed over, or a cluster node that has not seen it).
+pub fn is_noscript(error: &fred::error::Error) -> bool {
+    error.details().contains("NOSCRIPT")
 }
 
 /// Functions shared by the queue scripts.
@@ -284,63 +320,4 @@ return 0
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-1 (FIPS 180-1), only to name scripts for EVALSHA.
-fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
-    let mut message = data.to_vec();
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
-    }
-    message.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
-    for chunk in message.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in chunk.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (i, word) in h.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sha1_matches_known_digests() {
-        assert_eq!(hex(&sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(hex(&sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
-        assert_eq!(
-            hex(&sha1(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")),
-            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
-        );
-        assert_eq!(hex(&sha1(&[b'a'; 1000])), "291e9a6c66994949b57ba5e650361e98fc36b1ba");
-    }
 }

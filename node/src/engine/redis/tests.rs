@@ -241,7 +241,7 @@ async fn topic_messages_reach_other_nodes_once_in_order_until_unwatched() {
 
     b.engine.watch("/topic/t").wait().await.expect("watch");
     for i in 0..100 {
-        assert_eq!(a.engine.publish(message("/topic/t", i.to_string())).await, Ok(None));
+        assert_eq!(a.engine.publish(message("/topic/t", i.to_string())).await.outcome().await, Ok(None));
     }
     assert!(eventually(WAIT, || b.inbox.count() >= 100).await, "got {}", b.inbox.count());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -254,16 +254,44 @@ async fn topic_messages_reach_other_nodes_once_in_order_until_unwatched() {
 
     // The publisher's own node receives through Redis too once it watches.
     a.engine.watch("/topic/t").wait().await.expect("watch");
-    a.engine.publish(message("/topic/t", "100")).await.expect("publish");
+    a.engine.publish(message("/topic/t", "100")).await.outcome().await.expect("publish");
     assert!(eventually(WAIT, || a.inbox.count() == 1 && b.inbox.count() == 101).await);
 
     // Unwatch is applied in call order: once a later watch is done, it is done too.
     b.engine.unwatch("/topic/t");
     b.engine.watch("/topic/other").wait().await.expect("watch");
-    a.engine.publish(message("/topic/t", "101")).await.expect("publish");
+    a.engine.publish(message("/topic/t", "101")).await.outcome().await.expect("publish");
     assert!(eventually(WAIT, || a.inbox.count() == 2).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.inbox.count(), 101, "nothing after unwatch");
+}
+
+/// Publishes nobody waits for are pipelined, and still reach other nodes once each, in the order
+/// they were taken, history publishes (a script each) interleaved with plain ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_taken_without_waiting_arrive_in_order() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
+    let a = node(&server, "node-a", rules).await;
+    let b = node(&server, "node-b", rules).await;
+    // EVALSHA names a script by the SHA-1 of its text, as Redis computes it.
+    for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE] {
+        assert_eq!(script.load(&a.engine.inner.client).await.as_deref(), Ok(script.sha()), "{}", script.name);
+    }
+    b.engine.watch("/topic/p").wait().await.expect("watch");
+    b.engine.watch("/topic/h").wait().await.expect("watch");
+    let mut last = None;
+    for i in 0..2000 {
+        let destination = if i % 100 == 99 { "/topic/h" } else { "/topic/p" };
+        // Dropped at once but the last: the engine has taken each in order.
+        last = Some(a.engine.publish(message(destination, i.to_string())).await);
+    }
+    assert_eq!(last.expect("published").outcome().await, Ok(Some(20)), "the 20th history publish");
+    assert!(eventually(WAIT, || b.inbox.count() >= 2000).await, "got {}", b.inbox.count());
+    let expected: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+    assert_eq!(b.inbox.bodies(), expected, "each once, in the order taken");
+    let offsets: Vec<u64> = b.inbox.messages.lock().expect("lock").iter().filter_map(|m| m.offset).collect();
+    assert_eq!(offsets, (1..=20).collect::<Vec<u64>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +305,9 @@ async fn history_offsets_replay_and_completeness_match_the_memory_engine() {
 
     let mut offsets = Vec::new();
     for i in 1..=8 {
-        offsets.push(a.engine.publish(message("/topic/h", format!("m{i}"))).await.expect("publish"));
+        offsets.push(
+            a.engine.publish(message("/topic/h", format!("m{i}"))).await.outcome().await.expect("publish"),
+        );
     }
     assert_eq!(offsets, (1..=8).map(Some).collect::<Vec<_>>());
 
@@ -304,8 +334,8 @@ async fn history_offsets_replay_and_completeness_match_the_memory_engine() {
     assert!(!a.engine.history("/topic/plain", 0).await.expect("history").complete, "no history rule");
 
     // TTL: entries older than it are skipped; keys expire after 3 × ttl.
-    a.engine.publish(message("/topic/ttl", "t1")).await.expect("publish");
-    a.engine.publish(message("/topic/ttl", "t2")).await.expect("publish");
+    a.engine.publish(message("/topic/ttl", "t1")).await.outcome().await.expect("publish");
+    a.engine.publish(message("/topic/ttl", "t2")).await.outcome().await.expect("publish");
     let h = a.engine.history("/topic/ttl", 0).await.expect("history");
     assert!(h.complete && h.messages.len() == 2);
     let pttl = raw(&a, "PTTL", "stampede:{/topic/ttl}:log", &["stampede:{/topic/ttl}:log"]).await;
@@ -314,7 +344,7 @@ async fn history_offsets_replay_and_completeness_match_the_memory_engine() {
     let h = a.engine.history("/topic/ttl", 0).await.expect("history");
     assert!(!h.complete && h.messages.is_empty(), "expired: missed");
     assert!(a.engine.history("/topic/ttl", 2).await.expect("history").complete);
-    a.engine.publish(message("/topic/ttl", "t3")).await.expect("publish");
+    a.engine.publish(message("/topic/ttl", "t3")).await.outcome().await.expect("publish");
     let h = a.engine.history("/topic/ttl", 2).await.expect("history");
     assert!(h.complete && h.messages.len() == 1 && h.messages[0].offset == Some(3));
 }
@@ -330,7 +360,8 @@ async fn offsets_of_every_varint_width_survive_the_lua_script() {
     let mut expected = Vec::new();
     for start in [0u64, 249, 250, 65_534, 65_535, 4_294_967_294, 4_294_967_295, 1 << 40] {
         raw(&a, "SET", seq, &[seq, &start.to_string()]).await;
-        let offset = a.engine.publish(message("/topic/w", start.to_string())).await.expect("publish");
+        let offset =
+            a.engine.publish(message("/topic/w", start.to_string())).await.outcome().await.expect("publish");
         assert_eq!(offset, Some(start + 1));
         expected.push(start + 1);
     }
@@ -355,10 +386,10 @@ async fn history_live_delivery_drops_duplicates_and_fills_gaps_in_order() {
     let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
     let a = node(&server, "node-a", rules).await;
     let b = node(&server, "node-b", rules).await;
-    a.engine.publish(message("/topic/h", "before")).await.expect("publish");
+    a.engine.publish(message("/topic/h", "before")).await.outcome().await.expect("publish");
     b.engine.watch("/topic/h").wait().await.expect("watch");
     for i in 2..=3 {
-        a.engine.publish(message("/topic/h", i.to_string())).await.expect("publish");
+        a.engine.publish(message("/topic/h", i.to_string())).await.outcome().await.expect("publish");
     }
     assert!(eventually(WAIT, || b.inbox.count() == 2).await);
 
@@ -369,7 +400,7 @@ async fn history_live_delivery_drops_duplicates_and_fills_gaps_in_order() {
     let args =
         vec![Value::Bytes(lost.into()), Value::Integer(100), Value::Integer(0), Value::from("nowhere")];
     scripts::HISTORY_PUBLISH.run(&a.engine.inner.client, &[&seq, &log], args).await.expect("script");
-    a.engine.publish(message("/topic/h", "5")).await.expect("publish");
+    a.engine.publish(message("/topic/h", "5")).await.outcome().await.expect("publish");
     assert!(eventually(WAIT, || b.inbox.count() == 4).await, "{:?}", b.inbox.bodies());
     assert_eq!(b.inbox.offsets(), [2, 3, 4, 5], "the gap is filled before 5 is delivered");
 
@@ -378,7 +409,7 @@ async fn history_live_delivery_drops_duplicates_and_fills_gaps_in_order() {
     again.offset = Some(5);
     let channel = keys.channel("/topic/h");
     raw(&a, "PUBLISH", "", &[&channel, &String::from_utf8_lossy(&envelope::encode("x", &again))]).await;
-    a.engine.publish(message("/topic/h", "6")).await.expect("publish");
+    a.engine.publish(message("/topic/h", "6")).await.outcome().await.expect("publish");
     assert!(eventually(WAIT, || b.inbox.count() >= 5).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.inbox.offsets(), [2, 3, 4, 5, 6]);
@@ -394,8 +425,8 @@ async fn a_lagging_node_refills_history_from_the_stream() {
     let b = node_with(&server, "node-b", rules, slow, tuning).await;
     b.engine.watch("/topic/fast").wait().await.expect("watch");
     let publishes = (0..300).map(|i| a.engine.publish(message("/topic/fast", i.to_string())));
-    for result in futures_util::future::join_all(publishes).await {
-        result.expect("publish");
+    for published in futures_util::future::join_all(publishes).await {
+        published.outcome().await.expect("publish");
     }
     assert!(eventually(Duration::from_secs(20), || b.inbox.count() >= 300).await, "{}", b.inbox.count());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -412,7 +443,7 @@ async fn queue_entries_go_to_exactly_one_node_and_come_back_when_released() {
     a.engine.watch("/queue/q").wait().await.expect("watch");
     b.engine.watch("/queue/q").wait().await.expect("watch");
     for i in 0..10 {
-        a.engine.enqueue(message("/queue/q", i.to_string())).await.expect("enqueue");
+        a.engine.enqueue(message("/queue/q", i.to_string())).await.outcome().await.expect("enqueue");
     }
     assert!(eventually(WAIT, || b.inbox.was_woken("/queue/q")).await, "B is told entries are ready");
 
@@ -459,7 +490,7 @@ async fn queues_keep_a_bounded_backlog_and_dead_letter_after_max_deliveries() {
 
     // Nobody consumes yet: the oldest ready entries go past the bound.
     for i in 0..5 {
-        a.engine.enqueue(message("/queue/b", i.to_string())).await.expect("enqueue");
+        a.engine.enqueue(message("/queue/b", i.to_string())).await.outcome().await.expect("enqueue");
     }
     assert_eq!(counter(&a.metrics, "messages_dropped_total{reason=\"queue_full\"}"), 2);
     super::queues::read_depths(&a.engine.inner).await;
@@ -469,14 +500,14 @@ async fn queues_keep_a_bounded_backlog_and_dead_letter_after_max_deliveries() {
     assert_eq!(bodies, [b"2", b"3", b"4"]);
     // Entries in flight do not count against the bound.
     for i in 5..8 {
-        a.engine.enqueue(message("/queue/b", i.to_string())).await.expect("enqueue");
+        a.engine.enqueue(message("/queue/b", i.to_string())).await.outcome().await.expect("enqueue");
     }
     assert_eq!(counter(&a.metrics, "messages_dropped_total{reason=\"queue_full\"}"), 2);
     super::queues::read_depths(&a.engine.inner).await;
     assert_eq!(a.engine.queue_depths(), [("/queue/b".to_owned(), 3)], "in-flight entries are not ready");
 
     // Dead letters: the second delivery that a client saw is the last.
-    a.engine.enqueue(message("/queue/d", "poison")).await.expect("enqueue");
+    a.engine.enqueue(message("/queue/d", "poison")).await.outcome().await.expect("enqueue");
     let first = a.engine.fetch("/queue/d", 1).await.expect("fetch");
     assert_eq!(first[0].redeliveries, 0);
     a.engine.release("/queue/d", &[first[0].id.clone()], true).await.expect("release");
@@ -503,7 +534,7 @@ async fn entries_of_a_dead_node_are_reclaimed_as_redeliveries_but_a_live_nodes_a
     let b = node(&server, "node-b", fast).await;
     b.engine.watch("/queue/r").wait().await.expect("watch");
     for i in 0..3 {
-        b.engine.enqueue(message("/queue/r", i.to_string())).await.expect("enqueue");
+        b.engine.enqueue(message("/queue/r", i.to_string())).await.outcome().await.expect("enqueue");
     }
     let taken = a.engine.fetch("/queue/r", 10).await.expect("fetch");
     assert_eq!(taken.len(), 3);
@@ -588,13 +619,16 @@ async fn readiness_follows_redis_and_watches_survive_a_restart() {
     let b = node(&server, "node-b", rules).await;
     b.engine.watch("/topic/t").wait().await.expect("watch");
     b.engine.watch("/topic/h").wait().await.expect("watch");
-    a.engine.publish(message("/topic/h", "h1")).await.expect("publish");
-    a.engine.publish(message("/topic/h", "h2")).await.expect("publish");
+    a.engine.publish(message("/topic/h", "h1")).await.outcome().await.expect("publish");
+    a.engine.publish(message("/topic/h", "h2")).await.outcome().await.expect("publish");
     assert!(eventually(WAIT, || b.inbox.count() == 2).await);
 
     server.kill();
     assert!(eventually(WAIT, || !a.engine.is_ready() && !b.engine.is_ready()).await);
-    assert!(matches!(a.engine.publish(message("/topic/t", "lost")).await, Err(EngineError::Unavailable(_))));
+    assert!(matches!(
+        a.engine.publish(message("/topic/t", "lost")).await.outcome().await,
+        Err(EngineError::Unavailable(_))
+    ));
     assert!(matches!(b.engine.watch("/topic/later").wait().await, Err(EngineError::Unavailable(_))));
 
     server.spawn().await; // same port, empty
@@ -602,19 +636,19 @@ async fn readiness_follows_redis_and_watches_survive_a_restart() {
     // Re-subscribing follows the reconnection; publish until the first one arrives.
     let deadline = Instant::now() + WAIT;
     while !b.inbox.bodies().iter().any(|m| m == "t-again") && Instant::now() < deadline {
-        a.engine.publish(message("/topic/t", "t-again")).await.expect("publish");
+        a.engine.publish(message("/topic/t", "t-again")).await.outcome().await.expect("publish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(b.inbox.bodies().iter().any(|m| m == "t-again"), "the watched topic delivers again");
     // Redis came back empty: the history topic restarts at offset 1 and is still delivered.
-    assert_eq!(a.engine.publish(message("/topic/h", "h-new")).await, Ok(Some(1)));
+    assert_eq!(a.engine.publish(message("/topic/h", "h-new")).await.outcome().await, Ok(Some(1)));
     assert!(
         eventually(WAIT, || b.inbox.bodies().iter().any(|m| m == "h-new")).await,
         "{:?}",
         b.inbox.bodies()
     );
     // The watch that failed while Redis was away was kept and is live now.
-    a.engine.publish(message("/topic/later", "l")).await.expect("publish");
+    a.engine.publish(message("/topic/later", "l")).await.outcome().await.expect("publish");
     assert!(eventually(WAIT, || b.inbox.bodies().iter().any(|m| m == "l")).await);
     assert!(counter(&b.metrics, "engine_events_total{event=\"reconnected\"}") >= 1);
 }
@@ -627,8 +661,14 @@ async fn a_node_starts_without_redis_and_becomes_ready_when_it_appears() {
     let a = node_with(&server, "node-a", |_| {}, Collect::default(), tuning.clone()).await;
     assert!(started.elapsed() < Duration::from_secs(2), "start-up does not wait for Redis");
     assert!(!a.engine.is_ready());
-    assert!(matches!(a.engine.publish(message("/topic/t", "x")).await, Err(EngineError::Unavailable(_))));
-    assert!(matches!(a.engine.enqueue(message("/queue/q", "x")).await, Err(EngineError::Unavailable(_))));
+    assert!(matches!(
+        a.engine.publish(message("/topic/t", "x")).await.outcome().await,
+        Err(EngineError::Unavailable(_))
+    ));
+    assert!(matches!(
+        a.engine.enqueue(message("/queue/q", "x")).await.outcome().await,
+        Err(EngineError::Unavailable(_))
+    ));
     assert!(matches!(a.engine.history("/topic/t", 0).await, Ok(h) if !h.complete));
     assert!(matches!(a.engine.watch("/topic/t").wait().await, Err(EngineError::Unavailable(_))));
 
@@ -637,7 +677,7 @@ async fn a_node_starts_without_redis_and_becomes_ready_when_it_appears() {
     let b = node(&server, "node-b", |_| {}).await;
     let deadline = Instant::now() + WAIT;
     while a.inbox.count() == 0 && Instant::now() < deadline {
-        b.engine.publish(message("/topic/t", "hello")).await.expect("publish");
+        b.engine.publish(message("/topic/t", "hello")).await.outcome().await.expect("publish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(a.inbox.count() > 0, "the watch asked for while Redis was away is live");
@@ -668,6 +708,6 @@ async fn a_redis_that_stops_answering_makes_the_node_unready_until_it_answers_ag
         "ready again once Redis answers"
     );
     a.engine.watch("/topic/t").wait().await.expect("watch after recovery");
-    a.engine.publish(message("/topic/t", "back")).await.expect("publish after recovery");
+    a.engine.publish(message("/topic/t", "back")).await.outcome().await.expect("publish after recovery");
     assert!(eventually(WAIT, || a.inbox.count() == 1).await, "delivery works after recovery");
 }

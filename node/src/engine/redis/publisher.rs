@@ -1,0 +1,177 @@
+//! Publishes and enqueues, pipelined: one task sends every one of the node's writes of messages
+//! to Redis in the order the sessions handed them over, many per round trip.
+//!
+//! A session hands its message to [`publish_loop`] through a bounded channel and goes on reading
+//! its client; it waits for Redis only when the client asked for a receipt. The task takes
+//! everything queued (up to [`BATCH`]) and sends it as one fred pipeline: one write, one round
+//! trip, PUBLISHes and script calls (history publishes, enqueues) in the order they came. Redis
+//! runs a connection's commands in order, so per-publisher order holds on the wire as it did when
+//! each publish was awaited, at a fraction of the round trips. A full channel (Redis slower than
+//! the publishers) makes publishers wait, and with them their clients' TCP connections.
+//!
+//! Scripts go as EVALSHA, loaded (SCRIPT LOAD) before the first pipeline that needs them on each
+//! connection. Should Redis lose its script cache unnoticed (a failover the client has not seen
+//! yet), those calls fail with NOSCRIPT and are run again, in their order, with EVAL: only then
+//! can a script call land after a PUBLISH that was taken after it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fred::error::Error as RedisError;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Value;
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::scripts::{self, Script};
+use super::{unavailable, Inner};
+use crate::engine::EngineError;
+
+/// Requests queued to the task at most; past that publishers wait.
+pub const CAPACITY: usize = 4096;
+/// Requests sent per pipeline at most.
+const BATCH: usize = 512;
+
+/// What the task is asked to do.
+pub enum Request {
+    Write(Job),
+    /// Answered once every write taken before it has been answered (node shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// One write of a message, encoded by the publisher's task.
+pub struct Job {
+    pub destination: Arc<str>,
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<Option<u64>, EngineError>>,
+}
+
+pub enum Op {
+    /// PUBLISH of an envelope on a channel.
+    Publish { channel: String, envelope: Bytes },
+    /// A script over one destination's keys.
+    Script { script: &'static Script, keys: Vec<String>, args: Vec<Value>, reply: ScriptReply },
+}
+
+/// What a script's integer reply means.
+#[derive(Clone, Copy)]
+pub enum ScriptReply {
+    /// The history offset the publish was given.
+    Offset,
+    /// Ready entries the enqueue dropped to keep the queue's bound.
+    Dropped,
+}
+
+/// Sends the writes until every sender is gone.
+pub async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut jobs = Vec::with_capacity(BATCH);
+    let mut reconnects = inner.client.reconnect_rx();
+    // Whether the scripts are known to be in Redis's cache on this connection.
+    let mut loaded = false;
+    while requests.recv_many(&mut batch, BATCH).await > 0 {
+        if !matches!(reconnects.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {
+            // A new connection may be to a new (or restarted) server with an empty cache.
+            while !matches!(reconnects.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}
+            loaded = false;
+        }
+        for request in batch.drain(..) {
+            match request {
+                Request::Write(job) => jobs.push(job),
+                Request::Flush(done) => {
+                    // Everything before the flush goes first.
+                    send(&inner, std::mem::take(&mut jobs), &mut loaded).await;
+                    let _ = done.send(());
+                }
+            }
+        }
+        send(&inner, std::mem::take(&mut jobs), &mut loaded).await;
+    }
+}
+
+/// Sends `jobs` as one pipeline and answers each.
+async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
+    if jobs.is_empty() {
+        return;
+    }
+    if !*loaded && jobs.iter().any(|j| matches!(j.op, Op::Script { .. })) {
+        // Load first, or the first EVALSHA of each script would fail and run late (out of order).
+        *loaded = true;
+        for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE] {
+            if let Err(error) = script.load(&inner.client).await {
+                tracing::debug!(script = script.name, %error, "cannot load a script");
+                *loaded = false;
+            }
+        }
+    }
+    let pipeline = inner.client.pipeline();
+    for job in &jobs {
+        // Queued in memory: only the pipeline's send can fail.
+        let _: Result<(), RedisError> = match &job.op {
+            Op::Publish { channel, envelope } => pipeline.publish(channel.as_str(), envelope.clone()).await,
+            Op::Script { script, keys, args, .. } => {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let (command, args) = script.evalsha(&keys, args);
+                pipeline.custom(command, args).await
+            }
+        };
+    }
+    let mut results = pipeline.try_all::<Value>().await.into_iter();
+    let mut reload = Vec::new();
+    for job in jobs {
+        match results.next() {
+            Some(Err(error)) if matches!(job.op, Op::Script { .. }) && scripts::is_noscript(&error) => {
+                reload.push(job)
+            }
+            Some(result) => {
+                let result = outcome(inner, &job.op, result);
+                answer(inner, job, result);
+            }
+            None => answer(inner, job, Err(EngineError::Unavailable("Redis gave no reply".to_owned()))),
+        }
+    }
+    if !reload.is_empty() {
+        // The cache was lost under us (a restart or failover not seen yet): these run late.
+        *loaded = false;
+    }
+    for job in reload {
+        let Op::Script { script, keys, args, .. } = &job.op else { continue };
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let result = script.run(&inner.client, &keys, args.clone()).await;
+        let result = outcome(inner, &job.op, result);
+        answer(inner, job, result);
+    }
+}
+
+/// What a reply means for the publisher.
+fn outcome(inner: &Inner, op: &Op, result: Result<Value, RedisError>) -> Result<Option<u64>, EngineError> {
+    let reply = result.map_err(unavailable)?;
+    match op {
+        Op::Publish { .. } => Ok(None),
+        Op::Script { reply: kind, script, .. } => {
+            let n = reply.as_u64().ok_or_else(|| {
+                EngineError::Unavailable(format!("unexpected reply to {}: {reply:?}", script.name))
+            })?;
+            match kind {
+                ScriptReply::Offset => Ok(Some(n)),
+                ScriptReply::Dropped => {
+                    if n > 0 {
+                        inner.metrics.dropped("queue_full", n);
+                    }
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// Tells the publisher; a failure nobody waits for is logged here. Every failure is counted.
+fn answer(inner: &Inner, job: Job, result: Result<Option<u64>, EngineError>) {
+    if let Err(error) = &result {
+        inner.metrics.dropped("publish_failed", 1);
+        if job.reply.is_closed() {
+            tracing::warn!(destination = %job.destination, %error, "publish failed");
+        }
+    }
+    let _ = job.reply.send(result);
+}
