@@ -13,11 +13,14 @@
 
 pub mod prepared;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::Poll;
 
-use tokio::sync::{mpsc, Notify};
+use futures_util::task::AtomicWaker;
+
+use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
 use crate::destination::{Kind, Route};
@@ -58,7 +61,8 @@ pub struct EntryRef {
 pub struct Delivery {
     pub subscriber: Arc<Subscriber>,
     pub message: Arc<Prepared>,
-    pub entry: Option<EntryRef>,
+    /// Boxed: few deliveries are queue entries, and every slot of an outbox is this size.
+    pub entry: Option<Box<EntryRef>>,
 }
 
 /// One client subscription as the hub sees it. Created by the session, shared with the hub.
@@ -92,14 +96,21 @@ impl Subscriber {
     }
 }
 
-/// The outbound side of one connection, as the hub sees it: an unbounded channel whose size in
+/// The outbound side of one connection: the deliveries queued for its session, whose size in
 /// bytes is bounded by `limit`. When a push would pass the limit, the slow-consumer policy
 /// applies: `Disconnect` marks the outbox overflowed (the session then sends ERROR and closes),
 /// `Drop` drops the topic message and counts it. Queue entries are never dropped: the caller
 /// releases them back to their queue.
+///
+/// A plain queue under a mutex rather than a channel: the session takes a whole batch under one
+/// lock, the hub wakes the session only when the queue turns non-empty (not per delivery), and an
+/// idle connection holds no preallocated slots (the queue's buffer is handed to the session with
+/// each batch and freed after it).
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Delivery>,
+    queue: Mutex<Queue>,
+    /// The session's task, while it waits for deliveries.
+    waker: AtomicWaker,
     queued: AtomicUsize,
     limit: usize,
     policy: SlowConsumerPolicy,
@@ -108,21 +119,27 @@ pub struct Outbox {
     pub overflow: Notify,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    deliveries: VecDeque<Delivery>,
+    /// The session has ended: pushes fail.
+    closed: bool,
+}
+
 impl Outbox {
-    pub fn new(limit: usize, policy: SlowConsumerPolicy) -> (Arc<Outbox>, mpsc::UnboundedReceiver<Delivery>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let outbox = Outbox {
-            tx,
+    pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            queue: Mutex::new(Queue::default()),
+            waker: AtomicWaker::new(),
             queued: AtomicUsize::new(0),
             limit,
             policy,
             overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
-        };
-        (Arc::new(outbox), rx)
+        })
     }
 
-    /// Queues a delivery unless that would pass the byte limit.
+    /// Queues a delivery unless that would pass the byte limit or the session has ended.
     pub fn push(&self, delivery: Delivery) -> Result<(), Delivery> {
         if self.overflowed.load(Ordering::Relaxed) {
             return Err(delivery);
@@ -137,13 +154,54 @@ impl Outbox {
             }
             return Err(delivery);
         }
-        self.tx.send(delivery).map_err(|e| {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if queue.closed {
+            drop(queue);
             self.queued.fetch_sub(size, Ordering::AcqRel);
-            e.0
-        })
+            return Err(delivery);
+        }
+        let was_empty = queue.deliveries.is_empty();
+        queue.deliveries.push_back(delivery);
+        drop(queue);
+        // A session that has not taken the queue since it turned non-empty will: one wake is
+        // enough.
+        if was_empty {
+            self.waker.wake();
+        }
+        Ok(())
     }
 
-    /// The session wrote (or discarded) a delivery of `size` bytes.
+    /// Resolves once deliveries are queued.
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.queue.lock().expect("outbox lock").deliveries.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// Takes up to `max` queued deliveries, oldest first.
+    pub fn take(&self, max: usize) -> VecDeque<Delivery> {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if queue.deliveries.len() <= max {
+            std::mem::take(&mut queue.deliveries)
+        } else {
+            queue.deliveries.drain(..max).collect()
+        }
+    }
+
+    /// The session has ended: later pushes fail. Returns what was still queued.
+    pub fn close(&self) -> VecDeque<Delivery> {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        queue.closed = true;
+        std::mem::take(&mut queue.deliveries)
+    }
+
+    /// The session wrote (or discarded) deliveries of `size` bytes in all.
     pub fn written(&self, size: usize) {
         self.queued.fetch_sub(size, Ordering::AcqRel);
     }
@@ -423,7 +481,7 @@ impl Hub {
             let delivery = Delivery {
                 subscriber: consumer.clone(),
                 message: message.clone(),
-                entry: Some(entry.clone()),
+                entry: Some(Box::new(entry.clone())),
             };
             match consumer.outbox.push(delivery) {
                 Ok(()) => return true,
@@ -466,5 +524,100 @@ impl Inbox for Hub {
         if let Some(dispatch) = self.queues.lock().expect("queues lock").get(queue) {
             dispatch.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn delivery(outbox: &Arc<Outbox>, body: &str) -> Delivery {
+        let subscriber = Subscriber {
+            seq: 1,
+            id: "s".to_owned(),
+            head: bytes::Bytes::new(),
+            ack: AckMode::Auto,
+            route: Route { kind: Kind::Topic, name: "/topic/t".to_owned() },
+            outbox: outbox.clone(),
+            active: AtomicBool::new(true),
+            prefetch: 0,
+            in_flight: AtomicU32::new(0),
+        };
+        let message = Message {
+            destination: Arc::from("/topic/t"),
+            headers: Vec::new(),
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            offset: None,
+        };
+        Delivery { subscriber: Arc::new(subscriber), message: Arc::new(Prepared::new(&message)), entry: None }
+    }
+
+    fn bodies(deliveries: VecDeque<Delivery>) -> Vec<String> {
+        deliveries
+            .iter()
+            .map(|d| {
+                let tail = String::from_utf8_lossy(d.message.tail(crate::stomp::Version::V1_2)).into_owned();
+                tail.trim_end_matches('\0').rsplit("\n\n").next().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_session_is_woken_once_per_empty_queue_and_takes_batches_in_order() {
+        let outbox = Outbox::new(1 << 20, SlowConsumerPolicy::Disconnect);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut ready = Box::pin(outbox.ready());
+        assert!(ready.as_mut().poll(&mut cx).is_pending(), "nothing queued");
+        for i in 0..5 {
+            outbox.push(delivery(&outbox, &i.to_string())).expect("push");
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake for five pushes");
+        assert!(ready.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(bodies(outbox.take(3)), ["0", "1", "2"]);
+        assert_eq!(bodies(outbox.take(3)), ["3", "4"]);
+        assert!(Box::pin(outbox.ready()).as_mut().poll(&mut cx).is_pending(), "taken: empty again");
+        outbox.push(delivery(&outbox, "5")).expect("push");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "empty again, so woken again");
+    }
+
+    #[test]
+    fn a_closed_outbox_hands_back_what_was_queued_and_refuses_more() {
+        let outbox = Outbox::new(1 << 20, SlowConsumerPolicy::Disconnect);
+        outbox.push(delivery(&outbox, "a")).expect("push");
+        let left = outbox.close();
+        assert_eq!(bodies(left), ["a"]);
+        assert!(outbox.push(delivery(&outbox, "b")).is_err());
+    }
+
+    #[test]
+    fn past_the_byte_bound_the_policy_applies() {
+        let size = delivery(&Outbox::new(1, SlowConsumerPolicy::Drop), "x").message.len();
+        let dropping = Outbox::new(2 * size, SlowConsumerPolicy::Drop);
+        assert!(dropping.push(delivery(&dropping, "1")).is_ok());
+        assert!(dropping.push(delivery(&dropping, "2")).is_ok());
+        assert!(dropping.push(delivery(&dropping, "3")).is_err(), "over the bound: dropped");
+        assert!(!dropping.is_overflowed(), "the drop policy keeps the session");
+        dropping.written(bodies(dropping.take(10)).len() * size);
+        assert!(dropping.push(delivery(&dropping, "4")).is_ok(), "room again once written");
+
+        let cutting = Outbox::new(size, SlowConsumerPolicy::Disconnect);
+        assert!(cutting.push(delivery(&cutting, "1")).is_ok());
+        assert!(cutting.push(delivery(&cutting, "2")).is_err());
+        assert!(cutting.is_overflowed(), "the disconnect policy ends the session");
     }
 }

@@ -98,7 +98,7 @@ pub async fn run<S: FrameSink>(
     let Accepted { transport, peer, permit, deadline, bearer } = accepted;
     ctx.metrics().connection_opened(transport);
     let config = ctx.config();
-    let (outbox, deliveries) = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
+    let outbox = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
     let tag = ctx.next_session_tag();
     let span = tracing::debug_span!("session", session = %tag, %peer, transport);
     let mut session = Session {
@@ -107,7 +107,6 @@ pub async fn run<S: FrameSink>(
         inbound,
         negotiated: Some(negotiated),
         outbox,
-        deliveries,
         tag,
         version: None,
         user: None,
@@ -151,7 +150,6 @@ struct Session<S> {
     /// Taken at CONNECT, when the reader learns the version.
     negotiated: Option<oneshot::Sender<Negotiated>>,
     outbox: Arc<Outbox>,
-    deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// Prefix of this session's message ids; also its `session` header.
     tag: String,
     /// Set once CONNECTED.
@@ -197,7 +195,7 @@ enum Flow {
 
 enum Event {
     Inbound(Option<Inbound>),
-    Delivery(Delivery),
+    Deliveries,
     Heartbeat,
     DrainStarted,
     Drain,
@@ -244,7 +242,7 @@ impl<S: FrameSink> Session<S> {
                     Event::TokenExpired
                 }
                 inbound = self.inbound.recv() => Event::Inbound(inbound),
-                Some(delivery) = self.deliveries.recv() => Event::Delivery(delivery),
+                _ = outbox.ready(), if connected => Event::Deliveries,
                 _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
             };
             let step = match event {
@@ -320,6 +318,7 @@ impl<S: FrameSink> Session<S> {
                 Ok(Flow::Continue)
             }
             Event::Inbound(Some(Inbound::Frame(frame))) => {
+                let frame = *frame;
                 self.ctx.metrics().frame_in(frame.command);
                 let receipt = frame.get("receipt").map(str::to_owned);
                 // Boxed: frame handling is the session's largest state, and an idle session should
@@ -331,11 +330,11 @@ impl<S: FrameSink> Session<S> {
                         return Err(error);
                     }
                 };
-                self.write_batch(None).await?;
+                self.write_batch().await?;
                 Ok(flow)
             }
-            Event::Delivery(delivery) => {
-                self.write_batch(Some(delivery)).await?;
+            Event::Deliveries => {
+                self.write_batch().await?;
                 Ok(Flow::Continue)
             }
             Event::Heartbeat => {
@@ -356,18 +355,19 @@ impl<S: FrameSink> Session<S> {
         }
     }
 
-    /// Writes `first` and whatever else the hub queued meanwhile (up to a batch), flushes once,
-    /// then acknowledges the `auto` queue deliveries it wrote.
-    async fn write_batch(&mut self, first: Option<Delivery>) -> Result<(), SessionError> {
-        if let Some(delivery) = first {
-            self.write_delivery(delivery).await?;
-        }
+    /// Writes what the hub queued (up to a batch), flushes once, then acknowledges the `auto`
+    /// queue deliveries it wrote.
+    async fn write_batch(&mut self) -> Result<(), SessionError> {
+        // Bytes taken from the outbox, given back to its bound once per batch (the counter is
+        // shared with the hub's pushes from other threads).
+        let mut taken = 0;
         if self.version.is_some() {
-            for _ in 0..BATCH {
-                let Ok(delivery) = self.deliveries.try_recv() else { break };
+            for delivery in self.outbox.take(BATCH) {
+                taken += delivery.message.len();
                 self.write_delivery(delivery).await?;
             }
         }
+        self.outbox.written(taken);
         self.sink.flush().await.map_err(SessionError::io)?;
         if std::mem::take(&mut self.wrote) {
             self.last_write = Instant::now();
@@ -394,7 +394,7 @@ impl<S: FrameSink> Session<S> {
     /// Writes one delivery from the hub, unless its subscription has ended meanwhile.
     async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), SessionError> {
         let Delivery { subscriber, message, entry } = delivery;
-        self.outbox.written(message.len());
+        let entry = entry.map(|entry| *entry);
         // Unsubscribing clears `active` before the subscription id can be used again, so the flag
         // alone tells a stale delivery (no lookup per delivery).
         if !subscriber.active.load(Ordering::Acquire) {
@@ -535,12 +535,11 @@ impl<S: FrameSink> Session<S> {
         self.transactions.clear();
         let _ = self.release_unacked(|_| true).await;
         let _ = self.ack_written().await;
-        self.deliveries.close();
         let mut undelivered = Vec::new();
-        while let Ok(delivery) = self.deliveries.try_recv() {
+        for delivery in self.outbox.close() {
             self.outbox.written(delivery.message.len());
             if let Some(entry) = delivery.entry {
-                undelivered.push((delivery.subscriber, entry));
+                undelivered.push((delivery.subscriber, *entry));
             }
         }
         let _ = self.release(undelivered, false).await;
@@ -611,7 +610,7 @@ impl<S: FrameSink> Session<S> {
                         tracing::warn!(%error, "publish failed");
                     }
                 }
-                self.write_batch(None).await?;
+                self.write_batch().await?;
                 self.send_receipt(receipt).await?;
                 self.sink.flush().await.map_err(SessionError::io)?;
                 Ok(Flow::Close(CloseReason::Normal))

@@ -33,7 +33,8 @@ use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, ProtocolError, Vers
 /// What the reader task tells its session.
 #[derive(Debug)]
 pub enum Inbound {
-    Frame(Frame),
+    /// Boxed: every slot of the channel to the session is this size.
+    Frame(Box<Frame>),
     /// The bytes were not valid STOMP; the reader has stopped.
     Invalid(ProtocolError),
     /// Nothing arrived within the negotiated heart-beat tolerance.
@@ -191,7 +192,7 @@ async fn read_loop<S: ByteSource>(
             match decoded {
                 Ok(Some(Decoded::Frame(frame))) => {
                     let connect = matches!(frame.command, Command::Connect | Command::Stomp);
-                    if tx.send(Inbound::Frame(frame)).await.is_err() {
+                    if tx.send(Inbound::Frame(Box::new(frame))).await.is_err() {
                         return;
                     }
                     if connect {
