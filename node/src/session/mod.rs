@@ -20,7 +20,7 @@
 mod context;
 mod error;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use context::{Context, Permit, Refusal};
 pub use error::SessionError;
@@ -32,14 +32,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
 
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, Published};
 use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
-use crate::transport::{CloseReason, FrameSink, Inbound, Negotiated};
+use crate::transport::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
 
 /// The product name and version sent in CONNECTED.
 pub const SERVER: &str = concat!("Stampede/", env!("CARGO_PKG_VERSION"));
@@ -91,7 +92,7 @@ pub struct Accepted {
 pub async fn run<S: FrameSink>(
     ctx: Arc<Context>,
     sink: S,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: InboundReceiver,
     negotiated: oneshot::Sender<Negotiated>,
     accepted: Accepted,
 ) {
@@ -146,7 +147,7 @@ pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()
 struct Session<S> {
     ctx: Arc<Context>,
     sink: S,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: InboundReceiver,
     /// Taken at CONNECT, when the reader learns the version.
     negotiated: Option<oneshot::Sender<Negotiated>>,
     outbox: Arc<Outbox>,
@@ -241,7 +242,7 @@ impl<S: FrameSink> Session<S> {
                 _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
                     Event::TokenExpired
                 }
-                inbound = self.inbound.recv() => Event::Inbound(inbound),
+                inbound = self.inbound.next() => Event::Inbound(inbound),
                 _ = outbox.ready(), if connected => Event::Deliveries,
                 _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
             };

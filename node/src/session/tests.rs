@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::{run, Accepted, Context};
 use crate::config::Config;
@@ -19,17 +19,23 @@ use crate::transport::tcp::TcpSink;
 /// instead of being laid out inline in every session (8,488 bytes before they were; 2,328 after).
 const SESSION_FUTURE_MAX: usize = 2560;
 
-#[tokio::test]
-async fn an_idle_session_is_small() {
+/// A context on the embedded engine with the default configuration, for tests of one part.
+pub(crate) fn context() -> Arc<Context> {
     let config = Arc::new(Config::default());
     let metrics = Arc::new(Metrics::new());
     let hub =
         Hub::new(AnyEngine::Memory(MemoryEngine::new(config.clone(), metrics.clone())), metrics.clone());
+    // The sender goes: this node never drains.
     let (_draining, drain_rx) = watch::channel(false);
-    let ctx = Arc::new(Context::new(config, hub, metrics, drain_rx));
+    Arc::new(Context::new(config, hub, metrics, drain_rx))
+}
+
+#[tokio::test]
+async fn an_idle_session_is_small() {
+    let ctx = context();
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
     let permit = ctx.admit(peer).expect("admitted");
-    let (_inbound_tx, inbound) = mpsc::channel(1);
+    let (_inbound_tx, inbound) = futures_channel::mpsc::channel(1);
     let (negotiated, _negotiated_rx) = oneshot::channel();
     let deadline = tokio::time::Instant::now();
     let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };

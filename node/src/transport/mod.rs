@@ -25,7 +25,9 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use futures_channel::mpsc;
+use futures_util::SinkExt;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, ProtocolError, Version};
@@ -108,6 +110,10 @@ pub trait ByteSource: Send + 'static {
 #[error("WebSocket protocol error: {0}")]
 pub struct WebSocketViolation(pub String);
 
+/// What a session receives from its reader. A futures channel, not tokio's: it allocates per
+/// message instead of a block of 32 slots up front, which every idle connection would hold.
+pub type InboundReceiver = mpsc::Receiver<Inbound>;
+
 /// Frames queued from a reader to its session at most; past that the reader stops reading.
 const INBOUND_CAPACITY: usize = 32;
 
@@ -164,7 +170,7 @@ pub fn spawn_reader<S: ByteSource>(
     source: S,
     limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
-) -> mpsc::Receiver<Inbound> {
+) -> InboundReceiver {
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
     tokio::spawn(read_loop(source, limits, negotiated, tx));
     rx
@@ -174,7 +180,7 @@ async fn read_loop<S: ByteSource>(
     mut source: S,
     limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
-    tx: mpsc::Sender<Inbound>,
+    mut tx: mpsc::Sender<Inbound>,
 ) {
     let mut decoder = Decoder::new(limits.codec);
     let mut bucket = Bucket::new(&limits);

@@ -50,14 +50,21 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
             let (read, write) = stream.into_split();
             stomp(read, write, peer, ctx, admitted, deadline).await;
         }
-        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let (read, write) = tokio::io::split(stream);
-                stomp(read, write, peer, ctx, admitted, deadline).await;
-            }
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        // Boxed: a TLS stream is large, and laid out inline it would size every connection's
+        // future, plain ones included.
+        Some(tls) => {
+            Box::pin(async move {
+                match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let (read, write) = tokio::io::split(stream);
+                        stomp(read, write, peer, ctx, admitted, deadline).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            })
+            .await
+        }
     }
 }
 

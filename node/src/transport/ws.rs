@@ -102,11 +102,20 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let admitted = ctx.admit(peer);
     match ctx.tls().cloned() {
         None => websocket(stream, TcpStream::into_split, peer, ctx, admitted, deadline).await,
-        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => websocket(stream, tokio::io::split, peer, ctx, admitted, deadline).await,
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        // Boxed: a TLS stream is large, and laid out inline it would size every connection's
+        // future, plain ones included.
+        Some(tls) => {
+            Box::pin(async move {
+                match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        websocket(stream, tokio::io::split, peer, ctx, admitted, deadline).await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            })
+            .await
+        }
     }
 }
 
@@ -124,9 +133,11 @@ async fn websocket<S, R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send,
 {
-    let checks = handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
+    // Boxed: the handshake's state (its header table among it) is large and needed only now;
+    // inline, it would size the connection's future, kept for the connection's whole life.
+    let checks = Box::pin(handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
         ctx.auth().origin_allowed(origin)
-    });
+    }));
     let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
         Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
         Ok(Ok(Outcome::Refused(rejection))) => {
@@ -285,6 +296,18 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for WsSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a connection's task holds for its whole life beyond the session's own state: the
+    /// handshake's and TLS's states are boxed while they run, not laid out in every connection.
+    #[tokio::test]
+    async fn a_connection_future_is_little_more_than_its_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let size = std::mem::size_of_val(&connection(stream, peer, crate::session::tests::context()));
+        assert!(size <= 3 * 1024, "a WebSocket connection's future is {size} bytes");
+        drop(client);
+    }
 
     /// A masked client frame.
     fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
