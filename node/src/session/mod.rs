@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
@@ -242,7 +241,7 @@ impl<S: FrameSink> Session<S> {
                 _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
                     Event::TokenExpired
                 }
-                inbound = self.inbound.next() => Event::Inbound(inbound),
+                inbound = self.inbound.recv() => Event::Inbound(inbound),
                 _ = outbox.ready(), if connected => Event::Deliveries,
                 _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
             };

@@ -35,7 +35,7 @@ async fn an_idle_session_is_small() {
     let ctx = context();
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
     let permit = ctx.admit(peer).expect("admitted");
-    let (_inbound_tx, inbound) = futures_channel::mpsc::channel(1);
+    let (_inbound_tx, inbound) = crate::transport::InboundReceiver::detached();
     let (negotiated, _negotiated_rx) = oneshot::channel();
     let deadline = tokio::time::Instant::now();
     let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };

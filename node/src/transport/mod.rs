@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -110,9 +110,29 @@ pub trait ByteSource: Send + 'static {
 #[error("WebSocket protocol error: {0}")]
 pub struct WebSocketViolation(pub String);
 
-/// What a session receives from its reader. A futures channel, not tokio's: it allocates per
-/// message instead of a block of 32 slots up front, which every idle connection would hold.
-pub type InboundReceiver = mpsc::Receiver<Inbound>;
+/// What a session receives from its reader. Dropping it (the session has ended) stops the
+/// reader at once, so the socket is released even if the client never sends another byte.
+///
+/// A futures channel, not tokio's: it allocates per message instead of a block of 32 slots up
+/// front, which every idle connection would hold.
+pub struct InboundReceiver {
+    frames: mpsc::Receiver<Inbound>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl InboundReceiver {
+    /// The next event from the reader; `None` once the reader has stopped. Cancellation-safe.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.frames.next().await
+    }
+
+    /// A receiver with no reader task behind it, and the sender to feed it.
+    #[cfg(test)]
+    pub fn detached() -> (mpsc::Sender<Inbound>, InboundReceiver) {
+        let (tx, frames) = mpsc::channel(INBOUND_CAPACITY);
+        (tx, InboundReceiver { frames, _stop: oneshot::channel().0 })
+    }
+}
 
 /// Frames queued from a reader to its session at most; past that the reader stops reading.
 const INBOUND_CAPACITY: usize = 32;
@@ -171,9 +191,10 @@ pub fn spawn_reader<S: ByteSource>(
     limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
 ) -> InboundReceiver {
-    let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
-    tokio::spawn(read_loop(source, limits, negotiated, tx));
-    rx
+    let (tx, frames) = mpsc::channel(INBOUND_CAPACITY);
+    let (stop_tx, stop) = oneshot::channel();
+    tokio::spawn(read_loop(source, limits, negotiated, tx, stop));
+    InboundReceiver { frames, _stop: stop_tx }
 }
 
 async fn read_loop<S: ByteSource>(
@@ -181,6 +202,7 @@ async fn read_loop<S: ByteSource>(
     limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
     mut tx: mpsc::Sender<Inbound>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let mut decoder = Decoder::new(limits.codec);
     let mut bucket = Bucket::new(&limits);
@@ -218,15 +240,21 @@ async fn read_loop<S: ByteSource>(
                 }
             }
         }
-        let read = match read_timeout {
-            Some(limit) => match tokio::time::timeout(limit, source.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    let _ = tx.send(Inbound::TimedOut).await;
-                    return;
-                }
-            },
-            None => source.read(&mut buf).await,
+        let read = async {
+            match read_timeout {
+                Some(limit) => tokio::time::timeout(limit, source.read(&mut buf)).await.ok(),
+                None => Some(source.read(&mut buf).await),
+            }
+        };
+        let read = tokio::select! {
+            biased;
+            // The session has ended: let go of the socket now, not when the client next writes.
+            _ = &mut stop => return,
+            read = read => read,
+        };
+        let Some(read) = read else {
+            let _ = tx.send(Inbound::TimedOut).await;
+            return;
         };
         match read {
             Ok(Read::Data) => {}
