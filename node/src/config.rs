@@ -222,6 +222,9 @@ pub struct Limits {
     pub frame_rate_burst: u32,
     /// Time from accept to a valid CONNECT frame (TLS and WebSocket handshakes included).
     pub connect_timeout: Duration,
+    /// A connection whose peer takes no byte of its output for this long is closed; `None`:
+    /// never.
+    pub write_timeout: Option<Duration>,
     /// Bytes queued for one connection before `slow_consumer` applies.
     pub outbound_buffer: usize,
     /// What happens to a connection whose outbound buffer is full.
@@ -613,6 +616,9 @@ const SETTINGS: &[Setting] = &[
         "Frames one connection may send at once above max-frame-rate"),
     setting("connect-timeout", "DURATION", Builtin::Value("10s"),
         "Time from accept to a valid CONNECT frame, TLS and WebSocket handshakes included"),
+    setting("write-timeout", "DURATION", Builtin::Value("30s"),
+        "A connection whose peer takes no byte of its output for this long is closed (a client \
+         that stopped reading); 0 = never"),
     setting("outbound-buffer", "SIZE", Builtin::Value("4MiB"),
         "Bytes queued for one connection before the slow-consumer policy applies"),
     setting("slow-consumer", "disconnect|drop", Builtin::Value("disconnect"),
@@ -1111,6 +1117,7 @@ impl Layers<'_> {
             max_frame_rate: self.value("max-frame-rate", count)?.value,
             frame_rate_burst: self.value("frame-rate-burst", |s| nonzero(count(s)))?.value,
             connect_timeout: self.value("connect-timeout", |s| nonzero(duration(s)))?.value,
+            write_timeout: Some(self.value("write-timeout", duration)?.value).filter(|t| !t.is_zero()),
             outbound_buffer: self.value("outbound-buffer", |s| nonzero(size(s)))?.value,
             slow_consumer: self.value("slow-consumer", slow_consumer)?.value,
         };
@@ -1677,6 +1684,7 @@ mod tests {
                 max_frame_rate: 0,
                 frame_rate_burst: 1000,
                 connect_timeout: Duration::from_secs(10),
+                write_timeout: Some(Duration::from_secs(30)),
                 outbound_buffer: 4 << 20,
                 slow_consumer: SlowConsumerPolicy::Disconnect,
             }
@@ -1866,6 +1874,15 @@ mod tests {
         assert_eq!(c.limits.outbound_buffer, 1_000_000);
         assert_eq!(c.ws.read_buffer, 4096);
         assert_eq!(c.ws.write_buffer, 16 * 1024);
+    }
+
+    #[test]
+    fn a_zero_write_timeout_means_never() {
+        assert_eq!(ok(&["--write-timeout", "0s"], &[]).limits.write_timeout, None);
+        assert_eq!(
+            ok(&[], &[("STAMPEDE_WRITE_TIMEOUT", "5s")]).limits.write_timeout,
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]

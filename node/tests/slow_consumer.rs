@@ -137,3 +137,35 @@ async fn slow_consumer_drop_policy_keeps_the_connection() {
     assert_eq!(body(&slow.recv_message().await), "after");
     node.shutdown().await;
 }
+
+/// A client that stops reading altogether is closed after `write-timeout` without progress,
+/// whatever the slow-consumer policy (here `drop`, which alone would keep it forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_nothing_for_the_write_timeout_is_closed() {
+    let node = TestNode::start(|c| {
+        c.limits.outbound_buffer = 64 * 1024;
+        c.limits.slow_consumer = SlowConsumerPolicy::Drop;
+        c.limits.write_timeout = Some(Duration::from_millis(500));
+    })
+    .await;
+    let mut slow = stalled_client(&node).await;
+    let mut publisher = node.connect(Transport::Tcp).await;
+    let payload = "x".repeat(4096);
+    // Enough to fill the kernel's buffers between the two (the rest is dropped by the policy).
+    for _ in 0..MESSAGES {
+        publisher.send(TOPIC, &payload).await;
+    }
+    publisher.publish("/topic/sync", "", &[]).await;
+    let cut = eventually(Duration::from_secs(10), || async { node.connections().await == 1.0 }).await;
+    assert!(cut, "the stalled client is still connected: {} connections", node.connections().await);
+    // What the kernel had buffered still arrives, then the connection ends.
+    let ended = loop {
+        match slow.recv_frame(Duration::from_secs(5)).await {
+            Ok(frame) => assert_eq!(frame.command, Command::Message, "{}", show(&frame)),
+            Err(RecvError::Timeout) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(ended, "the stalled client's connection was closed");
+    node.shutdown().await;
+}

@@ -368,14 +368,15 @@ impl<S: FrameSink> Session<S> {
             }
         }
         self.outbox.written(taken);
-        self.sink.flush().await.map_err(SessionError::io)?;
-        if std::mem::take(&mut self.wrote) {
-            self.last_write = Instant::now();
-        }
+        // Counted before the flush, so a client that has its messages sees them counted.
         let messages = std::mem::take(&mut self.batch_messages);
         if messages > 0 {
             self.ctx.metrics().frames_out(Command::Message, messages);
             self.ctx.metrics().delivered(messages);
+        }
+        self.sink.flush().await.map_err(SessionError::io)?;
+        if std::mem::take(&mut self.wrote) {
+            self.last_write = Instant::now();
         }
         self.ack_written().await
     }

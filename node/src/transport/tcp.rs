@@ -80,7 +80,7 @@ async fn stomp<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send,
 {
-    let mut sink = TcpSink::new(write);
+    let mut sink = TcpSink::new(write).with_write_timeout(ctx.config().limits.write_timeout);
     let permit = match admitted {
         Ok(permit) => permit,
         Err(refusal) => {
@@ -116,6 +116,11 @@ pub struct TcpSink<W> {
 impl<W: AsyncWrite + Unpin + Send> TcpSink<W> {
     pub fn new(writer: W) -> TcpSink<W> {
         TcpSink { out: Writer::new(writer, WRITE_HIGH_WATER) }
+    }
+
+    /// See [`Writer::with_write_timeout`].
+    pub fn with_write_timeout(self, timeout: Option<std::time::Duration>) -> TcpSink<W> {
+        TcpSink { out: self.out.with_write_timeout(timeout) }
     }
 }
 

@@ -2,6 +2,7 @@
 //! written with one syscall per batch (or earlier, past a high-water mark).
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -19,11 +20,19 @@ pub struct Writer<W> {
     out: BytesMut,
     /// Queued bytes past which [`Writer::queued`] writes before the batch's flush.
     high_water: usize,
+    /// A write that makes no progress for this long fails (`write-timeout`).
+    timeout: Option<Duration>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     pub fn new(io: W, high_water: usize) -> Writer<W> {
-        Writer { io, out: BytesMut::new(), high_water }
+        Writer { io, out: BytesMut::new(), high_water, timeout: None }
+    }
+
+    /// Fails a flush whose socket takes no byte for `timeout` (a peer that stopped reading).
+    pub fn with_write_timeout(mut self, timeout: Option<Duration>) -> Writer<W> {
+        self.timeout = timeout;
+        self
     }
 
     /// The output buffer, for small additions (heart-beats, control frames) written at the next
@@ -55,7 +64,16 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     pub async fn flush(&mut self) -> io::Result<()> {
         let mut written = 0;
         while !self.out.is_empty() {
-            let n = self.io.write(&self.out).await?;
+            let write = self.io.write(&self.out);
+            let n = match self.timeout {
+                None => write.await?,
+                Some(limit) => tokio::time::timeout(limit, write).await.map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer took no byte for {limit:?} (write-timeout)"),
+                    )
+                })??,
+            };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

@@ -159,7 +159,7 @@ async fn websocket<S, R, W>(
     let (read, write) = split(stream);
     let limit = config.limits.max_frame_size.saturating_add(WS_SLACK);
     let source = WsSource::new(read, rest, limit, config.ws.read_buffer);
-    let sink = WsSink::new(write, config.ws.write_buffer);
+    let sink = WsSink::new(write, config.ws.write_buffer).with_write_timeout(config.limits.write_timeout);
     let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
     let inbound = spawn_reader(source, ctx.read_limits(), negotiated_rx);
     let accepted = Accepted { transport: "ws", peer, permit, deadline, bearer };
@@ -257,6 +257,11 @@ impl<W: AsyncWrite + Unpin + Send> WsSink<W> {
     /// `high_water`: queued bytes past which frames are written before the batch ends.
     pub fn new(writer: W, high_water: usize) -> WsSink<W> {
         WsSink { out: Writer::new(writer, high_water) }
+    }
+
+    /// See [`Writer::with_write_timeout`].
+    pub fn with_write_timeout(self, timeout: Option<std::time::Duration>) -> WsSink<W> {
+        WsSink { out: self.out.with_write_timeout(timeout) }
     }
 }
 
