@@ -142,8 +142,10 @@ async fn slow_consumer_drop_policy_keeps_the_connection() {
 /// whatever the slow-consumer policy (here `drop`, which alone would keep it forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_takes_nothing_for_the_write_timeout_is_closed() {
+    // An outbound buffer large enough that nothing is dropped: everything published reaches
+    // the socket, whose buffers (4 MiB at most by default) it overfills.
     let node = TestNode::start(|c| {
-        c.limits.outbound_buffer = 64 * 1024;
+        c.limits.outbound_buffer = 64 << 20;
         c.limits.slow_consumer = SlowConsumerPolicy::Drop;
         c.limits.write_timeout = Some(Duration::from_millis(500));
     })
@@ -151,8 +153,7 @@ async fn a_client_that_takes_nothing_for_the_write_timeout_is_closed() {
     let mut slow = stalled_client(&node).await;
     let mut publisher = node.connect(Transport::Tcp).await;
     let payload = "x".repeat(4096);
-    // Enough to fill the kernel's buffers between the two (the rest is dropped by the policy).
-    for _ in 0..MESSAGES {
+    for _ in 0..4 * MESSAGES {
         publisher.send(TOPIC, &payload).await;
     }
     publisher.publish("/topic/sync", "", &[]).await;

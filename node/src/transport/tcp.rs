@@ -15,8 +15,10 @@ use crate::session::{self, Accepted, Context, Permit, Refusal};
 use crate::transport::writer::Writer;
 use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read};
 
-/// Bytes read from the socket at a time.
+/// Bytes read from the socket at a time while data keeps coming.
 const READ_CHUNK: usize = 4096;
+/// Room for a read when the client was quiet: what an idle connection holds.
+const IDLE_READ: usize = 512;
 /// Queued output past which `feed` writes before the batch's flush.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
@@ -89,21 +91,35 @@ async fn stomp<R, W>(
         }
     };
     let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-    let inbound = spawn_reader(TcpSource(read), ctx.read_limits(), negotiated_rx);
+    let inbound = spawn_reader(TcpSource::new(read), ctx.read_limits(), negotiated_rx);
     let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };
     session::run(ctx, sink, inbound, negotiated_tx, accepted).await;
 }
 
-/// The reading half of a TCP connection.
-pub struct TcpSource<R>(pub R);
+/// The reading half of a TCP connection. Reads a little while the client is quiet and a chunk
+/// while data keeps coming; a buffer a burst grew is given up once the client is quiet again.
+pub struct TcpSource<R> {
+    reader: R,
+    /// The last read filled the room it had: more is probably waiting.
+    busy: bool,
+}
+
+impl<R> TcpSource<R> {
+    pub fn new(reader: R) -> TcpSource<R> {
+        TcpSource { reader, busy: false }
+    }
+}
 
 impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for TcpSource<R> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Read> {
-        buf.reserve(READ_CHUNK);
-        match self.0.read_buf(buf).await? {
-            0 => Ok(Read::Eof),
-            _ => Ok(Read::Data),
+        if !self.busy && buf.is_empty() && buf.try_reclaim(IDLE_READ + 1) {
+            *buf = BytesMut::new();
         }
+        buf.reserve(if self.busy { READ_CHUNK } else { IDLE_READ });
+        let room = buf.capacity() - buf.len();
+        let n = self.reader.read_buf(buf).await?;
+        self.busy = n == room;
+        Ok(if n == 0 { Read::Eof } else { Read::Data })
     }
 }
 
@@ -145,5 +161,37 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for TcpSink<W> {
 
     async fn close(&mut self, _reason: CloseReason) -> io::Result<()> {
         self.out.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_read_buffer_grows_for_a_burst_and_is_given_up_when_the_client_goes_quiet() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut source = TcpSource::new(server);
+        client.write_all(&[b'x'; 20_000]).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut largest = 0;
+        while buf.len() < 20_000 {
+            assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+            largest = largest.max(buf.capacity());
+        }
+        assert!(largest > READ_CHUNK, "reads of a chunk during the burst ({largest})");
+        buf.clear(); // the decoder took the frames
+                     // A heart-beat: the read that takes it finds the client quiet; the next gives the
+                     // burst's buffer up.
+        for _ in 0..2 {
+            client.write_all(b"\n").await.unwrap();
+            source.read(&mut buf).await.unwrap();
+            buf.clear();
+        }
+        client.write_all(b"\n").await.unwrap();
+        source.read(&mut buf).await.unwrap();
+        assert!(buf.capacity() <= IDLE_READ, "{} bytes held once quiet", buf.capacity());
     }
 }
