@@ -7,8 +7,11 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{eventually, http_request, init_tracing, metric, HttpResponse};
+
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,16 +51,6 @@ pub const ORIGIN: &str = "https://app.example.com";
 /// Passwords of the users file (user = password + "-pw").
 pub const USERS: [(&str, &str); 4] =
     [("ann", "ann-pw"), ("bob", "bob-pw"), ("ops", "ops-pw"), ("witness", "witness-pw")];
-
-/// Logs to the test output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
 
 // === key material ===
 
@@ -505,32 +498,6 @@ impl Drop for TestNode {
     }
 }
 
-/// The value of the sample `key` (name and labels as rendered) in Prometheus text.
-pub fn metric(text: &str, key: &str) -> Option<f64> {
-    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == key).then(|| value.parse().ok()).flatten()
-    })
-}
-
-/// Polls `condition` every 20 ms until it holds (true) or `within` passes (false).
-pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // === the bystander ===
 
 pub const BYSTANDER_TOPIC: &str = "/topic/bystander";
@@ -948,14 +915,7 @@ pub fn ws_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> 
 
 // === HTTP ===
 
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-/// One HTTP/1.1 request with `Connection: close`; reads the answer to EOF.
+/// One HTTP/1.1 request to the admin port, with an `Authorization` and a JSON body if given.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -963,26 +923,6 @@ pub async fn http(
     authorization: Option<&str>,
     json_body: Option<&str>,
 ) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the admin port");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(authorization) = authorization {
-        request.push_str(&format!("Authorization: {authorization}\r\n"));
-    }
-    if let Some(json) = json_body {
-        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", json.len()));
-    }
-    request.push_str("\r\n");
-    request.push_str(json_body.unwrap_or_default());
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.expect("HTTP answer in time").unwrap();
-    let text = String::from_utf8(raw).expect("a UTF-8 HTTP answer");
-    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP head");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    HttpResponse { status, headers, body: rest.to_owned() }
+    let headers: Vec<(&str, &str)> = authorization.map(|a| ("Authorization", a)).into_iter().collect();
+    http_request(addr, method, path, &headers, json_body.map(|j| ("application/json", j.as_bytes()))).await
 }
