@@ -826,62 +826,61 @@ impl ConfigFile {
     }
 
     fn acl(&self, value: &toml::Value) -> Result<Vec<AclRule>, ConfigError> {
-        let Some(entries) = value.as_array() else {
-            return Err(ConfigError::Invalid {
-                setting: ACL,
-                origin: self.origin(),
-                value: value.to_string(),
-                reason: "expected [[acl]] tables with user or role, publish and subscribe".to_owned(),
-            });
-        };
         let fail = |entry: usize, reason: String| ConfigError::FileAcl {
             path: self.path.clone(),
             entry: entry + 1,
             reason,
         };
-        entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| {
-                if !entry.is_table() {
-                    return Err(fail(i, "expected a table with user or role, publish and subscribe".into()));
-                }
-                let table: AclTable = entry.clone().try_into().map_err(|e| fail(i, e.to_string()))?;
-                let subject = match (table.user, table.role) {
-                    (Some(_), Some(_)) => return Err(fail(i, "give user or role, not both".into())),
-                    (Some(user), None) => Subject::User(user),
-                    (None, Some(role)) => Subject::Role(role),
-                    (None, None) => Subject::Anyone,
-                };
-                AclRule::build(subject, table.publish, table.subscribe).map_err(|reason| fail(i, reason))
-            })
-            .collect()
+        self.tables(value, ACL, "user or role, publish and subscribe", fail, |table: AclTable| {
+            let subject = match (table.user, table.role) {
+                (Some(_), Some(_)) => return Err("give user or role, not both".to_owned()),
+                (Some(user), None) => Subject::User(user),
+                (None, Some(role)) => Subject::Role(role),
+                (None, None) => Subject::Anyone,
+            };
+            AclRule::build(subject, table.publish, table.subscribe)
+        })
     }
 
     fn history(&self, value: &toml::Value) -> Result<Vec<HistoryRule>, ConfigError> {
-        let Some(entries) = value.as_array() else {
-            return Err(ConfigError::Invalid {
-                setting: HISTORY,
-                origin: self.origin(),
-                value: value.to_string(),
-                reason: "expected [[history]] tables with pattern, size and ttl".to_owned(),
-            });
-        };
         let fail = |entry: usize, reason: String| ConfigError::FileHistory {
             path: self.path.clone(),
             entry: entry + 1,
             reason,
         };
+        self.tables(value, HISTORY, "pattern, size and ttl", fail, |table: HistoryTable| {
+            HistoryRule::build(&table.pattern, table.size, table.ttl.as_deref())
+        })
+    }
+
+    /// An array of TOML tables (`[[acl]]`, `[[history]]`), each read as a `T` and turned into a
+    /// rule by `build`; `fields` says what a table holds, for the errors, and `fail` names the
+    /// entry that is wrong.
+    fn tables<T: serde::de::DeserializeOwned, R>(
+        &self,
+        value: &toml::Value,
+        setting: &'static str,
+        fields: &str,
+        fail: impl Fn(usize, String) -> ConfigError,
+        build: impl Fn(T) -> Result<R, String>,
+    ) -> Result<Vec<R>, ConfigError> {
+        let Some(entries) = value.as_array() else {
+            return Err(ConfigError::Invalid {
+                setting,
+                origin: self.origin(),
+                value: value.to_string(),
+                reason: format!("expected [[{setting}]] tables with {fields}"),
+            });
+        };
         entries
             .iter()
             .enumerate()
             .map(|(i, entry)| {
                 if !entry.is_table() {
-                    return Err(fail(i, "expected a table with pattern, size and ttl".into()));
+                    return Err(fail(i, format!("expected a table with {fields}")));
                 }
-                let table: HistoryTable = entry.clone().try_into().map_err(|e| fail(i, e.to_string()))?;
-                HistoryRule::build(&table.pattern, table.size, table.ttl.as_deref())
-                    .map_err(|reason| fail(i, reason))
+                let table: T = entry.clone().try_into().map_err(|e| fail(i, e.to_string()))?;
+                build(table).map_err(|reason| fail(i, reason))
             })
             .collect()
     }
@@ -1874,6 +1873,22 @@ mod tests {
         assert_eq!(c.limits.outbound_buffer, 1_000_000);
         assert_eq!(c.ws.read_buffer, 4096);
         assert_eq!(c.ws.write_buffer, 16 * 1024);
+    }
+
+    #[test]
+    fn malformed_rule_tables_name_the_entry_and_what_a_table_holds() {
+        let both = TempFile::new("[[acl]]\nuser = \"ann\"\nrole = \"ops\"\npublish = []\nsubscribe = []");
+        let e = err(&["--config", both.path()], &[]);
+        assert!(e.contains("[[acl]] entry 1") && e.contains("give user or role, not both"), "{e}");
+        let scalar = TempFile::new("history = 5");
+        let e = err(&["--config", scalar.path()], &[]);
+        assert!(e.contains("expected [[history]] tables with pattern, size and ttl"), "{e}");
+        let not_a_table = TempFile::new("history = [{ pattern = \"/topic/a\", size = 1 }, 3]");
+        let e = err(&["--config", not_a_table.path()], &[]);
+        assert!(
+            e.contains("[[history]] entry 2") && e.contains("expected a table with pattern, size and ttl"),
+            "{e}"
+        );
     }
 
     #[test]
