@@ -149,6 +149,13 @@ impl Published {
 pub trait Inbox: Send + Sync + 'static {
     /// A message for a destination this node watches (topics and user destinations).
     fn deliver(&self, message: Arc<Message>);
+    /// Messages in the order they arrived, handed over together so that each subscriber gets
+    /// them queued at once.
+    fn deliver_all(&self, messages: &[Arc<Message>]) {
+        for message in messages {
+            self.deliver(message.clone());
+        }
+    }
     /// `queue` may have entries ready to fetch.
     fn queue_ready(&self, queue: &str);
 }

@@ -111,7 +111,6 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// The session's task, while it waits for deliveries.
     waker: AtomicWaker,
-    queued: AtomicUsize,
     limit: usize,
     policy: SlowConsumerPolicy,
     overflowed: AtomicBool,
@@ -124,6 +123,8 @@ struct Queue {
     deliveries: VecDeque<Delivery>,
     /// The session has ended: pushes fail.
     closed: bool,
+    /// Bytes counted against the limit: queued here, or taken and not yet written.
+    bytes: usize,
 }
 
 impl Outbox {
@@ -131,7 +132,6 @@ impl Outbox {
         Arc::new(Outbox {
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
-            queued: AtomicUsize::new(0),
             limit,
             policy,
             overflowed: AtomicBool::new(false),
@@ -141,23 +141,8 @@ impl Outbox {
 
     /// Queues a delivery unless that would pass the byte limit or the session has ended.
     pub fn push(&self, delivery: Delivery) -> Result<(), Delivery> {
-        if self.overflowed.load(Ordering::Relaxed) {
-            return Err(delivery);
-        }
-        let size = delivery.message.len();
-        let before = self.queued.fetch_add(size, Ordering::AcqRel);
-        if before + size > self.limit && before > 0 {
-            self.queued.fetch_sub(size, Ordering::AcqRel);
-            if self.policy == SlowConsumerPolicy::Disconnect && !self.overflowed.swap(true, Ordering::AcqRel)
-            {
-                self.overflow.notify_one();
-            }
-            return Err(delivery);
-        }
         let mut queue = self.queue.lock().expect("outbox lock");
-        if queue.closed {
-            drop(queue);
-            self.queued.fetch_sub(size, Ordering::AcqRel);
+        if queue.closed || !self.admit(&mut queue, delivery.message.len()) {
             return Err(delivery);
         }
         let was_empty = queue.deliveries.is_empty();
@@ -169,6 +154,52 @@ impl Outbox {
             self.waker.wake();
         }
         Ok(())
+    }
+
+    /// Queues topic messages for `subscriber`, in order, under one lock and with at most one
+    /// wake. Each message is subject to the byte limit as [`push`](Self::push) would apply it;
+    /// returns how many were refused.
+    pub fn push_messages(&self, subscriber: &Arc<Subscriber>, messages: &[Arc<Prepared>]) -> usize {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if queue.closed {
+            return messages.len();
+        }
+        let was_empty = queue.deliveries.is_empty();
+        let mut refused = 0;
+        for message in messages {
+            if self.admit(&mut queue, message.len()) {
+                let delivery =
+                    Delivery { subscriber: subscriber.clone(), message: message.clone(), entry: None };
+                queue.deliveries.push_back(delivery);
+            } else {
+                refused += 1;
+            }
+        }
+        let woken = was_empty && !queue.deliveries.is_empty();
+        drop(queue);
+        if woken {
+            self.waker.wake();
+        }
+        refused
+    }
+
+    /// Counts `size` bytes against the limit, under the queue's lock (which every push takes
+    /// anyway: no second contended word per delivery). False, and the slow-consumer policy
+    /// applied, when they do not fit; a delivery larger than the limit still goes into an empty
+    /// outbox.
+    fn admit(&self, queue: &mut Queue, size: usize) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        if queue.bytes + size > self.limit && queue.bytes > 0 {
+            if self.policy == SlowConsumerPolicy::Disconnect && !self.overflowed.swap(true, Ordering::AcqRel)
+            {
+                self.overflow.notify_one();
+            }
+            return false;
+        }
+        queue.bytes += size;
+        true
     }
 
     /// Resolves once deliveries are queued.
@@ -203,7 +234,10 @@ impl Outbox {
 
     /// The session wrote (or discarded) deliveries of `size` bytes in all.
     pub fn written(&self, size: usize) {
-        self.queued.fetch_sub(size, Ordering::AcqRel);
+        if size > 0 {
+            let mut queue = self.queue.lock().expect("outbox lock");
+            queue.bytes = queue.bytes.saturating_sub(size);
+        }
     }
 
     pub fn is_overflowed(&self) -> bool {
@@ -501,22 +535,28 @@ impl Hub {
 
 impl Inbox for Hub {
     fn deliver(&self, message: Arc<Message>) {
+        self.deliver_all(std::slice::from_ref(&message));
+    }
+
+    fn deliver_all(&self, messages: &[Arc<Message>]) {
         let topics = self.topics.read().expect("topics lock");
-        let Some(Topic { subscribers, .. }) = topics.get(&*message.destination) else {
-            return;
-        };
-        let prepared = Arc::new(Prepared::new(&message));
+        let mut prepared = Vec::new();
         let mut dropped = 0;
-        for subscriber in subscribers {
-            let delivery =
-                Delivery { subscriber: subscriber.clone(), message: prepared.clone(), entry: None };
-            if subscriber.outbox.push(delivery).is_err() {
-                dropped += 1;
+        // Consecutive messages of one destination go to each subscriber together; runs stay in
+        // arrival order, so every subscriber sees the order they came in.
+        for run in messages.chunk_by(|a, b| a.destination == b.destination) {
+            let Some(Topic { subscribers, .. }) = topics.get(&*run[0].destination) else {
+                continue;
+            };
+            prepared.clear();
+            prepared.extend(run.iter().map(|message| Arc::new(Prepared::new(message))));
+            for subscriber in subscribers {
+                dropped += subscriber.outbox.push_messages(subscriber, &prepared);
             }
         }
         drop(topics);
         if dropped > 0 {
-            self.metrics.dropped("slow_consumer", dropped);
+            self.metrics.dropped("slow_consumer", dropped as u64);
         }
     }
 
@@ -544,8 +584,8 @@ mod tests {
         }
     }
 
-    fn delivery(outbox: &Arc<Outbox>, body: &str) -> Delivery {
-        let subscriber = Subscriber {
+    fn subscriber(outbox: &Arc<Outbox>) -> Arc<Subscriber> {
+        Arc::new(Subscriber {
             seq: 1,
             id: "s".to_owned(),
             head: bytes::Bytes::new(),
@@ -555,14 +595,21 @@ mod tests {
             active: AtomicBool::new(true),
             prefetch: 0,
             in_flight: AtomicU32::new(0),
-        };
+        })
+    }
+
+    fn prepared(body: &str) -> Arc<Prepared> {
         let message = Message {
             destination: Arc::from("/topic/t"),
             headers: Vec::new(),
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
             offset: None,
         };
-        Delivery { subscriber: Arc::new(subscriber), message: Arc::new(Prepared::new(&message)), entry: None }
+        Arc::new(Prepared::new(&message))
+    }
+
+    fn delivery(outbox: &Arc<Outbox>, body: &str) -> Delivery {
+        Delivery { subscriber: subscriber(outbox), message: prepared(body), entry: None }
     }
 
     fn bodies(deliveries: VecDeque<Delivery>) -> Vec<String> {
@@ -593,6 +640,23 @@ mod tests {
         assert!(Box::pin(outbox.ready()).as_mut().poll(&mut cx).is_pending(), "taken: empty again");
         outbox.push(delivery(&outbox, "5")).expect("push");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "empty again, so woken again");
+    }
+
+    #[test]
+    fn messages_pushed_together_wake_once_keep_order_and_each_meets_the_bound() {
+        let size = prepared("0").len();
+        let outbox = Outbox::new(3 * size, SlowConsumerPolicy::Drop);
+        let subscriber = subscriber(&outbox);
+        let messages: Vec<Arc<Prepared>> = (0..5).map(|i| prepared(&i.to_string())).collect();
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Box::pin(outbox.ready()).as_mut().poll(&mut cx).is_pending());
+        assert_eq!(outbox.push_messages(&subscriber, &messages), 2, "two past the bound refused");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake for the batch");
+        assert_eq!(bodies(outbox.take(10)), ["0", "1", "2"]);
+        outbox.close();
+        assert_eq!(outbox.push_messages(&subscriber, &messages[..1]), 1, "closed: refused");
     }
 
     #[test]

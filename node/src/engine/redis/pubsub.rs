@@ -5,13 +5,18 @@
 //! watched and asks the delivering task to catch up. The delivering task reads fred's message
 //! stream in arrival order, decodes each envelope and hands it to the inbox; for history topics it
 //! drops duplicates and fills gaps from the stream, in the same task, so deliveries stay in order.
+//!
+//! The delivering task hands over what fred has buffered in one batch ([`Batch`]): when messages
+//! arrive faster than one at a time, the hub queues several per subscriber under one lock and
+//! wakes each session once, so a session writes them with one socket write instead of one each.
+//! Nothing waits to fill a batch: it holds what had already arrived.
 
 use std::sync::Arc;
 
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::config::Server;
 use fred::types::{Message as PubsubMessage, Value};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::keys::is_queue;
@@ -20,6 +25,33 @@ use crate::engine::{EngineError, Message};
 
 /// Channels per SUBSCRIBE when re-subscribing everything.
 const CHANNELS_PER_CALL: usize = 1000;
+
+/// Messages handed to the inbox in one call at most.
+const BATCH: usize = 256;
+
+/// Messages decoded and in order, not yet handed to the inbox. Everything the delivering task
+/// delivers goes through here, live messages and history refills alike, so order holds.
+#[derive(Default)]
+struct Batch(Vec<Arc<Message>>);
+
+impl Batch {
+    fn push(&mut self, inner: &Inner, message: Message) {
+        self.0.push(Arc::new(message));
+        if self.0.len() >= BATCH {
+            self.flush(inner);
+        }
+    }
+
+    fn flush(&mut self, inner: &Inner) {
+        if self.0.is_empty() {
+            return;
+        }
+        if let Some(inbox) = inner.inbox() {
+            inbox.deliver_all(&self.0);
+        }
+        self.0.clear();
+    }
+}
 
 /// Requests to the control task, in call order.
 pub(super) enum Control {
@@ -135,34 +167,52 @@ async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) {
     queues::wake_watched(inner);
 }
 
-/// Reads the channels' messages in arrival order and hands them to the inbox.
+/// Reads the channels' messages in arrival order and hands them to the inbox, each time with
+/// whatever else fred had already buffered.
 pub(super) async fn delivery_loop(
     inner: Arc<Inner>,
     mut messages: broadcast::Receiver<PubsubMessage>,
     mut refill: mpsc::UnboundedReceiver<()>,
 ) {
+    let mut batch = Batch::default();
     loop {
-        tokio::select! {
+        let mut received = tokio::select! {
             biased;
             Some(()) = refill.recv() => {
                 while refill.try_recv().is_ok() {}
-                catch_up_all(&inner).await;
+                catch_up_all(&inner, &mut batch).await;
+                batch.flush(&inner);
+                continue;
             }
-            received = messages.recv() => match received {
-                Ok(message) => on_message(&inner, message).await,
-                Err(RecvError::Lagged(lost)) => {
+            received = messages.recv() => received.map_err(|e| match e {
+                RecvError::Lagged(lost) => TryRecvError::Lagged(lost),
+                RecvError::Closed => TryRecvError::Closed,
+            }),
+        };
+        loop {
+            match received {
+                Ok(message) => on_message(&inner, message, &mut batch).await,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(lost)) => {
+                    batch.flush(&inner);
                     tracing::warn!(lost, "pub/sub messages were lost to a lag; refilling history topics");
                     inner.metrics.engine_event("lagged", lost);
-                    catch_up_all(&inner).await;
+                    catch_up_all(&inner, &mut batch).await;
                     queues::wake_watched(&inner);
+                    break;
                 }
-                Err(RecvError::Closed) => return,
-            },
+                Err(TryRecvError::Closed) => {
+                    batch.flush(&inner);
+                    return;
+                }
+            }
+            received = messages.try_recv();
         }
+        batch.flush(&inner);
     }
 }
 
-async fn on_message(inner: &Inner, message: PubsubMessage) {
+async fn on_message(inner: &Inner, message: PubsubMessage, batch: &mut Batch) {
     let Some(destination) = inner.keys.destination_of(&message.channel) else {
         return;
     };
@@ -177,8 +227,10 @@ async fn on_message(inner: &Inner, message: PubsubMessage) {
         Err(error) => return inner.undecodable(destination, &error),
     };
     match (message.offset, cursor(inner, destination)) {
-        (Some(offset), Some(last)) => deliver_in_order(inner, destination, message, offset, last).await,
-        _ => deliver(inner, message),
+        (Some(offset), Some(last)) => {
+            deliver_in_order(inner, destination, message, offset, last, batch).await
+        }
+        _ => batch.push(inner, message),
     }
 }
 
@@ -190,33 +242,36 @@ async fn deliver_in_order(
     message: Message,
     offset: u64,
     last: Option<u64>,
+    batch: &mut Batch,
 ) {
     let Some(last) = last else {
         set_last(inner, destination, offset);
-        return deliver(inner, message);
+        return batch.push(inner, message);
     };
     if offset == last.saturating_add(1) {
         set_last(inner, destination, offset);
-        return deliver(inner, message);
+        return batch.push(inner, message);
     }
-    match catch_up(inner, destination, Some(offset)).await {
+    // What is batched goes first, rather than wait for the stream's read.
+    batch.flush(inner);
+    match catch_up(inner, destination, Some(offset), batch).await {
         Ok(reached) if offset <= reached => {} // a duplicate
         Ok(_) => {
             set_last(inner, destination, offset);
-            deliver(inner, message);
+            batch.push(inner, message);
         }
         Err(error) => {
             tracing::warn!(%destination, %error, "could not read history to fill a gap");
             if offset > last {
                 set_last(inner, destination, offset);
-                deliver(inner, message);
+                batch.push(inner, message);
             }
         }
     }
 }
 
 /// Catches up every watched history topic (after a reconnection or a lag).
-async fn catch_up_all(inner: &Inner) {
+async fn catch_up_all(inner: &Inner, batch: &mut Batch) {
     let topics: Vec<Arc<str>> = inner
         .watched
         .lock()
@@ -226,7 +281,7 @@ async fn catch_up_all(inner: &Inner) {
         .map(|(d, _)| d.clone())
         .collect();
     for destination in topics {
-        if let Err(error) = catch_up(inner, &destination, None).await {
+        if let Err(error) = catch_up(inner, &destination, None, batch).await {
             tracing::warn!(%destination, %error, "could not refill history after a gap");
         }
     }
@@ -236,7 +291,12 @@ async fn catch_up_all(inner: &Inner) {
 /// returns the offset delivery has now reached. When the topic's counter is below the last
 /// delivered offset, the topic restarted (counter expired, Redis restarted empty): delivery
 /// restarts from its first retained entry.
-async fn catch_up(inner: &Inner, destination: &str, upto: Option<u64>) -> Result<u64, EngineError> {
+async fn catch_up(
+    inner: &Inner,
+    destination: &str,
+    upto: Option<u64>,
+    batch: &mut Batch,
+) -> Result<u64, EngineError> {
     let Some(last) = cursor(inner, destination) else {
         return Ok(0);
     };
@@ -261,7 +321,7 @@ async fn catch_up(inner: &Inner, destination: &str, upto: Option<u64>) -> Result
         if offset > reached {
             reached = offset;
             recovered += 1;
-            deliver(inner, message);
+            batch.push(inner, message);
         }
     }
     if upto.is_none() {
@@ -295,11 +355,5 @@ fn set_last(inner: &Inner, destination: &str, offset: u64) {
     if let Some(Watched::History { last }) = inner.watched.lock().expect("watched lock").get_mut(destination)
     {
         *last = Some(offset);
-    }
-}
-
-fn deliver(inner: &Inner, message: Message) {
-    if let Some(inbox) = inner.inbox() {
-        inbox.deliver(Arc::new(message));
     }
 }

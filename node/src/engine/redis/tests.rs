@@ -114,16 +114,23 @@ impl Drop for RedisServer {
 struct Collect {
     messages: Mutex<Vec<Arc<Message>>>,
     ready: Mutex<Vec<String>>,
-    /// Time each delivery takes (a slow consumer), if any.
+    /// How many messages each hand-over carried.
+    batches: Mutex<Vec<usize>>,
+    /// Time each hand-over takes (a slow consumer), if any.
     delay: Option<Duration>,
 }
 
 impl Inbox for Collect {
     fn deliver(&self, message: Arc<Message>) {
+        self.deliver_all(std::slice::from_ref(&message));
+    }
+
+    fn deliver_all(&self, messages: &[Arc<Message>]) {
+        self.batches.lock().expect("lock").push(messages.len());
         if let Some(delay) = self.delay {
             std::thread::sleep(delay);
         }
-        self.messages.lock().expect("lock").push(message);
+        self.messages.lock().expect("lock").extend(messages.iter().cloned());
     }
 
     fn queue_ready(&self, queue: &str) {
@@ -292,6 +299,34 @@ async fn publishes_taken_without_waiting_arrive_in_order() {
     assert_eq!(b.inbox.bodies(), expected, "each once, in the order taken");
     let offsets: Vec<u64> = b.inbox.messages.lock().expect("lock").iter().filter_map(|m| m.offset).collect();
     assert_eq!(offsets, (1..=20).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_arrive_together_are_handed_over_together_in_order() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/h", 1000, None)];
+    let a = node(&server, "node-a", rules).await;
+    // Each hand-over takes 2 ms: whatever arrives meanwhile waits in fred's buffer, and the
+    // next hand-over must take all of it rather than one message at a time.
+    let slow = Collect { delay: Some(Duration::from_millis(2)), ..Collect::default() };
+    let b =
+        node_with(&server, "node-b", rules, slow, Tuning { connect_wait: WAIT, ..Tuning::default() }).await;
+    b.engine.watch("/topic/p").wait().await.expect("watch");
+    b.engine.watch("/topic/h").wait().await.expect("watch");
+    let mut last = None;
+    for i in 0..500 {
+        let destination = if i % 50 == 49 { "/topic/h" } else { "/topic/p" };
+        // Taken in order without waiting for Redis: they leave in pipelines.
+        last = Some(a.engine.publish(message(destination, i.to_string())).await);
+    }
+    assert_eq!(last.expect("published").outcome().await, Ok(Some(10)), "the 10th history publish");
+    assert!(eventually(WAIT, || b.inbox.count() >= 500).await, "got {}", b.inbox.count());
+    let expected: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    assert_eq!(b.inbox.bodies(), expected, "each once, in arrival order, across destinations");
+    assert_eq!(b.inbox.offsets(), (1..=10).collect::<Vec<u64>>());
+    let batches = b.inbox.batches.lock().expect("lock").clone();
+    assert!(batches.len() < 100, "500 messages in {} hand-overs: {batches:?}", batches.len());
+    assert!(batches.iter().all(|&n| n <= 256), "hand-overs are bounded: {batches:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
