@@ -31,6 +31,7 @@ every_engine!(
     redelivery_after_unsubscribe_keeps_order,
     unsubscribe_returns_unacked_messages,
     unsubscribe_stops_delivery,
+    nothing_of_a_subscription_follows_its_unsubscribe_receipt,
     dead_letter_after_max_deliveries,
     prefetch_limits_in_flight,
     queue_keeps_messages_until_subscribe,
@@ -375,6 +376,41 @@ async fn unsubscribe_stops_delivery(v: Variant) {
     publisher.publish("/topic/u", "not for anyone", &[]).await;
     publisher.publish("/topic/marker", "end", &[]).await;
     assert_eq!(client.bodies_until("end").await, Vec::<String>::new());
+    cluster.shutdown().await;
+}
+
+/// Unsubscribing while messages stream in: whatever was already on its way for the
+/// subscription arrives before the RECEIPT, nothing after it.
+async fn nothing_of_a_subscription_follows_its_unsubscribe_receipt(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut client = cluster.connect(0).await;
+    client.subscribe("/topic/stream", "a", &[]).await;
+    client.subscribe("/topic/marker", "m", &[]).await;
+    let mut publisher = cluster.connect(1).await;
+    for i in 0..2000 {
+        publisher.send("/topic/stream", &i.to_string()).await;
+    }
+    assert_eq!(header(&client.recv_message().await, "subscription"), "a");
+    let unsubscribe = Frame::new(Command::Unsubscribe).with_header("id", "a").with_header("receipt", "gone");
+    client.send_frame(&unsubscribe).await.expect("send UNSUBSCRIBE");
+    let mut before = 0;
+    loop {
+        let frame = client.recv_frame(WAIT).await.expect("the RECEIPT");
+        match frame.command {
+            Command::Receipt => break,
+            Command::Message => before += 1,
+            _ => panic!("unexpected {frame:?}"),
+        }
+    }
+    publisher.publish("/topic/marker", "end", &[]).await;
+    loop {
+        let message = client.recv_message().await;
+        assert_eq!(header(&message, "subscription"), "m", "a MESSAGE of 'a' after its RECEIPT");
+        if message.body == "end".as_bytes() {
+            break;
+        }
+    }
+    assert!(before < 2000, "unsubscribed mid-stream ({before} arrived before the RECEIPT)");
     cluster.shutdown().await;
 }
 
