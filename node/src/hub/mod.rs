@@ -125,7 +125,24 @@ struct Queue {
     closed: bool,
     /// Bytes counted against the limit: queued here, or taken and not yet written.
     bytes: usize,
+    /// How many deliveries the session last took: the queue's next buffer is allocated that
+    /// large at its first push (not before, so an idle connection holds none), instead of
+    /// growing by doubling, a reallocation and a copy each time.
+    last_batch: usize,
 }
+
+impl Queue {
+    fn push(&mut self, delivery: Delivery) {
+        if self.deliveries.capacity() == 0 {
+            self.deliveries.reserve(self.last_batch.clamp(4, BATCH));
+        }
+        self.deliveries.push_back(delivery);
+    }
+}
+
+/// Deliveries a session takes from its outbox at once, and so the most an outbox's queue is
+/// allocated for up front.
+pub const BATCH: usize = 128;
 
 impl Outbox {
     pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Arc<Outbox> {
@@ -146,7 +163,7 @@ impl Outbox {
             return Err(delivery);
         }
         let was_empty = queue.deliveries.is_empty();
-        queue.deliveries.push_back(delivery);
+        queue.push(delivery);
         drop(queue);
         // A session that has not taken the queue since it turned non-empty will: one wake is
         // enough.
@@ -170,7 +187,7 @@ impl Outbox {
             if self.admit(&mut queue, message.len()) {
                 let delivery =
                     Delivery { subscriber: subscriber.clone(), message: message.clone(), entry: None };
-                queue.deliveries.push_back(delivery);
+                queue.push(delivery);
             } else {
                 refused += 1;
             }
@@ -218,11 +235,13 @@ impl Outbox {
     /// Takes up to `max` queued deliveries, oldest first.
     pub fn take(&self, max: usize) -> VecDeque<Delivery> {
         let mut queue = self.queue.lock().expect("outbox lock");
-        if queue.deliveries.len() <= max {
+        let taken = if queue.deliveries.len() <= max {
             std::mem::take(&mut queue.deliveries)
         } else {
             queue.deliveries.drain(..max).collect()
-        }
+        };
+        queue.last_batch = taken.len();
+        taken
     }
 
     /// The session has ended: later pushes fail. Returns what was still queued.
@@ -657,6 +676,21 @@ mod tests {
         assert_eq!(bodies(outbox.take(10)), ["0", "1", "2"]);
         outbox.close();
         assert_eq!(outbox.push_messages(&subscriber, &messages[..1]), 1, "closed: refused");
+    }
+
+    #[test]
+    fn the_next_queue_is_allocated_for_the_last_batch_taken() {
+        let outbox = Outbox::new(1 << 20, SlowConsumerPolicy::Disconnect);
+        let subscriber = subscriber(&outbox);
+        let messages: Vec<Arc<Prepared>> = (0..40).map(|i| prepared(&i.to_string())).collect();
+        outbox.push_messages(&subscriber, &messages);
+        assert_eq!(outbox.take(BATCH).len(), 40);
+        assert_eq!(outbox.queue.lock().expect("lock").deliveries.capacity(), 0, "nothing held while empty");
+        outbox.push_messages(&subscriber, &messages[..1]);
+        assert!(
+            outbox.queue.lock().expect("lock").deliveries.capacity() >= 40,
+            "room for the next batch at once"
+        );
     }
 
     #[test]

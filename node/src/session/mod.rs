@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, Published};
-use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber};
+use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber, BATCH};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
 use crate::transport::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
 
@@ -46,9 +46,6 @@ pub const SERVER: &str = concat!("Stampede/", env!("CARGO_PKG_VERSION"));
 
 /// Versions this broker speaks, as listed in ERROR frames.
 const SUPPORTED: &str = "1.0,1.1,1.2";
-
-/// Deliveries written in one batch before a flush.
-const BATCH: usize = 128;
 
 /// Frames one transaction may hold before COMMIT.
 pub const MAX_TRANSACTION_FRAMES: usize = 1024;

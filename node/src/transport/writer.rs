@@ -14,6 +14,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// has quietened down holds little.
 const KEEP: usize = 2 * 1024;
 
+/// A buffer that outgrows its first frame grows to this at once, so a burst does not reallocate
+/// and copy it at every doubling from one frame's size (it is released again after a small
+/// batch, see [`KEEP`]).
+const START: usize = 8 * 1024;
+
 /// The writing half of a connection and its output buffer.
 pub struct Writer<W> {
     io: W,
@@ -44,7 +49,13 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     /// Queues `parts` back to back (a frame), then writes the queue out if it has reached the
     /// high-water mark.
     pub async fn queue(&mut self, parts: [&[u8]; 3]) -> io::Result<()> {
-        self.out.reserve(parts.iter().map(|part| part.len()).sum());
+        let needed = self.out.len() + parts.iter().map(|part| part.len()).sum::<usize>();
+        if needed > self.out.capacity() {
+            // A second frame in the batch: go straight to `START` rather than double from one
+            // frame's size.
+            let target = if self.out.is_empty() { needed } else { needed.max(START) };
+            self.out.reserve(target - self.out.len());
+        }
         for part in parts {
             self.out.extend_from_slice(part);
         }
@@ -122,6 +133,15 @@ mod tests {
         writer.flush().await.unwrap();
         assert!(!holds(&mut writer, KEEP + 1), "released after a small batch");
         assert_eq!(writer.io.len(), 18_105);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_that_outgrows_one_frame_goes_straight_to_its_start_size() {
+        let mut writer = Writer::new(Vec::new(), 64 * 1024);
+        writer.queue([&[b'a'; 300], b"", b""]).await.unwrap();
+        assert!(writer.out.capacity() < 1024, "one frame: allocated for that frame");
+        writer.queue([&[b'b'; 300], b"", b""]).await.unwrap();
+        assert!(writer.out.capacity() >= START, "a second frame: {} bytes", writer.out.capacity());
     }
 
     #[tokio::test]
