@@ -37,6 +37,34 @@ pub struct Memory {
     pub after_bytes: u64,
     /// (after − before) / connections reached, for the idle scenario.
     pub per_connection_bytes: Option<f64>,
+    /// Idle scenario: RSS as the connections ramp up in quarters, so a reader can see whether
+    /// the cost per connection stays flat (what an extrapolation past the open-files limit
+    /// rests on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<MemoryStep>,
+}
+
+/// The broker's RSS with this many idle connections open.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemoryStep {
+    pub connections: usize,
+    pub rss_bytes: u64,
+}
+
+impl Memory {
+    /// KiB per connection between consecutive steps (from `before` for the first).
+    pub fn marginal_kib(&self) -> Vec<f64> {
+        let mut last = (0usize, self.before_bytes);
+        let mut out = Vec::new();
+        for step in &self.steps {
+            if step.connections > last.0 {
+                let bytes = step.rss_bytes as f64 - last.1 as f64;
+                out.push(bytes / (step.connections - last.0) as f64 / 1024.0);
+            }
+            last = (step.connections, step.rss_bytes);
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -164,4 +192,21 @@ fn latency_text(l: &Latency) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marginal_cost_per_connection_is_taken_between_steps() {
+        let step = |connections, kib: u64| MemoryStep { connections, rss_bytes: kib * 1024 };
+        let memory = Memory {
+            before_bytes: 1000 * 1024,
+            after_bytes: 1400 * 1024,
+            per_connection_bytes: None,
+            steps: vec![step(100, 1100), step(200, 1180), step(200, 1180), step(400, 1400)],
+        };
+        assert_eq!(memory.marginal_kib(), [1.0, 0.8, 1.1], "a step that added nothing is skipped");
+    }
 }

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{ConnError, Endpoint, Protocol, Session, Ws};
-use crate::report::{Memory, Params, Report};
+use crate::report::{Memory, MemoryStep, Params, Report};
 use crate::stats::{self, Counters, Flow, Latency, Window};
 use crate::stomp::{self, Ack, Command, Parser};
 
@@ -36,6 +36,11 @@ const BURST: u64 = 64;
 
 /// Messages handled after a wake-up before acknowledgements are flushed, at most.
 const READ_BATCH: usize = 128;
+
+/// The idle scenario opens its connections in this many steps, sampling the broker's RSS after
+/// each, once its allocations have settled for a moment.
+const IDLE_STEPS: usize = 4;
+const IDLE_STEP_SETTLE: Duration = Duration::from_millis(500);
 
 /// What every scenario needs.
 #[derive(Debug)]
@@ -254,8 +259,12 @@ async fn apply_sampler(
         report.broker_cpu_s = broker_cpu;
         report.bench_cpu_s = bench_cpu;
         if let (Some(before), Some(after)) = (rss_before, rss_after) {
-            report.memory =
-                Some(Memory { before_bytes: before, after_bytes: after, per_connection_bytes: None });
+            report.memory = Some(Memory {
+                before_bytes: before,
+                after_bytes: after,
+                per_connection_bytes: None,
+                steps: Vec::new(),
+            });
         }
     }
 }
@@ -471,21 +480,43 @@ async fn idle(c: &Common, counters: &Arc<Counters>, connections: usize, hold: Du
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = stats::total_rss(&c.broker_pids);
     let setup = Instant::now();
-    let sessions =
-        open_all(connections, c.connect_concurrency, setup + c.setup_timeout, counters, |i| async move {
+    let deadline = setup + c.setup_timeout;
+    // Opened in quarters, RSS sampled after each (the last sample is the one after the hold).
+    let mut sessions = Vec::with_capacity(connections);
+    let mut steps = Vec::new();
+    let mut settling = Duration::ZERO;
+    for quarter in 1..=IDLE_STEPS {
+        let (from, to) = ((quarter - 1) * connections / IDLE_STEPS, quarter * connections / IDLE_STEPS);
+        let opened = open_all(to - from, c.connect_concurrency, deadline, counters, |i| async move {
+            let i = from + i;
             let group = format!("{}-idle{i}", c.prefix);
             let destination = format!("/topic/{group}");
             subscriber(ep, i, &group, &destination, Ack::Auto, None).await
         })
         .await;
-    report.setup_s = setup.elapsed().as_secs_f64();
+        let complete = opened.len() == to - from;
+        sessions.extend(opened);
+        if quarter < IDLE_STEPS && complete {
+            tokio::time::sleep(IDLE_STEP_SETTLE).await;
+            settling += IDLE_STEP_SETTLE;
+            if let Some(rss) = stats::total_rss(&c.broker_pids) {
+                steps.push(MemoryStep { connections: sessions.len(), rss_bytes: rss });
+            }
+        }
+        if !complete {
+            break;
+        }
+    }
+    report.setup_s = (setup.elapsed() - settling).as_secs_f64();
     report.connections_reached = sessions.len();
     let hold_start = Instant::now();
     tokio::time::sleep(hold).await;
     let rss_after = stats::total_rss(&c.broker_pids);
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         let per = (!sessions.is_empty()).then(|| after.saturating_sub(before) as f64 / sessions.len() as f64);
-        report.memory = Some(Memory { before_bytes: before, after_bytes: after, per_connection_bytes: per });
+        steps.push(MemoryStep { connections: sessions.len(), rss_bytes: after });
+        report.memory =
+            Some(Memory { before_bytes: before, after_bytes: after, per_connection_bytes: per, steps });
     }
     // Nothing should arrive on an idle connection; count what did.
     let mut stray = 0u64;
