@@ -285,20 +285,27 @@ async fn publishes_taken_without_waiting_arrive_in_order() {
     for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE] {
         assert_eq!(script.load(&a.engine.inner.client).await.as_deref(), Ok(script.sha()), "{}", script.name);
     }
-    b.engine.watch("/topic/p").wait().await.expect("watch");
-    b.engine.watch("/topic/h").wait().await.expect("watch");
+    publish_interleaved(&a, &b, 2000, 100).await;
+}
+
+/// Has `to` watch `/topic/p` and `/topic/h`, publishes `n` messages from `from` (every
+/// `every`-th to the history topic, the last one included) without waiting for Redis, and checks
+/// that `to` got each once, in the order taken.
+async fn publish_interleaved(from: &Node, to: &Node, n: usize, every: usize) {
+    to.engine.watch("/topic/p").wait().await.expect("watch");
+    to.engine.watch("/topic/h").wait().await.expect("watch");
     let mut last = None;
-    for i in 0..2000 {
-        let destination = if i % 100 == 99 { "/topic/h" } else { "/topic/p" };
+    for i in 0..n {
+        let destination = if i % every == every - 1 { "/topic/h" } else { "/topic/p" };
         // Dropped at once but the last: the engine has taken each in order.
-        last = Some(a.engine.publish(message(destination, i.to_string())).await);
+        last = Some(from.engine.publish(message(destination, i.to_string())).await);
     }
-    assert_eq!(last.expect("published").outcome().await, Ok(Some(20)), "the 20th history publish");
-    assert!(eventually(WAIT, || b.inbox.count() >= 2000).await, "got {}", b.inbox.count());
-    let expected: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
-    assert_eq!(b.inbox.bodies(), expected, "each once, in the order taken");
-    let offsets: Vec<u64> = b.inbox.messages.lock().expect("lock").iter().filter_map(|m| m.offset).collect();
-    assert_eq!(offsets, (1..=20).collect::<Vec<u64>>());
+    let history = (n / every) as u64;
+    assert_eq!(last.expect("published").outcome().await, Ok(Some(history)), "the last history publish");
+    assert!(eventually(WAIT, || to.inbox.count() >= n).await, "got {}", to.inbox.count());
+    let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(to.inbox.bodies(), expected, "each once, in the order taken, across destinations");
+    assert_eq!(to.inbox.offsets(), (1..=history).collect::<Vec<u64>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,19 +318,7 @@ async fn messages_that_arrive_together_are_handed_over_together_in_order() {
     let slow = Collect { delay: Some(Duration::from_millis(2)), ..Collect::default() };
     let b =
         node_with(&server, "node-b", rules, slow, Tuning { connect_wait: WAIT, ..Tuning::default() }).await;
-    b.engine.watch("/topic/p").wait().await.expect("watch");
-    b.engine.watch("/topic/h").wait().await.expect("watch");
-    let mut last = None;
-    for i in 0..500 {
-        let destination = if i % 50 == 49 { "/topic/h" } else { "/topic/p" };
-        // Taken in order without waiting for Redis: they leave in pipelines.
-        last = Some(a.engine.publish(message(destination, i.to_string())).await);
-    }
-    assert_eq!(last.expect("published").outcome().await, Ok(Some(10)), "the 10th history publish");
-    assert!(eventually(WAIT, || b.inbox.count() >= 500).await, "got {}", b.inbox.count());
-    let expected: Vec<String> = (0..500).map(|i| i.to_string()).collect();
-    assert_eq!(b.inbox.bodies(), expected, "each once, in arrival order, across destinations");
-    assert_eq!(b.inbox.offsets(), (1..=10).collect::<Vec<u64>>());
+    publish_interleaved(&a, &b, 500, 50).await;
     let batches = b.inbox.batches.lock().expect("lock").clone();
     assert!(batches.len() < 100, "500 messages in {} hand-overs: {batches:?}", batches.len());
     assert!(batches.iter().all(|&n| n <= 256), "hand-overs are bounded: {batches:?}");
