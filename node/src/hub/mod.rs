@@ -264,6 +264,11 @@ impl Outbox {
     }
 }
 
+/// Queues `messages` for every one of `subscribers`; returns how many deliveries were refused.
+fn fan_out(subscribers: &[Arc<Subscriber>], messages: &[Arc<Prepared>]) -> usize {
+    subscribers.iter().map(|subscriber| subscriber.outbox.push_messages(subscriber, messages)).sum()
+}
+
 /// Local consumers of one queue and the wake-up for its dispatcher task.
 struct QueueDispatch {
     name: Arc<str>,
@@ -546,6 +551,12 @@ impl Hub {
         false
     }
 
+    fn count_dropped(&self, dropped: usize) {
+        if dropped > 0 {
+            self.metrics.dropped("slow_consumer", dropped as u64);
+        }
+    }
+
     /// Local subscriptions of destinations, for the admin API and tests.
     pub fn topic_subscriber_count(&self, destination: &str) -> usize {
         self.topics.read().expect("topics lock").get(destination).map_or(0, |t| t.subscribers.len())
@@ -554,7 +565,14 @@ impl Hub {
 
 impl Inbox for Hub {
     fn deliver(&self, message: Arc<Message>) {
-        self.deliver_all(std::slice::from_ref(&message));
+        // The in-memory engine's path: one message, no run to gather.
+        let topics = self.topics.read().expect("topics lock");
+        let Some(Topic { subscribers, .. }) = topics.get(&*message.destination) else {
+            return;
+        };
+        let dropped = fan_out(subscribers, &[Arc::new(Prepared::new(&message))]);
+        drop(topics);
+        self.count_dropped(dropped);
     }
 
     fn deliver_all(&self, messages: &[Arc<Message>]) {
@@ -569,14 +587,10 @@ impl Inbox for Hub {
             };
             prepared.clear();
             prepared.extend(run.iter().map(|message| Arc::new(Prepared::new(message))));
-            for subscriber in subscribers {
-                dropped += subscriber.outbox.push_messages(subscriber, &prepared);
-            }
+            dropped += fan_out(subscribers, &prepared);
         }
         drop(topics);
-        if dropped > 0 {
-            self.metrics.dropped("slow_consumer", dropped as u64);
-        }
+        self.count_dropped(dropped);
     }
 
     fn queue_ready(&self, queue: &str) {
