@@ -620,7 +620,6 @@ async fn cycle(ep: &Endpoint, node: usize, group: &str) -> Result<(), ConnError>
 #[allow(clippy::too_many_arguments)]
 fn on_message(
     message: &Message,
-    now: Instant,
     parser: &mut Parser,
     raw: bool,
     window: &Window,
@@ -633,6 +632,7 @@ fn on_message(
         Message::Close(frame) => return Err(format!("server closed the connection: {frame:?}")),
         _ => return Ok((0, 0)),
     };
+    let now = Instant::now();
     let in_window = window.contains(now);
     let mut count = 0;
     let record = |hist: &mut Histogram<u64>, body: &[u8]| {
@@ -698,15 +698,8 @@ async fn receive_loop(
         for _ in 0..READ_BATCH {
             match next {
                 Some(Ok(message)) => {
-                    match on_message(
-                        &message,
-                        Instant::now(),
-                        &mut parser,
-                        raw,
-                        &window,
-                        &mut hist,
-                        ack.then_some(&mut acks),
-                    ) {
+                    match on_message(&message, &mut parser, raw, &window, &mut hist, ack.then_some(&mut acks))
+                    {
                         Ok((n, w)) => {
                             total += n;
                             in_window += w;
@@ -801,7 +794,7 @@ impl Publisher {
                     _ = tokio::time::sleep_until(wake.into()), if !flow_bound => {}
                     message = ws.next() => match message {
                         Some(Ok(message)) => {
-                            if let Err(e) = on_message(&message, Instant::now(), &mut parser, self.raw, &self.window, &mut ignored, None) {
+                            if let Err(e) = on_message(&message, &mut parser, self.raw, &self.window, &mut ignored, None) {
                                 self.counters.error(format!("publisher: {e}"));
                                 break;
                             }
@@ -924,7 +917,7 @@ impl Echo {
             };
             let outcome = match message {
                 Some(Ok(message)) => {
-                    on_message(&message, Instant::now(), &mut parser, self.raw, &self.window, &mut hist, None)
+                    on_message(&message, &mut parser, self.raw, &self.window, &mut hist, None)
                 }
                 Some(Err(e)) => Err(format!("read: {e}")),
                 None => Err("the server closed the connection".to_owned()),

@@ -27,7 +27,7 @@ use crate::engine::{EngineError, Message};
 const CHANNELS_PER_CALL: usize = 1000;
 
 /// Messages handed to the inbox in one call at most.
-const BATCH: usize = 256;
+pub(super) const HAND_OVER_MAX: usize = 256;
 
 /// Messages decoded and in order, not yet handed to the inbox. Everything the delivering task
 /// delivers goes through here, live messages and history refills alike, so order holds.
@@ -37,7 +37,7 @@ struct Batch(Vec<Arc<Message>>);
 impl Batch {
     fn push(&mut self, inner: &Inner, message: Message) {
         self.0.push(Arc::new(message));
-        if self.0.len() >= BATCH {
+        if self.0.len() >= HAND_OVER_MAX {
             self.flush(inner);
         }
     }

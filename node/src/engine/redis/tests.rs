@@ -11,7 +11,7 @@ use bytes::Bytes;
 use fred::types::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{envelope, scripts, RedisEngine, Tuning};
+use super::{envelope, pubsub, scripts, RedisEngine, Tuning};
 use crate::config::{Config, HistoryRule};
 use crate::engine::{Engine, EngineError, EntryId, Inbox, Message};
 use crate::metrics::Metrics;
@@ -321,7 +321,7 @@ async fn messages_that_arrive_together_are_handed_over_together_in_order() {
     publish_interleaved(&a, &b, 500, 50).await;
     let batches = b.inbox.batches.lock().expect("lock").clone();
     assert!(batches.len() < 100, "500 messages in {} hand-overs: {batches:?}", batches.len());
-    assert!(batches.iter().all(|&n| n <= 256), "hand-overs are bounded: {batches:?}");
+    assert!(batches.iter().all(|&n| n <= pubsub::HAND_OVER_MAX), "hand-overs are bounded: {batches:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
