@@ -2,7 +2,7 @@
 # The reproducible benchmark: Stampede (1 node, and N nodes on Redis), RabbitMQ Web-STOMP and a raw
 # WebSocket broadcast baseline, under the same scenarios, on loopback; writes docs/benchmarks.md.
 #
-#   bench/run.sh                 full run (about 10 minutes)
+#   bench/run.sh                 full run (about 17 minutes)
 #   bench/run.sh --short         smoke run (about 2 minutes)
 #   bench/run.sh --help          every option of bench-suite
 #

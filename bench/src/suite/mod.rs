@@ -8,6 +8,7 @@
 //! target), `markdown.rs` (the report and the goal checks).
 
 pub mod markdown;
+pub mod rounds;
 pub mod targets;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,9 @@ pub struct SuiteArgs {
     /// does not allow them.
     #[arg(long)]
     pub idle: Option<usize>,
+    /// Interleaved rounds of the head-to-head phase (default 5, short 2; 0 leaves it out).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Stampede nodes of the cluster target.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
@@ -79,7 +83,7 @@ pub struct SuiteArgs {
 }
 
 /// What the suite varies by mode.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Plan {
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -96,6 +100,11 @@ pub struct Plan {
     pub nodes: usize,
     pub scaling_rate: f64,
     pub scaling_duration_s: f64,
+    /// Head-to-head rounds, and the measured window of each of their runs.
+    #[serde(default)]
+    pub rounds: usize,
+    #[serde(default)]
+    pub round_duration_s: f64,
 }
 
 impl Plan {
@@ -130,6 +139,8 @@ impl Plan {
             nodes: args.nodes.max(1),
             scaling_rate: if short { 200.0 } else { 500.0 },
             scaling_duration_s: if short { 1.0 } else { 4.0 },
+            rounds: args.rounds.unwrap_or(if short { 2 } else { 5 }),
+            round_duration_s: if short { 1.0 } else { 5.0 },
         };
         (plan, note)
     }
@@ -184,7 +195,7 @@ pub struct Scaling {
     pub redis: RedisDelta,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
@@ -210,6 +221,9 @@ pub struct Results {
     pub notes: Vec<String>,
     pub targets: Vec<TargetResult>,
     pub scaling: Vec<Scaling>,
+    /// The interleaved rounds the throughput and latency goals are read from.
+    #[serde(default)]
+    pub head_to_head: Option<rounds::HeadToHead>,
     pub elapsed_s: f64,
     /// Appended to the report as it is.
     #[serde(default)]
@@ -348,6 +362,7 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         notes: idle_note.into_iter().collect(),
         targets: Vec::new(),
         scaling: Vec::new(),
+        head_to_head: None,
         elapsed_s: 0.0,
         appendix: match &args.notes {
             Some(path) => {
@@ -356,7 +371,7 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
             None => String::new(),
         },
     };
-    for kind in kinds {
+    for kind in kinds.iter().copied() {
         let mut target = TargetResult {
             kind,
             title: kind.title(plan.nodes),
@@ -383,6 +398,11 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         results.targets.push(target);
         // Let the machine calm down between targets (sockets in TIME_WAIT, freed memory).
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let contenders: Vec<Kind> =
+        rounds::KINDS.into_iter().filter(|k| kinds.contains(k) && !skipped.contains_key(k)).collect();
+    if plan.rounds > 0 && contenders.len() >= 2 {
+        results.head_to_head = rounds::run(&bins, &plan, &contenders).await;
     }
     results.elapsed_s = started.elapsed().as_secs_f64();
     results.machine.load_at_end = read_trimmed("/proc/loadavg");
