@@ -125,6 +125,7 @@ pub async fn run<S: FrameSink>(
         transactions: HashMap::new(),
         scratch: BytesMut::with_capacity(256),
         error_receipt: None,
+        stashed: None,
     };
     tracing::Instrument::instrument(session.run(), span).await;
     ctx.metrics().connection_closed(transport);
@@ -181,6 +182,17 @@ struct Session<S> {
     scratch: BytesMut,
     /// The `receipt` of the frame being refused, for the ERROR's `receipt-id`.
     error_receipt: Option<String>,
+    /// An event taken from the reader while handling a run of frames, handled next.
+    stashed: Option<Inbound>,
+}
+
+/// Frames handled in one run at most before their deliveries are written.
+const COALESCE: usize = 32;
+
+/// SEND, ACK and NACK without a receipt: frames whose handling writes nothing to the client
+/// (unless it fails).
+fn writes_nothing(frame: &Frame) -> bool {
+    matches!(frame.command, Command::Send | Command::Ack | Command::Nack) && frame.get("receipt").is_none()
 }
 
 /// What the loop does after an event.
@@ -229,18 +241,22 @@ impl<S: FrameSink> Session<S> {
                 token_expiry = token_armed.map(|at| Box::pin(tokio::time::sleep_until(at)));
             }
             let connected = self.version.is_some();
-            let event = tokio::select! {
-                biased;
-                _ = outbox.overflow.notified() => Event::SlowConsumer,
-                _ = async { drain_at.as_mut().expect("armed").await }, if drain_at.is_some() => Event::Drain,
-                Ok(()) = draining.changed(), if drain_at.is_none() => Event::DrainStarted,
-                _ = &mut connect_deadline, if !connected => Event::ConnectTimeout,
-                _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
-                    Event::TokenExpired
+            let event = if let Some(inbound) = self.stashed.take() {
+                Event::Inbound(Some(inbound))
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = outbox.overflow.notified() => Event::SlowConsumer,
+                    _ = async { drain_at.as_mut().expect("armed").await }, if drain_at.is_some() => Event::Drain,
+                    Ok(()) = draining.changed(), if drain_at.is_none() => Event::DrainStarted,
+                    _ = &mut connect_deadline, if !connected => Event::ConnectTimeout,
+                    _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
+                        Event::TokenExpired
+                    }
+                    inbound = self.inbound.recv() => Event::Inbound(inbound),
+                    _ = outbox.ready(), if connected => Event::Deliveries,
+                    _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
                 }
-                inbound = self.inbound.recv() => Event::Inbound(inbound),
-                _ = outbox.ready(), if connected => Event::Deliveries,
-                _ = heartbeat.tick(), if heartbeat_armed => Event::Heartbeat,
             };
             let step = match event {
                 Event::SlowConsumer => Err(SessionError::SlowConsumer),
@@ -315,16 +331,35 @@ impl<S: FrameSink> Session<S> {
                 Ok(Flow::Continue)
             }
             Event::Inbound(Some(Inbound::Frame(frame))) => {
-                let frame = *frame;
-                self.ctx.metrics().frame_in(frame.command);
-                let receipt = frame.get("receipt").map(str::to_owned);
-                // Boxed: frame handling is the session's largest state, and an idle session should
-                // not carry it (see `tests::an_idle_session_is_small`).
-                let flow = match Box::pin(self.on_frame(frame)).await {
-                    Ok(flow) => flow,
-                    Err(error) => {
-                        self.error_receipt = receipt;
-                        return Err(error);
+                let mut frame = *frame;
+                let mut handled = 0;
+                // A run of SEND, ACK and NACK frames without receipt that the reader has already
+                // queued is handled before anything is written: they write nothing themselves, so
+                // the bytes on the wire are the same, and the deliveries they cause go out in one
+                // write instead of one each. Any other frame (and any frame with a receipt) is
+                // handled alone, after what came before it has been written.
+                let flow = loop {
+                    let quiet = writes_nothing(&frame);
+                    let flow = match self.on_inbound_frame(frame).await {
+                        Ok(flow) => flow,
+                        Err(error) => {
+                            if handled > 0 {
+                                self.write_batch().await?;
+                            }
+                            return Err(error);
+                        }
+                    };
+                    handled += 1;
+                    if !quiet || handled == COALESCE || !matches!(flow, Flow::Continue) {
+                        break flow;
+                    }
+                    match self.inbound.try_recv() {
+                        Some(Inbound::Frame(next)) if writes_nothing(&next) => frame = *next,
+                        Some(other) => {
+                            self.stashed = Some(other);
+                            break flow;
+                        }
+                        None => break flow,
                     }
                 };
                 self.write_batch().await?;
@@ -376,6 +411,15 @@ impl<S: FrameSink> Session<S> {
             self.last_write = Instant::now();
         }
         self.ack_written().await
+    }
+
+    /// Handles one frame from the client; on error, remembers its receipt for the ERROR.
+    async fn on_inbound_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        self.ctx.metrics().frame_in(frame.command);
+        let receipt = frame.get("receipt").map(str::to_owned);
+        // Boxed: frame handling is the session's largest state, and an idle session should not
+        // carry it (see `tests::an_idle_session_is_small`).
+        Box::pin(self.on_frame(frame)).await.inspect_err(|_| self.error_receipt = receipt)
     }
 
     async fn ack_written(&mut self) -> Result<(), SessionError> {

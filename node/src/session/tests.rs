@@ -1,7 +1,10 @@
-//! What the session costs an idle connection.
+//! What the session costs an idle connection, and what it writes when.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
@@ -11,7 +14,9 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::AnyEngine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::stomp::{Command, Frame};
 use crate::transport::tcp::TcpSink;
+use crate::transport::{CloseReason, FrameSink, Inbound, InboundReceiver};
 
 /// Bytes an idle connection's session task may hold for its own state (the future of
 /// [`run`]). Every connection pays this for its whole life, so the rare, large steps (CONNECT,
@@ -42,4 +47,123 @@ async fn an_idle_session_is_small() {
     let session = run(ctx, TcpSink::new(tokio::io::sink()), inbound, negotiated, accepted);
     let size = std::mem::size_of_val(&session);
     assert!(size <= SESSION_FUTURE_MAX, "the session future is {size} bytes (at most {SESSION_FUTURE_MAX})");
+}
+
+/// A sink that keeps what each flush sent: one entry per socket write a real transport makes.
+#[derive(Clone, Default)]
+struct Writes {
+    flushed: Arc<Mutex<Vec<Vec<u8>>>>,
+    pending: Vec<u8>,
+}
+
+impl Writes {
+    /// The commands of the frames each write carried (heart-beats left out).
+    fn commands(&self) -> Vec<Vec<String>> {
+        let flushed = self.flushed.lock().expect("writes");
+        flushed
+            .iter()
+            .map(|write| {
+                write
+                    .split(|b| *b == 0)
+                    .filter_map(|frame| {
+                        let text = String::from_utf8_lossy(frame);
+                        text.trim_start_matches(['\r', '\n']).lines().next().map(str::to_owned)
+                    })
+                    .filter(|command| !command.is_empty())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl FrameSink for Writes {
+    async fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> std::io::Result<()> {
+        self.pending.extend_from_slice(head);
+        self.pending.extend_from_slice(tail);
+        Ok(())
+    }
+    async fn heartbeat(&mut self) -> std::io::Result<()> {
+        self.pending.push(b'\n');
+        Ok(())
+    }
+    async fn pong(&mut self, _payload: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let write = std::mem::take(&mut self.pending);
+            self.flushed.lock().expect("writes").push(write);
+        }
+        Ok(())
+    }
+    async fn close(&mut self, _reason: CloseReason) -> std::io::Result<()> {
+        self.flush().await
+    }
+}
+
+/// Runs a session over `frames`, all queued before it starts (as a reader that read them in one
+/// go would have them), and returns its writes.
+async fn session_writes(frames: Vec<Frame>) -> Writes {
+    let ctx = context();
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+    let permit = ctx.admit(peer).expect("admitted");
+    let (mut tx, inbound) = InboundReceiver::detached();
+    for frame in frames {
+        tx.try_send(Inbound::Frame(Box::new(frame))).expect("room in the inbound queue");
+    }
+    let (negotiated, _negotiated_rx) = oneshot::channel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };
+    let writes = Writes::default();
+    let session = run(ctx, writes.clone(), inbound, negotiated, accepted);
+    tokio::time::timeout(Duration::from_secs(10), session).await.expect("the session ends at DISCONNECT");
+    writes
+}
+
+fn connect() -> Frame {
+    Frame::new(Command::Connect).with_header("accept-version", "1.2").with_header("host", "/")
+}
+
+fn send(destination: &str, body: &'static str) -> Frame {
+    Frame::new(Command::Send).with_header("destination", destination).with_body(body)
+}
+
+#[tokio::test]
+async fn sends_read_together_have_their_deliveries_written_together() {
+    let mut frames = vec![
+        connect(),
+        Frame::new(Command::Subscribe)
+            .with_header("destination", "/topic/t")
+            .with_header("id", "0")
+            .with_header("receipt", "subscribed"),
+    ];
+    frames.extend((0..10).map(|_| send("/topic/t", "x")));
+    frames.push(Frame::new(Command::Disconnect).with_header("receipt", "bye"));
+    let writes = session_writes(frames).await.commands();
+    // CONNECTED; the SUBSCRIBE's RECEIPT; the ten MESSAGEs in one write, not one write each;
+    // and the DISCONNECT's RECEIPT after them.
+    let messages: Vec<&Vec<String>> = writes.iter().filter(|w| w.iter().any(|c| c == "MESSAGE")).collect();
+    assert_eq!(messages.len(), 1, "the deliveries of ten queued SENDs took these writes: {writes:?}");
+    assert_eq!(messages[0].iter().filter(|c| *c == "MESSAGE").count(), 10, "{writes:?}");
+    let flat: Vec<&String> = writes.iter().flatten().collect();
+    assert_eq!(flat.first().map(|c| c.as_str()), Some("CONNECTED"), "{writes:?}");
+    assert_eq!(flat[1], "RECEIPT", "{writes:?}");
+    assert_eq!(flat.last().map(|c| c.as_str()), Some("RECEIPT"), "{writes:?}");
+    assert_eq!(flat.len(), 13, "{writes:?}");
+}
+
+#[tokio::test]
+async fn a_failing_frame_in_a_run_comes_after_the_deliveries_before_it() {
+    let frames = vec![
+        connect(),
+        Frame::new(Command::Subscribe).with_header("destination", "/topic/t").with_header("id", "0"),
+        send("/topic/t", "one"),
+        send("/topic/t", "two"),
+        // No such destination prefix: the session answers with ERROR and closes.
+        send("/nowhere/t", "three"),
+        send("/topic/t", "four"),
+    ];
+    let writes = session_writes(frames).await.commands();
+    let flat: Vec<&str> = writes.iter().flatten().map(String::as_str).collect();
+    assert_eq!(flat, ["CONNECTED", "MESSAGE", "MESSAGE", "ERROR"], "{writes:?}");
 }

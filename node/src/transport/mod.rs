@@ -126,6 +126,12 @@ impl InboundReceiver {
         self.frames.next().await
     }
 
+    /// The next event if the reader has already queued one; never waits. `None` also once the
+    /// reader has stopped ([`recv`](Self::recv) then says so).
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        self.frames.try_recv().ok()
+    }
+
     /// A receiver with no reader task behind it, and the sender to feed it.
     #[cfg(test)]
     pub fn detached() -> (mpsc::Sender<Inbound>, InboundReceiver) {
