@@ -137,7 +137,7 @@ pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()
     let frame = Frame::new(Command::Error).with_header("message", why);
     let mut out = BytesMut::new();
     stomp::encode(&frame, None, &mut out);
-    sink.feed(&out, &[], true).await?;
+    sink.feed(&out, &[], true);
     sink.close(CloseReason::Policy).await
 }
 
@@ -193,6 +193,16 @@ const COALESCE: usize = 32;
 /// (unless it fails).
 fn writes_nothing(frame: &Frame) -> bool {
     matches!(frame.command, Command::Send | Command::Ack | Command::Nack) && frame.get("receipt").is_none()
+}
+
+/// What queueing a delivery for writing left to do.
+enum Written {
+    /// Queued (or skipped): nothing.
+    Queued,
+    /// Queued, and the output has reached its high-water mark: flush before the next.
+    Full,
+    /// A queue entry for a subscription that has ended: release it to its queue.
+    Stale(Arc<Subscriber>, EntryRef),
 }
 
 /// What the loop does after an event.
@@ -394,9 +404,21 @@ impl<S: FrameSink> Session<S> {
         // shared with the hub's pushes from other threads).
         let mut taken = 0;
         if self.version.is_some() {
-            for delivery in self.outbox.take(BATCH) {
+            let batch = self.outbox.take(BATCH);
+            // Room for the whole batch at once: each frame is its subscription's head, a
+            // message-id, a WebSocket header and the shared tail.
+            let bytes: usize = batch.iter().map(|d| d.message.len() + d.subscriber.head.len() + 48).sum();
+            self.sink.reserve(bytes);
+            for delivery in batch {
                 taken += delivery.message.len();
-                self.write_delivery(delivery).await?;
+                match self.write_delivery(delivery) {
+                    Written::Queued => {}
+                    Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
+                    Written::Stale(subscriber, entry) => {
+                        Box::pin(self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false))
+                            .await?
+                    }
+                }
             }
         }
         self.outbox.written(taken);
@@ -433,39 +455,40 @@ impl<S: FrameSink> Session<S> {
         Ok(())
     }
 
-    /// Writes one delivery from the hub, unless its subscription has ended meanwhile.
-    async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), SessionError> {
+    /// Queues one delivery from the hub for writing, unless its subscription has ended
+    /// meanwhile. Plain code, no future: this runs once per delivery.
+    fn write_delivery(&mut self, delivery: Delivery) -> Written {
         let Delivery { subscriber, message, entry } = delivery;
         let entry = entry.map(|entry| *entry);
         // Unsubscribing clears `active` before the subscription id can be used again, so the flag
         // alone tells a stale delivery (no lookup per delivery).
         if !subscriber.active.load(Ordering::Acquire) {
-            if let Some(entry) = entry {
-                Box::pin(self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false)).await?;
-            }
-            return Ok(());
+            return match entry {
+                Some(entry) => Written::Stale(subscriber, entry),
+                None => Written::Queued,
+            };
         }
         let mut gap = false;
         if !self.resumes.is_empty() {
             if let (Some(resume), Some(offset)) = (self.resumes.get_mut(&subscriber.seq), message.offset) {
                 if offset <= resume.floor {
-                    return Ok(());
+                    return Written::Queued;
                 }
                 gap = resume.gap;
                 self.resumes.remove(&subscriber.seq);
             }
         }
-        self.write_message(&subscriber, &message, entry, gap).await
+        self.write_message(&subscriber, &message, entry, gap)
     }
 
-    /// Writes a MESSAGE: this subscription's head, then the shared tail.
-    async fn write_message(
+    /// Queues a MESSAGE: this subscription's head, then the shared tail.
+    fn write_message(
         &mut self,
         subscriber: &Arc<Subscriber>,
         message: &Prepared,
         entry: Option<EntryRef>,
         gap: bool,
-    ) -> Result<(), SessionError> {
+    ) -> Written {
         let version = self.version.unwrap_or(Version::V1_2);
         self.last_message_seq += 1;
         let seq = self.last_message_seq;
@@ -493,7 +516,7 @@ impl<S: FrameSink> Session<S> {
             head.extend_from_slice(RECOVERED_HEADER.as_bytes());
             head.extend_from_slice(b":false\n");
         }
-        self.sink.feed(&self.scratch, message.tail(version), message.text).await.map_err(SessionError::io)?;
+        let full = self.sink.feed(&self.scratch, message.tail(version), message.text);
         self.wrote = true;
         self.batch_messages += 1;
         if let Some(entry) = entry {
@@ -503,14 +526,20 @@ impl<S: FrameSink> Session<S> {
                 self.unacked.insert(seq, Unacked { subscriber: subscriber.clone(), entry });
             }
         }
-        Ok(())
+        if full {
+            Written::Full
+        } else {
+            Written::Queued
+        }
     }
 
     /// Encodes and queues a frame of the session's own (CONNECTED, RECEIPT, ERROR).
     async fn send_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let mut out = BytesMut::new();
         stomp::encode(frame, self.version, &mut out);
-        self.sink.feed(&out, &[], true).await.map_err(SessionError::io)?;
+        if self.sink.feed(&out, &[], true) {
+            self.sink.flush().await.map_err(SessionError::io)?;
+        }
         self.wrote = true;
         self.ctx.metrics().frame_out(frame.command);
         Ok(())
@@ -892,7 +921,9 @@ impl<S: FrameSink> Session<S> {
         for message in &history.messages {
             let prepared = Prepared::new(message);
             floor = floor.max(message.offset.unwrap_or(floor));
-            self.write_message(subscriber, &prepared, None, gap).await?;
+            if let Written::Full = self.write_message(subscriber, &prepared, None, gap) {
+                self.sink.flush().await.map_err(SessionError::io)?;
+            }
             gap = false;
         }
         self.resumes.insert(subscriber.seq, Resume { floor, gap });

@@ -77,11 +77,12 @@ impl Writes {
 }
 
 impl FrameSink for Writes {
-    async fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> std::io::Result<()> {
+    fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> bool {
         self.pending.extend_from_slice(head);
         self.pending.extend_from_slice(tail);
-        Ok(())
+        false
     }
+    fn reserve(&mut self, _bytes: usize) {}
     async fn heartbeat(&mut self) -> std::io::Result<()> {
         self.pending.push(b'\n');
         Ok(())

@@ -77,8 +77,13 @@ pub enum CloseReason {
 
 /// The writing half of a client connection. `feed` queues, `flush` sends what was queued.
 pub trait FrameSink: Send {
-    /// Queues one whole STOMP frame, given as a head and a tail written back to back.
-    fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> impl Future<Output = io::Result<()>> + Send;
+    /// Queues one whole STOMP frame, given as a head and a tail written back to back. True once
+    /// the queued bytes have reached the high-water mark: flush before feeding more. Never
+    /// waits, so writing a batch of deliveries is plain code with no future per frame.
+    fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> bool;
+    /// Makes room for about `bytes` more of frames (a batch about to be fed), so the buffer is
+    /// allocated once for it rather than grown frame by frame.
+    fn reserve(&mut self, bytes: usize);
     /// Queues an EOL heart-beat.
     fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Queues the answer to a WebSocket ping (nothing on transports without pings).

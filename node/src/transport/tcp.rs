@@ -141,8 +141,12 @@ impl<W: AsyncWrite + Unpin + Send> TcpSink<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> FrameSink for TcpSink<W> {
-    async fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> io::Result<()> {
-        self.out.queue([head, tail, &[]]).await
+    fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> bool {
+        self.out.queue([head, tail, &[]])
+    }
+
+    fn reserve(&mut self, bytes: usize) {
+        self.out.reserve(bytes);
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {

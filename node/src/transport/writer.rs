@@ -23,7 +23,7 @@ const START: usize = 8 * 1024;
 pub struct Writer<W> {
     io: W,
     out: BytesMut,
-    /// Queued bytes past which [`Writer::queued`] writes before the batch's flush.
+    /// Queued bytes past which [`Writer::queue`] asks for a flush before the batch's end.
     high_water: usize,
     /// A write that makes no progress for this long fails (`write-timeout`).
     timeout: Option<Duration>,
@@ -46,9 +46,9 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
         &mut self.out
     }
 
-    /// Queues `parts` back to back (a frame), then writes the queue out if it has reached the
-    /// high-water mark.
-    pub async fn queue(&mut self, parts: [&[u8]; 3]) -> io::Result<()> {
+    /// Queues `parts` back to back (a frame). True once the queue has reached the high-water
+    /// mark: the caller flushes before queueing more.
+    pub fn queue(&mut self, parts: [&[u8]; 3]) -> bool {
         let needed = self.out.len() + parts.iter().map(|part| part.len()).sum::<usize>();
         if needed > self.out.capacity() {
             // A second frame in the batch: go straight to `START` rather than double from one
@@ -59,14 +59,13 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
         for part in parts {
             self.out.extend_from_slice(part);
         }
-        self.queued().await
+        self.out.len() >= self.high_water
     }
 
-    async fn queued(&mut self) -> io::Result<()> {
-        if self.out.len() >= self.high_water {
-            self.flush().await?;
-        }
-        Ok(())
+    /// Makes room for `bytes` more (at most up to the high-water mark, where a flush comes).
+    pub fn reserve(&mut self, bytes: usize) {
+        let room = bytes.min(self.high_water.saturating_sub(self.out.len()));
+        self.out.reserve(room);
     }
 
     /// Writes everything queued. Cancellation-safe: bytes leave the buffer as they are written,
@@ -118,18 +117,18 @@ mod tests {
     #[tokio::test]
     async fn a_burst_buffer_is_kept_while_batches_are_large_then_released() {
         let mut writer = Writer::new(Vec::new(), 64 * 1024);
-        writer.queue([b"", &[b'a'; 100], b""]).await.unwrap();
+        writer.queue([b"", &[b'a'; 100], b""]);
         writer.flush().await.unwrap();
         assert!(holds(&mut writer, 100), "a small buffer is kept");
-        writer.queue([&[b'b'; 5_000], b"", &[b'c'; 5_000]]).await.unwrap();
+        writer.queue([&[b'b'; 5_000], b"", &[b'c'; 5_000]]);
         assert_eq!(writer.io.len(), 100, "below the high-water mark nothing is written yet");
         writer.flush().await.unwrap();
         assert_eq!(writer.io.len(), 10_100);
         assert!(holds(&mut writer, 10_000), "kept after a large batch");
-        writer.queue([&[b'd'; 8_000], b"", b""]).await.unwrap();
+        writer.queue([&[b'd'; 8_000], b"", b""]);
         writer.flush().await.unwrap();
         assert!(holds(&mut writer, 10_000), "kept while batches are large");
-        writer.queue([b"small", b"", b""]).await.unwrap();
+        writer.queue([b"small", b"", b""]);
         writer.flush().await.unwrap();
         assert!(!holds(&mut writer, KEEP + 1), "released after a small batch");
         assert_eq!(writer.io.len(), 18_105);
@@ -138,9 +137,9 @@ mod tests {
     #[tokio::test]
     async fn a_buffer_that_outgrows_one_frame_goes_straight_to_its_start_size() {
         let mut writer = Writer::new(Vec::new(), 64 * 1024);
-        writer.queue([&[b'a'; 300], b"", b""]).await.unwrap();
+        writer.queue([&[b'a'; 300], b"", b""]);
         assert!(writer.out.capacity() < 1024, "one frame: allocated for that frame");
-        writer.queue([&[b'b'; 300], b"", b""]).await.unwrap();
+        writer.queue([&[b'b'; 300], b"", b""]);
         assert!(writer.out.capacity() >= START, "a second frame: {} bytes", writer.out.capacity());
     }
 
@@ -153,12 +152,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn past_the_high_water_mark_queued_writes() {
+    async fn past_the_high_water_mark_queue_asks_for_a_flush() {
         let mut writer = Writer::new(Vec::new(), 1000);
-        writer.queue([b"a", &[b'b'; 997], b"c"]).await.unwrap();
-        assert!(writer.io.is_empty());
-        writer.queue([b"", b"d", b""]).await.unwrap();
+        assert!(!writer.queue([b"a", &[b'b'; 997], b"c"]));
+        assert!(writer.queue([b"", b"d", b""]), "1,000 bytes queued: flush");
+        assert!(writer.io.is_empty(), "queueing never writes");
+        writer.flush().await.unwrap();
         assert_eq!(writer.io.len(), 1000);
         assert!(writer.out.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_reserved_up_to_the_high_water_mark() {
+        let mut writer = Writer::new(Vec::new(), 64 * 1024);
+        writer.reserve(20_000);
+        assert!(writer.out.capacity() >= 20_000);
+        let allocated = writer.out.capacity();
+        for _ in 0..50 {
+            writer.queue([&[b'x'; 400], b"", b""]);
+        }
+        assert_eq!(writer.out.capacity(), allocated, "50 frames of 400 bytes fit without growing");
+        let mut writer = Writer::new(Vec::new(), 4096);
+        writer.reserve(1 << 20);
+        assert!(writer.out.capacity() < 8192, "no more than the high-water mark: {}", writer.out.capacity());
     }
 }

@@ -266,10 +266,14 @@ impl<W: AsyncWrite + Unpin + Send> WsSink<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> FrameSink for WsSink<W> {
-    async fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> io::Result<()> {
+    fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> bool {
         let opcode = if text { codec::TEXT } else { codec::BINARY };
         let (header, size) = codec::header(opcode, head.len() + tail.len());
-        self.out.queue([&header[..size], head, tail]).await
+        self.out.queue([&header[..size], head, tail])
+    }
+
+    fn reserve(&mut self, bytes: usize) {
+        self.out.reserve(bytes);
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
@@ -400,8 +404,8 @@ mod tests {
     async fn the_sink_writes_frames_and_closes_with_a_code() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let mut sink = WsSink::new(server, 64 * 1024);
-        sink.feed(b"MESSAGE\n", b"\nhi\0", true).await.unwrap();
-        sink.feed(b"MESSAGE\n", b"\n\xff\0", false).await.unwrap();
+        sink.feed(b"MESSAGE\n", b"\nhi\0", true);
+        sink.feed(b"MESSAGE\n", b"\n\xff\0", false);
         sink.heartbeat().await.unwrap();
         sink.pong(b"p").await.unwrap();
         sink.flush().await.unwrap();
