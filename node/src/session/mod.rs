@@ -197,8 +197,8 @@ fn writes_nothing(frame: &Frame) -> bool {
 
 /// What queueing a delivery for writing left to do.
 enum Written {
-    /// Queued (or skipped): nothing.
-    Queued,
+    /// Queued, or skipped (its subscription ended, or a resume had replayed it): nothing more.
+    Done,
     /// Queued, and the output has reached its high-water mark: flush before the next.
     Full,
     /// A queue entry for a subscription that has ended: release it to its queue.
@@ -412,7 +412,7 @@ impl<S: FrameSink> Session<S> {
             for delivery in batch {
                 taken += delivery.message.len();
                 match self.write_delivery(delivery) {
-                    Written::Queued => {}
+                    Written::Done => {}
                     Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
                     Written::Stale(subscriber, entry) => {
                         Box::pin(self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false))
@@ -465,14 +465,14 @@ impl<S: FrameSink> Session<S> {
         if !subscriber.active.load(Ordering::Acquire) {
             return match entry {
                 Some(entry) => Written::Stale(subscriber, entry),
-                None => Written::Queued,
+                None => Written::Done,
             };
         }
         let mut gap = false;
         if !self.resumes.is_empty() {
             if let (Some(resume), Some(offset)) = (self.resumes.get_mut(&subscriber.seq), message.offset) {
                 if offset <= resume.floor {
-                    return Written::Queued;
+                    return Written::Done;
                 }
                 gap = resume.gap;
                 self.resumes.remove(&subscriber.seq);
@@ -529,7 +529,7 @@ impl<S: FrameSink> Session<S> {
         if full {
             Written::Full
         } else {
-            Written::Queued
+            Written::Done
         }
     }
 
