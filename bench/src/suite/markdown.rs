@@ -734,20 +734,6 @@ mod tests {
         }
     }
 
-    fn run(round: usize, kind: Kind, pass: Pass, deliveries_per_s: f64, p99_ms: f64) -> RoundRun {
-        RoundRun {
-            round,
-            kind,
-            pass,
-            rate: 0.0,
-            published_per_s: deliveries_per_s / 100.0,
-            deliveries_per_s,
-            p99_ms: Some(p99_ms),
-            broker_cpu_s: None,
-            failure: None,
-        }
-    }
-
     fn goal<'a>(goals: &'a [Goal], starts: &str) -> &'a Goal {
         goals.iter().find(|g| g.name.starts_with(starts)).expect("goal row")
     }
@@ -761,13 +747,13 @@ mod tests {
         for (round, base, one) in
             [(0, 1_000_000.0, 900_000.0), (1, 2_000_000.0, 1_400_000.0), (2, 2_200_000.0, 1_870_000.0)]
         {
-            runs.push(run(round, Kind::Baseline, Pass::Peak, base, 0.0));
-            runs.push(run(round, Kind::Memory, Pass::Peak, one, 0.0));
-            runs.push(run(round, Kind::Cluster, Pass::Peak, one * 0.6, 0.0));
-            runs.push(run(round, Kind::Baseline, Pass::Half, 0.0, 1.0 + round as f64));
-            runs.push(run(round, Kind::Memory, Pass::Half, 0.0, [1.5, 9.0, 1.9][round]));
-            runs.push(run(round, Kind::Cluster, Pass::Half, 0.0, [6.0, 4.0, 5.5][round]));
-            runs.push(run(round, Kind::Baseline, Pass::AtOneNodeHalf, 0.0, 0.5));
+            runs.push(RoundRun::sample(round, Kind::Baseline, Pass::Peak, base, 0.0));
+            runs.push(RoundRun::sample(round, Kind::Memory, Pass::Peak, one, 0.0));
+            runs.push(RoundRun::sample(round, Kind::Cluster, Pass::Peak, one * 0.6, 0.0));
+            runs.push(RoundRun::sample(round, Kind::Baseline, Pass::Half, 0.0, 1.0 + round as f64));
+            runs.push(RoundRun::sample(round, Kind::Memory, Pass::Half, 0.0, [1.5, 9.0, 1.9][round]));
+            runs.push(RoundRun::sample(round, Kind::Cluster, Pass::Half, 0.0, [6.0, 4.0, 5.5][round]));
+            runs.push(RoundRun::sample(round, Kind::Baseline, Pass::AtOneNodeHalf, 0.0, 0.5));
         }
         let r = results(runs);
         let goals = goals(&r);

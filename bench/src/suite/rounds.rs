@@ -221,10 +221,15 @@ async fn measure(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(round: usize, kind: Kind, pass: Pass, deliveries_per_s: f64, p99_ms: f64) -> RoundRun {
+impl RoundRun {
+    /// A run that succeeded, for tests: a fan-out to 100 subscribers.
+    pub(crate) fn sample(
+        round: usize,
+        kind: Kind,
+        pass: Pass,
+        deliveries_per_s: f64,
+        p99_ms: f64,
+    ) -> RoundRun {
         RoundRun {
             round,
             kind,
@@ -237,6 +242,13 @@ mod tests {
             failure: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use RoundRun as R;
 
     #[test]
     fn spread_is_median_least_greatest() {
@@ -261,8 +273,8 @@ mod tests {
         let mut h2h = HeadToHead { rounds: 3, ..HeadToHead::default() };
         // The machine slows down from round to round; within a round the ratio is 0.8.
         for (round, base) in [(0, 2_000_000.0), (1, 1_000_000.0), (2, 1_500_000.0)] {
-            h2h.runs.push(run(round, Kind::Baseline, Pass::Peak, base, 1.0));
-            h2h.runs.push(run(round, Kind::Memory, Pass::Peak, base * 0.8, 2.0));
+            h2h.runs.push(R::sample(round, Kind::Baseline, Pass::Peak, base, 1.0));
+            h2h.runs.push(R::sample(round, Kind::Memory, Pass::Peak, base * 0.8, 2.0));
         }
         let ratios = h2h.ratios(Kind::Memory, Kind::Baseline, Pass::Peak, delivered);
         assert_eq!(ratios.len(), 3);
