@@ -115,9 +115,9 @@ pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     Some((median, sorted[0], sorted[n - 1]))
 }
 
-/// Round `round` runs the kinds starting from a rotating offset.
-fn order(kinds: &[Kind], round: usize) -> Vec<Kind> {
-    let mut order = kinds.to_vec();
+/// Round `round` runs the targets starting from a rotating offset.
+fn order<T: Clone>(targets: &[T], round: usize) -> Vec<T> {
+    let mut order = targets.to_vec();
     if !order.is_empty() {
         let by = round % order.len();
         order.rotate_left(by);
@@ -148,37 +148,28 @@ pub async fn run(bins: &Bins, plan: &Plan, kinds: &[Kind]) -> Option<HeadToHead>
         subscribers: plan.subscribers,
         runs: Vec::new(),
     };
-    let present: Vec<Kind> = running.iter().map(|r| r.kind).collect();
-    let target = |kind: Kind| running.iter().find(|r| r.kind == kind);
+    let targets: Vec<&Running> = running.iter().collect();
     for round in 0..plan.rounds {
         eprintln!("\n=== head to head: peak, round {} of {} ===", round + 1, plan.rounds);
-        for kind in order(&present, round) {
-            if let Some(t) = target(kind) {
-                h2h.runs.push(measure(bins, plan, t, round, Pass::Peak, 0.0).await);
-            }
+        for target in order(&targets, round) {
+            h2h.runs.push(measure(bins, plan, target, round, Pass::Peak, 0.0).await);
         }
     }
     let half = |kind: Kind| {
         let peaks = h2h.series(kind, Pass::Peak, |r| Some(r.published_per_s).filter(|v| *v > 0.0));
         spread(&peaks).map(|(median, _, _)| (median / 2.0).max(1.0))
     };
-    let rates: Vec<(Kind, Pass, f64)> = present
-        .iter()
-        .filter_map(|k| Some((*k, Pass::Half, half(*k)?)))
-        .chain(
-            (present.contains(&Kind::Baseline))
-                .then(|| half(Kind::Memory))
-                .flatten()
-                .map(|rate| (Kind::Baseline, Pass::AtOneNodeHalf, rate)),
-        )
-        .collect();
+    // Each target at half its own peak; the baseline also at Stampede's (1 node) half rate.
+    let mut rates: Vec<(Kind, Pass, f64)> =
+        targets.iter().filter_map(|t| Some((t.kind, Pass::Half, half(t.kind)?))).collect();
+    if let (true, Some(rate)) = (targets.iter().any(|t| t.kind == Kind::Baseline), half(Kind::Memory)) {
+        rates.push((Kind::Baseline, Pass::AtOneNodeHalf, rate));
+    }
     for round in 0..plan.rounds {
         eprintln!("\n=== head to head: latency, round {} of {} ===", round + 1, plan.rounds);
-        for kind in order(&present, round) {
-            for (_, pass, rate) in rates.iter().filter(|(k, _, _)| *k == kind) {
-                if let Some(t) = target(kind) {
-                    h2h.runs.push(measure(bins, plan, t, round, *pass, *rate).await);
-                }
+        for target in order(&targets, round) {
+            for (_, pass, rate) in rates.iter().filter(|(kind, _, _)| *kind == target.kind) {
+                h2h.runs.push(measure(bins, plan, target, round, *pass, *rate).await);
             }
         }
     }
@@ -265,7 +256,7 @@ mod tests {
         assert_eq!(order(&kinds, 1), vec![Kind::Memory, Kind::Cluster, Kind::Baseline]);
         assert_eq!(order(&kinds, 2), vec![Kind::Cluster, Kind::Baseline, Kind::Memory]);
         assert_eq!(order(&kinds, 3), order(&kinds, 0));
-        assert!(order(&[], 1).is_empty());
+        assert!(order::<Kind>(&[], 1).is_empty());
     }
 
     #[test]
