@@ -348,8 +348,9 @@ impl<S: FrameSink> Session<S> {
                 // the bytes on the wire are the same, and the deliveries they cause go out in one
                 // write instead of one each. Any other frame (and any frame with a receipt) is
                 // handled alone, after what came before it has been written.
+                // Only the first frame can be one that writes; those taken after it never do.
+                let quiet = writes_nothing(&frame);
                 let flow = loop {
-                    let quiet = writes_nothing(&frame);
                     let flow = match self.on_inbound_frame(frame).await {
                         Ok(flow) => flow,
                         Err(error) => {
