@@ -212,6 +212,11 @@ impl Node {
         &self.log
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.lock().expect("node process").as_ref().map(Process::pid)
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.process.lock().expect("node process").as_mut().is_some_and(|p| p.exit_status().is_none())

@@ -60,3 +60,21 @@ async fn admin_port_answers_the_http_helpers() {
     let nodes = http::get(node.admin_addr(), "/api/v1/nodes").await.expect("GET /api/v1/nodes").json();
     assert_eq!(nodes["nodes"][0]["node_id"], "node-0", "{nodes}");
 }
+
+/// The runtime's worker threads, by the name tokio gives them.
+fn tokio_workers(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's threads");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_the_runtime_size() {
+    for threads in [1, 3] {
+        let cluster = Cluster::memory(&["--worker-threads", &threads.to_string()]).await;
+        let pid = cluster.node(0).pid().expect("running");
+        assert_eq!(tokio_workers(pid), threads, "--worker-threads {threads}");
+    }
+}

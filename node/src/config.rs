@@ -49,6 +49,8 @@ pub struct Config {
     pub node_id: String,
     /// Log line format; the level comes from `RUST_LOG`.
     pub log_format: LogFormat,
+    /// Threads of the async runtime; `None`: one per CPU the process may use.
+    pub worker_threads: Option<usize>,
     /// Per-frame and per-connection bounds.
     pub limits: Limits,
     /// What the server offers in CONNECTED's `heart-beat` header, and how late a peer may be.
@@ -407,6 +409,7 @@ impl fmt::Debug for Config {
             .field("redis_prefix", &self.redis_prefix)
             .field("node_id", &self.node_id)
             .field("log_format", &self.log_format)
+            .field("worker_threads", &self.worker_threads)
             .field("limits", &self.limits)
             .field("heartbeat", &self.heartbeat)
             .field("queues", &self.queues)
@@ -592,6 +595,9 @@ const SETTINGS: &[Setting] = &[
         "This node's name in the cluster: 1 to 64 of A-Z a-z 0-9 . _ -"),
     setting("log-format", "text|json", Builtin::Value("text"),
         "Log line format; the level comes from RUST_LOG"),
+    setting("worker-threads", "N", Builtin::Value("0"),
+        "Threads that run client sessions, at most 1024; 0 = one per CPU this process may use \
+         (a container's CPU limit counts). Set it when nodes share cores with each other"),
     setting("max-frame-size", "SIZE", Builtin::Value("1088KiB"),
         "Largest frame, command and headers included (1MiB + 64KiB); also the WebSocket message \
          limit"),
@@ -1100,6 +1106,7 @@ impl Layers<'_> {
             None => uuid::Uuid::new_v4().to_string(),
         };
         let log_format = self.value("log-format", log_format)?.value;
+        let worker_threads = self.value("worker-threads", worker_threads)?.value;
 
         let max_frame_size = self.value("max-frame-size", |s| nonzero(size(s)))?;
         let max_body_size = self.value("max-body-size", |s| nonzero(size(s)))?;
@@ -1159,6 +1166,7 @@ impl Layers<'_> {
             redis_prefix,
             node_id,
             log_format,
+            worker_threads,
             limits,
             heartbeat,
             queues,
@@ -1269,6 +1277,17 @@ fn size(text: &str) -> Result<usize, String> {
         .checked_mul(unit)
         .and_then(|bytes| usize::try_from(bytes).ok())
         .ok_or_else(|| "size is too large".to_owned())
+}
+
+/// Past this, a thread count is a mistake (a CPU count multiplied by something), not a choice.
+const MAX_WORKER_THREADS: usize = 1024;
+
+fn worker_threads(text: &str) -> Result<Option<usize>, String> {
+    match count::<usize>(text)? {
+        0 => Ok(None),
+        n if n <= MAX_WORKER_THREADS => Ok(Some(n)),
+        _ => Err(format!("at most {MAX_WORKER_THREADS}")),
+    }
 }
 
 fn count<T: std::str::FromStr>(text: &str) -> Result<T, String> {
@@ -1889,6 +1908,17 @@ mod tests {
             e.contains("[[history]] entry 2") && e.contains("expected a table with pattern, size and ttl"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn worker_threads_are_automatic_unless_set() {
+        assert_eq!(ok(&[], &[]).worker_threads, None);
+        assert_eq!(ok(&["--worker-threads", "0"], &[]).worker_threads, None);
+        assert_eq!(ok(&[], &[("STAMPEDE_WORKER_THREADS", "1")]).worker_threads, Some(1));
+        let e = err(&["--worker-threads", "5000"], &[]);
+        assert!(e.contains("worker-threads") && e.contains("at most 1024"), "{e}");
+        let e = err(&["--worker-threads", "two"], &[]);
+        assert!(e.contains("expected a whole number"), "{e}");
     }
 
     #[test]

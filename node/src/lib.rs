@@ -156,7 +156,8 @@ pub async fn run(
         }
         tokio::spawn(http::serve(listener, ctx.clone()))
     });
-    tracing::info!(node = %config.node_id, engine = engine_name, "node started");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(node = %config.node_id, engine = engine_name, workers, "node started");
 
     shutdown.await;
     tracing::info!(period = ?config.drain_period, connections = ctx.connections(), "draining");
