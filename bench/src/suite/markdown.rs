@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::rounds::{self, HeadToHead, Pass};
 use super::targets::Kind;
-use super::{Results, TargetResult};
+use super::{Plan, Results, TargetResult};
 use crate::report::Report;
 
 /// Whether a goal was reached.
@@ -378,7 +378,7 @@ pub fn render(r: &Results) -> String {
          peak publish rate. On the cluster target, clients are spread round-robin over the nodes and \
          publishers sit on the first node, so most deliveries cross Redis. Broker RSS and CPU are read \
          from /proc for the broker's processes: the nodes and redis-server for the cluster, beam.smp \
-         for RabbitMQ. The load generator runs on the same cores as the brokers.\n",
+         for RabbitMQ. The load generator runs on the same cores as the brokers. {}\n",
         p.duration_s,
         p.warmup_s,
         p.size,
@@ -389,7 +389,8 @@ pub fn render(r: &Results) -> String {
         p.prefetch,
         group(p.idle as f64),
         p.idle_hold_s,
-        p.churn_concurrency
+        p.churn_concurrency,
+        node_workers(p),
     );
     for note in &r.notes {
         let _ = writeln!(out, "> Note: {note}\n");
@@ -595,6 +596,20 @@ pub fn render(r: &Results) -> String {
 }
 
 /// The interleaved rounds, one row each, and their medians.
+/// How many threads each cluster node ran, and why.
+fn node_workers(p: &Plan) -> String {
+    match p.node_workers {
+        0 => "Each cluster node runs its default runtime, one worker thread per core.".to_owned(),
+        n => format!(
+            "Each cluster node runs {n} worker thread{} (`--worker-threads {n}`): the {} nodes share \
+             the machine's cores as containers with a CPU limit would, rather than each starting a \
+             thread per core and all of them contending for the same cores.",
+            if n == 1 { "" } else { "s" },
+            p.nodes
+        ),
+    }
+}
+
 fn head_to_head(h2h: &HeadToHead, nodes: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -732,6 +747,19 @@ mod tests {
             elapsed_s: 0.0,
             appendix: String::new(),
         }
+    }
+
+    #[test]
+    fn the_report_says_how_many_threads_each_node_ran() {
+        let mut r = results(Vec::new());
+        r.plan.node_workers = 1;
+        assert!(
+            render(&r).contains("Each cluster node runs 1 worker thread (`--worker-threads 1`): the 3 nodes")
+        );
+        r.plan.node_workers = 0;
+        assert!(
+            render(&r).contains("Each cluster node runs its default runtime, one worker thread per core.")
+        );
     }
 
     fn goal<'a>(goals: &'a [Goal], starts: &str) -> &'a Goal {

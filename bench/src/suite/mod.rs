@@ -55,6 +55,11 @@ pub struct SuiteArgs {
     /// Stampede nodes of the cluster target.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// Worker threads of each cluster node (`stampede --worker-threads`). Default: the cores
+    /// shared out among the nodes, at least one each, as a container's CPU limit would; 0: the
+    /// node's own default (one per core, in every node).
+    #[arg(long)]
+    pub node_workers: Option<usize>,
     /// Directory holding the release binaries stampede, stampede-bench and ws-baseline.
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
@@ -98,6 +103,9 @@ pub struct Plan {
     pub idle_hold_s: f64,
     pub churn_concurrency: usize,
     pub nodes: usize,
+    /// `--worker-threads` of each cluster node; 0: the node's own default.
+    #[serde(default)]
+    pub node_workers: usize,
     pub scaling_rate: f64,
     pub scaling_duration_s: f64,
     /// Head-to-head rounds, and the measured window of each of their runs.
@@ -137,6 +145,10 @@ impl Plan {
             idle_hold_s: if short { 1.0 } else { 5.0 },
             churn_concurrency: 16,
             nodes: args.nodes.max(1),
+            node_workers: args.node_workers.unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / args.nodes.max(1)).max(1)
+            }),
             scaling_rate: if short { 200.0 } else { 500.0 },
             scaling_duration_s: if short { 1.0 } else { 4.0 },
             rounds: args.rounds.unwrap_or(if short { 2 } else { 5 }),
@@ -382,7 +394,9 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         };
         if target.skipped.is_none() {
             eprintln!("\n=== {} ===", target.title);
-            match targets::start(kind, &bins, plan.nodes, args.rabbitmq_url.as_deref()).await {
+            match targets::start(kind, &bins, plan.nodes, plan.node_workers, args.rabbitmq_url.as_deref())
+                .await
+            {
                 Ok(running) => {
                     target.version = running.version.clone();
                     target.urls = running.urls.clone();

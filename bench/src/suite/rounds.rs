@@ -130,7 +130,7 @@ fn order<T: Clone>(targets: &[T], round: usize) -> Vec<T> {
 pub async fn run(bins: &Bins, plan: &Plan, kinds: &[Kind]) -> Option<HeadToHead> {
     let mut running: Vec<Running> = Vec::new();
     for kind in kinds {
-        match targets::start(*kind, bins, plan.nodes, None).await {
+        match targets::start(*kind, bins, plan.nodes, plan.node_workers, None).await {
             Ok(target) => running.push(target),
             Err(e) => eprintln!("bench-suite: head to head: {} did not start: {e}", kind.title(plan.nodes)),
         }

@@ -157,6 +157,7 @@ pub async fn start(
     kind: Kind,
     bins: &Bins,
     nodes: usize,
+    node_workers: usize,
     rabbitmq_url: Option<&str>,
 ) -> Result<Running, String> {
     let mut running = Running {
@@ -194,7 +195,8 @@ pub async fn start(
                 // The harness's Redis fsyncs every write (for its crash tests); a benchmark wants
                 // Redis as deployed for pub/sub: no append-only file.
                 redis.cli(&["CONFIG", "SET", "appendonly", "no"]).await;
-                let cluster = Cluster::start(nodes, &redis, &[]).await;
+                let workers = node_workers.to_string();
+                let cluster = Cluster::start(nodes, &redis, &["--worker-threads", &workers]).await;
                 running.version = redis_version(&redis).await;
                 // Redis is part of the cluster: its CPU and memory count with the nodes'.
                 let port = format!(":{}", redis.addr().port());
