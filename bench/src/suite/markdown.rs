@@ -595,7 +595,6 @@ pub fn render(r: &Results) -> String {
     out
 }
 
-/// The interleaved rounds, one row each, and their medians.
 /// How many threads each cluster node ran, and why.
 fn node_workers(p: &Plan) -> String {
     match p.node_workers {
@@ -610,6 +609,7 @@ fn node_workers(p: &Plan) -> String {
     }
 }
 
+/// The interleaved rounds, one row each, and their medians.
 fn head_to_head(h2h: &HeadToHead, nodes: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
