@@ -126,6 +126,32 @@ impl Engine for MemoryEngine {
         Published::done(self.publish_now(message))
     }
 
+    async fn publish_all(&self, messages: Vec<Message>) -> Vec<Published> {
+        let Some(inbox) = self.inbox() else {
+            return messages.iter().map(|_| Published::done(Err(EngineError::Closed))).collect();
+        };
+        let mut published = Vec::with_capacity(messages.len());
+        // Messages of destinations without history go to the hub together; one with history
+        // takes its offset under its log's lock, after the run before it is delivered.
+        let mut run = Vec::with_capacity(messages.len());
+        for message in messages {
+            if self.config.history_for(&message.destination).is_none() {
+                run.push(Arc::new(message));
+                published.push(Published::done(Ok(None)));
+            } else {
+                if !run.is_empty() {
+                    inbox.deliver_all(&run);
+                    run.clear();
+                }
+                published.push(Published::done(self.publish_now(message)));
+            }
+        }
+        if !run.is_empty() {
+            inbox.deliver_all(&run);
+        }
+        published
+    }
+
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         let Some(rule) = self.config.history_for(destination) else {
             return Ok(History { messages: Vec::new(), complete: false });
@@ -243,5 +269,89 @@ impl Engine for MemoryEngine {
             subscriptions: self.metrics.subscription_count(),
             last_seen_ms: now.as_millis() as u64,
         }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::HistoryRule;
+
+    /// An inbox that records each hand-over: (how many messages, their bodies and offsets).
+    #[derive(Default)]
+    struct Handovers(Mutex<Vec<Run>>);
+
+    /// The bodies and offsets of one hand-over.
+    type Run = Vec<(String, Option<u64>)>;
+
+    impl Inbox for Handovers {
+        fn deliver(&self, message: Arc<Message>) {
+            self.deliver_all(std::slice::from_ref(&message));
+        }
+
+        fn deliver_all(&self, messages: &[Arc<Message>]) {
+            let run = messages.iter().map(|m| (String::from_utf8_lossy(&m.body).into_owned(), m.offset));
+            self.0.lock().expect("lock").push(run.collect());
+        }
+
+        fn queue_ready(&self, _queue: &str) {}
+    }
+
+    fn message(destination: &str, body: &str) -> Message {
+        Message {
+            destination: Arc::from(destination),
+            headers: Vec::new(),
+            body: Bytes::from(body.to_owned()),
+            offset: None,
+        }
+    }
+
+    /// A publisher's run reaches the hub as one hand-over (each subscriber then gets it under one
+    /// lock with one wake), except that a message of a history topic takes its offset alone,
+    /// after the messages before it: the order is the order published.
+    #[tokio::test]
+    async fn a_run_of_publishes_reaches_the_hub_together_in_order() {
+        let history = vec![HistoryRule { pattern: "/topic/h".into(), size: 10, ttl: None }];
+        let config = Config { history, ..Config::default() };
+        let engine = MemoryEngine::new(Arc::new(config), Arc::new(Metrics::new()));
+        let inbox = Arc::new(Handovers::default());
+        let weak: Weak<dyn Inbox> = Arc::downgrade(&(inbox.clone() as Arc<dyn Inbox>));
+        engine.attach(weak);
+        let run = vec![
+            message("/topic/a", "1"),
+            message("/topic/b", "2"),
+            message("/topic/a", "3"),
+            message("/topic/h", "4"),
+            message("/topic/a", "5"),
+            message("/topic/h", "6"),
+        ];
+        let published = engine.publish_all(run).await;
+        let mut offsets = Vec::new();
+        for p in published {
+            offsets.push(p.outcome().await.expect("published"));
+        }
+        assert_eq!(offsets, [None, None, None, Some(1), None, Some(2)]);
+        let handovers = inbox.0.lock().expect("lock").clone();
+        let owned =
+            |run: &[(&str, Option<u64>)]| run.iter().map(|(b, o)| (b.to_string(), *o)).collect::<Vec<_>>();
+        assert_eq!(
+            handovers,
+            [
+                owned(&[("1", None), ("2", None), ("3", None)]),
+                owned(&[("4", Some(1))]),
+                owned(&[("5", None)]),
+                owned(&[("6", Some(2))]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_published_without_a_hub_fails_every_message() {
+        let engine = MemoryEngine::new(Arc::new(Config::default()), Arc::new(Metrics::new()));
+        let published = engine.publish_all(vec![message("/topic/a", "1"), message("/topic/a", "2")]).await;
+        assert_eq!(published.len(), 2);
+        assert!(published.iter().all(|p| matches!(p.failed(), Some(EngineError::Closed))));
     }
 }

@@ -175,6 +175,18 @@ pub trait Engine: Send + Sync {
     /// that need it (receipts). Dropping it is how a caller publishes without waiting; the engine
     /// then counts and logs a failure itself.
     fn publish(&self, message: Message) -> impl Future<Output = Published> + Send;
+    /// Publishes `messages` in order, as one [`Engine::publish`] each would, and returns their
+    /// [`Published`] in the same order. An engine that delivers locally hands the run to the
+    /// inbox together ([`Inbox::deliver_all`]), so each subscriber gets it under one lock.
+    fn publish_all(&self, messages: Vec<Message>) -> impl Future<Output = Vec<Published>> + Send {
+        async move {
+            let mut published = Vec::with_capacity(messages.len());
+            for message in messages {
+                published.push(self.publish(message).await);
+            }
+            published
+        }
+    }
     /// Retained messages of `destination` after `since` (exclusive).
     fn history(
         &self,
@@ -236,6 +248,9 @@ impl Engine for AnyEngine {
     }
     async fn publish(&self, message: Message) -> Published {
         dispatch!(self, e => e.publish(message).await)
+    }
+    async fn publish_all(&self, messages: Vec<Message>) -> Vec<Published> {
+        dispatch!(self, e => e.publish_all(messages).await)
     }
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         dispatch!(self, e => e.history(destination, since).await)

@@ -338,6 +338,30 @@ impl Hub {
         published
     }
 
+    /// Publishes a run of topic and user-destination messages (never queue entries), in order,
+    /// handed to the engine together: on the in-memory engine each local subscriber gets the
+    /// whole run queued under one lock with one wake, instead of one each per message. One
+    /// [`Published`] per message, in order.
+    pub async fn publish_all(&self, messages: Vec<(Kind, Message)>) -> Vec<Published> {
+        let mut kinds = Vec::with_capacity(messages.len());
+        let messages = messages
+            .into_iter()
+            .map(|(kind, message)| {
+                debug_assert!(kind != Kind::Queue, "queue entries are enqueued one by one");
+                kinds.push(kind);
+                message
+            })
+            .collect();
+        let published = self.engine.publish_all(messages).await;
+        for (kind, published) in kinds.into_iter().zip(&published) {
+            match published.failed() {
+                None => self.metrics.published(kind),
+                Some(_) => self.metrics.dropped("publish_failed", 1),
+            }
+        }
+        published
+    }
+
     pub async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         self.engine.history(destination, since).await
     }

@@ -116,6 +116,7 @@ pub async fn run<S: FrameSink>(
         wrote: false,
         batch_messages: 0,
         unconfirmed: None,
+        held: Vec::new(),
         subscriptions: HashMap::new(),
         next_sub_seq: 0,
         resumes: HashMap::new(),
@@ -170,6 +171,9 @@ struct Session<S> {
     /// The last publish of a SEND without receipt, while the engine has not answered it: a
     /// DISCONNECT's receipt waits for it (and so, publishes being ordered, for all before it).
     unconfirmed: Option<Published>,
+    /// Topic and user-destination messages of SENDs without receipt in the run being handled,
+    /// published together when it ends ([`Session::publish_held`]).
+    held: Vec<(Kind, Message)>,
     subscriptions: HashMap<String, Arc<Subscriber>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
@@ -193,6 +197,19 @@ const COALESCE: usize = 32;
 /// (unless it fails).
 fn writes_nothing(frame: &Frame) -> bool {
     matches!(frame.command, Command::Send | Command::Ack | Command::Nack) && frame.get("receipt").is_none()
+}
+
+/// The message a SEND publishes to `route`: its headers but those the broker sets (the first of
+/// repeated ones), and its body.
+fn message(route: &Route, frame: Frame) -> Message {
+    let Frame { headers, body, .. } = frame;
+    let mut kept: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !prepared::is_reserved(&name) && !kept.iter().any(|(n, _)| *n == name) {
+            kept.push((name, value));
+        }
+    }
+    Message { destination: Arc::from(route.name.as_str()), headers: kept, body, offset: None }
 }
 
 /// What queueing a delivery for writing left to do.
@@ -350,11 +367,14 @@ impl<S: FrameSink> Session<S> {
                 // handled alone, after what came before it has been written.
                 // Only the first frame can be one that writes; those taken after it never do.
                 let quiet = writes_nothing(&frame);
+                // The run's publishes are handed over together at its end, before its deliveries
+                // are written (and before the ERROR of a frame that fails in it).
                 let flow = loop {
                     let flow = match self.on_inbound_frame(frame).await {
                         Ok(flow) => flow,
                         Err(error) => {
                             if handled > 0 {
+                                self.publish_held().await;
                                 self.write_batch().await?;
                             }
                             return Err(error);
@@ -373,6 +393,7 @@ impl<S: FrameSink> Session<S> {
                         None => break flow,
                     }
                 };
+                self.publish_held().await;
                 self.write_batch().await?;
                 Ok(flow)
             }
@@ -803,7 +824,15 @@ impl<S: FrameSink> Session<S> {
             self.send_receipt(receipt).await?;
             return Ok(Flow::Continue);
         }
-        let published = self.publish(route, frame).await;
+        if receipt.is_none() && route.kind != Kind::Queue {
+            // Published with the rest of the run (queue entries are not: an enqueue is not
+            // delivered locally, so there is nothing to gather).
+            self.held.push((route.kind, message(&route, frame)));
+            return Ok(Flow::Continue);
+        }
+        // Ordered after the run's publishes so far.
+        self.publish_held().await;
+        let published = self.ctx.hub().publish(route.kind, message(&route, frame)).await;
         match receipt {
             // A receipt promises the message is published: wait for the engine's answer. A
             // failure becomes an ERROR carrying the receipt-id, never a RECEIPT for a lost message.
@@ -822,19 +851,21 @@ impl<S: FrameSink> Session<S> {
         Ok(Flow::Continue)
     }
 
-    /// Hands a SEND's message to the hub, in order with this session's other publishes.
-    async fn publish(&mut self, route: Route, frame: Frame) -> Published {
-        let Frame { headers, body, .. } = frame;
-        let mut kept: Vec<(String, String)> = Vec::with_capacity(headers.len());
-        for (name, value) in headers {
-            // Repeated headers: the first one wins, so later copies are not passed on.
-            if !prepared::is_reserved(&name) && !kept.iter().any(|(n, _)| *n == name) {
-                kept.push((name, value));
+    /// Publishes the messages held in this run, together and in order. Like any SEND without
+    /// receipt: a failure known now is logged, and the last publish is remembered for a
+    /// DISCONNECT's receipt.
+    async fn publish_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        // Boxed: the engine's future is large, and every idle session would carry it inline.
+        for published in Box::pin(self.ctx.hub().publish_all(held)).await {
+            match published.failed() {
+                Some(error) => tracing::warn!(%error, "publish failed"),
+                None => self.unconfirmed = Some(published),
             }
         }
-        let message =
-            Message { destination: Arc::from(route.name.as_str()), headers: kept, body, offset: None };
-        self.ctx.hub().publish(route.kind, message).await
     }
 
     async fn on_subscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
@@ -1036,7 +1067,7 @@ impl<S: FrameSink> Session<S> {
             match held.command {
                 Command::Send => {
                     let route = destination::for_send(required(&held, "destination")?)?;
-                    published.push(self.publish(route, held).await);
+                    published.push(self.ctx.hub().publish(route.kind, message(&route, held)).await);
                 }
                 Command::Ack | Command::Nack => {
                     let seq = self.acked_seq(&held)?;
