@@ -843,28 +843,36 @@ impl<S: FrameSink> Session<S> {
             // Without one the client asked for no confirmation: the session goes on reading while
             // the engine sends (on Redis, pipelined with the publishes before and after it). A
             // failure is counted (messages_dropped{reason="publish_failed"}) and logged.
-            None => match published.failed() {
-                Some(error) => tracing::warn!(%error, "publish failed"),
-                None => self.unconfirmed = Some(published),
-            },
+            None => self.published_unconfirmed(published),
         }
         Ok(Flow::Continue)
     }
 
-    /// Publishes the messages held in this run, together and in order. Like any SEND without
-    /// receipt: a failure known now is logged, and the last publish is remembered for a
-    /// DISCONNECT's receipt.
+    /// Publishes the messages held in this run, together and in order.
     async fn publish_held(&mut self) {
         if self.held.is_empty() {
             return;
         }
-        let held = std::mem::take(&mut self.held);
-        // Boxed: the engine's future is large, and every idle session would carry it inline.
-        for published in Box::pin(self.ctx.hub().publish_all(held)).await {
-            match published.failed() {
-                Some(error) => tracing::warn!(%error, "publish failed"),
-                None => self.unconfirmed = Some(published),
+        let mut held = std::mem::take(&mut self.held);
+        // Boxed: the engines' futures are large, and every idle session would carry them inline.
+        if held.len() == 1 {
+            // A run of one: the single-message path, nothing to gather.
+            let (kind, message) = held.pop().expect("one held");
+            let published = Box::pin(self.ctx.hub().publish(kind, message)).await;
+            self.published_unconfirmed(published);
+        } else {
+            for published in Box::pin(self.ctx.hub().publish_all(held)).await {
+                self.published_unconfirmed(published);
             }
+        }
+    }
+
+    /// A publish no receipt waits for: a failure known now is logged (the hub has counted it);
+    /// otherwise it is the last one a DISCONNECT's receipt waits for.
+    fn published_unconfirmed(&mut self, published: Published) {
+        match published.failed() {
+            Some(error) => tracing::warn!(%error, "publish failed"),
+            None => self.unconfirmed = Some(published),
         }
     }
 
