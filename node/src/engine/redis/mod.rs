@@ -24,7 +24,8 @@
 //!
 //! # Topics
 //! A publish is one PUBLISH of the [`envelope`], sent by the [`publisher`] task, which pipelines
-//! every publish of the node in the order the sessions handed them over; a node SUBSCRIBEs to a destination's channel
+//! every publish of the node in the order the sessions handed them over (a burst on one channel
+//! as one PUBLISH_MANY script call); a node SUBSCRIBEs to a destination's channel
 //! while it watches it. Watch and unwatch are applied in call order by one task; messages are
 //! decoded and handed to the inbox in arrival order by another. A node's own publishes come back
 //! through Redis like everyone else's, so per-publisher order holds on every node.
@@ -238,6 +239,28 @@ impl RedisEngine {
         Ok(RedisEngine { inner, control: control_tx, publishes: publish_tx, tasks })
     }
 
+    /// What publishing `message` sends: a PUBLISH, or on a history topic the script that stores
+    /// and publishes it.
+    fn publish_op(&self, message: &Message) -> Op {
+        let inner = &self.inner;
+        let node = &inner.config.node_id;
+        let channel = inner.keys.channel(&message.destination);
+        match inner.config.history_for(&message.destination) {
+            None => Op::Publish { channel, envelope: envelope::encode(node, message).into() },
+            Some(rule) => Op::Script {
+                script: &scripts::HISTORY_PUBLISH,
+                keys: vec![inner.keys.seq(&message.destination), inner.keys.log(&message.destination)],
+                args: vec![
+                    Value::Bytes(envelope::encode_without_offset(node, message).into()),
+                    Value::Integer(rule.size as i64),
+                    Value::Integer(rule.ttl.map_or(0, |ttl| ttl.as_millis().saturating_mul(3).max(1) as i64)),
+                    Value::from(channel),
+                ],
+                reply: ScriptReply::Offset,
+            },
+        }
+    }
+
     /// Hands a write to the publishing task, in call order.
     async fn write(&self, destination: Arc<str>, op: Op) -> Published {
         let (reply, rx) = oneshot::channel();
@@ -388,27 +411,31 @@ impl Engine for RedisEngine {
     }
 
     async fn publish(&self, message: Message) -> Published {
-        let inner = &self.inner;
-        if let Err(error) = inner.check_connected() {
+        if let Err(error) = self.inner.check_connected() {
             return Published::done(Err(error));
         }
-        let node = &inner.config.node_id;
-        let channel = inner.keys.channel(&message.destination);
-        let op = match inner.config.history_for(&message.destination) {
-            None => Op::Publish { channel, envelope: envelope::encode(node, &message).into() },
-            Some(rule) => Op::Script {
-                script: &scripts::HISTORY_PUBLISH,
-                keys: vec![inner.keys.seq(&message.destination), inner.keys.log(&message.destination)],
-                args: vec![
-                    Value::Bytes(envelope::encode_without_offset(node, &message).into()),
-                    Value::Integer(rule.size as i64),
-                    Value::Integer(rule.ttl.map_or(0, |ttl| ttl.as_millis().saturating_mul(3).max(1) as i64)),
-                    Value::from(channel),
-                ],
-                reply: ScriptReply::Offset,
-            },
-        };
+        let op = self.publish_op(&message);
         self.write(message.destination, op).await
+    }
+
+    /// The run goes to the publishing task as one request, so it reaches Redis in one pipeline
+    /// whatever else the task is doing, and its PUBLISHes on one channel as one command.
+    async fn publish_all(&self, messages: Vec<Message>) -> Vec<Published> {
+        if let Err(error) = self.inner.check_connected() {
+            return messages.iter().map(|_| Published::done(Err(error.clone()))).collect();
+        }
+        let mut jobs = Vec::with_capacity(messages.len());
+        let mut published = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (reply, rx) = oneshot::channel();
+            let op = self.publish_op(&message);
+            jobs.push(publisher::Job { destination: message.destination, op, reply });
+            published.push(Published::waiting(rx));
+        }
+        if self.publishes.send(publisher::Request::Writes(jobs)).await.is_err() {
+            return published.iter().map(|_| Published::done(Err(EngineError::Closed))).collect();
+        }
+        published
     }
 
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {

@@ -9,6 +9,10 @@
 //! each publish was awaited, at a fraction of the round trips. A full channel (Redis slower than
 //! the publishers) makes publishers wait, and with them their clients' TCP connections.
 //!
+//! Consecutive PUBLISHes on one channel (a publisher's burst to one topic) go as one call of
+//! [`scripts::PUBLISH_MANY`]: fred flushes its socket after every command of a pipeline, so a
+//! pipeline of N PUBLISHes is N writes and N replies, where the script is one of each.
+//!
 //! Scripts go as EVALSHA, loaded (SCRIPT LOAD) before the first pipeline that needs them on each
 //! connection. Should Redis lose its script cache unnoticed (a failover the client has not seen
 //! yet), those calls fail with NOSCRIPT and are run again, in their order, with EVAL: only then
@@ -31,10 +35,17 @@ use crate::engine::EngineError;
 pub const CAPACITY: usize = 4096;
 /// Requests sent per pipeline at most.
 const BATCH: usize = 512;
+/// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at most, and envelope bytes (a call is
+/// one command that Redis reads whole before running it).
+const GROUP_MAX: usize = 64;
+const GROUP_MAX_BYTES: usize = 1 << 20;
 
 /// What the task is asked to do.
 pub enum Request {
     Write(Job),
+    /// A publisher's run, sent in one pipeline (one request however long the run; a session's
+    /// runs are bounded).
+    Writes(Vec<Job>),
     /// Answered once every write taken before it has been answered (node shutdown).
     Flush(oneshot::Sender<()>),
 }
@@ -78,6 +89,7 @@ pub async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Reques
         for request in batch.drain(..) {
             match request {
                 Request::Write(job) => jobs.push(job),
+                Request::Writes(run) => jobs.extend(run),
                 Request::Flush(done) => {
                     // Everything before the flush goes first.
                     send(&inner, std::mem::take(&mut jobs), &mut loaded).await;
@@ -94,10 +106,11 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
     if jobs.is_empty() {
         return;
     }
-    if !*loaded && jobs.iter().any(|j| matches!(j.op, Op::Script { .. })) {
+    let groups = groups(&jobs);
+    if !*loaded && groups.iter().any(|group| is_script(&jobs[group.clone()])) {
         // Load first, or the first EVALSHA of each script would fail and run late (out of order).
         *loaded = true;
-        for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE] {
+        for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY] {
             if let Err(error) = script.load(&inner.client).await {
                 tracing::debug!(script = script.name, %error, "cannot load a script");
                 *loaded = false;
@@ -105,10 +118,17 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
         }
     }
     let pipeline = inner.client.pipeline();
-    for job in &jobs {
+    for group in &groups {
         // Queued in memory: only the pipeline's send can fail.
-        let _: Result<(), RedisError> = match &job.op {
-            Op::Publish { channel, envelope } => pipeline.publish(channel.as_str(), envelope.clone()).await,
+        let _: Result<(), RedisError> = match &jobs[group.start].op {
+            Op::Publish { channel, envelope } if group.len() == 1 => {
+                pipeline.publish(channel.as_str(), envelope.clone()).await
+            }
+            Op::Publish { .. } => {
+                let (command, args) =
+                    scripts::PUBLISH_MANY.evalsha(&[], &publish_many_args(&jobs[group.clone()]));
+                pipeline.custom(command, args).await
+            }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let (command, args) = script.evalsha(&keys, args);
@@ -117,28 +137,86 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
         };
     }
     let mut results = pipeline.try_all::<Value>().await.into_iter();
+    let mut jobs = jobs.into_iter();
     let mut reload = Vec::new();
-    for job in jobs {
+    for group in groups {
+        let members: Vec<Job> = jobs.by_ref().take(group.len()).collect();
         match results.next() {
-            Some(Err(error)) if matches!(job.op, Op::Script { .. }) && scripts::is_noscript(&error) => {
-                reload.push(job)
+            Some(Err(error)) if is_script(&members) && scripts::is_noscript(&error) => reload.push(members),
+            Some(result) => answer_all(inner, members, result),
+            None => {
+                for job in members {
+                    answer(inner, job, Err(EngineError::Unavailable("Redis gave no reply".to_owned())));
+                }
             }
-            Some(result) => {
-                let result = outcome(inner, &job.op, result);
-                answer(inner, job, result);
-            }
-            None => answer(inner, job, Err(EngineError::Unavailable("Redis gave no reply".to_owned()))),
         }
     }
     if !reload.is_empty() {
         // The cache was lost under us (a restart or failover not seen yet): these run late.
         *loaded = false;
     }
-    for job in reload {
-        let Op::Script { script, keys, args, .. } = &job.op else { continue };
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let result = script.run(&inner.client, &keys, args.clone()).await;
-        let result = outcome(inner, &job.op, result);
+    for members in reload {
+        let result = match &members[0].op {
+            Op::Publish { .. } => {
+                scripts::PUBLISH_MANY.run(&inner.client, &[], publish_many_args(&members)).await
+            }
+            Op::Script { script, keys, args, .. } => {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                script.run(&inner.client, &keys, args.clone()).await
+            }
+        };
+        answer_all(inner, members, result);
+    }
+}
+
+/// Splits `jobs` into what goes as one command each: a run of consecutive PUBLISHes on one
+/// channel (bounded by [`GROUP_MAX`] and [`GROUP_MAX_BYTES`]), or a single job.
+fn groups(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (i, job) in jobs.iter().enumerate() {
+        if let (Some(last), Op::Publish { channel, envelope }) = (groups.last_mut(), &job.op) {
+            if let Op::Publish { channel: previous, .. } = &jobs[last.start].op {
+                if previous == channel && last.len() < GROUP_MAX && bytes + envelope.len() <= GROUP_MAX_BYTES
+                {
+                    last.end = i + 1;
+                    bytes += envelope.len();
+                    continue;
+                }
+            }
+        }
+        bytes = match &job.op {
+            Op::Publish { envelope, .. } => envelope.len(),
+            Op::Script { .. } => 0,
+        };
+        groups.push(i..i + 1);
+    }
+    groups
+}
+
+/// Whether the command of a group is a script call (EVALSHA): a script's, or PUBLISH_MANY.
+fn is_script(group: &[Job]) -> bool {
+    group.len() > 1 || matches!(group[0].op, Op::Script { .. })
+}
+
+/// The arguments of [`scripts::PUBLISH_MANY`] for a run of PUBLISHes on one channel.
+fn publish_many_args(jobs: &[Job]) -> Vec<Value> {
+    let mut args = Vec::with_capacity(jobs.len() + 1);
+    for job in jobs {
+        if let Op::Publish { channel, envelope } = &job.op {
+            if args.is_empty() {
+                args.push(Value::from(channel.as_str()));
+            }
+            args.push(Value::Bytes(envelope.clone()));
+        }
+    }
+    args
+}
+
+/// Answers every job of one command with its reply.
+fn answer_all(inner: &Inner, jobs: Vec<Job>, result: Result<Value, RedisError>) {
+    for job in jobs {
+        let result = outcome(inner, &job.op, result.clone());
         answer(inner, job, result);
     }
 }

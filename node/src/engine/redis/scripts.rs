@@ -155,6 +155,21 @@ local function requeue(key, ids, delivered, maxdel, maxlen)
 end
 "#;
 
+/// No KEYS. ARGV: channel, then envelopes. PUBLISHes each envelope on the channel, in order: a
+/// burst of plain publishes on one channel as one command and one reply (see `publisher`).
+/// Returns how many it published.
+pub static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "publish_many",
+        r#"
+for i = 2, #ARGV do
+  redis.call('PUBLISH', ARGV[1], ARGV[i])
+end
+return #ARGV - 1
+"#,
+    )
+});
+
 /// KEYS: seq, log. ARGV: envelope without offset, size, expire ms (0 = never), channel.
 /// Assigns the next offset, completes the envelope with it (bincode varint, see `envelope`),
 /// appends it as entry `0-<offset>`, trims to `size`, and publishes it. Returns the offset.

@@ -288,6 +288,95 @@ async fn publishes_taken_without_waiting_arrive_in_order() {
     publish_interleaved(&a, &b, 2000, 100).await;
 }
 
+/// A publisher's runs go to Redis with their plain publishes on one channel as one PUBLISH_MANY
+/// call each, not a command (and a socket write) each; other nodes still get every message once,
+/// in order, with the history publishes between them in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_one_channel_goes_as_few_commands() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
+    let a = node(&server, "node-a", rules).await;
+    let b = node(&server, "node-b", rules).await;
+    // Calls of `name` Redis has run, those run by scripts included.
+    let calls = |name: &'static str| {
+        let client = a.engine.inner.client.clone();
+        async move {
+            let command =
+                fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::FirstKey, false);
+            let info: String = fred::interfaces::ClientLike::custom(&client, command, vec!["commandstats"])
+                .await
+                .expect("INFO");
+            let prefix = format!("cmdstat_{name}:calls=");
+            info.lines()
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().expect("calls"))
+        }
+    };
+    b.engine.watch("/topic/p").wait().await.expect("watch");
+    b.engine.watch("/topic/h").wait().await.expect("watch");
+    let (evalsha, publish) = (calls("evalsha").await, calls("publish").await);
+    // Runs of 32 as a session hands them over, every 100th message to the history topic.
+    let n = 2000;
+    let history = |i: usize| i % 100 == 99;
+    let mut last = None;
+    let mut stretches = 0;
+    for run in (0..n).collect::<Vec<usize>>().chunks(32) {
+        // Plain publishes between history ones: one PUBLISH_MANY each (a lone one is a PUBLISH).
+        stretches += run.split(|&i| history(i)).filter(|stretch| stretch.len() > 1).count() as u64;
+        let messages =
+            run.iter().map(|&i| message(if history(i) { "/topic/h" } else { "/topic/p" }, i.to_string()));
+        last = a.engine.publish_all(messages.collect()).await.pop();
+    }
+    assert_eq!(last.expect("published").outcome().await, Ok(Some(20)), "the last history publish");
+    assert!(eventually(WAIT, || b.inbox.count() >= n).await, "got {}", b.inbox.count());
+    let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(b.inbox.bodies(), expected, "each once, in the order published, across destinations");
+    assert_eq!(b.inbox.offsets(), (1..=20).collect::<Vec<u64>>());
+    // 20 history scripts, and for the 1,980 plain publishes at most one script per stretch (runs
+    // taken together may join) and at least one per 64: a few dozen commands, where a PUBLISH
+    // each would have been 1,980.
+    assert_eq!(calls("publish").await - publish, 2000, "every message published once");
+    let scripts = calls("evalsha").await - evalsha - 20;
+    assert!(
+        (1980_u64.div_ceil(64)..=stretches).contains(&scripts),
+        "{scripts} calls for {stretches} stretches"
+    );
+}
+
+/// Redis losing its script cache under a running node (a restart or failover it has not seen)
+/// costs no message: a run's PUBLISH_MANY and history scripts fail with NOSCRIPT and are run again
+/// with their text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_a_lost_script_cache() {
+    let server = RedisServer::start().await;
+    let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
+    let a = node(&server, "node-a", rules).await;
+    let b = node(&server, "node-b", rules).await;
+    b.engine.watch("/topic/p").wait().await.expect("watch");
+    b.engine.watch("/topic/h").wait().await.expect("watch");
+    let run = |from: usize| {
+        let messages = (from..from + 4)
+            .map(|i| message(if i % 4 == 3 { "/topic/h" } else { "/topic/p" }, i.to_string()));
+        a.engine.publish_all(messages.collect())
+    };
+    // The first run loads the scripts; then Redis forgets them.
+    let first = run(0).await.pop().expect("published").outcome().await;
+    assert_eq!(first, Ok(Some(1)));
+    let flush = fred::types::CustomCommand::new_static("SCRIPT", fred::types::ClusterHash::FirstKey, false);
+    let _: Value = fred::interfaces::ClientLike::custom(&a.engine.inner.client, flush, vec!["FLUSH"])
+        .await
+        .expect("flush");
+    let mut outcomes = Vec::new();
+    for published in run(4).await {
+        outcomes.push(published.outcome().await);
+    }
+    assert_eq!(outcomes, [Ok(None), Ok(None), Ok(None), Ok(Some(2))]);
+    assert!(eventually(WAIT, || b.inbox.count() >= 8).await, "got {}", b.inbox.count());
+    let expected: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    assert_eq!(b.inbox.bodies(), expected);
+}
+
 /// Has `to` watch `/topic/p` and `/topic/h`, publishes `n` messages from `from` (every
 /// `every`-th to the history topic, the last one included) without waiting for Redis, and checks
 /// that `to` got each once, in the order taken.
