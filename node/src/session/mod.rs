@@ -622,6 +622,9 @@ impl<S: FrameSink> Session<S> {
     /// Releases everything the session held: subscriptions, unacknowledged and undelivered
     /// queue entries (back to their queues), open transactions (aborted).
     async fn finish(&mut self) {
+        // SENDs of a run the session stopped handling midway (a slow-consumer cut while a publish
+        // waited) were taken without error: they are published, as they would have been.
+        self.publish_held().await;
         for (_, subscriber) in self.subscriptions.drain() {
             self.ctx.hub().unsubscribe(&subscriber);
         }
