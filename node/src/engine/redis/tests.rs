@@ -299,13 +299,10 @@ async fn a_burst_on_one_channel_goes_as_few_commands() {
     let b = node(&server, "node-b", rules).await;
     // Calls of `name` Redis has run, those run by scripts included.
     let calls = |name: &'static str| {
-        let client = a.engine.inner.client.clone();
+        let a = &a;
         async move {
-            let command =
-                fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::FirstKey, false);
-            let info: String = fred::interfaces::ClientLike::custom(&client, command, vec!["commandstats"])
-                .await
-                .expect("INFO");
+            let info = raw(a, "INFO", "", &["commandstats"]).await;
+            let info = info.as_string().expect("INFO is text");
             let prefix = format!("cmdstat_{name}:calls=");
             info.lines()
                 .find_map(|line| line.strip_prefix(prefix.as_str()))
@@ -313,8 +310,7 @@ async fn a_burst_on_one_channel_goes_as_few_commands() {
                 .map_or(0, |n| n.parse::<u64>().expect("calls"))
         }
     };
-    b.engine.watch("/topic/p").wait().await.expect("watch");
-    b.engine.watch("/topic/h").wait().await.expect("watch");
+    watch_plain_and_history(&b).await;
     let (evalsha, publish) = (calls("evalsha").await, calls("publish").await);
     // Runs of 32 as a session hands them over, every 100th message to the history topic.
     let n = 2000;
@@ -350,8 +346,7 @@ async fn a_run_survives_a_lost_script_cache() {
     let rules = |c: &mut Config| c.history = vec![history("/topic/h", 100, None)];
     let a = node(&server, "node-a", rules).await;
     let b = node(&server, "node-b", rules).await;
-    b.engine.watch("/topic/p").wait().await.expect("watch");
-    b.engine.watch("/topic/h").wait().await.expect("watch");
+    watch_plain_and_history(&b).await;
     let run = |from: usize| {
         let messages = (from..from + 4)
             .map(|i| message(if i % 4 == 3 { "/topic/h" } else { "/topic/p" }, i.to_string()));
@@ -360,10 +355,7 @@ async fn a_run_survives_a_lost_script_cache() {
     // The first run loads the scripts; then Redis forgets them.
     let first = run(0).await.pop().expect("published").outcome().await;
     assert_eq!(first, Ok(Some(1)));
-    let flush = fred::types::CustomCommand::new_static("SCRIPT", fred::types::ClusterHash::FirstKey, false);
-    let _: Value = fred::interfaces::ClientLike::custom(&a.engine.inner.client, flush, vec!["FLUSH"])
-        .await
-        .expect("flush");
+    raw(&a, "SCRIPT", "", &["FLUSH"]).await;
     let mut outcomes = Vec::new();
     for published in run(4).await {
         outcomes.push(published.outcome().await);
@@ -374,12 +366,17 @@ async fn a_run_survives_a_lost_script_cache() {
     assert_eq!(b.inbox.bodies(), expected);
 }
 
+/// Has `node` watch `/topic/p` (plain) and `/topic/h` (history, in the tests that publish to both).
+async fn watch_plain_and_history(node: &Node) {
+    node.engine.watch("/topic/p").wait().await.expect("watch");
+    node.engine.watch("/topic/h").wait().await.expect("watch");
+}
+
 /// Has `to` watch `/topic/p` and `/topic/h`, publishes `n` messages from `from` (every
 /// `every`-th to the history topic, the last one included) without waiting for Redis, and checks
 /// that `to` got each once, in the order taken.
 async fn publish_interleaved(from: &Node, to: &Node, n: usize, every: usize) {
-    to.engine.watch("/topic/p").wait().await.expect("watch");
-    to.engine.watch("/topic/h").wait().await.expect("watch");
+    watch_plain_and_history(to).await;
     let mut last = None;
     for i in 0..n {
         let destination = if i % every == every - 1 { "/topic/h" } else { "/topic/p" };
