@@ -28,28 +28,28 @@ use tokio::net::TcpListener;
 use crate::destination;
 use crate::engine::{Engine, Message};
 use crate::hub::prepared;
-use crate::session::Context;
+use crate::node::Node;
 
 /// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx)).await
+pub async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).await
 }
 
-pub fn router(ctx: Arc<Context>) -> Router {
+pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/nodes", get(nodes))
-        .layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
-        .with_state(ctx)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
+        .with_state(node)
 }
 
 /// Lets a request through when the admin token allows it.
-async fn guard(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
+async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if ctx.auth().admin_allows(request.uri().path(), authorization) {
+    if node.auth().admin_allows(request.uri().path(), authorization) {
         return next.run(request).await;
     }
     let mut response = error(
@@ -60,23 +60,23 @@ async fn guard(State(ctx): State<Arc<Context>>, request: Request, next: Next) ->
     response
 }
 
-async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
-    if ctx.is_draining() {
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else if !ctx.hub().engine().is_ready() {
+    } else if !node.hub().engine().is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "engine unreachable\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
-    let body = ctx.metrics().render(ctx.hub().engine().queue_depths());
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let body = node.metrics().render(node.hub().engine().queue_depths());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-async fn nodes(State(ctx): State<Arc<Context>>) -> Response {
-    match ctx.hub().engine().nodes().await {
+async fn nodes(State(node): State<Arc<Node>>) -> Response {
+    match node.hub().engine().nodes().await {
         Ok(nodes) => Json(serde_json::json!({ "nodes": nodes })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -109,7 +109,7 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn publish(
-    State(ctx): State<Arc<Context>>,
+    State(node): State<Arc<Node>>,
     request: Result<Json<PublishRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(request) = match request {
@@ -120,10 +120,10 @@ async fn publish(
         Ok(route) => route,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if request.body.len() > ctx.config().limits.max_body_size {
+    if request.body.len() > node.config().limits.max_body_size {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body exceeds max-body-size ({} bytes)", ctx.config().limits.max_body_size),
+            format!("body exceeds max-body-size ({} bytes)", node.config().limits.max_body_size),
         );
     }
     let headers = request.headers.into_iter().filter(|(name, _)| !prepared::is_reserved(name)).collect();
@@ -133,7 +133,7 @@ async fn publish(
         body: Bytes::from(request.body),
         offset: None,
     };
-    match ctx.hub().publish(route.kind, message).await.outcome().await {
+    match node.hub().publish(route.kind, message).await.outcome().await {
         Ok(offset) => (StatusCode::ACCEPTED, Json(PublishResponse { offset })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod node;
 pub mod session;
 pub mod stomp;
 pub mod transport;
@@ -31,13 +32,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::engine::{memory::MemoryEngine, redis::RedisEngine, AnyEngine};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::session::Context;
+use crate::node::{Drain, Node};
 
 /// Errors that stop a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -133,44 +133,44 @@ pub async fn run(
         AnyEngine::Redis(_) => "redis",
     };
     let hub = Hub::new(engine, metrics.clone());
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let ctx = Arc::new(
-        Context::new(config.clone(), hub, metrics, drain_rx).with_security(security.auth, security.tls),
+    let (drain, drain_signal) = Drain::new();
+    let node = Arc::new(
+        Node::new(config.clone(), hub, metrics, drain_signal).with_security(security.auth, security.tls),
     );
 
     let mut tasks = tokio::task::JoinSet::new();
-    let tls = ctx.tls().is_some();
+    let tls = node.tls().is_some();
     if let Ok(addr) = listeners.ws.local_addr() {
         tracing::info!(%addr, path = transport::ws::PATH, tls, "WebSocket listening");
     }
-    tasks.spawn(transport::ws::serve(listeners.ws, ctx.clone()));
+    tasks.spawn(transport::ws::serve(listeners.ws, node.clone()));
     if let Some(listener) = listeners.stomp {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, tls, "STOMP over TCP listening");
         }
-        tasks.spawn(transport::tcp::serve(listener, ctx.clone()));
+        tasks.spawn(transport::tcp::serve(listener, node.clone()));
     }
     let admin = listeners.admin.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "admin listening");
         }
-        tokio::spawn(http::serve(listener, ctx.clone()))
+        tokio::spawn(http::serve(listener, node.clone()))
     });
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node = %config.node_id, engine = engine_name, workers, "node started");
 
     shutdown.await;
-    tracing::info!(period = ?config.drain_period, connections = ctx.connections(), "draining");
-    let _ = drain_tx.send(true);
+    tracing::info!(period = ?config.drain_period, connections = node.connections(), "draining");
+    drain.start();
     let deadline = tokio::time::Instant::now() + config.drain_period + Duration::from_secs(5);
-    while ctx.connections() > 0 && tokio::time::Instant::now() < deadline {
+    while node.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tasks.shutdown().await;
-    engine::Engine::close(ctx.hub().engine()).await;
+    engine::Engine::close(node.hub().engine()).await;
     if let Some(admin) = admin {
         admin.abort();
     }
-    tracing::info!(left = ctx.connections(), "stopped");
+    tracing::info!(left = node.connections(), "stopped");
     Ok(())
 }

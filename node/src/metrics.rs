@@ -39,15 +39,66 @@ struct QueueLabel {
     queue: String,
 }
 
-/// Why a message did not reach a client.
-pub const DROP_REASONS: [&str; 5] =
-    ["slow_consumer", "queue_full", "no_subscriber", "dead_lettered", "publish_failed"];
+/// Declares a label enum: its variants with their label values, `ALL` in declaration order, and
+/// `as_str`. The metric's counters are resolved once per variant at start-up, indexed by the
+/// variant, so a reason that does not exist does not compile (a string label would count nothing).
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
 
-/// Events of the cluster engine worth counting: pub/sub messages lost because the delivering
-/// task fell behind (`lagged`), envelopes no node version could read (`undecodable`),
-/// reconnections to Redis (`reconnected`), history messages delivered from a stream after a gap
-/// (`recovered`).
-pub const ENGINE_EVENTS: [&str; 4] = ["lagged", "undecodable", "reconnected", "recovered"];
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// How a client reached this node.
+    Transport {
+        Ws = "ws",
+        Tcp = "tcp",
+    }
+}
+
+label_enum! {
+    /// Why a message did not reach a client.
+    DropReason {
+        /// A subscriber's outbound buffer was full (`slow-consumer = drop`).
+        SlowConsumer = "slow_consumer",
+        /// A queue over `queue-max-length` dropped its oldest messages.
+        QueueFull = "queue_full",
+        NoSubscriber = "no_subscriber",
+        /// A message delivered `queue-max-deliveries` times went to the dead-letter queue.
+        DeadLettered = "dead_lettered",
+        /// The engine could not publish it.
+        PublishFailed = "publish_failed",
+    }
+}
+
+label_enum! {
+    /// Events of the cluster engine worth counting.
+    EngineEvent {
+        /// Pub/sub messages lost because the delivering task fell behind.
+        Lagged = "lagged",
+        /// Envelopes no node version could read.
+        Undecodable = "undecodable",
+        /// Reconnections to Redis.
+        Reconnected = "reconnected",
+        /// History messages delivered from a stream after a gap.
+        Recovered = "recovered",
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
@@ -57,7 +108,7 @@ struct EventLabel {
 /// The node's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
-    connections: Family<TransportLabel, Gauge>,
+    connections: Vec<Gauge>,
     frames_in: Vec<Counter>,
     frames_out: Vec<Counter>,
     published: Vec<Counter>,
@@ -81,11 +132,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("stampede");
-        let connections = Family::<TransportLabel, Gauge>::default();
-        registry.register("connections", "Open client connections", connections.clone());
-        for transport in ["ws", "tcp"] {
-            let _ = connections.get_or_create(&TransportLabel { transport });
-        }
+        let connections_family = Family::<TransportLabel, Gauge>::default();
+        registry.register("connections", "Open client connections", connections_family.clone());
+        let connections = Transport::ALL
+            .iter()
+            .map(|t| connections_family.get_or_create(&TransportLabel { transport: t.as_str() }).clone())
+            .collect();
         let frames_in_family = Family::<CommandLabel, Counter>::default();
         registry.register("frames_received", "STOMP frames received, by command", frames_in_family.clone());
         let frames_out_family = Family::<CommandLabel, Counter>::default();
@@ -116,9 +168,9 @@ impl Metrics {
             "Messages that reached no client, by reason",
             dropped_family.clone(),
         );
-        let dropped = DROP_REASONS
+        let dropped = DropReason::ALL
             .iter()
-            .map(|r| dropped_family.get_or_create(&ReasonLabel { reason: r }).clone())
+            .map(|r| dropped_family.get_or_create(&ReasonLabel { reason: r.as_str() }).clone())
             .collect();
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Active client subscriptions", subscriptions.clone());
@@ -140,9 +192,9 @@ impl Metrics {
         );
         let events_family = Family::<EventLabel, Counter>::default();
         registry.register("engine_events", "Cluster engine events, by kind", events_family.clone());
-        let engine_events = ENGINE_EVENTS
+        let engine_events = EngineEvent::ALL
             .iter()
-            .map(|e| events_family.get_or_create(&EventLabel { event: e }).clone())
+            .map(|e| events_family.get_or_create(&EventLabel { event: e.as_str() }).clone())
             .collect();
         Metrics {
             registry,
@@ -174,14 +226,14 @@ impl Metrics {
         self.frames_out[command.index()].inc_by(n);
     }
 
-    pub fn connection_opened(&self, transport: &'static str) {
+    pub fn connection_opened(&self, transport: Transport) {
         self.open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.connections.get_or_create(&TransportLabel { transport }).inc();
+        self.connections[transport as usize].inc();
     }
 
-    pub fn connection_closed(&self, transport: &'static str) {
+    pub fn connection_closed(&self, transport: Transport) {
         self.open_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.connections.get_or_create(&TransportLabel { transport }).dec();
+        self.connections[transport as usize].dec();
     }
 
     pub fn published(&self, kind: Kind) {
@@ -192,11 +244,9 @@ impl Metrics {
         self.delivered.inc_by(n);
     }
 
-    /// Counts `n` messages dropped for `reason`, one of [`DROP_REASONS`].
-    pub fn dropped(&self, reason: &'static str, n: u64) {
-        if let Some(i) = DROP_REASONS.iter().position(|r| *r == reason) {
-            self.dropped[i].inc_by(n);
-        }
+    /// Counts `n` messages dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].inc_by(n);
     }
 
     pub fn subscription_added(&self) {
@@ -217,11 +267,9 @@ impl Metrics {
         self.subscriptions.get().max(0) as u64
     }
 
-    /// Counts `n` cluster engine events of one kind, one of [`ENGINE_EVENTS`].
-    pub fn engine_event(&self, event: &'static str, n: u64) {
-        if let Some(i) = ENGINE_EVENTS.iter().position(|e| *e == event) {
-            self.engine_events[i].inc_by(n);
-        }
+    /// Counts `n` cluster engine events of one kind.
+    pub fn engine_event(&self, event: EngineEvent, n: u64) {
+        self.engine_events[event as usize].inc_by(n);
     }
 
     pub fn error_sent(&self) {

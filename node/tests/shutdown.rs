@@ -16,7 +16,7 @@ use stampede::engine::memory::MemoryEngine;
 use stampede::engine::{AnyEngine, Engine};
 use stampede::hub::Hub;
 use stampede::metrics::Metrics;
-use stampede::session::Context;
+use stampede::node::{Drain, DrainSwitch, Node};
 use stampede::stomp::Command;
 use support::*;
 use tokio::net::TcpListener;
@@ -92,8 +92,8 @@ async fn unconnected_sessions_close_at_once() {
 
 /// A node assembled from its parts, so the test can look at the engine after the drain.
 struct Parts {
-    ctx: Arc<Context>,
-    drain: tokio::sync::watch::Sender<bool>,
+    node: Arc<Node>,
+    drain: DrainSwitch,
     tcp: std::net::SocketAddr,
 }
 
@@ -104,16 +104,16 @@ async fn assemble(configure: impl FnOnce(&mut Config)) -> Parts {
     let metrics = Arc::new(Metrics::new());
     let engine = AnyEngine::Memory(MemoryEngine::new(config.clone(), metrics.clone()));
     let hub = Hub::new(engine, metrics.clone());
-    let (drain, draining) = tokio::sync::watch::channel(false);
-    let ctx = Arc::new(Context::new(config, hub, metrics, draining));
+    let (drain, draining) = Drain::new();
+    let node = Arc::new(Node::new(config, hub, metrics, draining));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tcp = listener.local_addr().unwrap();
-    tokio::spawn(stampede::transport::tcp::serve(listener, ctx.clone()));
-    Parts { ctx, drain, tcp }
+    tokio::spawn(stampede::transport::tcp::serve(listener, node.clone()));
+    Parts { node, drain, tcp }
 }
 
-fn depth(ctx: &Context, queue: &str) -> u64 {
-    ctx.hub().engine().queue_depths().into_iter().find(|(q, _)| q == queue).map_or(0, |(_, d)| d)
+fn depth(node: &Node, queue: &str) -> u64 {
+    node.hub().engine().queue_depths().into_iter().find(|(q, _)| q == queue).map_or(0, |(_, d)| d)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,23 +127,23 @@ async fn drain_returns_unacked_messages_to_their_queue() {
     }
     let held = consumer.recv_messages(3).await;
     assert_eq!(held.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3"]);
-    assert_eq!(depth(&parts.ctx, "/queue/jobs"), 2, "two wait, three are in flight");
+    assert_eq!(depth(&parts.node, "/queue/jobs"), 2, "two wait, three are in flight");
 
-    parts.drain.send(true).unwrap();
+    parts.drain.start();
     let frames = consumer.expect_closed(WAIT).await;
     assert_eq!(frames.last().map(|f| f.command), Some(Command::Error));
-    let ctx = parts.ctx.clone();
+    let node = parts.node.clone();
     assert!(
         eventually(WAIT, move || {
-            let c = ctx.clone();
+            let c = node.clone();
             async move { c.connections() == 0 }
         })
         .await
     );
-    assert_eq!(depth(&parts.ctx, "/queue/jobs"), 5, "the three unacknowledged messages are back");
+    assert_eq!(depth(&parts.node, "/queue/jobs"), 5, "the three unacknowledged messages are back");
 
     // They come back first, flagged as redelivered.
-    let entries = parts.ctx.hub().engine().fetch("/queue/jobs", 10).await.unwrap();
+    let entries = parts.node.hub().engine().fetch("/queue/jobs", 10).await.unwrap();
     let bodies: Vec<String> =
         entries.iter().map(|e| String::from_utf8(e.message.body.to_vec()).unwrap()).collect();
     let mut first_three = bodies[..3].to_vec();

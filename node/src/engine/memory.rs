@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::engine::{
     Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, Published, QueueEntry,
 };
+use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 
 /// The in-memory engine. Cheap to share behind an `Arc`; every lock is held for a few lines.
@@ -102,7 +103,7 @@ impl MemoryEngine {
             }
         }
         if dropped > 0 {
-            self.metrics.dropped("queue_full", dropped);
+            self.metrics.dropped(DropReason::QueueFull, dropped);
         }
         if let Some(inbox) = self.inbox() {
             inbox.queue_ready(queue);
@@ -242,7 +243,7 @@ impl Engine for MemoryEngine {
             let mut moved = Message::clone(&message);
             moved.destination = dlq.clone();
             self.push_ready(&dlq, Arc::new(moved), 0);
-            self.metrics.dropped("dead_lettered", 1);
+            self.metrics.dropped(DropReason::DeadLettered, 1);
         }
         if let Some(inbox) = self.inbox() {
             inbox.queue_ready(queue);

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::config::SlowConsumerPolicy;
 use crate::destination::{Kind, Route};
 use crate::engine::{AnyEngine, Engine, EngineError, EntryId, History, Inbox, Message, Pending, Published};
+use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 pub use prepared::Prepared;
 
@@ -333,7 +334,7 @@ impl Hub {
         // A failure known now is counted here; one found later by the engine, by the engine.
         match published.failed() {
             None => self.metrics.published(kind),
-            Some(_) => self.metrics.dropped("publish_failed", 1),
+            Some(_) => self.metrics.dropped(DropReason::PublishFailed, 1),
         }
         published
     }
@@ -356,7 +357,7 @@ impl Hub {
         for (kind, published) in kinds.into_iter().zip(&published) {
             match published.failed() {
                 None => self.metrics.published(kind),
-                Some(_) => self.metrics.dropped("publish_failed", 1),
+                Some(_) => self.metrics.dropped(DropReason::PublishFailed, 1),
             }
         }
         published
@@ -577,7 +578,7 @@ impl Hub {
 
     fn count_dropped(&self, dropped: usize) {
         if dropped > 0 {
-            self.metrics.dropped("slow_consumer", dropped as u64);
+            self.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
         }
     }
 

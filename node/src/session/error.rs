@@ -3,8 +3,8 @@
 use crate::auth::AuthError;
 use crate::destination::DestinationError;
 use crate::engine::EngineError;
+use crate::session::io::CloseReason;
 use crate::stomp::ProtocolError;
-use crate::transport::CloseReason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

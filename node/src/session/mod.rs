@@ -14,16 +14,16 @@
 //! becomes a timer that ends the session unless the client SENDs a fresh token to
 //! [`REFRESH_DESTINATION`] first.
 //!
-//! Layout: `mod.rs` (the loop and frame handling), `context.rs` (what sessions of a node share),
+//! Layout: `mod.rs` (the loop and frame handling), `io.rs` (the seam with the transport),
 //! `error.rs`.
 
-mod context;
 mod error;
+pub mod io;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use context::{Context, Permit, Refusal};
 pub use error::SessionError;
+pub use io::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -38,8 +38,9 @@ use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, Published};
 use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber, BATCH};
+use crate::metrics::Transport;
+use crate::node::{Node, Permit};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
-use crate::transport::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
 
 /// The product name and version sent in CONNECTED.
 pub const SERVER: &str = concat!("Stampede/", env!("CARGO_PKG_VERSION"));
@@ -73,8 +74,8 @@ struct Resume {
 /// A connection a transport accepted and hands to its session.
 #[derive(Debug)]
 pub struct Accepted {
-    /// `ws` or `tcp`, for metrics and logs.
-    pub transport: &'static str,
+    /// For metrics and logs.
+    pub transport: Transport,
     pub peer: SocketAddr,
     /// The connection's place in the node's limits, held until the session ends.
     pub permit: Permit,
@@ -86,25 +87,25 @@ pub struct Accepted {
 
 /// Runs a session to its end.
 pub async fn run<S: FrameSink>(
-    ctx: Arc<Context>,
+    node: Arc<Node>,
     sink: S,
     inbound: InboundReceiver,
     negotiated: oneshot::Sender<Negotiated>,
     accepted: Accepted,
 ) {
     let Accepted { transport, peer, permit, deadline, bearer } = accepted;
-    ctx.metrics().connection_opened(transport);
-    let config = ctx.config();
+    node.metrics().connection_opened(transport);
+    let config = node.config();
     let outbox = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
-    let tag = ctx.next_session_tag();
-    let span = tracing::debug_span!("session", session = %tag, %peer, transport);
+    let session_id = node.next_session_id();
+    let span = tracing::debug_span!("session", session = %session_id, %peer, transport = transport.as_str());
     let mut session = Session {
-        ctx: ctx.clone(),
+        node: node.clone(),
         sink,
         inbound,
         negotiated: Some(negotiated),
         outbox,
-        tag,
+        session_id,
         version: None,
         user: None,
         identity: Identity::trusted(None),
@@ -129,7 +130,7 @@ pub async fn run<S: FrameSink>(
         stashed: None,
     };
     tracing::Instrument::instrument(session.run(), span).await;
-    ctx.metrics().connection_closed(transport);
+    node.metrics().connection_closed(transport);
     drop(permit);
 }
 
@@ -143,14 +144,14 @@ pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()
 }
 
 struct Session<S> {
-    ctx: Arc<Context>,
+    node: Arc<Node>,
     sink: S,
     inbound: InboundReceiver,
     /// Taken at CONNECT, when the reader learns the version.
     negotiated: Option<oneshot::Sender<Negotiated>>,
     outbox: Arc<Outbox>,
     /// Prefix of this session's message ids; also its `session` header.
-    tag: String,
+    session_id: String,
     /// Set once CONNECTED.
     version: Option<Version>,
     /// The identity's user name, for `/user/` destinations.
@@ -242,13 +243,13 @@ enum Event {
 
 impl<S: FrameSink> Session<S> {
     async fn run(&mut self) {
-        let mut draining = self.ctx.draining();
+        let mut drain = self.node.drain();
         let connect_deadline = tokio::time::sleep_until(self.connect_deadline);
         tokio::pin!(connect_deadline);
         let mut token_expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut token_armed: Option<tokio::time::Instant> = None;
         let mut drain_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        if *draining.borrow() {
+        if drain.started() {
             drain_at = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
         }
         let mut heartbeat = tokio::time::interval(Duration::from_secs(3600));
@@ -275,7 +276,7 @@ impl<S: FrameSink> Session<S> {
                     biased;
                     _ = outbox.overflow.notified() => Event::SlowConsumer,
                     _ = async { drain_at.as_mut().expect("armed").await }, if drain_at.is_some() => Event::Drain,
-                    Ok(()) = draining.changed(), if drain_at.is_none() => Event::DrainStarted,
+                    _ = drain.wait(), if drain_at.is_none() => Event::DrainStarted,
                     _ = &mut connect_deadline, if !connected => Event::ConnectTimeout,
                     _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
                         Event::TokenExpired
@@ -291,9 +292,7 @@ impl<S: FrameSink> Session<S> {
                 Event::ConnectTimeout => Err(SessionError::ConnectTimeout),
                 Event::TokenExpired => Err(SessionError::Auth(AuthError::Expired)),
                 Event::DrainStarted => {
-                    if *draining.borrow() {
-                        drain_at = Some(Box::pin(tokio::time::sleep(self.drain_delay())));
-                    }
+                    drain_at = Some(Box::pin(tokio::time::sleep(self.drain_delay())));
                     Ok(Flow::Continue)
                 }
                 event => {
@@ -326,7 +325,7 @@ impl<S: FrameSink> Session<S> {
         if self.version.is_none() {
             return Duration::ZERO;
         }
-        let period = self.ctx.config().drain_period;
+        let period = self.node.config().drain_period;
         period.mul_f64(rand::random::<f64>())
     }
 
@@ -343,7 +342,7 @@ impl<S: FrameSink> Session<S> {
             Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
             Event::Inbound(Some(Inbound::TooLarge(why))) => Err(SessionError::Limit(why)),
             Event::Inbound(Some(Inbound::RateLimited)) => {
-                let limits = &self.ctx.config().limits;
+                let limits = &self.node.config().limits;
                 Err(SessionError::limit(format!(
                     "frame rate exceeded: more than {} frames per second (max-frame-rate), in bursts \
                      of {} (frame-rate-burst)",
@@ -437,7 +436,7 @@ impl<S: FrameSink> Session<S> {
                     Written::Done => {}
                     Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
                     Written::Stale(subscriber, entry) => {
-                        Box::pin(self.ctx.hub().release(&subscriber, &entry.queue, &[entry.id], false))
+                        Box::pin(self.node.hub().release(&subscriber, &entry.queue, &[entry.id], false))
                             .await?
                     }
                 }
@@ -447,8 +446,8 @@ impl<S: FrameSink> Session<S> {
         // Counted before the flush, so a client that has its messages sees them counted.
         let messages = std::mem::take(&mut self.batch_messages);
         if messages > 0 {
-            self.ctx.metrics().frames_out(Command::Message, messages);
-            self.ctx.metrics().delivered(messages);
+            self.node.metrics().frames_out(Command::Message, messages);
+            self.node.metrics().delivered(messages);
         }
         self.sink.flush().await.map_err(SessionError::io)?;
         if std::mem::take(&mut self.wrote) {
@@ -459,7 +458,7 @@ impl<S: FrameSink> Session<S> {
 
     /// Handles one frame from the client; on error, remembers its receipt for the ERROR.
     async fn on_inbound_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        self.ctx.metrics().frame_in(frame.command);
+        self.node.metrics().frame_in(frame.command);
         let receipt = frame.get("receipt").map(str::to_owned);
         // Boxed: frame handling is the session's largest state, and an idle session should not
         // carry it (see `tests::an_idle_session_is_small`).
@@ -472,7 +471,7 @@ impl<S: FrameSink> Session<S> {
         }
         let acks = std::mem::take(&mut self.auto_acks);
         for (subscriber, entry) in acks {
-            Box::pin(self.ctx.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id))).await?;
+            Box::pin(self.node.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id))).await?;
         }
         Ok(())
     }
@@ -520,13 +519,13 @@ impl<S: FrameSink> Session<S> {
         head.clear();
         head.extend_from_slice(&subscriber.head);
         head.extend_from_slice(b"message-id:");
-        head.extend_from_slice(self.tag.as_bytes());
+        head.extend_from_slice(self.session_id.as_bytes());
         head.put_u8(b'-');
         head.extend_from_slice(seq_text.as_bytes());
         head.put_u8(b'\n');
         if subscriber.ack != AckMode::Auto {
             head.extend_from_slice(b"ack:");
-            head.extend_from_slice(self.tag.as_bytes());
+            head.extend_from_slice(self.session_id.as_bytes());
             head.put_u8(b'-');
             head.extend_from_slice(seq_text.as_bytes());
             head.put_u8(b'\n');
@@ -563,7 +562,7 @@ impl<S: FrameSink> Session<S> {
             self.sink.flush().await.map_err(SessionError::io)?;
         }
         self.wrote = true;
-        self.ctx.metrics().frame_out(frame.command);
+        self.node.metrics().frame_out(frame.command);
         Ok(())
     }
 
@@ -587,11 +586,11 @@ impl<S: FrameSink> Session<S> {
                 tracing::debug!(%error, "closing session")
             }
             SessionError::Auth(AuthError::Forbidden { .. }) => {
-                self.ctx.metrics().access_denied();
+                self.node.metrics().access_denied();
                 tracing::info!(%error, user = ?self.user, "refused client")
             }
             SessionError::Auth(_) => {
-                self.ctx.metrics().auth_failed();
+                self.node.metrics().auth_failed();
                 tracing::info!(%error, "refused client")
             }
             _ => tracing::info!(%error, "refused client"),
@@ -608,7 +607,7 @@ impl<S: FrameSink> Session<S> {
             .with_header("content-type", "text/plain")
             .with_header("content-length", body.len().to_string())
             .with_body(Bytes::from(body));
-        self.ctx.metrics().error_sent();
+        self.node.metrics().error_sent();
         let deadline = Duration::from_secs(2);
         let _ = tokio::time::timeout(deadline, async {
             if self.send_frame(&frame).await.is_ok() {
@@ -626,7 +625,7 @@ impl<S: FrameSink> Session<S> {
         // waited) were taken without error: they are published, as they would have been.
         self.publish_held().await;
         for (_, subscriber) in self.subscriptions.drain() {
-            self.ctx.hub().unsubscribe(&subscriber);
+            self.node.hub().unsubscribe(&subscriber);
         }
         self.transactions.clear();
         let _ = self.release_unacked(|_| true).await;
@@ -672,7 +671,7 @@ impl<S: FrameSink> Session<S> {
             }
         }
         for (subscriber, queue, ids) in batches {
-            self.ctx.hub().release(&subscriber, &queue, &ids, delivered).await?;
+            self.node.hub().release(&subscriber, &queue, &ids, delivered).await?;
         }
         Ok(())
     }
@@ -731,7 +730,7 @@ impl<S: FrameSink> Session<S> {
             Some(value) => parse_heart_beat(value)?,
             None => (0, 0),
         };
-        let hb = &self.ctx.config().heartbeat;
+        let hb = &self.node.config().heartbeat;
         let server_send = hb.send.as_millis() as u64;
         let server_receive = hb.receive.as_millis() as u64;
         let outgoing = (server_send > 0 && client_receive > 0).then(|| server_send.max(client_receive));
@@ -744,7 +743,7 @@ impl<S: FrameSink> Session<S> {
             passcode: frame.get("passcode"),
             bearer: bearer.as_deref(),
         };
-        let identity = self.ctx.auth().authenticate(credentials).await?;
+        let identity = self.node.auth().authenticate(credentials).await?;
         self.adopt(identity);
         self.version = Some(version);
         if let Some(tx) = self.negotiated.take() {
@@ -754,7 +753,7 @@ impl<S: FrameSink> Session<S> {
             .with_header("version", version.as_str())
             .with_header("heart-beat", format!("{server_send},{server_receive}"))
             .with_header("server", SERVER)
-            .with_header("session", self.tag.clone());
+            .with_header("session", self.session_id.clone());
         let connected = match &self.user {
             Some(user) => connected.with_header("user-name", user.clone()),
             None => connected,
@@ -768,7 +767,7 @@ impl<S: FrameSink> Session<S> {
     fn adopt(&mut self, identity: Identity) {
         self.user = identity.user.clone();
         self.token_deadline = identity.expires.and_then(|exp| {
-            let left = exp.duration_since(SystemTime::now()).unwrap_or_default() + self.ctx.auth().leeway();
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default() + self.node.auth().leeway();
             tokio::time::Instant::now().checked_add(left)
         });
         self.identity = identity;
@@ -788,9 +787,9 @@ impl<S: FrameSink> Session<S> {
                     ))
                 },
             )?;
-        let fresh = self.ctx.auth().refresh(&self.identity, token)?;
+        let fresh = self.node.auth().refresh(&self.identity, token)?;
         for (id, subscriber) in &self.subscriptions {
-            if let Err(denied) = self.ctx.auth().may_subscribe(&fresh, &subscriber.route) {
+            if let Err(denied) = self.node.auth().may_subscribe(&fresh, &subscriber.route) {
                 return Err(AuthError::Refresh(format!(
                     "the new token does not keep subscription {id:?}: {denied}"
                 ))
@@ -820,7 +819,7 @@ impl<S: FrameSink> Session<S> {
             return self.on_refresh(frame).await;
         }
         let route = destination::for_send(destination)?;
-        self.ctx.auth().may_publish(&self.identity, &route)?;
+        self.node.auth().may_publish(&self.identity, &route)?;
         let receipt = frame.get("receipt").map(str::to_owned);
         if let Some(frames) = self.transaction_of(&frame)? {
             frames.push(frame);
@@ -835,7 +834,7 @@ impl<S: FrameSink> Session<S> {
         }
         // Ordered after the run's publishes so far.
         self.publish_held().await;
-        let published = self.ctx.hub().publish(route.kind, message(&route, frame)).await;
+        let published = self.node.hub().publish(route.kind, message(&route, frame)).await;
         match receipt {
             // A receipt promises the message is published: wait for the engine's answer. A
             // failure becomes an ERROR carrying the receipt-id, never a RECEIPT for a lost message.
@@ -861,10 +860,10 @@ impl<S: FrameSink> Session<S> {
         if held.len() == 1 {
             // A run of one: the single-message path, nothing to gather.
             let (kind, message) = held.pop().expect("one held");
-            let published = Box::pin(self.ctx.hub().publish(kind, message)).await;
+            let published = Box::pin(self.node.hub().publish(kind, message)).await;
             self.published_unconfirmed(published);
         } else {
-            for published in Box::pin(self.ctx.hub().publish_all(held)).await {
+            for published in Box::pin(self.node.hub().publish_all(held)).await {
                 self.published_unconfirmed(published);
             }
         }
@@ -883,7 +882,7 @@ impl<S: FrameSink> Session<S> {
         let version = self.version.unwrap_or(Version::V1_2);
         let destination = required(&frame, "destination")?;
         let route = destination::for_subscribe(destination, self.user.as_deref())?;
-        self.ctx.auth().may_subscribe(&self.identity, &route)?;
+        self.node.auth().may_subscribe(&self.identity, &route)?;
         let id = match (frame.get("id"), version) {
             (Some(id), _) => id.to_owned(),
             (None, Version::V1_0) => destination.to_owned(),
@@ -894,7 +893,7 @@ impl<S: FrameSink> Session<S> {
                 "subscription id {id:?} is already in use on this connection"
             )));
         }
-        let max = self.ctx.config().limits.max_subscriptions;
+        let max = self.node.config().limits.max_subscriptions;
         if self.subscriptions.len() >= max {
             return Err(SessionError::limit(format!("too many subscriptions (max-subscriptions is {max})")));
         }
@@ -907,7 +906,7 @@ impl<S: FrameSink> Session<S> {
             })?,
         };
         let prefetch = match frame.get(PREFETCH_HEADER) {
-            None => self.ctx.config().queues.default_prefetch,
+            None => self.node.config().queues.default_prefetch,
             Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
                 SessionError::invalid(format!("{PREFETCH_HEADER} must be a positive integer, not {n:?}"))
             })?,
@@ -941,7 +940,7 @@ impl<S: FrameSink> Session<S> {
             in_flight: AtomicU32::new(0),
         });
         self.subscriptions.insert(id, subscriber.clone());
-        self.ctx.hub().subscribe(subscriber.clone()).wait().await?;
+        self.node.hub().subscribe(subscriber.clone()).wait().await?;
         let mut receipt =
             frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
         if let Some(since) = since {
@@ -958,7 +957,7 @@ impl<S: FrameSink> Session<S> {
     /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last
     /// replayed offset are then skipped. Returns whether the history covered the whole gap.
     async fn replay(&mut self, subscriber: &Arc<Subscriber>, since: u64) -> Result<bool, SessionError> {
-        let history = self.ctx.hub().history(&subscriber.route.name, since).await?;
+        let history = self.node.hub().history(&subscriber.route.name, since).await?;
         let mut floor = since;
         let mut gap = !history.complete;
         for message in &history.messages {
@@ -982,7 +981,7 @@ impl<S: FrameSink> Session<S> {
         let Some(subscriber) = self.subscriptions.remove(&id) else {
             return Err(SessionError::invalid(format!("no subscription with id {id:?}")));
         };
-        self.ctx.hub().unsubscribe(&subscriber);
+        self.node.hub().unsubscribe(&subscriber);
         self.resumes.remove(&subscriber.seq);
         self.release_unacked(|s| Arc::ptr_eq(s, &subscriber)).await?;
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
@@ -997,7 +996,7 @@ impl<S: FrameSink> Session<S> {
             .or_else(|| frame.get("id"))
             .or_else(|| frame.get("message-id"))
             .ok_or(SessionError::MissingHeader { command: frame.command.as_str(), header })?;
-        id.strip_prefix(self.tag.as_str())
+        id.strip_prefix(self.session_id.as_str())
             .and_then(|rest| rest.strip_prefix('-'))
             .and_then(|seq| seq.parse::<u64>().ok())
             .filter(|seq| *seq >= 1 && *seq <= self.last_message_seq)
@@ -1042,9 +1041,9 @@ impl<S: FrameSink> Session<S> {
         }
         for (queue, ids) in by_queue {
             if ack {
-                self.ctx.hub().ack(&subscriber, &queue, &ids).await?;
+                self.node.hub().ack(&subscriber, &queue, &ids).await?;
             } else {
-                self.ctx.hub().release(&subscriber, &queue, &ids, true).await?;
+                self.node.hub().release(&subscriber, &queue, &ids, true).await?;
             }
         }
         Ok(())
@@ -1055,7 +1054,7 @@ impl<S: FrameSink> Session<S> {
         if self.transactions.contains_key(tx) {
             return Err(SessionError::invalid(format!("transaction {tx:?} is already open")));
         }
-        let max = self.ctx.config().limits.max_transactions;
+        let max = self.node.config().limits.max_transactions;
         if self.transactions.len() >= max {
             return Err(SessionError::limit(format!(
                 "too many open transactions (max-transactions is {max})"
@@ -1078,7 +1077,7 @@ impl<S: FrameSink> Session<S> {
             match held.command {
                 Command::Send => {
                     let route = destination::for_send(required(&held, "destination")?)?;
-                    published.push(self.ctx.hub().publish(route.kind, message(&route, held)).await);
+                    published.push(self.node.hub().publish(route.kind, message(&route, held)).await);
                 }
                 Command::Ack | Command::Nack => {
                     let seq = self.acked_seq(&held)?;

@@ -1,4 +1,5 @@
-//! What the session costs an idle connection, and what it writes when.
+//! What the session writes when, over a sink that records each write; and [`node`], a node on
+//! the embedded engine for the unit tests of any part.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,47 +7,27 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::{run, Accepted, Context};
+use super::io::inbound_channel;
+use super::{run, Accepted, CloseReason, FrameSink, Inbound};
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::AnyEngine;
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
+use crate::node::{Drain, Node};
 use crate::stomp::{Command, Frame};
-use crate::transport::tcp::TcpSink;
-use crate::transport::{CloseReason, FrameSink, Inbound, InboundReceiver};
 
-/// Bytes an idle connection's session task may hold for its own state (the future of
-/// [`run`]). Every connection pays this for its whole life, so the rare, large steps (CONNECT,
-/// SUBSCRIBE with a replay, a transaction's commit, the ERROR path) are boxed while they run
-/// instead of being laid out inline in every session (8,488 bytes before they were; 2,328 after).
-const SESSION_FUTURE_MAX: usize = 2560;
-
-/// A context on the embedded engine with the default configuration, for tests of one part.
-pub(crate) fn context() -> Arc<Context> {
+/// A node on the embedded engine with the default configuration, for tests of one part.
+pub(crate) fn node() -> Arc<Node> {
     let config = Arc::new(Config::default());
     let metrics = Arc::new(Metrics::new());
     let hub =
         Hub::new(AnyEngine::Memory(MemoryEngine::new(config.clone(), metrics.clone())), metrics.clone());
-    // The sender goes: this node never drains.
-    let (_draining, drain_rx) = watch::channel(false);
-    Arc::new(Context::new(config, hub, metrics, drain_rx))
-}
-
-#[tokio::test]
-async fn an_idle_session_is_small() {
-    let ctx = context();
-    let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
-    let permit = ctx.admit(peer).expect("admitted");
-    let (_inbound_tx, inbound) = crate::transport::InboundReceiver::detached();
-    let (negotiated, _negotiated_rx) = oneshot::channel();
-    let deadline = tokio::time::Instant::now();
-    let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };
-    let session = run(ctx, TcpSink::new(tokio::io::sink()), inbound, negotiated, accepted);
-    let size = std::mem::size_of_val(&session);
-    assert!(size <= SESSION_FUTURE_MAX, "the session future is {size} bytes (at most {SESSION_FUTURE_MAX})");
+    // The switch goes: this node never drains.
+    let (_switch, drain) = Drain::new();
+    Arc::new(Node::new(config, hub, metrics, drain))
 }
 
 /// A sink that keeps what each flush sent: one entry per socket write a real transport makes.
@@ -105,18 +86,18 @@ impl FrameSink for Writes {
 /// Runs a session over `frames`, all queued before it starts (as a reader that read them in one
 /// go would have them), and returns its writes.
 async fn session_writes(frames: Vec<Frame>) -> Writes {
-    let ctx = context();
+    let node = node();
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
-    let permit = ctx.admit(peer).expect("admitted");
-    let (mut tx, inbound) = InboundReceiver::detached();
+    let permit = node.admit(peer).expect("admitted");
+    let (mut reader, inbound) = inbound_channel();
     for frame in frames {
-        tx.try_send(Inbound::Frame(Box::new(frame))).expect("room in the inbound queue");
+        reader.events.try_send(Inbound::Frame(Box::new(frame))).expect("room in the inbound queue");
     }
     let (negotiated, _negotiated_rx) = oneshot::channel();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let accepted = Accepted { transport: "tcp", peer, permit, deadline, bearer: None };
+    let accepted = Accepted { transport: Transport::Tcp, peer, permit, deadline, bearer: None };
     let writes = Writes::default();
-    let session = run(ctx, writes.clone(), inbound, negotiated, accepted);
+    let session = run(node, writes.clone(), inbound, negotiated, accepted);
     tokio::time::timeout(Duration::from_secs(10), session).await.expect("the session ends at DISCONNECT");
     writes
 }

@@ -12,9 +12,14 @@
 //! WebSocket pings travel the same way: the reader decodes a ping, takes a token for it and hands
 //! its payload to the session, which owns the writing half and answers with the pong.
 //!
-//! Layout: `mod.rs` (the reader loop and the sink trait), `writer.rs` (the buffered writer both
-//! sinks use), `tcp.rs`, `ws.rs` (with `ws/handshake.rs` and `ws/codec.rs`), `tls.rs`.
+//! Transports depend on sessions, never the reverse: what passes between the two (the sink trait,
+//! the reader's events, the negotiated parameters) is [`crate::session::io`].
+//!
+//! Layout: `mod.rs` (the reader loop and the byte-source trait), `accept.rs` (the one accept
+//! loop: admission, TLS), `writer.rs` (the buffered writer both sinks use), `tcp.rs`, `ws.rs`
+//! (with `ws/handshake.rs` and `ws/codec.rs`), `tls.rs`.
 
+mod accept;
 pub mod tcp;
 pub mod tls;
 mod writer;
@@ -22,80 +27,20 @@ pub mod ws;
 
 use std::future::Future;
 use std::io;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, ProtocolError, Version};
-
-/// What the reader task tells its session.
-#[derive(Debug)]
-pub enum Inbound {
-    /// Boxed: every slot of the channel to the session is this size.
-    Frame(Box<Frame>),
-    /// The bytes were not valid STOMP; the reader has stopped.
-    Invalid(ProtocolError),
-    /// Nothing arrived within the negotiated heart-beat tolerance.
-    TimedOut,
-    /// The transport refused a message over its size limit; says which.
-    TooLarge(String),
-    /// The client sent more than `max-frame-rate` allows; the reader has stopped.
-    RateLimited,
-    /// The client broke the WebSocket protocol (an unmasked frame, a bad opcode, an oversized
-    /// control frame); says how. The reader has stopped.
-    WebSocket(String),
-    /// A WebSocket ping: the session answers with a pong carrying this payload.
-    Ping(Bytes),
-    /// The peer closed the connection, or it failed (`Some` says how).
-    Closed(Option<String>),
-}
-
-/// What the session settled at CONNECT, which the reader needs to go on.
-#[derive(Debug, Clone, Copy)]
-pub struct Negotiated {
-    pub version: Version,
-    /// Drop the peer when nothing arrives for this long.
-    pub read_timeout: Option<Duration>,
-}
-
-/// How a connection ends, for transports that can say so (WebSocket close codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// 1000: DISCONNECT, or the peer went away.
-    Normal,
-    /// 1002: the client broke the protocol.
-    ProtocolError,
-    /// 1008: a limit or policy (slow consumer, too many connections).
-    Policy,
-    /// 1012: the node is draining for a restart.
-    Restart,
-}
-
-/// The writing half of a client connection. `feed` queues, `flush` sends what was queued.
-pub trait FrameSink: Send {
-    /// Queues one whole STOMP frame, given as a head and a tail written back to back. True once
-    /// the queued bytes have reached the high-water mark: flush before feeding more. Never
-    /// waits, so writing a batch of deliveries is plain code with no future per frame.
-    fn feed(&mut self, head: &[u8], tail: &[u8], text: bool) -> bool;
-    /// Makes room for about `bytes` more of frames (a batch about to be fed), so the buffer is
-    /// allocated once for it rather than grown frame by frame.
-    fn reserve(&mut self, bytes: usize);
-    /// Queues an EOL heart-beat.
-    fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Queues the answer to a WebSocket ping (nothing on transports without pings).
-    fn pong(&mut self, payload: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
-    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Flushes and closes.
-    fn close(&mut self, reason: CloseReason) -> impl Future<Output = io::Result<()>> + Send;
-}
+use crate::node::Node;
+use crate::session::io::{inbound_channel, Inbound, InboundReceiver, Negotiated};
+use crate::stomp::{Command, Decoded, Decoder, Limits};
 
 /// What one read from a transport produced.
 #[derive(Debug)]
-pub enum Read {
+pub enum Received {
     /// STOMP bytes were appended to the buffer.
     Data,
     /// Transport-level traffic (a WebSocket pong) that proves the peer alive.
@@ -107,46 +52,23 @@ pub enum Read {
 
 /// The reading half of a client connection.
 pub trait ByteSource: Send + 'static {
-    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<Read>> + Send;
+    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = Result<Received, ReadError>> + Send;
 }
 
-/// An error a [`ByteSource`] returns when the client broke the WebSocket protocol.
+/// Why a [`ByteSource`] stopped reading.
 #[derive(Debug, thiserror::Error)]
-#[error("WebSocket protocol error: {0}")]
-pub struct WebSocketViolation(pub String);
-
-/// What a session receives from its reader. Dropping it (the session has ended) stops the
-/// reader at once, so the socket is released even if the client never sends another byte.
-///
-/// A futures channel, not tokio's: it allocates per message instead of a block of 32 slots up
-/// front, which every idle connection would hold.
-pub struct InboundReceiver {
-    frames: mpsc::Receiver<Inbound>,
-    _stop: oneshot::Sender<()>,
+pub enum ReadError {
+    /// The transport refused a message over its size limit; says which.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The client broke the WebSocket protocol (an unmasked frame, a bad opcode, an oversized
+    /// control frame); says how.
+    #[error("WebSocket protocol error: {0}")]
+    WebSocket(String),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
-
-impl InboundReceiver {
-    /// The next event from the reader; `None` once the reader has stopped. Cancellation-safe.
-    pub async fn recv(&mut self) -> Option<Inbound> {
-        self.frames.next().await
-    }
-
-    /// The next event if the reader has already queued one; never waits. `None` also once the
-    /// reader has stopped ([`recv`](Self::recv) then says so).
-    pub fn try_recv(&mut self) -> Option<Inbound> {
-        self.frames.try_recv().ok()
-    }
-
-    /// A receiver with no reader task behind it, and the sender to feed it.
-    #[cfg(test)]
-    pub fn detached() -> (mpsc::Sender<Inbound>, InboundReceiver) {
-        let (tx, frames) = mpsc::channel(INBOUND_CAPACITY);
-        (tx, InboundReceiver { frames, _stop: oneshot::channel().0 })
-    }
-}
-
-/// Frames queued from a reader to its session at most; past that the reader stops reading.
-const INBOUND_CAPACITY: usize = 32;
 
 /// What a reader enforces: the codec's limits and the frame rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +78,18 @@ pub struct ReadLimits {
     pub frame_rate: u32,
     /// Frames at once above the rate.
     pub frame_burst: u32,
+}
+
+impl ReadLimits {
+    /// The limits the node's configuration sets.
+    pub fn of(node: &Node) -> ReadLimits {
+        let l = &node.config().limits;
+        ReadLimits {
+            codec: node.codec_limits(),
+            frame_rate: l.max_frame_rate,
+            frame_burst: l.frame_rate_burst,
+        }
+    }
 }
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
@@ -202,10 +136,9 @@ pub fn spawn_reader<S: ByteSource>(
     limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
 ) -> InboundReceiver {
-    let (tx, frames) = mpsc::channel(INBOUND_CAPACITY);
-    let (stop_tx, stop) = oneshot::channel();
-    tokio::spawn(read_loop(source, limits, negotiated, tx, stop));
-    InboundReceiver { frames, _stop: stop_tx }
+    let (sender, receiver) = inbound_channel();
+    tokio::spawn(read_loop(source, limits, negotiated, sender.events, sender.stopped));
+    receiver
 }
 
 async fn read_loop<S: ByteSource>(
@@ -268,14 +201,14 @@ async fn read_loop<S: ByteSource>(
             return;
         };
         match read {
-            Ok(Read::Data) => {}
-            Ok(Read::Activity) => {
+            Ok(Received::Data) => {}
+            Ok(Received::Activity) => {
                 if !within_rate() {
                     let _ = tx.send(Inbound::RateLimited).await;
                     return;
                 }
             }
-            Ok(Read::Ping(payload)) => {
+            Ok(Received::Ping(payload)) => {
                 if !within_rate() {
                     let _ = tx.send(Inbound::RateLimited).await;
                     return;
@@ -284,19 +217,19 @@ async fn read_loop<S: ByteSource>(
                     return;
                 }
             }
-            Ok(Read::Eof) => {
+            Ok(Received::Eof) => {
                 let _ = tx.send(Inbound::Closed(None)).await;
                 return;
             }
-            Err(error) if error.kind() == io::ErrorKind::FileTooLarge => {
+            Err(error @ ReadError::TooLarge(_)) => {
                 let _ = tx.send(Inbound::TooLarge(error.to_string())).await;
                 return;
             }
-            Err(error) if error.get_ref().is_some_and(|e| e.is::<WebSocketViolation>()) => {
+            Err(error @ ReadError::WebSocket(_)) => {
                 let _ = tx.send(Inbound::WebSocket(error.to_string())).await;
                 return;
             }
-            Err(error) => {
+            Err(ReadError::Io(error)) => {
                 let _ = tx.send(Inbound::Closed(Some(error.to_string()))).await;
                 return;
             }
@@ -307,6 +240,7 @@ async fn read_loop<S: ByteSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {

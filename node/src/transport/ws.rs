@@ -47,12 +47,15 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::session::{self, Accepted, Context, Permit, Refusal};
+use crate::metrics::Transport;
+use crate::node::{Node, Permit, Refusal};
+use crate::session::{self, Accepted, CloseReason, FrameSink};
+use crate::transport::accept::{self, Protocol};
 use crate::transport::writer::Writer;
-use crate::transport::{spawn_reader, ByteSource, CloseReason, FrameSink, Read, WebSocketViolation};
+use crate::transport::{spawn_reader, ByteSource, ReadError, ReadLimits, Received};
 use codec::{DecodeError, Decoder, Event};
 use handshake::Outcome;
 
@@ -75,47 +78,30 @@ const IDLE_READ: usize = 512;
 const DIRECT_READ: usize = 4096;
 
 /// Accepts WebSocket clients until the node starts draining.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    let mut draining = ctx.draining();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = draining.wait_for(|d| *d) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move { connection(stream, peer, ctx).await });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    accept::serve(listener, node, WebSocket).await
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
-    let deadline = Instant::now() + ctx.config().limits.connect_timeout;
-    let _ = stream.set_nodelay(true);
-    // Taken before the handshakes, so a client that never finishes them still counts.
-    let admitted = ctx.admit(peer);
-    match ctx.tls().cloned() {
-        None => websocket(stream, TcpStream::into_split, peer, ctx, admitted, deadline).await,
-        // Boxed: a TLS stream is large, and laid out inline it would size every connection's
-        // future, plain ones included.
-        Some(tls) => {
-            Box::pin(async move {
-                match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        websocket(stream, tokio::io::split, peer, ctx, admitted, deadline).await
-                    }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            })
-            .await
-        }
+/// STOMP over WebSocket: the handshake, then frames inside WebSocket messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WebSocket;
+
+impl Protocol for WebSocket {
+    fn serve<S, R, W>(
+        self,
+        stream: S,
+        split: impl FnOnce(S) -> (R, W) + Send,
+        peer: SocketAddr,
+        node: Arc<Node>,
+        admitted: Result<Permit, Refusal>,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + Sync,
+    {
+        websocket(stream, split, peer, node, admitted, deadline)
     }
 }
 
@@ -125,18 +111,18 @@ async fn websocket<S, R, W>(
     mut stream: S,
     split: impl FnOnce(S) -> (R, W),
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    node: Arc<Node>,
     admitted: Result<Permit, Refusal>,
     deadline: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + Sync,
 {
     // Boxed: the handshake's state (its header table among it) is large and needed only now;
     // inline, it would size the connection's future, kept for the connection's whole life.
     let checks = Box::pin(handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
-        ctx.auth().origin_allowed(origin)
+        node.auth().origin_allowed(origin)
     }));
     let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
         Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
@@ -155,15 +141,15 @@ async fn websocket<S, R, W>(
     };
     // A refused admission was answered with 503 or 429 above.
     let Ok(permit) = admitted else { return };
-    let config = ctx.config();
+    let config = node.config();
     let (read, write) = split(stream);
     let limit = config.limits.max_frame_size.saturating_add(WS_SLACK);
     let source = WsSource::new(read, rest, limit, config.ws.read_buffer);
     let sink = WsSink::new(write, config.ws.write_buffer).with_write_timeout(config.limits.write_timeout);
     let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-    let inbound = spawn_reader(source, ctx.read_limits(), negotiated_rx);
-    let accepted = Accepted { transport: "ws", peer, permit, deadline, bearer };
-    session::run(ctx, sink, inbound, negotiated_tx, accepted).await;
+    let inbound = spawn_reader(source, ReadLimits::of(&node), negotiated_rx);
+    let accepted = Accepted { transport: Transport::Ws, peer, permit, deadline, bearer };
+    session::run(node, sink, inbound, negotiated_tx, accepted).await;
 }
 
 /// The reading half of a WebSocket connection: client frames in, STOMP bytes out.
@@ -211,13 +197,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> WsSource<R> {
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for WsSource<R> {
-    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Read> {
+    async fn read(&mut self, buf: &mut BytesMut) -> Result<Received, ReadError> {
         loop {
-            match self.decoder.decode(&mut self.raw, buf).map_err(decode_error)? {
-                Some(Event::Data) => return Ok(Read::Data),
-                Some(Event::Ping(payload)) => return Ok(Read::Ping(payload)),
-                Some(Event::Pong) => return Ok(Read::Activity),
-                Some(Event::Close) => return Ok(Read::Eof),
+            match self.decoder.decode(&mut self.raw, buf)? {
+                Some(Event::Data) => return Ok(Received::Data),
+                Some(Event::Ping(payload)) => return Ok(Received::Ping(payload)),
+                Some(Event::Pong) => return Ok(Received::Activity),
+                Some(Event::Close) => return Ok(Received::Eof),
                 None => {}
             }
             let direct = self.decoder.data_remaining().filter(|&r| r >= DIRECT_READ && self.raw.is_empty());
@@ -227,23 +213,24 @@ impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for WsSource<R> {
                 buf.reserve(remaining.min(self.chunk.max(DIRECT_READ)));
                 let n = (&mut self.reader).take(remaining as u64).read_buf(buf).await?;
                 if n == 0 {
-                    return Ok(Read::Eof);
+                    return Ok(Received::Eof);
                 }
-                self.decoder.accept(&mut buf[start..]).map_err(decode_error)?;
-                return Ok(Read::Data);
+                self.decoder.accept(&mut buf[start..])?;
+                return Ok(Received::Data);
             }
             if self.fill().await? == 0 {
-                return Ok(Read::Eof);
+                return Ok(Received::Eof);
             }
         }
     }
 }
 
-/// A codec error as the reader loop expects it.
-fn decode_error(error: DecodeError) -> io::Error {
-    match error {
-        DecodeError::Violation(why) => io::Error::new(io::ErrorKind::InvalidData, WebSocketViolation(why)),
-        DecodeError::TooLarge(why) => io::Error::new(io::ErrorKind::FileTooLarge, why),
+impl From<DecodeError> for ReadError {
+    fn from(error: DecodeError) -> ReadError {
+        match error {
+            DecodeError::Violation(why) => ReadError::WebSocket(why),
+            DecodeError::TooLarge(why) => ReadError::TooLarge(why),
+        }
     }
 }
 
@@ -311,9 +298,11 @@ mod tests {
     #[tokio::test]
     async fn a_connection_future_is_little_more_than_its_session() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let client =
+            tokio::net::TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let size = std::mem::size_of_val(&connection(stream, peer, crate::session::tests::context()));
+        let node = crate::session::tests::node();
+        let size = std::mem::size_of_val(&accept::connection(stream, peer, node, WebSocket));
         assert!(size <= 3 * 1024, "a WebSocket connection's future is {size} bytes");
         drop(client);
     }
@@ -337,7 +326,7 @@ mod tests {
         let rest = BytesMut::from(&client_frame(codec::TEXT, b"CONNECT\n")[..]);
         let mut source = WsSource::new(server, rest, 1 << 20, 16);
         let mut buf = BytesMut::new();
-        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Data));
         assert_eq!(&buf[..], b"CONNECT\n");
         let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let mut wire = client_frame(codec::BINARY, &big);
@@ -351,14 +340,14 @@ mod tests {
         buf.clear();
         let mut reads = 0;
         while buf.len() < big.len() {
-            assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+            assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Data));
             reads += 1;
         }
         assert_eq!(&buf[..], &big[..]);
         assert!(reads > 1, "read in pieces");
-        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Ping(p) if &p[..] == b"p"));
-        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Activity));
-        assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Eof));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Ping(p) if &p[..] == b"p"));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Activity));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Eof));
         drop(writer.await.unwrap());
     }
 
@@ -372,7 +361,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let mut grew = false;
         while buf.len() < 100 * 100 {
-            assert!(matches!(source.read(&mut buf).await.unwrap(), Read::Data));
+            assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Data));
             grew |= source.raw.capacity() > IDLE_READ;
         }
         assert!(grew, "reads of ws-read-buffer during the burst");
@@ -387,8 +376,7 @@ mod tests {
         unmasked[1] &= 0x7f;
         let mut source = WsSource::new(server, BytesMut::from(&unmasked[..]), 1 << 20, 4096);
         let error = source.read(&mut BytesMut::new()).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        assert!(error.get_ref().is_some_and(|e| e.is::<WebSocketViolation>()));
+        assert!(matches!(error, ReadError::WebSocket(_)), "{error:?}");
         assert_eq!(error.to_string(), "WebSocket protocol error: Received an unmasked frame from client");
 
         let (_client, server) = tokio::io::duplex(64);
@@ -396,7 +384,7 @@ mod tests {
         header.truncate(8);
         let mut source = WsSource::new(server, BytesMut::from(&header[..]), 100, 4096);
         let error = source.read(&mut BytesMut::new()).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge);
+        assert!(matches!(error, ReadError::TooLarge(_)), "{error:?}");
         assert!(error.to_string().starts_with("WebSocket message refused: "), "{error}");
     }
 

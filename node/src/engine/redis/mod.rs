@@ -76,6 +76,7 @@ use crate::config::Config;
 use crate::engine::{
     Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, Published, QueueEntry,
 };
+use crate::metrics::EngineEvent;
 use crate::metrics::Metrics;
 pub use envelope::Envelope;
 use keys::Keys;
@@ -381,7 +382,7 @@ impl Inner {
 
     fn undecodable(&self, destination: &str, error: &envelope::DecodeError) {
         tracing::warn!(%destination, %error, "dropping a message this node cannot read");
-        self.metrics.engine_event("undecodable", 1);
+        self.metrics.engine_event(EngineEvent::Undecodable, 1);
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::scripts::{self, Script};
 use super::{unavailable, Inner};
 use crate::engine::EngineError;
+use crate::metrics::DropReason;
 
 /// Requests queued to the task at most; past that publishers wait.
 pub const CAPACITY: usize = 4096;
@@ -249,7 +250,7 @@ fn outcome(inner: &Inner, op: &Op, result: Result<Value, RedisError>) -> Result<
                 ScriptReply::Offset => Ok(Some(n)),
                 ScriptReply::Dropped => {
                     if n > 0 {
-                        inner.metrics.dropped("queue_full", n);
+                        inner.metrics.dropped(DropReason::QueueFull, n);
                     }
                     Ok(None)
                 }
@@ -261,7 +262,7 @@ fn outcome(inner: &Inner, op: &Op, result: Result<Value, RedisError>) -> Result<
 /// Tells the publisher; a failure nobody waits for is logged here. Every failure is counted.
 fn answer(inner: &Inner, job: Job, result: Result<Option<u64>, EngineError>) {
     if let Err(error) = &result {
-        inner.metrics.dropped("publish_failed", 1);
+        inner.metrics.dropped(DropReason::PublishFailed, 1);
         if job.reply.is_closed() {
             tracing::warn!(destination = %job.destination, %error, "publish failed");
         }

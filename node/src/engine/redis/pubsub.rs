@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::keys::is_queue;
 use super::{envelope, queues, unavailable, Inner, Watched};
 use crate::engine::{EngineError, Message};
+use crate::metrics::EngineEvent;
 
 /// Channels per SUBSCRIBE when re-subscribing everything.
 const CHANNELS_PER_CALL: usize = 1000;
@@ -81,7 +82,7 @@ pub(super) async fn control_loop(
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     connections += 1;
                     if connections > 1 {
-                        inner.metrics.engine_event("reconnected", 1);
+                        inner.metrics.engine_event(EngineEvent::Reconnected, 1);
                     }
                     resubscribe(&inner, &refill).await;
                 }
@@ -196,7 +197,7 @@ pub(super) async fn delivery_loop(
                 Err(TryRecvError::Lagged(lost)) => {
                     batch.flush(&inner);
                     tracing::warn!(lost, "pub/sub messages were lost to a lag; refilling history topics");
-                    inner.metrics.engine_event("lagged", lost);
+                    inner.metrics.engine_event(EngineEvent::Lagged, lost);
                     catch_up_all(&inner, &mut batch).await;
                     queues::wake_watched(&inner);
                     break;
@@ -330,7 +331,7 @@ async fn catch_up(
     }
     if recovered > 0 {
         tracing::debug!(%destination, recovered, "delivered history messages missed live");
-        inner.metrics.engine_event("recovered", recovered);
+        inner.metrics.engine_event(EngineEvent::Recovered, recovered);
     }
     set_last(inner, destination, reached);
     Ok(reached)

@@ -16,6 +16,7 @@ use tokio::time::MissedTickBehavior;
 use super::keys::GROUP;
 use super::{envelope, scripts, unavailable, Inner, Watched, IDS_PER_CALL};
 use crate::engine::{EngineError, EntryId, QueueEntry};
+use crate::metrics::DropReason;
 
 /// Entries claimed per XAUTOCLAIM, and calls per queue per reclaim pass.
 const RECLAIM_COUNT: u64 = 100;
@@ -36,7 +37,7 @@ pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Resul
     let reply = scripts::ENQUEUE.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
     let dropped = reply.as_u64().unwrap_or(0);
     if dropped > 0 {
-        inner.metrics.dropped("queue_full", dropped);
+        inner.metrics.dropped(DropReason::QueueFull, dropped);
     }
     Ok(())
 }
@@ -164,7 +165,7 @@ pub(super) async fn release(
         let dropped = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let _moved = items.next();
         if dropped > 0 {
-            inner.metrics.dropped("queue_full", dropped);
+            inner.metrics.dropped(DropReason::QueueFull, dropped);
         }
         dead_letter(inner, queue, items.collect()).await?;
     }
@@ -201,7 +202,7 @@ async fn dead_letter(inner: &Inner, queue: &str, dead: Vec<Value>) -> Result<(),
     let n = ids.len() as u64;
     delete(inner, queue, ids).await?;
     tracing::info!(%queue, dead_lettered = n, "messages moved to the dead-letter queue");
-    inner.metrics.dropped("dead_lettered", n);
+    inner.metrics.dropped(DropReason::DeadLettered, n);
     Ok(())
 }
 
@@ -330,7 +331,7 @@ async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineErr
             let dropped = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
             moved_total += items.next().and_then(|v| v.as_u64()).unwrap_or(0);
             if dropped > 0 {
-                inner.metrics.dropped("queue_full", dropped);
+                inner.metrics.dropped(DropReason::QueueFull, dropped);
             }
             dead_letter(inner, &queue, items.collect()).await?;
             let done = next.as_str().is_none_or(|n| n == "0-0");

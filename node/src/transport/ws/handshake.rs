@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{PATH, SUBPROTOCOLS};
 use crate::auth;
-use crate::session::Refusal;
+use crate::node::Refusal;
 
 /// Largest request head read.
 pub const MAX_REQUEST: usize = 16 * 1024;

@@ -1,5 +1,9 @@
-//! What every session of a node shares: configuration, the hub, metrics, the drain signal,
-//! authentication and TLS, and the connection counts (per node and per client address).
+//! The node: what every listener, session and admin request of one broker process shares —
+//! configuration, the hub, metrics, the drain signal, authentication and TLS, and the connection
+//! counts (per node and per client address) with the admission they decide.
+//!
+//! It sits below the transports, the sessions and the admin API, which all hold an
+//! `Arc<Node>`, and above the hub and the engine; it knows nothing of sockets or frames.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +19,11 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::stomp;
 
-pub struct Context {
+pub struct Node {
     config: Arc<Config>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    draining: watch::Receiver<bool>,
+    drain: Drain,
     /// Distinguishes this node's message ids from other nodes'.
     node_tag: String,
     sessions: AtomicU64,
@@ -65,18 +69,13 @@ pub enum Refusal {
     AddressFull(IpAddr, usize),
 }
 
-impl Context {
-    pub fn new(
-        config: Arc<Config>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        draining: watch::Receiver<bool>,
-    ) -> Context {
-        Context {
+impl Node {
+    pub fn new(config: Arc<Config>, hub: Arc<Hub>, metrics: Arc<Metrics>, drain: Drain) -> Node {
+        Node {
             config,
             hub,
             metrics,
-            draining,
+            drain,
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
             sessions: AtomicU64::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -86,10 +85,10 @@ impl Context {
         }
     }
 
-    /// The same context with authentication and TLS (a context from [`Context::new`] has
-    /// neither: every client is trusted, connections are plain text).
-    pub fn with_security(self, auth: Auth, tls: Option<TlsAcceptor>) -> Context {
-        Context { auth, tls, ..self }
+    /// The same node with authentication and TLS (a node from [`Node::new`] has neither:
+    /// every client is trusted, connections are plain text).
+    pub fn with_security(self, auth: Auth, tls: Option<TlsAcceptor>) -> Node {
+        Node { auth, tls, ..self }
     }
 
     pub fn auth(&self) -> &Auth {
@@ -113,17 +112,17 @@ impl Context {
         &self.metrics
     }
 
-    /// Becomes true when the node starts draining.
-    pub fn draining(&self) -> watch::Receiver<bool> {
-        self.draining.clone()
+    /// The node's drain signal, for a task that waits for it.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.drain.started()
     }
 
-    /// A name for a new session, unique on this node and unlikely to repeat across nodes.
-    pub fn next_session_tag(&self) -> String {
+    /// An id for a new session, unique on this node and unlikely to repeat across nodes.
+    pub fn next_session_id(&self) -> String {
         let n = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{}{:x}", self.node_tag, n)
     }
@@ -172,16 +171,6 @@ impl Context {
             max_header_line: l.max_header_length,
         }
     }
-
-    /// What a connection's reader enforces: the codec's limits and the frame rate.
-    pub fn read_limits(&self) -> crate::transport::ReadLimits {
-        let l = &self.config.limits;
-        crate::transport::ReadLimits {
-            codec: self.codec_limits(),
-            frame_rate: l.max_frame_rate,
-            frame_burst: l.frame_rate_burst,
-        }
-    }
 }
 
 /// An IPv4 client seen through an IPv6 socket counts as the IPv4 address.
@@ -189,5 +178,44 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// The node's drain signal: turns on once, when the node starts draining (SIGTERM), and stays on.
+/// Listeners stop accepting, sessions schedule their close, `/readyz` answers 503.
+#[derive(Clone, Debug)]
+pub struct Drain(watch::Receiver<bool>);
+
+/// Starts the drain of every [`Drain`] made with it; dropping it without calling
+/// [`start`](DrainSwitch::start) means the node never drains.
+#[derive(Debug)]
+pub struct DrainSwitch(watch::Sender<bool>);
+
+impl Drain {
+    /// A drain signal and the switch that turns it on.
+    pub fn new() -> (DrainSwitch, Drain) {
+        let (tx, rx) = watch::channel(false);
+        (DrainSwitch(tx), Drain(rx))
+    }
+
+    /// Whether the drain has started.
+    pub fn started(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the drain has started (at once if it has), or never if the switch was
+    /// dropped without starting it. Cancellation-safe.
+    pub async fn wait(&mut self) {
+        while !self.started() {
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl DrainSwitch {
+    pub fn start(&self) {
+        let _ = self.0.send(true);
     }
 }

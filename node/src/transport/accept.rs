@@ -1,0 +1,90 @@
+//! The one accept loop both client listeners run. Each accepted connection takes its place in
+//! the node's connection limits (before any handshake, so a client that never finishes one still
+//! counts), gets TCP_NODELAY, finishes its TLS handshake within `connect-timeout` when TLS is
+//! configured, and is then handed to its [`Protocol`]: STOMP straight over the stream (`tcp.rs`)
+//! or the WebSocket handshake first (`ws.rs`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::node::{Node, Permit, Refusal};
+
+/// How long the loop pauses after a failed accept (out of file descriptors, say) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// What a listener speaks over an accepted stream.
+pub(crate) trait Protocol: Copy + Send + Sync + 'static {
+    /// Serves one connection to its end. `stream` is plain or TLS with its handshake done;
+    /// `split` parts it into the reading and the writing half. A refused `admitted` is the
+    /// protocol's to tell the client about (an ERROR frame, an HTTP 503 or 429).
+    fn serve<S, R, W>(
+        self,
+        stream: S,
+        split: impl FnOnce(S) -> (R, W) + Send,
+        peer: SocketAddr,
+        node: Arc<Node>,
+        admitted: Result<Permit, Refusal>,
+        deadline: Instant,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + Sync;
+}
+
+/// Accepts clients until the node starts draining, each on a task of its own.
+pub(crate) async fn serve<P: Protocol>(listener: TcpListener, node: Arc<Node>, protocol: P) {
+    let mut drain = node.drain();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let node = node.clone();
+                tokio::spawn(connection(stream, peer, node, protocol));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
+/// One accepted connection, from its admission to its end.
+pub(crate) async fn connection<P: Protocol>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: Arc<Node>,
+    protocol: P,
+) {
+    let deadline = Instant::now() + node.config().limits.connect_timeout;
+    let _ = stream.set_nodelay(true);
+    // Taken before the handshakes, so a client that never finishes them still counts.
+    let admitted = node.admit(peer);
+    match node.tls().cloned() {
+        None => protocol.serve(stream, TcpStream::into_split, peer, node, admitted, deadline).await,
+        // Boxed: a TLS stream is large, and laid out inline it would size every connection's
+        // future, plain ones included.
+        Some(tls) => {
+            Box::pin(async move {
+                match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        protocol.serve(stream, tokio::io::split, peer, node, admitted, deadline).await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            })
+            .await
+        }
+    }
+}
