@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::destination;
 use crate::engine::{Engine, Message};
-use crate::hub::prepared;
+use crate::hub::tail;
 use crate::node::Node;
 
 /// Serves the admin API on `listener` until the task is dropped.
@@ -126,7 +126,7 @@ async fn publish(
             format!("body exceeds max-body-size ({} bytes)", node.config().limits.max_body_size),
         );
     }
-    let headers = request.headers.into_iter().filter(|(name, _)| !prepared::is_reserved(name)).collect();
+    let headers = request.headers.into_iter().filter(|(name, _)| !tail::is_reserved(name)).collect();
     let message = Message {
         destination: Arc::from(route.name.as_str()),
         headers,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::engine::{
-    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, Published, QueueEntry,
+    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
 };
 use crate::metrics::DropReason;
 use crate::metrics::Metrics;
@@ -123,13 +123,13 @@ impl Engine for MemoryEngine {
 
     fn unwatch(&self, _destination: &str) {}
 
-    async fn publish(&self, message: Message) -> Published {
-        Published::done(self.publish_now(message))
+    async fn publish(&self, message: Message) -> PendingPublish {
+        PendingPublish::done(self.publish_now(message))
     }
 
-    async fn publish_all(&self, messages: Vec<Message>) -> Vec<Published> {
+    async fn publish_all(&self, messages: Vec<Message>) -> Vec<PendingPublish> {
         let Some(inbox) = self.inbox() else {
-            return messages.iter().map(|_| Published::done(Err(EngineError::Closed))).collect();
+            return messages.iter().map(|_| PendingPublish::done(Err(EngineError::Closed))).collect();
         };
         let mut published = Vec::with_capacity(messages.len());
         // Messages of destinations without history go to the hub together; one with history
@@ -138,13 +138,13 @@ impl Engine for MemoryEngine {
         for message in messages {
             if self.config.history_for(&message.destination).is_none() {
                 run.push(Arc::new(message));
-                published.push(Published::done(Ok(None)));
+                published.push(PendingPublish::done(Ok(None)));
             } else {
                 if !run.is_empty() {
                     inbox.deliver_all(&run);
                     run.clear();
                 }
-                published.push(Published::done(self.publish_now(message)));
+                published.push(PendingPublish::done(self.publish_now(message)));
             }
         }
         if !run.is_empty() {
@@ -180,10 +180,10 @@ impl Engine for MemoryEngine {
         Ok(History { messages, complete })
     }
 
-    async fn enqueue(&self, message: Message) -> Published {
+    async fn enqueue(&self, message: Message) -> PendingPublish {
         let queue = message.destination.clone();
         self.push_ready(&queue, Arc::new(message), 0);
-        Published::done(Ok(None))
+        PendingPublish::done(Ok(None))
     }
 
     async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {

@@ -109,7 +109,7 @@ impl Pending {
 
 /// A publish an engine has taken: see [`Engine::publish`].
 #[derive(Debug)]
-pub struct Published(Taken);
+pub struct PendingPublish(Taken);
 
 #[derive(Debug)]
 enum Taken {
@@ -117,15 +117,15 @@ enum Taken {
     Waiting(oneshot::Receiver<Result<Option<u64>, EngineError>>),
 }
 
-impl Published {
+impl PendingPublish {
     /// Already applied (or refused).
-    pub fn done(result: Result<Option<u64>, EngineError>) -> Published {
-        Published(Taken::Done(result))
+    pub fn done(result: Result<Option<u64>, EngineError>) -> PendingPublish {
+        PendingPublish(Taken::Done(result))
     }
 
     /// Applied when the sender side answers.
-    pub fn waiting(rx: oneshot::Receiver<Result<Option<u64>, EngineError>>) -> Published {
-        Published(Taken::Waiting(rx))
+    pub fn waiting(rx: oneshot::Receiver<Result<Option<u64>, EngineError>>) -> PendingPublish {
+        PendingPublish(Taken::Waiting(rx))
     }
 
     /// The failure, when it is already known.
@@ -170,15 +170,15 @@ pub trait Engine: Send + Sync {
     /// This node's last local subscriber of `destination` left: stop receiving it.
     fn unwatch(&self, destination: &str);
     /// Publishes to a topic or user destination. Resolves once the engine has *taken* the
-    /// message, ordered after everything the caller published before; the [`Published`] it
+    /// message, ordered after everything the caller published before; the [`PendingPublish`] it
     /// returns tells the outcome (the history offset, when the destination keeps one) for callers
     /// that need it (receipts). Dropping it is how a caller publishes without waiting; the engine
     /// then counts and logs a failure itself.
-    fn publish(&self, message: Message) -> impl Future<Output = Published> + Send;
+    fn publish(&self, message: Message) -> impl Future<Output = PendingPublish> + Send;
     /// Publishes `messages` in order, as one [`Engine::publish`] each would, and returns their
-    /// [`Published`] in the same order. An engine that delivers locally hands the run to the
+    /// [`PendingPublish`] in the same order. An engine that delivers locally hands the run to the
     /// inbox together ([`Inbox::deliver_all`]), so each subscriber gets it under one lock.
-    fn publish_all(&self, messages: Vec<Message>) -> impl Future<Output = Vec<Published>> + Send {
+    fn publish_all(&self, messages: Vec<Message>) -> impl Future<Output = Vec<PendingPublish>> + Send {
         async move {
             let mut published = Vec::with_capacity(messages.len());
             for message in messages {
@@ -194,7 +194,7 @@ pub trait Engine: Send + Sync {
         since: u64,
     ) -> impl Future<Output = Result<History, EngineError>> + Send;
     /// Appends to a queue; taken and answered like [`Engine::publish`].
-    fn enqueue(&self, message: Message) -> impl Future<Output = Published> + Send;
+    fn enqueue(&self, message: Message) -> impl Future<Output = PendingPublish> + Send;
     /// Takes up to `max` ready entries of `queue` for this node.
     fn fetch(
         &self,
@@ -246,16 +246,16 @@ impl Engine for AnyEngine {
     fn unwatch(&self, destination: &str) {
         dispatch!(self, e => e.unwatch(destination))
     }
-    async fn publish(&self, message: Message) -> Published {
+    async fn publish(&self, message: Message) -> PendingPublish {
         dispatch!(self, e => e.publish(message).await)
     }
-    async fn publish_all(&self, messages: Vec<Message>) -> Vec<Published> {
+    async fn publish_all(&self, messages: Vec<Message>) -> Vec<PendingPublish> {
         dispatch!(self, e => e.publish_all(messages).await)
     }
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         dispatch!(self, e => e.history(destination, since).await)
     }
-    async fn enqueue(&self, message: Message) -> Published {
+    async fn enqueue(&self, message: Message) -> PendingPublish {
         dispatch!(self, e => e.enqueue(message).await)
     }
     async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {

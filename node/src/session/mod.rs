@@ -14,13 +14,31 @@
 //! becomes a timer that ends the session unless the client SENDs a fresh token to
 //! [`REFRESH_DESTINATION`] first.
 //!
-//! Layout: `mod.rs` (the loop and frame handling), `io.rs` (the seam with the transport),
-//! `error.rs`.
+//! Layout: one file per command group, as mini-redis's `cmd/`, each an `impl` block of
+//! [`Session`] (the child modules see the state and the imports here: `use super::*`):
+//! - `mod.rs`: the state, the event loop, and [`Session::on_frame`], the one dispatcher;
+//! - `connect.rs`: CONNECT and the token refresh;
+//! - `publish.rs`: SEND;
+//! - `subscribe.rs`: SUBSCRIBE (with the history replay) and UNSUBSCRIBE;
+//! - `ack.rs`: ACK, NACK, and releasing unacknowledged deliveries;
+//! - `transaction.rs`: BEGIN, COMMIT, ABORT;
+//! - `output.rs`: writing batches and frames, the ERROR path, the end of a session;
+//! - `io.rs`: the seam with the transport; `error.rs`: [`SessionError`].
 
+mod ack;
+mod connect;
 mod error;
 pub mod io;
+mod output;
+mod publish;
+mod subscribe;
 #[cfg(test)]
 pub(crate) mod tests;
+mod transaction;
+
+use ack::Unacked;
+use publish::message;
+use subscribe::Resume;
 
 pub use error::SessionError;
 pub use io::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
@@ -36,8 +54,8 @@ use tokio::sync::oneshot;
 
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
-use crate::engine::{EntryId, Message, Published};
-use crate::hub::{prepared, AckMode, Delivery, EntryRef, Outbox, Prepared, Subscriber, BATCH};
+use crate::engine::{EntryId, Message, PendingPublish};
+use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
@@ -57,19 +75,6 @@ pub const SINCE_HEADER: &str = "x-since";
 pub const RECOVERED_HEADER: &str = "x-recovered";
 /// Header limiting unacknowledged queue messages per subscription.
 pub const PREFETCH_HEADER: &str = "prefetch-count";
-
-/// A queue delivery waiting for the client's ACK or NACK.
-struct Unacked {
-    subscriber: Arc<Subscriber>,
-    entry: EntryRef,
-}
-
-/// A subscription resuming a history topic: live messages up to `floor` were replayed already.
-struct Resume {
-    floor: u64,
-    /// The history did not cover the gap: flag the next message with `x-recovered:false`.
-    gap: bool,
-}
 
 /// A connection a transport accepted and hands to its session.
 #[derive(Debug)]
@@ -171,17 +176,17 @@ struct Session<S> {
     batch_messages: u64,
     /// The last publish of a SEND without receipt, while the engine has not answered it: a
     /// DISCONNECT's receipt waits for it (and so, publishes being ordered, for all before it).
-    unconfirmed: Option<Published>,
+    unconfirmed: Option<PendingPublish>,
     /// Topic and user-destination messages of SENDs without receipt in the run being handled,
     /// published together when it ends ([`Session::publish_held`]).
     held: Vec<(Kind, Message)>,
-    subscriptions: HashMap<String, Arc<Subscriber>>,
+    subscriptions: HashMap<String, Arc<Subscription>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
     /// Queue deliveries in client modes, by message sequence number.
     unacked: BTreeMap<u64, Unacked>,
     /// Queue deliveries in `auto` mode written in this batch, acknowledged after the flush.
-    auto_acks: Vec<(Arc<Subscriber>, EntryRef)>,
+    auto_acks: Vec<(Arc<Subscription>, EntryRef)>,
     last_message_seq: u64,
     transactions: HashMap<String, Vec<Frame>>,
     scratch: BytesMut,
@@ -200,19 +205,6 @@ fn writes_nothing(frame: &Frame) -> bool {
     matches!(frame.command, Command::Send | Command::Ack | Command::Nack) && frame.get("receipt").is_none()
 }
 
-/// The message a SEND publishes to `route`: its headers but those the broker sets (the first of
-/// repeated ones), and its body.
-fn message(route: &Route, frame: Frame) -> Message {
-    let Frame { headers, body, .. } = frame;
-    let mut kept: Vec<(String, String)> = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !prepared::is_reserved(&name) && !kept.iter().any(|(n, _)| *n == name) {
-            kept.push((name, value));
-        }
-    }
-    Message { destination: Arc::from(route.name.as_str()), headers: kept, body, offset: None }
-}
-
 /// What queueing a delivery for writing left to do.
 enum Written {
     /// Queued, or skipped (its subscription ended, or a resume had replayed it): nothing more.
@@ -220,7 +212,7 @@ enum Written {
     /// Queued, and the output has reached its high-water mark: flush before the next.
     Full,
     /// A queue entry for a subscription that has ended: release it to its queue.
-    Stale(Arc<Subscriber>, EntryRef),
+    Stale(Arc<Subscription>, EntryRef),
 }
 
 /// What the loop does after an event.
@@ -418,44 +410,6 @@ impl<S: FrameSink> Session<S> {
         }
     }
 
-    /// Writes what the hub queued (up to a batch), flushes once, then acknowledges the `auto`
-    /// queue deliveries it wrote.
-    async fn write_batch(&mut self) -> Result<(), SessionError> {
-        // Bytes taken from the outbox, given back to its bound once per batch (the counter is
-        // shared with the hub's pushes from other threads).
-        let mut taken = 0;
-        if self.version.is_some() {
-            let batch = self.outbox.take(BATCH);
-            // Room for the whole batch at once: each frame is its subscription's head, a
-            // message-id, a WebSocket header and the shared tail.
-            let bytes: usize = batch.iter().map(|d| d.message.len() + d.subscriber.head.len() + 48).sum();
-            self.sink.reserve(bytes);
-            for delivery in batch {
-                taken += delivery.message.len();
-                match self.write_delivery(delivery) {
-                    Written::Done => {}
-                    Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
-                    Written::Stale(subscriber, entry) => {
-                        Box::pin(self.node.hub().release(&subscriber, &entry.queue, &[entry.id], false))
-                            .await?
-                    }
-                }
-            }
-        }
-        self.outbox.written(taken);
-        // Counted before the flush, so a client that has its messages sees them counted.
-        let messages = std::mem::take(&mut self.batch_messages);
-        if messages > 0 {
-            self.node.metrics().frames_out(Command::Message, messages);
-            self.node.metrics().delivered(messages);
-        }
-        self.sink.flush().await.map_err(SessionError::io)?;
-        if std::mem::take(&mut self.wrote) {
-            self.last_write = Instant::now();
-        }
-        self.ack_written().await
-    }
-
     /// Handles one frame from the client; on error, remembers its receipt for the ERROR.
     async fn on_inbound_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         self.node.metrics().frame_in(frame.command);
@@ -464,219 +418,6 @@ impl<S: FrameSink> Session<S> {
         // carry it (see `tests::an_idle_session_is_small`).
         Box::pin(self.on_frame(frame)).await.inspect_err(|_| self.error_receipt = receipt)
     }
-
-    async fn ack_written(&mut self) -> Result<(), SessionError> {
-        if self.auto_acks.is_empty() {
-            return Ok(());
-        }
-        let acks = std::mem::take(&mut self.auto_acks);
-        for (subscriber, entry) in acks {
-            Box::pin(self.node.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id))).await?;
-        }
-        Ok(())
-    }
-
-    /// Queues one delivery from the hub for writing, unless its subscription has ended
-    /// meanwhile. Plain code, no future: this runs once per delivery.
-    fn write_delivery(&mut self, delivery: Delivery) -> Written {
-        let Delivery { subscriber, message, entry } = delivery;
-        let entry = entry.map(|entry| *entry);
-        // Unsubscribing clears `active` before the subscription id can be used again, so the flag
-        // alone tells a stale delivery (no lookup per delivery).
-        if !subscriber.active.load(Ordering::Acquire) {
-            return match entry {
-                Some(entry) => Written::Stale(subscriber, entry),
-                None => Written::Done,
-            };
-        }
-        let mut gap = false;
-        if !self.resumes.is_empty() {
-            if let (Some(resume), Some(offset)) = (self.resumes.get_mut(&subscriber.seq), message.offset) {
-                if offset <= resume.floor {
-                    return Written::Done;
-                }
-                gap = resume.gap;
-                self.resumes.remove(&subscriber.seq);
-            }
-        }
-        self.write_message(&subscriber, &message, entry, gap)
-    }
-
-    /// Queues a MESSAGE: this subscription's head, then the shared tail.
-    fn write_message(
-        &mut self,
-        subscriber: &Arc<Subscriber>,
-        message: &Prepared,
-        entry: Option<EntryRef>,
-        gap: bool,
-    ) -> Written {
-        let version = self.version.unwrap_or(Version::V1_2);
-        self.last_message_seq += 1;
-        let seq = self.last_message_seq;
-        let mut seq_text = itoa::Buffer::new();
-        let seq_text = seq_text.format(seq);
-        let head = &mut self.scratch;
-        head.clear();
-        head.extend_from_slice(&subscriber.head);
-        head.extend_from_slice(b"message-id:");
-        head.extend_from_slice(self.session_id.as_bytes());
-        head.put_u8(b'-');
-        head.extend_from_slice(seq_text.as_bytes());
-        head.put_u8(b'\n');
-        if subscriber.ack != AckMode::Auto {
-            head.extend_from_slice(b"ack:");
-            head.extend_from_slice(self.session_id.as_bytes());
-            head.put_u8(b'-');
-            head.extend_from_slice(seq_text.as_bytes());
-            head.put_u8(b'\n');
-        }
-        if entry.as_ref().is_some_and(|e| e.redeliveries > 0) {
-            head.extend_from_slice(b"redelivered:true\n");
-        }
-        if gap {
-            head.extend_from_slice(RECOVERED_HEADER.as_bytes());
-            head.extend_from_slice(b":false\n");
-        }
-        let full = self.sink.feed(&self.scratch, message.tail(version), message.text);
-        self.wrote = true;
-        self.batch_messages += 1;
-        if let Some(entry) = entry {
-            if subscriber.ack == AckMode::Auto {
-                self.auto_acks.push((subscriber.clone(), entry));
-            } else {
-                self.unacked.insert(seq, Unacked { subscriber: subscriber.clone(), entry });
-            }
-        }
-        if full {
-            Written::Full
-        } else {
-            Written::Done
-        }
-    }
-
-    /// Encodes and queues a frame of the session's own (CONNECTED, RECEIPT, ERROR).
-    async fn send_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        let mut out = BytesMut::new();
-        stomp::encode(frame, self.version, &mut out);
-        if self.sink.feed(&out, &[], true) {
-            self.sink.flush().await.map_err(SessionError::io)?;
-        }
-        self.wrote = true;
-        self.node.metrics().frame_out(frame.command);
-        Ok(())
-    }
-
-    async fn send_receipt(&mut self, receipt: Option<String>) -> Result<(), SessionError> {
-        if let Some(id) = receipt {
-            self.send_frame(&Frame::new(Command::Receipt).with_header("receipt-id", id)).await?;
-        }
-        Ok(())
-    }
-
-    /// The one place a refusal becomes an ERROR frame; the connection then closes.
-    async fn fail(&mut self, error: SessionError) {
-        let receipt = self.error_receipt.take();
-        let close = error.close_reason();
-        match &error {
-            SessionError::Transport(why) => {
-                tracing::debug!(%why, "transport failed");
-                return;
-            }
-            SessionError::HeartbeatTimeout | SessionError::ConnectTimeout => {
-                tracing::debug!(%error, "closing session")
-            }
-            SessionError::Auth(AuthError::Forbidden { .. }) => {
-                self.node.metrics().access_denied();
-                tracing::info!(%error, user = ?self.user, "refused client")
-            }
-            SessionError::Auth(_) => {
-                self.node.metrics().auth_failed();
-                tracing::info!(%error, "refused client")
-            }
-            _ => tracing::info!(%error, "refused client"),
-        }
-        let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
-        if let SessionError::UnsupportedVersion(_) = error {
-            frame = frame.with_header("version", SUPPORTED);
-        }
-        if let Some(id) = receipt {
-            frame = frame.with_header("receipt-id", id);
-        }
-        let body = error.detail();
-        frame = frame
-            .with_header("content-type", "text/plain")
-            .with_header("content-length", body.len().to_string())
-            .with_body(Bytes::from(body));
-        self.node.metrics().error_sent();
-        let deadline = Duration::from_secs(2);
-        let _ = tokio::time::timeout(deadline, async {
-            if self.send_frame(&frame).await.is_ok() {
-                let _ = self.sink.flush().await;
-            }
-            let _ = self.sink.close(close).await;
-        })
-        .await;
-    }
-
-    /// Releases everything the session held: subscriptions, unacknowledged and undelivered
-    /// queue entries (back to their queues), open transactions (aborted).
-    async fn finish(&mut self) {
-        // SENDs of a run the session stopped handling midway (a slow-consumer cut while a publish
-        // waited) were taken without error: they are published, as they would have been.
-        self.publish_held().await;
-        for (_, subscriber) in self.subscriptions.drain() {
-            self.node.hub().unsubscribe(&subscriber);
-        }
-        self.transactions.clear();
-        let _ = self.release_unacked(|_| true).await;
-        let _ = self.ack_written().await;
-        let mut undelivered = Vec::new();
-        for delivery in self.outbox.close() {
-            self.outbox.written(delivery.message.len());
-            if let Some(entry) = delivery.entry {
-                undelivered.push((delivery.subscriber, *entry));
-            }
-        }
-        let _ = self.release(undelivered, false).await;
-    }
-
-    /// Returns the unacknowledged queue deliveries of the subscriptions `which` selects to their
-    /// queues, flagged as redelivered.
-    async fn release_unacked(
-        &mut self,
-        which: impl Fn(&Arc<Subscriber>) -> bool,
-    ) -> Result<(), SessionError> {
-        let seqs: Vec<u64> =
-            self.unacked.iter().filter(|(_, u)| which(&u.subscriber)).map(|(seq, _)| *seq).collect();
-        let held = seqs
-            .into_iter()
-            .filter_map(|seq| self.unacked.remove(&seq))
-            .map(|Unacked { subscriber, entry }| (subscriber, entry))
-            .collect();
-        self.release(held, true).await
-    }
-
-    /// Releases entries with one engine call per subscription and queue, keeping their order
-    /// (the engine puts a batch back at the head of its queue as it was).
-    async fn release(
-        &self,
-        entries: Vec<(Arc<Subscriber>, EntryRef)>,
-        delivered: bool,
-    ) -> Result<(), SessionError> {
-        let mut batches: Vec<(Arc<Subscriber>, Arc<str>, Vec<EntryId>)> = Vec::new();
-        for (subscriber, entry) in entries {
-            match batches.iter_mut().find(|(s, q, _)| Arc::ptr_eq(s, &subscriber) && *q == entry.queue) {
-                Some((_, _, ids)) => ids.push(entry.id),
-                None => batches.push((subscriber, entry.queue, vec![entry.id])),
-            }
-        }
-        for (subscriber, queue, ids) in batches {
-            self.node.hub().release(&subscriber, &queue, &ids, delivered).await?;
-        }
-        Ok(())
-    }
-
-    // === frame handling ===
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         if self.version.is_none() {
@@ -715,391 +456,6 @@ impl<S: FrameSink> Session<S> {
                 other.as_str()
             ))),
         }
-    }
-
-    async fn on_connect(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let version = match frame.get("accept-version") {
-            None => Version::V1_0,
-            Some(accepted) => accepted
-                .split(',')
-                .filter_map(|v| Version::parse(v.trim()))
-                .max()
-                .ok_or_else(|| SessionError::UnsupportedVersion(accepted.chars().take(64).collect()))?,
-        };
-        let (client_send, client_receive) = match frame.get("heart-beat") {
-            Some(value) => parse_heart_beat(value)?,
-            None => (0, 0),
-        };
-        let hb = &self.node.config().heartbeat;
-        let server_send = hb.send.as_millis() as u64;
-        let server_receive = hb.receive.as_millis() as u64;
-        let outgoing = (server_send > 0 && client_receive > 0).then(|| server_send.max(client_receive));
-        let incoming = (client_send > 0 && server_receive > 0).then(|| client_send.max(server_receive));
-        self.heartbeat_out = outgoing.map(Duration::from_millis);
-        let read_timeout = incoming.map(|ms| Duration::from_millis(ms).mul_f64(hb.grace));
-        let bearer = self.bearer.take();
-        let credentials = Credentials {
-            login: frame.get("login"),
-            passcode: frame.get("passcode"),
-            bearer: bearer.as_deref(),
-        };
-        let identity = self.node.auth().authenticate(credentials).await?;
-        self.adopt(identity);
-        self.version = Some(version);
-        if let Some(tx) = self.negotiated.take() {
-            let _ = tx.send(Negotiated { version, read_timeout });
-        }
-        let connected = Frame::new(Command::Connected)
-            .with_header("version", version.as_str())
-            .with_header("heart-beat", format!("{server_send},{server_receive}"))
-            .with_header("server", SERVER)
-            .with_header("session", self.session_id.clone());
-        let connected = match &self.user {
-            Some(user) => connected.with_header("user-name", user.clone()),
-            None => connected,
-        };
-        self.send_frame(&connected).await?;
-        tracing::debug!(version = version.as_str(), user = ?self.user, "connected");
-        Ok(Flow::Continue)
-    }
-
-    /// Takes on who the client now is, and when that runs out.
-    fn adopt(&mut self, identity: Identity) {
-        self.user = identity.user.clone();
-        self.token_deadline = identity.expires.and_then(|exp| {
-            let left = exp.duration_since(SystemTime::now()).unwrap_or_default() + self.node.auth().leeway();
-            tokio::time::Instant::now().checked_add(left)
-        });
-        self.identity = identity;
-    }
-
-    /// A SEND to [`REFRESH_DESTINATION`]: the body is a fresh token for the same user. Its
-    /// roles and grants replace the old ones, so every subscription must still be allowed.
-    async fn on_refresh(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        if frame.get("transaction").is_some() {
-            return Err(SessionError::invalid("a token refresh cannot be part of a transaction"));
-        }
-        let token =
-            std::str::from_utf8(&frame.body).ok().map(str::trim).filter(|t| !t.is_empty()).ok_or_else(
-                || {
-                    AuthError::Refresh(format!(
-                        "the body of a SEND to {REFRESH_DESTINATION} must be the new token"
-                    ))
-                },
-            )?;
-        let fresh = self.node.auth().refresh(&self.identity, token)?;
-        for (id, subscriber) in &self.subscriptions {
-            if let Err(denied) = self.node.auth().may_subscribe(&fresh, &subscriber.route) {
-                return Err(AuthError::Refresh(format!(
-                    "the new token does not keep subscription {id:?}: {denied}"
-                ))
-                .into());
-            }
-        }
-        self.adopt(fresh);
-        tracing::debug!(user = ?self.user, "token refreshed");
-        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
-        Ok(Flow::Continue)
-    }
-
-    fn transaction_of(&mut self, frame: &Frame) -> Result<Option<&mut Vec<Frame>>, SessionError> {
-        let Some(tx) = frame.get("transaction") else { return Ok(None) };
-        match self.transactions.get_mut(tx) {
-            Some(frames) if frames.len() >= MAX_TRANSACTION_FRAMES => Err(SessionError::limit(format!(
-                "transaction {tx:?} holds too many frames (at most {MAX_TRANSACTION_FRAMES})"
-            ))),
-            Some(frames) => Ok(Some(frames)),
-            None => Err(SessionError::invalid(format!("unknown transaction {tx:?}"))),
-        }
-    }
-
-    async fn on_send(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let destination = required(&frame, "destination")?;
-        if destination == REFRESH_DESTINATION {
-            return self.on_refresh(frame).await;
-        }
-        let route = destination::for_send(destination)?;
-        self.node.auth().may_publish(&self.identity, &route)?;
-        let receipt = frame.get("receipt").map(str::to_owned);
-        if let Some(frames) = self.transaction_of(&frame)? {
-            frames.push(frame);
-            self.send_receipt(receipt).await?;
-            return Ok(Flow::Continue);
-        }
-        if receipt.is_none() && route.kind != Kind::Queue {
-            // Published with the rest of the run (queue entries are not: an enqueue is not
-            // delivered locally, so there is nothing to gather).
-            self.held.push((route.kind, message(&route, frame)));
-            return Ok(Flow::Continue);
-        }
-        // Ordered after the run's publishes so far.
-        self.publish_held().await;
-        let published = self.node.hub().publish(route.kind, message(&route, frame)).await;
-        match receipt {
-            // A receipt promises the message is published: wait for the engine's answer. A
-            // failure becomes an ERROR carrying the receipt-id, never a RECEIPT for a lost message.
-            Some(_) => {
-                published.outcome().await?;
-                self.send_receipt(receipt).await?;
-            }
-            // Without one the client asked for no confirmation: the session goes on reading while
-            // the engine sends (on Redis, pipelined with the publishes before and after it). A
-            // failure is counted (messages_dropped{reason="publish_failed"}) and logged.
-            None => self.published_unconfirmed(published),
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Publishes the messages held in this run, together and in order.
-    async fn publish_held(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
-        let mut held = std::mem::take(&mut self.held);
-        // Boxed: the engines' futures are large, and every idle session would carry them inline.
-        if held.len() == 1 {
-            // A run of one: the single-message path, nothing to gather.
-            let (kind, message) = held.pop().expect("one held");
-            let published = Box::pin(self.node.hub().publish(kind, message)).await;
-            self.published_unconfirmed(published);
-        } else {
-            for published in Box::pin(self.node.hub().publish_all(held)).await {
-                self.published_unconfirmed(published);
-            }
-        }
-    }
-
-    /// A publish no receipt waits for: a failure known now is logged (the hub has counted it);
-    /// otherwise it is the last one a DISCONNECT's receipt waits for.
-    fn published_unconfirmed(&mut self, published: Published) {
-        match published.failed() {
-            Some(error) => tracing::warn!(%error, "publish failed"),
-            None => self.unconfirmed = Some(published),
-        }
-    }
-
-    async fn on_subscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let version = self.version.unwrap_or(Version::V1_2);
-        let destination = required(&frame, "destination")?;
-        let route = destination::for_subscribe(destination, self.user.as_deref())?;
-        self.node.auth().may_subscribe(&self.identity, &route)?;
-        let id = match (frame.get("id"), version) {
-            (Some(id), _) => id.to_owned(),
-            (None, Version::V1_0) => destination.to_owned(),
-            (None, _) => return Err(SessionError::MissingHeader { command: "SUBSCRIBE", header: "id" }),
-        };
-        if self.subscriptions.contains_key(&id) {
-            return Err(SessionError::invalid(format!(
-                "subscription id {id:?} is already in use on this connection"
-            )));
-        }
-        let max = self.node.config().limits.max_subscriptions;
-        if self.subscriptions.len() >= max {
-            return Err(SessionError::limit(format!("too many subscriptions (max-subscriptions is {max})")));
-        }
-        let ack = match frame.get("ack") {
-            None => AckMode::Auto,
-            Some(mode) => AckMode::parse(mode).ok_or_else(|| {
-                SessionError::invalid(format!(
-                    "unknown ack mode {mode:?}: expected auto, client or client-individual"
-                ))
-            })?,
-        };
-        let prefetch = match frame.get(PREFETCH_HEADER) {
-            None => self.node.config().queues.default_prefetch,
-            Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                SessionError::invalid(format!("{PREFETCH_HEADER} must be a positive integer, not {n:?}"))
-            })?,
-        };
-        let since = match frame.get(SINCE_HEADER) {
-            None => None,
-            Some(s) => Some(s.parse::<u64>().map_err(|_| {
-                SessionError::invalid(format!("{SINCE_HEADER} must be an offset (an integer), not {s:?}"))
-            })?),
-        };
-        if since.is_some() && route.kind == Kind::Queue {
-            return Err(SessionError::invalid(format!("{SINCE_HEADER} applies to topics, not queues")));
-        }
-        let mut head = BytesMut::with_capacity(32 + id.len());
-        head.extend_from_slice(b"MESSAGE\nsubscription:");
-        match version {
-            Version::V1_0 => head.extend_from_slice(id.as_bytes()),
-            v => escape_into(&id, v, &mut head),
-        }
-        head.put_u8(b'\n');
-        self.next_sub_seq += 1;
-        let subscriber = Arc::new(Subscriber {
-            seq: self.next_sub_seq,
-            id: id.clone(),
-            head: head.freeze(),
-            ack,
-            route,
-            outbox: self.outbox.clone(),
-            active: AtomicBool::new(true),
-            prefetch,
-            in_flight: AtomicU32::new(0),
-        });
-        self.subscriptions.insert(id, subscriber.clone());
-        self.node.hub().subscribe(subscriber.clone()).wait().await?;
-        let mut receipt =
-            frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
-        if let Some(since) = since {
-            let recovered = self.replay(&subscriber, since).await?;
-            receipt =
-                receipt.map(|r| r.with_header(RECOVERED_HEADER, if recovered { "true" } else { "false" }));
-        }
-        if let Some(receipt) = receipt {
-            self.send_frame(&receipt).await?;
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last
-    /// replayed offset are then skipped. Returns whether the history covered the whole gap.
-    async fn replay(&mut self, subscriber: &Arc<Subscriber>, since: u64) -> Result<bool, SessionError> {
-        let history = self.node.hub().history(&subscriber.route.name, since).await?;
-        let mut floor = since;
-        let mut gap = !history.complete;
-        for message in &history.messages {
-            let prepared = Prepared::new(message);
-            floor = floor.max(message.offset.unwrap_or(floor));
-            if let Written::Full = self.write_message(subscriber, &prepared, None, gap) {
-                self.sink.flush().await.map_err(SessionError::io)?;
-            }
-            gap = false;
-        }
-        self.resumes.insert(subscriber.seq, Resume { floor, gap });
-        Ok(history.complete)
-    }
-
-    async fn on_unsubscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let id = match (frame.get("id"), self.version) {
-            (Some(id), _) => id.to_owned(),
-            (None, Some(Version::V1_0)) => required(&frame, "destination")?.to_owned(),
-            (None, _) => return Err(SessionError::MissingHeader { command: "UNSUBSCRIBE", header: "id" }),
-        };
-        let Some(subscriber) = self.subscriptions.remove(&id) else {
-            return Err(SessionError::invalid(format!("no subscription with id {id:?}")));
-        };
-        self.node.hub().unsubscribe(&subscriber);
-        self.resumes.remove(&subscriber.seq);
-        self.release_unacked(|s| Arc::ptr_eq(s, &subscriber)).await?;
-        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
-        Ok(Flow::Continue)
-    }
-
-    /// The message sequence number an ACK or NACK names.
-    fn acked_seq(&self, frame: &Frame) -> Result<u64, SessionError> {
-        let header = if self.version == Some(Version::V1_2) { "id" } else { "message-id" };
-        let id = frame
-            .get(header)
-            .or_else(|| frame.get("id"))
-            .or_else(|| frame.get("message-id"))
-            .ok_or(SessionError::MissingHeader { command: frame.command.as_str(), header })?;
-        id.strip_prefix(self.session_id.as_str())
-            .and_then(|rest| rest.strip_prefix('-'))
-            .and_then(|seq| seq.parse::<u64>().ok())
-            .filter(|seq| *seq >= 1 && *seq <= self.last_message_seq)
-            .ok_or_else(|| {
-                SessionError::invalid(format!("unknown message id {:?} in {}", id, frame.command.as_str()))
-            })
-    }
-
-    async fn on_ack(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let seq = self.acked_seq(&frame)?;
-        let receipt = frame.get("receipt").map(str::to_owned);
-        if let Some(frames) = self.transaction_of(&frame)? {
-            frames.push(frame);
-            self.send_receipt(receipt).await?;
-            return Ok(Flow::Continue);
-        }
-        self.settle(seq, frame.command == Command::Ack).await?;
-        self.send_receipt(receipt).await?;
-        Ok(Flow::Continue)
-    }
-
-    /// Acknowledges (or, with `ack == false`, returns to its queue) the delivery `seq` and, in
-    /// `client` mode, every earlier one of the same subscription. A delivery no longer held
-    /// (a topic message, or one settled already) is accepted and ignored.
-    async fn settle(&mut self, seq: u64, ack: bool) -> Result<(), SessionError> {
-        let Some(target) = self.unacked.get(&seq) else { return Ok(()) };
-        let subscriber = target.subscriber.clone();
-        let seqs: Vec<u64> = if subscriber.ack == AckMode::Client {
-            self.unacked
-                .range(..=seq)
-                .filter(|(_, u)| Arc::ptr_eq(&u.subscriber, &subscriber))
-                .map(|(s, _)| *s)
-                .collect()
-        } else {
-            vec![seq]
-        };
-        let mut by_queue: HashMap<Arc<str>, Vec<EntryId>> = HashMap::new();
-        for s in seqs {
-            if let Some(Unacked { entry, .. }) = self.unacked.remove(&s) {
-                by_queue.entry(entry.queue).or_default().push(entry.id);
-            }
-        }
-        for (queue, ids) in by_queue {
-            if ack {
-                self.node.hub().ack(&subscriber, &queue, &ids).await?;
-            } else {
-                self.node.hub().release(&subscriber, &queue, &ids, true).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_begin(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let tx = required(&frame, "transaction")?;
-        if self.transactions.contains_key(tx) {
-            return Err(SessionError::invalid(format!("transaction {tx:?} is already open")));
-        }
-        let max = self.node.config().limits.max_transactions;
-        if self.transactions.len() >= max {
-            return Err(SessionError::limit(format!(
-                "too many open transactions (max-transactions is {max})"
-            )));
-        }
-        self.transactions.insert(tx.to_owned(), Vec::new());
-        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
-        Ok(Flow::Continue)
-    }
-
-    async fn on_commit(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let tx = required(&frame, "transaction")?;
-        let frames = self
-            .transactions
-            .remove(tx)
-            .ok_or_else(|| SessionError::invalid(format!("unknown transaction {tx:?}")))?;
-        // The publishes go out pipelined; the commit's receipt waits for all of them.
-        let mut published = Vec::new();
-        for held in frames {
-            match held.command {
-                Command::Send => {
-                    let route = destination::for_send(required(&held, "destination")?)?;
-                    published.push(self.node.hub().publish(route.kind, message(&route, held)).await);
-                }
-                Command::Ack | Command::Nack => {
-                    let seq = self.acked_seq(&held)?;
-                    self.settle(seq, held.command == Command::Ack).await?;
-                }
-                _ => {}
-            }
-        }
-        for published in published {
-            published.outcome().await?;
-        }
-        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
-        Ok(Flow::Continue)
-    }
-
-    async fn on_abort(&mut self, frame: Frame) -> Result<Flow, SessionError> {
-        let tx = required(&frame, "transaction")?;
-        if self.transactions.remove(tx).is_none() {
-            return Err(SessionError::invalid(format!("unknown transaction {tx:?}")));
-        }
-        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
-        Ok(Flow::Continue)
     }
 }
 

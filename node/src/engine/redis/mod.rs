@@ -74,7 +74,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::engine::{
-    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, Published, QueueEntry,
+    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
 };
 use crate::metrics::EngineEvent;
 use crate::metrics::Metrics;
@@ -263,12 +263,12 @@ impl RedisEngine {
     }
 
     /// Hands a write to the publishing task, in call order.
-    async fn write(&self, destination: Arc<str>, op: Op) -> Published {
+    async fn write(&self, destination: Arc<str>, op: Op) -> PendingPublish {
         let (reply, rx) = oneshot::channel();
         let job = publisher::Job { destination, op, reply };
         match self.publishes.send(publisher::Request::Write(job)).await {
-            Ok(()) => Published::waiting(rx),
-            Err(_) => Published::done(Err(EngineError::Closed)),
+            Ok(()) => PendingPublish::waiting(rx),
+            Err(_) => PendingPublish::done(Err(EngineError::Closed)),
         }
     }
 
@@ -411,9 +411,9 @@ impl Engine for RedisEngine {
         let _ = self.control.send(pubsub::Control::Unwatch(Arc::from(destination)));
     }
 
-    async fn publish(&self, message: Message) -> Published {
+    async fn publish(&self, message: Message) -> PendingPublish {
         if let Err(error) = self.inner.check_connected() {
-            return Published::done(Err(error));
+            return PendingPublish::done(Err(error));
         }
         let op = self.publish_op(&message);
         self.write(message.destination, op).await
@@ -421,9 +421,9 @@ impl Engine for RedisEngine {
 
     /// The run goes to the publishing task as one request, so it reaches Redis in one pipeline
     /// whatever else the task is doing, and its PUBLISHes on one channel as one command.
-    async fn publish_all(&self, messages: Vec<Message>) -> Vec<Published> {
+    async fn publish_all(&self, messages: Vec<Message>) -> Vec<PendingPublish> {
         if let Err(error) = self.inner.check_connected() {
-            return messages.iter().map(|_| Published::done(Err(error.clone()))).collect();
+            return messages.iter().map(|_| PendingPublish::done(Err(error.clone()))).collect();
         }
         let mut jobs = Vec::with_capacity(messages.len());
         let mut published = Vec::with_capacity(messages.len());
@@ -431,10 +431,10 @@ impl Engine for RedisEngine {
             let (reply, rx) = oneshot::channel();
             let op = self.publish_op(&message);
             jobs.push(publisher::Job { destination: message.destination, op, reply });
-            published.push(Published::waiting(rx));
+            published.push(PendingPublish::waiting(rx));
         }
         if self.publishes.send(publisher::Request::Writes(jobs)).await.is_err() {
-            return published.iter().map(|_| Published::done(Err(EngineError::Closed))).collect();
+            return published.iter().map(|_| PendingPublish::done(Err(EngineError::Closed))).collect();
         }
         published
     }
@@ -454,13 +454,13 @@ impl Engine for RedisEngine {
         Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete })
     }
 
-    async fn enqueue(&self, message: Message) -> Published {
+    async fn enqueue(&self, message: Message) -> PendingPublish {
         let inner = &self.inner;
         if let Err(error) = inner.check_connected() {
-            return Published::done(Err(error));
+            return PendingPublish::done(Err(error));
         }
         if let Err(error) = inner.register_queue(&message.destination).await {
-            return Published::done(Err(error));
+            return PendingPublish::done(Err(error));
         }
         let op = Op::Script {
             script: &scripts::ENQUEUE,

@@ -3,7 +3,7 @@
 //!
 //! A session hands its message to [`publish_loop`] through a bounded channel and goes on reading
 //! its client; it waits for Redis only when the client asked for a receipt. The task takes
-//! everything queued (up to [`BATCH`]) and sends it as one fred pipeline: one write, one round
+//! everything queued (up to [`PIPELINE_MAX`]) and sends it as one fred pipeline: one write, one round
 //! trip, PUBLISHes and script calls (history publishes, enqueues) in the order they came. Redis
 //! runs a connection's commands in order, so per-publisher order holds on the wire as it did when
 //! each publish was awaited, at a fraction of the round trips. A full channel (Redis slower than
@@ -35,7 +35,7 @@ use crate::metrics::DropReason;
 /// Requests queued to the task at most; past that publishers wait.
 pub const CAPACITY: usize = 4096;
 /// Requests sent per pipeline at most.
-const BATCH: usize = 512;
+const PIPELINE_MAX: usize = 512;
 /// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at least: a script call costs Redis more
 /// than a PUBLISH, and below this many messages more than the PUBLISHes it replaces
 /// (`redis-benchmark`, three subscribers: 514,000 plain PUBLISHes/s; through the script 345,000
@@ -81,12 +81,12 @@ pub enum ScriptReply {
 
 /// Sends the writes until every sender is gone.
 pub async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut jobs = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(PIPELINE_MAX);
+    let mut jobs = Vec::with_capacity(PIPELINE_MAX);
     let mut reconnects = inner.client.reconnect_rx();
     // Whether the scripts are known to be in Redis's cache on this connection.
     let mut loaded = false;
-    while requests.recv_many(&mut batch, BATCH).await > 0 {
+    while requests.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
         if !matches!(reconnects.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {
             // A new connection may be to a new (or restarted) server with an empty cache.
             while !matches!(reconnects.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}

@@ -32,7 +32,7 @@ pub fn is_reserved(name: &str) -> bool {
 
 /// The shared part of a MESSAGE frame.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct MessageTail {
     /// Escaped as STOMP 1.1 and 1.2 want (CONNECT-style raw for 1.0 is `raw`).
     escaped: Bytes,
     /// Present only when some header needs escaping, so 1.0 clients get raw values.
@@ -42,14 +42,14 @@ pub struct Prepared {
     pub offset: Option<u64>,
 }
 
-impl Prepared {
-    pub fn new(message: &Message) -> Prepared {
+impl MessageTail {
+    pub fn new(message: &Message) -> MessageTail {
         let destination = destination::as_seen_by_subscriber(&message.destination);
         let escapes = needs_escape(&destination)
             || message.headers.iter().any(|(k, v)| needs_escape(k) || needs_escape(v));
         let escaped = encode_tail(&destination, message, Some(Version::V1_2));
         let raw = escapes.then(|| encode_tail(&destination, message, None));
-        Prepared { escaped, raw, text: std::str::from_utf8(&message.body).is_ok(), offset: message.offset }
+        MessageTail { escaped, raw, text: std::str::from_utf8(&message.body).is_ok(), offset: message.offset }
     }
 
     /// The tail to write for a client speaking `version`.
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn tail_carries_destination_headers_offset_and_length() {
-        let p = Prepared::new(&message(vec![("content-type", "text/plain")], b"hi"));
+        let p = MessageTail::new(&message(vec![("content-type", "text/plain")], b"hi"));
         assert_eq!(
             &p.tail(Version::V1_2)[..],
             b"destination:/topic/a\ncontent-type:text/plain\nx-offset:7\ncontent-length:2\n\nhi\0"
@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn escaping_differs_by_version_only_when_needed() {
-        let p = Prepared::new(&message(vec![("k", "a:b")], &[0xff, 0]));
+        let p = MessageTail::new(&message(vec![("k", "a:b")], &[0xff, 0]));
         assert!(p.tail(Version::V1_2).starts_with(b"destination:/topic/a\nk:a\\cb\n"));
         assert!(p.tail(Version::V1_0).starts_with(b"destination:/topic/a\nk:a:b\n"));
         assert!(!p.text);
@@ -138,7 +138,7 @@ mod tests {
     fn user_destinations_show_the_subscribed_form() {
         let mut m = message(vec![], b"");
         m.destination = Arc::from("/user/ann/queue/x");
-        let p = Prepared::new(&m);
+        let p = MessageTail::new(&m);
         assert!(p.tail(Version::V1_2).starts_with(b"destination:/user/queue/x\n"));
     }
 }

@@ -1,0 +1,85 @@
+//! SEND: routing, access checks, and publishing. SENDs without a receipt in one run of frames
+//! are held and published together when the run ends; a SEND with a receipt is answered only
+//! once its message is stored or published.
+
+use super::*;
+
+/// The message a SEND publishes to `route`: its headers but those the broker sets (the first of
+/// repeated ones), and its body.
+pub(super) fn message(route: &Route, frame: Frame) -> Message {
+    let Frame { headers, body, .. } = frame;
+    let mut kept: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !tail::is_reserved(&name) && !kept.iter().any(|(n, _)| *n == name) {
+            kept.push((name, value));
+        }
+    }
+    Message { destination: Arc::from(route.name.as_str()), headers: kept, body, offset: None }
+}
+
+impl<S: FrameSink> Session<S> {
+    pub(super) async fn on_send(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let destination = required(&frame, "destination")?;
+        if destination == REFRESH_DESTINATION {
+            return self.on_refresh(frame).await;
+        }
+        let route = destination::for_send(destination)?;
+        self.node.auth().may_publish(&self.identity, &route)?;
+        let receipt = frame.get("receipt").map(str::to_owned);
+        if let Some(frames) = self.transaction_of(&frame)? {
+            frames.push(frame);
+            self.send_receipt(receipt).await?;
+            return Ok(Flow::Continue);
+        }
+        if receipt.is_none() && route.kind != Kind::Queue {
+            // PendingPublish with the rest of the run (queue entries are not: an enqueue is not
+            // delivered locally, so there is nothing to gather).
+            self.held.push((route.kind, message(&route, frame)));
+            return Ok(Flow::Continue);
+        }
+        // Ordered after the run's publishes so far.
+        self.publish_held().await;
+        let published = self.node.hub().publish(route.kind, message(&route, frame)).await;
+        match receipt {
+            // A receipt promises the message is published: wait for the engine's answer. A
+            // failure becomes an ERROR carrying the receipt-id, never a RECEIPT for a lost message.
+            Some(_) => {
+                published.outcome().await?;
+                self.send_receipt(receipt).await?;
+            }
+            // Without one the client asked for no confirmation: the session goes on reading while
+            // the engine sends (on Redis, pipelined with the publishes before and after it). A
+            // failure is counted (messages_dropped{reason="publish_failed"}) and logged.
+            None => self.published_unconfirmed(published),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Publishes the messages held in this run, together and in order.
+    pub(super) async fn publish_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut held = std::mem::take(&mut self.held);
+        // Boxed: the engines' futures are large, and every idle session would carry them inline.
+        if held.len() == 1 {
+            // A run of one: the single-message path, nothing to gather.
+            let (kind, message) = held.pop().expect("one held");
+            let published = Box::pin(self.node.hub().publish(kind, message)).await;
+            self.published_unconfirmed(published);
+        } else {
+            for published in Box::pin(self.node.hub().publish_all(held)).await {
+                self.published_unconfirmed(published);
+            }
+        }
+    }
+
+    /// A publish no receipt waits for: a failure known now is logged (the hub has counted it);
+    /// otherwise it is the last one a DISCONNECT's receipt waits for.
+    pub(super) fn published_unconfirmed(&mut self, published: PendingPublish) {
+        match published.failed() {
+            Some(error) => tracing::warn!(%error, "publish failed"),
+            None => self.unconfirmed = Some(published),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! SUBSCRIBE and UNSUBSCRIBE: access checks, registering with the hub, and the replay of a
+//! history topic from `x-since` before the subscription goes live, with no gap and no duplicate.
+
+use super::*;
+
+/// A subscription resuming a history topic: live messages up to `floor` were replayed already.
+pub(super) struct Resume {
+    pub(super) floor: u64,
+    /// The history did not cover the gap: flag the next message with `x-recovered:false`.
+    pub(super) gap: bool,
+}
+
+impl<S: FrameSink> Session<S> {
+    pub(super) async fn on_subscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let version = self.version.unwrap_or(Version::V1_2);
+        let destination = required(&frame, "destination")?;
+        let route = destination::for_subscribe(destination, self.user.as_deref())?;
+        self.node.auth().may_subscribe(&self.identity, &route)?;
+        let id = match (frame.get("id"), version) {
+            (Some(id), _) => id.to_owned(),
+            (None, Version::V1_0) => destination.to_owned(),
+            (None, _) => return Err(SessionError::MissingHeader { command: "SUBSCRIBE", header: "id" }),
+        };
+        if self.subscriptions.contains_key(&id) {
+            return Err(SessionError::invalid(format!(
+                "subscription id {id:?} is already in use on this connection"
+            )));
+        }
+        let max = self.node.config().limits.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(SessionError::limit(format!("too many subscriptions (max-subscriptions is {max})")));
+        }
+        let ack = match frame.get("ack") {
+            None => AckMode::Auto,
+            Some(mode) => AckMode::parse(mode).ok_or_else(|| {
+                SessionError::invalid(format!(
+                    "unknown ack mode {mode:?}: expected auto, client or client-individual"
+                ))
+            })?,
+        };
+        let prefetch = match frame.get(PREFETCH_HEADER) {
+            None => self.node.config().queues.default_prefetch,
+            Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                SessionError::invalid(format!("{PREFETCH_HEADER} must be a positive integer, not {n:?}"))
+            })?,
+        };
+        let since = match frame.get(SINCE_HEADER) {
+            None => None,
+            Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                SessionError::invalid(format!("{SINCE_HEADER} must be an offset (an integer), not {s:?}"))
+            })?),
+        };
+        if since.is_some() && route.kind == Kind::Queue {
+            return Err(SessionError::invalid(format!("{SINCE_HEADER} applies to topics, not queues")));
+        }
+        let mut head = BytesMut::with_capacity(32 + id.len());
+        head.extend_from_slice(b"MESSAGE\nsubscription:");
+        match version {
+            Version::V1_0 => head.extend_from_slice(id.as_bytes()),
+            v => escape_into(&id, v, &mut head),
+        }
+        head.put_u8(b'\n');
+        self.next_sub_seq += 1;
+        let subscriber = Arc::new(Subscription {
+            seq: self.next_sub_seq,
+            id: id.clone(),
+            head: head.freeze(),
+            ack,
+            route,
+            outbox: self.outbox.clone(),
+            active: AtomicBool::new(true),
+            prefetch,
+            in_flight: AtomicU32::new(0),
+        });
+        self.subscriptions.insert(id, subscriber.clone());
+        self.node.hub().subscribe(subscriber.clone()).wait().await?;
+        let mut receipt =
+            frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
+        if let Some(since) = since {
+            let recovered = self.replay(&subscriber, since).await?;
+            receipt =
+                receipt.map(|r| r.with_header(RECOVERED_HEADER, if recovered { "true" } else { "false" }));
+        }
+        if let Some(receipt) = receipt {
+            self.send_frame(&receipt).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last
+    /// replayed offset are then skipped. Returns whether the history covered the whole gap.
+    pub(super) async fn replay(
+        &mut self,
+        subscriber: &Arc<Subscription>,
+        since: u64,
+    ) -> Result<bool, SessionError> {
+        let history = self.node.hub().history(&subscriber.route.name, since).await?;
+        let mut floor = since;
+        let mut gap = !history.complete;
+        for message in &history.messages {
+            let prepared = MessageTail::new(message);
+            floor = floor.max(message.offset.unwrap_or(floor));
+            if let Written::Full = self.write_message(subscriber, &prepared, None, gap) {
+                self.sink.flush().await.map_err(SessionError::io)?;
+            }
+            gap = false;
+        }
+        self.resumes.insert(subscriber.seq, Resume { floor, gap });
+        Ok(history.complete)
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id.to_owned(),
+            (None, Some(Version::V1_0)) => required(&frame, "destination")?.to_owned(),
+            (None, _) => return Err(SessionError::MissingHeader { command: "UNSUBSCRIBE", header: "id" }),
+        };
+        let Some(subscriber) = self.subscriptions.remove(&id) else {
+            return Err(SessionError::invalid(format!("no subscription with id {id:?}")));
+        };
+        self.node.hub().unsubscribe(&subscriber);
+        self.resumes.remove(&subscriber.seq);
+        self.release_unacked(|s| Arc::ptr_eq(s, &subscriber)).await?;
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+}
