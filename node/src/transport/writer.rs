@@ -23,7 +23,7 @@ thread_local! {
 }
 
 /// The writing half of a connection and its output buffer.
-pub struct Writer<W> {
+pub(super) struct Writer<W> {
     io: W,
     /// Bytes queued; `out[..sent]` are written already (only while a flush is under way or was
     /// cut off).
@@ -36,26 +36,26 @@ pub struct Writer<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> Writer<W> {
-    pub fn new(io: W, high_water: usize) -> Writer<W> {
+    pub(super) fn new(io: W, high_water: usize) -> Writer<W> {
         Writer { io, out: BytesMut::new(), sent: 0, high_water, timeout: None }
     }
 
     /// Fails a flush whose socket takes no byte for `timeout` (a peer that stopped reading).
-    pub fn with_write_timeout(mut self, timeout: Option<Duration>) -> Writer<W> {
+    pub(super) fn with_write_timeout(mut self, timeout: Option<Duration>) -> Writer<W> {
         self.timeout = timeout;
         self
     }
 
     /// The output buffer, for small additions (heart-beats, control frames) written at the next
     /// flush.
-    pub fn buffer(&mut self) -> &mut BytesMut {
+    pub(super) fn buffer(&mut self) -> &mut BytesMut {
         self.adopt_spare();
         &mut self.out
     }
 
     /// Queues `parts` back to back (a frame). True once the queue has reached the high-water
     /// mark: the caller flushes before queueing more.
-    pub fn queue(&mut self, parts: [&[u8]; 3]) -> bool {
+    pub(super) fn queue(&mut self, parts: [&[u8]; 3]) -> bool {
         let added = parts.iter().map(|part| part.len()).sum::<usize>();
         self.make_room(added);
         for part in parts {
@@ -65,7 +65,7 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     }
 
     /// Makes room for `bytes` more (at most up to the high-water mark, where a flush comes).
-    pub fn reserve(&mut self, bytes: usize) {
+    pub(super) fn reserve(&mut self, bytes: usize) {
         self.make_room(bytes.min(self.high_water.saturating_sub(self.out.len())));
     }
 
@@ -90,7 +90,7 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     /// Writes everything queued. Cancellation-safe: `sent` moves on as bytes are written, so a
     /// flush interrupted (a slow consumer cut off mid-write) never writes the same bytes twice,
     /// and the next flush goes on where it stopped.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
         while self.sent < self.out.len() {
             let write = self.io.write(&self.out[self.sent..]);
             let n = match self.timeout {
@@ -129,7 +129,7 @@ impl<W: AsyncWrite + Unpin + Send> Writer<W> {
     }
 
     /// Flushes, then shuts the writing direction down.
-    pub async fn close(&mut self) -> io::Result<()> {
+    pub(super) async fn close(&mut self) -> io::Result<()> {
         self.flush().await?;
         self.io.shutdown().await
     }

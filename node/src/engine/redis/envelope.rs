@@ -52,7 +52,7 @@ enum EnvelopeRef<'a> {
 
 /// Why bytes could not be read as an envelope.
 #[derive(Debug)]
-pub struct DecodeError(String);
+pub(super) struct DecodeError(String);
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,12 +67,12 @@ impl std::error::Error for DecodeError {}
 const DECODE_LIMIT: usize = 1 << 30;
 
 /// Encodes `message` as a V1 envelope from `origin`, with the offset the message carries.
-pub fn encode(origin: &str, message: &Message) -> Vec<u8> {
+pub(super) fn encode(origin: &str, message: &Message) -> Vec<u8> {
     encode_parts(origin, message, message.offset)
 }
 
 /// Encodes `message` with `offset: None`, the form a history script completes.
-pub fn encode_without_offset(origin: &str, message: &Message) -> Vec<u8> {
+pub(super) fn encode_without_offset(origin: &str, message: &Message) -> Vec<u8> {
     encode_parts(origin, message, None)
 }
 
@@ -89,7 +89,7 @@ fn encode_parts(origin: &str, message: &Message, offset: Option<u64>) -> Vec<u8>
 }
 
 /// Reads an envelope of any version.
-pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
     bincode::serde::decode_from_slice::<Envelope, _>(bytes, config)
         .map(|(envelope, _)| envelope)
@@ -153,11 +153,14 @@ mod body {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<T: AsRef<[u8]>, S: Serializer>(body: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<T: AsRef<[u8]>, S: Serializer>(
+        body: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(body.as_ref())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         deserializer.deserialize_byte_buf(BodyVisitor)
     }
 

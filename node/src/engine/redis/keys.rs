@@ -7,63 +7,63 @@
 use fred::types::config::Config as FredConfig;
 
 /// The consumer group of every queue stream.
-pub const GROUP: &str = "stampede";
+pub(super) const GROUP: &str = "stampede";
 
 /// Names of keys and channels under one prefix.
 #[derive(Clone, Debug)]
-pub struct Keys {
+pub(super) struct Keys {
     prefix: String,
     channel_prefix: String,
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Keys {
+    pub(super) fn new(prefix: &str) -> Keys {
         Keys { prefix: prefix.to_owned(), channel_prefix: format!("{prefix}:ch:") }
     }
 
     /// Stream of a history topic: entries `0-<offset>` with fields `e` (envelope), `t` (ms).
-    pub fn log(&self, destination: &str) -> String {
+    pub(super) fn log(&self, destination: &str) -> String {
         format!("{}:{{{destination}}}:log", self.prefix)
     }
 
     /// Counter of a history topic: its last offset.
-    pub fn seq(&self, destination: &str) -> String {
+    pub(super) fn seq(&self, destination: &str) -> String {
         format!("{}:{{{destination}}}:seq", self.prefix)
     }
 
     /// Stream of a queue: fields `e` (envelope), `r` (redeliveries).
-    pub fn queue(&self, queue: &str) -> String {
+    pub(super) fn queue(&self, queue: &str) -> String {
         format!("{}:{{{queue}}}:q", self.prefix)
     }
 
     /// Set of every queue name ever enqueued to, for reclaiming and depth metrics.
-    pub fn queues(&self) -> String {
+    pub(super) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
     }
 
     /// Hash of one node's heartbeat.
-    pub fn node(&self, node_id: &str) -> String {
+    pub(super) fn node(&self, node_id: &str) -> String {
         format!("{}:node:{node_id}", self.prefix)
     }
 
     /// Sorted set of node ids by last heartbeat (ms).
-    pub fn nodes(&self) -> String {
+    pub(super) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
 
     /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues.
-    pub fn channel(&self, destination: &str) -> String {
+    pub(super) fn channel(&self, destination: &str) -> String {
         format!("{}{destination}", self.channel_prefix)
     }
 
     /// The destination a channel belongs to.
-    pub fn destination_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+    pub(super) fn destination_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel.strip_prefix(self.channel_prefix.as_str())
     }
 }
 
 /// Whether a destination is a queue (competing consumers) rather than a topic.
-pub fn is_queue(destination: &str) -> bool {
+pub(super) fn is_queue(destination: &str) -> bool {
     destination.starts_with("/queue/")
 }
 
@@ -76,7 +76,7 @@ pub fn is_queue(destination: &str) -> bool {
 /// also accepted as fred's own `?node=host:port` parameters. The `rediss` forms need TLS support,
 /// which this build does not include, so they are refused with a clear message rather than
 /// silently connecting in plain text.
-pub fn fred_config(url: &str) -> Result<FredConfig, String> {
+pub(super) fn fred_config(url: &str) -> Result<FredConfig, String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| "expected scheme://host".to_owned())?;
     let scheme = scheme.to_ascii_lowercase();
     let (kind, tls) = match scheme.as_str() {

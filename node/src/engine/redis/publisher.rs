@@ -33,7 +33,7 @@ use crate::engine::EngineError;
 use crate::metrics::DropReason;
 
 /// Requests queued to the task at most; past that publishers wait.
-pub const CAPACITY: usize = 4096;
+pub(super) const CAPACITY: usize = 4096;
 /// Requests sent per pipeline at most.
 const PIPELINE_MAX: usize = 512;
 /// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at least: a script call costs Redis more
@@ -47,7 +47,7 @@ const GROUP_MAX: usize = 64;
 const GROUP_MAX_BYTES: usize = 1 << 20;
 
 /// What the task is asked to do.
-pub enum Request {
+pub(super) enum Request {
     Write(Job),
     /// A publisher's run, sent in one pipeline (one request however long the run; a session's
     /// runs are bounded).
@@ -57,13 +57,13 @@ pub enum Request {
 }
 
 /// One write of a message, encoded by the publisher's task.
-pub struct Job {
+pub(super) struct Job {
     pub destination: Arc<str>,
     pub op: Op,
     pub reply: oneshot::Sender<Result<Option<u64>, EngineError>>,
 }
 
-pub enum Op {
+pub(super) enum Op {
     /// PUBLISH of an envelope on a channel.
     Publish { channel: String, envelope: Bytes },
     /// A script over one destination's keys.
@@ -72,7 +72,7 @@ pub enum Op {
 
 /// What a script's integer reply means.
 #[derive(Clone, Copy)]
-pub enum ScriptReply {
+pub(super) enum ScriptReply {
     /// The history offset the publish was given.
     Offset,
     /// Ready entries the enqueue dropped to keep the queue's bound.
@@ -80,7 +80,7 @@ pub enum ScriptReply {
 }
 
 /// Sends the writes until every sender is gone.
-pub async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
+pub(super) async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     let mut jobs = Vec::with_capacity(PIPELINE_MAX);
     let mut reconnects = inner.client.reconnect_rx();

@@ -11,9 +11,9 @@ use super::Inner;
 use crate::engine::{EngineError, NodeInfo};
 
 /// How often a node writes its heartbeat.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A node is listed while its last heartbeat is this recent (its hash expires after it too).
-pub const NODE_TTL: Duration = Duration::from_secs(5);
+pub(super) const NODE_TTL: Duration = Duration::from_secs(5);
 /// Entries of the sorted set older than this are removed.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
@@ -58,7 +58,8 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
             }
             continue;
         }
-        if let Err(error) = heartbeat(&inner).await {
+        // Boxed: the four joined commands make a 20 KB future, needed every few seconds only.
+        if let Err(error) = Box::pin(heartbeat(&inner)).await {
             tracing::debug!(%error, "heartbeat failed");
         }
     }

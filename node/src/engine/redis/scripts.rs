@@ -15,7 +15,7 @@ use sha1::{Digest, Sha1};
 use super::keys::GROUP;
 
 /// One Lua script and its SHA-1.
-pub struct Script {
+pub(super) struct Script {
     pub name: &'static str,
     lua: String,
     sha: String,
@@ -29,7 +29,7 @@ impl Script {
     }
 
     /// Runs the script with `keys` (all in one slot) and `args`.
-    pub async fn run(
+    pub(super) async fn run(
         &self,
         client: &Client,
         keys: &[&str],
@@ -48,7 +48,7 @@ impl Script {
 
     /// Loads the script into Redis (every primary of a Redis Cluster), so that its EVALSHA calls
     /// in a pipeline do not fail. Returns the SHA-1 Redis names it by.
-    pub async fn load(&self, client: &Client) -> Result<String, fred::error::Error> {
+    pub(super) async fn load(&self, client: &Client) -> Result<String, fred::error::Error> {
         if client.is_clustered() {
             client.script_load_cluster(self.lua.as_str()).await
         } else {
@@ -63,7 +63,7 @@ impl Script {
 
     /// The EVALSHA of the script with `keys` and `args`, to send in a pipeline; a reply that
     /// [`is_noscript`] means it has to be [`run`](Script::run) again.
-    pub fn evalsha(&self, keys: &[&str], args: &[Value]) -> (CustomCommand, Vec<Value>) {
+    pub(super) fn evalsha(&self, keys: &[&str], args: &[Value]) -> (CustomCommand, Vec<Value>) {
         self.call("EVALSHA", Value::from(self.sha.as_str()), keys, args)
     }
 
@@ -86,7 +86,7 @@ impl Script {
 }
 
 /// Redis does not know the script (restarted, failed over, or a cluster node that has not seen it).
-pub fn is_noscript(error: &fred::error::Error) -> bool {
+pub(super) fn is_noscript(error: &fred::error::Error) -> bool {
     error.details().contains("NOSCRIPT")
 }
 
@@ -158,7 +158,7 @@ end
 /// No KEYS. ARGV: channel, then envelopes. PUBLISHes each envelope on the channel, in order: a
 /// burst of plain publishes on one channel as one command and one reply (see `publisher`).
 /// Returns how many it published.
-pub static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "publish_many",
         r#"
@@ -173,7 +173,7 @@ return #ARGV - 1
 /// KEYS: seq, log. ARGV: envelope without offset, size, expire ms (0 = never), channel.
 /// Assigns the next offset, completes the envelope with it (bincode varint, see `envelope`),
 /// appends it as entry `0-<offset>`, trims to `size`, and publishes it. Returns the offset.
-pub static HISTORY_PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static HISTORY_PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "history_publish",
         r#"
@@ -220,7 +220,7 @@ return seq
 /// KEYS: seq, log. ARGV: first id (`0-<since+1>`), ttl ms (0 = none).
 /// Returns `{last offset, offset, envelope, offset, envelope, ...}` for the entries from the
 /// first id on that are younger than the ttl, read atomically with the counter.
-pub static HISTORY_READ: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static HISTORY_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "history_read",
         r#"
@@ -247,7 +247,7 @@ return out
 
 /// KEYS: queue. ARGV: envelope, max length, channel. Appends (redeliveries 0), trims the oldest
 /// ready entries past the bound, notifies. Returns how many entries were dropped.
-pub static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "enqueue",
         r#"
@@ -259,7 +259,7 @@ return dropped
 });
 
 /// KEYS: queue. ARGV: ids. Acknowledges and deletes them.
-pub static ACK: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ack",
         r#"
@@ -271,7 +271,7 @@ return redis.call('XDEL', KEYS[1], unpack(ARGV))
 
 /// KEYS: queue. ARGV: delivered (0/1), max deliveries, max length, channel, ids...
 /// Returns `{dropped, moved, dead id, dead envelope, ...}`; dead entries stay pending.
-pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "release",
         r#"
@@ -290,7 +290,7 @@ return out
 /// Claims entries idle past the limit and requeues them as redeliveries; on the first call of a
 /// pass, also deletes consumers that hold nothing and were idle past the limit.
 /// Returns `{next cursor, claimed, dropped, moved, dead id, dead envelope, ...}`.
-pub static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "reclaim",
         r#"
@@ -319,7 +319,7 @@ return out
 });
 
 /// KEYS: queue. Ready entries: the stream's length minus the entries in flight.
-pub static DEPTH: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static DEPTH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "depth",
         r#"

@@ -10,19 +10,19 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-pub const CONTINUATION: u8 = 0x0;
-pub const TEXT: u8 = 0x1;
-pub const BINARY: u8 = 0x2;
-pub const CLOSE: u8 = 0x8;
-pub const PING: u8 = 0x9;
-pub const PONG: u8 = 0xA;
+pub(super) const CONTINUATION: u8 = 0x0;
+pub(super) const TEXT: u8 = 0x1;
+pub(super) const BINARY: u8 = 0x2;
+pub(super) const CLOSE: u8 = 0x8;
+pub(super) const PING: u8 = 0x9;
+pub(super) const PONG: u8 = 0xA;
 
 /// Most payload bytes of a control frame.
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
+pub(super) const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// The header of a server frame and its size: FIN set, not masked, the shortest length
 /// encoding.
-pub fn header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+pub(super) fn header(opcode: u8, len: usize) -> ([u8; 10], usize) {
     let mut header = [0; 10];
     header[0] = 0x80 | opcode;
     let size = match len {
@@ -45,20 +45,20 @@ pub fn header(opcode: u8, len: usize) -> ([u8; 10], usize) {
 }
 
 /// Appends the header of a server frame.
-pub fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
+pub(super) fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
     let (header, size) = header(opcode, len);
     out.extend_from_slice(&header[..size]);
 }
 
 /// Writes a whole server frame.
-pub fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
+pub(super) fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
     out.reserve(10 + payload.len());
     put_header(out, opcode, payload.len());
     out.extend_from_slice(payload);
 }
 
 /// Writes a close frame with a status code and a reason (cut to fit a control frame).
-pub fn put_close(out: &mut BytesMut, code: u16, reason: &str) {
+pub(super) fn put_close(out: &mut BytesMut, code: u16, reason: &str) {
     let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -69,7 +69,7 @@ pub fn put_close(out: &mut BytesMut, code: u16, reason: &str) {
 }
 
 /// XORs `bytes` with the masking key, `bytes` starting at offset `phase` of the payload.
-pub fn unmask(bytes: &mut [u8], mask: [u8; 4], phase: usize) {
+pub(super) fn unmask(bytes: &mut [u8], mask: [u8; 4], phase: usize) {
     let mut key = mask;
     key.rotate_left(phase % 4);
     let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
@@ -85,7 +85,7 @@ pub fn unmask(bytes: &mut [u8], mask: [u8; 4], phase: usize) {
 
 /// What [`Decoder::decode`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event {
+pub(super) enum Event {
     /// Data frames: their payloads (all, part, or nothing when empty) were appended.
     Data,
     Ping(Bytes),
@@ -128,7 +128,7 @@ struct Frame {
 }
 
 /// Decodes client frames. One per connection; it holds a frame's state between reads.
-pub struct Decoder {
+pub(super) struct Decoder {
     /// Most payload bytes of a data frame, or of a fragmented message as a whole.
     limit: usize,
     frame: Option<Frame>,
@@ -137,7 +137,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(limit: usize) -> Decoder {
+    pub(super) fn new(limit: usize) -> Decoder {
         Decoder { limit, frame: None, message: None, closed: false }
     }
 
@@ -145,7 +145,11 @@ impl Decoder {
     /// until `raw` holds no whole frame header (`None`, or `Data` when payload was appended)
     /// or a control frame is complete. A control frame after data payloads is left for the next
     /// call, so `Data` comes first. After a close frame nothing more is decoded.
-    pub fn decode(&mut self, raw: &mut BytesMut, out: &mut BytesMut) -> Result<Option<Event>, DecodeError> {
+    pub(super) fn decode(
+        &mut self,
+        raw: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<Option<Event>, DecodeError> {
         let mut data = false;
         loop {
             if self.closed {
@@ -197,13 +201,13 @@ impl Decoder {
 
     /// Payload bytes of the current data frame still to come, while one is being received: they
     /// may be read straight into the output buffer and given to [`Decoder::accept`].
-    pub fn data_remaining(&self) -> Option<usize> {
+    pub(super) fn data_remaining(&self) -> Option<usize> {
         self.frame.as_ref().filter(|f| f.control.is_none()).map(|f| f.remaining)
     }
 
     /// Takes `bytes`, the next (masked) payload bytes of the current data frame, already in the
     /// output buffer: unmasks them in place and checks a text message's UTF-8.
-    pub fn accept(&mut self, bytes: &mut [u8]) -> Result<(), DecodeError> {
+    pub(super) fn accept(&mut self, bytes: &mut [u8]) -> Result<(), DecodeError> {
         let frame = self.frame.as_mut().expect("a data frame in progress");
         debug_assert!(frame.control.is_none() && bytes.len() <= frame.remaining);
         unmask(bytes, frame.mask, frame.done);

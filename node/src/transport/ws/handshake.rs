@@ -23,7 +23,7 @@ use crate::auth;
 use crate::node::Refusal;
 
 /// Largest request head read.
-pub const MAX_REQUEST: usize = 16 * 1024;
+pub(super) const MAX_REQUEST: usize = 16 * 1024;
 /// Most header fields in a request.
 const MAX_HEADERS: usize = 100;
 /// Bytes read at a time.
@@ -33,7 +33,7 @@ const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// An error status answered instead of the upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub(super) struct Rejection {
     pub status: u16,
     /// The response body: a short reason.
     pub why: String,
@@ -57,7 +57,7 @@ impl std::fmt::Display for Rejection {
 
 /// An upgrade the checks allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upgrade {
+pub(super) struct Upgrade {
     /// `Sec-WebSocket-Accept`.
     pub accept: String,
     /// The STOMP subprotocol chosen, if the client offered one.
@@ -68,7 +68,7 @@ pub struct Upgrade {
 
 /// How a handshake ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub(super) enum Outcome {
     /// `101` was sent; `rest` holds what the client sent after its request.
     Upgraded { bearer: Option<String>, rest: BytesMut },
     /// The error status was sent and the connection shut down.
@@ -77,7 +77,7 @@ pub enum Outcome {
 
 /// Reads the upgrade request from `stream` and answers it. `refusal` is the admission's verdict;
 /// `origin_allowed` the `Origin` policy. The caller bounds the time it may take.
-pub async fn handshake<S>(
+pub(super) async fn handshake<S>(
     stream: &mut S,
     refusal: Option<&Refusal>,
     origin_allowed: impl Fn(Option<&str>) -> bool,
@@ -173,7 +173,7 @@ fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// Checks a complete request head and decides.
-pub fn answer(
+pub(super) fn answer(
     head: &[u8],
     refusal: Option<&Refusal>,
     origin_allowed: impl Fn(Option<&str>) -> bool,
@@ -234,7 +234,7 @@ pub fn answer(
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
-pub fn accept_key(key: &str) -> String {
+pub(super) fn accept_key(key: &str) -> String {
     let mut sha1 = Sha1::new();
     sha1.update(key.as_bytes());
     sha1.update(GUID);
