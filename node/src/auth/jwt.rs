@@ -24,8 +24,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
+use super::settings::JwtSettings;
 use super::{valid_user_name, AuthError, Grants, Identity, LoadError, Method, MAX_TOKEN_LEN};
-use crate::config::JwtSettings;
 
 /// The claim with a token's own grants.
 pub const GRANTS_CLAIM: &str = "stampede";
@@ -397,7 +397,7 @@ pub fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::auth::settings::Secret;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
 
