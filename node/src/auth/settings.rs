@@ -13,7 +13,11 @@ use serde::Deserialize;
 
 use crate::config::layers::{ConfigFile, Layers};
 use crate::config::parse::{boolean, duration, list, path};
-use crate::config::settings::ACL;
+use crate::config::settings::{
+    ACL, ACL_DEFAULT, ADMIN_TOKEN, JWT_ALGORITHMS, JWT_AUDIENCE, JWT_ISSUER, JWT_JWKS, JWT_LEEWAY,
+    JWT_PUBLIC_KEY, JWT_ROLES_CLAIM, JWT_SECRET, JWT_USER_CLAIM, METRICS_PUBLIC, USERS_FILE,
+    WS_ALLOW_NO_ORIGIN, WS_ORIGINS,
+};
 use crate::config::ConfigError;
 
 // === Types ===
@@ -163,45 +167,51 @@ impl AclRule {
 
 /// Authentication, access rules and the admin token.
 pub(crate) fn resolve(layers: &Layers<'_>) -> Result<AuthSettings, ConfigError> {
-    let secret = layers.optional("jwt-secret", jwt_secret)?.map(|r| r.value);
+    let secret = layers.optional(&JWT_SECRET, jwt_secret)?.map(|r| r.value);
     let jwt = JwtSettings {
         secret,
-        public_key: layers.optional("jwt-public-key", path)?.map(|r| r.value),
-        jwks: layers.optional("jwt-jwks", path)?.map(|r| r.value),
-        algorithms: layers.optional("jwt-algorithms", jwt_algorithms)?.map(|r| r.value),
-        leeway: layers.value("jwt-leeway", duration)?.value,
-        audience: layers.optional("jwt-audience", list)?.map(|r| r.value),
-        issuer: layers.optional("jwt-issuer", list)?.map(|r| r.value),
-        user_claim: layers.value("jwt-user-claim", claim)?.value,
-        roles_claim: layers.value("jwt-roles-claim", claim)?.value,
+        public_key: layers.optional(&JWT_PUBLIC_KEY, path)?.map(|r| r.value),
+        jwks: layers.optional(&JWT_JWKS, path)?.map(|r| r.value),
+        algorithms: layers.optional(&JWT_ALGORITHMS, jwt_algorithms)?.map(|r| r.value),
+        leeway: layers.value(&JWT_LEEWAY, duration)?.value,
+        audience: layers.optional(&JWT_AUDIENCE, list)?.map(|r| r.value),
+        issuer: layers.optional(&JWT_ISSUER, list)?.map(|r| r.value),
+        user_claim: layers.value(&JWT_USER_CLAIM, claim)?.value,
+        roles_claim: layers.value(&JWT_ROLES_CLAIM, claim)?.value,
     };
-    let users_file = layers.optional("users-file", path)?.map(|r| r.value);
+    let users_file = layers.optional(&USERS_FILE, path)?.map(|r| r.value);
     let acl = layers.rules(ACL, parse_acl_rule, file_rules)?;
     let auth = AuthSettings {
         users_file,
         jwt,
         acl: acl.value,
-        acl_default: layers.value("acl-default", acl_default)?.value,
-        admin_token: layers.optional("admin-token", admin_token)?.map(|r| r.value),
-        metrics_public: layers.value("metrics-public", boolean)?.value,
+        acl_default: layers.value(&ACL_DEFAULT, acl_default)?.value,
+        admin_token: layers.optional(&ADMIN_TOKEN, admin_token)?.map(|r| r.value),
+        metrics_public: layers.value(&METRICS_PUBLIC, boolean)?.value,
     };
     if !auth.enabled() && !auth.acl.is_empty() {
         return Err(ConfigError::Needs {
-            setting: ACL,
+            setting: acl.setting,
             origin: acl.origin,
             reason: "needs authentication: set users-file, jwt-secret, jwt-public-key or jwt-jwks \
                  (without it a client's login is not checked, so rules on it mean nothing)",
         });
     }
-    for name in ["jwt-algorithms", "jwt-audience", "jwt-issuer", "jwt-user-claim", "jwt-roles-claim"] {
-        if !auth.jwt.enabled() {
-            if let Some((_, origin)) = layers.text(name)? {
-                return Err(ConfigError::Needs {
-                    setting: name,
-                    origin,
-                    reason: "needs a JWT key: set jwt-secret, jwt-public-key or jwt-jwks",
-                });
-            }
+    if !auth.jwt.enabled() {
+        // Each was read above, so reading its text again cannot fail.
+        let jwt_only = [
+            (JWT_ALGORITHMS.name, layers.text(&JWT_ALGORITHMS)?),
+            (JWT_AUDIENCE.name, layers.text(&JWT_AUDIENCE)?),
+            (JWT_ISSUER.name, layers.text(&JWT_ISSUER)?),
+            (JWT_USER_CLAIM.name, layers.text(&JWT_USER_CLAIM)?),
+            (JWT_ROLES_CLAIM.name, layers.text(&JWT_ROLES_CLAIM)?),
+        ];
+        if let Some((setting, Some((_, origin)))) = jwt_only.into_iter().find(|(_, text)| text.is_some()) {
+            return Err(ConfigError::Needs {
+                setting,
+                origin,
+                reason: "needs a JWT key: set jwt-secret, jwt-public-key or jwt-jwks",
+            });
         }
     }
     Ok(auth)
@@ -210,8 +220,8 @@ pub(crate) fn resolve(layers: &Layers<'_>) -> Result<AuthSettings, ConfigError> 
 /// Which browser origins may open a WebSocket.
 pub(crate) fn resolve_origins(layers: &Layers<'_>) -> Result<OriginPolicy, ConfigError> {
     Ok(OriginPolicy {
-        allowed: layers.optional("ws-origins", origins)?.map(|r| r.value),
-        allow_missing: layers.value("ws-allow-no-origin", boolean)?.value,
+        allowed: layers.optional(&WS_ORIGINS, origins)?.map(|r| r.value),
+        allow_missing: layers.value(&WS_ALLOW_NO_ORIGIN, boolean)?.value,
     })
 }
 

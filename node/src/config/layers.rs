@@ -14,7 +14,7 @@ use super::parse::{
     parse_history_rule, redact_url, redis_prefix, redis_url, size, slow_consumer, socket_addr,
     worker_threads,
 };
-use super::settings::{closest_setting, env_var, spec, Builtin, ACL, HISTORY, LIST_SETTINGS, SETTINGS};
+use super::settings::*;
 use super::{Config, ConfigError, Conflict, Heartbeat, HistoryRule, Limits, Origin, Queues, WsTuning};
 use crate::auth;
 use crate::transport::tls;
@@ -130,16 +130,19 @@ pub(crate) struct Layers<'a> {
     pub(super) file: Option<&'a ConfigFile>,
 }
 
-/// A typed value with the text it came from, for messages that compare two settings.
+/// A typed value with the setting it is for and the text it came from, for messages that
+/// compare two settings.
 pub(crate) struct Resolved<T> {
+    pub(crate) setting: &'static str,
     pub(crate) value: T,
     pub(crate) origin: Origin,
     pub(crate) text: String,
 }
 
 impl Layers<'_> {
-    /// The text of `name` from the highest layer that sets it.
-    pub(crate) fn text(&self, name: &'static str) -> Result<Option<(String, Origin)>, ConfigError> {
+    /// The text of `setting` from the highest layer that sets it.
+    pub(crate) fn text<B>(&self, setting: &Setting<B>) -> Result<Option<(String, Origin)>, ConfigError> {
+        let name = setting.name;
         if let Some(value) = self.flags.get_one::<String>(name) {
             return Ok(Some((value.clone(), Origin::Flag(format!("--{name}")))));
         }
@@ -155,45 +158,52 @@ impl Layers<'_> {
         Ok(None)
     }
 
-    /// The parsed value of `name` if some layer sets it.
-    pub(crate) fn optional<T>(
+    /// The parsed value of `setting` if some layer sets it.
+    fn set<B, T>(
         &self,
-        name: &'static str,
+        setting: &Setting<B>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Option<Resolved<T>>, ConfigError> {
-        let Some((text, origin)) = self.text(name)? else {
+        let Some((text, origin)) = self.text(setting)? else {
             return Ok(None);
         };
         match parse(text.trim()) {
-            Ok(value) => Ok(Some(Resolved { value, origin, text })),
+            Ok(value) => Ok(Some(Resolved { setting: setting.name, value, origin, text })),
             Err(reason) => Err(ConfigError::Invalid {
-                setting: name,
+                setting: setting.name,
                 origin,
-                value: if name == "redis-url" { redact_url(&text) } else { text },
+                value: if setting.name == REDIS_URL.name { redact_url(&text) } else { text },
                 reason,
             }),
         }
     }
 
-    /// The parsed value of `name`, falling back to its built-in value.
+    /// The parsed value of a setting without a built-in value, if some layer sets it.
+    pub(crate) fn optional<T>(
+        &self,
+        setting: &Setting<Computed>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<Resolved<T>>, ConfigError> {
+        self.set(setting, parse)
+    }
+
+    /// The parsed value of `setting`, falling back to its built-in value.
     pub(crate) fn value<T>(
         &self,
-        name: &'static str,
+        setting: &Setting<Value>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Resolved<T>, ConfigError> {
-        if let Some(resolved) = self.optional(name, &parse)? {
+        if let Some(resolved) = self.set(setting, &parse)? {
             return Ok(resolved);
         }
-        let Builtin::Value(text) = spec(name).builtin else {
-            panic!("{name} has no built-in text value");
-        };
+        let Value(text) = setting.builtin;
         let value = parse(text).map_err(|reason| ConfigError::Invalid {
-            setting: name,
+            setting: setting.name,
             origin: Origin::Default,
             value: text.to_owned(),
             reason,
         })?;
-        Ok(Resolved { value, origin: Origin::Default, text: text.to_owned() })
+        Ok(Resolved { setting: setting.name, value, origin: Origin::Default, text: text.to_owned() })
     }
 
     /// List rules (`--history`, `--acl`) from the highest layer that has any; layers are not
@@ -217,7 +227,7 @@ impl Layers<'_> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Resolved { value: rules, origin, text: items.join("; ") })
+            Ok(Resolved { setting: name, value: rules, origin, text: items.join("; ") })
         };
         if let Some(items) = self.flags.get_many::<String>(name) {
             let items = items.map(String::as_str).collect();
@@ -230,73 +240,79 @@ impl Layers<'_> {
         }
         match self.file.and_then(|file| Some((file, file.table.get(name)?))) {
             Some((file, value)) => Ok(Resolved {
+                setting: name,
                 value: file_rules(file, value)?,
                 origin: file.origin(),
                 text: format!("[[{name}]]"),
             }),
-            None => Ok(Resolved { value: Vec::new(), origin: Origin::Default, text: String::new() }),
+            None => Ok(Resolved {
+                setting: name,
+                value: Vec::new(),
+                origin: Origin::Default,
+                text: String::new(),
+            }),
         }
     }
 
     /// Every setting, typed and checked.
     pub(crate) fn resolve(&self) -> Result<Config, ConfigError> {
-        let listen = self.value("listen", socket_addr)?;
-        let stomp_listen = self.value("stomp-listen", optional_socket_addr)?;
-        let admin_listen = self.value("admin-listen", optional_socket_addr)?;
-        let redis_url = self.optional("redis-url", redis_url)?.and_then(|r| r.value);
-        let redis_prefix = self.value("redis-prefix", redis_prefix)?.value;
-        let node_id = match self.optional("node-id", node_id)? {
+        let listen = self.value(&LISTEN, socket_addr)?;
+        let stomp_listen = self.value(&STOMP_LISTEN, optional_socket_addr)?;
+        let admin_listen = self.value(&ADMIN_LISTEN, optional_socket_addr)?;
+        let redis_url = self.optional(&REDIS_URL, redis_url)?.and_then(|r| r.value);
+        let redis_prefix = self.value(&REDIS_PREFIX, redis_prefix)?.value;
+        let node_id = match self.optional(&NODE_ID, node_id)? {
             Some(resolved) => resolved.value,
             None => uuid::Uuid::new_v4().to_string(),
         };
-        let log_format = self.value("log-format", log_format)?.value;
-        let worker_threads = self.value("worker-threads", worker_threads)?.value;
+        let log_format = self.value(&LOG_FORMAT, log_format)?.value;
+        let worker_threads = self.value(&WORKER_THREADS, worker_threads)?.value;
 
-        let max_frame_size = self.value("max-frame-size", |s| nonzero(size(s)))?;
-        let max_body_size = self.value("max-body-size", |s| nonzero(size(s)))?;
-        check_at_most(("max-body-size", &max_body_size), ("max-frame-size", &max_frame_size))?;
+        let max_frame_size = self.value(&MAX_FRAME_SIZE, |s| nonzero(size(s)))?;
+        let max_body_size = self.value(&MAX_BODY_SIZE, |s| nonzero(size(s)))?;
+        check_at_most(&max_body_size, &max_frame_size)?;
         let limits = Limits {
             max_frame_size: max_frame_size.value,
             max_body_size: max_body_size.value,
-            max_headers: self.value("max-headers", |s| nonzero(count(s)))?.value,
-            max_header_length: self.value("max-header-length", |s| nonzero(size(s)))?.value,
-            max_subscriptions: self.value("max-subscriptions", |s| nonzero(count(s)))?.value,
-            max_transactions: self.value("max-transactions", |s| nonzero(count(s)))?.value,
-            max_connections: self.value("max-connections", count)?.value,
-            max_connections_per_ip: self.value("max-connections-per-ip", count)?.value,
-            max_frame_rate: self.value("max-frame-rate", count)?.value,
-            frame_rate_burst: self.value("frame-rate-burst", |s| nonzero(count(s)))?.value,
-            connect_timeout: self.value("connect-timeout", |s| nonzero(duration(s)))?.value,
-            write_timeout: Some(self.value("write-timeout", duration)?.value).filter(|t| !t.is_zero()),
-            outbound_buffer: self.value("outbound-buffer", |s| nonzero(size(s)))?.value,
-            slow_consumer: self.value("slow-consumer", slow_consumer)?.value,
+            max_headers: self.value(&MAX_HEADERS, |s| nonzero(count(s)))?.value,
+            max_header_length: self.value(&MAX_HEADER_LENGTH, |s| nonzero(size(s)))?.value,
+            max_subscriptions: self.value(&MAX_SUBSCRIPTIONS, |s| nonzero(count(s)))?.value,
+            max_transactions: self.value(&MAX_TRANSACTIONS, |s| nonzero(count(s)))?.value,
+            max_connections: self.value(&MAX_CONNECTIONS, count)?.value,
+            max_connections_per_ip: self.value(&MAX_CONNECTIONS_PER_IP, count)?.value,
+            max_frame_rate: self.value(&MAX_FRAME_RATE, count)?.value,
+            frame_rate_burst: self.value(&FRAME_RATE_BURST, |s| nonzero(count(s)))?.value,
+            connect_timeout: self.value(&CONNECT_TIMEOUT, |s| nonzero(duration(s)))?.value,
+            write_timeout: Some(self.value(&WRITE_TIMEOUT, duration)?.value).filter(|t| !t.is_zero()),
+            outbound_buffer: self.value(&OUTBOUND_BUFFER, |s| nonzero(size(s)))?.value,
+            slow_consumer: self.value(&SLOW_CONSUMER, slow_consumer)?.value,
         };
 
-        let (send, receive) = self.value("heartbeat", heartbeat)?.value;
-        let heartbeat = Heartbeat { send, receive, grace: self.value("heartbeat-grace", grace)?.value };
+        let (send, receive) = self.value(&HEARTBEAT, heartbeat)?.value;
+        let heartbeat = Heartbeat { send, receive, grace: self.value(&HEARTBEAT_GRACE, grace)?.value };
 
         let queues = Queues {
-            max_length: self.value("queue-max-length", |s| nonzero(count(s)))?.value,
-            default_prefetch: self.value("prefetch-default", |s| nonzero(count(s)))?.value,
-            reclaim_after: self.value("queue-reclaim-after", |s| nonzero(duration(s)))?.value,
-            max_deliveries: self.value("queue-max-deliveries", count)?.value,
+            max_length: self.value(&QUEUE_MAX_LENGTH, |s| nonzero(count(s)))?.value,
+            default_prefetch: self.value(&PREFETCH_DEFAULT, |s| nonzero(count(s)))?.value,
+            reclaim_after: self.value(&QUEUE_RECLAIM_AFTER, |s| nonzero(duration(s)))?.value,
+            max_deliveries: self.value(&QUEUE_MAX_DELIVERIES, count)?.value,
         };
 
         let ws = WsTuning {
-            read_buffer: self.value("ws-read-buffer", |s| nonzero(size(s)))?.value,
-            write_buffer: self.value("ws-write-buffer", |s| nonzero(size(s)))?.value,
+            read_buffer: self.value(&WS_READ_BUFFER, |s| nonzero(size(s)))?.value,
+            write_buffer: self.value(&WS_WRITE_BUFFER, |s| nonzero(size(s)))?.value,
         };
 
-        let drain_period = self.value("drain-period", duration)?.value;
+        let drain_period = self.value(&DRAIN_PERIOD, duration)?.value;
         let history = self.rules(HISTORY, parse_history_rule, ConfigFile::history)?.value;
         let auth = auth::settings::resolve(self)?;
         let tls = tls::resolve_files(self)?;
         let origins = auth::settings::resolve_origins(self)?;
 
         check_distinct_ports(&[
-            ("listen", Some(listen.value), &listen.origin),
-            ("stomp-listen", stomp_listen.value, &stomp_listen.origin),
-            ("admin-listen", admin_listen.value, &admin_listen.origin),
+            (listen.setting, Some(listen.value), &listen.origin),
+            (stomp_listen.setting, stomp_listen.value, &stomp_listen.origin),
+            (admin_listen.setting, admin_listen.value, &admin_listen.origin),
         ])?;
 
         Ok(Config {
@@ -322,19 +338,16 @@ impl Layers<'_> {
 }
 
 /// `small` must not exceed `large`.
-fn check_at_most(
-    (name, small): (&'static str, &Resolved<usize>),
-    (other, large): (&'static str, &Resolved<usize>),
-) -> Result<(), ConfigError> {
+fn check_at_most(small: &Resolved<usize>, large: &Resolved<usize>) -> Result<(), ConfigError> {
     if small.value <= large.value {
         return Ok(());
     }
     Err(ConfigError::Conflict(Box::new(Conflict {
-        setting: name,
+        setting: small.setting,
         origin: small.origin.clone(),
         value: small.text.clone(),
         reason: "must not exceed",
-        other,
+        other: large.setting,
         other_origin: large.origin.clone(),
         other_value: large.text.clone(),
     })))

@@ -7,14 +7,17 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`Config`] and the general setting types it is made of.
-//! - `settings.rs`: `SETTINGS`, the one list of scalar settings: name (the flag, the TOML key and
-//!   the environment variable's suffix), built-in value and help text. `--help` is built from it.
+//! - `settings.rs`: one constant per scalar setting (`MAX_FRAME_SIZE`, ...) holding its name (the
+//!   flag, the TOML key and the environment variable's suffix), built-in value and help text, and
+//!   `SETTINGS`, the list of them all that `--help` is built from. Code names a setting by its
+//!   constant, so its name is written once and a typo does not compile.
 //! - `layers.rs`: `Layers` asks the flags, the environment and the file, highest first, for a
 //!   setting's text; `Layers::resolve` turns each text into its typed value with a parser, then
 //!   checks the rules that span two settings.
 //! - `parse.rs`: the parsers of the general settings, each from trimmed text to a value or what it
 //!   expected.
 //! - `error.rs`: [`ConfigError`] and the [`Origin`] of a value that it names.
+//! - `tests/`: the tests, with the history rules' in `tests/history.rs`.
 //! - History rules (`--history`, `STAMPEDE_HISTORY`, `[[history]]`) and access rules (`--acl`,
 //!   `STAMPEDE_ACL`, `[[acl]]`) are lists, each resolved as one setting: the highest layer that
 //!   has any rules supplies all of them.
@@ -46,7 +49,7 @@ pub use error::{ConfigError, Conflict, Origin};
 use crate::destination::wildcard_match;
 use layers::{ConfigFile, Layers};
 use parse::{duration, nonzero, redact_url};
-use settings::{command, CONFIG_ENV};
+use settings::{command, CONFIG, CONFIG_ENV};
 
 /// The prefix every history pattern starts with.
 const TOPIC_PREFIX: &str = "/topic/";
@@ -216,7 +219,7 @@ impl Config {
     {
         let flags = command().try_get_matches_from(args)?;
         let env = |name: &str| env(name).filter(|value| !value.is_empty());
-        let path = match flags.get_one::<PathBuf>("config") {
+        let path = match flags.get_one::<PathBuf>(CONFIG) {
             Some(path) => Some(path.clone()),
             None => env(CONFIG_ENV).map(PathBuf::from),
         };

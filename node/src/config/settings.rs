@@ -6,168 +6,200 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, Command};
 
 const ENV_PREFIX: &str = "STAMPEDE_";
+/// The flag naming the config file.
+pub(crate) const CONFIG: &str = "config";
+/// The environment variable naming the config file (not `STAMPEDE_` + the flag: clap reads the
+/// flag, `Config::load_from` the variable).
 pub(crate) const CONFIG_ENV: &str = "STAMPEDE_CONFIG";
+/// The list setting of history rules: `--history`, `STAMPEDE_HISTORY`, `[[history]]`.
 pub(crate) const HISTORY: &str = "history";
-pub(crate) const HISTORY_ENV: &str = "STAMPEDE_HISTORY";
+/// The list setting of access rules: `--acl`, `STAMPEDE_ACL`, `[[acl]]`.
 pub(crate) const ACL: &str = "acl";
-pub(crate) const ACL_ENV: &str = "STAMPEDE_ACL";
 
 /// One scalar setting: `name` is the flag (`--name`), the TOML key, and, upper-cased with `-` as
-/// `_`, the suffix of its environment variable.
-pub(crate) struct Setting {
+/// `_`, the suffix of its environment variable. `B` says what the setting is when no layer sets
+/// it: a [`Value`] (text parsed like any other) or [`Computed`] (no text; the resolver decides).
+/// Each setting is a constant made by `settings!`, so code names it by that constant and a typo
+/// does not compile.
+#[derive(Clone, Copy)]
+pub(crate) struct Setting<B = Builtin> {
     pub(crate) name: &'static str,
     value_name: &'static str,
-    pub(crate) builtin: Builtin,
+    pub(crate) builtin: B,
     help: &'static str,
 }
 
+/// A built-in text, parsed like any other value when no layer sets the setting.
+#[derive(Clone, Copy)]
+pub(crate) struct Value(pub(crate) &'static str);
+
+/// No built-in text: the resolver supplies the meaning shown here (unset, random).
+#[derive(Clone, Copy)]
+pub(crate) struct Computed(&'static str);
+
+/// Either kind of built-in, as `SETTINGS` lists it.
+#[derive(Clone, Copy)]
 pub(crate) enum Builtin {
-    /// Parsed like any other value when no layer sets the setting.
-    Value(&'static str),
-    /// No text value; the resolver supplies the meaning shown here (unset, random).
-    Computed(&'static str),
+    Value(Value),
+    Computed(Computed),
 }
 
-const fn setting(
-    name: &'static str,
-    value_name: &'static str,
-    builtin: Builtin,
-    help: &'static str,
-) -> Setting {
-    Setting { name, value_name, builtin, help }
+impl Builtin {
+    /// What `--help` shows as the default.
+    pub(crate) fn shown(self) -> &'static str {
+        match self {
+            Builtin::Value(Value(text)) | Builtin::Computed(Computed(text)) => text,
+        }
+    }
 }
 
-/// Every scalar setting, in `--help` order: name, value name, built-in value, help.
-#[rustfmt::skip]
-pub(crate) const SETTINGS: &[Setting] = &[
-    setting("listen", "ADDR", Builtin::Value("0.0.0.0:8080"),
-        "Client HTTP address; WebSocket clients connect at /ws"),
-    setting("stomp-listen", "ADDR|off", Builtin::Value("0.0.0.0:61613"),
-        "STOMP over plain TCP; off disables it"),
-    setting("admin-listen", "ADDR|off", Builtin::Value("0.0.0.0:9090"),
-        "Health, metrics and admin API (/healthz, /readyz, /metrics, /api/v1); off disables it"),
-    setting("redis-url", "URL|off", Builtin::Computed("unset"),
+/// Defines one constant per setting, `IDENT: Kind(built-in), name, value name, help;`, and
+/// `SETTINGS`, the list of all of them in the order written, which is `--help`'s order.
+macro_rules! settings {
+    ($($id:ident: $kind:ident($builtin:literal), $name:literal, $value_name:literal, $help:literal;)*) => {
+        $(
+            pub(crate) const $id: Setting<$kind> =
+                Setting { name: $name, value_name: $value_name, builtin: $kind($builtin), help: $help };
+        )*
+
+        /// Every scalar setting, in `--help` order.
+        pub(crate) const SETTINGS: &[Setting] = &[$(
+            Setting {
+                name: $id.name,
+                value_name: $id.value_name,
+                builtin: Builtin::$kind($id.builtin),
+                help: $id.help,
+            }
+        ),*];
+    };
+}
+
+settings! {
+    LISTEN: Value("0.0.0.0:8080"), "listen", "ADDR",
+        "Client HTTP address; WebSocket clients connect at /ws";
+    STOMP_LISTEN: Value("0.0.0.0:61613"), "stomp-listen", "ADDR|off",
+        "STOMP over plain TCP; off disables it";
+    ADMIN_LISTEN: Value("0.0.0.0:9090"), "admin-listen", "ADDR|off",
+        "Health, metrics and admin API (/healthz, /readyz, /metrics, /api/v1); off disables it";
+    REDIS_URL: Computed("unset"), "redis-url", "URL|off",
         "Redis for the cluster engine: redis://, rediss://, redis+sentinel://, redis-cluster:// \
          (also redis-sentinel://, redis+cluster:// and their rediss forms); unset or off: the \
-         embedded in-memory engine, one node"),
-    setting("redis-prefix", "PREFIX", Builtin::Value("stampede"),
+         embedded in-memory engine, one node";
+    REDIS_PREFIX: Value("stampede"), "redis-prefix", "PREFIX",
         "Prefix of the cluster engine's Redis keys and channels: 1 to 64 printable characters, \
-         no spaces, { or }"),
-    setting("node-id", "ID", Builtin::Computed("random UUID"),
-        "This node's name in the cluster: 1 to 64 of A-Z a-z 0-9 . _ -"),
-    setting("log-format", "text|json", Builtin::Value("text"),
-        "Log line format; the level comes from RUST_LOG"),
-    setting("worker-threads", "N", Builtin::Value("0"),
+         no spaces, { or }";
+    NODE_ID: Computed("random UUID"), "node-id", "ID",
+        "This node's name in the cluster: 1 to 64 of A-Z a-z 0-9 . _ -";
+    LOG_FORMAT: Value("text"), "log-format", "text|json",
+        "Log line format; the level comes from RUST_LOG";
+    WORKER_THREADS: Value("0"), "worker-threads", "N",
         "Threads that run client sessions, at most 1024; 0 = one per CPU this process may use \
-         (a container's CPU limit counts). Set it when nodes share cores with each other"),
-    setting("max-frame-size", "SIZE", Builtin::Value("1088KiB"),
+         (a container's CPU limit counts). Set it when nodes share cores with each other";
+    MAX_FRAME_SIZE: Value("1088KiB"), "max-frame-size", "SIZE",
         "Largest frame, command and headers included (1MiB + 64KiB); also the WebSocket message \
-         limit"),
-    setting("max-body-size", "SIZE", Builtin::Value("1MiB"),
-        "Largest frame body; at most max-frame-size"),
-    setting("max-headers", "N", Builtin::Value("64"),
-        "Most headers in one frame"),
-    setting("max-header-length", "SIZE", Builtin::Value("8KiB"),
-        "Longest header line, name and value included"),
-    setting("max-subscriptions", "N", Builtin::Value("1024"),
-        "Most subscriptions per connection"),
-    setting("max-transactions", "N", Builtin::Value("16"),
-        "Most open transactions per connection"),
-    setting("max-connections", "N", Builtin::Value("0"),
-        "Most client connections on this node; 0 = unlimited"),
-    setting("max-connections-per-ip", "N", Builtin::Value("0"),
-        "Most client connections from one IP address; 0 = unlimited"),
-    setting("max-frame-rate", "N", Builtin::Value("0"),
+         limit";
+    MAX_BODY_SIZE: Value("1MiB"), "max-body-size", "SIZE",
+        "Largest frame body; at most max-frame-size";
+    MAX_HEADERS: Value("64"), "max-headers", "N",
+        "Most headers in one frame";
+    MAX_HEADER_LENGTH: Value("8KiB"), "max-header-length", "SIZE",
+        "Longest header line, name and value included";
+    MAX_SUBSCRIPTIONS: Value("1024"), "max-subscriptions", "N",
+        "Most subscriptions per connection";
+    MAX_TRANSACTIONS: Value("16"), "max-transactions", "N",
+        "Most open transactions per connection";
+    MAX_CONNECTIONS: Value("0"), "max-connections", "N",
+        "Most client connections on this node; 0 = unlimited";
+    MAX_CONNECTIONS_PER_IP: Value("0"), "max-connections-per-ip", "N",
+        "Most client connections from one IP address; 0 = unlimited";
+    MAX_FRAME_RATE: Value("0"), "max-frame-rate", "N",
         "Frames per second one connection may send on average (heart-beats and WebSocket pings \
-         count); past it the connection gets an ERROR and is closed; 0 = unlimited"),
-    setting("frame-rate-burst", "N", Builtin::Value("1000"),
-        "Frames one connection may send at once above max-frame-rate"),
-    setting("connect-timeout", "DURATION", Builtin::Value("10s"),
-        "Time from accept to a valid CONNECT frame, TLS and WebSocket handshakes included"),
-    setting("write-timeout", "DURATION", Builtin::Value("30s"),
+         count); past it the connection gets an ERROR and is closed; 0 = unlimited";
+    FRAME_RATE_BURST: Value("1000"), "frame-rate-burst", "N",
+        "Frames one connection may send at once above max-frame-rate";
+    CONNECT_TIMEOUT: Value("10s"), "connect-timeout", "DURATION",
+        "Time from accept to a valid CONNECT frame, TLS and WebSocket handshakes included";
+    WRITE_TIMEOUT: Value("30s"), "write-timeout", "DURATION",
         "A connection whose peer takes no byte of its output for this long is closed (a client \
-         that stopped reading); 0 = never"),
-    setting("outbound-buffer", "SIZE", Builtin::Value("4MiB"),
-        "Bytes queued for one connection before the slow-consumer policy applies"),
-    setting("slow-consumer", "disconnect|drop", Builtin::Value("disconnect"),
+         that stopped reading); 0 = never";
+    OUTBOUND_BUFFER: Value("4MiB"), "outbound-buffer", "SIZE",
+        "Bytes queued for one connection before the slow-consumer policy applies";
+    SLOW_CONSUMER: Value("disconnect"), "slow-consumer", "disconnect|drop",
         "When a connection's outbound buffer is full: disconnect (ERROR, then close) or drop \
-         (drop new topic messages for it, counted, and keep the connection)"),
-    setting("heartbeat", "SEND_MS,RECV_MS", Builtin::Value("10000,10000"),
-        "Heart-beats the server offers, as in STOMP's heart-beat header; 0 = none"),
-    setting("heartbeat-grace", "FACTOR", Builtin::Value("2.0"),
-        "A peer silent for this many negotiated heart-beat intervals is dropped; at least 1.0"),
-    setting("queue-max-length", "N", Builtin::Value("100000"),
-        "Messages kept per queue while nobody consumes; the oldest are dropped beyond it"),
-    setting("prefetch-default", "N", Builtin::Value("100"),
-        "In-flight messages per subscription when SUBSCRIBE has no prefetch-count; at least 1"),
-    setting("queue-reclaim-after", "DURATION", Builtin::Value("30s"),
+         (drop new topic messages for it, counted, and keep the connection)";
+    HEARTBEAT: Value("10000,10000"), "heartbeat", "SEND_MS,RECV_MS",
+        "Heart-beats the server offers, as in STOMP's heart-beat header; 0 = none";
+    HEARTBEAT_GRACE: Value("2.0"), "heartbeat-grace", "FACTOR",
+        "A peer silent for this many negotiated heart-beat intervals is dropped; at least 1.0";
+    QUEUE_MAX_LENGTH: Value("100000"), "queue-max-length", "N",
+        "Messages kept per queue while nobody consumes; the oldest are dropped beyond it";
+    PREFETCH_DEFAULT: Value("100"), "prefetch-default", "N",
+        "In-flight messages per subscription when SUBSCRIBE has no prefetch-count; at least 1";
+    QUEUE_RECLAIM_AFTER: Value("30s"), "queue-reclaim-after", "DURATION",
         "Idle time after which a dead node's pending queue messages go to live nodes (cluster \
-         engine)"),
-    setting("queue-max-deliveries", "N", Builtin::Value("0"),
-        "Deliveries after which a message goes to the dead-letter queue; 0 = unlimited"),
-    setting("ws-read-buffer", "SIZE", Builtin::Value("8KiB"),
+         engine)";
+    QUEUE_MAX_DELIVERIES: Value("0"), "queue-max-deliveries", "N",
+        "Deliveries after which a message goes to the dead-letter queue; 0 = unlimited";
+    WS_READ_BUFFER: Value("8KiB"), "ws-read-buffer", "SIZE",
         "Most bytes a WebSocket connection reads from its socket at once; its read buffer starts \
-         at 512 bytes, grows to this while data keeps coming and is released when it stops"),
-    setting("ws-write-buffer", "SIZE", Builtin::Value("64KiB"),
+         at 512 bytes, grows to this while data keeps coming and is released when it stops";
+    WS_WRITE_BUFFER: Value("64KiB"), "ws-write-buffer", "SIZE",
         "Bytes queued for a WebSocket connection at which they are written before the batch \
-         ends (the write high-water mark)"),
-    setting("drain-period", "DURATION", Builtin::Value("30s"),
-        "On SIGTERM, client sessions are closed spread over this period"),
-    setting("users-file", "PATH", Builtin::Computed("unset"),
+         ends (the write high-water mark)";
+    DRAIN_PERIOD: Value("30s"), "drain-period", "DURATION",
+        "On SIGTERM, client sessions are closed spread over this period";
+    USERS_FILE: Computed("unset"), "users-file", "PATH",
         "Users who may CONNECT with login and passcode: one name:hash[:role,role] per line, the \
-         hash in argon2 or bcrypt form; turns authentication on"),
-    setting("jwt-secret", "SECRET", Builtin::Computed("unset"),
-        "Shared key (at least 32 bytes) of HS256 JSON Web Tokens; turns authentication on"),
-    setting("jwt-public-key", "PATH", Builtin::Computed("unset"),
+         hash in argon2 or bcrypt form; turns authentication on";
+    JWT_SECRET: Computed("unset"), "jwt-secret", "SECRET",
+        "Shared key (at least 32 bytes) of HS256 JSON Web Tokens; turns authentication on";
+    JWT_PUBLIC_KEY: Computed("unset"), "jwt-public-key", "PATH",
         "PEM file with the RSA (RS256) or P-256 (ES256) public key of JSON Web Tokens; turns \
-         authentication on"),
-    setting("jwt-jwks", "PATH", Builtin::Computed("unset"),
-        "JWKS file (JSON) of JSON Web Token keys, chosen by kid; turns authentication on"),
-    setting("jwt-algorithms", "ALG,...", Builtin::Computed("those of the configured keys"),
+         authentication on";
+    JWT_JWKS: Computed("unset"), "jwt-jwks", "PATH",
+        "JWKS file (JSON) of JSON Web Token keys, chosen by kid; turns authentication on";
+    JWT_ALGORITHMS: Computed("those of the configured keys"), "jwt-algorithms", "ALG,...",
         "JWT algorithms accepted, from HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 \
-         ES256 ES384; none is never accepted"),
-    setting("jwt-leeway", "DURATION", Builtin::Value("30s"),
-        "Clock skew tolerated on a JWT's exp and nbf"),
-    setting("jwt-audience", "AUD,...", Builtin::Computed("unset"),
-        "A JWT's aud must name one of these; unset: aud is not checked"),
-    setting("jwt-issuer", "ISS,...", Builtin::Computed("unset"),
-        "A JWT's iss must be one of these; unset: iss is not checked"),
-    setting("jwt-user-claim", "CLAIM", Builtin::Value("sub"),
-        "The JWT claim naming the user"),
-    setting("jwt-roles-claim", "CLAIM", Builtin::Value("roles"),
-        "The JWT claim listing the user's roles; dots reach into objects (realm_access.roles)"),
-    setting("acl-default", "allow|deny", Builtin::Value("deny"),
+         ES256 ES384; none is never accepted";
+    JWT_LEEWAY: Value("30s"), "jwt-leeway", "DURATION",
+        "Clock skew tolerated on a JWT's exp and nbf";
+    JWT_AUDIENCE: Computed("unset"), "jwt-audience", "AUD,...",
+        "A JWT's aud must name one of these; unset: aud is not checked";
+    JWT_ISSUER: Computed("unset"), "jwt-issuer", "ISS,...",
+        "A JWT's iss must be one of these; unset: iss is not checked";
+    JWT_USER_CLAIM: Value("sub"), "jwt-user-claim", "CLAIM",
+        "The JWT claim naming the user";
+    JWT_ROLES_CLAIM: Value("roles"), "jwt-roles-claim", "CLAIM",
+        "The JWT claim listing the user's roles; dots reach into objects (realm_access.roles)";
+    ACL_DEFAULT: Value("deny"), "acl-default", "allow|deny",
         "What an authenticated client may do where no acl rule allows it (its own /user/ \
-         destinations are always allowed); ignored while authentication is off"),
-    setting("admin-token", "TOKEN", Builtin::Computed("unset"),
-        "Bearer token the admin API requires; /healthz and /readyz stay open; unset: open"),
-    setting("metrics-public", "true|false", Builtin::Value("false"),
-        "Serve /metrics without the admin token"),
-    setting("ws-origins", "ORIGIN,...", Builtin::Computed("unset"),
+         destinations are always allowed); ignored while authentication is off";
+    ADMIN_TOKEN: Computed("unset"), "admin-token", "TOKEN",
+        "Bearer token the admin API requires; /healthz and /readyz stay open; unset: open";
+    METRICS_PUBLIC: Value("false"), "metrics-public", "true|false",
+        "Serve /metrics without the admin token";
+    WS_ORIGINS: Computed("unset"), "ws-origins", "ORIGIN,...",
         "Origins allowed to open a WebSocket, exact matches like https://app.example.com; * \
-         allows any; unset: no Origin check"),
-    setting("ws-allow-no-origin", "true|false", Builtin::Value("false"),
+         allows any; unset: no Origin check";
+    WS_ALLOW_NO_ORIGIN: Value("false"), "ws-allow-no-origin", "true|false",
         "With ws-origins set, accept WebSocket handshakes without an Origin header (non-browser \
-         clients)"),
-    setting("tls-cert", "PATH", Builtin::Computed("unset"),
+         clients)";
+    TLS_CERT: Computed("unset"), "tls-cert", "PATH",
         "PEM certificate chain: the WebSocket and STOMP listeners speak TLS (wss, stomp+ssl); \
-         needs tls-key"),
-    setting("tls-key", "PATH", Builtin::Computed("unset"),
-        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls-cert"),
-];
+         needs tls-key";
+    TLS_KEY: Computed("unset"), "tls-key", "PATH",
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls-cert";
+}
 
 /// Settings whose TOML value may also be an array of strings (joined with commas).
-pub(crate) const LIST_SETTINGS: &[&str] = &["jwt-algorithms", "jwt-audience", "jwt-issuer", "ws-origins"];
+pub(crate) const LIST_SETTINGS: &[&str] =
+    &[JWT_ALGORITHMS.name, JWT_AUDIENCE.name, JWT_ISSUER.name, WS_ORIGINS.name];
 
 const AFTER_HELP: &str = "\
 Precedence: flags, then environment variables, then the --config file (same names as the flags, \
 e.g. max-frame-size = \"1MiB\"), then the defaults shown.
 Sizes: bytes, or with KiB, MiB, GiB (1024-based) or KB, MB, GB (1000-based).
 Durations: 500ms, 10s, 1m, 1h30m.";
-
-pub(crate) fn spec(name: &str) -> &'static Setting {
-    SETTINGS.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} is not in SETTINGS"))
-}
 
 pub(crate) fn env_var(name: &str) -> String {
     format!("{ENV_PREFIX}{}", name.to_ascii_uppercase().replace('-', "_"))
@@ -184,19 +216,15 @@ pub(crate) fn command() -> Command {
         .after_help(AFTER_HELP)
         .args_override_self(true)
         .arg(
-            Arg::new("config")
-                .long("config")
-                .value_name("PATH")
-                .value_parser(clap::value_parser!(PathBuf))
-                .help(format!(
+            Arg::new(CONFIG).long(CONFIG).value_name("PATH").value_parser(clap::value_parser!(PathBuf)).help(
+                format!(
                     "TOML file with settings, keyed like the flags; flags and environment \
                      variables override it [env: {CONFIG_ENV}=]"
-                )),
+                ),
+            ),
         );
     for s in SETTINGS {
-        let default = match s.builtin {
-            Builtin::Value(value) | Builtin::Computed(value) => value,
-        };
+        let default = s.builtin.shown();
         command = command.arg(Arg::new(s.name).long(s.name).value_name(s.value_name).help(format!(
             "{} [default: {default}] [env: {}=]",
             s.help,
@@ -208,14 +236,16 @@ pub(crate) fn command() -> Command {
             format!(
                 "Keep the last SIZE messages (each for at most TTL) of topics matching PATTERN, \
                  where * matches anything, / included; repeatable, the first match wins \
-                 [default: none] [env: {HISTORY_ENV}=, rules separated by ;]"
+                 [default: none] [env: {}=, rules separated by ;]",
+                env_var(HISTORY)
             ),
         ))
         .arg(Arg::new(ACL).long(ACL).value_name("WHO ACTIONS PATTERN").action(ArgAction::Append).help(
             format!(
                 "Allow WHO (user:NAME, role:NAME or * for anyone authenticated) to publish, subscribe or \
          publish,subscribe to destinations matching PATTERN (* matches anything); repeatable \
-         [default: none] [env: {ACL_ENV}=, rules separated by ;]"
+         [default: none] [env: {}=, rules separated by ;]",
+                env_var(ACL)
             ),
         ))
 }

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::layers::Layers;
 use crate::config::parse::path;
+use crate::config::settings::{TLS_CERT, TLS_KEY};
 use crate::config::ConfigError;
 
 /// The certificate chain and private key of the client listeners, as PEM files.
@@ -33,8 +34,8 @@ pub struct TlsFiles {
 /// The `tls-cert` and `tls-key` settings: both or neither. Called by
 /// [`Layers::resolve`](crate::config::layers::Layers::resolve); the files are read by [`acceptor`].
 pub(crate) fn resolve_files(layers: &Layers<'_>) -> Result<Option<TlsFiles>, ConfigError> {
-    let cert = layers.optional("tls-cert", path)?;
-    let key = layers.optional("tls-key", path)?;
+    let cert = layers.optional(&TLS_CERT, path)?;
+    let key = layers.optional(&TLS_KEY, path)?;
     match (cert, key) {
         (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert: cert.value, key: key.value })),
         (None, None) => Ok(None),
@@ -81,7 +82,7 @@ fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    const SETTING: &str = "tls-cert";
+    const SETTING: &str = TLS_CERT.name;
     let pem = read(SETTING, path)?;
     let invalid = |reason: String| TlsError::Invalid { setting: SETTING, path: path.to_owned(), reason };
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -94,7 +95,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    const SETTING: &str = "tls-key";
+    const SETTING: &str = TLS_KEY.name;
     let pem = read(SETTING, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Invalid {
         setting: SETTING,
