@@ -40,12 +40,12 @@ pub(crate) fn resolve_files(layers: &Layers<'_>) -> Result<Option<TlsFiles>, Con
         (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert: cert.value, key: key.value })),
         (None, None) => Ok(None),
         (Some(cert), None) => Err(ConfigError::Needs {
-            setting: "tls-cert",
+            setting: cert.setting,
             origin: cert.origin,
             reason: "needs tls-key, the certificate's private key",
         }),
         (None, Some(key)) => Err(ConfigError::Needs {
-            setting: "tls-key",
+            setting: key.setting,
             origin: key.origin,
             reason: "needs tls-cert, the certificate it belongs to",
         }),
