@@ -131,6 +131,30 @@ pub fn as_seen_by_subscriber(name: &str) -> Cow<'_, str> {
     Cow::Borrowed(name)
 }
 
+/// `*` matches any run of bytes, `/` included; everything else matches itself.
+pub(crate) fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and where in `text` its current run ends.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if pattern.get(p) == Some(&b'*') {
+            star = Some((p, t));
+            p += 1;
+        } else if pattern.get(p) == Some(&text[t]) {
+            p += 1;
+            t += 1;
+        } else if let Some((star_p, star_t)) = star {
+            // Let the last `*` swallow one more byte and retry from there.
+            star = Some((star_p, star_t + 1));
+            p = star_p + 1;
+            t = star_t + 1;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +184,23 @@ mod tests {
     fn subscribers_see_the_unqualified_user_destination() {
         assert_eq!(as_seen_by_subscriber("/user/ann/queue/x"), "/user/queue/x");
         assert_eq!(as_seen_by_subscriber("/topic/a"), "/topic/a");
+    }
+
+    #[test]
+    fn wildcards_match_any_run_of_characters() {
+        let m = |p: &str, t: &str| wildcard_match(p.as_bytes(), t.as_bytes());
+        assert!(m("/topic/prices", "/topic/prices"));
+        assert!(!m("/topic/prices", "/topic/prices2"));
+        assert!(m("/topic/prices/*", "/topic/prices/eur"));
+        assert!(m("/topic/prices/*", "/topic/prices/eur/usd"), "* crosses /");
+        assert!(m("/topic/prices/*", "/topic/prices/"), "* matches the empty run");
+        assert!(!m("/topic/prices/*", "/topic/price"));
+        assert!(m("/topic/*.trades", "/topic/a/b.trades"));
+        assert!(!m("/topic/*.trades", "/topic/a.trades.x"));
+        assert!(m("/topic/*a*b*", "/topic/xxaxxbxx"));
+        assert!(m("/topic/*a*b", "/topic/abab"), "backtracks");
+        assert!(!m("/topic/*a*b", "/topic/aba"));
+        assert!(m("/topic/**", "/topic/"));
+        assert!(m("/topic/*", "/topic/ünïcode"));
     }
 }

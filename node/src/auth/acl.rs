@@ -12,9 +12,9 @@
 //!
 //! With authentication off every client may do everything, as before access rules existed.
 
-use crate::config::{wildcard_match, AclDefault, AclRule};
-use crate::destination::{Kind, Route};
+use crate::destination::{wildcard_match, Kind, Route};
 
+use super::settings::{AclDefault, AclRule};
 use super::{AuthError, Identity};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -100,8 +100,8 @@ fn owner(name: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::settings::Subject;
     use crate::auth::{Grants, Method};
-    use crate::config::Subject;
     use crate::destination::{for_send, for_subscribe};
 
     fn id(user: &str, roles: &[&str]) -> Identity {

@@ -24,8 +24,9 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
+use super::settings::JwtSettings;
 use super::{valid_user_name, AuthError, Grants, Identity, LoadError, Method, MAX_TOKEN_LEN};
-use crate::config::JwtSettings;
+use crate::config::settings::{JWT_ALGORITHMS, JWT_JWKS, JWT_PUBLIC_KEY};
 
 /// The claim with a token's own grants.
 pub const GRANTS_CLAIM: &str = "stampede";
@@ -132,7 +133,7 @@ impl Verifier {
                 for &alg in algorithms {
                     if !keys.iter().any(|k| k.serves(alg, None)) {
                         return Err(LoadError::Setting {
-                            setting: "jwt-algorithms",
+                            setting: JWT_ALGORITHMS.name,
                             reason: format!(
                                 "{alg:?} has no key of its kind (jwt-secret for HS*, an RSA key for \
                                  RS* and PS*, an EC key for ES*)"
@@ -324,7 +325,7 @@ fn read(setting: &'static str, path: &Path) -> Result<String, LoadError> {
 }
 
 fn pem_key(path: &Path) -> Result<Key, LoadError> {
-    const SETTING: &str = "jwt-public-key";
+    const SETTING: &str = JWT_PUBLIC_KEY.name;
     let text = read(SETTING, path)?;
     let invalid = |reason: &str| LoadError::Invalid {
         setting: SETTING,
@@ -344,7 +345,7 @@ fn pem_key(path: &Path) -> Result<Key, LoadError> {
 }
 
 fn jwks_keys(path: &Path) -> Result<Vec<Key>, LoadError> {
-    const SETTING: &str = "jwt-jwks";
+    const SETTING: &str = JWT_JWKS.name;
     let text = read(SETTING, path)?;
     let invalid = |reason: String| LoadError::Invalid { setting: SETTING, path: path.to_owned(), reason };
     let set: JwkSet = serde_json::from_str(&text)
@@ -397,7 +398,7 @@ pub fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::auth::settings::Secret;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
 

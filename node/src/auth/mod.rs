@@ -15,10 +15,11 @@
 //! The same module checks the admin API's bearer token and WebSocket origins.
 //!
 //! Layout: `mod.rs` ([`Auth`], [`Identity`], [`AuthError`], loading), `users.rs`, `jwt.rs`,
-//! `acl.rs`.
+//! `acl.rs`, and `settings.rs` (the settings above: types, parsers and checks).
 
 pub mod acl;
 pub mod jwt;
+pub mod settings;
 pub mod users;
 
 use std::path::PathBuf;
@@ -27,8 +28,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, OriginPolicy, Secret};
+use crate::config::Config;
 use crate::destination::Route;
+use settings::{OriginPolicy, Secret};
 
 /// The destination a client SENDs a fresh token to, to extend its connection past the expiry of
 /// the token it connected with.
@@ -172,7 +174,7 @@ impl Auth {
         Auth {
             users: None,
             jwt: None,
-            acl: acl::Acl::new(Vec::new(), crate::config::AclDefault::Allow),
+            acl: acl::Acl::new(Vec::new(), settings::AclDefault::Allow),
             admin_token: None,
             metrics_public: true,
             origins: OriginPolicy { allowed: None, allow_missing: true },

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
 use super::{valid_user_name, AuthError, Grants, Identity, LoadError, Method};
+use crate::config::settings::USERS_FILE;
 
-const SETTING: &str = "users-file";
+const SETTING: &str = USERS_FILE.name;
 
 /// A password hash as read from the file, checked to be well formed.
 #[derive(Clone, Debug)]

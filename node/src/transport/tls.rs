@@ -7,6 +7,9 @@
 //! and 1.3 are offered with rustls's safe defaults; client certificates are not asked for. The
 //! admin port stays plain HTTP (bind it to a private address). Certificates are read at start-up;
 //! rotating them takes a restart (a rolling one, in a cluster).
+//!
+//! The TLS settings live here too: [`TlsFiles`] and [`resolve_files`], which checks that
+//! `tls-cert` and `tls-key` are set together.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +19,38 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+use crate::config::layers::Layers;
+use crate::config::parse::path;
+use crate::config::settings::{TLS_CERT, TLS_KEY};
+use crate::config::ConfigError;
+
+/// The certificate chain and private key of the client listeners, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The `tls-cert` and `tls-key` settings: both or neither. Called by
+/// [`Layers::resolve`](crate::config::layers::Layers::resolve); the files are read by [`acceptor`].
+pub(crate) fn resolve_files(layers: &Layers<'_>) -> Result<Option<TlsFiles>, ConfigError> {
+    let cert = layers.optional(&TLS_CERT, path)?;
+    let key = layers.optional(&TLS_KEY, path)?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert: cert.value, key: key.value })),
+        (None, None) => Ok(None),
+        (Some(cert), None) => Err(ConfigError::Needs {
+            setting: cert.setting,
+            origin: cert.origin,
+            reason: "needs tls-key, the certificate's private key",
+        }),
+        (None, Some(key)) => Err(ConfigError::Needs {
+            setting: key.setting,
+            origin: key.origin,
+            reason: "needs tls-cert, the certificate it belongs to",
+        }),
+    }
+}
 
 /// Why the certificate or key could not be used; names the setting and the file.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +82,7 @@ fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    const SETTING: &str = "tls-cert";
+    const SETTING: &str = TLS_CERT.name;
     let pem = read(SETTING, path)?;
     let invalid = |reason: String| TlsError::Invalid { setting: SETTING, path: path.to_owned(), reason };
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -61,11 +95,27 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    const SETTING: &str = "tls-key";
+    const SETTING: &str = TLS_KEY.name;
     let pem = read(SETTING, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Invalid {
         setting: SETTING,
         path: path.to_owned(),
         reason: format!("expected a PKCS#8, PKCS#1 or SEC1 private key in PEM form: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{err, ok};
+
+    #[test]
+    fn tls_needs_both_files() {
+        let e = err(&["--tls-cert", "/c.pem"], &[]);
+        assert_eq!(e, "tls-cert (from command line --tls-cert) needs tls-key, the certificate's private key");
+        let e = err(&[], &[("STAMPEDE_TLS_KEY", "/k.pem")]);
+        assert!(e.starts_with("tls-key (from environment STAMPEDE_TLS_KEY) needs tls-cert"), "{e}");
+        let c = ok(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"], &[]);
+        assert_eq!(c.tls, Some(TlsFiles { cert: "/c.pem".into(), key: "/k.pem".into() }));
+    }
 }
