@@ -99,7 +99,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
 #[cfg(test)]
 /// What [`encode_without_offset`] gave, completed with `offset`: the last byte (`None`) becomes
 /// `Some(offset)`. The history script does the same in Lua.
-pub fn with_offset(encoded: &[u8], offset: u64) -> Vec<u8> {
+pub(super) fn with_offset(encoded: &[u8], offset: u64) -> Vec<u8> {
     let mut out = encoded[..encoded.len().saturating_sub(1)].to_vec();
     out.push(1);
     // bincode's varint: one byte below 251, else a marker byte and the value little endian.

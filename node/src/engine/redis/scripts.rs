@@ -57,7 +57,7 @@ impl Script {
     }
 
     #[cfg(test)]
-    pub fn sha(&self) -> &str {
+    pub(super) fn sha(&self) -> &str {
         &self.sha
     }
 
