@@ -4,11 +4,13 @@
 //! sessions; with no Redis configured it runs the embedded in-memory engine.
 //!
 //! # Layout
-//! Dependencies flow one way: [`stomp`] (the frame codec, pure) → [`session`] (one client's
-//! state machine) → [`hub`] (local subscriptions and fan-out) → [`engine`] (the trait and its
-//! back ends). [`transport`] feeds sessions from WebSocket and TCP listeners (plain or TLS);
-//! [`http`] serves health, metrics and the admin API; [`config`], [`auth`] (who a client is and
-//! what it may do), [`destination`] and [`metrics`] stand beside.
+//! Dependencies flow one way: [`transport`] (WebSocket and TCP listeners, plain or TLS) feeds
+//! [`session`] (one client's state machine; [`session::io`] is the seam between the two), which
+//! uses [`hub`] (local subscriptions and fan-out), which uses [`engine`] (the trait and its back
+//! ends). [`stomp`] is the frame codec, pure. [`node`] is what all of a process shares (config,
+//! hub, metrics, admission, the drain signal); [`http`] serves health, metrics and the admin API;
+//! [`config`], [`auth`] (who a client is and what it may do), [`destination`] and [`metrics`]
+//! stand beside. `docs/architecture.md` draws the whole graph, the lock order and the channels.
 //!
 //! The binary is thin: it loads [`config::Config`], checks the files it names with
 //! [`Security::load`], starts tracing, binds [`Listeners`] and calls [`run`]. Tests bind port 0
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{settings, Config};
 use crate::engine::{memory::MemoryEngine, redis::RedisEngine, AnyEngine};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -97,13 +99,13 @@ impl Listeners {
         async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
             TcpListener::bind(addr).await.map_err(|source| Error::Bind { setting, addr, source })
         }
-        let ws = bind("listen", config.listen).await?;
+        let ws = bind(settings::LISTEN.name, config.listen).await?;
         let stomp = match config.stomp_listen {
-            Some(addr) => Some(bind("stomp-listen", addr).await?),
+            Some(addr) => Some(bind(settings::STOMP_LISTEN.name, addr).await?),
             None => None,
         };
         let admin = match config.admin_listen {
-            Some(addr) => Some(bind("admin-listen", addr).await?),
+            Some(addr) => Some(bind(settings::ADMIN_LISTEN.name, addr).await?),
             None => None,
         };
         Ok(Listeners { ws, stomp, admin })
