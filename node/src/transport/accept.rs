@@ -18,19 +18,26 @@ use crate::node::{Node, Permit, Refusal};
 /// How long the loop pauses after a failed accept (out of file descriptors, say) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// An accepted connection, as its protocol gets it.
+pub(crate) struct Incoming {
+    pub(crate) peer: SocketAddr,
+    pub(crate) node: Arc<Node>,
+    /// Its place in the node's connection limits, or which limit refused it: a refusal is the
+    /// protocol's to tell the client about (an ERROR frame, an HTTP 503 or 429).
+    pub(crate) admitted: Result<Permit, Refusal>,
+    /// `connect-timeout` after the accept: handshakes and CONNECT must be done by then.
+    pub(crate) deadline: Instant,
+}
+
 /// What a listener speaks over an accepted stream.
 pub(crate) trait Protocol: Copy + Send + Sync + 'static {
     /// Serves one connection to its end. `stream` is plain or TLS with its handshake done;
-    /// `split` parts it into the reading and the writing half. A refused `admitted` is the
-    /// protocol's to tell the client about (an ERROR frame, an HTTP 503 or 429).
+    /// `split` parts it into the reading and the writing half.
     fn serve<S, R, W>(
         self,
         stream: S,
         split: impl FnOnce(S) -> (R, W) + Send,
-        peer: SocketAddr,
-        node: Arc<Node>,
-        admitted: Result<Permit, Refusal>,
-        deadline: Instant,
+        incoming: Incoming,
     ) -> impl Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -70,16 +77,16 @@ pub(crate) async fn connection<P: Protocol>(
     let _ = stream.set_nodelay(true);
     // Taken before the handshakes, so a client that never finishes them still counts.
     let admitted = node.admit(peer);
-    match node.tls().cloned() {
-        None => protocol.serve(stream, TcpStream::into_split, peer, node, admitted, deadline).await,
+    let tls = node.tls().cloned();
+    let incoming = Incoming { peer, node, admitted, deadline };
+    match tls {
+        None => protocol.serve(stream, TcpStream::into_split, incoming).await,
         // Boxed: a TLS stream is large, and laid out inline it would size every connection's
         // future, plain ones included.
         Some(tls) => {
             Box::pin(async move {
                 match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        protocol.serve(stream, tokio::io::split, peer, node, admitted, deadline).await
-                    }
+                    Ok(Ok(stream)) => protocol.serve(stream, tokio::io::split, incoming).await,
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }

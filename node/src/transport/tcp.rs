@@ -3,18 +3,16 @@
 //! `connect-timeout` of the accept, like the CONNECT that follows it.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::metrics::Transport;
-use crate::node::{Node, Permit, Refusal};
+use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
-use crate::transport::accept::{self, Protocol};
+use crate::transport::accept::{self, Incoming, Protocol};
 use crate::transport::writer::Writer;
 use crate::transport::{spawn_reader, ByteSource, ReadError, ReadLimits, Received};
 
@@ -36,19 +34,13 @@ pub(crate) struct Stomp;
 
 impl Protocol for Stomp {
     /// Runs the session of a connection, or tells the client it cannot be served.
-    async fn serve<S, R, W>(
-        self,
-        stream: S,
-        split: impl FnOnce(S) -> (R, W) + Send,
-        peer: SocketAddr,
-        node: Arc<Node>,
-        admitted: Result<Permit, Refusal>,
-        deadline: Instant,
-    ) where
+    async fn serve<S, R, W>(self, stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send,
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + Sync,
     {
+        let Incoming { peer, node, admitted, deadline } = incoming;
         let (read, write) = split(stream);
         let mut sink = TcpSink::new(write).with_write_timeout(node.config().limits.write_timeout);
         let permit = match admitted {

@@ -41,19 +41,17 @@ mod codec;
 mod handshake;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::metrics::Transport;
-use crate::node::{Node, Permit, Refusal};
+use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
-use crate::transport::accept::{self, Protocol};
+use crate::transport::accept::{self, Incoming, Protocol};
 use crate::transport::writer::Writer;
 use crate::transport::{spawn_reader, ByteSource, ReadError, ReadLimits, Received};
 use codec::{DecodeError, Decoder, Event};
@@ -87,69 +85,47 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 pub(crate) struct WebSocket;
 
 impl Protocol for WebSocket {
-    fn serve<S, R, W>(
-        self,
-        stream: S,
-        split: impl FnOnce(S) -> (R, W) + Send,
-        peer: SocketAddr,
-        node: Arc<Node>,
-        admitted: Result<Permit, Refusal>,
-        deadline: Instant,
-    ) -> impl std::future::Future<Output = ()> + Send
+    /// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
+    /// halves (`split`).
+    async fn serve<S, R, W>(self, mut stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + Sync,
     {
-        websocket(stream, split, peer, node, admitted, deadline)
+        let Incoming { peer, node, admitted, deadline } = incoming;
+        // Boxed: the handshake's state (its header table among it) is large and needed only now;
+        // inline, it would size the connection's future, kept for the connection's whole life.
+        let checks = Box::pin(handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
+            node.auth().origin_allowed(origin)
+        }));
+        let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
+            Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
+            Ok(Ok(Outcome::Refused(rejection))) => {
+                tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "WebSocket handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "WebSocket handshake timed out");
+                return;
+            }
+        };
+        // A refused admission was answered with 503 or 429 above.
+        let Ok(permit) = admitted else { return };
+        let config = node.config();
+        let (read, write) = split(stream);
+        let limit = config.limits.max_frame_size.saturating_add(WS_SLACK);
+        let source = WsSource::new(read, rest, limit, config.ws.read_buffer);
+        let sink = WsSink::new(write, config.ws.write_buffer).with_write_timeout(config.limits.write_timeout);
+        let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
+        let inbound = spawn_reader(source, ReadLimits::of(&node), negotiated_rx);
+        let accepted = Accepted { transport: Transport::Ws, peer, permit, deadline, bearer };
+        session::run(node, sink, inbound, negotiated_tx, accepted).await;
     }
-}
-
-/// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
-/// halves (`split`).
-async fn websocket<S, R, W>(
-    mut stream: S,
-    split: impl FnOnce(S) -> (R, W),
-    peer: SocketAddr,
-    node: Arc<Node>,
-    admitted: Result<Permit, Refusal>,
-    deadline: Instant,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + Sync,
-{
-    // Boxed: the handshake's state (its header table among it) is large and needed only now;
-    // inline, it would size the connection's future, kept for the connection's whole life.
-    let checks = Box::pin(handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
-        node.auth().origin_allowed(origin)
-    }));
-    let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
-        Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
-        Ok(Ok(Outcome::Refused(rejection))) => {
-            tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
-            return;
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "WebSocket handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "WebSocket handshake timed out");
-            return;
-        }
-    };
-    // A refused admission was answered with 503 or 429 above.
-    let Ok(permit) = admitted else { return };
-    let config = node.config();
-    let (read, write) = split(stream);
-    let limit = config.limits.max_frame_size.saturating_add(WS_SLACK);
-    let source = WsSource::new(read, rest, limit, config.ws.read_buffer);
-    let sink = WsSink::new(write, config.ws.write_buffer).with_write_timeout(config.limits.write_timeout);
-    let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-    let inbound = spawn_reader(source, ReadLimits::of(&node), negotiated_rx);
-    let accepted = Accepted { transport: Transport::Ws, peer, permit, deadline, bearer };
-    session::run(node, sink, inbound, negotiated_tx, accepted).await;
 }
 
 /// The reading half of a WebSocket connection: client frames in, STOMP bytes out.
