@@ -169,22 +169,22 @@ impl Hub {
 
     /// Adds a subscription. The returned [`Pending`] resolves once messages published from then
     /// on reach it.
-    pub fn subscribe(&self, subscriber: Arc<Subscription>) -> Pending {
+    pub fn subscribe(&self, subscription: Arc<Subscription>) -> Pending {
         self.metrics.subscription_added();
-        match subscriber.route.kind {
-            Kind::Topic | Kind::User => self.subscribe_topic(subscriber),
-            Kind::Queue => self.subscribe_queue(subscriber),
+        match subscription.route.kind {
+            Kind::Topic | Kind::User => self.subscribe_topic(subscription),
+            Kind::Queue => self.subscribe_queue(subscription),
         }
     }
 
     /// Removes a subscription. Its queue entries still unacknowledged are the session's to
     /// release.
-    pub fn unsubscribe(&self, subscriber: &Arc<Subscription>) {
-        subscriber.active.store(false, Ordering::Release);
+    pub fn unsubscribe(&self, subscription: &Arc<Subscription>) {
+        subscription.active.store(false, Ordering::Release);
         self.metrics.subscription_removed();
-        match subscriber.route.kind {
-            Kind::Topic | Kind::User => self.unsubscribe_topic(subscriber),
-            Kind::Queue => self.unsubscribe_queue(subscriber),
+        match subscription.route.kind {
+            Kind::Topic | Kind::User => self.unsubscribe_topic(subscription),
+            Kind::Queue => self.unsubscribe_queue(subscription),
         }
     }
 }

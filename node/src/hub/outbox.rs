@@ -15,7 +15,7 @@ use crate::config::SlowConsumerPolicy;
 /// One message for one subscription, queued in its connection's [`Outbox`].
 #[derive(Debug)]
 pub struct Delivery {
-    pub subscriber: Arc<Subscription>,
+    pub subscription: Arc<Subscription>,
     pub message: Arc<MessageTail>,
     /// Boxed: few deliveries are queue entries, and every slot of an outbox is this size.
     pub entry: Option<Box<EntryRef>>,
@@ -101,7 +101,7 @@ impl Outbox {
     /// Queues topic messages for `subscriber`, in order, under one lock and with at most one
     /// wake. Each message is subject to the byte limit as [`push`](Self::push) would apply it;
     /// returns how many were refused.
-    pub fn push_messages(&self, subscriber: &Arc<Subscription>, messages: &[Arc<MessageTail>]) -> usize {
+    pub fn push_messages(&self, subscription: &Arc<Subscription>, messages: &[Arc<MessageTail>]) -> usize {
         let mut queue = self.queue.lock().expect("outbox lock");
         if queue.closed {
             return messages.len();
@@ -111,7 +111,7 @@ impl Outbox {
         for message in messages {
             if self.admit(&mut queue, message.len()) {
                 let delivery =
-                    Delivery { subscriber: subscriber.clone(), message: message.clone(), entry: None };
+                    Delivery { subscription: subscription.clone(), message: message.clone(), entry: None };
                 queue.push(delivery);
             } else {
                 refused += 1;
@@ -210,7 +210,7 @@ mod tests {
         }
     }
 
-    fn subscriber(outbox: &Arc<Outbox>) -> Arc<Subscription> {
+    fn subscription(outbox: &Arc<Outbox>) -> Arc<Subscription> {
         Arc::new(Subscription {
             seq: 1,
             id: "s".to_owned(),
@@ -224,7 +224,7 @@ mod tests {
         })
     }
 
-    fn prepared(body: &str) -> Arc<MessageTail> {
+    fn tail(body: &str) -> Arc<MessageTail> {
         let message = Message {
             destination: Arc::from("/topic/t"),
             headers: Vec::new(),
@@ -235,7 +235,7 @@ mod tests {
     }
 
     fn delivery(outbox: &Arc<Outbox>, body: &str) -> Delivery {
-        Delivery { subscriber: subscriber(outbox), message: prepared(body), entry: None }
+        Delivery { subscription: subscription(outbox), message: tail(body), entry: None }
     }
 
     fn bodies(deliveries: VecDeque<Delivery>) -> Vec<String> {
@@ -270,30 +270,30 @@ mod tests {
 
     #[test]
     fn messages_pushed_together_wake_once_keep_order_and_each_meets_the_bound() {
-        let size = prepared("0").len();
+        let size = tail("0").len();
         let outbox = Outbox::new(3 * size, SlowConsumerPolicy::Drop);
-        let subscriber = subscriber(&outbox);
-        let messages: Vec<Arc<MessageTail>> = (0..5).map(|i| prepared(&i.to_string())).collect();
+        let subscription = subscription(&outbox);
+        let messages: Vec<Arc<MessageTail>> = (0..5).map(|i| tail(&i.to_string())).collect();
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(Box::pin(outbox.ready()).as_mut().poll(&mut cx).is_pending());
-        assert_eq!(outbox.push_messages(&subscriber, &messages), 2, "two past the bound refused");
+        assert_eq!(outbox.push_messages(&subscription, &messages), 2, "two past the bound refused");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake for the batch");
         assert_eq!(bodies(outbox.take(10)), ["0", "1", "2"]);
         outbox.close();
-        assert_eq!(outbox.push_messages(&subscriber, &messages[..1]), 1, "closed: refused");
+        assert_eq!(outbox.push_messages(&subscription, &messages[..1]), 1, "closed: refused");
     }
 
     #[test]
     fn the_next_queue_is_allocated_for_the_last_batch_taken() {
         let outbox = Outbox::new(1 << 20, SlowConsumerPolicy::Disconnect);
-        let subscriber = subscriber(&outbox);
-        let messages: Vec<Arc<MessageTail>> = (0..40).map(|i| prepared(&i.to_string())).collect();
-        outbox.push_messages(&subscriber, &messages);
+        let subscription = subscription(&outbox);
+        let messages: Vec<Arc<MessageTail>> = (0..40).map(|i| tail(&i.to_string())).collect();
+        outbox.push_messages(&subscription, &messages);
         assert_eq!(outbox.take(TAKE_MAX).len(), 40);
         assert_eq!(outbox.queue.lock().expect("lock").deliveries.capacity(), 0, "nothing held while empty");
-        outbox.push_messages(&subscriber, &messages[..1]);
+        outbox.push_messages(&subscription, &messages[..1]);
         assert!(
             outbox.queue.lock().expect("lock").deliveries.capacity() >= 40,
             "room for the next batch at once"

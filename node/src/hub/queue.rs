@@ -27,8 +27,8 @@ const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 const FETCH_MAX: u32 = 256;
 
 impl Hub {
-    pub(super) fn subscribe_queue(&self, subscriber: Arc<Subscription>) -> Pending {
-        let name: Arc<str> = Arc::from(subscriber.route.name.as_str());
+    pub(super) fn subscribe_queue(&self, subscription: Arc<Subscription>) -> Pending {
+        let name: Arc<str> = Arc::from(subscription.route.name.as_str());
         let (dispatch, spawn) = {
             let mut queues = self.queues.lock().expect("queues lock");
             match queues.get(&name) {
@@ -45,7 +45,7 @@ impl Hub {
                 }
             }
         };
-        dispatch.consumers.lock().expect("consumers lock").push(subscriber);
+        dispatch.consumers.lock().expect("consumers lock").push(subscription);
         let pending = if spawn { self.engine.watch(&name) } else { Pending::ready(Ok(())) };
         if spawn {
             if let Some(hub) = self.me.upgrade() {
@@ -56,11 +56,11 @@ impl Hub {
         pending
     }
 
-    pub(super) fn unsubscribe_queue(&self, subscriber: &Arc<Subscription>) {
-        let name = subscriber.route.name.as_str();
+    pub(super) fn unsubscribe_queue(&self, subscription: &Arc<Subscription>) {
+        let name = subscription.route.name.as_str();
         let queues = self.queues.lock().expect("queues lock");
         if let Some(dispatch) = queues.get(name) {
-            dispatch.consumers.lock().expect("consumers lock").retain(|s| !Arc::ptr_eq(s, subscriber));
+            dispatch.consumers.lock().expect("consumers lock").retain(|s| !Arc::ptr_eq(s, subscription));
             dispatch.wake.notify_one();
         }
     }
@@ -68,29 +68,29 @@ impl Hub {
     /// Acknowledges queue entries a subscriber consumed, returning its credit.
     pub async fn ack(
         &self,
-        subscriber: &Subscription,
+        subscription: &Subscription,
         queue: &Arc<str>,
         ids: &[EntryId],
     ) -> Result<(), EngineError> {
-        self.return_credit(subscriber, queue, ids.len());
+        self.return_credit(subscription, queue, ids.len());
         self.engine.ack(queue, ids).await
     }
 
     /// Puts queue entries back (NACK, unsubscribe, closed session).
     pub async fn release(
         &self,
-        subscriber: &Subscription,
+        subscription: &Subscription,
         queue: &Arc<str>,
         ids: &[EntryId],
         delivered: bool,
     ) -> Result<(), EngineError> {
-        self.return_credit(subscriber, queue, ids.len());
+        self.return_credit(subscription, queue, ids.len());
         self.engine.release(queue, ids, delivered).await
     }
 
-    fn return_credit(&self, subscriber: &Subscription, queue: &str, n: usize) {
+    fn return_credit(&self, subscription: &Subscription, queue: &str, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        let _ = subscriber
+        let _ = subscription
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
         self.wake_dispatch(queue);
@@ -177,7 +177,7 @@ impl Hub {
             }
             consumer.in_flight.fetch_add(1, Ordering::AcqRel);
             let delivery = Delivery {
-                subscriber: consumer.clone(),
+                subscription: consumer.clone(),
                 message: message.clone(),
                 entry: Some(Box::new(entry.clone())),
             };

@@ -11,24 +11,24 @@ use crate::metrics::DropReason;
 
 /// The local subscribers of one topic or user destination.
 pub(super) struct Topic {
-    subscribers: Vec<Arc<Subscription>>,
+    subscriptions: Vec<Arc<Subscription>>,
     /// The engine's watch of this destination, shared by everyone who subscribes while it is
     /// under way: a subscription is live only once the watch is.
     watched: Pending,
 }
 
 /// Queues `messages` for every one of `subscribers`; returns how many deliveries were refused.
-fn fan_out(subscribers: &[Arc<Subscription>], messages: &[Arc<MessageTail>]) -> usize {
-    subscribers.iter().map(|subscriber| subscriber.outbox.push_messages(subscriber, messages)).sum()
+fn fan_out(subscriptions: &[Arc<Subscription>], messages: &[Arc<MessageTail>]) -> usize {
+    subscriptions.iter().map(|subscription| subscription.outbox.push_messages(subscription, messages)).sum()
 }
 
 impl Hub {
-    pub(super) fn subscribe_topic(&self, subscriber: Arc<Subscription>) -> Pending {
-        let name: Arc<str> = Arc::from(subscriber.route.name.as_str());
+    pub(super) fn subscribe_topic(&self, subscription: Arc<Subscription>) -> Pending {
+        let name: Arc<str> = Arc::from(subscription.route.name.as_str());
         let mut topics = self.topics.write().expect("topics lock");
         match topics.get_mut(&name) {
             Some(topic) => {
-                topic.subscribers.push(subscriber);
+                topic.subscriptions.push(subscription);
                 // A watch that failed (the store was unreachable) is asked for again.
                 if matches!(topic.watched.outcome(), Some(Err(_))) {
                     topic.watched = self.engine.watch(&name);
@@ -38,18 +38,18 @@ impl Hub {
             None => {
                 // Ordered at call time, under the lock: a later unwatch cannot overtake it.
                 let watched = self.engine.watch(&name);
-                topics.insert(name, Topic { subscribers: vec![subscriber], watched: watched.clone() });
+                topics.insert(name, Topic { subscriptions: vec![subscription], watched: watched.clone() });
                 watched
             }
         }
     }
 
-    pub(super) fn unsubscribe_topic(&self, subscriber: &Arc<Subscription>) {
-        let name = subscriber.route.name.as_str();
+    pub(super) fn unsubscribe_topic(&self, subscription: &Arc<Subscription>) {
+        let name = subscription.route.name.as_str();
         let mut topics = self.topics.write().expect("topics lock");
         if let Some(topic) = topics.get_mut(name) {
-            topic.subscribers.retain(|s| !Arc::ptr_eq(s, subscriber));
-            if topic.subscribers.is_empty() {
+            topic.subscriptions.retain(|s| !Arc::ptr_eq(s, subscription));
+            if topic.subscriptions.is_empty() {
                 topics.remove(name);
                 self.engine.unwatch(name);
             }
@@ -64,7 +64,7 @@ impl Hub {
 
     /// Local subscriptions of destinations, for the admin API and tests.
     pub fn topic_subscriber_count(&self, destination: &str) -> usize {
-        self.topics.read().expect("topics lock").get(destination).map_or(0, |t| t.subscribers.len())
+        self.topics.read().expect("topics lock").get(destination).map_or(0, |t| t.subscriptions.len())
     }
 }
 
@@ -72,27 +72,27 @@ impl Inbox for Hub {
     fn deliver(&self, message: Arc<Message>) {
         // The in-memory engine's path: one message, no run to gather.
         let topics = self.topics.read().expect("topics lock");
-        let Some(Topic { subscribers, .. }) = topics.get(&*message.destination) else {
+        let Some(Topic { subscriptions, .. }) = topics.get(&*message.destination) else {
             return;
         };
-        let dropped = fan_out(subscribers, &[Arc::new(MessageTail::new(&message))]);
+        let dropped = fan_out(subscriptions, &[Arc::new(MessageTail::new(&message))]);
         drop(topics);
         self.count_dropped(dropped);
     }
 
     fn deliver_all(&self, messages: &[Arc<Message>]) {
         let topics = self.topics.read().expect("topics lock");
-        let mut prepared = Vec::new();
+        let mut tails = Vec::new();
         let mut dropped = 0;
         // Consecutive messages of one destination go to each subscriber together; runs stay in
         // arrival order, so every subscriber sees the order they came in.
         for run in messages.chunk_by(|a, b| a.destination == b.destination) {
-            let Some(Topic { subscribers, .. }) = topics.get(&*run[0].destination) else {
+            let Some(Topic { subscriptions, .. }) = topics.get(&*run[0].destination) else {
                 continue;
             };
-            prepared.clear();
-            prepared.extend(run.iter().map(|message| Arc::new(MessageTail::new(message))));
-            dropped += fan_out(subscribers, &prepared);
+            tails.clear();
+            tails.extend(run.iter().map(|message| Arc::new(MessageTail::new(message))));
+            dropped += fan_out(subscriptions, &tails);
         }
         drop(topics);
         self.count_dropped(dropped);

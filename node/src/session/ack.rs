@@ -5,7 +5,7 @@ use super::*;
 
 /// A queue delivery waiting for the client's ACK or NACK.
 pub(super) struct Unacked {
-    pub(super) subscriber: Arc<Subscription>,
+    pub(super) subscription: Arc<Subscription>,
     pub(super) entry: EntryRef,
 }
 
@@ -17,11 +17,11 @@ impl<S: FrameSink> Session<S> {
         which: impl Fn(&Arc<Subscription>) -> bool,
     ) -> Result<(), SessionError> {
         let seqs: Vec<u64> =
-            self.unacked.iter().filter(|(_, u)| which(&u.subscriber)).map(|(seq, _)| *seq).collect();
+            self.unacked.iter().filter(|(_, u)| which(&u.subscription)).map(|(seq, _)| *seq).collect();
         let held = seqs
             .into_iter()
             .filter_map(|seq| self.unacked.remove(&seq))
-            .map(|Unacked { subscriber, entry }| (subscriber, entry))
+            .map(|Unacked { subscription, entry }| (subscription, entry))
             .collect();
         self.release(held, true).await
     }
@@ -34,14 +34,14 @@ impl<S: FrameSink> Session<S> {
         delivered: bool,
     ) -> Result<(), SessionError> {
         let mut batches: Vec<(Arc<Subscription>, Arc<str>, Vec<EntryId>)> = Vec::new();
-        for (subscriber, entry) in entries {
-            match batches.iter_mut().find(|(s, q, _)| Arc::ptr_eq(s, &subscriber) && *q == entry.queue) {
+        for (subscription, entry) in entries {
+            match batches.iter_mut().find(|(s, q, _)| Arc::ptr_eq(s, &subscription) && *q == entry.queue) {
                 Some((_, _, ids)) => ids.push(entry.id),
-                None => batches.push((subscriber, entry.queue, vec![entry.id])),
+                None => batches.push((subscription, entry.queue, vec![entry.id])),
             }
         }
-        for (subscriber, queue, ids) in batches {
-            self.node.hub().release(&subscriber, &queue, &ids, delivered).await?;
+        for (subscription, queue, ids) in batches {
+            self.node.hub().release(&subscription, &queue, &ids, delivered).await?;
         }
         Ok(())
     }
@@ -83,11 +83,11 @@ impl<S: FrameSink> Session<S> {
     /// (a topic message, or one settled already) is accepted and ignored.
     pub(super) async fn settle(&mut self, seq: u64, ack: bool) -> Result<(), SessionError> {
         let Some(target) = self.unacked.get(&seq) else { return Ok(()) };
-        let subscriber = target.subscriber.clone();
-        let seqs: Vec<u64> = if subscriber.ack == AckMode::Client {
+        let subscription = target.subscription.clone();
+        let seqs: Vec<u64> = if subscription.ack == AckMode::Client {
             self.unacked
                 .range(..=seq)
-                .filter(|(_, u)| Arc::ptr_eq(&u.subscriber, &subscriber))
+                .filter(|(_, u)| Arc::ptr_eq(&u.subscription, &subscription))
                 .map(|(s, _)| *s)
                 .collect()
         } else {
@@ -101,9 +101,9 @@ impl<S: FrameSink> Session<S> {
         }
         for (queue, ids) in by_queue {
             if ack {
-                self.node.hub().ack(&subscriber, &queue, &ids).await?;
+                self.node.hub().ack(&subscription, &queue, &ids).await?;
             } else {
-                self.node.hub().release(&subscriber, &queue, &ids, true).await?;
+                self.node.hub().release(&subscription, &queue, &ids, true).await?;
             }
         }
         Ok(())

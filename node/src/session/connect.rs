@@ -75,8 +75,8 @@ impl<S: FrameSink> Session<S> {
                 },
             )?;
         let fresh = self.node.auth().refresh(&self.identity, token)?;
-        for (id, subscriber) in &self.subscriptions {
-            if let Err(denied) = self.node.auth().may_subscribe(&fresh, &subscriber.route) {
+        for (id, subscription) in &self.subscriptions {
+            if let Err(denied) = self.node.auth().may_subscribe(&fresh, &subscription.route) {
                 return Err(AuthError::Refresh(format!(
                     "the new token does not keep subscription {id:?}: {denied}"
                 ))

@@ -16,15 +16,15 @@ impl<S: FrameSink> Session<S> {
             let batch = self.outbox.take(TAKE_MAX);
             // Room for the whole batch at once: each frame is its subscription's head, a
             // message-id, a WebSocket header and the shared tail.
-            let bytes: usize = batch.iter().map(|d| d.message.len() + d.subscriber.head.len() + 48).sum();
+            let bytes: usize = batch.iter().map(|d| d.message.len() + d.subscription.head.len() + 48).sum();
             self.sink.reserve(bytes);
             for delivery in batch {
                 taken += delivery.message.len();
                 match self.write_delivery(delivery) {
                     Written::Done => {}
                     Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
-                    Written::Stale(subscriber, entry) => {
-                        Box::pin(self.node.hub().release(&subscriber, &entry.queue, &[entry.id], false))
+                    Written::Stale(subscription, entry) => {
+                        Box::pin(self.node.hub().release(&subscription, &entry.queue, &[entry.id], false))
                             .await?
                     }
                 }
@@ -49,8 +49,9 @@ impl<S: FrameSink> Session<S> {
             return Ok(());
         }
         let acks = std::mem::take(&mut self.auto_acks);
-        for (subscriber, entry) in acks {
-            Box::pin(self.node.hub().ack(&subscriber, &entry.queue, std::slice::from_ref(&entry.id))).await?;
+        for (subscription, entry) in acks {
+            Box::pin(self.node.hub().ack(&subscription, &entry.queue, std::slice::from_ref(&entry.id)))
+                .await?;
         }
         Ok(())
     }
@@ -58,33 +59,33 @@ impl<S: FrameSink> Session<S> {
     /// Queues one delivery from the hub for writing, unless its subscription has ended
     /// meanwhile. Plain code, no future: this runs once per delivery.
     pub(super) fn write_delivery(&mut self, delivery: Delivery) -> Written {
-        let Delivery { subscriber, message, entry } = delivery;
+        let Delivery { subscription, message, entry } = delivery;
         let entry = entry.map(|entry| *entry);
         // Unsubscribing clears `active` before the subscription id can be used again, so the flag
         // alone tells a stale delivery (no lookup per delivery).
-        if !subscriber.active.load(Ordering::Acquire) {
+        if !subscription.active.load(Ordering::Acquire) {
             return match entry {
-                Some(entry) => Written::Stale(subscriber, entry),
+                Some(entry) => Written::Stale(subscription, entry),
                 None => Written::Done,
             };
         }
         let mut gap = false;
         if !self.resumes.is_empty() {
-            if let (Some(resume), Some(offset)) = (self.resumes.get_mut(&subscriber.seq), message.offset) {
+            if let (Some(resume), Some(offset)) = (self.resumes.get_mut(&subscription.seq), message.offset) {
                 if offset <= resume.floor {
                     return Written::Done;
                 }
                 gap = resume.gap;
-                self.resumes.remove(&subscriber.seq);
+                self.resumes.remove(&subscription.seq);
             }
         }
-        self.write_message(&subscriber, &message, entry, gap)
+        self.write_message(&subscription, &message, entry, gap)
     }
 
     /// Queues a MESSAGE: this subscription's head, then the shared tail.
     pub(super) fn write_message(
         &mut self,
-        subscriber: &Arc<Subscription>,
+        subscription: &Arc<Subscription>,
         message: &MessageTail,
         entry: Option<EntryRef>,
         gap: bool,
@@ -96,13 +97,13 @@ impl<S: FrameSink> Session<S> {
         let seq_text = seq_text.format(seq);
         let head = &mut self.scratch;
         head.clear();
-        head.extend_from_slice(&subscriber.head);
+        head.extend_from_slice(&subscription.head);
         head.extend_from_slice(b"message-id:");
         head.extend_from_slice(self.session_id.as_bytes());
         head.put_u8(b'-');
         head.extend_from_slice(seq_text.as_bytes());
         head.put_u8(b'\n');
-        if subscriber.ack != AckMode::Auto {
+        if subscription.ack != AckMode::Auto {
             head.extend_from_slice(b"ack:");
             head.extend_from_slice(self.session_id.as_bytes());
             head.put_u8(b'-');
@@ -120,10 +121,10 @@ impl<S: FrameSink> Session<S> {
         self.wrote = true;
         self.batch_messages += 1;
         if let Some(entry) = entry {
-            if subscriber.ack == AckMode::Auto {
-                self.auto_acks.push((subscriber.clone(), entry));
+            if subscription.ack == AckMode::Auto {
+                self.auto_acks.push((subscription.clone(), entry));
             } else {
-                self.unacked.insert(seq, Unacked { subscriber: subscriber.clone(), entry });
+                self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry });
             }
         }
         if full {
@@ -203,8 +204,8 @@ impl<S: FrameSink> Session<S> {
         // SENDs of a run the session stopped handling midway (a slow-consumer cut while a publish
         // waited) were taken without error: they are published, as they would have been.
         self.publish_held().await;
-        for (_, subscriber) in self.subscriptions.drain() {
-            self.node.hub().unsubscribe(&subscriber);
+        for (_, subscription) in self.subscriptions.drain() {
+            self.node.hub().unsubscribe(&subscription);
         }
         self.transactions.clear();
         let _ = self.release_unacked(|_| true).await;
@@ -213,7 +214,7 @@ impl<S: FrameSink> Session<S> {
         for delivery in self.outbox.close() {
             self.outbox.written(delivery.message.len());
             if let Some(entry) = delivery.entry {
-                undelivered.push((delivery.subscriber, *entry));
+                undelivered.push((delivery.subscription, *entry));
             }
         }
         let _ = self.release(undelivered, false).await;

@@ -61,7 +61,7 @@ impl<S: FrameSink> Session<S> {
         }
         head.put_u8(b'\n');
         self.next_sub_seq += 1;
-        let subscriber = Arc::new(Subscription {
+        let subscription = Arc::new(Subscription {
             seq: self.next_sub_seq,
             id: id.clone(),
             head: head.freeze(),
@@ -72,12 +72,12 @@ impl<S: FrameSink> Session<S> {
             prefetch,
             in_flight: AtomicU32::new(0),
         });
-        self.subscriptions.insert(id, subscriber.clone());
-        self.node.hub().subscribe(subscriber.clone()).wait().await?;
+        self.subscriptions.insert(id, subscription.clone());
+        self.node.hub().subscribe(subscription.clone()).wait().await?;
         let mut receipt =
             frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
         if let Some(since) = since {
-            let recovered = self.replay(&subscriber, since).await?;
+            let recovered = self.replay(&subscription, since).await?;
             receipt =
                 receipt.map(|r| r.with_header(RECOVERED_HEADER, if recovered { "true" } else { "false" }));
         }
@@ -91,21 +91,21 @@ impl<S: FrameSink> Session<S> {
     /// replayed offset are then skipped. Returns whether the history covered the whole gap.
     pub(super) async fn replay(
         &mut self,
-        subscriber: &Arc<Subscription>,
+        subscription: &Arc<Subscription>,
         since: u64,
     ) -> Result<bool, SessionError> {
-        let history = self.node.hub().history(&subscriber.route.name, since).await?;
+        let history = self.node.hub().history(&subscription.route.name, since).await?;
         let mut floor = since;
         let mut gap = !history.complete;
         for message in &history.messages {
             let prepared = MessageTail::new(message);
             floor = floor.max(message.offset.unwrap_or(floor));
-            if let Written::Full = self.write_message(subscriber, &prepared, None, gap) {
+            if let Written::Full = self.write_message(subscription, &prepared, None, gap) {
                 self.sink.flush().await.map_err(SessionError::io)?;
             }
             gap = false;
         }
-        self.resumes.insert(subscriber.seq, Resume { floor, gap });
+        self.resumes.insert(subscription.seq, Resume { floor, gap });
         Ok(history.complete)
     }
 
@@ -115,12 +115,12 @@ impl<S: FrameSink> Session<S> {
             (None, Some(Version::V1_0)) => required(&frame, "destination")?.to_owned(),
             (None, _) => return Err(SessionError::MissingHeader { command: "UNSUBSCRIBE", header: "id" }),
         };
-        let Some(subscriber) = self.subscriptions.remove(&id) else {
+        let Some(subscription) = self.subscriptions.remove(&id) else {
             return Err(SessionError::invalid(format!("no subscription with id {id:?}")));
         };
-        self.node.hub().unsubscribe(&subscriber);
-        self.resumes.remove(&subscriber.seq);
-        self.release_unacked(|s| Arc::ptr_eq(s, &subscriber)).await?;
+        self.node.hub().unsubscribe(&subscription);
+        self.resumes.remove(&subscription.seq);
+        self.release_unacked(|s| Arc::ptr_eq(s, &subscription)).await?;
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
         Ok(Flow::Continue)
     }
