@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! Dependencies flow one way: [`transport`] (WebSocket and TCP listeners, plain or TLS) feeds
-//! [`session`] (one client's state machine; [`session::io`] is the seam between the two), which
+//! [`session`] (one client's state machine; [`session::link`] is the seam between the two), which
 //! uses [`hub`] (local subscriptions and fan-out), which uses [`engine`] (the trait and its back
 //! ends). [`stomp`] is the frame codec, pure. [`node`] is what all of a process shares (config,
 //! hub, metrics, admission, the drain signal); [`http`] serves health, metrics and the admin API;

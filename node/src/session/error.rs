@@ -3,7 +3,7 @@
 use crate::auth::AuthError;
 use crate::destination::DestinationError;
 use crate::engine::EngineError;
-use crate::session::io::CloseReason;
+use crate::session::link::CloseReason;
 use crate::stomp::ProtocolError;
 
 #[derive(Debug, thiserror::Error)]

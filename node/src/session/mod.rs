@@ -23,12 +23,12 @@
 //! - `ack.rs`: ACK, NACK, and releasing unacknowledged deliveries;
 //! - `transaction.rs`: BEGIN, COMMIT, ABORT;
 //! - `output.rs`: writing batches and frames, the ERROR path, the end of a session;
-//! - `io.rs`: the seam with the transport; `error.rs`: [`SessionError`].
+//! - `link.rs`: the seam with the transport; `error.rs`: [`SessionError`].
 
 mod ack;
 mod connect;
 mod error;
-pub mod io;
+pub mod link;
 mod output;
 mod publish;
 mod subscribe;
@@ -41,7 +41,7 @@ use publish::message;
 use subscribe::Resume;
 
 pub use error::SessionError;
-pub use io::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
+pub use link::{CloseReason, FrameSink, Inbound, InboundReceiver, Negotiated};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

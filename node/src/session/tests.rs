@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::io::inbound_channel;
+use super::link::inbound_channel;
 use super::{run, Accepted, CloseReason, FrameSink, Inbound};
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;

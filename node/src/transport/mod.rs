@@ -13,7 +13,7 @@
 //! its payload to the session, which owns the writing half and answers with the pong.
 //!
 //! Transports depend on sessions, never the reverse: what passes between the two (the sink trait,
-//! the reader's events, the negotiated parameters) is [`crate::session::io`].
+//! the reader's events, the negotiated parameters) is [`crate::session::link`].
 //!
 //! Layout: `mod.rs` (the reader loop and the byte-source trait), `accept.rs` (the one accept
 //! loop: admission, TLS), `writer.rs` (the buffered writer both sinks use), `tcp.rs`, `ws.rs`
@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::node::Node;
-use crate::session::io::{inbound_channel, Inbound, InboundReceiver, Negotiated};
+use crate::session::link::{inbound_channel, Inbound, InboundReceiver, Negotiated};
 use crate::stomp::{Command, Decoded, Decoder, Limits};
 
 /// What one read from a transport produced.

@@ -150,7 +150,7 @@ mod tests {
         let node = crate::session::tests::node();
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
         let permit = node.admit(peer).expect("admitted");
-        let (_inbound_tx, inbound) = crate::session::io::inbound_channel();
+        let (_inbound_tx, inbound) = crate::session::link::inbound_channel();
         let (negotiated, _negotiated_rx) = oneshot::channel();
         let deadline = tokio::time::Instant::now();
         let accepted = session::Accepted { transport: Transport::Tcp, peer, permit, deadline, bearer: None };
