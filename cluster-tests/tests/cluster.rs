@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_tests::client::{describe, header};
-use cluster_tests::cluster::RECLAIM_AFTER;
-use cluster_tests::{eventually, eventually_eq, http, Client, Cluster, Endpoint, Node, Redis, Transport};
 use stampede::stomp::Frame;
+use stampede_testkit::client::{describe, header};
+use stampede_testkit::cluster::RECLAIM_AFTER;
+use stampede_testkit::{eventually, eventually_eq, http, Client, Cluster, Endpoint, Node, Redis, Transport};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cluster_tests::{http, Client, ClientError, Cluster, Redis, Transport};
+use stampede_testkit::{http, Client, ClientError, Cluster, Redis, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_keeps_acknowledged_writes_across_kill_9() {
