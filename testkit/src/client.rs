@@ -24,23 +24,12 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub use crate::variant::Transport;
+
 /// How long connecting (TCP, WebSocket handshake, CONNECT → CONNECTED) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a receipt may take.
 pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a client reaches a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// STOMP over WebSocket at `/ws` (subprotocol `v12.stomp`).
-    Ws,
-    /// STOMP over plain TCP.
-    Tcp,
-}
-
-impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Ws, Transport::Tcp];
-}
 
 /// Where a client connects.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,10 +22,12 @@ pub mod cluster;
 pub mod http;
 pub mod process;
 pub mod redis;
+pub mod variant;
 pub mod wait;
 
-pub use client::{Client, ClientError, Endpoint, Transport};
+pub use client::{Client, ClientError, Endpoint};
 pub use cluster::{Cluster, Node};
 pub use process::Log;
 pub use redis::Redis;
+pub use variant::{EngineKind, Transport, Variant};
 pub use wait::{eventually, eventually_eq, eventually_some, holds_within};
