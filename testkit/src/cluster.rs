@@ -14,10 +14,11 @@ use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::client::{Endpoint, Transport};
+use crate::client::Endpoint;
 use crate::http;
 use crate::process::{free_port, Log, Process};
 use crate::redis::Redis;
+use crate::variant::{EngineKind, Transport, Variant};
 
 /// Environment variable: path of a `stampede` binary to test instead of building one.
 pub const BIN_ENV: &str = "CLUSTER_TEST_STAMPEDE_BIN";
@@ -81,6 +82,23 @@ impl Cluster {
     /// One node on the embedded in-memory engine (no Redis).
     pub async fn memory(extra_args: &[&str]) -> Cluster {
         Cluster::launch(1, None, extra_args).await
+    }
+
+    /// The processes of `variant`: for the Redis engine a fresh [`Redis`] (returned first, so
+    /// that `let (_redis, cluster) = ...` drops the nodes before it) and its nodes; for the
+    /// memory engine one node. The variant's transport is the scenario's to use.
+    pub async fn of(variant: Variant, extra_args: &[&str]) -> (Option<Redis>, Cluster) {
+        match variant.engine {
+            EngineKind::Memory => {
+                assert_eq!(variant.nodes, 1, "the memory engine runs one node");
+                (None, Cluster::memory(extra_args).await)
+            }
+            EngineKind::Redis => {
+                let redis = Redis::start().await;
+                let cluster = Cluster::start(variant.nodes, &redis, extra_args).await;
+                (Some(redis), cluster)
+            }
+        }
     }
 
     async fn launch(n: usize, redis_url: Option<String>, extra_args: &[&str]) -> Cluster {

@@ -75,7 +75,8 @@ impl Log {
         self.line("harness", event);
     }
 
-    fn line(&self, source: &str, line: &str) {
+    /// Appends one line said by `source` (`out`, `err`, `harness`, `log`).
+    pub fn line(&self, source: &str, line: &str) {
         let at = epoch().elapsed().as_secs_f64();
         let mut text = self.text.lock().expect("log");
         let _ = writeln!(text, "[{at:8.3}s {source}] {line}");

@@ -273,6 +273,15 @@ fn ping_blocking(port: u16) -> bool {
         && stream.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
 }
 
+/// A script (for `EVAL <script> 1 <stream key>`) that answers how many entries of a queue's
+/// stream are ready: its length less what its consumer group holds pending. The queue's key is
+/// `<prefix>:{<queue>}:q` and the group `stampede` (the module doc of `engine/redis`).
+pub const READY_ENTRIES: &str = "local len = redis.call('XLEN', KEYS[1]) \
+                                 local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], 'stampede') \
+                                 local pending = 0 \
+                                 if ok then pending = tonumber(p[1]) or 0 end \
+                                 return len - pending";
+
 // === RESP ===
 
 /// A Redis reply.

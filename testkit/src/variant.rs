@@ -104,7 +104,7 @@ impl Variant {
 /// `$scenario::$test` on a multi-thread runtime with two workers. The variant expressions are
 /// evaluated inside the scenario's test module, which sees the caller's items:
 ///
-/// ```ignore
+/// ```text
 /// stampede_testkit::variants! {
 ///     topic_in_order: memory => Variant::memory(Transport::Ws), redis3 => Variant::redis(3, Transport::Ws);
 /// }

@@ -14,9 +14,18 @@ use tokio::time::Instant;
 /// Time between two polls.
 pub const POLL: Duration = Duration::from_millis(20);
 
-/// The loop: calls `probe` every [`POLL`] until it answers `Ok`, and returns that; once `within`
+/// [`poll_every`] at the usual pace, [`POLL`].
+pub async fn poll<T, L, F, Fut>(within: Duration, probe: F) -> Result<T, L>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, L>>,
+{
+    poll_every(within, POLL, probe).await
+}
+
+/// The loop: calls `probe` every `every` until it answers `Ok`, and returns that; once `within`
 /// has passed, returns the last `Err` (what was seen instead).
-pub async fn poll<T, L, F, Fut>(within: Duration, mut probe: F) -> Result<T, L>
+pub async fn poll_every<T, L, F, Fut>(within: Duration, every: Duration, mut probe: F) -> Result<T, L>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, L>>,
@@ -28,7 +37,7 @@ where
             Err(last) if Instant::now() >= deadline => return Err(last),
             Err(_) => {}
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -99,4 +108,20 @@ where
     })
     .await;
     outcome.is_ok()
+}
+
+/// [`eventually_some`] for a synchronous test whose probe blocks (runs a command, reads a
+/// socket), polled every `every`: the same loop, on a runtime of its own.
+pub fn eventually_some_blocking<T>(
+    within: Duration,
+    every: Duration,
+    what: impl Display,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
+    let outcome = runtime.block_on(poll_every(within, every, || {
+        let seen = probe().ok_or(());
+        async move { seen }
+    }));
+    outcome.unwrap_or_else(|()| panic!("still not true after {within:?}: {what}"))
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use stampede_testkit::http::metric;
-use stampede_testkit::redis::Resp;
+use stampede_testkit::redis::{Resp, READY_ENTRIES};
 use stampede_testkit::{holds_within, EngineKind as Kind, Redis};
 
 use super::memory::MemoryEngine;
@@ -87,12 +87,7 @@ impl Under {
             None => self.engine.queue_depths().into_iter().find(|(q, _)| q == queue).map_or(0, |(_, n)| n),
             Some(redis) => {
                 let key = format!("stampede:{{{queue}}}:q");
-                let script = "local len = redis.call('XLEN', KEYS[1]) \
-                              local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], 'stampede') \
-                              local pending = 0 \
-                              if ok then pending = tonumber(p[1]) or 0 end \
-                              return len - pending";
-                match redis.call(&["EVAL", script, "1", &key]).await {
+                match redis.call(&["EVAL", READY_ENTRIES, "1", &key]).await {
                     Resp::Int(n) => u64::try_from(n).expect("a depth"),
                     other => panic!("depth of {queue}: {other:?}"),
                 }
@@ -132,7 +127,8 @@ impl Record {
     }
 }
 
-fn message(destination: &str, body: impl Into<String>) -> Message {
+/// A message with a `content-type` header (shared with `redis/tests.rs`).
+pub(super) fn message(destination: &str, body: impl Into<String>) -> Message {
     Message {
         destination: Arc::from(destination),
         headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
@@ -141,7 +137,8 @@ fn message(destination: &str, body: impl Into<String>) -> Message {
     }
 }
 
-fn history(pattern: &str, size: usize, ttl: Option<Duration>) -> HistoryRule {
+/// A history rule (shared with `redis/tests.rs`).
+pub(super) fn history(pattern: &str, size: usize, ttl: Option<Duration>) -> HistoryRule {
     HistoryRule { pattern: pattern.to_owned(), size, ttl }
 }
 

@@ -13,7 +13,8 @@ use stampede_testkit::http::metric;
 use stampede_testkit::{holds_within, Redis};
 
 use super::{envelope, pubsub, scripts, RedisEngine, Tuning};
-use crate::config::{Config, HistoryRule};
+use crate::config::Config;
+use crate::engine::contract::{history, message};
 use crate::engine::{Engine, EngineError, EntryId, Inbox, Message};
 use crate::metrics::Metrics;
 
@@ -103,19 +104,6 @@ async fn node_with(
     let weak: Weak<dyn Inbox> = Arc::downgrade(&dyn_inbox);
     engine.attach(weak);
     Node { engine, inbox, metrics }
-}
-
-fn message(destination: &str, body: impl Into<String>) -> Message {
-    Message {
-        destination: Arc::from(destination),
-        headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
-        body: Bytes::from(body.into()),
-        offset: None,
-    }
-}
-
-fn history(pattern: &str, size: usize, ttl: Option<Duration>) -> HistoryRule {
-    HistoryRule { pattern: pattern.to_owned(), size, ttl }
 }
 
 const WAIT: Duration = Duration::from_secs(10);
