@@ -205,6 +205,11 @@ impl Node {
         format!("ws://{}/ws", self.listen)
     }
 
+    /// The client HTTP port (WebSocket at `/ws`).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
     /// STOMP over plain TCP.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.stomp
