@@ -19,6 +19,7 @@ use crate::http;
 use crate::process::{free_port, Log, Process};
 use crate::redis::Redis;
 use crate::variant::{EngineKind, Transport, Variant};
+use crate::wait::poll_every;
 
 /// Environment variable: path of a `stampede` binary to test instead of building one.
 pub const BIN_ENV: &str = "CLUSTER_TEST_STAMPEDE_BIN";
@@ -286,22 +287,21 @@ impl Node {
 
     /// Waits until `/readyz` answers 200; panics if the process exits first or takes too long.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + READY_PATIENCE;
-        loop {
+        // Done (`Ok`) when `/readyz` answers 200 or the process is gone; polled again otherwise.
+        let outcome = poll_every(READY_PATIENCE, Duration::from_millis(50), || async {
             let exited = self.process.lock().expect("node process").as_mut().map(Process::exit_status);
             match exited {
-                None => panic!("{} is not running: nothing to wait for", self.id),
-                Some(Some(status)) => panic!("{} exited ({status}) before it was ready", self.id),
-                Some(None) => {}
+                None => Ok(Err(format!("{} is not running: nothing to wait for", self.id))),
+                Some(Some(status)) => Ok(Err(format!("{} exited ({status}) before it was ready", self.id))),
+                Some(None) if self.is_ready().await => Ok(Ok(())),
+                Some(None) => Err(()),
             }
-            if self.is_ready().await {
-                self.log.note("ready");
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("{} was not ready within {READY_PATIENCE:?}", self.id);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => self.log.note("ready"),
+            Ok(Err(why)) => panic!("{why}"),
+            Err(()) => panic!("{} was not ready within {READY_PATIENCE:?}", self.id),
         }
     }
 }

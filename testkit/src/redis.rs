@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::process::{free_port, temp_dir, Log, Process, KEEP_LOGS_ENV};
+use crate::wait::poll_every;
 
 /// How long Redis may take to answer PING after a start or restart (AOF replay included).
 const START_PATIENCE: Duration = Duration::from_secs(20);
@@ -162,20 +163,23 @@ impl Redis {
     }
 
     async fn wait_until_up(&self) {
-        let deadline = tokio::time::Instant::now() + START_PATIENCE;
-        loop {
+        // Done (`Ok`) when it answers PING or has exited; polled again (`Err`) otherwise.
+        let outcome = poll_every(START_PATIENCE, Duration::from_millis(25), || async {
             if self.ping().await {
-                self.log.note("answers PING");
-                return;
+                return Ok(None);
             }
             let exited = self.process.lock().expect("redis process").as_mut().and_then(Process::exit_status);
-            if let Some(status) = exited {
-                panic!("redis-server on port {} exited ({status}) before answering PING", self.port);
+            exited.map(Some).ok_or(())
+        })
+        .await;
+        match outcome {
+            Ok(None) => self.log.note("answers PING"),
+            Ok(Some(status)) => {
+                panic!("redis-server on port {} exited ({status}) before answering PING", self.port)
             }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("redis-server on port {} did not answer PING within {START_PATIENCE:?}", self.port);
+            Err(()) => {
+                panic!("redis-server on port {} did not answer PING within {START_PATIENCE:?}", self.port)
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
