@@ -438,7 +438,7 @@ impl Cluster {
                 None
             }
             EngineKind::Redis => {
-                let url = redis::shared().url();
+                let url = redis::shared().await.url();
                 let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
                 let prefix = format!("test-{}-{n}", std::process::id());
                 for i in 0..variant.nodes {
@@ -531,7 +531,7 @@ impl Cluster {
             Some(prefix) => {
                 // Key layout and group name: the module doc of engine/redis.
                 let key = format!("{prefix}:{{{queue}}}:q");
-                match redis::shared().call(&["EVAL", redis::READY_ENTRIES, "1", &key]).await {
+                match redis::shared().await.call(&["EVAL", redis::READY_ENTRIES, "1", &key]).await {
                     Resp::Int(n) => u64::try_from(n).expect("a depth"),
                     other => panic!("depth of {queue}: {other:?}"),
                 }

@@ -14,8 +14,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::process::{ChildStdin, Command};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +37,10 @@ pub struct Redis {
     dir: PathBuf,
     /// The append-only file on (fsync always), or no persistence at all.
     persistent: bool,
+    /// Run under [`LIFELINE_WRAPPER`], which ends the server with the test process ([`shared`]).
+    tied: bool,
+    /// The writing end of a tied server's standard input.
+    lifeline: Mutex<Option<ChildStdin>>,
     log: Log,
     process: Mutex<Option<Process>>,
 }
@@ -69,6 +73,8 @@ impl Redis {
             port: free_port(),
             dir: temp_dir("redis"),
             persistent,
+            tied: false,
+            lifeline: Mutex::new(None),
             log: Log::new("redis"),
             process: Mutex::new(None),
         }
@@ -147,7 +153,13 @@ impl Redis {
     }
 
     fn spawn(&self) {
-        let mut command = Command::new("redis-server");
+        let mut command = if self.tied {
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(LIFELINE_WRAPPER).arg("sh");
+            sh
+        } else {
+            Command::new("redis-server")
+        };
         command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
@@ -158,11 +170,23 @@ impl Redis {
         } else {
             command.args(["--appendonly", "no"]);
         }
-        let process = Process::spawn(command, &self.log);
+        let process = if self.tied {
+            let (process, lifeline) = Process::spawn_tied(command, &self.log);
+            *self.lifeline.lock().expect("redis lifeline") = Some(lifeline);
+            process
+        } else {
+            Process::spawn(command, &self.log)
+        };
         *self.process.lock().expect("redis process") = Some(process);
     }
 
     async fn wait_until_up(&self) {
+        if let Err(why) = self.try_wait_until_up().await {
+            panic!("{why}");
+        }
+    }
+
+    async fn try_wait_until_up(&self) -> Result<(), String> {
         // Done (`Ok`) when it answers PING or has exited; polled again (`Err`) otherwise.
         let outcome = poll_every(START_PATIENCE, Duration::from_millis(25), || async {
             if self.ping().await {
@@ -173,13 +197,17 @@ impl Redis {
         })
         .await;
         match outcome {
-            Ok(None) => self.log.note("answers PING"),
+            Ok(None) => {
+                self.log.note("answers PING");
+                Ok(())
+            }
             Ok(Some(status)) => {
-                panic!("redis-server on port {} exited ({status}) before answering PING", self.port)
+                Err(format!("redis-server on port {} exited ({status}) before answering PING", self.port))
             }
-            Err(()) => {
-                panic!("redis-server on port {} did not answer PING within {START_PATIENCE:?}", self.port)
-            }
+            Err(()) => Err(format!(
+                "redis-server on port {} did not answer PING within {START_PATIENCE:?}",
+                self.port
+            )),
         }
     }
 }
@@ -196,19 +224,34 @@ impl Drop for Redis {
 
 // === the shared server ===
 
-/// The `redis-server` of this test binary, started on first use, without persistence.
-pub fn shared() -> &'static SharedRedis {
-    static REDIS: OnceLock<SharedRedis> = OnceLock::new();
-    REDIS.get_or_init(SharedRedis::start)
-}
-
-/// A `redis-server` for the whole test process. A shell runs it and kills it when its standard
-/// input, a pipe this process holds open until it exits, reaches EOF: so it ends with the test
-/// binary, passed, failed or killed (a static is never dropped).
-pub struct SharedRedis {
-    port: u16,
-    _child: std::process::Child,
-    _lifeline: std::process::ChildStdin,
+/// The `redis-server` of this test binary, without persistence, started on first use and tied
+/// to the test process: a static is never dropped, so the server ends when its standard input,
+/// a pipe this process holds open until it exits, reaches EOF; passed, failed or killed. Not for
+/// kill or restart (they would stop the shell, not Redis).
+pub async fn shared() -> &'static Redis {
+    static REDIS: tokio::sync::OnceCell<Redis> = tokio::sync::OnceCell::const_new();
+    REDIS
+        .get_or_init(|| async {
+            let found = Command::new("redis-server")
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(found, "the Redis variants need `redis-server` on PATH");
+            let mut failures = Vec::new();
+            // A port can be taken between choosing it and Redis binding it: try a few.
+            for _ in 0..5 {
+                let mut redis = Redis::new(false);
+                redis.tied = true;
+                redis.spawn();
+                match redis.try_wait_until_up().await {
+                    Ok(()) => return redis,
+                    Err(why) => failures.push(why),
+                }
+            }
+            panic!("redis-server did not start: {failures:?}");
+        })
+        .await
 }
 
 /// `$@`: redis-server's arguments. Exits when Redis does (so a failed start is seen).
@@ -216,66 +259,6 @@ const LIFELINE_WRAPPER: &str = r#"redis-server "$@" </dev/null & pid=$!
 exec 3<&0
 ( cat <&3 >/dev/null; kill $pid 2>/dev/null ) &
 wait $pid"#;
-
-impl SharedRedis {
-    fn start() -> SharedRedis {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(found, "the Redis variants need `redis-server` on PATH");
-        let dir = std::env::temp_dir();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(LIFELINE_WRAPPER)
-                .arg("sh")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .args(["--loglevel", "warning", "--logfile", ""])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("run sh");
-            let lifeline = child.stdin.take().expect("a stdin pipe");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if ping_blocking(port) {
-                    return SharedRedis { port, _child: child, _lifeline: lifeline };
-                }
-                // Exited: most likely the port was taken meanwhile; try another one.
-                if child.try_wait().expect("wait for sh").is_some() || std::time::Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// One command on a fresh connection; returns the reply.
-    pub async fn call(&self, args: &[&str]) -> Resp {
-        call(SocketAddr::from(([127, 0, 0, 1], self.port)), args).await
-    }
-}
-
-fn ping_blocking(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 16];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
-}
 
 /// A script (for `EVAL <script> 1 <stream key>`) that answers how many entries of a queue's
 /// stream are ready: its length less what its consumer group holds pending. The queue's key is
