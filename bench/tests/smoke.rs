@@ -1,36 +1,11 @@
 //! Smoke tests: `stampede-bench` against an in-process Stampede node, for about two seconds each,
 //! so CI exercises the load generator end to end (CLI, STOMP over WebSocket, JSON report).
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use stampede::config::Config;
 use stampede_bench::Report;
-
-/// Starts a node on the embedded engine on a free loopback port; returns its WebSocket URL.
-/// The node runs until the test's runtime ends.
-async fn start_node() -> String {
-    let config = Config::load_from(
-        [
-            "stampede",
-            "--listen",
-            "127.0.0.1:0",
-            "--stomp-listen",
-            "off",
-            "--admin-listen",
-            "off",
-            "--drain-period",
-            "100ms",
-        ],
-        &|_| None,
-    )
-    .expect("a valid configuration");
-    let listeners = stampede::Listeners::bind(&config).await.expect("bind 127.0.0.1:0");
-    let addr: SocketAddr = listeners.ws.local_addr().expect("bound address");
-    tokio::spawn(stampede::run(config, listeners, std::future::pending()));
-    format!("ws://{addr}/ws")
-}
+use stampede_testkit::local::TestNode;
 
 /// Runs the `stampede-bench` binary with `args` and returns its JSON report.
 async fn bench(args: &[&str]) -> Report {
@@ -59,7 +34,9 @@ async fn bench(args: &[&str]) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_counts_deliveries() {
-    let url = start_node().await;
+    // A node on the embedded engine, on free loopback ports (the test kit's in-process node).
+    let node = TestNode::start(|_| {}).await;
+    let url = node.ws_url();
     let report = bench(&[
         "fanout",
         "--url",
@@ -90,7 +67,9 @@ async fn fanout_counts_deliveries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_and_idle_run() {
-    let url = start_node().await;
+    // A node on the embedded engine, on free loopback ports (the test kit's in-process node).
+    let node = TestNode::start(|_| {}).await;
+    let url = node.ws_url();
     let report = bench(&[
         "queue",
         "--url",

@@ -2,7 +2,9 @@
 //!
 //! Each scenario is written once as an `async fn` over a [`Cluster`] and run by one or more
 //! tests: on three nodes, on one node with Redis, and (for the topic and queue basics) on one
-//! node with the embedded engine, so "one node and three" are held to the same guarantees.
+//! node with the embedded engine, declared with the test kit's `variants!` (tests
+//! `<scenario>::memory`, `::one_node`, `::three_nodes`), so "one node and three" are held to the
+//! same guarantees.
 //! Every count is exact, every wait has a deadline, and a failing test prints the log of every
 //! process it started. `README.md` says what each scenario proves.
 
@@ -12,10 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_tests::client::{describe, header};
-use cluster_tests::cluster::RECLAIM_AFTER;
-use cluster_tests::{eventually, eventually_eq, http, Client, Cluster, Endpoint, Node, Redis, Transport};
 use stampede::stomp::Frame;
+use stampede_testkit::client::{ack_frame, header, send_frame, show};
+use stampede_testkit::cluster::RECLAIM_AFTER;
+use stampede_testkit::{
+    eventually, eventually_eq, http, variants, Client, Cluster, Endpoint, Node, Redis, Transport, Variant,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -28,21 +32,34 @@ const SPREAD: Duration = Duration::from_secs(30);
 
 const HISTORY: &str = "/topic/hist.*=1000";
 
+// The topic and queue basics on one node with the embedded engine, one node with Redis and
+// three nodes on one Redis (the variant's transport is unused: each scenario mixes both).
+variants! {
+    topic_in_order:
+        memory => Variant::memory(Transport::Ws),
+        one_node => Variant::redis(1, Transport::Ws),
+        three_nodes => Variant::redis(3, Transport::Ws);
+    queue_delivers_each_message_once:
+        memory => Variant::memory(Transport::Ws),
+        one_node => Variant::redis(1, Transport::Ws),
+        three_nodes => Variant::redis(3, Transport::Ws);
+}
+
 // === Helpers ===
 
 async fn connect(node: &Node, transport: Transport, login: Option<&str>) -> Client {
-    Client::connect(&node.endpoint(transport), login)
+    Client::connect_to(&node.endpoint(transport), login)
         .await
         .unwrap_or_else(|e| panic!("connect to {} over {transport:?} as {login:?}: {e}", node.id()))
 }
 
 /// The `seq` header every scenario's publisher sets.
 fn seq(frame: &Frame) -> u64 {
-    header(frame, "seq").parse().unwrap_or_else(|_| panic!("bad seq in {}", describe(frame)))
+    header(frame, "seq").parse().unwrap_or_else(|_| panic!("bad seq in {}", show(frame)))
 }
 
 fn offset(frame: &Frame) -> u64 {
-    header(frame, "x-offset").parse().unwrap_or_else(|_| panic!("bad x-offset in {}", describe(frame)))
+    header(frame, "x-offset").parse().unwrap_or_else(|_| panic!("bad x-offset in {}", show(frame)))
 }
 
 fn redelivered(frame: &Frame) -> bool {
@@ -57,9 +74,9 @@ async fn publish(client: &mut Client, destination: &str, seqs: Range<u64>) {
         let text = n.to_string();
         let body = format!("message {n}");
         let sent = if n == last {
-            client.send_confirmed(destination, &body, &[("seq", &text)]).await
+            client.try_publish(destination, &body, &[("seq", &text)]).await.map(drop)
         } else {
-            client.send(destination, &body, &[("seq", &text)]).await
+            client.try_send(destination, &body, &[("seq", &text)]).await
         };
         sent.unwrap_or_else(|e| panic!("SEND seq {n} to {destination}: {e}"));
     }
@@ -70,10 +87,10 @@ async fn expect_in_order(client: &mut Client, who: &str, seqs: Range<u64>) -> Ve
     let mut frames = Vec::new();
     for expected in seqs.clone() {
         let frame = client
-            .recv(RECV)
+            .try_recv_message(RECV)
             .await
             .unwrap_or_else(|e| panic!("{who}: waiting for seq {expected} (of {seqs:?}): {e}"));
-        assert_eq!(seq(&frame), expected, "{who}: out of order, duplicate or gap: {}", describe(&frame));
+        assert_eq!(seq(&frame), expected, "{who}: out of order, duplicate or gap: {}", show(&frame));
         frames.push(frame);
     }
     frames
@@ -85,7 +102,7 @@ fn assert_offsets_increase(who: &str, after: Option<u64>, frames: &[Frame]) {
     for frame in frames {
         let now = offset(frame);
         if let Some(last) = last {
-            assert!(now > last, "{who}: x-offset {now} after {last}: {}", describe(frame));
+            assert!(now > last, "{who}: x-offset {now} after {last}: {}", show(frame));
         }
         last = Some(now);
     }
@@ -102,9 +119,9 @@ fn spawn_consumer(
     tokio::spawn(async move {
         let mut got = Vec::new();
         loop {
-            match client.recv(QUIET).await {
+            match client.try_recv_message(QUIET).await {
                 Ok(frame) => {
-                    client.ack(&frame).await.unwrap_or_else(|e| panic!("{who}: ACK: {e}"));
+                    client.send_frame(&ack_frame(&frame)).await.unwrap_or_else(|e| panic!("{who}: ACK: {e}"));
                     got.push(frame);
                     total.fetch_add(1, Ordering::SeqCst);
                 }
@@ -162,7 +179,7 @@ async fn topic_reaches_every_subscriber_once_in_order(
     let mut clients = Vec::new();
     for (i, &(node, transport)) in subscribers.iter().enumerate() {
         let mut client = connect(cluster.node(node), transport, None).await;
-        client.subscribe(&format!("sub-{i}"), destination, &[]).await.expect("SUBSCRIBE");
+        client.try_subscribe(destination, &format!("sub-{i}"), &[]).await.expect("SUBSCRIBE");
         clients.push((format!("subscriber {i} on node-{node} over {transport:?}"), client));
     }
     let mut publisher = connect(cluster.node(publisher), Transport::Tcp, None).await;
@@ -171,43 +188,20 @@ async fn topic_reaches_every_subscriber_once_in_order(
         for frame in expect_in_order(&mut client, &who, 0..count).await {
             assert_eq!(header(&frame, "destination"), destination, "{who}");
         }
-        client.expect_silence(QUIET).await.unwrap_or_else(|e| panic!("{who}: more than {count}: {e}"));
+        client.try_quiet(QUIET).await.unwrap_or_else(|e| panic!("{who}: more than {count}: {e}"));
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn harness_smoke_memory_engine_topic_in_order() {
-    let cluster = Cluster::memory(&[]).await;
+/// Scenario 1 on each variant: the publisher is client 0, subscriber `i` (over WebSocket, then
+/// TCP) is client `i + 1`, and client `c` connects to node `c % n`: on three nodes the publisher
+/// is on node-0 and the subscribers on node-1 and node-2.
+async fn topic_in_order(variant: Variant) {
+    let (_redis, cluster) = Cluster::of(variant, &[]).await;
+    let n = cluster.len();
     topic_reaches_every_subscriber_once_in_order(
         &cluster,
         0,
-        &[(0, Transport::Ws), (0, Transport::Tcp)],
-        500,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_topic_in_order() {
-    let redis = Redis::start().await;
-    let cluster = Cluster::start(1, &redis, &[]).await;
-    topic_reaches_every_subscriber_once_in_order(
-        &cluster,
-        0,
-        &[(0, Transport::Ws), (0, Transport::Tcp)],
-        500,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_topic_in_order() {
-    let redis = Redis::start().await;
-    let cluster = Cluster::start(3, &redis, &[]).await;
-    topic_reaches_every_subscriber_once_in_order(
-        &cluster,
-        0,
-        &[(1, Transport::Ws), (2, Transport::Tcp)],
+        &[(1 % n, Transport::Ws), (2 % n, Transport::Tcp)],
         500,
     )
     .await;
@@ -217,7 +211,7 @@ async fn three_nodes_topic_in_order() {
 
 /// Consumers on the given nodes share a queue (client-individual acks): each of `count`
 /// messages is delivered exactly once across all of them.
-async fn queue_delivers_each_message_once(
+async fn queue_consumers_share_each_message_once(
     cluster: &Cluster,
     producer: usize,
     consumers: &[(usize, Transport)],
@@ -230,7 +224,7 @@ async fn queue_delivers_each_message_once(
     for (i, &(node, transport)) in consumers.iter().enumerate() {
         let mut client = connect(cluster.node(node), transport, None).await;
         let headers = [("ack", "client-individual"), ("prefetch-count", "10")];
-        client.subscribe("work", queue, &headers).await.expect("SUBSCRIBE");
+        client.try_subscribe(queue, "work", &headers).await.expect("SUBSCRIBE");
         let who = format!("consumer {i} on node-{node} over {transport:?}");
         tasks.push((who.clone(), spawn_consumer(client, who, total.clone(), stop.clone())));
     }
@@ -249,27 +243,13 @@ async fn queue_delivers_each_message_once(
     assert_exactly_once("queue deliveries", &tally(all), count);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_engine_queue_delivers_each_message_once() {
-    let cluster = Cluster::memory(&[]).await;
-    let consumers = [(0, Transport::Ws), (0, Transport::Tcp), (0, Transport::Ws)];
-    queue_delivers_each_message_once(&cluster, 0, &consumers, 300).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_queue_delivers_each_message_once() {
-    let redis = Redis::start().await;
-    let cluster = Cluster::start(1, &redis, &[]).await;
-    let consumers = [(0, Transport::Ws), (0, Transport::Tcp), (0, Transport::Ws)];
-    queue_delivers_each_message_once(&cluster, 0, &consumers, 300).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_queue_delivers_each_message_once() {
-    let redis = Redis::start().await;
-    let cluster = Cluster::start(3, &redis, &[]).await;
-    let consumers = [(0, Transport::Ws), (1, Transport::Tcp), (2, Transport::Ws)];
-    queue_delivers_each_message_once(&cluster, 0, &consumers, 300).await;
+/// Scenario 2 on each variant: consumer `i` (over WebSocket, TCP, WebSocket) connects to node
+/// `i % n`, the producer to node-0.
+async fn queue_delivers_each_message_once(variant: Variant) {
+    let (_redis, cluster) = Cluster::of(variant, &[]).await;
+    let n = cluster.len();
+    let consumers = [(0, Transport::Ws), (1 % n, Transport::Tcp), (2 % n, Transport::Ws)];
+    queue_consumers_share_each_message_once(&cluster, 0, &consumers, 300).await;
 }
 
 // === Scenario 3: kill -9 of a node holding unacknowledged messages ===
@@ -286,18 +266,18 @@ async fn kill_9_hands_unacknowledged_messages_to_other_nodes() {
     let mut holder = connect(cluster.node(1), Transport::Tcp, None).await;
     let prefetch = PREFETCH.to_string();
     holder
-        .subscribe("held", queue, &[("ack", "client-individual"), ("prefetch-count", &prefetch)])
+        .try_subscribe(queue, "held", &[("ack", "client-individual"), ("prefetch-count", &prefetch)])
         .await
         .unwrap();
     let mut producer = connect(cluster.node(0), Transport::Ws, None).await;
     publish(&mut producer, queue, 0..COUNT).await;
     let mut held = BTreeSet::new();
     for _ in 0..PREFETCH {
-        let frame = holder.recv(RECV).await.expect("node-1's consumer gets its prefetch");
-        assert!(!redelivered(&frame), "first delivery flagged redelivered: {}", describe(&frame));
+        let frame = holder.try_recv_message(RECV).await.expect("node-1's consumer gets its prefetch");
+        assert!(!redelivered(&frame), "first delivery flagged redelivered: {}", show(&frame));
         held.insert(seq(&frame));
     }
-    holder.expect_silence(QUIET).await.expect("no more than prefetch-count unacknowledged messages");
+    holder.try_quiet(QUIET).await.expect("no more than prefetch-count unacknowledged messages");
 
     // Consumers on node-0 and node-2 take the rest.
     let total = Arc::new(AtomicUsize::new(0));
@@ -306,7 +286,7 @@ async fn kill_9_hands_unacknowledged_messages_to_other_nodes() {
     for (node, transport) in [(0, Transport::Ws), (2, Transport::Tcp)] {
         let mut client = connect(cluster.node(node), transport, None).await;
         client
-            .subscribe("rest", queue, &[("ack", "client-individual"), ("prefetch-count", "100")])
+            .try_subscribe(queue, "rest", &[("ack", "client-individual"), ("prefetch-count", "100")])
             .await
             .unwrap();
         let who = format!("consumer on node-{node}");
@@ -371,7 +351,7 @@ fn spawn_roaming_producer(
         let mut client: Option<Client> = None;
         while !stop.load(Ordering::SeqCst) {
             let Some(producer) = client.as_mut() else {
-                match Client::connect(&endpoints[at % endpoints.len()], None).await {
+                match Client::connect_to(&endpoints[at % endpoints.len()], None).await {
                     Ok(c) => {
                         connections += 1;
                         client = Some(c);
@@ -384,8 +364,8 @@ fn spawn_roaming_producer(
                 continue;
             };
             let text = next.to_string();
-            match producer.send_confirmed(queue, "work", &[("seq", &text)]).await {
-                Ok(()) => {
+            match producer.try_publish(queue, "work", &[("seq", &text)]).await {
+                Ok(_) => {
                     confirmed.lock().unwrap().push(next);
                     next += 1;
                     // Steady traffic, not a flood.
@@ -417,7 +397,7 @@ fn spawn_roaming_consumer(
             if stop.load(Ordering::SeqCst) {
                 return connections;
             }
-            let mut client = match Client::connect(&endpoints[at % endpoints.len()], None).await {
+            let mut client = match Client::connect_to(&endpoints[at % endpoints.len()], None).await {
                 Ok(client) => client,
                 Err(_) => {
                     at += 1;
@@ -426,16 +406,16 @@ fn spawn_roaming_consumer(
                 }
             };
             let headers = [("ack", "client-individual"), ("prefetch-count", "20")];
-            if client.subscribe("work", queue, &headers).await.is_err() {
+            if client.try_subscribe(queue, "work", &headers).await.is_err() {
                 at += 1;
                 continue;
             }
             connections += 1;
             loop {
-                match client.recv(QUIET).await {
+                match client.try_recv_message(QUIET).await {
                     Ok(frame) => {
                         seen.lock().unwrap().push(seq(&frame));
-                        if client.ack(&frame).await.is_err() {
+                        if client.send_frame(&ack_frame(&frame)).await.is_err() {
                             at += 1;
                             continue 'connect;
                         }
@@ -533,40 +513,37 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
     // Sessions that must live through the outage.
     let mut publisher = connect(cluster.node(0), Transport::Ws, None).await;
     let mut live_sub = connect(cluster.node(1), Transport::Tcp, None).await;
-    live_sub.subscribe("live", live, &[]).await.unwrap();
+    live_sub.try_subscribe(live, "live", &[]).await.unwrap();
     let mut hist_sub = connect(cluster.node(2), Transport::Ws, None).await;
-    hist_sub.subscribe("hist", hist, &[]).await.unwrap();
+    hist_sub.try_subscribe(hist, "hist", &[]).await.unwrap();
     let mut probe = connect(cluster.node(0), Transport::Tcp, None).await;
 
     // Queue: 50 confirmed; the first 20 consumed and acknowledged (with receipts).
     let mut queue_producer = connect(cluster.node(0), Transport::Tcp, None).await;
     for n in 0..50u64 {
-        queue_producer
-            .send_confirmed(durable, "durable", &[("seq", &n.to_string())])
-            .await
-            .expect("queue SEND");
+        queue_producer.try_publish(durable, "durable", &[("seq", &n.to_string())]).await.expect("queue SEND");
     }
     let mut early_consumer = connect(cluster.node(1), Transport::Tcp, None).await;
     early_consumer
-        .subscribe("q", durable, &[("ack", "client-individual"), ("prefetch-count", "1")])
+        .try_subscribe(durable, "q", &[("ack", "client-individual"), ("prefetch-count", "1")])
         .await
         .unwrap();
     let mut acked = BTreeSet::new();
     for _ in 0..20 {
-        let frame = early_consumer.recv(RECV).await.expect("queue message before the outage");
-        early_consumer.ack_confirmed(&frame).await.expect("ACK with receipt");
+        let frame = early_consumer.try_recv_message(RECV).await.expect("queue message before the outage");
+        early_consumer.try_ack(&frame).await.expect("ACK with receipt");
         acked.insert(seq(&frame));
     }
-    early_consumer.unsubscribe("q").await.expect("UNSUBSCRIBE");
-    early_consumer.disconnect().await.expect("DISCONNECT");
+    early_consumer.try_unsubscribe("q").await.expect("UNSUBSCRIBE");
+    early_consumer.try_disconnect().await.expect("DISCONNECT");
 
     // History: `early` sees 0..50 and leaves; the publisher goes on to 100.
     let mut early = connect(cluster.node(1), Transport::Ws, None).await;
-    early.subscribe("hist", hist, &[]).await.unwrap();
+    early.try_subscribe(hist, "hist", &[]).await.unwrap();
     publish(&mut publisher, hist, 0..50).await;
     let seen_early = expect_in_order(&mut early, "early history subscriber", 0..50).await;
     let resume_from = offset(seen_early.last().unwrap());
-    early.disconnect().await.expect("DISCONNECT");
+    early.try_disconnect().await.expect("DISCONNECT");
     publish(&mut publisher, hist, 50..100).await;
     let before = expect_in_order(&mut hist_sub, "history subscriber before the outage", 0..100).await;
     assert_offsets_increase("history subscriber before the outage", None, &before);
@@ -579,11 +556,13 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
         readyz_everywhere(&cluster)
     })
     .await;
-    let probe_receipt =
-        probe.send_with_receipt(durable, "sent while Redis is down", &[("seq", "1000")]).await.expect("SEND");
-    match probe.await_receipt(&probe_receipt, Duration::from_secs(2)).await {
+    let probe_receipt = probe
+        .try_send_with_receipt(send_frame(durable, "sent while Redis is down", &[("seq", "1000")]))
+        .await
+        .expect("SEND");
+    match probe.try_await_receipt(&probe_receipt, Duration::from_secs(2)).await {
         Ok(frame) => {
-            panic!("RECEIPT while Redis was down, for a SEND nothing could store: {}", describe(&frame))
+            panic!("RECEIPT while Redis was down, for a SEND nothing could store: {}", show(&frame))
         }
         Err(e) => eprintln!("SEND with receipt while Redis is down: {e}"),
     }
@@ -597,8 +576,11 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
     // The same sessions work: the live topic flows again.
     let deadline = Instant::now() + SPREAD;
     loop {
-        publisher.send(live, "probe", &[("seq", "1000000")]).await.expect("the publisher's session survives");
-        match live_sub.recv(Duration::from_millis(300)).await {
+        publisher
+            .try_send(live, "probe", &[("seq", "1000000")])
+            .await
+            .expect("the publisher's session survives");
+        match live_sub.try_recv_message(Duration::from_millis(300)).await {
             Ok(_) => break,
             Err(e) if e.is_timeout() => {
                 assert!(
@@ -612,7 +594,7 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
     publish(&mut publisher, live, 20..40).await;
     let mut after = Vec::new();
     while after.len() < 20 {
-        let frame = live_sub.recv(RECV).await.expect("live topic after the outage");
+        let frame = live_sub.try_recv_message(RECV).await.expect("live topic after the outage");
         if seq(&frame) != 1_000_000 {
             after.push(seq(&frame));
         }
@@ -632,24 +614,19 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
     let mut resumed = connect(cluster.node(0), Transport::Tcp, None).await;
     let since = resume_from.to_string();
     let receipt =
-        resumed.subscribe("hist", hist, &[("x-since", &since)]).await.expect("SUBSCRIBE with x-since");
-    assert_eq!(
-        receipt.get("x-recovered"),
-        Some("true"),
-        "resume after Redis restart: {}",
-        describe(&receipt)
-    );
+        resumed.try_subscribe(hist, "hist", &[("x-since", &since)]).await.expect("SUBSCRIBE with x-since");
+    assert_eq!(receipt.get("x-recovered"), Some("true"), "resume after Redis restart: {}", show(&receipt));
     let replayed = expect_in_order(&mut resumed, "resumed history subscriber", 50..150).await;
     assert_offsets_increase("resumed history subscriber", Some(resume_from), &replayed);
     publish(&mut publisher, hist, 150..170).await;
     expect_in_order(&mut resumed, "resumed history subscriber, live", 150..170).await;
     expect_in_order(&mut hist_sub, "history subscriber, live", 150..170).await;
-    resumed.expect_silence(QUIET).await.expect("resumed: nothing more");
-    hist_sub.expect_silence(QUIET).await.expect("history subscriber: nothing more");
+    resumed.try_quiet(QUIET).await.expect("resumed: nothing more");
+    hist_sub.try_quiet(QUIET).await.expect("history subscriber: nothing more");
 
     // Queue: nothing acknowledged is lost and nothing acknowledged comes back.
     let mut expected: BTreeSet<u64> = (0..50).filter(|n| !acked.contains(n)).collect();
-    match probe.await_receipt(&probe_receipt, Duration::from_millis(500)).await {
+    match probe.try_await_receipt(&probe_receipt, Duration::from_millis(500)).await {
         Ok(_) => {
             eprintln!("the SEND made during the outage was confirmed after it");
             expected.insert(1000);
@@ -657,19 +634,19 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
         Err(e) => eprintln!("the SEND made during the outage: {e}"),
     }
     let mut consumer = connect(cluster.node(2), Transport::Tcp, None).await;
-    consumer.subscribe("q", durable, &[("ack", "client-individual")]).await.unwrap();
+    consumer.try_subscribe(durable, "q", &[("ack", "client-individual")]).await.unwrap();
     let mut got = Vec::new();
     loop {
-        match consumer.recv(RECV).await {
+        match consumer.try_recv_message(RECV).await {
             Ok(frame) => {
-                consumer.ack(&frame).await.expect("ACK");
+                consumer.send_frame(&ack_frame(&frame)).await.expect("ACK");
                 got.push(seq(&frame));
             }
             Err(e) if e.is_timeout() => break,
             Err(e) => panic!("queue consumer after the outage: {e}"),
         }
         if got.iter().copied().collect::<BTreeSet<_>>().is_superset(&expected) {
-            consumer.expect_silence(QUIET).await.expect("queue: nothing more");
+            consumer.try_quiet(QUIET).await.expect("queue: nothing more");
             break;
         }
     }
@@ -696,7 +673,7 @@ async fn user_destination_reaches_every_session_of_that_user_only() {
     let mut clients = Vec::new();
     for (user, node, transport) in sessions {
         let mut client = connect(cluster.node(node), transport, Some(user)).await;
-        client.subscribe("inbox", "/user/queue/inbox", &[]).await.expect("SUBSCRIBE /user/queue/inbox");
+        client.try_subscribe("/user/queue/inbox", "inbox", &[]).await.expect("SUBSCRIBE /user/queue/inbox");
         clients.push((user, format!("{user} on node-{node} over {transport:?}"), client));
     }
     let mut sender = connect(cluster.node(0), Transport::Ws, Some("carl")).await;
@@ -708,7 +685,7 @@ async fn user_destination_reaches_every_session_of_that_user_only() {
         for frame in expect_in_order(&mut client, &who, expected).await {
             assert_eq!(header(&frame, "destination"), "/user/queue/inbox", "{who}");
         }
-        client.expect_silence(QUIET).await.unwrap_or_else(|e| panic!("{who}: another user's message: {e}"));
+        client.try_quiet(QUIET).await.unwrap_or_else(|e| panic!("{who}: another user's message: {e}"));
     }
 }
 
@@ -722,29 +699,30 @@ async fn reconnect_to_another_node_resumes_history_without_gap() {
     let mut publisher = connect(cluster.node(2), Transport::Tcp, None).await;
 
     let mut reader = connect(cluster.node(0), Transport::Ws, None).await;
-    reader.subscribe("chat", topic, &[]).await.unwrap();
+    reader.try_subscribe(topic, "chat", &[]).await.unwrap();
     publish(&mut publisher, topic, 0..30).await;
     let first = expect_in_order(&mut reader, "reader on node-0", 0..30).await;
     assert_offsets_increase("reader on node-0", None, &first);
     let last_offset = offset(first.last().unwrap());
-    reader.disconnect().await.expect("DISCONNECT");
+    reader.try_disconnect().await.expect("DISCONNECT");
 
     // Missed while away.
     publish(&mut publisher, topic, 30..60).await;
     // More is published while the reader resumes, so the replay races live traffic.
     let racing = tokio::spawn(async move {
         for n in 60..90u64 {
-            publisher.send_confirmed(topic, "racing", &[("seq", &n.to_string())]).await.expect("SEND");
+            publisher.try_publish(topic, "racing", &[("seq", &n.to_string())]).await.expect("SEND");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
     let mut reader = connect(cluster.node(1), Transport::Tcp, None).await;
-    let receipt = reader.subscribe("chat", topic, &[("x-since", &last_offset.to_string())]).await.unwrap();
-    assert_eq!(receipt.get("x-recovered"), Some("true"), "{}", describe(&receipt));
+    let receipt =
+        reader.try_subscribe(topic, "chat", &[("x-since", &last_offset.to_string())]).await.unwrap();
+    assert_eq!(receipt.get("x-recovered"), Some("true"), "{}", show(&receipt));
     let resumed = expect_in_order(&mut reader, "reader resumed on node-1", 30..90).await;
     assert_offsets_increase("reader resumed on node-1", Some(last_offset), &resumed);
     racing.await.expect("publisher task");
-    reader.expect_silence(QUIET).await.expect("resumed reader: nothing more");
+    reader.try_quiet(QUIET).await.expect("resumed reader: nothing more");
 }
 
 // === Scenario 8: the admin API lists the cluster ===
@@ -800,9 +778,12 @@ async fn disconnect_receipt_waits_for_pipelined_publishes() {
     redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
     for n in 0..200u64 {
         let text = n.to_string();
-        client.send("/topic/hist.pipelined", &format!("message {n}"), &[("seq", &text)]).await.expect("send");
+        client
+            .try_send("/topic/hist.pipelined", &format!("message {n}"), &[("seq", &text)])
+            .await
+            .expect("send");
     }
-    client.disconnect().await.expect("DISCONNECT receipt");
+    client.try_disconnect().await.expect("DISCONNECT receipt");
     // The receipt came only after every SEND before it reached Redis.
     let logs = redis.cli(&["KEYS", "*hist.pipelined*:log"]).await;
     let log = logs.lines().next().unwrap_or_else(|| panic!("no history stream in Redis: {logs:?}"));

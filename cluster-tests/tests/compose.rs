@@ -18,7 +18,12 @@
 //! failure the containers' logs are printed first. Without Docker (`docker info` fails) the test
 //! prints SKIPPED and passes, unless `CI` is set. `STAMPEDE_SKIP_COMPOSE_TEST=1` skips it too.
 //!
-//! Self-contained on purpose (std only): its own small STOMP client over TCP and WebSocket.
+//! Its STOMP client (codec and WebSocket framing included) is its own on purpose, not the test
+//! kit's: this test judges the images built from this repository from the outside, through the
+//! load balancer, as any client would, so it must not share code with the binary under test. The
+//! kit's client decodes with the broker's own codec (`stampede::stomp`), where a codec bug could
+//! cancel itself out; this one is written from the STOMP and WebSocket specifications. What is
+//! not about the broker's protocol comes from the kit: the waits and HTTP's chunked decoding.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -27,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use stampede_testkit::http::dechunk;
+use stampede_testkit::wait::eventually_some_blocking;
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -61,16 +69,9 @@ fn docker(args: &[&str]) -> Result<String, String> {
     run(Command::new("docker").args(args))
 }
 
-/// Polls `check` every 250 ms until it answers `Some`, at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// Polls `check` every 250 ms until it answers `Some`, at most `limit` (the kit's wait loop).
+fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    eventually_some_blocking(limit, Duration::from_millis(250), what, check)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ fn lb_servers(stats: &str) -> Vec<(String, String, String)> {
     let Some((head, body)) = text.split_once("\r\n\r\n") else { return Vec::new() };
     // HAProxy answers in chunks even to HTTP/1.0.
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
+        String::from_utf8_lossy(&dechunk(body.as_bytes()).unwrap_or_default()).into_owned()
     } else {
         body.to_owned()
     };
@@ -268,19 +269,6 @@ fn lb_servers(stats: &str) -> Vec<(String, String, String)> {
         .filter(|f| f.len() > status && f[1] != "FRONTEND" && f[1] != "BACKEND")
         .map(|f| (f[0].to_owned(), f[1].to_owned(), f[status].to_owned()))
         .collect()
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Servers UP in each of the two node backends.

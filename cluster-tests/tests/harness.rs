@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cluster_tests::{http, Client, ClientError, Cluster, Redis, Transport};
+use stampede_testkit::{http, Client, ClientError, Cluster, Redis, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_keeps_acknowledged_writes_across_kill_9() {
@@ -21,22 +21,23 @@ async fn node_drains_on_sigterm_and_restarts_on_the_same_ports() {
     let cluster = Cluster::memory(&[]).await;
     let node = cluster.node(0);
     for transport in Transport::ALL {
-        let client = Client::connect(&node.endpoint(transport), None).await.expect("connect");
-        client.disconnect().await.expect("DISCONNECT");
+        let mut client = Client::connect_to(&node.endpoint(transport), None).await.expect("connect");
+        client.try_disconnect().await.expect("DISCONNECT");
     }
-    let mut client = Client::connect(&node.endpoint(Transport::Ws), None).await.expect("connect");
+    let mut client = Client::connect_to(&node.endpoint(Transport::Ws), None).await.expect("connect");
     let status = node.stop().await;
     assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
     assert!(!node.is_running());
-    match client.recv(Duration::from_secs(5)).await {
-        Err(ClientError::Error { message, .. }) => assert!(!message.is_empty()),
+    match client.try_recv_message(Duration::from_secs(5)).await {
+        Err(ClientError::Error(frame)) => assert!(!frame.get("message").unwrap_or_default().is_empty()),
         Err(ClientError::Closed(_)) => {}
         other => panic!("a drained session ends with ERROR or a close, not {other:?}"),
     }
     assert_eq!(node.readyz().await, None, "the admin port is closed once the node exited");
 
     node.restart().await;
-    let client = Client::connect(&node.endpoint(Transport::Tcp), None).await.expect("connect after restart");
+    let client =
+        Client::connect_to(&node.endpoint(Transport::Tcp), None).await.expect("connect after restart");
     node.kill();
     assert!(!node.is_running());
     drop(client);
@@ -49,13 +50,13 @@ async fn admin_port_answers_the_http_helpers() {
     let cluster = Cluster::memory(&[]).await;
     let node = cluster.node(0);
     assert_eq!(http::get(node.admin_addr(), "/healthz").await.expect("GET /healthz").status, 200);
-    let mut subscriber = Client::connect(&node.endpoint(Transport::Tcp), None).await.expect("connect");
-    subscriber.subscribe("s", "/topic/admin", &[]).await.expect("SUBSCRIBE");
+    let mut subscriber = Client::connect_to(&node.endpoint(Transport::Tcp), None).await.expect("connect");
+    subscriber.try_subscribe("/topic/admin", "s", &[]).await.expect("SUBSCRIBE");
     let request =
         serde_json::json!({"destination": "/topic/admin", "headers": {"seq": "7"}, "body": "from HTTP"});
     let response = http::post_json(node.admin_addr(), "/api/v1/publish", &request).await.expect("POST");
     assert_eq!(response.status, 202, "{}", response.body);
-    let frame = subscriber.recv(Duration::from_secs(5)).await.expect("the published message");
+    let frame = subscriber.try_recv_message(Duration::from_secs(5)).await.expect("the published message");
     assert_eq!((frame.get("seq"), &frame.body[..]), (Some("7"), &b"from HTTP"[..]));
     let nodes = http::get(node.admin_addr(), "/api/v1/nodes").await.expect("GET /api/v1/nodes").json();
     assert_eq!(nodes["nodes"][0]["node_id"], "node-0", "{nodes}");

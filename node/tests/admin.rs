@@ -1,16 +1,13 @@
 //! The admin port: health, readiness, metrics and the publish API.
 //!
 //! The publish API hands messages to the engine like a SEND, so its scenarios run on every engine
-//! variant (see `support`), the message published through one node's admin port and received on
-//! another's. The rest (health, readiness, the metrics of one node, refused requests) is the
-//! node's own and runs on the memory engine only.
-
-#[macro_use]
-mod support;
+//! variant (see `every_engine!` in the test kit's `variant` module), the message published through
+//! one node's admin port and received on another's. The rest (health, readiness, the metrics of one
+//! node, refused requests) is the node's own and runs on the memory engine only.
 
 use std::time::Duration;
 
-use support::*;
+use stampede_testkit::prelude::*;
 
 both_transports!(metrics_follow_activity);
 
@@ -33,12 +30,12 @@ async fn readyz_turns_503_when_the_drain_starts() {
     // Connected clients keep the node (and its admin port) up while it drains.
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(node.connect(Transport::Tcp).await);
+        clients.push(node.connect(Transport::Tcp, &[]).await);
     }
     node.begin_shutdown();
     let node = &node;
     assert!(
-        eventually(WAIT, move || async move { node.get("/readyz").await.status == 503 }).await,
+        holds_within(WAIT, move || async move { node.get("/readyz").await.status == 503 }).await,
         "readyz never turned 503"
     );
     assert_eq!(node.get("/readyz").await.body, "draining\n");
@@ -59,7 +56,7 @@ async fn metrics_name_every_family() {
         assert!(initial.lines().any(|l| l == sample), "{sample} missing:\n{initial}");
     }
     // Labelled gauges appear with their first label set: a connection and a queue.
-    let mut client = node.connect(Transport::Tcp).await;
+    let mut client = node.connect(Transport::Tcp, &[]).await;
     client.publish("/queue/named", "x", &[]).await;
     let response = node.get("/metrics").await;
     assert_eq!(response.status, 200);
@@ -95,7 +92,7 @@ async fn metrics_follow_activity(t: Transport) {
     };
     assert_eq!(node.metric(&connections).await.unwrap_or(0.0), 0.0);
 
-    let mut client = node.connect(t).await;
+    let mut client = node.connect(t, &[]).await;
     assert_eq!(node.metric(&connections).await, Some(1.0));
     client.subscribe("/topic/m", "a", &[]).await;
     client.subscribe("/topic/m", "b", &[]).await;
@@ -125,8 +122,8 @@ async fn metrics_follow_activity(t: Transport) {
 
     client.disconnect().await;
     let (n, key) = (&node, connections.as_str());
-    assert!(eventually(WAIT, move || async move { n.metric(key).await == Some(0.0) }).await);
-    assert!(eventually(WAIT, || async { get("stampede_subscriptions").await == 0.0 }).await);
+    assert!(holds_within(WAIT, move || async move { n.metric(key).await == Some(0.0) }).await);
+    assert!(holds_within(WAIT, || async { get("stampede_subscriptions").await == 0.0 }).await);
     node.shutdown().await;
 }
 

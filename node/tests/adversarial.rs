@@ -5,14 +5,12 @@
 //! exactly its 30 messages, in order; the node must still accept clients; and the attacker's
 //! connections must be gone. STOMP-level inputs are sent over TCP and over WebSocket.
 
-mod support_security;
-
 use std::time::Duration;
 
 use serde_json::json;
 use stampede::config::{AclDefault, Config};
 use stampede::stomp::{Command, Frame};
-use support_security::*;
+use stampede_testkit::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -376,7 +374,7 @@ async fn silent_stomp_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_websocket_connection() {
     plain(quick_timeouts, async |node: &TestNode| {
-        let mut stream = TcpStream::connect(node.ws).await.unwrap();
+        let mut stream = TcpStream::connect(node.ws_addr()).await.unwrap();
         let (bytes, took) = read_to_close(&mut stream).await;
         assert!(bytes.is_empty(), "{bytes:?}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "closed after {took:?}");
@@ -388,7 +386,7 @@ async fn silent_websocket_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_handshake() {
     plain(quick_timeouts, async |node: &TestNode| {
-        let mut stream = TcpStream::connect(node.ws).await.unwrap();
+        let mut stream = TcpStream::connect(node.ws_addr()).await.unwrap();
         let request = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
         let started = std::time::Instant::now();
         for byte in request.bytes() {
@@ -448,7 +446,7 @@ async fn connection_flood_from_one_address() {
 async fn plain_text_to_a_tls_port() {
     let keys = Keys::new();
     under_attack(Some(&keys.tls), quick_timeouts, async |node: &TestNode| {
-        for port in [node.tcp, node.ws] {
+        for port in [node.tcp_addr(), node.ws_addr()] {
             let mut stream = TcpStream::connect(port).await.unwrap();
             stream.write_all(b"CONNECT\naccept-version:1.2\nhost:x\n\n\0").await.unwrap();
             let (bytes, _) = read_to_close(&mut stream).await;
@@ -470,7 +468,7 @@ async fn secure(attack: impl for<'n> AsyncFnOnce(&'n TestNode)) {
 async fn connect_refused(node: &TestNode, headers: &[(&str, &str)], needle: &str) {
     for t in BOTH {
         let mut attacker = node.open(t).await;
-        let answer = attacker.connect(headers).await;
+        let answer = attacker.connect_with(Command::Connect, Some("1.2"), headers).await;
         assert_error(&answer, needle);
         attacker.expect_closed(WAIT).await;
         if t == Transport::Ws {
@@ -590,7 +588,10 @@ async fn jwt_in_the_handshake_that_is_forged() {
         ] {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let (mut attacker, _) = node.try_ws(query.as_deref(), &headers).await.unwrap();
-            assert_error(&attacker.connect(&[]).await, "token signature is invalid");
+            assert_error(
+                &attacker.connect_with(Command::Connect, Some("1.2"), &[]).await,
+                "token signature is invalid",
+            );
             attacker.expect_closed(WAIT).await;
         }
     })
@@ -639,7 +640,7 @@ async fn another_users_destination() {
         let ann = [("login", "ann"), ("passcode", "ann-pw")];
         for t in BOTH {
             let mut attacker = node.connect(t, &ann).await;
-            let refused = attacker.try_request(send_frame("/user/bob/queue/inbox", "hi")).await.unwrap_err();
+            let refused = attacker.request_refused(send_frame("/user/bob/queue/inbox", "hi", &[])).await;
             assert_error(&refused, "not authorized to publish to /user/bob/queue/inbox");
             attacker.expect_closed(WAIT).await;
         }
@@ -652,10 +653,10 @@ async fn publish_and_subscribe_beyond_the_rules() {
     secure(async |node: &TestNode| {
         let ann = [("login", "ann"), ("passcode", "ann-pw")];
         let mut attacker = node.connect(Transport::Tcp, &ann).await;
-        let refused = attacker.try_request(send_frame(BYSTANDER_TOPIC, "spoof")).await.unwrap_err();
+        let refused = attacker.request_refused(send_frame(BYSTANDER_TOPIC, "spoof", &[])).await;
         assert_error(&refused, "not authorized to publish to /topic/bystander");
         let mut attacker = node.connect(Transport::Ws, &ann).await;
-        let refused = attacker.try_request(subscribe_frame(BYSTANDER_TOPIC, "s")).await.unwrap_err();
+        let refused = attacker.request_refused(subscribe_frame(BYSTANDER_TOPIC, "s")).await;
         assert_error(&refused, "not authorized to subscribe to /topic/bystander");
         attacker.expect_closed(WAIT).await;
     })
@@ -668,7 +669,7 @@ async fn token_refresh_as_another_user() {
         let token = Token::for_user("bob").hs256();
         let mut attacker = node.connect(Transport::Tcp, &[("passcode", &token)]).await;
         let other = Token::for_user("ops").hs256();
-        let refused = attacker.try_request(send_frame("/auth/refresh", &other)).await.unwrap_err();
+        let refused = attacker.request_refused(send_frame("/auth/refresh", &other, &[])).await;
         assert_error(&refused, "token refresh refused: the new token names another user");
         attacker.expect_closed(WAIT).await;
     })
@@ -681,7 +682,7 @@ async fn forged_token_refresh() {
         let token = Token::for_user("bob").hs256();
         let mut attacker = node.connect(Transport::Ws, &[("passcode", &token)]).await;
         let forged = Token::for_user("bob").unsigned("none");
-        let refused = attacker.try_request(send_frame("/auth/refresh", &forged)).await.unwrap_err();
+        let refused = attacker.request_refused(send_frame("/auth/refresh", &forged, &[])).await;
         assert_error(&refused, "token refresh refused: unsigned tokens (alg none)");
         attacker.expect_closed(WAIT).await;
     })
@@ -693,9 +694,9 @@ async fn admin_api_without_the_token() {
     secure(async |node: &TestNode| {
         let publish = r#"{"destination": "/topic/bystander", "body": "spoof"}"#;
         for auth in [None, Some("Bearer wrong-token-0123456789"), Some("Basic YWRtaW46YWRtaW4=")] {
-            let response = http(node.admin, "POST", "/api/v1/publish", auth, Some(publish)).await;
+            let response = node.http("POST", "/api/v1/publish", auth, Some(publish)).await;
             assert_eq!(response.status, 401, "{auth:?}: {}", response.body);
-            let response = http(node.admin, "GET", "/metrics", auth, None).await;
+            let response = node.http("GET", "/metrics", auth, None).await;
             assert_eq!(response.status, 401);
         }
     })
@@ -709,7 +710,7 @@ async fn the_same_frames_are_accepted_where_allowed() {
     secure(async |node: &TestNode| {
         let ops = Token::for_user("ops").claim("roles", json!(["operators"])).hs256();
         let mut client = node.connect(Transport::Tcp, &[("passcode", &ops)]).await;
-        client.publish("/user/bob/queue/inbox", "hi").await;
+        client.publish("/user/bob/queue/inbox", "hi", &[]).await;
         let receipt = client
             .request(
                 Frame::new(Command::Subscribe).with_header("destination", "/topic/x").with_header("id", "1"),

@@ -1,19 +1,16 @@
-//! Bad input: each offending client gets an ERROR frame with a clear `message` and is closed,
-//! while a well-behaved subscriber on the same node keeps receiving every message published
-//! meanwhile. Every scenario runs over WebSocket and TCP.
+//! Bad input: each offending client gets an ERROR frame with a clear `message` and is closed, while
+//! a well-behaved subscriber on the same node keeps receiving every message published meanwhile.
+//! Every scenario runs over WebSocket and TCP.
 //!
 //! Memory engine only: refusing bad input is the node's own business (the codec and the session
-//! reject it before any engine is involved), so the Redis variants of `support` would test
-//! nothing more here.
-
-#[macro_use]
-mod support;
+//! reject it before any engine is involved), so the Redis variants of the test kit's
+//! `every_engine!` would test nothing more here.
 
 use std::time::Duration;
 
 use stampede::config::Config;
 use stampede::stomp::Command;
-use support::*;
+use stampede_testkit::prelude::*;
 use tokio_tungstenite::tungstenite::Message;
 
 both_transports!(
@@ -56,19 +53,19 @@ async fn refused<F>(
     F: for<'c> AsyncFnOnce(&'c mut Client),
 {
     let node = TestNode::start(configure).await;
-    let mut witness = node.connect(t).await;
+    let mut witness = node.connect(t, &[]).await;
     witness.subscribe(WITNESS_TOPIC, "w", &[]).await;
-    let mut publisher = node.connect(t).await;
+    let mut publisher = node.connect(t, &[]).await;
     let publishing = tokio::spawn(async move {
         for i in 0..PUBLISHED {
-            publisher.send(WITNESS_TOPIC, &i.to_string()).await;
+            publisher.send(WITNESS_TOPIC, &i.to_string(), &[]).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         publisher.publish(WITNESS_TOPIC, "end", &[]).await;
         publisher
     });
 
-    let mut offender = if connect { node.connect(t).await } else { node.open(t).await };
+    let mut offender = if connect { node.connect(t, &[]).await } else { node.open(t).await };
     misbehave(&mut offender).await;
     let error = offender.expect_error().await;
     assert_error(&error, needle);
@@ -79,7 +76,7 @@ async fn refused<F>(
     assert_eq!(witness.bodies_until("end").await, expected);
     let n = &node;
     assert!(
-        eventually(WAIT, move || async move { n.connections().await == 2.0 }).await,
+        holds_within(WAIT, move || async move { n.connections().await == 2.0 }).await,
         "the offender is gone"
     );
     node.shutdown().await;
@@ -347,8 +344,8 @@ async fn body_longer_than_content_length(t: Transport) {
 #[tokio::test]
 async fn max_connections_refuses_extra_clients() {
     let node = TestNode::start(|c| c.limits.max_connections = 2).await;
-    let mut first = node.connect(Transport::Tcp).await;
-    let _second = node.connect(Transport::Ws).await;
+    let mut first = node.connect(Transport::Tcp, &[]).await;
+    let _second = node.connect(Transport::Ws, &[]).await;
     let mut extra = node.open(Transport::Tcp).await;
     assert_error(&extra.expect_error().await, "too many connections");
     match Client::try_ws(&node.ws_url(), &["v12.stomp"]).await {
@@ -359,8 +356,8 @@ async fn max_connections_refuses_extra_clients() {
     // A place frees up when a client leaves.
     first.disconnect().await;
     let n = &node;
-    assert!(eventually(WAIT, move || async move { n.connections().await == 1.0 }).await);
-    node.connect(Transport::Tcp).await;
+    assert!(holds_within(WAIT, move || async move { n.connections().await == 1.0 }).await);
+    node.connect(Transport::Tcp, &[]).await;
     node.shutdown().await;
 }
 
@@ -384,12 +381,12 @@ async fn partial_connect_times_out() {
 #[tokio::test]
 async fn websocket_close_codes() {
     let node = TestNode::start(|c| c.limits.max_subscriptions = 1).await;
-    let mut client = node.connect(Transport::Ws).await;
+    let mut client = node.connect(Transport::Ws, &[]).await;
     client.send_ws(Message::text("BOGUS\n\n\0")).await.unwrap();
     client.expect_error().await;
     assert_eq!(client.close_code, Some(1002));
 
-    let mut client = node.connect(Transport::Ws).await;
+    let mut client = node.connect(Transport::Ws, &[]).await;
     client.subscribe("/topic/a", "1", &[]).await;
     client.send_ws(Message::text("SUBSCRIBE\ndestination:/topic/b\nid:2\n\n\0")).await.unwrap();
     client.expect_error().await;

@@ -1,21 +1,18 @@
-//! Delivery semantics of topics, queues, user destinations and history topics. Every scenario
-//! runs on every engine variant (memory over WebSocket and TCP, one Redis node, three Redis
-//! nodes with the clients spread over them; see `support`). Where the engines differ by design
-//! (where released queue messages go back, and what the bound does to them), the expectation
+//! Delivery semantics of topics, queues, user destinations and history topics. Every scenario runs
+//! on every engine variant (memory over WebSocket and TCP, one Redis node, three Redis nodes with
+//! the clients spread over them; see `every_engine!` in the test kit). Where the engines differ by
+//! design (where released queue messages go back, and what the bound does to them), the expectation
 //! comes from `EngineKind`.
 //!
 //! An absence is checked with an end marker published after whatever must not arrive; where a
-//! closed session's messages must be back in their queue before that marker, the scenario waits
-//! for the session to end first (`Cluster::settle`).
-
-#[macro_use]
-mod support;
+//! closed session's messages must be back in their queue before that marker, the scenario waits for
+//! the session to end first (`Cluster::settle`).
 
 use std::collections::HashMap;
 
 use stampede::config::HistoryRule;
 use stampede::stomp::{Command, Frame};
-use support::*;
+use stampede_testkit::prelude::*;
 
 every_engine!(
     topic_broadcast_to_every_subscriber,
@@ -55,7 +52,7 @@ async fn topic_broadcast_to_every_subscriber(v: Variant) {
     }
     let mut publisher = cluster.connect(3).await;
     for i in 0..25 {
-        publisher.send("/topic/news", &i.to_string()).await;
+        publisher.send("/topic/news", &i.to_string(), &[]).await;
     }
     publisher.publish("/topic/news", "end", &[]).await;
     let expected: Vec<String> = (0..25).map(|i| i.to_string()).collect();
@@ -106,7 +103,7 @@ async fn topic_keeps_order_per_publisher(v: Variant) {
         publishers.push(tokio::spawn(async move {
             let mut client = client;
             for i in 0..50 {
-                client.send("/topic/order", &format!("{p}:{i}")).await;
+                client.send("/topic/order", &format!("{p}:{i}"), &[]).await;
             }
             client.publish("/topic/order", "done", &[]).await;
             client
@@ -146,7 +143,7 @@ async fn queue_competing_consumers(v: Variant) {
     b.subscribe("/queue/work", "s", &held).await;
     let mut publisher = cluster.connect(2).await;
     for i in 0..39 {
-        publisher.send("/queue/work", &i.to_string()).await;
+        publisher.send("/queue/work", &i.to_string(), &[]).await;
     }
     publisher.publish("/queue/work", "39", &[]).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -181,7 +178,7 @@ async fn ack_auto(v: Variant) {
     // With one message in flight at most, the rest only flows if `auto` acknowledges.
     consumer.subscribe("/queue/auto", "s", &[("ack", "auto"), ("prefetch-count", "1")]).await;
     for i in 0..5 {
-        consumer.send("/queue/auto", &i.to_string()).await;
+        consumer.send("/queue/auto", &i.to_string(), &[]).await;
     }
     let messages = consumer.recv_messages(5).await;
     assert_eq!(messages.iter().map(body).collect::<Vec<_>>(), ["0", "1", "2", "3", "4"]);
@@ -200,7 +197,7 @@ async fn ack_client_is_cumulative(v: Variant) {
     let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/cum", "s", &[("ack", "client"), ("prefetch-count", "3")]).await;
     for i in 1..=4 {
-        consumer.send("/queue/cum", &i.to_string()).await;
+        consumer.send("/queue/cum", &i.to_string(), &[]).await;
     }
     let first = consumer.recv_messages(3).await;
     assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3"]);
@@ -227,7 +224,7 @@ async fn ack_client_individual(v: Variant) {
     let mut consumer = cluster.connect(0).await;
     consumer.subscribe("/queue/ind", "s", &[("ack", "client-individual")]).await;
     for i in 1..=3 {
-        consumer.send("/queue/ind", &i.to_string()).await;
+        consumer.send("/queue/ind", &i.to_string(), &[]).await;
     }
     let messages = consumer.recv_messages(3).await;
     consumer.ack(&messages[2]).await;
@@ -277,7 +274,7 @@ async fn closed_session_redelivers_to_another_consumer(v: Variant) {
     let mut a = cluster.connect(0).await;
     a.subscribe("/queue/handover", "s", &[("ack", "client")]).await;
     for i in 1..=3 {
-        a.send("/queue/handover", &i.to_string()).await;
+        a.send("/queue/handover", &i.to_string(), &[]).await;
     }
     assert_eq!(a.recv_messages(3).await.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3"]);
     let mut b = cluster.connect(1).await;
@@ -312,7 +309,7 @@ async fn redelivery_keeps_queue_order(v: Variant, unsubscribe: bool) {
     let mut a = cluster.connect(0).await;
     a.subscribe(queue, "s", &[("ack", "client-individual"), ("prefetch-count", "4")]).await;
     for i in 1..=5 {
-        a.send(queue, &i.to_string()).await;
+        a.send(queue, &i.to_string(), &[]).await;
     }
     a.publish(queue, "6", &[]).await;
     assert_eq!(a.recv_messages(4).await.iter().map(body).collect::<Vec<_>>(), ["1", "2", "3", "4"]);
@@ -388,7 +385,7 @@ async fn nothing_of_a_subscription_follows_its_unsubscribe_receipt(v: Variant) {
     client.subscribe("/topic/marker", "m", &[]).await;
     let mut publisher = cluster.connect(1).await;
     for i in 0..2000 {
-        publisher.send("/topic/stream", &i.to_string()).await;
+        publisher.send("/topic/stream", &i.to_string(), &[]).await;
     }
     assert_eq!(header(&client.recv_message().await, "subscription"), "a");
     let unsubscribe = Frame::new(Command::Unsubscribe).with_header("id", "a").with_header("receipt", "gone");
@@ -442,7 +439,7 @@ async fn prefetch_limits_in_flight(v: Variant) {
     consumer.subscribe("/queue/pf", "s", &[("ack", "client-individual"), ("prefetch-count", "2")]).await;
     let mut publisher = cluster.connect(1).await;
     for i in 1..=4 {
-        publisher.send("/queue/pf", &i.to_string()).await;
+        publisher.send("/queue/pf", &i.to_string(), &[]).await;
     }
     publisher.publish("/queue/pf", "5", &[]).await;
     let first = consumer.recv_messages(2).await;
@@ -450,7 +447,7 @@ async fn prefetch_limits_in_flight(v: Variant) {
     consumer.assert_quiet().await;
     let c = &cluster;
     assert!(
-        eventually(WAIT, || async { c.queue_depth("/queue/pf").await == 3 }).await,
+        holds_within(WAIT, || async { c.queue_depth("/queue/pf").await == 3 }).await,
         "3 messages wait in the queue, not {}",
         c.queue_depth("/queue/pf").await
     );
@@ -464,7 +461,7 @@ async fn queue_keeps_messages_until_subscribe(v: Variant) {
     let cluster = Cluster::start(v, |_| {}).await;
     let mut publisher = cluster.connect(0).await;
     for i in 0..5 {
-        publisher.send("/queue/later", &i.to_string()).await;
+        publisher.send("/queue/later", &i.to_string(), &[]).await;
     }
     publisher.publish("/queue/later", "end", &[]).await;
     assert_eq!(cluster.queue_depth("/queue/later").await, 6);
@@ -578,7 +575,7 @@ async fn user_subscription_needs_login(v: Variant) {
 async fn unknown_destination_prefix(v: Variant) {
     let cluster = Cluster::start(v, |_| {}).await;
     let mut client = cluster.connect(0).await;
-    client.send("/exchange/x", "x").await;
+    client.send("/exchange/x", "x", &[]).await;
     assert_error(&client.expect_error().await, "/exchange/x");
     let mut client = cluster.connect(1).await;
     client
@@ -636,7 +633,7 @@ async fn history_resume_races_live_publishing(v: Variant) {
     let publishing = tokio::spawn(async move {
         let mut publisher = publisher;
         for i in 1..=300 {
-            publisher.send("/topic/hist.race", &i.to_string()).await;
+            publisher.send("/topic/hist.race", &i.to_string(), &[]).await;
             if i % 50 == 0 {
                 tokio::task::yield_now().await;
             }

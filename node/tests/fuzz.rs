@@ -13,8 +13,6 @@
 //! `STAMPEDE_FUZZ_CASES=200000 cargo test --release -p stampede --test fuzz`. See
 //! docs/security.md for coverage-guided fuzzing.
 
-mod support_security;
-
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
@@ -26,7 +24,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use stampede::stomp::{encode, Command, Decoded, Decoder, Limits, Version};
-use support_security::*;
+use stampede_testkit::prelude::*;
 
 fn cases(default: u32) -> u32 {
     std::env::var("STAMPEDE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default)
@@ -272,7 +270,7 @@ fn fuzz_sessions(t: Transport) {
         })
         .await;
         let mut subscriber = node.connect(Transport::Tcp, &[]).await;
-        subscriber.subscribe("/topic/probe", "p").await;
+        subscriber.subscribe("/topic/probe", "p", &[]).await;
         let publisher = node.connect(Transport::Ws, &[]).await;
         (node, RefCell::new(Some(subscriber)), RefCell::new(Some(publisher)))
     });
@@ -285,7 +283,7 @@ fn fuzz_sessions(t: Transport) {
             runtime.block_on(async {
                 let mut client = node.open(t).await;
                 if connect_first {
-                    client.connect(&[("login", "u")]).await;
+                    client.connect_with(Command::Connect, Some("1.2"), &[("login", "u")]).await;
                 }
                 let bytes = frames.concat();
                 let mut rest = &bytes[..];
@@ -299,10 +297,11 @@ fn fuzz_sessions(t: Transport) {
                 }
                 // Whatever the node answers, it answers in valid STOMP, then goes quiet or closes.
                 loop {
-                    match client.recv(Duration::from_millis(60)).await {
+                    match client.recv_frame(Duration::from_millis(60)).await {
                         Ok(_) => {}
-                        Err(RecvError::Timeout | RecvError::Closed) => break,
-                        Err(RecvError::Invalid(e)) => panic!("the node sent invalid STOMP: {e}"),
+                        Err(ClientError::Timeout { .. } | ClientError::Closed(_)) => break,
+                        Err(ClientError::Invalid(e)) => panic!("the node sent invalid STOMP: {e}"),
+                        Err(e) => panic!("{e}"),
                     }
                 }
                 drop(client);
@@ -310,7 +309,7 @@ fn fuzz_sessions(t: Transport) {
                 // Taken out for the awaits, put back after (a failed case leaves them out).
                 let mut p = publisher.take().expect("the bystander's publisher");
                 let mut s = subscriber.take().expect("the bystander's subscriber");
-                p.publish("/topic/probe", &text).await;
+                p.publish("/topic/probe", &text, &[]).await;
                 let message = s.recv_message().await;
                 assert_eq!(body(&message), text, "the bystander missed a message");
                 publisher.replace(Some(p));

@@ -5,16 +5,13 @@
 //! stomp.py is installed into a virtual environment under the target directory the first time
 //! (`python3 -m venv` + `pip install stomp.py`), so `cargo test` needs only python3 and PyPI.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use stampede_testkit::cluster::BIN_ENV;
+use stampede_testkit::Cluster;
 
 const STOMP_PY: &str = "stomp.py==9.0.0";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 /// A python with stomp.py, made once per target directory.
 fn python() -> PathBuf {
@@ -35,46 +32,23 @@ fn python() -> PathBuf {
     python
 }
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "node did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[test]
-fn stomp_py_over_websocket_and_tcp() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_py_over_websocket_and_tcp() {
     let python = python();
-    let (ws, tcp) = (free_port(), free_port());
-    let node = Node(
-        Command::new(env!("CARGO_BIN_EXE_stampede"))
-            .args(["--listen", &format!("127.0.0.1:{ws}")])
-            .args(["--stomp-listen", &format!("127.0.0.1:{tcp}")])
-            .args(["--admin-listen", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start stampede"),
-    );
-    wait_listening(ws);
-    wait_listening(tcp);
+    // The binary cargo built for this test, started by the test kit (its log printed on failure).
+    if std::env::var_os(BIN_ENV).is_none() {
+        std::env::set_var(BIN_ENV, env!("CARGO_BIN_EXE_stampede"));
+    }
+    let cluster = Cluster::memory(&[]).await;
+    let node = cluster.node(0);
+    let (ws, tcp) = (node.ws_addr().port(), node.tcp_addr().port());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/stomp_py_client.py");
     let output = Command::new(python)
         .arg(script)
         .args(["127.0.0.1", &ws.to_string(), &tcp.to_string()])
         .output()
         .expect("run the stomp.py client");
-    drop(node);
+    drop(cluster);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stomp.py client failed:\n{stdout}\n{stderr}");

@@ -3,19 +3,16 @@
 //!
 //! Scenarios whose frames travel through destinations run on every engine variant (memory over
 //! WebSocket and TCP, one Redis node, three Redis nodes with the clients spread over them; see
-//! `support`): what the codec accepts must survive the engine's envelope and other nodes.
-//! Scenarios about one connection's framing and timing, which never reach the engine (version
-//! negotiation, refused escapes, DISCONNECT and ERROR receipts, heart-beats), run on the memory
-//! engine only, over both transports.
-
-#[macro_use]
-mod support;
+//! `every_engine!` in the test kit): what the codec accepts must survive the engine's envelope and
+//! other nodes. Scenarios about one connection's framing and timing, which never reach the engine
+//! (version negotiation, refused escapes, DISCONNECT and ERROR receipts, heart-beats), run on the
+//! memory engine only, over both transports.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use stampede::stomp::{Command, Frame};
-use support::*;
+use stampede_testkit::prelude::*;
 
 every_engine!(
     connect_and_stomp_commands,
@@ -162,7 +159,7 @@ async fn stomp_1_0_subscription_without_id(v: Variant) {
 
 async fn unknown_escape_is_refused(t: Transport) {
     let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+    let mut client = node.connect(t, &[]).await;
     client.send_raw(b"SEND\ndestination:/topic/a\nx:a\\tb\n\nx\0").await.unwrap();
     let error = client.expect_error().await;
     assert_error(&error, "invalid escape sequence \"\\t\"");
@@ -286,7 +283,7 @@ async fn receipts_for_frames_in_a_transaction(v: Variant) {
 
 async fn disconnect_with_receipt(t: Transport) {
     let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+    let mut client = node.connect(t, &[]).await;
     client.send_raw(b"DISCONNECT\nreceipt:bye\n\n\0").await.unwrap();
     let frames = client.expect_closed(WAIT).await;
     assert_eq!(frames.len(), 1, "{:?}", frames.iter().map(show).collect::<Vec<_>>());
@@ -300,7 +297,7 @@ async fn disconnect_with_receipt(t: Transport) {
 
 async fn error_carries_receipt_id(t: Transport) {
     let node = TestNode::start(|_| {}).await;
-    let mut client = node.connect(t).await;
+    let mut client = node.connect(t, &[]).await;
     client.send_raw(b"SEND\nreceipt:oops-1\n\nno destination\0").await.unwrap();
     let error = client.expect_error().await;
     assert_error(&error, "destination");
@@ -402,7 +399,7 @@ async fn message_ids_are_unique(v: Variant) {
     b.subscribe("/topic/ids", "s1", &[]).await;
     c.subscribe("/topic/ids", "s1", &[]).await;
     for i in 0..20 {
-        a.send("/topic/ids", &i.to_string()).await;
+        a.send("/topic/ids", &i.to_string(), &[]).await;
     }
     let mut messages = a.recv_messages(40).await;
     messages.extend(b.recv_messages(20).await);

@@ -5,12 +5,9 @@
 //! A test binary of its own: it counts this process's open file descriptors, which tests running
 //! beside it would disturb.
 
-#[macro_use]
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use stampede_testkit::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,7 +46,7 @@ async fn a_closed_session_releases_its_socket_while_the_client_stays_silent() {
         assert!(answer.starts_with("ERROR"), "{answer:?}");
         clients.push(client);
     }
-    let released = eventually(Duration::from_secs(10), || async { open_fds() <= before + CLIENTS }).await;
+    let released = holds_within(Duration::from_secs(10), || async { open_fds() <= before + CLIENTS }).await;
     assert!(
         released,
         "{} descriptors open after {CLIENTS} sessions ended; {} with only the clients' ends",

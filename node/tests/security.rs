@@ -2,14 +2,12 @@
 //! limits per address, TLS and the WebSocket handshake, seen from clients. The refusals of bad
 //! input are in `adversarial.rs`; these tests are mostly about what is allowed.
 
-mod support_security;
-
 use std::time::Duration;
 
 use serde_json::json;
 use stampede::config::{AclDefault, Config, OriginPolicy, Secret};
 use stampede::stomp::Command;
-use support_security::*;
+use stampede_testkit::prelude::*;
 use tokio_tungstenite::tungstenite;
 
 const BOTH: [Transport; 2] = [Transport::Tcp, Transport::Ws];
@@ -25,9 +23,9 @@ async fn without_authentication_the_login_is_trusted() {
     let node = TestNode::start(|_| {}).await;
     for t in BOTH {
         let mut client = node.open(t).await;
-        let connected = client.connect(&[("login", "ann")]).await;
+        let connected = client.connect_with(Command::Connect, Some("1.2"), &[("login", "ann")]).await;
         assert_eq!(header(&connected, "user-name"), "ann");
-        client.publish("/user/bob/queue/x", "anyone may, as before").await;
+        client.publish("/user/bob/queue/x", "anyone may, as before", &[]).await;
     }
     node.shutdown().await;
 }
@@ -39,18 +37,25 @@ async fn users_file_logins_with_argon2_and_bcrypt() {
     for t in BOTH {
         for (user, password) in [("ann", "ann-pw"), ("bob", "bob-pw")] {
             let mut client = node.open(t).await;
-            let connected = client.connect(&[("login", user), ("passcode", password)]).await;
+            let connected = client
+                .connect_with(Command::Connect, Some("1.2"), &[("login", user), ("passcode", password)])
+                .await;
             assert_eq!(connected.command, Command::Connected, "{}", show(&connected));
             assert_eq!(header(&connected, "user-name"), user);
         }
     }
-    assert_eq!(node.metric("stampede_auth_failures_total").await, 0.0);
+    assert_eq!(node.metric("stampede_auth_failures_total").await.unwrap_or(0.0), 0.0);
     let mut client = node.tcp().await;
-    assert_error(&client.connect(&[("login", "ann"), ("passcode", "nope")]).await, "wrong passcode");
+    assert_error(
+        &client.connect_with(Command::Connect, Some("1.2"), &[("login", "ann"), ("passcode", "nope")]).await,
+        "wrong passcode",
+    );
     let node_ref = &node;
     assert!(
-        eventually(WAIT, move || async move { node_ref.metric("stampede_auth_failures_total").await == 1.0 })
-            .await
+        holds_within(WAIT, move || async move {
+            node_ref.metric("stampede_auth_failures_total").await.unwrap_or(0.0) == 1.0
+        })
+        .await
     );
     node.shutdown().await;
 }
@@ -72,14 +77,17 @@ async fn tokens_signed_with_hs256_rs256_and_es256() {
     for (what, token) in &tokens {
         for t in BOTH {
             let mut client = node.open(t).await;
-            let connected = client.connect(&[("passcode", token)]).await;
+            let connected = client.connect_with(Command::Connect, Some("1.2"), &[("passcode", token)]).await;
             assert_eq!(connected.command, Command::Connected, "{what}: {}", show(&connected));
         }
     }
     // A kid the JWKS does not have.
     let mut client = node.tcp().await;
     let token = Token::for_user("u").kid("ec-9").es256(&keys.ec_private_pem);
-    assert_error(&client.connect(&[("passcode", &token)]).await, "no ES256 key with kid \"ec-9\"");
+    assert_error(
+        &client.connect_with(Command::Connect, Some("1.2"), &[("passcode", &token)]).await,
+        "no ES256 key with kid \"ec-9\"",
+    );
     node.shutdown().await;
 }
 
@@ -89,10 +97,15 @@ async fn es256_from_a_pem_public_key() {
     let node = TestNode::start(|c| c.auth.jwt.public_key = Some(keys.ec_public.clone())).await;
     let mut client = node.tcp().await;
     let token = Token::for_user("ann").es256(&keys.ec_private_pem);
-    let connected = client.connect(&[("passcode", &token)]).await;
+    let connected = client.connect_with(Command::Connect, Some("1.2"), &[("passcode", &token)]).await;
     assert_eq!(header(&connected, "user-name"), "ann");
     let mut client = node.tcp().await;
-    assert_error(&client.connect(&[("passcode", &Token::for_user("ann").hs256())]).await, "HS256");
+    assert_error(
+        &client
+            .connect_with(Command::Connect, Some("1.2"), &[("passcode", &Token::for_user("ann").hs256())])
+            .await,
+        "HS256",
+    );
     node.shutdown().await;
 }
 
@@ -103,13 +116,19 @@ async fn a_token_in_the_websocket_handshake() {
     let token = Token::for_user("ann").hs256();
     let bearer = format!("Bearer {token}");
     let (mut client, _) = node.try_ws(None, &[("authorization", &bearer)]).await.unwrap();
-    assert_eq!(header(&client.connect(&[]).await, "user-name"), "ann");
+    assert_eq!(header(&client.connect_with(Command::Connect, Some("1.2"), &[]).await, "user-name"), "ann");
     let (mut client, _) = node.try_ws(Some(&format!("x=1&token={token}")), &[]).await.unwrap();
-    assert_eq!(header(&client.connect(&[]).await, "user-name"), "ann");
+    assert_eq!(header(&client.connect_with(Command::Connect, Some("1.2"), &[]).await, "user-name"), "ann");
     // A token in passcode wins over the handshake's.
     let other = Token::for_user("bob").hs256();
     let (mut client, _) = node.try_ws(Some(&format!("token={token}")), &[]).await.unwrap();
-    assert_eq!(header(&client.connect(&[("passcode", &other)]).await, "user-name"), "bob");
+    assert_eq!(
+        header(
+            &client.connect_with(Command::Connect, Some("1.2"), &[("passcode", &other)]).await,
+            "user-name"
+        ),
+        "bob"
+    );
     node.shutdown().await;
 }
 
@@ -151,18 +170,18 @@ async fn a_refreshed_token_keeps_the_connection() {
     let mut clients = Vec::new();
     for t in BOTH {
         let mut client = node.connect(t, &[("passcode", &short_lived("ann", 2))]).await;
-        client.subscribe("/topic/prices/eur", "p").await;
+        client.subscribe("/topic/prices/eur", "p", &[]).await;
         clients.push(client);
     }
     for client in &mut clients {
         let fresh = Token::for_user("ann").claim("roles", json!(["traders"])).hs256();
-        let receipt = client.request(send_frame("/auth/refresh", &fresh)).await;
+        let receipt = client.request(send_frame("/auth/refresh", &fresh, &[])).await;
         assert_eq!(receipt.command, Command::Receipt);
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     let ops = Token::for_user("ops").claim("roles", json!(["operators"])).hs256();
     let mut publisher = node.connect(Transport::Tcp, &[("passcode", &ops)]).await;
-    publisher.publish("/topic/prices/eur", "1.08").await;
+    publisher.publish("/topic/prices/eur", "1.08", &[]).await;
     for client in &mut clients {
         assert_eq!(body(&client.recv_message().await), "1.08", "still connected past the first exp");
     }
@@ -175,15 +194,15 @@ async fn a_refresh_may_not_take_away_a_subscription() {
     let node = TestNode::start(|c| keys.secure(c)).await;
     let trader = Token::for_user("ann").claim("roles", json!(["traders"])).hs256();
     let mut client = node.connect(Transport::Tcp, &[("passcode", &trader)]).await;
-    client.subscribe("/topic/prices/eur", "p").await;
+    client.subscribe("/topic/prices/eur", "p", &[]).await;
     let plain = Token::for_user("ann").hs256();
-    let refused = client.try_request(send_frame("/auth/refresh", &plain)).await.unwrap_err();
+    let refused = client.request_refused(send_frame("/auth/refresh", &plain, &[])).await;
     assert_error(&refused, "the new token does not keep subscription \"p\"");
     client.expect_closed(WAIT).await;
 
     // Refreshing a connection that logged in with a password is refused too.
     let mut client = node.connect(Transport::Tcp, &[("login", "bob"), ("passcode", "bob-pw")]).await;
-    let refused = client.try_request(send_frame("/auth/refresh", &plain)).await.unwrap_err();
+    let refused = client.request_refused(send_frame("/auth/refresh", &plain, &[])).await;
     assert_error(&refused, "did not authenticate with a token");
     node.shutdown().await;
 }
@@ -198,13 +217,13 @@ async fn rules_for_roles_from_the_users_file_and_from_tokens() {
     let token = Token::for_user("carol").claim("roles", json!(["traders"])).rs256();
     let by_token = node.connect(Transport::Ws, &[("passcode", &token)]).await;
     for mut trader in [by_password, by_token] {
-        trader.subscribe("/topic/prices/usd", "p").await;
-        trader.subscribe("/topic/public.news", "n").await;
-        trader.publish("/queue/orders", "buy").await;
-        let refused = trader.try_request(send_frame("/topic/prices/usd", "x")).await.unwrap_err();
+        trader.subscribe("/topic/prices/usd", "p", &[]).await;
+        trader.subscribe("/topic/public.news", "n", &[]).await;
+        trader.publish("/queue/orders", "buy", &[]).await;
+        let refused = trader.request_refused(send_frame("/topic/prices/usd", "x", &[])).await;
         assert_error(&refused, "not authorized to publish to /topic/prices/usd");
     }
-    assert_eq!(node.metric("stampede_access_denied_total").await, 2.0);
+    assert_eq!(node.metric("stampede_access_denied_total").await.unwrap_or(0.0), 2.0);
     node.shutdown().await;
 }
 
@@ -216,10 +235,10 @@ async fn a_tokens_own_grants() {
         .claim("stampede", json!({"publish": ["/topic/chat.*"], "subscribe": ["/topic/chat.*"]}))
         .hs256();
     let mut client = node.connect(Transport::Tcp, &[("passcode", &token)]).await;
-    client.subscribe("/topic/chat.room1", "c").await;
-    client.publish("/topic/chat.room1", "hello").await;
+    client.subscribe("/topic/chat.room1", "c", &[]).await;
+    client.publish("/topic/chat.room1", "hello", &[]).await;
     assert_eq!(body(&client.recv_message().await), "hello");
-    let refused = client.try_request(send_frame("/topic/other", "x")).await.unwrap_err();
+    let refused = client.request_refused(send_frame("/topic/other", "x", &[])).await;
     assert_error(&refused, "not authorized to publish to /topic/other");
     node.shutdown().await;
 }
@@ -233,9 +252,9 @@ async fn acl_default_allow_opens_everything_but_other_users() {
     })
     .await;
     let mut bob = node.connect(Transport::Tcp, &[("login", "bob"), ("passcode", "bob-pw")]).await;
-    bob.subscribe("/topic/anything", "a").await;
-    bob.publish("/queue/anything", "x").await;
-    let refused = bob.try_request(send_frame("/user/ann/queue/inbox", "x")).await.unwrap_err();
+    bob.subscribe("/topic/anything", "a", &[]).await;
+    bob.publish("/queue/anything", "x", &[]).await;
+    let refused = bob.request_refused(send_frame("/user/ann/queue/inbox", "x", &[])).await;
     assert_error(&refused, "not authorized to publish to /user/ann/queue/inbox");
     node.shutdown().await;
 }
@@ -245,14 +264,14 @@ async fn user_destinations_are_private() {
     let keys = Keys::new();
     let node = TestNode::start(|c| keys.secure(c)).await;
     let mut bob = node.connect(Transport::Ws, &[("login", "bob"), ("passcode", "bob-pw")]).await;
-    bob.subscribe("/user/queue/inbox", "in").await;
+    bob.subscribe("/user/queue/inbox", "in", &[]).await;
     // Ann subscribes to what looks like bob's destination: it is her own namespace.
     let mut ann = node.connect(Transport::Tcp, &[("login", "ann"), ("passcode", "ann-pw")]).await;
-    ann.subscribe("/user/bob/queue/inbox", "spy").await;
+    ann.subscribe("/user/bob/queue/inbox", "spy", &[]).await;
     // Bob may send to himself; ops, whose role has a rule for /user/*, to anyone.
-    bob.publish("/user/bob/queue/inbox", "note to self").await;
+    bob.publish("/user/bob/queue/inbox", "note to self", &[]).await;
     let mut ops = node.connect(Transport::Tcp, &[("login", "ops"), ("passcode", "ops-pw")]).await;
-    ops.publish("/user/bob/queue/inbox", "from ops").await;
+    ops.publish("/user/bob/queue/inbox", "from ops", &[]).await;
     let first = bob.recv_message().await;
     assert_eq!(body(&first), "note to self");
     assert_eq!(header(&first, "destination"), "/user/queue/inbox");
@@ -268,16 +287,16 @@ async fn the_admin_api_needs_its_token_but_probes_do_not() {
     let keys = Keys::new();
     let node = TestNode::start(|c| keys.secure(c)).await;
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(http(node.admin, "GET", path, None, None).await.status, 200, "{path}");
+        assert_eq!(node.http("GET", path, None, None).await.status, 200, "{path}");
     }
-    let response = http(node.admin, "GET", "/metrics", None, None).await;
+    let response = node.http("GET", "/metrics", None, None).await;
     assert_eq!(response.status, 401);
     assert!(response.headers.iter().any(|(n, v)| n == "www-authenticate" && v == "Bearer"));
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    assert_eq!(http(node.admin, "GET", "/metrics", Some(&bearer), None).await.status, 200);
-    assert_eq!(http(node.admin, "GET", "/api/v1/nodes", Some(&bearer), None).await.status, 200);
+    assert_eq!(node.http("GET", "/metrics", Some(&bearer), None).await.status, 200);
+    assert_eq!(node.http("GET", "/api/v1/nodes", Some(&bearer), None).await.status, 200);
     let publish = r#"{"destination": "/topic/public.news", "body": "hi"}"#;
-    let response = http(node.admin, "POST", "/api/v1/publish", Some(&bearer), Some(publish)).await;
+    let response = node.http("POST", "/api/v1/publish", Some(&bearer), Some(publish)).await;
     assert_eq!(response.status, 202, "{}", response.body);
     node.shutdown().await;
 
@@ -286,8 +305,8 @@ async fn the_admin_api_needs_its_token_but_probes_do_not() {
         c.auth.metrics_public = true;
     })
     .await;
-    assert_eq!(http(node.admin, "GET", "/metrics", None, None).await.status, 200);
-    assert_eq!(http(node.admin, "GET", "/api/v1/nodes", None, None).await.status, 401);
+    assert_eq!(node.http("GET", "/metrics", None, None).await.status, 200);
+    assert_eq!(node.http("GET", "/api/v1/nodes", None, None).await.status, 401);
     node.shutdown().await;
 }
 
@@ -338,9 +357,9 @@ async fn permessage_deflate_is_not_negotiated() {
     let offer = [("sec-websocket-extensions", "permessage-deflate; client_max_window_bits")];
     let (mut client, response) = node.try_ws(None, &offer).await.unwrap();
     assert!(response.headers().get("sec-websocket-extensions").is_none(), "{:?}", response.headers());
-    client.connect(&[]).await;
-    client.subscribe("/topic/z", "z").await;
-    client.publish("/topic/z", &"z".repeat(10_000)).await;
+    client.connect_with(Command::Connect, Some("1.2"), &[]).await;
+    client.subscribe("/topic/z", "z", &[]).await;
+    client.publish("/topic/z", &"z".repeat(10_000), &[]).await;
     assert_eq!(client.recv_message().await.body.len(), 10_000);
     node.shutdown().await;
 }
@@ -359,7 +378,7 @@ async fn connections_per_address_are_limited() {
     let mut first = clients.remove(0);
     first.disconnect().await;
     let node_ref = &node;
-    assert!(eventually(WAIT, move || async move { node_ref.connections().await == 2.0 }).await);
+    assert!(holds_within(WAIT, move || async move { node_ref.connections().await == 2.0 }).await);
     let _again = node.connect(Transport::Ws, &[]).await;
     node.shutdown().await;
 }
@@ -385,9 +404,9 @@ async fn tls_for_websocket_and_tcp() {
     assert!(node.ws_url().starts_with("wss://"));
     let token = Token::for_user("ops").claim("roles", json!(["operators"])).hs256();
     let mut over_wss = node.connect(Transport::Ws, &[("passcode", &token)]).await;
-    over_wss.subscribe("/topic/secure", "s").await;
+    over_wss.subscribe("/topic/secure", "s", &[]).await;
     let mut over_tls = node.connect(Transport::Tcp, &[("login", "ops"), ("passcode", "ops-pw")]).await;
-    over_tls.publish("/topic/secure", "encrypted").await;
+    over_tls.publish("/topic/secure", "encrypted", &[]).await;
     assert_eq!(body(&over_wss.recv_message().await), "encrypted");
     over_tls.disconnect().await;
     node.shutdown().await;

@@ -5,9 +5,6 @@
 //! back to their queue on every engine is covered by `destinations` (redelivery after close),
 //! which runs on every variant.
 
-#[macro_use]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +15,7 @@ use stampede::hub::Hub;
 use stampede::metrics::Metrics;
 use stampede::node::{Drain, DrainSwitch, Node};
 use stampede::stomp::Command;
-use support::*;
+use stampede_testkit::prelude::*;
 use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,11 +23,11 @@ async fn drain_sends_error_and_close_1012() {
     let mut node = TestNode::start(|c| c.drain_period = Duration::from_millis(500)).await;
     let mut ws_clients = Vec::new();
     for i in 0..3 {
-        let mut client = node.connect(Transport::Ws).await;
+        let mut client = node.connect(Transport::Ws, &[]).await;
         client.subscribe(&format!("/topic/d{i}"), "s", &[]).await;
         ws_clients.push(client);
     }
-    let mut tcp_client = node.connect(Transport::Tcp).await;
+    let mut tcp_client = node.connect(Transport::Tcp, &[]).await;
     let started = Instant::now();
     node.begin_shutdown();
 
@@ -63,11 +60,11 @@ async fn listeners_stop_accepting_during_drain() {
     let mut node = TestNode::start(|c| c.drain_period = Duration::from_secs(3)).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(node.connect(Transport::Tcp).await);
+        clients.push(node.connect(Transport::Tcp, &[]).await);
     }
     node.begin_shutdown();
     let (tcp, ws) = (node.tcp_addr(), node.ws_addr());
-    let refused = eventually(WAIT, move || async move {
+    let refused = holds_within(WAIT, move || async move {
         tokio::net::TcpStream::connect(tcp).await.is_err()
             && tokio::net::TcpStream::connect(ws).await.is_err()
     })
@@ -79,11 +76,11 @@ async fn listeners_stop_accepting_during_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unconnected_sessions_close_at_once() {
     let mut node = TestNode::start(|c| c.drain_period = Duration::from_secs(3)).await;
-    let _connected = node.connect(Transport::Tcp).await;
+    let _connected = node.connect(Transport::Tcp, &[]).await;
     let mut idle = node.open(Transport::Tcp).await;
     // The session exists once the node counts it.
     let n = &node;
-    assert!(eventually(WAIT, move || async move { n.connections().await == 2.0 }).await);
+    assert!(holds_within(WAIT, move || async move { n.connections().await == 2.0 }).await);
     let started = Instant::now();
     node.begin_shutdown();
     assert_error(&idle.expect_error().await, "shutting down");
@@ -134,7 +131,7 @@ async fn drain_returns_unacked_messages_to_their_queue() {
     assert_eq!(frames.last().map(|f| f.command), Some(Command::Error));
     let node = parts.node.clone();
     assert!(
-        eventually(WAIT, move || {
+        holds_within(WAIT, move || {
             let c = node.clone();
             async move { c.connections() == 0 }
         })

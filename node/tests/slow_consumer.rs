@@ -4,14 +4,11 @@
 //! Memory engine only: the outbound buffer and the slow-consumer policy are one node's
 //! connection mechanics; the engine only feeds the node's fan-out.
 
-#[macro_use]
-mod support;
-
 use std::time::Duration;
 
 use stampede::config::SlowConsumerPolicy;
 use stampede::stomp::Command;
-use support::*;
+use stampede_testkit::prelude::*;
 use tokio::net::TcpSocket;
 
 const TOPIC: &str = "/topic/firehose";
@@ -42,14 +39,14 @@ async fn firehose() -> (TestNode, Client, [Client; 2]) {
 
     // A healthy subscriber, reading in step with the publisher: it never holds more than one
     // burst (32 KiB), well under its outbound buffer.
-    let mut healthy = node.connect(Transport::Tcp).await;
+    let mut healthy = node.connect(Transport::Tcp, &[]).await;
     healthy.subscribe(TOPIC, "s", &[]).await;
-    let mut publisher = node.connect(Transport::Tcp).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
     let payload = |n: usize| format!("{n:05}{}", "x".repeat(4091));
     let mut received = 0;
     for burst in 0..MESSAGES / BURST {
         for i in 1..BURST {
-            publisher.send(TOPIC, &payload(burst * BURST + i)).await;
+            publisher.send(TOPIC, &payload(burst * BURST + i), &[]).await;
         }
         publisher.publish(TOPIC, &payload(burst * BURST + BURST), &[]).await;
         for message in healthy.recv_messages(BURST).await {
@@ -74,7 +71,10 @@ async fn slow_tcp_consumer_is_disconnected() {
     let bytes = slow.read_raw_until_closed(Duration::from_secs(10)).await;
     assert!(bytes.len() < MESSAGES * 4096, "the slow client was cut off, yet got {} bytes", bytes.len());
     let n = &node;
-    assert!(eventually(WAIT, move || async move { n.connections().await == 2.0 }).await, "the session ended");
+    assert!(
+        holds_within(WAIT, move || async move { n.connections().await == 2.0 }).await,
+        "the session ended"
+    );
     node.shutdown().await;
 }
 
@@ -108,10 +108,10 @@ async fn slow_consumer_drop_policy_keeps_the_connection() {
     })
     .await;
     let mut slow = stalled_client(&node).await;
-    let mut publisher = node.connect(Transport::Tcp).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
     let payload = "x".repeat(4096);
     for i in 0..MESSAGES {
-        publisher.send(TOPIC, &payload).await;
+        publisher.send(TOPIC, &payload, &[]).await;
         if i % 100 == 99 {
             publisher.publish("/topic/sync", "", &[]).await;
         }
@@ -128,7 +128,7 @@ async fn slow_consumer_drop_policy_keeps_the_connection() {
                 assert_eq!(frame.body.len(), 4096);
                 received += 1;
             }
-            Err(RecvError::Timeout) => break,
+            Err(ClientError::Timeout { .. }) => break,
             Err(e) => panic!("the slow client lost its connection: {e:?}"),
         }
     }
@@ -151,19 +151,19 @@ async fn a_client_that_takes_nothing_for_the_write_timeout_is_closed() {
     })
     .await;
     let mut slow = stalled_client(&node).await;
-    let mut publisher = node.connect(Transport::Tcp).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
     let payload = "x".repeat(4096);
     for _ in 0..4 * MESSAGES {
-        publisher.send(TOPIC, &payload).await;
+        publisher.send(TOPIC, &payload, &[]).await;
     }
     publisher.publish("/topic/sync", "", &[]).await;
-    let cut = eventually(Duration::from_secs(10), || async { node.connections().await == 1.0 }).await;
+    let cut = holds_within(Duration::from_secs(10), || async { node.connections().await == 1.0 }).await;
     assert!(cut, "the stalled client is still connected: {} connections", node.connections().await);
     // What the kernel had buffered still arrives, then the connection ends.
     let ended = loop {
         match slow.recv_frame(Duration::from_secs(5)).await {
             Ok(frame) => assert_eq!(frame.command, Command::Message, "{}", show(&frame)),
-            Err(RecvError::Timeout) => break false,
+            Err(ClientError::Timeout { .. }) => break false,
             Err(_) => break true,
         }
     };

@@ -3,11 +3,8 @@
 //!
 //! Memory engine only: the handshake and the framing are the node's transport, not the engine.
 
-#[macro_use]
-mod support;
-
 use stampede::stomp::Command;
-use support::*;
+use stampede_testkit::prelude::*;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 fn chosen_protocol(response: &tungstenite::handshake::client::Response) -> Option<String> {
@@ -109,7 +106,7 @@ async fn replies_are_text_unless_the_body_is_not_utf8() {
     sub.subscribe("/topic/bytes", "s1", &[]).await;
     assert_eq!(sub.last_kind, Some(WsKind::Text), "RECEIPT");
 
-    let mut publisher = node.connect(Transport::Tcp).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
     publisher.publish("/topic/bytes", "plain text é", &[]).await;
     let raw = stampede::stomp::Frame::new(Command::Send)
         .with_header("destination", "/topic/bytes")

@@ -1,5 +1,5 @@
 //! The four targets, started on loopback and stopped again: the raw baseline, Stampede on its
-//! embedded engine, Stampede as N nodes on Redis (the cluster-tests harness), and a private
+//! embedded engine, Stampede as N nodes on Redis (the test kit's process harness), and a private
 //! RabbitMQ node with Web-STOMP.
 
 use std::collections::BTreeMap;
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_tests::process::{free_port, temp_dir, Process};
-use cluster_tests::{Cluster, Log, Redis};
+use stampede_testkit::process::{free_port, temp_dir, Process};
+use stampede_testkit::{Cluster, Log, Redis};
 
 use crate::conn::Protocol;
 
@@ -187,7 +187,7 @@ pub async fn start(
         }
         Kind::Memory | Kind::Cluster => {
             // The harness builds nothing when it is told which binary to run.
-            std::env::set_var(cluster_tests::cluster::BIN_ENV, &bins.stampede);
+            std::env::set_var(stampede_testkit::cluster::BIN_ENV, &bins.stampede);
             let cluster = if kind == Kind::Memory {
                 Cluster::memory(&[]).await
             } else {

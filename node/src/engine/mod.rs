@@ -10,6 +10,8 @@
 //!
 //! Back ends are chosen by configuration and dispatched statically through [`AnyEngine`].
 
+#[cfg(test)]
+mod contract;
 pub mod memory;
 pub mod redis;
 

@@ -1,5 +1,6 @@
 //! Just enough HTTP/1.1 for the admin port: one request per connection (`Connection: close`),
-//! the whole response read, chunked bodies decoded. Every call gives up after [`TIMEOUT`].
+//! the whole response read, a chunked body decoded ([`dechunk`]). Every call gives up after
+//! [`TIMEOUT`]. Also [`metric`], the one reader of the Prometheus text `/metrics` serves.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,10 +12,11 @@ use tokio::net::TcpStream;
 /// The longest one request may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A response: status code and body text.
+/// A response: status code, headers (names in lower case) and body text.
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
@@ -24,28 +26,47 @@ impl Response {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("HTTP {} body is not JSON ({e}): {:?}", self.status, self.body))
     }
+
+    /// The first header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// `GET path`.
 pub async fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
-    request(addr, "GET", path, None).await
+    request(addr, "GET", path, &[], None).await
 }
 
 /// `POST path` with a JSON body.
 pub async fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> io::Result<Response> {
-    request(addr, "POST", path, Some(body.to_string())).await
+    let body = body.to_string();
+    request(addr, "POST", path, &[], Some(("application/json", body.as_bytes()))).await
 }
 
-async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<String>) -> io::Result<Response> {
+/// One request with `headers` added and a body of the given content type, if any.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> io::Result<Response> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        if let Some(body) = &body {
-            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some((content_type, bytes)) = body {
+            head.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", bytes.len()));
         }
         head.push_str("\r\n");
-        head.push_str(body.as_deref().unwrap_or(""));
-        stream.write_all(head.as_bytes()).await?;
+        let mut bytes = head.into_bytes();
+        if let Some((_, body)) = body {
+            bytes.extend_from_slice(body);
+        }
+        stream.write_all(&bytes).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         parse(&raw)
@@ -65,17 +86,21 @@ fn parse(raw: &[u8]) -> io::Result<Response> {
         .and_then(|line| line.split(' ').nth(1))
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| invalid("bad status line"))?;
-    let chunked = lines.any(|line| {
-        let lower = line.to_ascii_lowercase();
-        lower.starts_with("transfer-encoding:") && lower.contains("chunked")
-    });
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked =
+        headers.iter().any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     let body = &raw[split + 4..];
     let body =
         if chunked { dechunk(body).ok_or_else(|| invalid("bad chunked body"))? } else { body.to_vec() };
-    Ok(Response { status, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+/// Decodes a `Transfer-Encoding: chunked` body (extensions ignored); `None` if it is cut short
+/// or malformed.
+pub fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = body.windows(2).position(|w| w == b"\r\n")?;
@@ -88,6 +113,15 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(body.get(..size)?);
         body = body.get(size + 2..)?;
     }
+}
+
+/// The value of the sample `key` (name and labels exactly as rendered, e.g.
+/// `stampede_messages_dropped_total{reason="queue_full"}`) in Prometheus text.
+pub fn metric(text: &str, key: &str) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == key).then(|| value.parse().ok()).flatten()
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,7 +75,8 @@ impl Log {
         self.line("harness", event);
     }
 
-    fn line(&self, source: &str, line: &str) {
+    /// Appends one line said by `source` (`out`, `err`, `harness`, `log`).
+    pub fn line(&self, source: &str, line: &str) {
         let at = epoch().elapsed().as_secs_f64();
         let mut text = self.text.lock().expect("log");
         let _ = writeln!(text, "[{at:8.3}s {source}] {line}");
@@ -149,13 +150,25 @@ pub struct Process {
 impl Process {
     /// Spawns `command` with piped output. Variables `STAMPEDE_*` of the test's environment are
     /// removed, so only the arguments configure the child; colours are turned off.
-    pub fn spawn(mut command: Command, log: &Log) -> Process {
+    pub fn spawn(command: Command, log: &Log) -> Process {
+        Process::spawn_with(command, log, Stdio::null()).0
+    }
+
+    /// Like [`Process::spawn`], with the child's standard input a pipe whose writing end is
+    /// returned: a lifeline for a child that ends when it reads EOF, which happens when the
+    /// returned end is dropped or this test process exits, however it exits.
+    pub fn spawn_tied(command: Command, log: &Log) -> (Process, ChildStdin) {
+        let (process, stdin) = Process::spawn_with(command, log, Stdio::piped());
+        (process, stdin.expect("a stdin pipe"))
+    }
+
+    fn spawn_with(mut command: Command, log: &Log, stdin: Stdio) -> (Process, Option<ChildStdin>) {
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("STAMPEDE_") {
                 command.env_remove(name);
             }
         }
-        command.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.env("NO_COLOR", "1").stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         let line = format!("{command:?}");
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {line}: {e}"));
         log.note(&format!("started pid {}: {line}", child.id()));
@@ -166,7 +179,8 @@ impl Process {
         if let Some(err) = child.stderr.take() {
             readers.push(log.capture("err", err));
         }
-        Process { child, log: log.clone(), readers, exited: None }
+        let stdin = child.stdin.take();
+        (Process { child, log: log.clone(), readers, exited: None }, stdin)
     }
 
     pub fn pid(&self) -> u32 {

@@ -14,10 +14,12 @@ use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::client::{Endpoint, Transport};
+use crate::client::Endpoint;
 use crate::http;
 use crate::process::{free_port, Log, Process};
 use crate::redis::Redis;
+use crate::variant::{EngineKind, Transport, Variant};
+use crate::wait::poll_every;
 
 /// Environment variable: path of a `stampede` binary to test instead of building one.
 pub const BIN_ENV: &str = "CLUSTER_TEST_STAMPEDE_BIN";
@@ -81,6 +83,23 @@ impl Cluster {
     /// One node on the embedded in-memory engine (no Redis).
     pub async fn memory(extra_args: &[&str]) -> Cluster {
         Cluster::launch(1, None, extra_args).await
+    }
+
+    /// The processes of `variant`: for the Redis engine a fresh [`Redis`] (returned first, so
+    /// that `let (_redis, cluster) = ...` drops the nodes before it) and its nodes; for the
+    /// memory engine one node. The variant's transport is the scenario's to use.
+    pub async fn of(variant: Variant, extra_args: &[&str]) -> (Option<Redis>, Cluster) {
+        match variant.engine {
+            EngineKind::Memory => {
+                assert_eq!(variant.nodes, 1, "the memory engine runs one node");
+                (None, Cluster::memory(extra_args).await)
+            }
+            EngineKind::Redis => {
+                let redis = Redis::start().await;
+                let cluster = Cluster::start(variant.nodes, &redis, extra_args).await;
+                (Some(redis), cluster)
+            }
+        }
     }
 
     async fn launch(n: usize, redis_url: Option<String>, extra_args: &[&str]) -> Cluster {
@@ -187,6 +206,11 @@ impl Node {
         format!("ws://{}/ws", self.listen)
     }
 
+    /// The client HTTP port (WebSocket at `/ws`).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
     /// STOMP over plain TCP.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.stomp
@@ -263,22 +287,21 @@ impl Node {
 
     /// Waits until `/readyz` answers 200; panics if the process exits first or takes too long.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + READY_PATIENCE;
-        loop {
+        // Done (`Ok`) when `/readyz` answers 200 or the process is gone; polled again otherwise.
+        let outcome = poll_every(READY_PATIENCE, Duration::from_millis(50), || async {
             let exited = self.process.lock().expect("node process").as_mut().map(Process::exit_status);
             match exited {
-                None => panic!("{} is not running: nothing to wait for", self.id),
-                Some(Some(status)) => panic!("{} exited ({status}) before it was ready", self.id),
-                Some(None) => {}
+                None => Ok(Err(format!("{} is not running: nothing to wait for", self.id))),
+                Some(Some(status)) => Ok(Err(format!("{} exited ({status}) before it was ready", self.id))),
+                Some(None) if self.is_ready().await => Ok(Ok(())),
+                Some(None) => Err(()),
             }
-            if self.is_ready().await {
-                self.log.note("ready");
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("{} was not ready within {READY_PATIENCE:?}", self.id);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => self.log.note("ready"),
+            Ok(Err(why)) => panic!("{why}"),
+            Err(()) => panic!("{} was not ready within {READY_PATIENCE:?}", self.id),
         }
     }
 }

@@ -1,0 +1,346 @@
+//! The one `redis-server` launcher of the workspace: a real server started from PATH on a free
+//! port, in its own temp directory, with its output captured into a [`Log`] (printed when a test
+//! fails). Two kinds:
+//! - [`Redis::start`]: the append-only file on and fsynced on every write, so a [`Redis::kill`]
+//!   followed by [`Redis::restart`] loses nothing that Redis acknowledged (the multi-node
+//!   scenarios);
+//! - [`Redis::start_ephemeral`] (and [`Redis::reserve`], a port without a server yet): no
+//!   persistence, for tests of the engine that only need a server (a restart comes back empty).
+//!
+//! [`shared`] is one ephemeral server for a whole test binary, tied to the test process so it
+//! ends with it, passed, failed or killed; tests on it keep apart by key prefix.
+//! [`Redis::call`] sends one raw command (RESP) and returns the reply; [`Redis::cli`] runs
+//! `redis-cli`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::process::{free_port, temp_dir, Log, Process, KEEP_LOGS_ENV};
+use crate::wait::poll_every;
+
+/// How long Redis may take to answer PING after a start or restart (AOF replay included).
+const START_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How long one [`Redis::call`] may take.
+const CALL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A `redis-server` process. Stopped (SIGKILL) and its directory removed on drop; its log is
+/// printed on drop if the test is failing.
+pub struct Redis {
+    port: u16,
+    dir: PathBuf,
+    /// The append-only file on (fsync always), or no persistence at all.
+    persistent: bool,
+    /// Run under [`LIFELINE_WRAPPER`], which ends the server with the test process ([`shared`]).
+    tied: bool,
+    /// The writing end of a tied server's standard input.
+    lifeline: Mutex<Option<ChildStdin>>,
+    log: Log,
+    process: Mutex<Option<Process>>,
+}
+
+impl Redis {
+    /// Starts `redis-server` with the append-only file on and waits until it answers PING.
+    pub async fn start() -> Redis {
+        let redis = Redis::new(true);
+        redis.spawn();
+        redis.wait_until_up().await;
+        redis
+    }
+
+    /// Starts `redis-server` without persistence and waits until it answers PING.
+    pub async fn start_ephemeral() -> Redis {
+        let redis = Redis::reserve();
+        redis.spawn();
+        redis.wait_until_up().await;
+        redis
+    }
+
+    /// A free port and a directory for a server without persistence, not started yet: see
+    /// [`Redis::restart`].
+    pub fn reserve() -> Redis {
+        Redis::new(false)
+    }
+
+    fn new(persistent: bool) -> Redis {
+        Redis {
+            port: free_port(),
+            dir: temp_dir("redis"),
+            persistent,
+            tied: false,
+            lifeline: Mutex::new(None),
+            log: Log::new("redis"),
+            process: Mutex::new(None),
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`, for `--redis-url`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The data directory (holds `appendonlydir/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// SIGKILL: no shutdown save, no goodbye to clients. Only what the AOF holds survives.
+    pub fn kill(&self) {
+        if let Some(mut process) = self.process.lock().expect("redis process").take() {
+            process.kill();
+        }
+    }
+
+    /// Starts it (again) on the same port and directory (so the AOF, if any, is replayed) and
+    /// waits until it answers PING. Kills it first if it still runs.
+    pub async fn restart(&self) {
+        self.kill();
+        self.spawn();
+        self.wait_until_up().await;
+    }
+
+    /// Whether it answers PING now.
+    pub async fn ping(&self) -> bool {
+        let attempt = async {
+            let mut stream = TcpStream::connect(self.addr()).await?;
+            stream.write_all(b"PING\r\n").await?;
+            let mut reply = [0u8; 64];
+            let n = stream.read(&mut reply).await?;
+            Ok::<bool, std::io::Error>(reply[..n].starts_with(b"+PONG"))
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(1), attempt).await, Ok(Ok(true)))
+    }
+
+    /// Sends `kill -<signal>` (e.g. `STOP`, `CONT`) to the running server: SIGSTOP leaves its
+    /// connections open while nothing answers, as when the network to it is cut.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.process.lock().expect("redis process").as_ref().map(Process::pid);
+        let pid = pid.expect("redis-server is running").to_string();
+        self.log.note(&format!("SIG{signal} pid {pid}"));
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// One command on a fresh connection; returns the reply.
+    pub async fn call(&self, args: &[&str]) -> Resp {
+        call(self.addr(), args).await
+    }
+
+    /// Runs `redis-cli` against it with `args` and returns what it printed (trimmed).
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn spawn(&self) {
+        let mut command = if self.tied {
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(LIFELINE_WRAPPER).arg("sh");
+            sh
+        } else {
+            Command::new("redis-server")
+        };
+        command
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--save", "", "--daemonize", "no", "--logfile", "", "--loglevel", "notice"]);
+        if self.persistent {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let process = if self.tied {
+            let (process, lifeline) = Process::spawn_tied(command, &self.log);
+            *self.lifeline.lock().expect("redis lifeline") = Some(lifeline);
+            process
+        } else {
+            Process::spawn(command, &self.log)
+        };
+        *self.process.lock().expect("redis process") = Some(process);
+    }
+
+    async fn wait_until_up(&self) {
+        if let Err(why) = self.try_wait_until_up().await {
+            panic!("{why}");
+        }
+    }
+
+    async fn try_wait_until_up(&self) -> Result<(), String> {
+        // Done (`Ok`) when it answers PING or has exited; polled again (`Err`) otherwise.
+        let outcome = poll_every(START_PATIENCE, Duration::from_millis(25), || async {
+            if self.ping().await {
+                return Ok(None);
+            }
+            let exited = self.process.lock().expect("redis process").as_mut().and_then(Process::exit_status);
+            exited.map(Some).ok_or(())
+        })
+        .await;
+        match outcome {
+            Ok(None) => {
+                self.log.note("answers PING");
+                Ok(())
+            }
+            Ok(Some(status)) => {
+                Err(format!("redis-server on port {} exited ({status}) before answering PING", self.port))
+            }
+            Err(()) => Err(format!(
+                "redis-server on port {} did not answer PING within {START_PATIENCE:?}",
+                self.port
+            )),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        self.log.on_drop();
+        if std::env::var_os(KEEP_LOGS_ENV).is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// === the shared server ===
+
+/// The `redis-server` of this test binary, without persistence, started on first use and tied
+/// to the test process: a static is never dropped, so the server ends when its standard input,
+/// a pipe this process holds open until it exits, reaches EOF; passed, failed or killed. Not for
+/// kill or restart (they would stop the shell, not Redis).
+pub async fn shared() -> &'static Redis {
+    static REDIS: tokio::sync::OnceCell<Redis> = tokio::sync::OnceCell::const_new();
+    REDIS
+        .get_or_init(|| async {
+            let found = Command::new("redis-server")
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(found, "the Redis variants need `redis-server` on PATH");
+            let mut failures = Vec::new();
+            // A port can be taken between choosing it and Redis binding it: try a few.
+            for _ in 0..5 {
+                let mut redis = Redis::new(false);
+                redis.tied = true;
+                redis.spawn();
+                match redis.try_wait_until_up().await {
+                    Ok(()) => return redis,
+                    Err(why) => failures.push(why),
+                }
+            }
+            panic!("redis-server did not start: {failures:?}");
+        })
+        .await
+}
+
+/// `$@`: redis-server's arguments. Exits when Redis does (so a failed start is seen).
+const LIFELINE_WRAPPER: &str = r#"redis-server "$@" </dev/null & pid=$!
+exec 3<&0
+( cat <&3 >/dev/null; kill $pid 2>/dev/null ) &
+wait $pid"#;
+
+/// A script (for `EVAL <script> 1 <stream key>`) that answers how many entries of a queue's
+/// stream are ready: its length less what its consumer group holds pending. The queue's key is
+/// `<prefix>:{<queue>}:q` and the group `stampede` (the module doc of `engine/redis`).
+pub const READY_ENTRIES: &str = "local len = redis.call('XLEN', KEYS[1]) \
+                                 local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], 'stampede') \
+                                 local pending = 0 \
+                                 if ok then pending = tonumber(p[1]) or 0 end \
+                                 return len - pending";
+
+// === RESP ===
+
+/// A Redis reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+/// One command to the server at `addr` on a fresh connection; returns the reply.
+pub async fn call(addr: SocketAddr, args: &[&str]) -> Resp {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to Redis");
+    stream.write_all(&resp_command(args)).await.expect("write to Redis");
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + CALL_PATIENCE;
+    loop {
+        if let Some((reply, _)) = parse_resp(&buf) {
+            return reply;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("a Redis reply in time")
+            .expect("read from Redis");
+        assert!(n > 0, "Redis closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// One reply from the start of `buf` and its length, or None when `buf` holds less.
+fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..end]).expect("a UTF-8 reply line");
+    let after = end + 2;
+    match buf.first()? {
+        b'+' => Some((Resp::Simple(line.to_owned()), after)),
+        b'-' => Some((Resp::Error(line.to_owned()), after)),
+        b':' => Some((Resp::Int(line.parse().expect("an integer")), after)),
+        b'$' => {
+            let Ok(len) = usize::try_from(line.parse::<i64>().expect("a length")) else {
+                return Some((Resp::Bulk(None), after));
+            };
+            let bytes = buf.get(after..after + len)?.to_vec();
+            buf.get(after + len..after + len + 2)?;
+            Some((Resp::Bulk(Some(bytes)), after + len + 2))
+        }
+        b'*' => {
+            let Ok(n) = usize::try_from(line.parse::<i64>().expect("a count")) else {
+                return Some((Resp::Array(None), after));
+            };
+            let mut items = Vec::with_capacity(n);
+            let mut at = after;
+            for _ in 0..n {
+                let (item, used) = parse_resp(&buf[at..])?;
+                items.push(item);
+                at += used;
+            }
+            Some((Resp::Array(Some(items)), at))
+        }
+        other => panic!("not a Redis reply: {:?}", *other as char),
+    }
+}
