@@ -27,6 +27,7 @@ pub mod ws;
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
@@ -137,16 +138,53 @@ pub fn spawn_reader<S: ByteSource>(
     negotiated: oneshot::Receiver<Negotiated>,
 ) -> InboundReceiver {
     let (sender, receiver) = inbound_channel();
-    tokio::spawn(read_loop(source, limits, negotiated, sender.events, sender.stopped));
+    let (events, mut stop) = (sender.events, sender.stopped);
+    tokio::spawn(async move {
+        let mut source = source;
+        read_loop(&mut source, limits, negotiated, events, &mut stop).await;
+        linger(&mut source, &mut stop).await;
+    });
     receiver
 }
 
+/// How long a connection's socket stays open, reading and discarding, after its session ended.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// After the reader stopped (the client broke a rule, went quiet, or its session ended): reads
+/// and discards whatever the client still sends until it closes, or until the session has ended
+/// and `LINGER` has passed. A socket closed with unread input is reset, and a reset throws
+/// away what the session wrote last (its ERROR) before the client reads it, so a client still
+/// sending (a flood refused for its rate) would never learn why it was cut off.
+async fn linger<S: ByteSource>(source: &mut S, stop: &mut oneshot::Receiver<()>) {
+    let mut discard = BytesMut::new();
+    // The session's end is its receiver dropped (nothing is ever sent); `read_loop` may have
+    // seen it already, and a finished receiver must not be polled again.
+    let mut ended = stop.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Closed);
+    let deadline = tokio::time::sleep(if ended { LINGER } else { Duration::MAX });
+    tokio::pin!(deadline);
+    loop {
+        discard.clear();
+        tokio::select! {
+            biased;
+            _ = &mut *stop, if !ended => {
+                ended = true;
+                deadline.as_mut().reset(Instant::now() + LINGER);
+            }
+            _ = &mut deadline => return,
+            read = source.read(&mut discard) => match read {
+                Ok(Received::Data | Received::Activity | Received::Ping(_)) => {}
+                Ok(Received::Eof) | Err(_) => return,
+            },
+        }
+    }
+}
+
 async fn read_loop<S: ByteSource>(
-    mut source: S,
+    source: &mut S,
     limits: ReadLimits,
     negotiated: oneshot::Receiver<Negotiated>,
     mut tx: mpsc::Sender<Inbound>,
-    mut stop: oneshot::Receiver<()>,
+    stop: &mut oneshot::Receiver<()>,
 ) {
     let mut decoder = Decoder::new(limits.codec);
     let mut bucket = Bucket::new(&limits);
@@ -192,8 +230,9 @@ async fn read_loop<S: ByteSource>(
         };
         let read = tokio::select! {
             biased;
-            // The session has ended: let go of the socket now, not when the client next writes.
-            _ = &mut stop => return,
+            // The session has ended: let go of the socket now (after `linger`), not when the
+            // client next writes.
+            _ = &mut *stop => return,
             read = read => read,
         };
         let Some(read) = read else {
@@ -239,8 +278,10 @@ async fn read_loop<S: ByteSource>(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {
@@ -256,5 +297,43 @@ mod tests {
         assert_eq!((0..10).filter(|_| bucket.take_at(much_later)).count(), 5, "refills up to the burst only");
         let off = ReadLimits { frame_rate: 0, ..limits };
         assert!(Bucket::new(&off).is_none());
+    }
+
+    /// The session wrote its last frame and ended while the client was still sending: the
+    /// client must still get that frame, so the socket is not closed (and reset) under unread
+    /// input at once; it is let go after `LINGER`.
+    #[tokio::test]
+    async fn a_connection_lingers_after_its_session_so_the_last_frame_is_not_reset_away() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = server.into_split();
+        let (_negotiated_tx, negotiated) = oneshot::channel();
+        let limits = ReadLimits { codec: Limits::default(), frame_rate: 0, frame_burst: 1 };
+        let inbound = spawn_reader(tcp::TcpSource::new(read), limits, negotiated);
+
+        write.write_all(b"ERROR\nmessage:bye\n\n\0").await.expect("last frame");
+        write.shutdown().await.expect("shutdown");
+        drop(write);
+        drop(inbound);
+        let started = Instant::now();
+        while started.elapsed() < LINGER / 2 {
+            client.write_all(&[b'\n'; 1024]).await.expect("the server still takes what the client sends");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut last = Vec::new();
+        client.read_to_end(&mut last).await.expect("the last frame, then the end of the stream");
+        assert_eq!(last, b"ERROR\nmessage:bye\n\n\0");
+
+        let mut released = false;
+        while started.elapsed() < LINGER * 5 {
+            if client.write_all(&[b'\n'; 1024]).await.is_err() {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(released, "the server let go of the socket after lingering");
+        assert!(started.elapsed() >= LINGER, "not before LINGER: {:?}", started.elapsed());
     }
 }
