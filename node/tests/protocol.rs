@@ -43,6 +43,7 @@ both_transports!(
     disconnect_with_receipt,
     error_carries_receipt_id,
     server_heartbeats,
+    a_frame_shortly_after_a_beat_does_not_stretch_the_silence,
     silent_client_is_dropped,
     heartbeating_client_is_kept,
 );
@@ -321,6 +322,47 @@ async fn server_heartbeats(t: Transport) {
     let mut quiet = node.open(t).await;
     quiet.connect(Some("1.2"), &[("heart-beat", "0,0")]).await;
     assert_eq!(quiet.count_heartbeats(Duration::from_millis(400)).await, 0);
+    node.shutdown().await;
+}
+
+/// Waits for the next heart-beat; returns when it came, or panics after `within`.
+async fn next_heartbeat(client: &mut Client, within: Duration) -> tokio::time::Instant {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if client.count_heartbeats(Duration::from_millis(5)).await > 0 {
+            return tokio::time::Instant::now();
+        }
+    }
+    panic!("no heart-beat within {within:?}");
+}
+
+/// STOMP: the server sends something at least every negotiated interval. A frame written shortly
+/// after a beat must move the next beat to one interval after that frame, not skip it for a
+/// whole tick (which left nearly two intervals of silence).
+async fn a_frame_shortly_after_a_beat_does_not_stretch_the_silence(t: Transport) {
+    const EVERY: Duration = Duration::from_millis(400);
+    let node = TestNode::start(|c| {
+        c.heartbeat.send = EVERY;
+        c.heartbeat.receive = Duration::ZERO;
+    })
+    .await;
+    let mut client = node.open(t).await;
+    client.connect(Some("1.2"), &[("heart-beat", "0,400")]).await;
+    client.subscribe("/topic/beats", "0", &[]).await;
+    for round in 0..3 {
+        next_heartbeat(&mut client, EVERY * 3).await;
+        // Past the 10 ms of slack the beat timer allows, well inside the interval.
+        tokio::time::sleep(EVERY / 8).await;
+        client.send("/topic/beats", "shortly after a beat", &[]).await;
+        client.recv_message().await;
+        let written = tokio::time::Instant::now();
+        let beat = next_heartbeat(&mut client, EVERY * 3).await;
+        let silence = beat - written;
+        assert!(
+            silence <= EVERY * 3 / 2,
+            "round {round}: {silence:?} without a byte from the server at a {EVERY:?} heart-beat"
+        );
+    }
     node.shutdown().await;
 }
 

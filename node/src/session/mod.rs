@@ -288,12 +288,20 @@ impl<S: FrameSink> Session<S> {
                     Ok(Flow::Continue)
                 }
                 event => {
+                    let tick = matches!(event, Event::Heartbeat);
                     // A write blocked on a client that stopped reading ends when it overflows.
-                    tokio::select! {
+                    let step = tokio::select! {
                         biased;
                         _ = outbox.overflow.notified() => Err(SessionError::SlowConsumer),
                         step = self.handle(event) => step,
+                    };
+                    if let (true, Some(every)) = (tick, self.heartbeat_out) {
+                        // The next beat is due one interval after the last write, not one tick
+                        // later: a frame written just after a tick would otherwise stretch the
+                        // silence to nearly two intervals (STOMP: data at least every interval).
+                        heartbeat.reset_at(tokio::time::Instant::from_std(self.last_write) + every);
                     }
+                    step
                 }
             };
             match step {
