@@ -32,6 +32,8 @@ both_transports!(
     connect_timeout,
     invalid_heart_beat_header,
     body_longer_than_content_length,
+    subscribe_with_a_body,
+    connect_with_a_body,
 );
 
 const WITNESS_TOPIC: &str = "/topic/witness";
@@ -392,4 +394,30 @@ async fn websocket_close_codes() {
     client.expect_error().await;
     assert_eq!(client.close_code, Some(1008));
     node.shutdown().await;
+}
+
+async fn subscribe_with_a_body(t: Transport) {
+    refused(
+        t,
+        |_| {},
+        true,
+        "SUBSCRIBE frames may not have a body",
+        async |c: &mut Client| {
+            c.send_raw(b"SUBSCRIBE\nid:0\ndestination:/topic/x\n\nnot allowed\0").await.unwrap();
+        },
+    )
+    .await
+}
+
+async fn connect_with_a_body(t: Transport) {
+    refused(
+        t,
+        |_| {},
+        false,
+        "CONNECT frames may not have a body",
+        async |c: &mut Client| {
+            c.send_raw(b"CONNECT\naccept-version:1.2\nhost:localhost\n\nhello\0").await.unwrap();
+        },
+    )
+    .await
 }

@@ -428,6 +428,15 @@ impl<S: FrameSink> Session<S> {
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        // STOMP 1.1 and 1.2: only SEND, MESSAGE and ERROR may have a body.
+        if !frame.body.is_empty()
+            && !matches!(frame.command, Command::Send | Command::Message | Command::Error)
+        {
+            return Err(SessionError::invalid(format!(
+                "{} frames may not have a body: of the client's frames only SEND carries one",
+                frame.command.as_str()
+            )));
+        }
         if self.version.is_none() {
             return match frame.command {
                 Command::Connect | Command::Stomp => self.on_connect(frame).await,
