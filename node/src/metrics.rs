@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -105,6 +105,17 @@ struct EventLabel {
     event: &'static str,
 }
 
+/// One metric of `family` per label set, created now: the hot path indexes into the result
+/// instead of looking a label up.
+fn resolve<S, M, C>(family: &Family<S, M, C>, labels: impl Iterator<Item = S>) -> Vec<M>
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    labels.map(|label| family.get_or_create(&label).clone()).collect()
+}
+
 /// The node's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -134,32 +145,24 @@ impl Metrics {
         let mut registry = Registry::with_prefix("stampede");
         let connections_family = Family::<TransportLabel, Gauge>::default();
         registry.register("connections", "Open client connections", connections_family.clone());
-        let connections = Transport::ALL
-            .iter()
-            .map(|t| connections_family.get_or_create(&TransportLabel { transport: t.as_str() }).clone())
-            .collect();
+        let connections = resolve(
+            &connections_family,
+            Transport::ALL.iter().map(|t| TransportLabel { transport: t.as_str() }),
+        );
         let frames_in_family = Family::<CommandLabel, Counter>::default();
         registry.register("frames_received", "STOMP frames received, by command", frames_in_family.clone());
         let frames_out_family = Family::<CommandLabel, Counter>::default();
         registry.register("frames_sent", "STOMP frames sent, by command", frames_out_family.clone());
-        let frames_in = Command::ALL
-            .iter()
-            .map(|c| frames_in_family.get_or_create(&CommandLabel { command: c.as_str() }).clone())
-            .collect();
-        let frames_out = Command::ALL
-            .iter()
-            .map(|c| frames_out_family.get_or_create(&CommandLabel { command: c.as_str() }).clone())
-            .collect();
+        let commands = || Command::ALL.iter().map(|c| CommandLabel { command: c.as_str() });
+        let frames_in = resolve(&frames_in_family, commands());
+        let frames_out = resolve(&frames_out_family, commands());
         let published_family = Family::<KindLabel, Counter>::default();
         registry.register(
             "messages_published",
             "Messages accepted from publishers, by destination kind",
             published_family.clone(),
         );
-        let published = Kind::ALL
-            .iter()
-            .map(|k| published_family.get_or_create(&KindLabel { kind: k.as_str() }).clone())
-            .collect();
+        let published = resolve(&published_family, Kind::ALL.iter().map(|k| KindLabel { kind: k.as_str() }));
         let delivered = Counter::default();
         registry.register("messages_delivered", "MESSAGE frames written to clients", delivered.clone());
         let dropped_family = Family::<ReasonLabel, Counter>::default();
@@ -168,10 +171,8 @@ impl Metrics {
             "Messages that reached no client, by reason",
             dropped_family.clone(),
         );
-        let dropped = DropReason::ALL
-            .iter()
-            .map(|r| dropped_family.get_or_create(&ReasonLabel { reason: r.as_str() }).clone())
-            .collect();
+        let dropped =
+            resolve(&dropped_family, DropReason::ALL.iter().map(|r| ReasonLabel { reason: r.as_str() }));
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Active client subscriptions", subscriptions.clone());
         let queue_depth = Family::<QueueLabel, Gauge<u64, AtomicU64>>::default();
@@ -192,10 +193,8 @@ impl Metrics {
         );
         let events_family = Family::<EventLabel, Counter>::default();
         registry.register("engine_events", "Cluster engine events, by kind", events_family.clone());
-        let engine_events = EngineEvent::ALL
-            .iter()
-            .map(|e| events_family.get_or_create(&EventLabel { event: e.as_str() }).clone())
-            .collect();
+        let engine_events =
+            resolve(&events_family, EngineEvent::ALL.iter().map(|e| EventLabel { event: e.as_str() }));
         Metrics {
             registry,
             connections,
