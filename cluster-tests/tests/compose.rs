@@ -869,6 +869,8 @@ fn compose_stack_survives_node_loss_partition_redis_pause_and_scale_out() {
         say!("==================================================================================");
         return;
     };
+    // The offline image build makes its base image with debootstrap.
+    stampede_testkit::system::require("debootstrap", "debootstrap");
     let root = repo_root();
     // Steps b, c, d can be left out while debugging: STAMPEDE_COMPOSE_SKIP=b,c
     let skip = std::env::var("STAMPEDE_COMPOSE_SKIP").unwrap_or_default();

@@ -19,8 +19,16 @@ fn python() -> PathBuf {
     let python = target.join("bin/python3");
     let ready = target.join(".ready");
     if !ready.exists() {
-        let status =
-            Command::new("python3").arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
+        let python3 = stampede_testkit::system::require("python3", "python3");
+        // Debian's python3 makes venvs (with pip) only with python3-venv.
+        let mut status =
+            Command::new(&python3).arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
+        if !status.success() {
+            stampede_testkit::system::require_file("/usr/share/doc/python3-venv", "python3-venv");
+            let _ = std::fs::remove_dir_all(&target);
+            status =
+                Command::new(&python3).arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
+        }
         assert!(status.success(), "python3 -m venv failed");
         let status = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", STOMP_PY])

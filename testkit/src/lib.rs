@@ -23,6 +23,8 @@
 //! - [`http`]: requests to the admin port (chunked bodies decoded once, here), and
 //!   [`http::metric`], the reader of `/metrics`.
 //! - [`process`]: free ports, captured logs ([`Log`]), signals.
+//! - [`system`]: programs from outside the workspace (`redis-server`, `node`, `chromium`),
+//!   installed from Debian's packages when missing.
 //! - [`keys`]: the security suites' key material: users file, JWT keys, JWKS, TLS certificate,
 //!   token minting.
 //! - [`prelude`]: what a node suite imports in one line.
@@ -39,6 +41,7 @@ pub mod keys;
 pub mod local;
 pub mod process;
 pub mod redis;
+pub mod system;
 pub mod variant;
 pub mod wait;
 

@@ -153,6 +153,7 @@ impl Redis {
     }
 
     fn spawn(&self) {
+        crate::system::require("redis-server", "redis-server");
         let mut command = if self.tied {
             let mut sh = Command::new("sh");
             sh.arg("-c").arg(LIFELINE_WRAPPER).arg("sh");
