@@ -68,6 +68,8 @@ label_enum! {
     Transport {
         Ws = "ws",
         Tcp = "tcp",
+        /// SockJS, any of its transports.
+        Sockjs = "sockjs",
     }
 }
 

@@ -392,7 +392,7 @@ impl TestNode {
     /// Open client connections over both transports, as `/metrics` counts them.
     pub async fn connections(&self) -> f64 {
         let text = self.metrics().await;
-        ["ws", "tcp"]
+        ["ws", "tcp", "sockjs"]
             .iter()
             .map(|t| metric(&text, &format!("stampede_connections{{transport=\"{t}\"}}")).unwrap_or(0.0))
             .sum()

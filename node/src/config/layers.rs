@@ -308,6 +308,7 @@ impl Layers<'_> {
         let auth = auth::settings::resolve(self)?;
         let tls = tls::resolve_files(self)?;
         let origins = auth::settings::resolve_origins(self)?;
+        let sockjs = crate::transport::sockjs::settings::resolve(self)?;
 
         check_distinct_ports(&[
             (listen.setting, Some(listen.value), &listen.origin),
@@ -333,6 +334,7 @@ impl Layers<'_> {
             auth,
             tls,
             origins,
+            sockjs,
         })
     }
 }

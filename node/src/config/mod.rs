@@ -43,6 +43,7 @@ use std::time::Duration;
 pub use crate::auth::settings::{
     AclDefault, AclRule, AuthSettings, JwtSettings, OriginPolicy, Secret, Subject,
 };
+pub use crate::transport::sockjs::SockJsTuning;
 pub use crate::transport::tls::TlsFiles;
 pub use error::{ConfigError, Conflict, Origin};
 
@@ -94,8 +95,10 @@ pub struct Config {
     pub auth: AuthSettings,
     /// TLS for the client listeners (WebSocket and STOMP over TCP); `None` = plain text.
     pub tls: Option<TlsFiles>,
-    /// Which browser origins may open a WebSocket.
+    /// Which browser origins may open a WebSocket (or use SockJS).
     pub origins: OriginPolicy,
+    /// SockJS at the WebSocket path.
+    pub sockjs: SockJsTuning,
 }
 
 /// How log lines are written.
@@ -266,6 +269,7 @@ impl fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("tls", &self.tls)
             .field("origins", &self.origins)
+            .field("sockjs", &self.sockjs)
             .finish()
     }
 }

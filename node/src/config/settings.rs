@@ -184,6 +184,23 @@ settings! {
     WS_ALLOW_NO_ORIGIN: Value("false"), "ws-allow-no-origin", "true|false",
         "With ws-origins set, accept WebSocket handshakes without an Origin header (non-browser \
          clients)";
+    SOCKJS: Value("true"), "sockjs", "true|false",
+        "Serve SockJS at the WebSocket path (/ws/info, /ws/<server>/<session>/<transport>) for \
+         clients behind proxies that block WebSocket";
+    SOCKJS_WEBSOCKET: Value("true"), "sockjs-websocket", "true|false",
+        "Offer SockJS's websocket transport; false when a proxy in front strips WebSocket \
+         upgrades, so clients go straight to HTTP streaming";
+    SOCKJS_HEARTBEAT: Value("25s"), "sockjs-heartbeat", "DURATION",
+        "Interval of SockJS heartbeat frames on HTTP transports while nothing else is sent";
+    SOCKJS_DISCONNECT_DELAY: Value("5s"), "sockjs-disconnect-delay", "DURATION",
+        "A SockJS session with no receiving request for this long is closed";
+    SOCKJS_RESPONSE_LIMIT: Value("128KiB"), "sockjs-response-limit", "SIZE",
+        "Bytes a SockJS streaming response carries before it ends and the client opens the next";
+    SOCKJS_COOKIE_NEEDED: Value("false"), "sockjs-cookie-needed", "true|false",
+        "Set a JSESSIONID cookie on SockJS session requests, for load balancers that stick on it";
+    SOCKJS_CLIENT_URL: Value("https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"),
+        "sockjs-client-url", "URL",
+        "The sockjs-client script SockJS's iframe page loads (iframe-based transports only)";
     TLS_CERT: Computed("unset"), "tls-cert", "PATH",
         "PEM certificate chain: the WebSocket and STOMP listeners speak TLS (wss, stomp+ssl); \
          needs tls-key";

@@ -30,7 +30,7 @@ pub(crate) struct Incoming {
 }
 
 /// What a listener speaks over an accepted stream.
-pub(crate) trait Protocol: Copy + Send + Sync + 'static {
+pub(crate) trait Protocol: Clone + Send + Sync + 'static {
     /// Serves one connection to its end. `stream` is plain or TLS with its handshake done;
     /// `split` parts it into the reading and the writing half.
     fn serve<S, R, W>(
@@ -56,7 +56,7 @@ pub(crate) async fn serve<P: Protocol>(listener: TcpListener, node: Arc<Node>, p
         match accepted {
             Ok((stream, peer)) => {
                 let node = node.clone();
-                tokio::spawn(connection(stream, peer, node, protocol));
+                tokio::spawn(connection(stream, peer, node, protocol.clone()));
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");

@@ -17,9 +17,11 @@
 //!
 //! Layout: `mod.rs` (the reader loop and the byte-source trait), `accept.rs` (the one accept
 //! loop: admission, TLS), `writer.rs` (the buffered writer both sinks use), `tcp.rs`, `ws.rs`
-//! (with `ws/handshake.rs` and `ws/codec.rs`), `tls.rs`.
+//! (with `ws/handshake.rs` and `ws/codec.rs`), `sockjs/` (SockJS at the WebSocket path, beside
+//! the WebSocket handshake), `tls.rs`.
 
 mod accept;
+pub(crate) mod sockjs;
 pub mod tcp;
 pub mod tls;
 mod writer;

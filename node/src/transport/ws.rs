@@ -52,6 +52,8 @@ use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
 use crate::transport::accept::{self, Incoming, Protocol};
+use crate::transport::sockjs::websocket::{SockJsSink, SockJsSource};
+use crate::transport::sockjs::{self, SockJs};
 use crate::transport::writer::Writer;
 use crate::transport::{spawn_reader, ByteSource, ReadError, ReadLimits, Received};
 use codec::{DecodeError, Decoder, Event};
@@ -75,14 +77,18 @@ const IDLE_READ: usize = 512;
 /// into the STOMP buffer.
 const DIRECT_READ: usize = 4096;
 
-/// Accepts WebSocket clients until the node starts draining.
+/// Accepts WebSocket (and SockJS) clients until the node starts draining.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
-    accept::serve(listener, node, WebSocket).await
+    let sockjs = SockJs::start(node.config().sockjs.clone());
+    accept::serve(listener, node, WebSocket { sockjs }).await
 }
 
-/// STOMP over WebSocket: the handshake, then frames inside WebSocket messages.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WebSocket;
+/// STOMP over WebSocket: the handshake, then frames inside WebSocket messages; or SockJS's
+/// HTTP transports, for requests under the path that ask for no upgrade.
+#[derive(Clone, Debug)]
+pub(crate) struct WebSocket {
+    pub(crate) sockjs: Arc<SockJs>,
+}
 
 impl Protocol for WebSocket {
     /// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
@@ -96,11 +102,21 @@ impl Protocol for WebSocket {
         let Incoming { peer, node, admitted, deadline } = incoming;
         // Boxed: the handshake's state (its header table among it) is large and needed only now;
         // inline, it would size the connection's future, kept for the connection's whole life.
-        let checks = Box::pin(handshake::handshake(&mut stream, admitted.as_ref().err(), |origin| {
-            node.auth().origin_allowed(origin)
-        }));
-        let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
-            Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
+        let checks = Box::pin(handshake::handshake(
+            &mut stream,
+            admitted.as_ref().err(),
+            |origin| node.auth().origin_allowed(origin),
+            self.sockjs.tuning(),
+        ));
+        let (bearer, rest, framed) = match tokio::time::timeout_at(deadline, checks).await {
+            Ok(Ok(Outcome::Upgraded { bearer, rest, sockjs })) => (bearer, rest, sockjs),
+            Ok(Ok(Outcome::Http { request })) => {
+                // A refused admission was answered above.
+                let Ok(permit) = admitted else { return };
+                let endpoint = sockjs::Endpoint { node, sockjs: self.sockjs, peer, _permit: permit };
+                Box::pin(sockjs::serve_http(stream, request, endpoint)).await;
+                return;
+            }
             Ok(Ok(Outcome::Refused(rejection))) => {
                 tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
                 return;
@@ -122,9 +138,16 @@ impl Protocol for WebSocket {
         let source = WsSource::new(read, rest, limit, config.ws.read_buffer);
         let sink = WsSink::new(write, config.ws.write_buffer).with_write_timeout(config.limits.write_timeout);
         let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
-        let inbound = spawn_reader(source, ReadLimits::of(&node), negotiated_rx);
-        let accepted = Accepted { transport: Transport::Ws, peer, permit, deadline, bearer };
-        session::run(node, sink, inbound, negotiated_tx, accepted).await;
+        if framed {
+            let Ok(sink) = SockJsSink::open(sink, config.ws.write_buffer).await else { return };
+            let inbound = spawn_reader(SockJsSource::new(source), ReadLimits::of(&node), negotiated_rx);
+            let accepted = Accepted { transport: Transport::Sockjs, peer, permit, deadline, bearer };
+            session::run(node, sink, inbound, negotiated_tx, accepted).await;
+        } else {
+            let inbound = spawn_reader(source, ReadLimits::of(&node), negotiated_rx);
+            let accepted = Accepted { transport: Transport::Ws, peer, permit, deadline, bearer };
+            session::run(node, sink, inbound, negotiated_tx, accepted).await;
+        }
     }
 }
 
@@ -278,7 +301,8 @@ mod tests {
             tokio::net::TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
         let node = crate::session::tests::node();
-        let size = std::mem::size_of_val(&accept::connection(stream, peer, node, WebSocket));
+        let sockjs = SockJs::start(node.config().sockjs.clone());
+        let size = std::mem::size_of_val(&accept::connection(stream, peer, node, WebSocket { sockjs }));
         assert!(size <= 3 * 1024, "a WebSocket connection's future is {size} bytes");
         drop(client);
     }

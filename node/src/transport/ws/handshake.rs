@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::{PATH, SUBPROTOCOLS};
 use crate::auth;
 use crate::node::Refusal;
+use crate::transport::sockjs::{self, Route, SockJsTuning};
 
 /// Largest request head read.
 pub(super) const MAX_REQUEST: usize = 16 * 1024;
@@ -64,13 +65,18 @@ pub(super) struct Upgrade {
     pub protocol: Option<&'static str>,
     /// A token from `Authorization: Bearer` or `?token=`, for CONNECT.
     pub bearer: Option<String>,
+    /// SockJS's framing on top (`/ws/<server>/<session>/websocket`), or STOMP straight over.
+    pub sockjs: bool,
 }
 
 /// How a handshake ended.
 #[derive(Debug)]
 pub(super) enum Outcome {
     /// `101` was sent; `rest` holds what the client sent after its request.
-    Upgraded { bearer: Option<String>, rest: BytesMut },
+    Upgraded { bearer: Option<String>, rest: BytesMut, sockjs: bool },
+    /// Not an upgrade but a SockJS HTTP request: nothing was answered; `request` holds all the
+    /// client sent so far, its request head first.
+    Http { request: BytesMut },
     /// The error status was sent and the connection shut down.
     Refused(Rejection),
 }
@@ -81,6 +87,7 @@ pub(super) async fn handshake<S>(
     stream: &mut S,
     refusal: Option<&Refusal>,
     origin_allowed: impl Fn(Option<&str>) -> bool,
+    sockjs: &SockJsTuning,
 ) -> io::Result<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -89,15 +96,41 @@ where
         Ok(request) => request,
         Err(rejection) => return refuse(stream, rejection).await,
     };
-    match answer(&buf[..head], refusal, origin_allowed) {
+    if sockjs.enabled && is_sockjs_http(&buf[..head]) {
+        return match refusal {
+            Some(refusal) => refuse(stream, full(refusal)).await,
+            None => Ok(Outcome::Http { request: buf }),
+        };
+    }
+    match answer(&buf[..head], refusal, origin_allowed, sockjs) {
         Ok(upgrade) => {
             stream.write_all(switching_protocols(&upgrade).as_bytes()).await?;
             stream.flush().await?;
             // Keep only what followed the request, in a buffer of its own size.
             let rest = BytesMut::from(&buf.split_off(head)[..]);
-            Ok(Outcome::Upgraded { bearer: upgrade.bearer, rest })
+            Ok(Outcome::Upgraded { bearer: upgrade.bearer, rest, sockjs: upgrade.sockjs })
         }
         Err(rejection) => refuse(stream, rejection).await,
+    }
+}
+
+/// A request under the WebSocket path that asks for no upgrade: SockJS's to answer.
+fn is_sockjs_http(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    let (path, _) = split_target(request.path.unwrap_or_default());
+    let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    !upgrade && sockjs::route(PATH, path) != Route::NotFound
+}
+
+/// The answer to a connection the node's limits refused.
+fn full(refusal: &Refusal) -> Rejection {
+    match refusal {
+        Refusal::NodeFull(_) => Rejection::new(503, refusal.to_string()),
+        Refusal::AddressFull(..) => Rejection::new(429, refusal.to_string()),
     }
 }
 
@@ -177,6 +210,7 @@ pub(super) fn answer(
     head: &[u8],
     refusal: Option<&Refusal>,
     origin_allowed: impl Fn(Option<&str>) -> bool,
+    sockjs: &SockJsTuning,
 ) -> Result<Upgrade, Rejection> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -195,9 +229,12 @@ pub(super) fn answer(
         return Err(Rejection::bad("a WebSocket handshake needs HTTP/1.1"));
     }
     let (path, query) = split_target(request.path.unwrap_or_default());
-    if path != PATH {
-        return Err(Rejection::new(404, "not found: STOMP over WebSocket is at /ws"));
-    }
+    let framed = match sockjs::route(PATH, path) {
+        _ if path == PATH => false,
+        Route::RawWebSocket if sockjs.enabled => false,
+        Route::Session { transport: "websocket", .. } if sockjs.enabled && sockjs.websocket => true,
+        _ => return Err(Rejection::new(404, "not found: STOMP over WebSocket is at /ws")),
+    };
     let headers = Headers(request.headers);
     if !headers.has_token("upgrade", "websocket") {
         return Err(Rejection::bad("not a WebSocket handshake: no \"Upgrade: websocket\" header"));
@@ -212,10 +249,8 @@ pub(super) fn answer(
     if !BASE64.decode(key).is_ok_and(|k| k.len() == 16) {
         return Err(Rejection::bad("missing or invalid Sec-WebSocket-Key header"));
     }
-    match refusal {
-        Some(refusal @ Refusal::NodeFull(_)) => return Err(Rejection::new(503, refusal.to_string())),
-        Some(refusal @ Refusal::AddressFull(..)) => return Err(Rejection::new(429, refusal.to_string())),
-        None => {}
+    if let Some(refusal) = refusal {
+        return Err(full(refusal));
     }
     // A value that is not printable ASCII matches no allowed origin.
     let origin = headers.first_raw("origin").map(|v| text(v).unwrap_or("\u{0}"));
@@ -230,7 +265,7 @@ pub(super) fn answer(
     let offered: Vec<&str> =
         headers.all("sec-websocket-protocol").flat_map(|v| v.split(',')).map(str::trim).collect();
     let protocol = SUBPROTOCOLS.into_iter().find(|p| offered.contains(p));
-    Ok(Upgrade { accept: accept_key(key), protocol, bearer })
+    Ok(Upgrade { accept: accept_key(key), protocol, bearer, sockjs: framed })
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -304,7 +339,11 @@ mod tests {
     }
 
     fn check(head: &str) -> Result<Upgrade, Rejection> {
-        answer(head.as_bytes(), None, |_| true)
+        answer(head.as_bytes(), None, |_| true, &sockjs())
+    }
+
+    fn sockjs() -> SockJsTuning {
+        crate::config::Config::default().sockjs
     }
 
     fn status(head: &str) -> u16 {
@@ -366,19 +405,22 @@ mod tests {
     fn limits_and_origins_are_checked_after_the_request() {
         let head = request("/ws", "Origin: https://evil.example\r\n");
         let full = Refusal::NodeFull(10);
-        assert_eq!(answer(head.as_bytes(), Some(&full), |_| true).unwrap_err().status, 503);
+        assert_eq!(answer(head.as_bytes(), Some(&full), |_| true, &sockjs()).unwrap_err().status, 503);
         let address = Refusal::AddressFull("127.0.0.1".parse().unwrap(), 2);
-        let rejection = answer(head.as_bytes(), Some(&address), |_| true).unwrap_err();
+        let rejection = answer(head.as_bytes(), Some(&address), |_| true, &sockjs()).unwrap_err();
         assert_eq!(rejection.status, 429);
         assert!(rejection.why.contains("max-connections-per-ip"), "{rejection}");
         let only = |origin: Option<&str>| origin == Some("https://app.example");
-        assert_eq!(answer(head.as_bytes(), None, only).unwrap_err().status, 403);
+        assert_eq!(answer(head.as_bytes(), None, only, &sockjs()).unwrap_err().status, 403);
         let good = request("/ws", "Origin: https://app.example\r\n");
-        assert!(answer(good.as_bytes(), None, only).is_ok());
+        assert!(answer(good.as_bytes(), None, only, &sockjs()).is_ok());
         let odd = request("/ws", "Origin: https://app.éxample\r\n");
-        assert_eq!(answer(odd.as_bytes(), None, |o| o == Some("\u{0}")).map(|_| ()), Ok(()));
+        assert_eq!(answer(odd.as_bytes(), None, |o| o == Some("\u{0}"), &sockjs()).map(|_| ()), Ok(()));
         // A bad path is told before a full node.
-        assert_eq!(answer(request("/", "").as_bytes(), Some(&full), |_| true).unwrap_err().status, 404);
+        assert_eq!(
+            answer(request("/", "").as_bytes(), Some(&full), |_| true, &sockjs()).unwrap_err().status,
+            404
+        );
     }
 
     #[test]
@@ -397,7 +439,7 @@ mod tests {
         let mut input = request("/ws", "").into_bytes();
         input.extend_from_slice(b"\x81\x80abcd");
         let mut stream = stream_of(&input);
-        match handshake(&mut stream, None, |_| true).await.unwrap() {
+        match handshake(&mut stream, None, |_| true, &sockjs()).await.unwrap() {
             Outcome::Upgraded { rest, .. } => assert_eq!(&rest[..], b"\x81\x80abcd"),
             other => panic!("{other:?}"),
         }
@@ -408,14 +450,17 @@ mod tests {
 
         let old = request("/ws", "").replace("Version: 13", "Version: 8");
         let mut stream = stream_of(old.as_bytes());
-        assert!(matches!(handshake(&mut stream, None, |_| true).await.unwrap(), Outcome::Refused(_)));
+        assert!(matches!(
+            handshake(&mut stream, None, |_| true, &sockjs()).await.unwrap(),
+            Outcome::Refused(_)
+        ));
         let written = String::from_utf8(stream.into_inner().1).unwrap();
         assert!(written.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{written}");
         assert!(written.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{written}");
         assert!(written.ends_with("\r\n\r\nWebSocket version 13 is required (Sec-WebSocket-Version: 13)"));
 
         let mut stream = stream_of(&vec![b'x'; MAX_REQUEST + 10]);
-        match handshake(&mut stream, None, |_| true).await.unwrap() {
+        match handshake(&mut stream, None, |_| true, &sockjs()).await.unwrap() {
             Outcome::Refused(rejection) => assert_eq!(rejection.status, 431),
             other => panic!("{other:?}"),
         }
