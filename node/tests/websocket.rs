@@ -218,3 +218,17 @@ async fn frames_pipelined_behind_the_handshake_are_kept() {
     assert!(next().await.starts_with("RECEIPT\nreceipt-id:r\n"));
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_handshake_without_host_is_refused_with_400() {
+    let node = TestNode::start(|_| {}).await;
+    let mut stream = TcpStream::connect(node.ws_addr()).await.unwrap();
+    let request = upgrade_request("13").replace("Host: localhost\r\n", "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("closed in time").unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.ends_with("exactly one Host header"), "{answer}");
+    node.shutdown().await;
+}

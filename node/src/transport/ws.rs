@@ -3,9 +3,9 @@
 //! The handshake (`ws/handshake.rs`) is read and answered by hand. It negotiates the STOMP
 //! subprotocols `v12.stomp`, `v11.stomp` and `v10.stomp` (the best one offered is echoed; a
 //! handshake offering none is accepted, as stomp.py sends none). It is where browser-facing
-//! checks happen, before any STOMP byte: the request itself (a GET in HTTP/1.1 of 16 KiB at
-//! most: 400, 431), the path (404), the upgrade headers (400; 426 for a WebSocket version other
-//! than 13), the node's and the client address's connection limits (503, 429), the `Origin`
+//! checks happen, before any STOMP byte: the request itself (a GET in HTTP/1.1 with one `Host`,
+//! of 16 KiB at most: 400, 431), the path (404), the upgrade headers (400; 426 for a WebSocket
+//! version other than 13), the node's and the client address's connection limits (503, 429), the `Origin`
 //! allowlist (403), and the token a browser cannot put in a STOMP header (`Authorization:
 //! Bearer`, or `?token=` on the URL), which is handed to the session to check at CONNECT. With
 //! TLS configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
