@@ -341,7 +341,7 @@ async fn oversized_websocket_message() {
         let mut attacker = node.connect(Transport::Ws, &[]).await;
         let _ = attacker.send_ws(Message::binary(vec![b'x'; 200 * 1024])).await;
         attacker.expect_refusal("WebSocket message refused").await;
-        assert_eq!(attacker.close_code, Some(1008));
+        assert_eq!(attacker.close_code, Some(1009), "RFC 6455 7.4.1: message too big");
     })
     .await
 }
@@ -473,6 +473,7 @@ async fn connect_refused(node: &TestNode, headers: &[(&str, &str)], needle: &str
         attacker.expect_closed(WAIT).await;
         if t == Transport::Ws {
             assert_eq!(attacker.close_code, Some(1008));
+            assert_eq!(attacker.close_reason.as_deref(), Some("authentication failed"));
         }
     }
 }

@@ -155,6 +155,7 @@ async fn reaching_the_token_expiry_ends_the_connection() {
         assert_error(error, "token expired: SEND a fresh token to /auth/refresh");
         if client.is_ws() {
             assert_eq!(client.close_code, Some(1008));
+            assert_eq!(client.close_reason.as_deref(), Some("token expired"));
         }
     }
     // exp is whole seconds and the leeway is 1 s: between 1 and 3.x seconds after connecting.

@@ -379,7 +379,7 @@ async fn bad_input_gets_the_protocols_answers_and_no_one_else_notices() {
     let huge = array(&[&format!("SEND\ndestination:/topic/x\n\n{}\0", "y".repeat(100 * 1024))]);
     let refused = http(addr, "POST", &format!("{}/xhr_send", session.base), &[], Some(&huge)).await;
     assert_eq!(refused.status, 413, "{refused:?}");
-    let seen = first.until("c[1008").await.to_owned();
+    let seen = first.until("c[1009,\"message too big\"]").await.to_owned();
     assert!(seen.contains("ERROR") && seen.contains("SockJS message refused"), "{seen:?}");
     // A frame over max-frame-size inside an allowed send gets STOMP's own refusal.
     let session = Polling::open(addr, "").await;

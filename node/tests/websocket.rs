@@ -3,7 +3,7 @@
 //!
 //! Memory engine only: the handshake and the framing are the node's transport, not the engine.
 
-use stampede::stomp::Command;
+use stampede::stomp::{Command, Frame};
 use stampede_testkit::prelude::*;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -108,7 +108,7 @@ async fn replies_are_text_unless_the_body_is_not_utf8() {
 
     let mut publisher = node.connect(Transport::Tcp, &[]).await;
     publisher.publish("/topic/bytes", "plain text é", &[]).await;
-    let raw = stampede::stomp::Frame::new(Command::Send)
+    let raw = Frame::new(Command::Send)
         .with_header("destination", "/topic/bytes")
         .with_header("content-length", "4")
         .with_body(vec![0xff, 0x00, 0xfe, 0x01]);
@@ -216,5 +216,138 @@ async fn frames_pipelined_behind_the_handshake_are_kept() {
     };
     assert!(next().await.starts_with("CONNECTED\n"));
     assert!(next().await.starts_with("RECEIPT\nreceipt-id:r\n"));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handshake_without_host_is_refused_with_400() {
+    let node = TestNode::start(|_| {}).await;
+    let mut stream = TcpStream::connect(node.ws_addr()).await.unwrap();
+    let request = upgrade_request("13").replace("Host: localhost\r\n", "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.expect("closed in time").unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.ends_with("exactly one Host header"), "{answer}");
+    node.shutdown().await;
+}
+
+// === closing ===
+
+/// A close frame with `payload`, written under a STOMP-connected WebSocket client; returns the
+/// client after the server closed, and the frames that came before the close.
+async fn close_with(node: &TestNode, payload: &[u8]) -> (Client, Vec<Frame>) {
+    let mut client = node.connect(Transport::Ws, &[]).await;
+    client.send_under_ws(&ws_frame(true, 0x8, payload, true)).await.unwrap();
+    let frames = client.expect_closed(WAIT).await;
+    (client, frames)
+}
+
+/// A close frame's payload: `code`, then `reason`.
+fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
+/// RFC 6455 §5.5.1: a close is answered with a close, typically echoing the code; the session
+/// ends as after DISCONNECT, with no ERROR.
+#[tokio::test]
+async fn a_valid_close_is_answered_with_its_own_code() {
+    let node = TestNode::start(|_| {}).await;
+    for (code, reason) in [(1000, &b""[..]), (1001, b"going away"), (3000, b""), (4999, "ciao é".as_bytes())]
+    {
+        let (client, frames) = close_with(&node, &close_payload(code, reason)).await;
+        assert!(frames.is_empty(), "{code}: {:?}", frames.iter().map(show).collect::<Vec<_>>());
+        assert_eq!(client.close_code, Some(code));
+    }
+    // No code at all (also valid) is answered with 1000.
+    let (client, frames) = close_with(&node, b"").await;
+    assert!(frames.is_empty());
+    assert_eq!(client.close_code, Some(1000));
+    let n = &node;
+    assert!(holds_within(WAIT, move || async move { n.connections().await == 0.0 }).await, "sessions ended");
+    node.shutdown().await;
+}
+
+/// RFC 6455 §7.4: codes an endpoint must not send, and a 1-byte payload, fail the connection with
+/// 1002; §5.5.1 and §8.1: a reason that is not UTF-8 fails it with 1007.
+#[tokio::test]
+async fn a_malformed_close_is_answered_with_1002_or_1007() {
+    let node = TestNode::start(|_| {}).await;
+    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        let (client, frames) = close_with(&node, &close_payload(code, b"")).await;
+        let error = frames.last().unwrap_or_else(|| panic!("{code}: no ERROR"));
+        assert_error(error, &format!("WebSocket protocol error: Invalid close code {code}"));
+        assert_eq!(client.close_code, Some(1002), "{code}");
+        assert_eq!(client.close_reason.as_deref(), Some("WebSocket protocol error"), "{code}");
+    }
+    let (client, frames) = close_with(&node, &[0x03]).await;
+    assert_error(frames.last().expect("an ERROR"), "a 1-byte payload");
+    assert_eq!(client.close_code, Some(1002));
+
+    let (client, frames) = close_with(&node, &close_payload(1000, b"bye \xff")).await;
+    assert_error(frames.last().expect("an ERROR"), "Invalid UTF-8 in a close frame's reason");
+    assert_eq!((client.close_code, client.close_reason.as_deref()), (Some(1007), Some("invalid UTF-8")));
+    node.shutdown().await;
+}
+
+/// RFC 6455 §7.4.1: 1007 for a text message that is not UTF-8, 1009 for a message too big.
+#[tokio::test]
+async fn bad_text_closes_with_1007_and_a_message_too_big_with_1009() {
+    let node = TestNode::start(|c| {
+        c.limits.max_frame_size = 4096;
+        c.limits.max_body_size = 2048;
+    })
+    .await;
+    let mut client = node.connect(Transport::Ws, &[]).await;
+    client.send_under_ws(&ws_frame(true, 0x1, b"SEND\ndestination:/topic/a\n\n\xff\0", true)).await.unwrap();
+    client.expect_refusal("WebSocket protocol error: Invalid UTF-8 in a text message").await;
+    assert_eq!((client.close_code, client.close_reason.as_deref()), (Some(1007), Some("invalid UTF-8")));
+
+    // Refused from its header: over max-frame-size and its 64 KiB of slack.
+    let mut client = node.connect(Transport::Ws, &[]).await;
+    let _ = client.send_ws(Message::binary(vec![b'x'; 100 * 1024])).await;
+    client.expect_refusal("WebSocket message refused").await;
+    assert_eq!((client.close_code, client.close_reason.as_deref()), (Some(1009), Some("message too big")));
+
+    // Within the slack: the STOMP codec refuses the frame itself, with the same close.
+    let mut client = node.connect(Transport::Ws, &[]).await;
+    let body = "x".repeat(3000);
+    let _ = client.send_raw(format!("SEND\ndestination:/topic/a\n\n{body}\0").as_bytes()).await;
+    client.expect_refusal("body exceeds max-body-size").await;
+    assert_eq!((client.close_code, client.close_reason.as_deref()), (Some(1009), Some("message too big")));
+    node.shutdown().await;
+}
+
+/// A refusal's close reason says which it was, not just "limit exceeded".
+#[tokio::test]
+async fn refusals_close_with_a_reason_that_says_why() {
+    let keys = Keys::new();
+    let node = TestNode::start(|c| keys.secure(c)).await;
+    let mut client = node.open(Transport::Ws).await;
+    let answer =
+        client.connect_with(Command::Connect, Some("1.2"), &[("login", "ann"), ("passcode", "nope")]).await;
+    assert_error(&answer, "authentication failed");
+    client.expect_closed(WAIT).await;
+    assert_eq!(
+        (client.close_code, client.close_reason.as_deref()),
+        (Some(1008), Some("authentication failed"))
+    );
+
+    let mut client = node.open(Transport::Ws).await;
+    let answer = client.connect_with(Command::Connect, Some("1.2"), &[]).await;
+    assert_error(&answer, "authentication required");
+    client.expect_closed(WAIT).await;
+    assert_eq!(
+        (client.close_code, client.close_reason.as_deref()),
+        (Some(1008), Some("authentication failed"))
+    );
+
+    let mut client = node.connect(Transport::Ws, &[("login", "ann"), ("passcode", "ann-pw")]).await;
+    client.send_raw(b"SEND\ndestination:/topic/prices/usd\n\nx\0").await.unwrap();
+    client.expect_refusal("not authorized to publish to /topic/prices/usd").await;
+    assert_eq!((client.close_code, client.close_reason.as_deref()), (Some(1008), Some("permission denied")));
     node.shutdown().await;
 }

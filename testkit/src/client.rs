@@ -126,6 +126,8 @@ pub struct Client {
     pub last_kind: Option<WsKind>,
     /// Close code of the server's WebSocket close frame, once received.
     pub close_code: Option<u16>,
+    /// Reason text of the server's WebSocket close frame, once received ("" when it had none).
+    pub close_reason: Option<String>,
     /// Heart-beats (bare EOLs) received so far.
     pub heartbeats: usize,
     closed: bool,
@@ -162,6 +164,7 @@ impl Client {
             version: None,
             last_kind: None,
             close_code: None,
+            close_reason: None,
             heartbeats: 0,
             closed: false,
             session: String::new(),
@@ -704,7 +707,8 @@ impl Client {
                         return Ok(());
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        self.close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                        self.close_code = Some(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
+                        self.close_reason = Some(frame.map(|f| f.reason.to_string()).unwrap_or_default());
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => return Err(()),

@@ -17,9 +17,12 @@ pub enum SessionError {
     /// Authentication or authorization refused the client.
     #[error("{0}")]
     Auth(#[from] AuthError),
-    /// The client broke the WebSocket protocol.
+    /// The client broke the WebSocket protocol; the transport said how to close.
+    #[error("{why}")]
+    WebSocket { why: String, close: CloseReason },
+    /// The transport refused a message over its size limit.
     #[error("{0}")]
-    WebSocket(String),
+    TooLarge(String),
     #[error("{command} frame lacks the required {header} header")]
     MissingHeader { command: &'static str, header: &'static str },
     /// A frame that is well formed but not acceptable here.
@@ -58,18 +61,25 @@ impl SessionError {
         SessionError::Limit(why.into())
     }
 
-    /// How the transport closes after the ERROR.
+    /// How the transport closes after the ERROR: the close code and reason say which kind of
+    /// refusal it was.
     pub fn close_reason(&self) -> CloseReason {
         match self {
-            SessionError::ShuttingDown => CloseReason::Restart,
-            SessionError::SlowConsumer | SessionError::Limit(_) | SessionError::Auth(_) => {
-                CloseReason::Policy
-            }
+            SessionError::ShuttingDown | SessionError::Engine(_) => CloseReason::Restart,
+            SessionError::SlowConsumer => CloseReason::SlowConsumer,
+            SessionError::Limit(_) => CloseReason::Limit,
+            SessionError::TooLarge(_)
+            | SessionError::Protocol(
+                ProtocolError::FrameTooLarge { .. } | ProtocolError::BodyTooLarge { .. },
+            ) => CloseReason::TooBig,
+            SessionError::Auth(AuthError::Forbidden { .. }) => CloseReason::PermissionDenied,
+            SessionError::Auth(AuthError::Expired) => CloseReason::TokenExpired,
+            SessionError::Auth(_) => CloseReason::AuthenticationFailed,
+            SessionError::WebSocket { close, .. } => *close,
             SessionError::HeartbeatTimeout | SessionError::ConnectTimeout | SessionError::Transport(_) => {
                 CloseReason::Normal
             }
-            SessionError::Engine(_) => CloseReason::Restart,
-            _ => CloseReason::ProtocolError,
+            _ => CloseReason::StompError,
         }
     }
 
@@ -88,7 +98,7 @@ impl SessionError {
                 "Connect again with a fresh token, or SEND one to /auth/refresh before exp."
             }
             SessionError::Auth(_) => "Check the credentials; see docs/security.md.",
-            SessionError::WebSocket(_) => "The WebSocket frames were not valid (RFC 6455).",
+            SessionError::WebSocket { .. } => "The WebSocket frames were not valid (RFC 6455).",
             _ => "",
         };
         if hint.is_empty() {

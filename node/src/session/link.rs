@@ -31,12 +31,16 @@ pub enum Inbound {
     /// The client sent more than `max-frame-rate` allows; the reader has stopped.
     RateLimited,
     /// The client broke the WebSocket protocol (an unmasked frame, a bad opcode, an oversized
-    /// control frame); says how. The reader has stopped.
-    WebSocket(String),
+    /// control frame, a text message not UTF-8); says how, and how to close. The reader has
+    /// stopped.
+    WebSocket { why: String, close: CloseReason },
     /// A WebSocket ping: the session answers with a pong carrying this payload.
     Ping(Bytes),
     /// The peer closed the connection, or it failed (`Some` says how).
     Closed(Option<String>),
+    /// The client sent a valid WebSocket close frame, with its status code if it had one: the
+    /// session ends and answers with the same code.
+    CloseFrame(Option<u16>),
 }
 
 /// What the session settled at CONNECT, which the reader needs to go on.
@@ -47,17 +51,75 @@ pub struct Negotiated {
     pub read_timeout: Option<Duration>,
 }
 
-/// How a connection ends, for transports that can say so (WebSocket close codes).
+/// How a connection ends, for transports that can say so: a WebSocket close code and a short
+/// reason text ([`code`](Self::code), [`text`](Self::text)). Each refusal has its own reason, so
+/// a browser's `CloseEvent` says what happened even where the ERROR frame went unread. Plain TCP
+/// ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// 1000: DISCONNECT, or the peer went away.
+    /// 1000: DISCONNECT, a timeout, or the peer went away.
     Normal,
-    /// 1002: the client broke the protocol.
-    ProtocolError,
-    /// 1008: a limit or policy (slow consumer, too many connections).
-    Policy,
+    /// The client's own close frame, answered with the status code it carried (RFC 6455
+    /// §5.5.1: the endpoint typically echoes the code it received); the transport checked that
+    /// the code may be sent (§7.4).
+    Echo(u16),
+    /// 1002: the client broke STOMP.
+    StompError,
+    /// 1002: the client broke RFC 6455 (framing, or a malformed close frame).
+    WebSocketError,
+    /// 1007: a text message, or a close frame's reason, is not UTF-8 (RFC 6455 §8.1).
+    InvalidUtf8,
+    /// 1008: CONNECT's credentials or token were missing or refused.
+    AuthenticationFailed,
+    /// 1008: the client's token expired while it was connected.
+    TokenExpired,
+    /// 1008: the access rules refused a SEND or SUBSCRIBE.
+    PermissionDenied,
+    /// 1008: the client did not read its messages fast enough.
+    SlowConsumer,
+    /// 1008: another configured limit (frame rate, subscriptions, transactions, connections).
+    Limit,
+    /// 1009: a message or STOMP frame over `max-frame-size` (or `max-body-size`).
+    TooBig,
     /// 1012: the node is draining for a restart.
     Restart,
+}
+
+impl CloseReason {
+    /// The WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::Echo(code) => code,
+            CloseReason::StompError | CloseReason::WebSocketError => 1002,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::AuthenticationFailed
+            | CloseReason::TokenExpired
+            | CloseReason::PermissionDenied
+            | CloseReason::SlowConsumer
+            | CloseReason::Limit => 1008,
+            CloseReason::TooBig => 1009,
+            CloseReason::Restart => 1012,
+        }
+    }
+
+    /// The close frame's reason: short (a close frame has room for 123 bytes) and the same for
+    /// every connection; the ERROR frame before it carries the details.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Normal | CloseReason::Echo(_) => "",
+            CloseReason::StompError => "STOMP protocol error",
+            CloseReason::WebSocketError => "WebSocket protocol error",
+            CloseReason::InvalidUtf8 => "invalid UTF-8",
+            CloseReason::AuthenticationFailed => "authentication failed",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::PermissionDenied => "permission denied",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Limit => "limit exceeded",
+            CloseReason::TooBig => "message too big",
+            CloseReason::Restart => "server restarting",
+        }
+    }
 }
 
 /// The writing half of a client connection. `feed` queues, `flush` sends what was queued.

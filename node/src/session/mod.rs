@@ -145,7 +145,7 @@ pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()
     let mut out = BytesMut::new();
     stomp::encode(&frame, None, &mut out);
     sink.feed(&out, &[], true);
-    sink.close(CloseReason::Policy).await
+    sink.close(CloseReason::Limit).await
 }
 
 struct Session<S> {
@@ -338,9 +338,12 @@ impl<S: FrameSink> Session<S> {
                 }
                 Ok(Flow::Close(CloseReason::Normal))
             }
+            Event::Inbound(Some(Inbound::CloseFrame(code))) => {
+                Ok(Flow::Close(code.map_or(CloseReason::Normal, CloseReason::Echo)))
+            }
             Event::Inbound(Some(Inbound::Invalid(error))) => Err(SessionError::Protocol(error)),
             Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
-            Event::Inbound(Some(Inbound::TooLarge(why))) => Err(SessionError::Limit(why)),
+            Event::Inbound(Some(Inbound::TooLarge(why))) => Err(SessionError::TooLarge(why)),
             Event::Inbound(Some(Inbound::RateLimited)) => {
                 let limits = &self.node.config().limits;
                 Err(SessionError::limit(format!(
@@ -349,7 +352,9 @@ impl<S: FrameSink> Session<S> {
                     limits.max_frame_rate, limits.frame_rate_burst
                 )))
             }
-            Event::Inbound(Some(Inbound::WebSocket(why))) => Err(SessionError::WebSocket(why)),
+            Event::Inbound(Some(Inbound::WebSocket { why, close })) => {
+                Err(SessionError::WebSocket { why, close })
+            }
             Event::Inbound(Some(Inbound::Ping(payload))) => {
                 // A pong is not a STOMP heart-beat: `last_write` stays as it is.
                 self.sink.pong(&payload).await.map_err(SessionError::io)?;

@@ -149,3 +149,33 @@ async fn a_failing_frame_in_a_run_comes_after_the_deliveries_before_it() {
     let flat: Vec<&str> = writes.iter().flatten().map(String::as_str).collect();
     assert_eq!(flat, ["CONNECTED", "MESSAGE", "MESSAGE", "ERROR"], "{writes:?}");
 }
+
+/// Each kind of refusal closes with its own reason, so a WebSocket client's close event says
+/// which it was.
+#[test]
+fn refusals_close_with_their_own_reason() {
+    use super::SessionError;
+    use crate::auth::AuthError;
+    use crate::stomp::ProtocolError;
+    let forbidden = AuthError::Forbidden { action: "publish to", destination: "/topic/a".into() };
+    for (error, reason) in [
+        (SessionError::Auth(AuthError::BadPassword), CloseReason::AuthenticationFailed),
+        (SessionError::Auth(AuthError::Required), CloseReason::AuthenticationFailed),
+        (SessionError::Auth(AuthError::BadToken("bad".into())), CloseReason::AuthenticationFailed),
+        (SessionError::Auth(AuthError::Expired), CloseReason::TokenExpired),
+        (SessionError::Auth(forbidden), CloseReason::PermissionDenied),
+        (SessionError::SlowConsumer, CloseReason::SlowConsumer),
+        (SessionError::limit("frame rate exceeded"), CloseReason::Limit),
+        (SessionError::TooLarge("WebSocket message refused".into()), CloseReason::TooBig),
+        (SessionError::Protocol(ProtocolError::BodyTooLarge { max: 1 }), CloseReason::TooBig),
+        (SessionError::Protocol(ProtocolError::MissingColon), CloseReason::StompError),
+        (SessionError::invalid("no body here"), CloseReason::StompError),
+        (SessionError::HeartbeatTimeout, CloseReason::Normal),
+        (SessionError::ShuttingDown, CloseReason::Restart),
+    ] {
+        assert_eq!(error.close_reason(), reason, "{error}");
+    }
+    assert_eq!(CloseReason::PermissionDenied.code(), 1008);
+    assert_eq!(CloseReason::PermissionDenied.text(), "permission denied");
+    assert_eq!((CloseReason::Echo(4000).code(), CloseReason::Echo(4000).text()), (4000, ""));
+}

@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::node::Node;
-use crate::session::link::{inbound_channel, Inbound, InboundReceiver, Negotiated};
+use crate::session::link::{inbound_channel, CloseReason, Inbound, InboundReceiver, Negotiated};
 use crate::stomp::{Command, Decoded, Decoder, Limits};
 
 /// What one read from a transport produced.
@@ -50,6 +50,8 @@ pub enum Received {
     Activity,
     /// A WebSocket ping, to be answered with a pong carrying its payload.
     Ping(Bytes),
+    /// A valid WebSocket close frame, with its status code if it had one.
+    Close(Option<u16>),
     Eof,
 }
 
@@ -65,9 +67,9 @@ pub enum ReadError {
     #[error("{0}")]
     TooLarge(String),
     /// The client broke the WebSocket protocol (an unmasked frame, a bad opcode, an oversized
-    /// control frame); says how.
-    #[error("WebSocket protocol error: {0}")]
-    WebSocket(String),
+    /// control frame, a text message not UTF-8); says how, and how the connection closes.
+    #[error("WebSocket protocol error: {why}")]
+    WebSocket { why: String, close: CloseReason },
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -175,7 +177,7 @@ async fn linger<S: ByteSource>(source: &mut S, stop: &mut oneshot::Receiver<()>)
             _ = &mut deadline => return,
             read = source.read(&mut discard) => match read {
                 Ok(Received::Data | Received::Activity | Received::Ping(_)) => {}
-                Ok(Received::Eof) | Err(_) => return,
+                Ok(Received::Close(_) | Received::Eof) | Err(_) => return,
             },
         }
     }
@@ -258,6 +260,10 @@ async fn read_loop<S: ByteSource>(
                     return;
                 }
             }
+            Ok(Received::Close(code)) => {
+                let _ = tx.send(Inbound::CloseFrame(code)).await;
+                return;
+            }
             Ok(Received::Eof) => {
                 let _ = tx.send(Inbound::Closed(None)).await;
                 return;
@@ -266,8 +272,8 @@ async fn read_loop<S: ByteSource>(
                 let _ = tx.send(Inbound::TooLarge(error.to_string())).await;
                 return;
             }
-            Err(error @ ReadError::WebSocket(_)) => {
-                let _ = tx.send(Inbound::WebSocket(error.to_string())).await;
+            Err(error @ ReadError::WebSocket { close, .. }) => {
+                let _ = tx.send(Inbound::WebSocket { why: error.to_string(), close }).await;
                 return;
             }
             Err(ReadError::Io(error)) => {

@@ -3,9 +3,9 @@
 //! The handshake (`ws/handshake.rs`) is read and answered by hand. It negotiates the STOMP
 //! subprotocols `v12.stomp`, `v11.stomp` and `v10.stomp` (the best one offered is echoed; a
 //! handshake offering none is accepted, as stomp.py sends none). It is where browser-facing
-//! checks happen, before any STOMP byte: the request itself (a GET in HTTP/1.1 of 16 KiB at
-//! most: 400, 431), the path (404), the upgrade headers (400; 426 for a WebSocket version other
-//! than 13), the node's and the client address's connection limits (503, 429), the `Origin`
+//! checks happen, before any STOMP byte: the request itself (a GET in HTTP/1.1 with one `Host`,
+//! of 16 KiB at most: 400, 431), the path (404), the upgrade headers (400; 426 for a WebSocket
+//! version other than 13), the node's and the client address's connection limits (503, 429), the `Origin`
 //! allowlist (403), and the token a browser cannot put in a STOMP header (`Authorization:
 //! Bearer`, or `?token=` on the URL), which is handed to the session to check at CONNECT. With
 //! TLS configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
@@ -23,11 +23,14 @@
 //! stream. Large payloads are read from the socket straight into that buffer. A frame or
 //! message over `max-frame-size` (plus 64 KiB of slack, so a frame just over the limit reaches
 //! the STOMP codec and gets a precise ERROR) is refused from its header, before its payload is
-//! buffered. Text messages must be UTF-8. A client that breaks RFC 6455 (unmasked frames, RSV
-//! bits, unknown opcodes, oversized or fragmented control frames, a continuation of nothing, a
-//! new message inside a fragmented one, bad UTF-8) gets an ERROR and close code 1002. Pings are
-//! answered by the session with a pong, pongs prove the client alive, a close frame ends the
-//! session (close code 1000). The socket is read `ws-read-buffer` bytes at most at a time into
+//! buffered (close code 1009). Text messages must be UTF-8 (else close code 1007). A client that
+//! breaks RFC 6455 (unmasked frames, RSV bits, unknown opcodes, oversized or fragmented control
+//! frames, a continuation of nothing, a new message inside a fragmented one, a malformed close
+//! frame) gets an ERROR and close code 1002. Pings are answered by the session with a pong,
+//! pongs prove the client alive. A valid close frame ends the session, which answers with the
+//! client's own code (RFC 6455 §5.5.1); one with a 1-byte payload or a code no endpoint may send
+//! (§7.4) fails with 1002, one whose reason is not UTF-8 with 1007. The session's other closes
+//! carry a code and a reason that say why ([`CloseReason`]). The socket is read `ws-read-buffer` bytes at most at a time into
 //! a buffer that starts small, grows while data keeps coming and is released when it stops.
 //!
 //! Writing ([`WsSink`]): each outgoing STOMP frame is one WebSocket frame, text, or binary when
@@ -202,7 +205,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for WsSource<R> {
                 Some(Event::Data) => return Ok(Received::Data),
                 Some(Event::Ping(payload)) => return Ok(Received::Ping(payload)),
                 Some(Event::Pong) => return Ok(Received::Activity),
-                Some(Event::Close) => return Ok(Received::Eof),
+                Some(Event::Close(code)) => return Ok(Received::Close(code)),
                 None => {}
             }
             let direct = self.decoder.data_remaining().filter(|&r| r >= DIRECT_READ && self.raw.is_empty());
@@ -227,7 +230,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for WsSource<R> {
 impl From<DecodeError> for ReadError {
     fn from(error: DecodeError) -> ReadError {
         match error {
-            DecodeError::Violation(why) => ReadError::WebSocket(why),
+            DecodeError::Violation(why) => ReadError::WebSocket { why, close: CloseReason::WebSocketError },
+            DecodeError::InvalidUtf8(why) => ReadError::WebSocket { why, close: CloseReason::InvalidUtf8 },
             DecodeError::TooLarge(why) => ReadError::TooLarge(why),
         }
     }
@@ -277,13 +281,7 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for WsSink<W> {
     }
 
     async fn close(&mut self, reason: CloseReason) -> io::Result<()> {
-        let (code, text) = match reason {
-            CloseReason::Normal => (1000, ""),
-            CloseReason::ProtocolError => (1002, "STOMP protocol error"),
-            CloseReason::Policy => (1008, "limit exceeded"),
-            CloseReason::Restart => (1012, "server restarting"),
-        };
-        codec::put_close(self.out.buffer(), code, text);
+        codec::put_close(self.out.buffer(), reason.code(), reason.text());
         self.out.close().await
     }
 }
@@ -332,7 +330,7 @@ mod tests {
         let mut wire = client_frame(codec::BINARY, &big);
         wire.extend(client_frame(codec::PING, b"p"));
         wire.extend(client_frame(codec::PONG, b""));
-        wire.extend(client_frame(codec::CLOSE, b""));
+        wire.extend(client_frame(codec::CLOSE, b"\x0b\xb8bye"));
         let writer = tokio::spawn(async move {
             tokio::io::AsyncWriteExt::write_all(&mut client, &wire).await.unwrap();
             client
@@ -347,7 +345,7 @@ mod tests {
         assert!(reads > 1, "read in pieces");
         assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Ping(p) if &p[..] == b"p"));
         assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Activity));
-        assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Eof));
+        assert!(matches!(source.read(&mut buf).await.unwrap(), Received::Close(Some(3000))));
         drop(writer.await.unwrap());
     }
 
@@ -376,8 +374,18 @@ mod tests {
         unmasked[1] &= 0x7f;
         let mut source = WsSource::new(server, BytesMut::from(&unmasked[..]), 1 << 20, 4096);
         let error = source.read(&mut BytesMut::new()).await.unwrap_err();
-        assert!(matches!(error, ReadError::WebSocket(_)), "{error:?}");
+        assert!(
+            matches!(error, ReadError::WebSocket { close: CloseReason::WebSocketError, .. }),
+            "{error:?}"
+        );
         assert_eq!(error.to_string(), "WebSocket protocol error: Received an unmasked frame from client");
+
+        let (_client, server) = tokio::io::duplex(64);
+        let not_utf8 = client_frame(codec::TEXT, b"SEND\xff");
+        let mut source = WsSource::new(server, BytesMut::from(&not_utf8[..]), 1 << 20, 4096);
+        let error = source.read(&mut BytesMut::new()).await.unwrap_err();
+        assert!(matches!(error, ReadError::WebSocket { close: CloseReason::InvalidUtf8, .. }), "{error:?}");
+        assert_eq!(error.to_string(), "WebSocket protocol error: Invalid UTF-8 in a text message");
 
         let (_client, server) = tokio::io::duplex(64);
         let mut header = client_frame(codec::BINARY, &[0; 200]);
@@ -397,13 +405,48 @@ mod tests {
         sink.heartbeat().await.unwrap();
         sink.pong(b"p").await.unwrap();
         sink.flush().await.unwrap();
-        sink.close(CloseReason::Policy).await.unwrap();
+        sink.close(CloseReason::PermissionDenied).await.unwrap();
         drop(sink);
         let mut written = Vec::new();
         let mut client = client;
         client.read_to_end(&mut written).await.unwrap();
         let mut expected = b"\x81\x0cMESSAGE\n\nhi\0\x82\x0bMESSAGE\n\n\xff\0\x81\x01\n\x8a\x01p".to_vec();
-        expected.extend_from_slice(b"\x88\x10\x03\xf0limit exceeded");
+        expected.extend_from_slice(b"\x88\x13\x03\xf0permission denied");
         assert_eq!(written, expected);
+    }
+
+    /// Every close the node sends has a code a client may receive (RFC 6455 §7.4) and a reason
+    /// that fits a close frame uncut.
+    #[test]
+    fn close_reasons_are_valid_close_frames() {
+        let reasons = [
+            CloseReason::Normal,
+            CloseReason::StompError,
+            CloseReason::WebSocketError,
+            CloseReason::InvalidUtf8,
+            CloseReason::AuthenticationFailed,
+            CloseReason::TokenExpired,
+            CloseReason::PermissionDenied,
+            CloseReason::SlowConsumer,
+            CloseReason::Limit,
+            CloseReason::TooBig,
+            CloseReason::Restart,
+        ];
+        for reason in reasons {
+            assert!(codec::close_code_allowed(reason.code()), "{reason:?}");
+            assert!(reason.text().len() <= codec::MAX_CONTROL_PAYLOAD - 2, "{reason:?}");
+        }
+    }
+
+    /// A client's close is answered with its own code, and no reason.
+    #[tokio::test]
+    async fn the_sink_echoes_a_close_code() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut sink = WsSink::new(server, 64 * 1024);
+        sink.close(CloseReason::Echo(4001)).await.unwrap();
+        drop(sink);
+        let mut written = Vec::new();
+        client.read_to_end(&mut written).await.unwrap();
+        assert_eq!(written, b"\x88\x02\x0f\xa1");
     }
 }

@@ -44,12 +44,12 @@ impl Close {
     pub(super) const ANOTHER_CONNECTION: Close =
         Close { code: 2010, reason: "Another connection still open" };
 
+    /// The close frame of a session that ended for `reason`: the WebSocket close code and
+    /// reason, but SockJS's own "Go away!" for a normal end.
     pub(super) fn of(reason: CloseReason) -> Close {
         match reason {
             CloseReason::Normal => Close { code: 3000, reason: "Go away!" },
-            CloseReason::ProtocolError => Close { code: 1002, reason: "STOMP protocol error" },
-            CloseReason::Policy => Close { code: 1008, reason: "limit exceeded" },
-            CloseReason::Restart => Close { code: 1012, reason: "server restarting" },
+            reason => Close { code: reason.code(), reason: reason.text() },
         }
     }
 
@@ -440,7 +440,7 @@ mod tests {
         }
         assert!(matches!(receiver.next(Duration::from_millis(10)).await, Next::Heartbeat));
         sink.feed(b"ERROR\n\n", b"\0", true);
-        sink.close(CloseReason::ProtocolError).await.unwrap();
+        sink.close(CloseReason::StompError).await.unwrap();
         assert!(matches!(receiver.next(Duration::from_secs(5)).await, Next::Frames(_)));
         assert_eq!(
             match receiver.next(Duration::from_secs(5)).await {

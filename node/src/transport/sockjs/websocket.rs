@@ -39,7 +39,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> ByteSource for SockJsSource<R> {
             match self.ws.read(&mut self.raw).await? {
                 Received::Data => {
                     let before = buf.len();
-                    self.strings.decode(&self.raw, buf).map_err(|e| ReadError::WebSocket(e.to_string()))?;
+                    self.strings.decode(&self.raw, buf).map_err(|e| ReadError::WebSocket {
+                        why: e.to_string(),
+                        close: CloseReason::WebSocketError,
+                    })?;
                     if buf.len() > before {
                         return Ok(Received::Data);
                     }

@@ -6,7 +6,9 @@
 //! Control frames carry at most 125 bytes and are never fragmented, but may arrive between the
 //! fragments of a data message. A frame, or a fragmented message as a whole, larger than the
 //! decoder's limit is refused from its header, before any of its payload is buffered. Text
-//! messages are checked to be UTF-8 as they arrive, across fragment boundaries.
+//! messages are checked to be UTF-8 as they arrive, across fragment boundaries. A close frame is
+//! checked before it is reported: no payload, or a status code that may be sent (RFC 6455 §7.4)
+//! followed by a UTF-8 reason.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -68,6 +70,36 @@ pub(super) fn put_close(out: &mut BytesMut, code: u16, reason: &str) {
     out.extend_from_slice(&reason.as_bytes()[..end]);
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 §7.4.1 and §7.4.2, and IANA's registry of
+/// close codes): 1000-1003 and 1007-1011 are the RFC's, 1012-1014 were registered since, and
+/// 3000-4999 belong to libraries and applications. The rest never appears on the wire: below
+/// 1000 is unused, 1004 is reserved, 1005, 1006 and 1015 stand for "no close frame" states that
+/// an endpoint must not send, 1016-2999 are for future extensions of the protocol (unassigned),
+/// and 5000 and up are not close codes.
+pub(super) fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// A client's close frame, checked: its status code, if it carried one.
+fn close_status(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(DecodeError::violation("Close frame with a 1-byte payload: a status code takes 2 bytes")),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            if !close_code_allowed(code) {
+                return Err(DecodeError::violation(format!(
+                    "Invalid close code {code} (RFC 6455 section 7.4)"
+                )));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(DecodeError::InvalidUtf8("Invalid UTF-8 in a close frame's reason".to_owned()));
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
 /// XORs `bytes` with the masking key, `bytes` starting at offset `phase` of the payload.
 pub(super) fn unmask(bytes: &mut [u8], mask: [u8; 4], phase: usize) {
     let mut key = mask;
@@ -90,15 +122,19 @@ pub(super) enum Event {
     Data,
     Ping(Bytes),
     Pong,
-    Close,
+    /// A valid close frame, with its status code if it had one.
+    Close(Option<u16>),
 }
 
 /// Why decoding stopped for good.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The client broke RFC 6455; says how.
+    /// The client broke RFC 6455; says how. Closes with 1002.
     Violation(String),
-    /// A frame or a message larger than the limit; says which.
+    /// A text message, or a close frame's reason, is not UTF-8; says which. Closes with 1007
+    /// (RFC 6455 §8.1).
+    InvalidUtf8(String),
+    /// A frame or a message larger than the limit; says which. Closes with 1009.
     TooLarge(String),
 }
 
@@ -181,7 +217,7 @@ impl Decoder {
                     PONG => Event::Pong,
                     _ => {
                         self.closed = true;
-                        Event::Close
+                        Event::Close(close_status(&payload)?)
                     }
                 }));
             }
@@ -215,7 +251,7 @@ impl Decoder {
         frame.remaining -= bytes.len();
         let message = self.message.as_mut().expect("a message in progress");
         if message.text && !message.utf8.feed(bytes) {
-            return Err(DecodeError::violation("Invalid UTF-8 in a text message"));
+            return Err(DecodeError::InvalidUtf8("Invalid UTF-8 in a text message".to_owned()));
         }
         if frame.remaining == 0 {
             let fin = frame.fin;
@@ -223,8 +259,8 @@ impl Decoder {
             if fin {
                 let message = self.message.take().expect("a message in progress");
                 if message.text && !message.utf8.is_complete() {
-                    return Err(DecodeError::violation(
-                        "Invalid UTF-8 in a text message: it ends mid-character",
+                    return Err(DecodeError::InvalidUtf8(
+                        "Invalid UTF-8 in a text message: it ends mid-character".to_owned(),
                     ));
                 }
             }

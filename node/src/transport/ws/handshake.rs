@@ -3,11 +3,11 @@
 //! `101 Switching Protocols` or an error status with a short text body, after which the
 //! connection is closed.
 //!
-//! Checks, in order: the request (GET, HTTP/1.1; else 400), the path (`/ws`; else 404), the
-//! upgrade (`Upgrade: websocket`, `Connection: upgrade`, a valid `Sec-WebSocket-Key`; else 400),
-//! `Sec-WebSocket-Version: 13` (else 426, naming version 13), then the node's own: its and the
-//! client address's connection limits (503, 429) and the `Origin` allowlist (403). Bytes the
-//! client sent after the request's blank line are the start of its WebSocket stream and are
+//! Checks, in order: the request (GET, HTTP/1.1, one `Host`; else 400), the path (`/ws`; else
+//! 404), the upgrade (`Upgrade: websocket`, `Connection: upgrade`, a valid `Sec-WebSocket-Key`;
+//! else 400), `Sec-WebSocket-Version: 13` (else 426, naming version 13), then the node's own: its
+//! and the client address's connection limits (503, 429) and the `Origin` allowlist (403). Bytes
+//! the client sent after the request's blank line are the start of its WebSocket stream and are
 //! handed on.
 
 use std::io;
@@ -228,6 +228,11 @@ pub(super) fn answer(
     if request.version != Some(1) {
         return Err(Rejection::bad("a WebSocket handshake needs HTTP/1.1"));
     }
+    let headers = Headers(request.headers);
+    // RFC 9112 section 3.2: an HTTP/1.1 request without a Host, or with two, gets 400.
+    if headers.all_raw("host").count() != 1 {
+        return Err(Rejection::bad("an HTTP/1.1 request needs exactly one Host header"));
+    }
     let (path, query) = split_target(request.path.unwrap_or_default());
     let framed = match sockjs::route(PATH, path) {
         _ if path == PATH => false,
@@ -235,7 +240,6 @@ pub(super) fn answer(
         Route::Session { transport: "websocket", .. } if sockjs.enabled && sockjs.websocket => true,
         _ => return Err(Rejection::new(404, "not found: STOMP over WebSocket is at /ws")),
     };
-    let headers = Headers(request.headers);
     if !headers.has_token("upgrade", "websocket") {
         return Err(Rejection::bad("not a WebSocket handshake: no \"Upgrade: websocket\" header"));
     }
@@ -390,6 +394,17 @@ mod tests {
         assert_eq!(status(&request("/ws/x", "")), 404);
         assert_eq!(status(&request("/ws", "").replace("GET", "POST")), 400);
         assert_eq!(status(&request("/ws", "").replace("HTTP/1.1", "HTTP/1.0")), 400);
+        let no_host = request("/ws", "").replace("Host: example.com\r\n", "");
+        assert_eq!(
+            check(&no_host).unwrap_err(),
+            Rejection::bad("an HTTP/1.1 request needs exactly one Host header")
+        );
+        assert_eq!(status(&request("/ws", "Host: other.example\r\n")), 400, "two Host headers");
+        assert_eq!(
+            status(&request("/", "").replace("Host: example.com\r\n", "")),
+            400,
+            "told before the path"
+        );
         assert_eq!(status(&request("/ws", "").replace("Upgrade: websocket", "Upgrade: h2c")), 400);
         assert_eq!(status(&request("/ws", "").replace("keep-alive, Upgrade", "keep-alive")), 400);
         assert_eq!(status(&request("/ws", "").replace("Version: 13", "Version: 8")), 426);

@@ -49,6 +49,20 @@ fn violation(wire: &[u8]) -> String {
     }
 }
 
+fn invalid_utf8(wire: &[u8]) -> String {
+    match decode(wire) {
+        Err(DecodeError::InvalidUtf8(why)) => why,
+        other => panic!("expected invalid UTF-8, got {other:?}"),
+    }
+}
+
+/// A close frame's payload: `code`, then `reason`.
+fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
 #[test]
 fn header_sizes_follow_the_payload_length() {
     for (len, size, second) in [(0, 2, 0), (125, 2, 125), (126, 4, 126), (65535, 4, 126), (65536, 10, 127)] {
@@ -135,16 +149,16 @@ fn fragmented_text_with_a_character_split_between_fragments() {
 }
 
 #[test]
-fn invalid_utf8_in_a_text_message_is_a_violation() {
-    assert!(violation(&frame(true, TEXT, b"ok \xff")).contains("Invalid UTF-8"));
+fn invalid_utf8_in_a_text_message_is_its_own_error() {
+    assert!(invalid_utf8(&frame(true, TEXT, b"ok \xff")).contains("Invalid UTF-8"));
     // A character cut by the end of the message.
     let mut wire = frame(false, TEXT, b"a\xe2\x82");
     wire.extend(frame(true, CONTINUATION, b""));
-    assert!(violation(&wire).contains("Invalid UTF-8"));
+    assert!(invalid_utf8(&wire).contains("ends mid-character"));
     // The second fragment does not finish the character the first began.
     let mut wire = frame(false, TEXT, b"a\xe2");
     wire.extend(frame(true, CONTINUATION, b"zz"));
-    assert!(violation(&wire).contains("Invalid UTF-8"));
+    assert!(invalid_utf8(&wire).contains("Invalid UTF-8"));
     // Binary messages are not checked.
     assert!(decode(&frame(true, BINARY, b"\xff\xfe")).is_ok());
 }
@@ -220,7 +234,55 @@ fn control_frames_between_fragments_are_allowed() {
     wire.extend(frame(true, TEXT, b"after the close"));
     let (out, events) = decode(&wire).unwrap();
     assert_eq!(out, b"SEND");
-    assert_eq!(events, [Event::Ping(Bytes::from_static(b"are you there")), Event::Pong, Event::Close]);
+    assert_eq!(
+        events,
+        [Event::Ping(Bytes::from_static(b"are you there")), Event::Pong, Event::Close(Some(1000))]
+    );
+}
+
+/// RFC 6455 §7.4.1 and §7.4.2, and IANA's registry (1012-1014).
+#[test]
+fn close_codes_that_may_be_sent_are_allowed_and_no_other() {
+    let allowed: Vec<u16> = (0..=u16::MAX).filter(|&code| close_code_allowed(code)).collect();
+    let expected: Vec<u16> = (1000..=1003).chain(1007..=1014).chain(3000..=4999).collect();
+    assert_eq!(allowed, expected);
+}
+
+#[test]
+fn a_valid_close_frame_reports_its_code() {
+    let (_, events) = decode(&frame(true, CLOSE, b"")).unwrap();
+    assert_eq!(events, [Event::Close(None)], "no payload: no code");
+    for code in [1000, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999] {
+        let (_, events) = decode(&frame(true, CLOSE, &close_payload(code, b""))).unwrap();
+        assert_eq!(events, [Event::Close(Some(code))], "{code}");
+    }
+    let reason = "au revoir, à bientôt".as_bytes();
+    let (_, events) = decode(&frame(true, CLOSE, &close_payload(3000, reason))).unwrap();
+    assert_eq!(events, [Event::Close(Some(3000))], "a UTF-8 reason");
+    // The reason's UTF-8 is checked whole, however the frame arrives.
+    let (_, events) = decode_in(&frame(true, CLOSE, &close_payload(1001, reason)), 3, LIMIT).unwrap();
+    assert_eq!(events, [Event::Close(Some(1001))]);
+}
+
+#[test]
+fn a_malformed_close_frame_is_refused() {
+    assert_eq!(
+        violation(&frame(true, CLOSE, &[0x03])),
+        "Close frame with a 1-byte payload: a status code takes 2 bytes"
+    );
+    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        assert_eq!(
+            violation(&frame(true, CLOSE, &close_payload(code, b""))),
+            format!("Invalid close code {code} (RFC 6455 section 7.4)"),
+        );
+    }
+    for reason in [&b"\xff"[..], b"ok \xce", b"\xed\xa0\x80 (a surrogate)"] {
+        assert_eq!(
+            invalid_utf8(&frame(true, CLOSE, &close_payload(1000, reason))),
+            "Invalid UTF-8 in a close frame's reason",
+            "{reason:?}"
+        );
+    }
 }
 
 #[test]
