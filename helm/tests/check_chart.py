@@ -20,7 +20,9 @@ Exits non-zero on any failure.
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
+import json
 import re
 import sys
 import traceback
@@ -48,6 +50,40 @@ def documented_env_vars() -> set[str]:
     """The STAMPEDE_* variables docs/configuration.md lists: the ConfigMap may hold only these."""
     text = (REPO / "docs" / "configuration.md").read_text()
     return set(re.findall(r"`(STAMPEDE_[A-Z0-9_]+)`", text))
+
+
+def node_settings() -> list[str]:
+    """Every setting name of the node, from node/src/config/settings.rs (the `settings!` table)."""
+    text = (REPO / "node" / "src" / "config" / "settings.rs").read_text()
+    names = re.findall(r'^\s+[A-Z_]+: (?:Value|Computed)\("[^"]*"\), "([a-z0-9-]+)",', text, re.M)
+    assert len(names) > 40, f"found only {len(names)} settings in settings.rs: has its table changed form?"
+    return names
+
+
+def schema() -> dict[str, Any]:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+def check_schema_lists_every_setting() -> None:
+    """The schema's `config` keys are exactly the node's settings: a new setting must be added to
+    the chart, and a key that is no setting (a typo) is refused."""
+    config = schema()["properties"]["config"]
+    assert config.get("additionalProperties") is False, "config must refuse unknown keys"
+    listed, settings = set(config["properties"]), set(node_settings())
+    assert listed == settings, (
+        f"values.schema.json config keys differ from node/src/config/settings.rs: "
+        f"missing {sorted(settings - listed)}, not settings {sorted(listed - settings)}"
+    )
+
+
+def b64(secret: dict[str, Any], key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def env_entry(docs: Docs, name: str) -> dict[str, Any]:
+    matches = [e for e in container(docs).get("env", []) if e["name"] == name]
+    assert len(matches) == 1, f"expected one env entry {name}, found {len(matches)}"
+    return matches[0]
 
 
 def find(docs: Docs, kind: str, name_suffix: str = "") -> dict[str, Any]:
@@ -117,9 +153,16 @@ def common_checks(docs: Docs, values: dict[str, Any]) -> None:
             assert all(pod_labels.get(k) == v for k, v in selector.items()), (d["metadata"]["name"], selector)
             assert selector.get("app.kubernetes.io/component") == "broker", selector
 
-    # Every Secret value decodes; no Redis password lands in a ConfigMap.
+    # No Redis password and no secret setting lands in a ConfigMap.
     for value in cm["data"].values():
         assert "redis://" not in value and "rediss://" not in value, "Redis URL in the ConfigMap"
+    for name in SECRET_SETTINGS:
+        env = "STAMPEDE_" + name.upper().replace("-", "_")
+        assert env not in cm["data"], f"{env} (a secret) in the ConfigMap"
+        secret_value = merged.get("config", {}).get(name)
+        if secret_value:
+            assert all(secret_value not in v for v in cm["data"].values()), f"the {name} value in the ConfigMap"
+            assert secret_value not in yaml.safe_dump(dep), f"the {name} value in the Deployment"
 
 
 def check_defaults(docs: Docs, values: dict[str, Any]) -> None:
@@ -163,9 +206,7 @@ def check_internal_redis(docs: Docs, values: dict[str, Any]) -> None:
     assert "--appendonly" in args and args[args.index("--appendonly") + 1] == "yes", args
     svc = find(docs, "Service", "-redis")
     secret = find(docs, "Secret")
-    import base64
-
-    url = base64.b64decode(secret["data"]["redis-url"]).decode()
+    url = b64(secret, "redis-url")
     assert url == f"redis://{svc['metadata']['name']}:6379", url
     redis_labels = sts["spec"]["template"]["metadata"]["labels"]
     assert redis_labels["app.kubernetes.io/component"] == "redis"
@@ -201,6 +242,34 @@ def check_single_memory_node(docs: Docs, values: dict[str, Any]) -> None:
     assert broker(docs)["spec"]["replicas"] == 1
     assert "STAMPEDE_REDIS_URL" not in env_names(docs)
     assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+JWT_SECRET = "0123456789abcdef0123456789abcdef-hs256"
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
+def check_secret_settings_in_config(docs: Docs, values: dict[str, Any]) -> None:
+    """jwt-secret and admin-token given under config go into the chart's Secret, not the ConfigMap."""
+    secret = find(docs, "Secret")
+    assert b64(secret, "jwt-secret") == JWT_SECRET and b64(secret, "admin-token") == ADMIN_TOKEN
+    assert b64(secret, "redis-url") == "redis://redis:6379"
+    for name in ("STAMPEDE_JWT_SECRET", "STAMPEDE_ADMIN_TOKEN"):
+        ref = env_entry(docs, name)["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": name[len("STAMPEDE_"):].lower().replace("_", "-")}, ref
+    cm = find(docs, "ConfigMap")["data"]
+    assert cm["STAMPEDE_WS_ORIGINS"] == "https://app.example.com,https://admin.example.com", cm
+    assert cm["STAMPEDE_JWT_AUDIENCE"] == "stampede"
+    assert cm["STAMPEDE_METRICS_PUBLIC"] == "true"
+    assert cm["STAMPEDE_ACL"] == "role:traders publish /queue/orders; * subscribe /topic/public.*"
+
+
+def check_existing_secrets(docs: Docs, values: dict[str, Any]) -> None:
+    """Each secret setting from the user's own Secret: a secretKeyRef, nothing in any chart object."""
+    for setting, ref in values["existingSecrets"].items():
+        env = "STAMPEDE_" + setting.upper().replace("-", "_")
+        assert env_entry(docs, env)["valueFrom"]["secretKeyRef"] == ref, env
+    secret = find(docs, "Secret")
+    assert set(secret["data"]) == {"redis-url"}, f"the chart's Secret holds {sorted(secret['data'])}"
 
 
 BASE: dict[str, Any] = {}
@@ -252,6 +321,32 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
         "1.30.0",
     ),
     ("single in-memory node", {"redis": {"url": ""}, "replicaCount": 1}, check_single_memory_node, "1.25.0"),
+    (
+        "secret settings under config",
+        {
+            "config": {
+                "jwt-secret": JWT_SECRET,
+                "admin-token": ADMIN_TOKEN,
+                "metrics-public": True,
+                "jwt-audience": "stampede",
+                "ws-origins": ["https://app.example.com", "https://admin.example.com"],
+            },
+            "acl": ["role:traders publish /queue/orders", "* subscribe /topic/public.*"],
+        },
+        check_secret_settings_in_config,
+        "1.25.0",
+    ),
+    (
+        "secret settings from existing Secrets",
+        {
+            "existingSecrets": {
+                "jwt-secret": {"name": "stampede-jwt", "key": "hs256"},
+                "admin-token": {"name": "stampede-admin", "key": "token"},
+            },
+        },
+        check_existing_secrets,
+        "1.25.0",
+    ),
 ]
 
 # Value sets the chart must refuse: (name, values, a piece of the expected message).
@@ -264,7 +359,21 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("bad redis scheme", {"redis": {"url": "http://redis:6379"}}, "url"),
     ("bad history rule", {"history": ["/queue/jobs=10"]}, "history"),
     ("both PDB bounds", {"podDisruptionBudget": {"minAvailable": 2}}, "not both"),
+    ("misspelt config key", {"config": {"max-conections": 100}}, "max-conections"),
+    ("config key that is a chart value", {"config": {"drain-period": "10s"}}, "drain.periodSeconds"),
+    ("bad enum setting", {"config": {"slow-consumer": "slow"}}, "slow-consumer"),
+    ("duration without a unit", {"config": {"connect-timeout": 10}}, "connect-timeout"),
+    ("bad size", {"config": {"max-frame-size": "2 megabytes"}}, "max-frame-size"),
+    ("bad acl rule", {"acl": ["traders publish"]}, "acl"),
+    (
+        "secret setting twice",
+        {"config": {"admin-token": ADMIN_TOKEN}, "existingSecrets": {"admin-token": {"name": "mine"}}},
+        "not both",
+    ),
 ]
+
+# The settings whose values are secrets: never in the ConfigMap.
+SECRET_SETTINGS = ["jwt-secret", "admin-token"]
 
 
 def render(chart: Any, values: dict[str, Any]) -> tuple[Docs, dict[str, str]]:
@@ -317,6 +426,13 @@ def main() -> int:
     failures: list[str] = []
     notes: list[str] = []
     print(f"chart {CHART} (Helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {', '.join(KUBE_VERSIONS)})")
+    for name, check_fn in [("schema lists every node setting", check_schema_lists_every_setting)]:
+        try:
+            check_fn()
+            print(f"ok    {name}")
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"{name}: {e}")
+            print(f"FAIL  {name}: {e}")
     with helm.Chart.load(str(CHART)) as chart:
         defaults = chart.values
         for name, values, check, min_version in CASES:

@@ -87,6 +87,32 @@ app.kubernetes.io/component: broker
 {{- end }}
 {{- end }}
 
+{{/* The environment variable of a setting: max-connections -> STAMPEDE_MAX_CONNECTIONS. */}}
+{{- define "stampede.envName" -}}
+{{- printf "STAMPEDE_%s" (. | upper | replace "-" "_") }}
+{{- end }}
+
+{{/* Settings whose values are secrets (space-separated): never rendered into the ConfigMap. */}}
+{{- define "stampede.secretSettings" -}}
+jwt-secret admin-token
+{{- end }}
+
+{{/* The secret settings given under config (space-separated): the chart's Secret holds them. */}}
+{{- define "stampede.chartSecretSettings" -}}
+{{- $keys := list }}
+{{- range splitList " " (include "stampede.secretSettings" .) }}
+{{- if hasKey $.Values.config . }}
+{{- $keys = append $keys . }}
+{{- end }}
+{{- end }}
+{{- join " " $keys }}
+{{- end }}
+
+{{/* Whether the chart renders its own Secret: the Redis URL it knows, or secret settings. */}}
+{{- define "stampede.hasChartSecret" -}}
+{{- if or (include "stampede.chartSecretSettings" .) (and (include "stampede.hasRedis" .) (or .Values.redis.internal.enabled (not .Values.redis.existingSecret))) }}true{{- end }}
+{{- end }}
+
 {{/* Seconds from deletion to SIGKILL: preStop sleep + drain period + margin, unless set. */}}
 {{- define "stampede.terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
@@ -102,8 +128,13 @@ app.kubernetes.io/component: broker
 {{- fail "redis: with more than one replica (or autoscaling) the nodes need Redis: set redis.url, redis.existingSecret or redis.internal.enabled=true (an empty redis.url runs each pod alone in memory, for replicaCount=1 only)" }}
 {{- end }}
 {{- range $key, $_ := .Values.config }}
-{{- if has $key (list "redis-url" "node-id" "listen" "stomp-listen" "admin-listen" "drain-period" "history" "config") }}
-{{- fail (printf "config.%s: set this through the chart's own values (redis.*, ports.*, stomp.enabled, drain.periodSeconds, history), not config" $key) }}
+{{- if has $key (list "redis-url" "node-id" "listen" "stomp-listen" "admin-listen" "drain-period") }}
+{{- fail (printf "config.%s: set this through the chart's own values (redis.*, ports.*, stomp.enabled, drain.periodSeconds), not config" $key) }}
+{{- end }}
+{{- end }}
+{{- range splitList " " (include "stampede.secretSettings" .) }}
+{{- if and (hasKey $.Values.config .) (index $.Values.existingSecrets . "name") }}
+{{- fail (printf "config.%s and existingSecrets.%s: set one, not both" . .) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
