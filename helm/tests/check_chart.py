@@ -272,6 +272,62 @@ def check_existing_secrets(docs: Docs, values: dict[str, Any]) -> None:
     assert set(secret["data"]) == {"redis-url"}, f"the chart's Secret holds {sorted(secret['data'])}"
 
 
+# The settings that name files: mounted from Secrets with extraVolumes / extraVolumeMounts.
+FILE_SETTINGS = ["users-file", "jwt-public-key", "jwt-jwks", "tls-cert", "tls-key"]
+
+# docs/deploy.md's "Authentication and TLS" example: every file from a Secret volume, every secret
+# setting from an existing Secret, more settings from envFrom.
+AUTH_TLS: dict[str, Any] = {
+    "config": {
+        "users-file": "/etc/stampede/auth/users",
+        "jwt-jwks": "/etc/stampede/auth/jwks.json",
+        "jwt-public-key": "/etc/stampede/jwt/public.pem",
+        "tls-cert": "/etc/stampede/tls/tls.crt",
+        "tls-key": "/etc/stampede/tls/tls.key",
+        "jwt-audience": "stampede",
+        "ws-origins": ["https://app.example.com"],
+    },
+    "existingSecrets": {
+        "jwt-secret": {"name": "stampede-auth", "key": "jwt-secret"},
+        "admin-token": {"name": "stampede-admin", "key": "token"},
+    },
+    "acl": ["role:traders publish,subscribe /topic/prices/*"],
+    "extraVolumes": [
+        {"name": "tls", "secret": {"secretName": "stampede-tls"}},
+        {"name": "auth", "secret": {"secretName": "stampede-auth", "items": [{"key": "users", "path": "users"}, {"key": "jwks.json", "path": "jwks.json"}]}},
+        {"name": "jwt", "configMap": {"name": "stampede-jwt-public-key"}},
+    ],
+    "extraVolumeMounts": [
+        {"name": "tls", "mountPath": "/etc/stampede/tls", "readOnly": True},
+        {"name": "auth", "mountPath": "/etc/stampede/auth", "readOnly": True},
+        {"name": "jwt", "mountPath": "/etc/stampede/jwt", "readOnly": True},
+    ],
+    "envFrom": [{"secretRef": {"name": "stampede-settings"}}, {"configMapRef": {"name": "stampede-extra", "optional": True}, "prefix": "STAMPEDE_"}],
+}
+
+
+def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
+    c = container(docs)
+    pod = broker(docs)["spec"]["template"]["spec"]
+    assert c["envFrom"][0] == {"configMapRef": {"name": find(docs, "ConfigMap")["metadata"]["name"]}}, c["envFrom"]
+    assert c["envFrom"][1:] == values["envFrom"], c["envFrom"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for v in values["extraVolumes"]:
+        assert volumes[v["name"]] == v, volumes
+    assert "emptyDir" in volumes["tmp"], "the chart's /tmp volume is kept"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for m in values["extraVolumeMounts"]:
+        assert mounts[m["mountPath"]] == m, mounts
+    assert mounts["/tmp"]["name"] == "tmp"
+    cm = find(docs, "ConfigMap")["data"]
+    for setting in FILE_SETTINGS:
+        path = cm["STAMPEDE_" + setting.upper().replace("-", "_")]
+        assert path == values["config"][setting], (setting, path)
+        under = [m for m in values["extraVolumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert under, f"{setting} {path} lies under no extraVolumeMounts mountPath"
+    check_existing_secrets(docs, values)
+
+
 BASE: dict[str, Any] = {}
 
 # (name, values, check, minimum Kubernetes version of the schemas to validate against)
@@ -347,6 +403,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
         check_existing_secrets,
         "1.25.0",
     ),
+    ("auth and TLS from Secrets (docs/deploy.md)", AUTH_TLS, check_auth_tls, "1.25.0"),
 ]
 
 # Value sets the chart must refuse: (name, values, a piece of the expected message).
@@ -365,6 +422,9 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("duration without a unit", {"config": {"connect-timeout": 10}}, "connect-timeout"),
     ("bad size", {"config": {"max-frame-size": "2 megabytes"}}, "max-frame-size"),
     ("bad acl rule", {"acl": ["traders publish"]}, "acl"),
+    ("mount of no volume", {"extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}]}, "certs"),
+    ("extra volume named tmp", {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}, "extraVolumes"),
+    ("envFrom without a source", {"envFrom": [{"prefix": "X_"}]}, "envFrom"),
     (
         "secret setting twice",
         {"config": {"admin-token": ADMIN_TOKEN}, "existingSecrets": {"admin-token": {"name": "mine"}}},

@@ -137,6 +137,13 @@ jwt-secret admin-token
 {{- fail (printf "config.%s and existingSecrets.%s: set one, not both" . .) }}
 {{- end }}
 {{- end }}
+{{- $volumes := list "tmp" }}
+{{- range .Values.extraVolumes }}{{ $volumes = append $volumes .name }}{{ end }}
+{{- range .Values.extraVolumeMounts }}
+{{- if not (has .name $volumes) }}
+{{- fail (printf "extraVolumeMounts: %q names no volume: add it to extraVolumes" .name) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
 {{- end }}
