@@ -153,6 +153,8 @@ def common_checks(docs: Docs, values: dict[str, Any]) -> None:
             assert all(pod_labels.get(k) == v for k, v in selector.items()), (d["metadata"]["name"], selector)
             assert selector.get("app.kubernetes.io/component") == "broker", selector
 
+    check_service_monitor(docs, merged)
+
     # No Redis password and no secret setting lands in a ConfigMap.
     for value in cm["data"].values():
         assert "redis://" not in value and "rediss://" not in value, "Redis URL in the ConfigMap"
@@ -163,6 +165,39 @@ def common_checks(docs: Docs, values: dict[str, Any]) -> None:
         if secret_value:
             assert all(secret_value not in v for v in cm["data"].values()), f"the {name} value in the ConfigMap"
             assert secret_value not in yaml.safe_dump(dep), f"the {name} value in the Deployment"
+
+
+# Fields of a Prometheus Operator ServiceMonitor endpoint (monitoring.coreos.com/v1 Endpoint) the
+# chart may render: a misspelt field would be dropped by the API server, or refused.
+SERVICE_MONITOR_ENDPOINT_FIELDS = {
+    "port", "path", "interval", "scrapeTimeout", "authorization", "relabelings", "metricRelabelings",
+}
+
+
+def check_service_monitor(docs: Docs, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The ServiceMonitor, if any, checked by hand (no schema): it selects the admin Service."""
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    if not monitors:
+        return None
+    (sm,) = monitors
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(sm["spec"]) <= {"selector", "namespaceSelector", "endpoints"}, sorted(sm["spec"])
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert set(endpoint) <= SERVICE_MONITOR_ENDPOINT_FIELDS, sorted(endpoint)
+    assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics", endpoint
+    if "authorization" in endpoint:
+        auth = endpoint["authorization"]
+        assert auth["type"] == "Bearer" and set(auth["credentials"]) == {"name", "key"}, auth
+    admin = find(docs, "Service", "-admin")
+    assert all(admin["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}, sm["spec"]["namespaceSelector"]
+    return sm
+
+
+def sm_token(docs: Docs) -> dict[str, str] | None:
+    sm = find(docs, "ServiceMonitor")
+    auth = sm["spec"]["endpoints"][0].get("authorization")
+    return auth["credentials"] if auth else None
 
 
 def check_defaults(docs: Docs, values: dict[str, Any]) -> None:
@@ -195,7 +230,10 @@ def check_everything_on(docs: Docs, values: dict[str, Any]) -> None:
     admin = find(docs, "Service", "-admin")
     assert all(admin["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
     assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert "namespace" not in sm["metadata"], "the ServiceMonitor goes to the release's namespace"
     assert admin["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    # config.admin-token: the chart's Secret holds it, and Prometheus sends it.
+    assert sm_token(docs) == {"name": find(docs, "Secret")["metadata"]["name"], "key": "admin-token"}, sm_token(docs)
 
 
 def check_internal_redis(docs: Docs, values: dict[str, Any]) -> None:
@@ -261,6 +299,7 @@ def check_secret_settings_in_config(docs: Docs, values: dict[str, Any]) -> None:
     assert cm["STAMPEDE_JWT_AUDIENCE"] == "stampede"
     assert cm["STAMPEDE_METRICS_PUBLIC"] == "true"
     assert cm["STAMPEDE_ACL"] == "role:traders publish /queue/orders; * subscribe /topic/public.*"
+    assert sm_token(docs) is None, "metrics-public: Prometheus needs no token"
 
 
 def check_existing_secrets(docs: Docs, values: dict[str, Any]) -> None:
@@ -303,6 +342,7 @@ AUTH_TLS: dict[str, Any] = {
         {"name": "jwt", "mountPath": "/etc/stampede/jwt", "readOnly": True},
     ],
     "envFrom": [{"secretRef": {"name": "stampede-settings"}}, {"configMapRef": {"name": "stampede-extra", "optional": True}, "prefix": "STAMPEDE_"}],
+    "serviceMonitor": {"enabled": True},
 }
 
 
@@ -326,6 +366,16 @@ def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
         under = [m for m in values["extraVolumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
         assert under, f"{setting} {path} lies under no extraVolumeMounts mountPath"
     check_existing_secrets(docs, values)
+    assert sm_token(docs) == values["existingSecrets"]["admin-token"], sm_token(docs)
+
+
+def check_service_monitor_elsewhere(docs: Docs, values: dict[str, Any]) -> None:
+    sm = find(docs, "ServiceMonitor")
+    assert sm["metadata"]["namespace"] == "monitoring"
+    assert sm_token(docs) == values["serviceMonitor"]["bearerTokenSecret"], sm_token(docs)
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint["relabelings"] == values["serviceMonitor"]["relabelings"]
+    assert endpoint["metricRelabelings"] == values["serviceMonitor"]["metricRelabelings"]
 
 
 BASE: dict[str, Any] = {}
@@ -339,6 +389,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 20, "targetMemoryUtilizationPercentage": 80},
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
             "adminService": {"prometheusAnnotations": True},
+            "config": {"admin-token": ADMIN_TOKEN},
             "ingress": {
                 "enabled": True,
                 "className": "nginx",
@@ -388,6 +439,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
                 "ws-origins": ["https://app.example.com", "https://admin.example.com"],
             },
             "acl": ["role:traders publish /queue/orders", "* subscribe /topic/public.*"],
+            "serviceMonitor": {"enabled": True},
         },
         check_secret_settings_in_config,
         "1.25.0",
@@ -404,6 +456,21 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
         "1.25.0",
     ),
     ("auth and TLS from Secrets (docs/deploy.md)", AUTH_TLS, check_auth_tls, "1.25.0"),
+    (
+        "servicemonitor in another namespace",
+        {
+            "config": {"admin-token": ADMIN_TOKEN},
+            "serviceMonitor": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "bearerTokenSecret": {"name": "stampede-metrics-token", "key": "token"},
+                "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+                "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "stampede_frames_.*", "action": "drop"}],
+            },
+        },
+        check_service_monitor_elsewhere,
+        "1.25.0",
+    ),
 ]
 
 # Value sets the chart must refuse: (name, values, a piece of the expected message).
@@ -425,6 +492,11 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("mount of no volume", {"extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}]}, "certs"),
     ("extra volume named tmp", {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}, "extraVolumes"),
     ("envFrom without a source", {"envFrom": [{"prefix": "X_"}]}, "envFrom"),
+    (
+        "servicemonitor elsewhere without its token",
+        {"config": {"admin-token": ADMIN_TOKEN}, "serviceMonitor": {"enabled": True, "namespace": "monitoring"}},
+        "bearerTokenSecret",
+    ),
     (
         "secret setting twice",
         {"config": {"admin-token": ADMIN_TOKEN}, "existingSecrets": {"admin-token": {"name": "mine"}}},

@@ -113,6 +113,31 @@ jwt-secret admin-token
 {{- if or (include "stampede.chartSecretSettings" .) (and (include "stampede.hasRedis" .) (or .Values.redis.internal.enabled (not .Values.redis.existingSecret))) }}true{{- end }}
 {{- end }}
 
+{{/* Whether /metrics is served without the admin token (config.metrics-public). */}}
+{{- define "stampede.metricsPublic" -}}
+{{- if has (get .Values.config "metrics-public" | toString | lower) (list "true" "yes" "on" "1") }}true{{- end }}
+{{- end }}
+
+{{/* The admin token's Secret and key ("NAME KEY"), or "" when no admin token is configured. */}}
+{{- define "stampede.adminTokenRef" -}}
+{{- $existing := index .Values.existingSecrets "admin-token" }}
+{{- if $existing.name }}
+{{- printf "%s %s" $existing.name $existing.key }}
+{{- else if hasKey .Values.config "admin-token" }}
+{{- printf "%s admin-token" (include "stampede.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key ("NAME KEY") Prometheus reads the bearer token from, or "" for none. */}}
+{{- define "stampede.metricsTokenRef" -}}
+{{- $explicit := .Values.serviceMonitor.bearerTokenSecret }}
+{{- if $explicit.name }}
+{{- printf "%s %s" $explicit.name ($explicit.key | default "admin-token") }}
+{{- else if not (include "stampede.metricsPublic" .) }}
+{{- include "stampede.adminTokenRef" . }}
+{{- end }}
+{{- end }}
+
 {{/* Seconds from deletion to SIGKILL: preStop sleep + drain period + margin, unless set. */}}
 {{- define "stampede.terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
@@ -135,6 +160,11 @@ jwt-secret admin-token
 {{- range splitList " " (include "stampede.secretSettings" .) }}
 {{- if and (hasKey $.Values.config .) (index $.Values.existingSecrets . "name") }}
 {{- fail (printf "config.%s and existingSecrets.%s: set one, not both" . .) }}
+{{- end }}
+{{- end }}
+{{- with .Values.serviceMonitor }}
+{{- if and .enabled .namespace (ne .namespace $.Release.Namespace) (not .bearerTokenSecret.name) (not (include "stampede.metricsPublic" $)) (include "stampede.adminTokenRef" $) }}
+{{- fail (printf "serviceMonitor.namespace: Prometheus reads the admin token from a Secret in %s, the ServiceMonitor's namespace: copy it there and name it in serviceMonitor.bearerTokenSecret (or set config.metrics-public=true)" .namespace) }}
 {{- end }}
 {{- end }}
 {{- $volumes := list "tmp" }}
