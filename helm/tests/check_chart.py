@@ -154,6 +154,7 @@ def common_checks(docs: Docs, values: dict[str, Any]) -> None:
             assert selector.get("app.kubernetes.io/component") == "broker", selector
 
     check_service_monitor(docs, merged)
+    check_network_policies(docs)
 
     # No Redis password and no secret setting lands in a ConfigMap.
     for value in cm["data"].values():
@@ -192,6 +193,23 @@ def check_service_monitor(docs: Docs, values: dict[str, Any]) -> dict[str, Any] 
     assert all(admin["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}, sm["spec"]["namespaceSelector"]
     return sm
+
+
+def pod_templates(docs: Docs) -> list[dict[str, Any]]:
+    return [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def check_network_policies(docs: Docs) -> None:
+    """Each NetworkPolicy selects pods of the release, and every port it names is one of theirs."""
+    for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        selector = np["spec"]["podSelector"]["matchLabels"]
+        selected = [pt for pt in pod_templates(docs) if all(pt["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        assert len(selected) == 1, f"NetworkPolicy {np['metadata']['name']} selects {len(selected)} pod templates"
+        ports = {p.get("name") for c in selected[0]["spec"]["containers"] for p in c.get("ports", [])}
+        ports |= {p["containerPort"] for c in selected[0]["spec"]["containers"] for p in c.get("ports", [])}
+        for rule in np["spec"].get("ingress", []):
+            for port in rule["ports"]:
+                assert port["port"] in ports, f"NetworkPolicy {np['metadata']['name']}: port {port['port']} is no port of its pods"
 
 
 def sm_token(docs: Docs) -> dict[str, str] | None:
@@ -343,6 +361,11 @@ AUTH_TLS: dict[str, Any] = {
     ],
     "envFrom": [{"secretRef": {"name": "stampede-settings"}}, {"configMapRef": {"name": "stampede-extra", "optional": True}, "prefix": "STAMPEDE_"}],
     "serviceMonitor": {"enabled": True},
+    "networkPolicy": {
+        "enabled": True,
+        "clientFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+        "adminFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    },
 }
 
 
@@ -367,6 +390,30 @@ def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
         assert under, f"{setting} {path} lies under no extraVolumeMounts mountPath"
     check_existing_secrets(docs, values)
     assert sm_token(docs) == values["existingSecrets"]["admin-token"], sm_token(docs)
+    np = find(docs, "NetworkPolicy")
+    assert np["spec"]["policyTypes"] == ["Ingress"], "egress is left open unless asked"
+    clients, admin = np["spec"]["ingress"]
+    assert [p["port"] for p in clients["ports"]] == ["ws", "stomp"]
+    assert clients["from"] == values["networkPolicy"]["clientFrom"]
+    assert admin == {"ports": [{"port": "admin", "protocol": "TCP"}], "from": values["networkPolicy"]["adminFrom"]}, admin
+
+
+def check_network_policy_egress(docs: Docs, values: dict[str, Any]) -> None:
+    broker_np = find(docs, "NetworkPolicy", "stampede")
+    assert broker_np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    clients, admin = broker_np["spec"]["ingress"]
+    assert "from" not in clients, "clientFrom []: clients from anywhere"
+    assert admin["from"] == [{"podSelector": {}}], "default adminFrom: the release's namespace"
+    dns, redis, *extra = broker_np["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns, dns
+    redis_pod = find(docs, "StatefulSet", "-redis")["spec"]["template"]["metadata"]["labels"]
+    to = redis["to"][0]["podSelector"]["matchLabels"]
+    assert all(redis_pod.get(k) == v for k, v in to.items()) and to["app.kubernetes.io/component"] == "redis", to
+    assert extra == values["networkPolicy"]["egress"]["extraRules"], extra
+    redis_np = find(docs, "NetworkPolicy", "-redis")
+    broker_pod = broker(docs)["spec"]["template"]["metadata"]["labels"]
+    allowed = redis_np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert all(broker_pod.get(k) == v for k, v in allowed.items()) and allowed["app.kubernetes.io/component"] == "broker"
 
 
 def check_service_monitor_elsewhere(docs: Docs, values: dict[str, Any]) -> None:
@@ -471,6 +518,21 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
         check_service_monitor_elsewhere,
         "1.25.0",
     ),
+    (
+        "network policies, egress restricted, in-chart redis",
+        {
+            "redis": {"internal": {"enabled": True}},
+            "networkPolicy": {
+                "enabled": True,
+                "egress": {
+                    "enabled": True,
+                    "extraRules": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443, "protocol": "TCP"}]}],
+                },
+            },
+        },
+        check_network_policy_egress,
+        "1.25.0",
+    ),
 ]
 
 # Value sets the chart must refuse: (name, values, a piece of the expected message).
@@ -492,6 +554,11 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("mount of no volume", {"extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}]}, "certs"),
     ("extra volume named tmp", {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}, "extraVolumes"),
     ("envFrom without a source", {"envFrom": [{"prefix": "X_"}]}, "envFrom"),
+    (
+        "egress restricted, no way to Redis",
+        {"networkPolicy": {"enabled": True, "egress": {"enabled": True}}},
+        "extraRules",
+    ),
     (
         "servicemonitor elsewhere without its token",
         {"config": {"admin-token": ADMIN_TOKEN}, "serviceMonitor": {"enabled": True, "namespace": "monitoring"}},

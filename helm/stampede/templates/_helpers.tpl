@@ -167,6 +167,9 @@ jwt-secret admin-token
 {{- fail (printf "serviceMonitor.namespace: Prometheus reads the admin token from a Secret in %s, the ServiceMonitor's namespace: copy it there and name it in serviceMonitor.bearerTokenSecret (or set config.metrics-public=true)" .namespace) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (include "stampede.hasRedis" .) (not .Values.redis.internal.enabled) (not .Values.networkPolicy.egress.extraRules) }}
+{{- fail "networkPolicy.egress: with egress restricted the nodes cannot reach your Redis: add a rule for it to networkPolicy.egress.extraRules" }}
+{{- end }}
 {{- $volumes := list "tmp" }}
 {{- range .Values.extraVolumes }}{{ $volumes = append $volumes .name }}{{ end }}
 {{- range .Values.extraVolumeMounts }}
