@@ -240,6 +240,14 @@ def check_everything_on(docs: Docs, values: dict[str, Any]) -> None:
     annotations = ing["metadata"]["annotations"]
     for key in ("proxy-read-timeout", "proxy-send-timeout"):
         assert annotations[f"nginx.ingress.kubernetes.io/{key}"] == "3600", annotations
+    # SockJS: one session's HTTP requests reach one pod (cookie affinity, kept when pods are added).
+    assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie", annotations
+    assert annotations["nginx.ingress.kubernetes.io/affinity-mode"] == "persistent", annotations
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-name"] == "stampede-node", annotations
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-change-on-failure"] == "true", annotations
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-secure"] == "true", "ingress.tls: a secure cookie"
+    assert "nginx.ingress.kubernetes.io/session-cookie-samesite" not in annotations
+    assert "nginx.ingress.kubernetes.io/backend-protocol" not in annotations, "the nodes speak plain HTTP here"
     backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": broker(docs)["metadata"]["name"], "port": {"name": "ws"}}, backend
     assert ing["spec"]["tls"][0]["secretName"] == "stampede-tls"
@@ -361,6 +369,14 @@ AUTH_TLS: dict[str, Any] = {
     ],
     "envFrom": [{"secretRef": {"name": "stampede-settings"}}, {"configMapRef": {"name": "stampede-extra", "optional": True}, "prefix": "STAMPEDE_"}],
     "serviceMonitor": {"enabled": True},
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "annotations": {"nginx.ingress.kubernetes.io/session-cookie-max-age": "3600"},
+        "hosts": [{"host": "stomp.example.com", "paths": [{"path": "/ws", "pathType": "Prefix"}]}],
+        "tls": [{"secretName": "stomp-example-com-tls", "hosts": ["stomp.example.com"]}],
+        "sockjsAffinity": {"cookieSameSite": "None"},
+    },
     "networkPolicy": {
         "enabled": True,
         "clientFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
@@ -390,6 +406,11 @@ def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
         assert under, f"{setting} {path} lies under no extraVolumeMounts mountPath"
     check_existing_secrets(docs, values)
     assert sm_token(docs) == values["existingSecrets"]["admin-token"], sm_token(docs)
+    annotations = find(docs, "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS", "the nodes speak TLS: so must the controller"
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-samesite"] == "None", annotations
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-max-age"] == "3600", "the user's annotations are kept"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600", "and the defaults"
     np = find(docs, "NetworkPolicy")
     assert np["spec"]["policyTypes"] == ["Ingress"], "egress is left open unless asked"
     clients, admin = np["spec"]["ingress"]
@@ -423,6 +444,13 @@ def check_service_monitor_elsewhere(docs: Docs, values: dict[str, Any]) -> None:
     endpoint = sm["spec"]["endpoints"][0]
     assert endpoint["relabelings"] == values["serviceMonitor"]["relabelings"]
     assert endpoint["metricRelabelings"] == values["serviceMonitor"]["metricRelabelings"]
+
+
+def check_no_sockjs_affinity(docs: Docs, values: dict[str, Any]) -> None:
+    annotations = find(docs, "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-name"] == "mine", "an annotation given wins"
+    assert not [k for k in annotations if k.endswith("/affinity") or "affinity-mode" in k], annotations
+    assert find(docs, "Service", "stampede")["spec"]["sessionAffinity"] == "ClientIP"
 
 
 BASE: dict[str, Any] = {}
@@ -519,6 +547,19 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
         "1.25.0",
     ),
     (
+        "ingress without sockjs affinity, service ClientIP affinity",
+        {
+            "ingress": {
+                "enabled": True,
+                "sockjsAffinity": {"enabled": False},
+                "annotations": {"nginx.ingress.kubernetes.io/session-cookie-name": "mine"},
+            },
+            "service": {"sessionAffinity": "ClientIP"},
+        },
+        check_no_sockjs_affinity,
+        "1.25.0",
+    ),
+    (
         "network policies, egress restricted, in-chart redis",
         {
             "redis": {"internal": {"enabled": True}},
@@ -554,6 +595,11 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("mount of no volume", {"extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}]}, "certs"),
     ("extra volume named tmp", {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}, "extraVolumes"),
     ("envFrom without a source", {"envFrom": [{"prefix": "X_"}]}, "envFrom"),
+    (
+        "SameSite=None cookie without TLS",
+        {"ingress": {"enabled": True, "sockjsAffinity": {"cookieSameSite": "None"}}},
+        "ingress.tls",
+    ),
     (
         "egress restricted, no way to Redis",
         {"networkPolicy": {"enabled": True, "egress": {"enabled": True}}},

@@ -170,6 +170,9 @@ jwt-secret admin-token
 {{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (include "stampede.hasRedis" .) (not .Values.redis.internal.enabled) (not .Values.networkPolicy.egress.extraRules) }}
 {{- fail "networkPolicy.egress: with egress restricted the nodes cannot reach your Redis: add a rule for it to networkPolicy.egress.extraRules" }}
 {{- end }}
+{{- if and .Values.ingress.enabled .Values.ingress.sockjsAffinity.enabled (eq .Values.ingress.sockjsAffinity.cookieSameSite "None") (not .Values.ingress.tls) }}
+{{- fail "ingress.sockjsAffinity.cookieSameSite: None needs a secure cookie, so ingress.tls: browsers drop SameSite=None cookies without Secure" }}
+{{- end }}
 {{- $volumes := list "tmp" }}
 {{- range .Values.extraVolumes }}{{ $volumes = append $volumes .name }}{{ end }}
 {{- range .Values.extraVolumeMounts }}
