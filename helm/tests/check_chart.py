@@ -24,7 +24,10 @@ import base64
 import copy
 import json
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +79,128 @@ def check_schema_lists_every_setting() -> None:
     )
 
 
+RULES_FILE = CHART / "files" / "prometheus-rules.yaml"
+RULES_TESTS = HERE / "prometheus-rules.test.yaml"
+DASHBOARD_FILE = CHART / "files" / "grafana-dashboard.json"
+# Which label_enum! of metrics.rs (or enum of destination.rs) gives each label's values.
+LABEL_ENUMS = {"transport": "Transport", "reason": "DropReason", "event": "EngineEvent"}
+
+
+def metric_series() -> set[str]:
+    """The series names node/src/metrics.rs exposes: stampede_<name> for gauges,
+    stampede_<name>_total for counters (prometheus-client's suffix)."""
+    text = (REPO / "node" / "src" / "metrics.rs").read_text()
+    assert 'Registry::with_prefix("stampede")' in text, "metrics.rs no longer registers under stampede_"
+    series = set()
+    for name, var in re.findall(r'registry\.register\(\s*"(\w+)",\s*"[^"]*",\s*(\w+)\.clone\(\)', text, re.S):
+        declared = re.search(rf"let {var}\s*=\s*([^;]+);", text)
+        assert declared, f"metrics.rs: cannot find how {var} is made"
+        kind = declared.group(1)
+        if "Counter" in kind:
+            series.add(f"stampede_{name}_total")
+        elif "Gauge" in kind:
+            series.add(f"stampede_{name}")
+        else:
+            raise AssertionError(f"metrics.rs: {name} is neither a counter nor a gauge: {kind}")
+    assert len(series) >= 10, f"found only {sorted(series)} in metrics.rs"
+    return series
+
+
+def label_values() -> dict[str, set[str]]:
+    text = (REPO / "node" / "src" / "metrics.rs").read_text()
+    enums = {m.group(1): set(re.findall(r'= "([a-z_]+)",', m.group(2)))
+             for m in re.finditer(r"label_enum! \{.*?(\w+) \{(.*?)\}\s*\}", text, re.S)}
+    values = {label: enums[enum] for label, enum in LABEL_ENUMS.items()}
+    destination = (REPO / "node" / "src" / "destination.rs").read_text()
+    values["kind"] = set(re.findall(r'Kind::\w+ => "([a-z]+)"', destination))
+    assert all(values.values()), values
+    return values
+
+
+def check_promql(expr: str, where: str) -> None:
+    """Every stampede_* series an expression names exists, with label values that exist."""
+    series, labels = metric_series(), label_values()
+    names = set(re.findall(r"\bstampede_[a-z_]+", expr))
+    assert names, f"{where}: no stampede_* metric in {expr!r}"
+    unknown = names - series
+    assert not unknown, f"{where}: {sorted(unknown)} are no metrics of node/src/metrics.rs (it has {sorted(series)})"
+    for label, value in re.findall(r'\b(transport|reason|event|kind)\s*=~?\s*"([^"]*)"', expr):
+        for v in value.split("|"):
+            assert v in labels[label], f"{where}: {label}={v!r} never occurs (values: {sorted(labels[label])})"
+
+
+def check_rules_file() -> None:
+    """The alert rules: structure by hand, every metric real; promtool check + unit tests if present."""
+    rules = yaml.safe_load(RULES_FILE.read_text())
+    assert set(rules) == {"groups"}, sorted(rules)
+    names = []
+    for group in rules["groups"]:
+        assert set(group) == {"name", "rules"} and group["rules"], group.get("name")
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, sorted(rule)
+            where = f"rule {rule['alert']}"
+            assert isinstance(rule["expr"], str) and rule["expr"].strip(), where
+            if "for" in rule:
+                assert re.fullmatch(r"[0-9]+[smh]", rule["for"]), f"{where}: for {rule['for']!r}"
+            assert rule["labels"]["severity"] in {"critical", "warning", "info"}, where
+            assert set(rule["annotations"]) == {"summary", "description"}, where
+            if "stampede_" in rule["expr"]:
+                check_promql(rule["expr"], where)
+            else:
+                assert 'up{job=~".*stampede.*"}' in rule["expr"], f"{where}: neither a stampede_* metric nor up"
+            names.append(rule["alert"])
+    assert len(names) == len(set(names)), f"duplicate alert names: {names}"
+    promtool = shutil.which("promtool")
+    if promtool:
+        for args in (["check", "rules", str(RULES_FILE)], ["test", "rules", str(RULES_TESTS)]):
+            run = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=HERE)
+            assert run.returncode == 0, f"promtool {' '.join(args[:2])}: {run.stdout}{run.stderr}"
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs.append((f"panel {panel['title']!r}", target["expr"]))
+    return exprs
+
+
+def check_dashboard_file() -> None:
+    """The Grafana dashboard: its panels query metrics that exist, through the datasource variable."""
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+            assert panel["targets"], panel["title"]
+    exprs = dashboard_exprs()
+    for where, expr in exprs:
+        if "stampede_" in expr:
+            check_promql(expr, where)
+    promtool = shutil.which("promtool")
+    if promtool:
+        # promtool parses PromQL in rules files: the queries as recording rules, Grafana's variables
+        # replaced by what they stand for.
+        def concrete(expr: str) -> str:
+            return expr.replace("$__rate_interval", "5m").replace("$job", ".*").replace("$instance", ".*")
+
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:query{i}", "expr": concrete(expr)} for i, (_, expr) in enumerate(exprs)
+        ]}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(rules, f)
+            f.flush()
+            run = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+        assert run.returncode == 0, f"promtool cannot parse a dashboard query: {run.stdout}{run.stderr}"
+
+
 def b64(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
@@ -90,6 +215,11 @@ def find(docs: Docs, kind: str, name_suffix: str = "") -> dict[str, Any]:
     matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
     assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, found {len(matches)}"
     return matches[0]
+
+
+def settings_cm(docs: Docs) -> dict[str, Any]:
+    """The ConfigMap of settings (not the Grafana dashboard's)."""
+    return find(docs, "ConfigMap", f"{RELEASE}-stampede")
 
 
 def kinds(docs: Docs) -> list[str]:
@@ -135,7 +265,7 @@ def common_checks(docs: Docs, values: dict[str, Any]) -> None:
         assert grace == drain["preStopSleepSeconds"] + drain["periodSeconds"] + drain["marginSeconds"], grace
     assert grace > slept + drain["periodSeconds"], f"grace {grace}s leaves no time to drain"
 
-    cm = find(docs, "ConfigMap")
+    cm = settings_cm(docs)
     assert cm["data"]["STAMPEDE_DRAIN_PERIOD"] == f"{drain['periodSeconds']}s"
     unknown = set(cm["data"]) - documented_env_vars()
     assert not unknown, f"ConfigMap keys that are no documented setting: {sorted(unknown)}"
@@ -284,7 +414,7 @@ def check_custom(docs: Docs, values: dict[str, Any]) -> None:
     assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
     pod = broker(docs)["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 5 + 60 + 10
-    cm = find(docs, "ConfigMap")["data"]
+    cm = settings_cm(docs)["data"]
     assert cm["STAMPEDE_STOMP_LISTEN"] == "off"
     assert cm["STAMPEDE_MAX_CONNECTIONS"] == "50000"
     assert cm["STAMPEDE_SLOW_CONSUMER"] == "drop"
@@ -320,7 +450,7 @@ def check_secret_settings_in_config(docs: Docs, values: dict[str, Any]) -> None:
     for name in ("STAMPEDE_JWT_SECRET", "STAMPEDE_ADMIN_TOKEN"):
         ref = env_entry(docs, name)["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret["metadata"]["name"], "key": name[len("STAMPEDE_"):].lower().replace("_", "-")}, ref
-    cm = find(docs, "ConfigMap")["data"]
+    cm = settings_cm(docs)["data"]
     assert cm["STAMPEDE_WS_ORIGINS"] == "https://app.example.com,https://admin.example.com", cm
     assert cm["STAMPEDE_JWT_AUDIENCE"] == "stampede"
     assert cm["STAMPEDE_METRICS_PUBLIC"] == "true"
@@ -388,7 +518,7 @@ AUTH_TLS: dict[str, Any] = {
 def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
     c = container(docs)
     pod = broker(docs)["spec"]["template"]["spec"]
-    assert c["envFrom"][0] == {"configMapRef": {"name": find(docs, "ConfigMap")["metadata"]["name"]}}, c["envFrom"]
+    assert c["envFrom"][0] == {"configMapRef": {"name": settings_cm(docs)["metadata"]["name"]}}, c["envFrom"]
     assert c["envFrom"][1:] == values["envFrom"], c["envFrom"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     for v in values["extraVolumes"]:
@@ -398,7 +528,7 @@ def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
     for m in values["extraVolumeMounts"]:
         assert mounts[m["mountPath"]] == m, mounts
     assert mounts["/tmp"]["name"] == "tmp"
-    cm = find(docs, "ConfigMap")["data"]
+    cm = settings_cm(docs)["data"]
     for setting in FILE_SETTINGS:
         path = cm["STAMPEDE_" + setting.upper().replace("-", "_")]
         assert path == values["config"][setting], (setting, path)
@@ -451,6 +581,17 @@ def check_no_sockjs_affinity(docs: Docs, values: dict[str, Any]) -> None:
     assert annotations["nginx.ingress.kubernetes.io/session-cookie-name"] == "mine", "an annotation given wins"
     assert not [k for k in annotations if k.endswith("/affinity") or "affinity-mode" in k], annotations
     assert find(docs, "Service", "stampede")["spec"]["sessionAffinity"] == "ClientIP"
+
+
+def check_monitoring_files(docs: Docs, values: dict[str, Any]) -> None:
+    rule = find(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"], "the PrometheusRule differs from the rules file"
+    assert rule["metadata"]["namespace"] == "monitoring" and rule["metadata"]["labels"]["release"] == "prometheus"
+    cm = find(docs, "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Messaging"}
+    assert json.loads(cm["data"]["stampede.json"]) == json.loads(DASHBOARD_FILE.read_text()), "the dashboard ConfigMap differs from the file"
 
 
 BASE: dict[str, Any] = {}
@@ -557,6 +698,15 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
             "service": {"sessionAffinity": "ClientIP"},
         },
         check_no_sockjs_affinity,
+        "1.25.0",
+    ),
+    (
+        "alert rules and Grafana dashboard",
+        {
+            "prometheusRule": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prometheus"}},
+            "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Messaging"}},
+        },
+        check_monitoring_files,
         "1.25.0",
     ),
     (
@@ -671,7 +821,12 @@ def main() -> int:
     failures: list[str] = []
     notes: list[str] = []
     print(f"chart {CHART} (Helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {', '.join(KUBE_VERSIONS)})")
-    for name, check_fn in [("schema lists every node setting", check_schema_lists_every_setting)]:
+    promtool = "with promtool" if shutil.which("promtool") else "promtool not installed: structure only"
+    for name, check_fn in [
+        ("schema lists every node setting", check_schema_lists_every_setting),
+        (f"alert rules ({promtool})", check_rules_file),
+        (f"Grafana dashboard ({promtool})", check_dashboard_file),
+    ]:
         try:
             check_fn()
             print(f"ok    {name}")
