@@ -8,8 +8,15 @@ fields are errors) for the oldest Kubernetes the chart supports and the newest k
 the chart's own assertions (drain sizing, probes, security context, ...). Value sets that must
 be refused are checked to fail with the expected message.
 
-Custom resources (ServiceMonitor) have no schema there: they are parsed and checked by hand,
-and reported as skipped for schema validation.
+Custom resources (ServiceMonitor, PrometheusRule) have no schema there: they are parsed and
+checked by hand, and reported as skipped for schema validation.
+
+Besides the value sets: the schema's `config` keys must be exactly the node's settings
+(node/src/config/settings.rs); docs/deploy.md's auth-tls-values.yaml must be the AUTH_TLS value
+set below; the alert rules (files/prometheus-rules.yaml) and the Grafana dashboard
+(files/grafana-dashboard.json) may query only series and label values node/src/metrics.rs
+produces, and with promtool installed they are checked by `promtool check rules`, the rules' unit
+tests (prometheus-rules.test.yaml) run, and every dashboard query is parsed.
 
     helm/tests/check.sh                      # venv + requirements + this script
     python3 helm/tests/check_chart.py -v     # print every rendered manifest
@@ -515,6 +522,15 @@ AUTH_TLS: dict[str, Any] = {
 }
 
 
+def check_docs_example() -> None:
+    """docs/deploy.md's auth-tls-values.yaml is the value set the checker renders (AUTH_TLS)."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    match = re.search(r"^    # auth-tls-values\.yaml\n((?:    .*\n|\n)+)", text, re.M)
+    assert match, "docs/deploy.md: no indented block starting with '# auth-tls-values.yaml'"
+    documented = yaml.safe_load("\n".join(line[4:] for line in match.group(1).splitlines()))
+    assert documented == AUTH_TLS, "docs/deploy.md's auth-tls-values.yaml differs from AUTH_TLS in check_chart.py"
+
+
 def check_auth_tls(docs: Docs, values: dict[str, Any]) -> None:
     c = container(docs)
     pod = broker(docs)["spec"]["template"]["spec"]
@@ -824,6 +840,7 @@ def main() -> int:
     promtool = "with promtool" if shutil.which("promtool") else "promtool not installed: structure only"
     for name, check_fn in [
         ("schema lists every node setting", check_schema_lists_every_setting),
+        ("docs/deploy.md's auth-tls-values.yaml is the checked value set", check_docs_example),
         (f"alert rules ({promtool})", check_rules_file),
         (f"Grafana dashboard ({promtool})", check_dashboard_file),
     ]:
