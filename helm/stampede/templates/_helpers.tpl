@@ -87,6 +87,57 @@ app.kubernetes.io/component: broker
 {{- end }}
 {{- end }}
 
+{{/* The environment variable of a setting: max-connections -> STAMPEDE_MAX_CONNECTIONS. */}}
+{{- define "stampede.envName" -}}
+{{- printf "STAMPEDE_%s" (. | upper | replace "-" "_") }}
+{{- end }}
+
+{{/* Settings whose values are secrets (space-separated): never rendered into the ConfigMap. */}}
+{{- define "stampede.secretSettings" -}}
+jwt-secret admin-token
+{{- end }}
+
+{{/* The secret settings given under config (space-separated): the chart's Secret holds them. */}}
+{{- define "stampede.chartSecretSettings" -}}
+{{- $keys := list }}
+{{- range splitList " " (include "stampede.secretSettings" .) }}
+{{- if hasKey $.Values.config . }}
+{{- $keys = append $keys . }}
+{{- end }}
+{{- end }}
+{{- join " " $keys }}
+{{- end }}
+
+{{/* Whether the chart renders its own Secret: the Redis URL it knows, or secret settings. */}}
+{{- define "stampede.hasChartSecret" -}}
+{{- if or (include "stampede.chartSecretSettings" .) (and (include "stampede.hasRedis" .) (or .Values.redis.internal.enabled (not .Values.redis.existingSecret))) }}true{{- end }}
+{{- end }}
+
+{{/* Whether /metrics is served without the admin token (config.metrics-public). */}}
+{{- define "stampede.metricsPublic" -}}
+{{- if has (get .Values.config "metrics-public" | toString | lower) (list "true" "yes" "on" "1") }}true{{- end }}
+{{- end }}
+
+{{/* The admin token's Secret and key ("NAME KEY"), or "" when no admin token is configured. */}}
+{{- define "stampede.adminTokenRef" -}}
+{{- $existing := index .Values.existingSecrets "admin-token" }}
+{{- if $existing.name }}
+{{- printf "%s %s" $existing.name $existing.key }}
+{{- else if hasKey .Values.config "admin-token" }}
+{{- printf "%s admin-token" (include "stampede.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key ("NAME KEY") Prometheus reads the bearer token from, or "" for none. */}}
+{{- define "stampede.metricsTokenRef" -}}
+{{- $explicit := .Values.serviceMonitor.bearerTokenSecret }}
+{{- if $explicit.name }}
+{{- printf "%s %s" $explicit.name ($explicit.key | default "admin-token") }}
+{{- else if not (include "stampede.metricsPublic" .) }}
+{{- include "stampede.adminTokenRef" . }}
+{{- end }}
+{{- end }}
+
 {{/* Seconds from deletion to SIGKILL: preStop sleep + drain period + margin, unless set. */}}
 {{- define "stampede.terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
@@ -102,8 +153,31 @@ app.kubernetes.io/component: broker
 {{- fail "redis: with more than one replica (or autoscaling) the nodes need Redis: set redis.url, redis.existingSecret or redis.internal.enabled=true (an empty redis.url runs each pod alone in memory, for replicaCount=1 only)" }}
 {{- end }}
 {{- range $key, $_ := .Values.config }}
-{{- if has $key (list "redis-url" "node-id" "listen" "stomp-listen" "admin-listen" "drain-period" "history" "config") }}
-{{- fail (printf "config.%s: set this through the chart's own values (redis.*, ports.*, stomp.enabled, drain.periodSeconds, history), not config" $key) }}
+{{- if has $key (list "redis-url" "node-id" "listen" "stomp-listen" "admin-listen" "drain-period") }}
+{{- fail (printf "config.%s: set this through the chart's own values (redis.*, ports.*, stomp.enabled, drain.periodSeconds), not config" $key) }}
+{{- end }}
+{{- end }}
+{{- range splitList " " (include "stampede.secretSettings" .) }}
+{{- if and (hasKey $.Values.config .) (index $.Values.existingSecrets . "name") }}
+{{- fail (printf "config.%s and existingSecrets.%s: set one, not both" . .) }}
+{{- end }}
+{{- end }}
+{{- with .Values.serviceMonitor }}
+{{- if and .enabled .namespace (ne .namespace $.Release.Namespace) (not .bearerTokenSecret.name) (not (include "stampede.metricsPublic" $)) (include "stampede.adminTokenRef" $) }}
+{{- fail (printf "serviceMonitor.namespace: Prometheus reads the admin token from a Secret in %s, the ServiceMonitor's namespace: copy it there and name it in serviceMonitor.bearerTokenSecret (or set config.metrics-public=true)" .namespace) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (include "stampede.hasRedis" .) (not .Values.redis.internal.enabled) (not .Values.networkPolicy.egress.extraRules) }}
+{{- fail "networkPolicy.egress: with egress restricted the nodes cannot reach your Redis: add a rule for it to networkPolicy.egress.extraRules" }}
+{{- end }}
+{{- if and .Values.ingress.enabled .Values.ingress.sockjsAffinity.enabled (eq .Values.ingress.sockjsAffinity.cookieSameSite "None") (not .Values.ingress.tls) }}
+{{- fail "ingress.sockjsAffinity.cookieSameSite: None needs a secure cookie, so ingress.tls: browsers drop SameSite=None cookies without Secure" }}
+{{- end }}
+{{- $volumes := list "tmp" }}
+{{- range .Values.extraVolumes }}{{ $volumes = append $volumes .name }}{{ end }}
+{{- range .Values.extraVolumeMounts }}
+{{- if not (has .name $volumes) }}
+{{- fail (printf "extraVolumeMounts: %q names no volume: add it to extraVolumes" .name) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
