@@ -198,8 +198,7 @@ settings! {
         "Bytes a SockJS streaming response carries before it ends and the client opens the next";
     SOCKJS_COOKIE_NEEDED: Value("false"), "sockjs-cookie-needed", "true|false",
         "Set a JSESSIONID cookie on SockJS session requests, for load balancers that stick on it";
-    SOCKJS_CLIENT_URL: Value("https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"),
-        "sockjs-client-url", "URL",
+    SOCKJS_CLIENT_URL: Value("https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"), "sockjs-client-url", "URL",
         "The sockjs-client script SockJS's iframe page loads (iframe-based transports only)";
     TLS_CERT: Computed("unset"), "tls-cert", "PATH",
         "PEM certificate chain: the WebSocket and STOMP listeners speak TLS (wss, stomp+ssl); \
