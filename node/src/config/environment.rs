@@ -8,6 +8,7 @@
 //! variables pass in silence, and any other is reported as a warning for the node to log.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use super::settings::{closest_env_var, env_var, ACL, CONFIG_ENV, ENV_PREFIX, HISTORY, SETTINGS};
 use super::ConfigError;
@@ -31,9 +32,16 @@ pub(crate) const NOT_SETTINGS: &[&str] = &[
 
 /// A snapshot of the environment variables. A variable set to the empty string counts as unset,
 /// both for the settings and for the check of unknown names.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Environment {
     vars: BTreeMap<String, String>,
+}
+
+/// Names only: the values hold secrets, the node's and others'.
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.vars.keys()).finish()
+    }
 }
 
 impl Environment {

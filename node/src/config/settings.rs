@@ -278,8 +278,8 @@ pub(crate) fn command() -> Command {
                 .action(ArgAction::Append)
                 .help(format!(
                     "Keep the last SIZE messages (each for at most TTL) of topics matching PATTERN, \
-                 where * matches anything, / included; repeatable, the first match wins \
-                 [default: none] [env: {}=, rules separated by ;]",
+                     where * matches anything, / included; repeatable, the first match wins \
+                     [default: none] [env: {}=, rules separated by ;]",
                     env_var(HISTORY)
                 )),
         )
@@ -290,11 +290,11 @@ pub(crate) fn command() -> Command {
                 .value_name("WHO ACTIONS PATTERN")
                 .action(ArgAction::Append)
                 .help(format!(
-                "Allow WHO (user:NAME, role:NAME or * for anyone authenticated) to publish, subscribe or \
-         publish,subscribe to destinations matching PATTERN (* matches anything); repeatable \
-         [default: none] [env: {}=, rules separated by ;]",
-                env_var(ACL)
-            )),
+                    "Allow WHO (user:NAME, role:NAME or * for anyone authenticated) to publish, \
+                     subscribe or publish,subscribe to destinations matching PATTERN (* matches \
+                     anything); repeatable [default: none] [env: {}=, rules separated by ;]",
+                    env_var(ACL)
+                )),
         )
 }
 

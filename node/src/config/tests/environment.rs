@@ -131,3 +131,10 @@ fn settings_still_load_beside_unknown_variables() {
     assert_eq!(loaded.config.limits.max_connections, 7);
     assert_eq!(loaded.warnings.len(), 1);
 }
+
+#[test]
+fn the_environment_debugs_names_without_values() {
+    let env = crate::config::Environment::from_pairs([("STAMPEDE_JWT_SECRET", "hunter2-hunter2")]);
+    let debug = format!("{env:?}");
+    assert!(debug.contains("STAMPEDE_JWT_SECRET") && !debug.contains("hunter2"), "{debug}");
+}
