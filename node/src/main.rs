@@ -1,12 +1,13 @@
 //! The `stampede` binary: load the configuration and the files it names, start tracing, bind,
-//! run until a signal.
+//! run until a signal. `stampede check-config` stops after the checks and prints the effective
+//! configuration instead.
 
-use stampede::config::{Config, ConfigError, LogFormat};
+use stampede::config::{Config, ConfigError, Loaded, LogFormat, Mode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let config = match Config::load() {
-        Ok(config) => config,
+    let Loaded { config, mode, warnings } = match Config::load() {
+        Ok(loaded) => loaded,
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("stampede: {e}");
@@ -19,10 +20,20 @@ fn main() -> std::process::ExitCode {
         eprintln!("stampede: {e}");
         return std::process::ExitCode::from(2);
     }
+    if let Mode::CheckConfig { effective } = mode {
+        for warning in &warnings {
+            eprintln!("stampede: warning: {warning}");
+        }
+        print!("{effective}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    for warning in &warnings {
+        tracing::warn!("{warning}");
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

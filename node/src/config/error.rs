@@ -37,6 +37,11 @@ pub enum ConfigError {
         .suggestion.map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default()
     )]
     UnknownKey { path: PathBuf, key: String, suggestion: Option<&'static str> },
+    /// An environment variable with the `STAMPEDE_` prefix that names no setting but is within
+    /// two edits of one (a typo that would otherwise be ignored). Its value is not shown: it
+    /// may be a secret.
+    #[error("environment variable {var} names no setting (did you mean {suggestion}?)")]
+    UnknownEnv { var: String, suggestion: String },
     /// One setting's value is malformed or out of range.
     #[error("invalid value for {setting} from {origin}: {value:?}: {reason}")]
     Invalid { setting: &'static str, origin: Origin, value: String, reason: String },

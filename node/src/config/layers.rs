@@ -172,7 +172,7 @@ impl Layers<'_> {
             Err(reason) => Err(ConfigError::Invalid {
                 setting: setting.name,
                 origin,
-                value: if setting.name == REDIS_URL.name { redact_url(&text) } else { text },
+                value: printable(setting, &text),
                 reason,
             }),
         }
@@ -204,6 +204,21 @@ impl Layers<'_> {
             reason,
         })?;
         Ok(Resolved { setting: setting.name, value, origin: Origin::Default, text: text.to_owned() })
+    }
+
+    /// The layer a list setting (`history`, `acl`) is taken from, as [`Layers::rules`] takes it.
+    pub(crate) fn list_origin(&self, name: &'static str) -> Origin {
+        if self.flags.get_many::<String>(name).is_some() {
+            return Origin::Flag(format!("--{name}"));
+        }
+        let var = env_var(name);
+        if (self.env)(&var).is_some() {
+            return Origin::Env(var);
+        }
+        match self.file {
+            Some(file) if file.table.contains_key(name) => file.origin(),
+            _ => Origin::Default,
+        }
     }
 
     /// List rules (`--history`, `--acl`) from the highest layer that has any; layers are not
@@ -271,6 +286,10 @@ impl Layers<'_> {
         let max_frame_size = self.value(&MAX_FRAME_SIZE, |s| nonzero(size(s)))?;
         let max_body_size = self.value(&MAX_BODY_SIZE, |s| nonzero(size(s)))?;
         check_at_most(&max_body_size, &max_frame_size)?;
+        // A frame larger than the outbound buffer could never be queued whole: one large
+        // message would trip the slow-consumer policy of a client that reads perfectly well.
+        let outbound_buffer = self.value(&OUTBOUND_BUFFER, |s| nonzero(size(s)))?;
+        check_at_least(&outbound_buffer, &max_frame_size)?;
         let limits = Limits {
             max_frame_size: max_frame_size.value,
             max_body_size: max_body_size.value,
@@ -284,7 +303,7 @@ impl Layers<'_> {
             frame_rate_burst: self.value(&FRAME_RATE_BURST, |s| nonzero(count(s)))?.value,
             connect_timeout: self.value(&CONNECT_TIMEOUT, |s| nonzero(duration(s)))?.value,
             write_timeout: Some(self.value(&WRITE_TIMEOUT, duration)?.value).filter(|t| !t.is_zero()),
-            outbound_buffer: self.value(&OUTBOUND_BUFFER, |s| nonzero(size(s)))?.value,
+            outbound_buffer: outbound_buffer.value,
             slow_consumer: self.value(&SLOW_CONSUMER, slow_consumer)?.value,
         };
 
@@ -339,20 +358,44 @@ impl Layers<'_> {
     }
 }
 
+/// A setting's text as messages and `check-config` may show it: `***` for a secret, the Redis URL
+/// without its password.
+pub(crate) fn printable<B>(setting: &Setting<B>, text: &str) -> String {
+    if setting.secret {
+        "***".to_owned()
+    } else if setting.name == REDIS_URL.name {
+        redact_url(text)
+    } else {
+        text.to_owned()
+    }
+}
+
 /// `small` must not exceed `large`.
 fn check_at_most(small: &Resolved<usize>, large: &Resolved<usize>) -> Result<(), ConfigError> {
     if small.value <= large.value {
         return Ok(());
     }
-    Err(ConfigError::Conflict(Box::new(Conflict {
-        setting: small.setting,
-        origin: small.origin.clone(),
-        value: small.text.clone(),
-        reason: "must not exceed",
-        other: large.setting,
-        other_origin: large.origin.clone(),
-        other_value: large.text.clone(),
-    })))
+    Err(conflict(small, "must not exceed", large))
+}
+
+/// `large` must be at least `small`.
+fn check_at_least(large: &Resolved<usize>, small: &Resolved<usize>) -> Result<(), ConfigError> {
+    if large.value >= small.value {
+        return Ok(());
+    }
+    Err(conflict(large, "must be at least", small))
+}
+
+fn conflict(setting: &Resolved<usize>, reason: &'static str, other: &Resolved<usize>) -> ConfigError {
+    ConfigError::Conflict(Box::new(Conflict {
+        setting: setting.setting,
+        origin: setting.origin.clone(),
+        value: setting.text.clone(),
+        reason,
+        other: other.setting,
+        other_origin: other.origin.clone(),
+        other_value: other.text.clone(),
+    }))
 }
 
 /// Two enabled listeners on the same non-zero port and overlapping addresses would make the

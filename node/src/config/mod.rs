@@ -16,6 +16,10 @@
 //!   checks the rules that span two settings.
 //! - `parse.rs`: the parsers of the general settings, each from trimmed text to a value or what it
 //!   expected.
+//! - `environment.rs`: [`Environment`], the variables as the layers read them, and the check
+//!   of `STAMPEDE_` variables that name no setting (refused when within two edits of one).
+//! - `effective.rs`: the effective configuration as `stampede check-config` prints it: TOML,
+//!   each value with the layer it came from, secrets redacted.
 //! - `error.rs`: [`ConfigError`] and the [`Origin`] of a value that it names.
 //! - `tests/`: the tests, with the history rules' in `tests/history.rs`.
 //! - History rules (`--history`, `STAMPEDE_HISTORY`, `[[history]]`) and access rules (`--acl`,
@@ -30,6 +34,8 @@ pub(crate) mod layers;
 pub(crate) mod parse;
 pub(crate) mod settings;
 
+mod effective;
+mod environment;
 mod error;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -45,17 +51,38 @@ pub use crate::auth::settings::{
 };
 pub use crate::transport::sockjs::SockJsTuning;
 pub use crate::transport::tls::TlsFiles;
+pub use environment::Environment;
 pub use error::{ConfigError, Conflict, Origin};
 
 use crate::destination::wildcard_match;
 use layers::{ConfigFile, Layers};
 use parse::{duration, nonzero, redact_url};
-use settings::{command, CONFIG, CONFIG_ENV};
+use settings::{command, CHECK_CONFIG, CONFIG, CONFIG_ENV};
 
 /// The prefix every history pattern starts with.
 const TOPIC_PREFIX: &str = "/topic/";
 
 // === Public types ===
+
+/// What the command line asked for, with the configuration to do it with.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub mode: Mode,
+    /// What loading noticed without refusing it (a `STAMPEDE_` variable far from every
+    /// setting's name), for the caller to report once it can log.
+    pub warnings: Vec<String>,
+}
+
+/// What `stampede` was asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `stampede`: run the node.
+    Run,
+    /// `stampede check-config`: once the files the configuration names are checked too, print
+    /// `effective` (TOML, each value with its origin, secrets redacted) and exit.
+    CheckConfig { effective: String },
+}
 
 /// Everything a node needs to know before it opens its first socket.
 #[derive(Clone, PartialEq)]
@@ -205,29 +232,33 @@ pub struct HistoryRule {
 
 impl Config {
     /// Reads the process's args and environment (and the file they name).
-    pub fn load() -> Result<Config, ConfigError> {
-        // A value that is not UTF-8 is passed on lossily, so it fails its parser visibly
-        // instead of being ignored as if unset.
-        Self::load_from(std::env::args_os(), &|name| {
-            std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
-        })
+    pub fn load() -> Result<Loaded, ConfigError> {
+        Self::load_from(std::env::args_os(), &Environment::from_process())
     }
 
-    /// Same, from explicit args (`args[0]` = program name) and an explicit environment lookup, for
-    /// tests. An environment variable set to the empty string counts as unset.
-    pub fn load_from<I, T>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError>
+    /// Same, from explicit args (`args[0]` = program name) and an explicit environment, for
+    /// tests. Clap's errors (`--help` included) come first, then the environment's unknown
+    /// variables, then the file and every setting.
+    pub fn load_from<I, T>(args: I, env: &Environment) -> Result<Loaded, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
         let flags = command().try_get_matches_from(args)?;
-        let env = |name: &str| env(name).filter(|value| !value.is_empty());
+        let warnings = env.check_unknown()?;
+        let env = |name: &str| env.get(name);
         let path = match flags.get_one::<PathBuf>(CONFIG) {
             Some(path) => Some(path.clone()),
             None => env(CONFIG_ENV).map(PathBuf::from),
         };
         let file = path.map(ConfigFile::read).transpose()?;
-        Layers { flags: &flags, env: &env, file: file.as_ref() }.resolve()
+        let layers = Layers { flags: &flags, env: &env, file: file.as_ref() };
+        let config = layers.resolve()?;
+        let mode = match flags.subcommand_name() {
+            Some(CHECK_CONFIG) => Mode::CheckConfig { effective: effective::render(&layers, &config)? },
+            _ => Mode::Run,
+        };
+        Ok(Loaded { config, mode, warnings })
     }
 
     /// First rule whose pattern matches `destination`.
@@ -244,7 +275,9 @@ impl Config {
 impl Default for Config {
     /// All built-in defaults, with a fresh random `node_id`.
     fn default() -> Self {
-        Config::load_from(["stampede"], &|_| None).expect("the built-in defaults are valid")
+        Config::load_from(["stampede"], &Environment::default())
+            .expect("the built-in defaults are valid")
+            .config
     }
 }
 

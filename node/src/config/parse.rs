@@ -42,8 +42,19 @@ pub(crate) fn worker_threads(text: &str) -> Result<Option<usize>, String> {
     }
 }
 
+/// A whole number of the setting's type; a negative one is named as such (every count is
+/// unsigned), as is one past the type's range.
 pub(crate) fn count<T: std::str::FromStr>(text: &str) -> Result<T, String> {
-    text.parse().map_err(|_| "expected a whole number like 100".to_owned())
+    text.parse().map_err(|_| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if text.strip_prefix('-').is_some_and(digits) {
+            "must not be negative".to_owned()
+        } else if digits(text) {
+            "is too large".to_owned()
+        } else {
+            "expected a whole number like 100".to_owned()
+        }
+    })
 }
 
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {

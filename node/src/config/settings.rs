@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-const ENV_PREFIX: &str = "STAMPEDE_";
+pub(crate) const ENV_PREFIX: &str = "STAMPEDE_";
 /// The flag naming the config file.
 pub(crate) const CONFIG: &str = "config";
 /// The environment variable naming the config file (not `STAMPEDE_` + the flag: clap reads the
 /// flag, `Config::load_from` the variable).
 pub(crate) const CONFIG_ENV: &str = "STAMPEDE_CONFIG";
+/// The subcommand that checks the configuration and prints it instead of running the node.
+pub(crate) const CHECK_CONFIG: &str = "check-config";
 /// The list setting of history rules: `--history`, `STAMPEDE_HISTORY`, `[[history]]`.
 pub(crate) const HISTORY: &str = "history";
 /// The list setting of access rules: `--acl`, `STAMPEDE_ACL`, `[[acl]]`.
@@ -27,6 +29,8 @@ pub(crate) struct Setting<B = Builtin> {
     value_name: &'static str,
     pub(crate) builtin: B,
     help: &'static str,
+    /// A key or token: never printed, neither by `check-config` nor in an error.
+    pub(crate) secret: bool,
 }
 
 /// A built-in text, parsed like any other value when no layer sets the setting.
@@ -53,13 +57,19 @@ impl Builtin {
     }
 }
 
-/// Defines one constant per setting, `IDENT: Kind(built-in), name, value name, help;`, and
-/// `SETTINGS`, the list of all of them in the order written, which is `--help`'s order.
+/// Defines one constant per setting, `[#[secret]] IDENT: Kind(built-in), name, value name,
+/// help;`, and `SETTINGS`, the list of all of them in the order written, which is `--help`'s
+/// order. `#[secret]` marks a key or token, whose value is never printed.
 macro_rules! settings {
-    ($($id:ident: $kind:ident($builtin:literal), $name:literal, $value_name:literal, $help:literal;)*) => {
+    ($($(#[$secret:ident])? $id:ident: $kind:ident($builtin:literal), $name:literal, $value_name:literal, $help:literal;)*) => {
         $(
-            pub(crate) const $id: Setting<$kind> =
-                Setting { name: $name, value_name: $value_name, builtin: $kind($builtin), help: $help };
+            pub(crate) const $id: Setting<$kind> = Setting {
+                name: $name,
+                value_name: $value_name,
+                builtin: $kind($builtin),
+                help: $help,
+                secret: secret!($($secret)?),
+            };
         )*
 
         /// Every scalar setting, in `--help` order.
@@ -69,8 +79,19 @@ macro_rules! settings {
                 value_name: $id.value_name,
                 builtin: Builtin::$kind($id.builtin),
                 help: $id.help,
+                secret: $id.secret,
             }
         ),*];
+    };
+}
+
+/// `#[secret]` or nothing; any other attribute does not compile.
+macro_rules! secret {
+    () => {
+        false
+    };
+    (secret) => {
+        true
     };
 }
 
@@ -151,6 +172,7 @@ settings! {
     USERS_FILE: Computed("unset"), "users-file", "PATH",
         "Users who may CONNECT with login and passcode: one name:hash[:role,role] per line, the \
          hash in argon2 or bcrypt form; turns authentication on";
+    #[secret]
     JWT_SECRET: Computed("unset"), "jwt-secret", "SECRET",
         "Shared key (at least 32 bytes) of HS256 JSON Web Tokens; turns authentication on";
     JWT_PUBLIC_KEY: Computed("unset"), "jwt-public-key", "PATH",
@@ -174,6 +196,7 @@ settings! {
     ACL_DEFAULT: Value("deny"), "acl-default", "allow|deny",
         "What an authenticated client may do where no acl rule allows it (its own /user/ \
          destinations are always allowed); ignored while authentication is off";
+    #[secret]
     ADMIN_TOKEN: Computed("unset"), "admin-token", "TOKEN",
         "Bearer token the admin API requires; /healthz and /readyz stay open; unset: open";
     METRICS_PUBLIC: Value("false"), "metrics-public", "true|false",
@@ -224,6 +247,9 @@ pub(crate) fn env_var(name: &str) -> String {
 /// The `stampede` command line. Values are plain strings: parsing happens in `Layers::resolve`,
 /// so a flag, a variable and a file key go through the same parser and the same messages.
 /// Environment variables are read there too, not by clap, so tests can pass a fake environment.
+/// Every flag is global, so it may come before or after `check-config`. A value may start with
+/// `-` when it is a number (`--max-connections -1`), so the setting's own parser refuses it and
+/// names the setting; any other value starting with `-` is taken for a flag, as usual.
 pub(crate) fn command() -> Command {
     let mut command = Command::new("stampede")
         .bin_name("stampede")
@@ -231,47 +257,80 @@ pub(crate) fn command() -> Command {
         .about("Stampede: a clustered STOMP broker")
         .after_help(AFTER_HELP)
         .args_override_self(true)
+        .disable_help_subcommand(true)
+        .subcommand(Command::new(CHECK_CONFIG).about(
+            "Check the configuration as the node would (the files it names included), print the \
+             effective settings with their origins and secrets redacted, and exit: 0 when valid, \
+             2 when not. Binds no socket",
+        ))
         .arg(
-            Arg::new(CONFIG).long(CONFIG).value_name("PATH").value_parser(clap::value_parser!(PathBuf)).help(
-                format!(
+            Arg::new(CONFIG)
+                .long(CONFIG)
+                .global(true)
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!(
                     "TOML file with settings, keyed like the flags; flags and environment \
                      variables override it [env: {CONFIG_ENV}=]"
-                ),
-            ),
+                )),
         );
     for s in SETTINGS {
         let default = s.builtin.shown();
-        command = command.arg(Arg::new(s.name).long(s.name).value_name(s.value_name).help(format!(
-            "{} [default: {default}] [env: {}=]",
-            s.help,
-            env_var(s.name)
-        )));
+        command = command.arg(
+            Arg::new(s.name)
+                .long(s.name)
+                .global(true)
+                .allow_negative_numbers(true)
+                .value_name(s.value_name)
+                .help(format!("{} [default: {default}] [env: {}=]", s.help, env_var(s.name))),
+        );
     }
     command
-        .arg(Arg::new(HISTORY).long(HISTORY).value_name("PATTERN=SIZE[,TTL]").action(ArgAction::Append).help(
-            format!(
-                "Keep the last SIZE messages (each for at most TTL) of topics matching PATTERN, \
-                 where * matches anything, / included; repeatable, the first match wins \
-                 [default: none] [env: {}=, rules separated by ;]",
-                env_var(HISTORY)
-            ),
-        ))
-        .arg(Arg::new(ACL).long(ACL).value_name("WHO ACTIONS PATTERN").action(ArgAction::Append).help(
-            format!(
-                "Allow WHO (user:NAME, role:NAME or * for anyone authenticated) to publish, subscribe or \
-         publish,subscribe to destinations matching PATTERN (* matches anything); repeatable \
-         [default: none] [env: {}=, rules separated by ;]",
-                env_var(ACL)
-            ),
-        ))
+        .arg(
+            Arg::new(HISTORY)
+                .long(HISTORY)
+                .global(true)
+                .value_name("PATTERN=SIZE[,TTL]")
+                .action(ArgAction::Append)
+                .help(format!(
+                    "Keep the last SIZE messages (each for at most TTL) of topics matching PATTERN, \
+                     where * matches anything, / included; repeatable, the first match wins \
+                     [default: none] [env: {}=, rules separated by ;]",
+                    env_var(HISTORY)
+                )),
+        )
+        .arg(
+            Arg::new(ACL)
+                .long(ACL)
+                .global(true)
+                .value_name("WHO ACTIONS PATTERN")
+                .action(ArgAction::Append)
+                .help(format!(
+                    "Allow WHO (user:NAME, role:NAME or * for anyone authenticated) to publish, \
+                     subscribe or publish,subscribe to destinations matching PATTERN (* matches \
+                     anything); repeatable [default: none] [env: {}=, rules separated by ;]",
+                    env_var(ACL)
+                )),
+        )
 }
 
 /// The setting a mistyped file key most likely meant: within two edits.
 pub(crate) fn closest_setting(key: &str) -> Option<&'static str> {
-    SETTINGS
-        .iter()
-        .map(|s| s.name)
-        .chain([HISTORY, ACL])
+    closest(key, SETTINGS.iter().map(|s| s.name).chain([HISTORY, ACL]))
+}
+
+/// The variable a mistyped `STAMPEDE_` variable most likely meant: its name after the prefix,
+/// lower-cased with `_` as `-`, within two edits of a setting's (`config` included), so
+/// `STAMPEDE_MAX_FRME_SIZE` and `STAMPEDE_max_frame_size` both point at
+/// `STAMPEDE_MAX_FRAME_SIZE`.
+pub(crate) fn closest_env_var(var: &str) -> Option<String> {
+    let key = var.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase().replace('_', "-");
+    let names = SETTINGS.iter().map(|s| s.name).chain([HISTORY, ACL, CONFIG]);
+    closest(&key, names).map(|name| if name == CONFIG { CONFIG_ENV.to_owned() } else { env_var(name) })
+}
+
+fn closest(key: &str, names: impl Iterator<Item = &'static str>) -> Option<&'static str> {
+    names
         .map(|name| (edit_distance(key, name), name))
         .filter(|&(distance, _)| distance <= 2)
         .min_by_key(|&(distance, _)| distance)

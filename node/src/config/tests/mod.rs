@@ -1,9 +1,10 @@
 //! The configuration's tests: defaults, precedence of the layers, each general setting's values
 //! and messages, the checks that span settings, and the command line. The helpers (`load`, `ok`,
-//! `err`, `TempFile`) are shared with `history.rs` (the history rules) and with the tests of the
-//! feature settings in [`crate::auth::settings`] and [`crate::transport::tls`].
+//! `err`, `TempFile`) are shared with `history.rs` (the history rules), `environment.rs`
+//! (`STAMPEDE_` variables that name no setting), `check.rs` (`check-config`, and the checks of
+//! issue #19) and with the tests of the feature settings in [`crate::auth::settings`] and
+//! [`crate::transport::tls`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,12 +14,18 @@ use super::parse::{duration, node_id, redact_url, size, SIZE_EXPECTED};
 use super::settings::{env_var, SETTINGS};
 use super::*;
 
+mod check;
+mod environment;
 mod history;
 
 pub(crate) fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    load_all(args, env).map(|loaded| loaded.config)
+}
+
+/// [`load`] with the mode and the warnings.
+pub(crate) fn load_all(args: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
     let argv = std::iter::once("stampede").chain(args.iter().copied());
-    Config::load_from(argv, &|name| env.get(name).cloned())
+    Config::load_from(argv, &Environment::from_pairs(env.iter().copied()))
 }
 
 pub(crate) fn ok(args: &[&str], env: &[(&str, &str)]) -> Config {
@@ -265,7 +272,7 @@ fn bad_size_names_setting_and_environment_variable() {
 #[test]
 fn sizes_and_durations_from_every_layer() {
     let file =
-        TempFile::new("outbound-buffer = \"1MB\"\nqueue-reclaim-after = \"2m 30s\"\nws-read-buffer = 4096");
+        TempFile::new("outbound-buffer = \"2MB\"\nqueue-reclaim-after = \"2m 30s\"\nws-read-buffer = 4096");
     let c = ok(
         &["--config", file.path(), "--connect-timeout", "500ms", "--ws-write-buffer", "16KiB"],
         &[("STAMPEDE_DRAIN_PERIOD", "1m")],
@@ -273,7 +280,7 @@ fn sizes_and_durations_from_every_layer() {
     assert_eq!(c.limits.connect_timeout, Duration::from_millis(500));
     assert_eq!(c.drain_period, Duration::from_secs(60));
     assert_eq!(c.queues.reclaim_after, Duration::from_secs(150));
-    assert_eq!(c.limits.outbound_buffer, 1_000_000);
+    assert_eq!(c.limits.outbound_buffer, 2_000_000);
     assert_eq!(c.ws.read_buffer, 4096);
     assert_eq!(c.ws.write_buffer, 16 * 1024);
 }
