@@ -65,6 +65,16 @@ impl Hub {
         }
     }
 
+    /// The depths of the queues the engine knows that hold messages or have consumers on this
+    /// node, for the metrics: a queue that is empty and consumed nowhere here (a per-session
+    /// queue after its session, say) has no series, so none outlives its queue.
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        let mut depths = self.engine.queue_depths();
+        let queues = self.queues.lock().expect("queues lock");
+        depths.retain(|(queue, depth)| *depth > 0 || queues.contains_key(queue.as_str()));
+        depths
+    }
+
     /// Acknowledges queue entries a subscriber consumed, returning its credit.
     pub async fn ack(
         &self,
