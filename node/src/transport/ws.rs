@@ -48,7 +48,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::metrics::Transport;
+use crate::metrics::{RefusalReason, Transport};
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
 use crate::transport::accept::{self, Incoming, Protocol};
@@ -85,6 +85,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 pub(crate) struct WebSocket;
 
 impl Protocol for WebSocket {
+    const TRANSPORT: Transport = Transport::Ws;
+
     /// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
     /// halves (`split`).
     async fn serve<S, R, W>(self, mut stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
@@ -101,8 +103,13 @@ impl Protocol for WebSocket {
         }));
         let (bearer, rest) = match tokio::time::timeout_at(deadline, checks).await {
             Ok(Ok(Outcome::Upgraded { bearer, rest })) => (bearer, rest),
+            // A refused admission was counted when it was decided.
             Ok(Ok(Outcome::Refused(rejection))) => {
-                tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
+                let reason =
+                    if rejection.status == 403 { RefusalReason::Origin } else { RefusalReason::BadHandshake };
+                if admitted.is_ok() {
+                    accept::refused(&node, peer, reason, &rejection);
+                }
                 return;
             }
             Ok(Err(error)) => {
@@ -110,7 +117,9 @@ impl Protocol for WebSocket {
                 return;
             }
             Err(_) => {
-                tracing::debug!(%peer, "WebSocket handshake timed out");
+                if admitted.is_ok() {
+                    accept::refused(&node, peer, RefusalReason::Timeout, &"WebSocket handshake timed out");
+                }
                 return;
             }
         };
