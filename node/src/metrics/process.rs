@@ -13,9 +13,17 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 
 /// Clock ticks per second in `/proc` (`USER_HZ`).
 const USER_HZ: f64 = 100.0;
+
+/// A gauge's value: seconds, with their fraction, or a count (bytes, descriptors), written as
+/// an integer.
+enum Value {
+    Seconds(f64),
+    Count(u64),
+}
 
 /// Reads the process metrics at each scrape.
 #[derive(Debug, Default)]
@@ -89,31 +97,34 @@ impl Collector for ProcessCollector {
             None,
             cpu.metric_type(),
         )?)?;
-        let mut gauge = |name: &str, help: &str, value: Option<f64>| -> Result<(), std::fmt::Error> {
+        let mut gauge = |name: &str, help: &str, value: Option<Value>| -> Result<(), std::fmt::Error> {
             let Some(value) = value else { return Ok(()) };
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            match value {
+                Value::Seconds(v) => ConstGauge::new(v).encode(metric),
+                Value::Count(v) => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(metric),
+            }
         };
         gauge(
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
-            sample.start_time_seconds,
+            sample.start_time_seconds.map(Value::Seconds),
         )?;
         gauge(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
-            sample.resident_memory_bytes.map(|v| v as f64),
+            sample.resident_memory_bytes.map(Value::Count),
         )?;
         gauge(
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes.",
-            Some(sample.virtual_memory_bytes as f64),
+            Some(Value::Count(sample.virtual_memory_bytes)),
         )?;
-        gauge("process_open_fds", "Number of open file descriptors.", sample.open_fds.map(|v| v as f64))?;
+        gauge("process_open_fds", "Number of open file descriptors.", sample.open_fds.map(Value::Count))?;
         gauge(
             "process_max_fds",
             "Maximum number of open file descriptors.",
-            sample.max_fds.map(|v| v as f64),
+            sample.max_fds.map(Value::Count),
         )?;
         Ok(())
     }
