@@ -33,6 +33,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 pub(crate) struct Stomp;
 
 impl Protocol for Stomp {
+    const TRANSPORT: Transport = Transport::Tcp;
+
     /// Runs the session of a connection, or tells the client it cannot be served.
     async fn serve<S, R, W>(self, stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
     where

@@ -51,7 +51,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::metrics::Transport;
+use crate::metrics::{RefusalReason, Transport};
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
 use crate::transport::accept::{self, Incoming, Protocol};
@@ -94,6 +94,8 @@ pub(crate) struct WebSocket {
 }
 
 impl Protocol for WebSocket {
+    const TRANSPORT: Transport = Transport::Ws;
+
     /// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
     /// halves (`split`).
     async fn serve<S, R, W>(self, mut stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
@@ -120,8 +122,13 @@ impl Protocol for WebSocket {
                 Box::pin(sockjs::serve_http(stream, request, endpoint)).await;
                 return;
             }
+            // A refused admission was counted when it was decided.
             Ok(Ok(Outcome::Refused(rejection))) => {
-                tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
+                let reason =
+                    if rejection.status == 403 { RefusalReason::Origin } else { RefusalReason::BadHandshake };
+                if admitted.is_ok() {
+                    accept::refused(&node, peer, reason, &rejection);
+                }
                 return;
             }
             Ok(Err(error)) => {
@@ -129,7 +136,9 @@ impl Protocol for WebSocket {
                 return;
             }
             Err(_) => {
-                tracing::debug!(%peer, "WebSocket handshake timed out");
+                if admitted.is_ok() {
+                    accept::refused(&node, peer, RefusalReason::Timeout, &"WebSocket handshake timed out");
+                }
                 return;
             }
         };
