@@ -7,7 +7,8 @@
 //! signal. Deliveries are written in batches and flushed once per batch.
 //!
 //! Every refusal is a [`SessionError`]; [`Session::fail`] is the one place that turns it into
-//! an ERROR frame and closes.
+//! an ERROR frame and closes. The one exception is a relay's SEND refused for itself alone
+//! ([`crate::auth::RELAY_ROLE`]): [`Session::report`] sends the ERROR and the session goes on.
 //!
 //! Security decisions are [`crate::auth`]'s: at CONNECT the session asks it who the client is
 //! (an [`Identity`]), at each SEND and SUBSCRIBE whether that client may, and a token's expiry
@@ -423,13 +424,24 @@ impl<S: FrameSink> Session<S> {
         }
     }
 
-    /// Handles one frame from the client; on error, remembers its receipt for the ERROR.
+    /// Handles one frame from the client; on error, remembers its receipt for the ERROR. A
+    /// relay's SEND refused for itself alone is reported and the session goes on.
     async fn on_inbound_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         self.node.metrics().frame_in(frame.command);
+        let command = frame.command;
         let receipt = frame.get("receipt").map(str::to_owned);
         // Boxed: frame handling is the session's largest state, and an idle session should not
         // carry it (see `tests::an_idle_session_is_small`).
-        Box::pin(self.on_frame(frame)).await.inspect_err(|_| self.error_receipt = receipt)
+        match Box::pin(self.on_frame(frame)).await {
+            Err(error)
+                if command == Command::Send && error.refuses_frame_only() && self.identity.is_relay() =>
+            {
+                // Boxed, as `on_frame`: rare, and not to be carried by every idle session.
+                Box::pin(self.report(error, receipt)).await?;
+                Ok(Flow::Continue)
+            }
+            result => result.inspect_err(|_| self.error_receipt = receipt),
+        }
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {

@@ -165,6 +165,35 @@ impl<S: FrameSink> Session<S> {
             SessionError::HeartbeatTimeout | SessionError::ConnectTimeout => {
                 tracing::debug!(%error, "closing session")
             }
+            _ => self.count_refusal(&error),
+        }
+        let frame = error_frame(&error, receipt);
+        self.node.metrics().error_sent();
+        let deadline = Duration::from_secs(2);
+        let _ = tokio::time::timeout(deadline, async {
+            if self.send_frame(&frame).await.is_ok() {
+                let _ = self.sink.flush().await;
+            }
+            let _ = self.sink.close(close).await;
+        })
+        .await;
+    }
+
+    /// A refusal of one frame of a relay ([`crate::auth::RELAY_ROLE`]): the ERROR is sent and the
+    /// session goes on. It is written with what the frame's run writes, flushed with it.
+    pub(super) async fn report(
+        &mut self,
+        error: SessionError,
+        receipt: Option<String>,
+    ) -> Result<(), SessionError> {
+        self.count_refusal(&error);
+        self.node.metrics().error_sent();
+        self.send_frame(&error_frame(&error, receipt)).await
+    }
+
+    /// Counts and logs a refusal.
+    fn count_refusal(&self, error: &SessionError) {
+        match error {
             SessionError::Auth(AuthError::Forbidden { .. }) => {
                 self.node.metrics().access_denied();
                 tracing::info!(%error, user = ?self.user, "refused client")
@@ -175,27 +204,6 @@ impl<S: FrameSink> Session<S> {
             }
             _ => tracing::info!(%error, "refused client"),
         }
-        let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
-        if let SessionError::UnsupportedVersion(_) = error {
-            frame = frame.with_header("version", SUPPORTED);
-        }
-        if let Some(id) = receipt {
-            frame = frame.with_header("receipt-id", id);
-        }
-        let body = error.detail();
-        frame = frame
-            .with_header("content-type", "text/plain")
-            .with_header("content-length", body.len().to_string())
-            .with_body(Bytes::from(body));
-        self.node.metrics().error_sent();
-        let deadline = Duration::from_secs(2);
-        let _ = tokio::time::timeout(deadline, async {
-            if self.send_frame(&frame).await.is_ok() {
-                let _ = self.sink.flush().await;
-            }
-            let _ = self.sink.close(close).await;
-        })
-        .await;
     }
 
     /// Releases everything the session held: subscriptions, unacknowledged and undelivered
@@ -219,4 +227,21 @@ impl<S: FrameSink> Session<S> {
         }
         let _ = self.release(undelivered, false).await;
     }
+}
+
+/// The ERROR frame for a refusal: `message`, `receipt-id` when the refused frame asked for a
+/// receipt, and a text body with the hint.
+fn error_frame(error: &SessionError, receipt: Option<String>) -> Frame {
+    let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
+    if let SessionError::UnsupportedVersion(_) = error {
+        frame = frame.with_header("version", SUPPORTED);
+    }
+    if let Some(id) = receipt {
+        frame = frame.with_header("receipt-id", id);
+    }
+    let body = error.detail();
+    frame
+        .with_header("content-type", "text/plain")
+        .with_header("content-length", body.len().to_string())
+        .with_body(Bytes::from(body))
 }
