@@ -37,7 +37,7 @@ mod subscribe;
 pub(crate) mod tests;
 mod transaction;
 
-use ack::Unacked;
+use ack::{Settle, Unacked, Window};
 use publish::message;
 use subscribe::Resume;
 
@@ -128,6 +128,7 @@ pub async fn run<S: FrameSink>(
         next_sub_seq: 0,
         resumes: HashMap::new(),
         unacked: BTreeMap::new(),
+        windows: HashMap::new(),
         auto_acks: Vec::new(),
         last_message_seq: 0,
         transactions: HashMap::new(),
@@ -184,8 +185,11 @@ struct Session<S> {
     subscriptions: HashMap<String, Arc<Subscription>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
-    /// Queue deliveries in client modes, by message sequence number.
+    /// Queue deliveries in client modes, and topic deliveries counted against a `prefetch-count`
+    /// window, by message sequence number.
     unacked: BTreeMap<u64, Unacked>,
+    /// Topic subscriptions in a client ack mode that set `prefetch-count`, by subscription seq.
+    windows: HashMap<u64, Window>,
     /// Queue deliveries in `auto` mode written in this batch, acknowledged after the flush.
     auto_acks: Vec<(Arc<Subscription>, EntryRef)>,
     last_message_seq: u64,
@@ -214,6 +218,9 @@ enum Written {
     Full,
     /// A queue entry for a subscription that has ended: release it to its queue.
     Stale(Arc<Subscription>, EntryRef),
+    /// A topic message held back behind its subscription's full `prefetch-count` window: its
+    /// bytes still count against the outbox's bound.
+    Held,
 }
 
 /// What the loop does after an event.

@@ -19,9 +19,12 @@ impl<S: FrameSink> Session<S> {
             let bytes: usize = batch.iter().map(|d| d.message.len() + d.subscription.head.len() + 48).sum();
             self.sink.reserve(bytes);
             for delivery in batch {
-                taken += delivery.message.len();
+                let size = delivery.message.len();
+                taken += size;
                 match self.write_delivery(delivery) {
                     Written::Done => {}
+                    // Given back to the bound when it is written, after an ACK.
+                    Written::Held => taken -= size,
                     Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
                     Written::Stale(subscription, entry) => {
                         Box::pin(self.node.hub().release(&subscription, &entry.queue, &[entry.id], false))
@@ -79,6 +82,14 @@ impl<S: FrameSink> Session<S> {
                 self.resumes.remove(&subscription.seq);
             }
         }
+        if !self.windows.is_empty() {
+            if let Some(window) = self.windows.get_mut(&subscription.seq) {
+                if window.full() {
+                    window.backlog.push_back((message, gap));
+                    return Written::Held;
+                }
+            }
+        }
         self.write_message(&subscription, &message, entry, gap)
     }
 
@@ -124,8 +135,11 @@ impl<S: FrameSink> Session<S> {
             if subscription.ack == AckMode::Auto {
                 self.auto_acks.push((subscription.clone(), entry));
             } else {
-                self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry });
+                self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry: Some(entry) });
             }
+        } else if let Some(window) = self.windows.get_mut(&subscription.seq) {
+            window.outstanding += 1;
+            self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry: None });
         }
         if full {
             Written::Full
@@ -216,6 +230,9 @@ impl<S: FrameSink> Session<S> {
             self.node.hub().unsubscribe(&subscription);
         }
         self.transactions.clear();
+        for (_, window) in self.windows.drain() {
+            self.outbox.written(window.held_bytes());
+        }
         let _ = self.release_unacked(|_| true).await;
         let _ = self.ack_written().await;
         let mut undelivered = Vec::new();
