@@ -7,7 +7,8 @@
 //! signal. Deliveries are written in batches and flushed once per batch.
 //!
 //! Every refusal is a [`SessionError`]; [`Session::fail`] is the one place that turns it into
-//! an ERROR frame and closes.
+//! an ERROR frame and closes. The one exception is a relay's SEND refused for itself alone
+//! ([`crate::auth::RELAY_ROLE`]): [`Session::report`] sends the ERROR and the session goes on.
 //!
 //! Security decisions are [`crate::auth`]'s: at CONNECT the session asks it who the client is
 //! (an [`Identity`]), at each SEND and SUBSCRIBE whether that client may, and a token's expiry
@@ -36,7 +37,7 @@ mod subscribe;
 pub(crate) mod tests;
 mod transaction;
 
-use ack::Unacked;
+use ack::{Settle, Unacked, Window};
 use publish::message;
 use subscribe::Resume;
 
@@ -127,6 +128,7 @@ pub async fn run<S: FrameSink>(
         next_sub_seq: 0,
         resumes: HashMap::new(),
         unacked: BTreeMap::new(),
+        windows: HashMap::new(),
         auto_acks: Vec::new(),
         last_message_seq: 0,
         transactions: HashMap::new(),
@@ -183,8 +185,11 @@ struct Session<S> {
     subscriptions: HashMap<String, Arc<Subscription>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
-    /// Queue deliveries in client modes, by message sequence number.
+    /// Queue deliveries in client modes, and topic deliveries counted against a `prefetch-count`
+    /// window, by message sequence number.
     unacked: BTreeMap<u64, Unacked>,
+    /// Topic subscriptions in a client ack mode that set `prefetch-count`, by subscription seq.
+    windows: HashMap<u64, Window>,
     /// Queue deliveries in `auto` mode written in this batch, acknowledged after the flush.
     auto_acks: Vec<(Arc<Subscription>, EntryRef)>,
     last_message_seq: u64,
@@ -213,6 +218,9 @@ enum Written {
     Full,
     /// A queue entry for a subscription that has ended: release it to its queue.
     Stale(Arc<Subscription>, EntryRef),
+    /// A topic message held back behind its subscription's full `prefetch-count` window: its
+    /// bytes still count against the outbox's bound.
+    Held,
 }
 
 /// What the loop does after an event.
@@ -423,13 +431,24 @@ impl<S: FrameSink> Session<S> {
         }
     }
 
-    /// Handles one frame from the client; on error, remembers its receipt for the ERROR.
+    /// Handles one frame from the client; on error, remembers its receipt for the ERROR. A
+    /// relay's SEND refused for itself alone is reported and the session goes on.
     async fn on_inbound_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         self.node.metrics().frame_in(frame.command);
+        let command = frame.command;
         let receipt = frame.get("receipt").map(str::to_owned);
         // Boxed: frame handling is the session's largest state, and an idle session should not
         // carry it (see `tests::an_idle_session_is_small`).
-        Box::pin(self.on_frame(frame)).await.inspect_err(|_| self.error_receipt = receipt)
+        match Box::pin(self.on_frame(frame)).await {
+            Err(error)
+                if command == Command::Send && error.refuses_frame_only() && self.identity.is_relay() =>
+            {
+                // Boxed, as `on_frame`: rare, and not to be carried by every idle session.
+                Box::pin(self.report(error, receipt)).await?;
+                Ok(Flow::Continue)
+            }
+            result => result.inspect_err(|_| self.error_receipt = receipt),
+        }
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
