@@ -470,14 +470,17 @@ async fn refresh(inner: &Inner) -> Result<(), EngineError> {
 async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineError> {
     let set = inner.keys.queues();
     // Only those consumed here: one known from an earlier enqueue may have been deleted since.
+    let consumed: Vec<Arc<str>> = inner
+        .watched
+        .lock()
+        .expect("watched lock")
+        .iter()
+        .filter(|(_, w)| **w == Watched::Queue)
+        .map(|(q, _)| q.clone())
+        .collect();
     let known: Vec<Value> = {
-        let watched = inner.watched.lock().expect("watched lock");
         let known = inner.known_queues.lock().expect("known queues lock");
-        known
-            .iter()
-            .filter(|q| watched.get(&***q) == Some(&Watched::Queue))
-            .map(|q| Value::from(&**q))
-            .collect()
+        consumed.iter().filter(|q| known.contains(*q)).map(|q| Value::from(&**q)).collect()
     };
     if !known.is_empty() {
         let mut args = vec![Value::from(set.as_str())];
