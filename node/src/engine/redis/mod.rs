@@ -299,12 +299,18 @@ impl RedisEngine {
         }
     }
 
-    /// Sends the writes already taken (for at most a command timeout), stops the tasks,
-    /// leaves the registry and closes the connections.
+    /// Sends the writes already taken and applies the unwatches already asked (for at most a
+    /// command timeout each), stops the tasks, leaves the registry and closes the connections.
     pub async fn shutdown(&self) {
         let (done, flushed) = oneshot::channel();
         if self.publishes.send(publisher::Request::Flush(done)).await.is_ok() {
             let _ = tokio::time::timeout(COMMAND_TIMEOUT, flushed).await;
+        }
+        // The unwatches of the sessions closed before: their queues' leaves (an auto-delete
+        // queue goes now rather than at a sweep after this node left the registry).
+        let (done, applied) = oneshot::channel();
+        if self.control.send(pubsub::Control::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(COMMAND_TIMEOUT, applied).await;
         }
         for task in &self.tasks {
             task.abort();

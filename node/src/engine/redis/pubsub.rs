@@ -61,6 +61,8 @@ pub(super) enum Control {
     Unwatch(Arc<str>),
     /// A SUBSCRIBE's lifetime for a queue, applied before the watch that follows it.
     Declare(Arc<str>, QueueLifetime, oneshot::Sender<Result<(), EngineError>>),
+    /// Answered once everything asked before it is applied (node shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 /// Applies watch and unwatch in order, and re-subscribes after reconnections.
@@ -82,6 +84,9 @@ pub(super) async fn control_loop(
                 Some(Control::Declare(queue, lifetime, reply)) => {
                     let result = queues::declare(&inner, &queue, lifetime).await;
                     let _ = reply.send(result);
+                }
+                Some(Control::Flush(done)) => {
+                    let _ = done.send(());
                 }
                 None => return,
             },
