@@ -46,6 +46,23 @@ pub(super) fn put_escaped(out: &mut BytesMut, text: &str) {
     out.extend_from_slice(&bytes[plain..]);
 }
 
+/// Appends one STOMP frame (`head` then `tail`) to `batch` as a JSON string, after a comma
+/// when `batch` holds frames already: the inside of an `a[...]` frame. SockJS carries text only:
+/// bytes that are not UTF-8 (a binary body's) arrive as U+FFFD (docs/protocol.md).
+pub(super) fn push_frame(batch: &mut BytesMut, head: &[u8], tail: &[u8]) {
+    if !batch.is_empty() {
+        batch.extend_from_slice(b",");
+    }
+    batch.extend_from_slice(b"\"");
+    for part in [head, tail] {
+        match std::str::from_utf8(part) {
+            Ok(text) => put_escaped(batch, text),
+            Err(_) => put_escaped(batch, &String::from_utf8_lossy(part)),
+        }
+    }
+    batch.extend_from_slice(b"\"");
+}
+
 fn put_unicode_escape(out: &mut BytesMut, code: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.extend_from_slice(b"\\u");

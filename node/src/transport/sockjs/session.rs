@@ -287,22 +287,6 @@ pub(super) struct HttpSink {
 }
 
 impl HttpSink {
-    fn push(&mut self, head: &[u8], tail: &[u8]) {
-        if !self.batch.is_empty() {
-            self.batch.extend_from_slice(b",");
-        }
-        self.batch.extend_from_slice(b"\"");
-        for part in [head, tail] {
-            match std::str::from_utf8(part) {
-                Ok(text) => json::put_escaped(&mut self.batch, text),
-                // SockJS carries text only: a binary body's bytes that are not UTF-8 arrive as
-                // U+FFFD (docs/protocol.md).
-                Err(_) => json::put_escaped(&mut self.batch, &String::from_utf8_lossy(part)),
-            }
-        }
-        self.batch.extend_from_slice(b"\"");
-    }
-
     /// Moves this batch to the shared pending frames once there is room.
     async fn hand_over(&mut self) -> io::Result<()> {
         if self.batch.is_empty() {
@@ -355,7 +339,7 @@ impl HttpSink {
 
 impl FrameSink for HttpSink {
     fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> bool {
-        self.push(head, tail);
+        json::push_frame(&mut self.batch, head, tail);
         self.batch.len() >= self.limit
     }
 
@@ -364,7 +348,7 @@ impl FrameSink for HttpSink {
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
-        self.push(b"\n", b"");
+        json::push_frame(&mut self.batch, b"\n", b"");
         Ok(())
     }
 

@@ -80,25 +80,11 @@ impl<W: AsyncWrite + Unpin + Send> SockJsSink<W> {
         self.ws.feed(b"a[", &self.batch, true);
         self.batch.clear();
     }
-
-    fn push(&mut self, head: &[u8], tail: &[u8]) {
-        if !self.batch.is_empty() {
-            self.batch.extend_from_slice(b",");
-        }
-        self.batch.extend_from_slice(b"\"");
-        for part in [head, tail] {
-            match std::str::from_utf8(part) {
-                Ok(text) => json::put_escaped(&mut self.batch, text),
-                Err(_) => json::put_escaped(&mut self.batch, &String::from_utf8_lossy(part)),
-            }
-        }
-        self.batch.extend_from_slice(b"\"");
-    }
 }
 
 impl<W: AsyncWrite + Unpin + Send> FrameSink for SockJsSink<W> {
     fn feed(&mut self, head: &[u8], tail: &[u8], _text: bool) -> bool {
-        self.push(head, tail);
+        json::push_frame(&mut self.batch, head, tail);
         self.batch.len() >= self.high_water
     }
 
@@ -107,7 +93,7 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for SockJsSink<W> {
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
-        self.push(b"\n", b"");
+        json::push_frame(&mut self.batch, b"\n", b"");
         Ok(())
     }
 
