@@ -9,12 +9,13 @@
 //! uses [`hub`] (local subscriptions and fan-out), which uses [`engine`] (the trait and its back
 //! ends). [`stomp`] is the frame codec, pure. [`node`] is what all of a process shares (config,
 //! hub, metrics, admission, the drain signal); [`http`] serves health, metrics and the admin API;
-//! [`config`], [`auth`] (who a client is and what it may do), [`destination`] and [`metrics`]
-//! stand beside. `docs/architecture.md` draws the whole graph, the lock order and the channels.
+//! [`config`], [`auth`] (who a client is and what it may do), [`destination`], [`metrics`] and
+//! [`logs`] (the subscriber, the rate limit on refusal lines) stand beside.
+//! `docs/architecture.md` draws the whole graph, the lock order and the channels.
 //!
 //! The binary is thin: it loads [`config::Config`], checks the files it names with
-//! [`Security::load`], starts tracing, binds [`Listeners`] and calls [`run`]. Tests bind port 0
-//! and call [`run`] the same way.
+//! [`Security::load`], starts tracing ([`logs::init`]), binds [`Listeners`] and calls [`run`].
+//! Tests bind port 0 and call [`run`] the same way.
 
 pub mod auth;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod destination;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod session;
@@ -162,7 +164,11 @@ pub async fn run(
     tracing::info!(node = %config.node_id, engine = engine_name, workers, "node started");
 
     shutdown.await;
-    tracing::info!(period = ?config.drain_period, connections = node.connections(), "draining");
+    tracing::info!(
+        period = %humantime::format_duration(config.drain_period),
+        connections = node.connections(),
+        "draining"
+    );
     drain.start();
     let deadline = tokio::time::Instant::now() + config.drain_period + Duration::from_secs(5);
     while node.connections() > 0 && tokio::time::Instant::now() < deadline {

@@ -1,6 +1,7 @@
 //! The node: what every listener, session and admin request of one broker process shares —
-//! configuration, the hub, metrics, the drain signal, authentication and TLS, and the connection
-//! counts (per node and per client address) with the admission they decide.
+//! configuration, the hub, metrics, the drain signal, authentication and TLS, the connection
+//! counts (per node and per client address) with the admission they decide, and the rate limit
+//! on the log lines about refused connections.
 //!
 //! It sits below the transports, the sessions and the admin API, which all hold an
 //! `Arc<Node>`, and above the hub and the engine; it knows nothing of sockets or frames.
@@ -16,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::logs::Refusals;
 use crate::metrics::Metrics;
 use crate::stomp;
 
@@ -32,6 +34,7 @@ pub struct Node {
     per_address: PerAddress,
     auth: Auth,
     tls: Option<TlsAcceptor>,
+    refusals: Arc<Refusals>,
 }
 
 /// Open connections by client address; locked only to count one in or out.
@@ -82,6 +85,7 @@ impl Node {
             per_address: Arc::new(Mutex::new(HashMap::new())),
             auth: Auth::off(),
             tls: None,
+            refusals: Arc::default(),
         }
     }
 
@@ -98,6 +102,11 @@ impl Node {
     /// The TLS acceptor of the client listeners, when TLS is configured.
     pub fn tls(&self) -> Option<&TlsAcceptor> {
         self.tls.as_ref()
+    }
+
+    /// The rate limit on lines about connections refused before their session.
+    pub fn refusals(&self) -> &Arc<Refusals> {
+        &self.refusals
     }
 
     pub fn config(&self) -> &Config {

@@ -9,6 +9,14 @@
 //! Every refusal is a [`SessionError`]; [`Session::fail`] is the one place that turns it into
 //! an ERROR frame and closes.
 //!
+//! What an operator reads: a session runs inside an `info` span `session` (its id, the peer's
+//! address, the transport), so every line logged while it runs names it. A session logs one
+//! `connected` line at CONNECTED (user, STOMP version) and one `disconnected` line at its end
+//! (user, version, `duration_ms`, and the `reason`: client DISCONNECT, peer closed, heart-beat
+//! timeout, slow consumer, drained, `ERROR <message>`, ...). A client refused before CONNECTED
+//! is logged as `refused client` instead (a connect timeout through the node's rate limit on
+//! refusals); nothing is logged per frame.
+//!
 //! Security decisions are [`crate::auth`]'s: at CONNECT the session asks it who the client is
 //! (an [`Identity`]), at each SEND and SUBSCRIBE whether that client may, and a token's expiry
 //! becomes a timer that ends the session unless the client SENDs a fresh token to
@@ -56,6 +64,7 @@ use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
 use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
+use crate::logs::Refused;
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
@@ -103,9 +112,11 @@ pub async fn run<S: FrameSink>(
     let config = node.config();
     let outbox = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
     let session_id = node.next_session_id();
-    let span = tracing::debug_span!("session", session = %session_id, %peer, transport = transport.as_str());
+    let span = tracing::info_span!("session", session = %session_id, %peer, transport = %transport.as_str());
     let mut session = Session {
         node: node.clone(),
+        peer,
+        opened: Instant::now(),
         sink,
         inbound,
         negotiated: Some(negotiated),
@@ -150,6 +161,9 @@ pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()
 
 struct Session<S> {
     node: Arc<Node>,
+    peer: SocketAddr,
+    /// When the connection was handed to the session, for the `disconnected` line's duration.
+    opened: Instant,
     sink: S,
     inbound: InboundReceiver,
     /// Taken at CONNECT, when the reader learns the version.
@@ -219,7 +233,44 @@ enum Written {
 enum Flow {
     Continue,
     /// Close without ERROR (DISCONNECT done, peer gone).
-    Close(CloseReason),
+    Close(CloseReason, Ended),
+}
+
+/// Why a session ended without an ERROR, as its `disconnected` line says.
+#[derive(Debug)]
+enum Ended {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// The client closed the connection (end of stream).
+    PeerClosed,
+    /// The client sent a WebSocket close frame, with its code if it had one.
+    CloseFrame(Option<u16>),
+    /// The connection failed (reset, broken pipe): what the socket said.
+    Failed(String),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Disconnect => f.write_str("client DISCONNECT"),
+            Ended::PeerClosed => f.write_str("peer closed"),
+            Ended::CloseFrame(Some(code)) => write!(f, "peer closed (WebSocket close {code})"),
+            Ended::CloseFrame(None) => f.write_str("peer closed (WebSocket close)"),
+            Ended::Failed(why) => write!(f, "connection failed: {why}"),
+        }
+    }
+}
+
+/// The `reason` of the `disconnected` line of a session that ended on `error`.
+fn error_reason(error: &SessionError) -> String {
+    match error {
+        SessionError::SlowConsumer => "slow consumer".to_owned(),
+        SessionError::ShuttingDown => "drained".to_owned(),
+        SessionError::HeartbeatTimeout => "heart-beat timeout".to_owned(),
+        SessionError::ConnectTimeout => "connect timeout".to_owned(),
+        SessionError::Transport(why) => format!("connection failed: {why}"),
+        other => format!("ERROR {other}"),
+    }
 }
 
 enum Event {
@@ -306,17 +357,32 @@ impl<S: FrameSink> Session<S> {
             };
             match step {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Close(reason)) => break Ok(reason),
+                Ok(Flow::Close(close, ended)) => break Ok((close, ended)),
                 Err(error) => break Err(error),
             }
         };
-        match result {
-            Ok(reason) => {
-                let _ = self.sink.close(reason).await;
+        let reason = match result {
+            Ok((close, ended)) => {
+                let _ = self.sink.close(close).await;
+                ended.to_string()
             }
-            Err(error) => Box::pin(self.fail(error)).await,
-        }
+            Err(error) => {
+                let reason = error_reason(&error);
+                Box::pin(self.fail(error)).await;
+                reason
+            }
+        };
         Box::pin(self.finish()).await;
+        if let Some(version) = self.version {
+            let duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(
+                user = self.user.as_deref(),
+                version = version.as_str(),
+                duration_ms,
+                reason = reason.as_str(),
+                "disconnected"
+            );
+        }
     }
 
     /// When this session closes in a drain: spread over the drain period, so clients do not all
@@ -331,15 +397,14 @@ impl<S: FrameSink> Session<S> {
 
     async fn handle(&mut self, event: Event) -> Result<Flow, SessionError> {
         match event {
-            Event::Inbound(None) => Ok(Flow::Close(CloseReason::Normal)),
-            Event::Inbound(Some(Inbound::Closed(why))) => {
-                if let Some(why) = why {
-                    tracing::debug!(%why, "connection failed");
-                }
-                Ok(Flow::Close(CloseReason::Normal))
+            Event::Inbound(None) | Event::Inbound(Some(Inbound::Closed(None))) => {
+                Ok(Flow::Close(CloseReason::Normal, Ended::PeerClosed))
+            }
+            Event::Inbound(Some(Inbound::Closed(Some(why)))) => {
+                Ok(Flow::Close(CloseReason::Normal, Ended::Failed(why)))
             }
             Event::Inbound(Some(Inbound::CloseFrame(code))) => {
-                Ok(Flow::Close(code.map_or(CloseReason::Normal, CloseReason::Echo)))
+                Ok(Flow::Close(code.map_or(CloseReason::Normal, CloseReason::Echo), Ended::CloseFrame(code)))
             }
             Event::Inbound(Some(Inbound::Invalid(error))) => Err(SessionError::Protocol(error)),
             Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
@@ -471,7 +536,7 @@ impl<S: FrameSink> Session<S> {
                 self.write_batch().await?;
                 self.send_receipt(receipt).await?;
                 self.sink.flush().await.map_err(SessionError::io)?;
-                Ok(Flow::Close(CloseReason::Normal))
+                Ok(Flow::Close(CloseReason::Normal, Ended::Disconnect))
             }
             other => Err(SessionError::invalid(format!(
                 "{} is a server frame; clients may not send it",

@@ -162,18 +162,20 @@ impl<S: FrameSink> Session<S> {
                 tracing::debug!(%why, "transport failed");
                 return;
             }
-            SessionError::HeartbeatTimeout | SessionError::ConnectTimeout => {
-                tracing::debug!(%error, "closing session")
+            SessionError::Auth(AuthError::Forbidden { .. }) => self.node.metrics().access_denied(),
+            SessionError::Auth(_) => self.node.metrics().auth_failed(),
+            _ => {}
+        }
+        // A connected session's end is its `disconnected` line (`Session::run`), whatever the
+        // reason; before CONNECTED there is no such line, so the refusal is logged here.
+        if self.version.is_none() {
+            match &error {
+                SessionError::ConnectTimeout => {
+                    self.node.refusals().log(Refused::ConnectTimeout, self.peer, &error)
+                }
+                SessionError::ShuttingDown => tracing::debug!("closed by the drain before CONNECT"),
+                _ => tracing::info!(%error, "refused client"),
             }
-            SessionError::Auth(AuthError::Forbidden { .. }) => {
-                self.node.metrics().access_denied();
-                tracing::info!(%error, user = ?self.user, "refused client")
-            }
-            SessionError::Auth(_) => {
-                self.node.metrics().auth_failed();
-                tracing::info!(%error, "refused client")
-            }
-            _ => tracing::info!(%error, "refused client"),
         }
         let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
         if let SessionError::UnsupportedVersion(_) = error {

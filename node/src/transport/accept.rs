@@ -2,7 +2,8 @@
 //! the node's connection limits (before any handshake, so a client that never finishes one still
 //! counts), gets TCP_NODELAY, finishes its TLS handshake within `connect-timeout` when TLS is
 //! configured, and is then handed to its [`Protocol`]: STOMP straight over the stream (`tcp.rs`)
-//! or the WebSocket handshake first (`ws.rs`).
+//! or the WebSocket handshake first (`ws.rs`). A TLS handshake that fails or does not finish in
+//! time is logged through the node's rate limit on refusals ([`crate::logs::Refusals`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use crate::logs::Refused;
 use crate::node::{Node, Permit, Refusal};
 
 /// How long the loop pauses after a failed accept (out of file descriptors, say) before the next.
@@ -87,8 +89,15 @@ pub(crate) async fn connection<P: Protocol>(
             Box::pin(async move {
                 match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
                     Ok(Ok(stream)) => protocol.serve(stream, tokio::io::split, incoming).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => {
+                        let why = format!("TLS handshake failed: {error}");
+                        incoming.node.refusals().log(Refused::Tls, peer, &why)
+                    }
+                    Err(_) => incoming.node.refusals().log(
+                        Refused::ConnectTimeout,
+                        peer,
+                        &"TLS handshake not done within connect-timeout",
+                    ),
                 }
             })
             .await

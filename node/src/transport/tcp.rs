@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
+use crate::logs::Refused;
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
@@ -46,6 +47,7 @@ impl Protocol for Stomp {
         let permit = match admitted {
             Ok(permit) => permit,
             Err(refusal) => {
+                node.refusals().log(Refused::Full, peer, &refusal);
                 let _ =
                     tokio::time::timeout_at(deadline, session::refuse(&mut sink, &refusal.to_string())).await;
                 return;

@@ -51,6 +51,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
+use crate::logs::Refused;
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
@@ -121,7 +122,11 @@ impl Protocol for WebSocket {
                 return;
             }
             Ok(Ok(Outcome::Refused(rejection))) => {
-                tracing::debug!(%peer, %rejection, "WebSocket handshake refused");
+                let kind = match (&admitted, rejection.status) {
+                    (Err(_), 503 | 429) => Refused::Full,
+                    (_, status) => Refused::Handshake(status),
+                };
+                node.refusals().log(kind, peer, &rejection);
                 return;
             }
             Ok(Err(error)) => {
@@ -129,7 +134,8 @@ impl Protocol for WebSocket {
                 return;
             }
             Err(_) => {
-                tracing::debug!(%peer, "WebSocket handshake timed out");
+                let why = "WebSocket handshake not done within connect-timeout";
+                node.refusals().log(Refused::ConnectTimeout, peer, &why);
                 return;
             }
         };

@@ -1,0 +1,253 @@
+//! What the node logs for its operator (docs/operations.md): one `connected` and one
+//! `disconnected` line per session, inside the session's span (its id on every line), with the
+//! reason a session ended; refusals before a session (handshakes, full node) as one line per
+//! second per kind and one summing up the rest; JSON lines whose fields are plain values; no ANSI
+//! escapes when the output is not a terminal.
+//!
+//! In-process nodes (their lines captured into their [`Log`]) for the lines' content; the real
+//! binary, started by the test kit, for the JSON format and the colours.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stampede_testkit::prelude::*;
+use stampede_testkit::{Cluster, Log};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The node's lines (not the harness's) that contain every one of `needles`.
+fn lines(log: &Log, needles: &[&str]) -> Vec<String> {
+    log.text()
+        .lines()
+        .filter(|line| !line.contains(" harness] "))
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the node has logged a line with every one of `needles`; returns it.
+async fn line(log: &Log, needles: &[&str]) -> String {
+    eventually_some(WAIT, format!("a log line with {needles:?}"), || async {
+        lines(log, needles).into_iter().next()
+    })
+    .await
+}
+
+/// The value of `suppressed=N` in a text line.
+fn suppressed(line: &str) -> u64 {
+    let (_, rest) = line.split_once("suppressed=").unwrap_or_else(|| panic!("no suppressed= in {line}"));
+    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("a count")
+}
+
+// === sessions ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_logs_one_line_when_connected_and_one_when_it_ends_with_its_id_on_both() {
+    let node = TestNode::start(|_| {}).await;
+    let mut ws = node.connect(Transport::Ws, &[("login", "alice")]).await;
+    let id = ws.session().to_owned();
+    let span = format!("session{{session={id} peer=127.0.0.1:");
+    let connected = line(node.log(), &[&span, "connected", "transport=ws"]).await;
+    assert!(connected.contains(r#"user="alice""#), "{connected}");
+    assert!(connected.contains(r#"version="1.2""#), "{connected}");
+    assert!(connected.contains(" INFO "), "at info: {connected}");
+    ws.disconnect().await;
+    let ended = line(node.log(), &[&span, "disconnected"]).await;
+    for field in [r#"user="alice""#, r#"version="1.2""#, "duration_ms=", r#"reason="client DISCONNECT""#] {
+        assert!(ended.contains(field), "{field} in {ended}");
+    }
+
+    // No login: no user field at all (not `None`); a client that goes away: "peer closed".
+    let tcp = node.connect(Transport::Tcp, &[]).await;
+    let span = format!("session{{session={} peer=", tcp.session());
+    let connected = line(node.log(), &[&span, "connected", "transport=tcp"]).await;
+    assert!(!connected.contains("user="), "{connected}");
+    tcp.drop_connection().await;
+    line(node.log(), &[&span, "disconnected", r#"reason="peer closed""#]).await;
+
+    // An ERROR ends a session with its message as the reason.
+    let mut bad = node.connect(Transport::Ws, &[("login", "bob")]).await;
+    let span = format!("session{{session={} peer=", bad.session());
+    bad.send_raw(b"SUBSCRIBE\nid:1\n\n\0").await.expect("send");
+    bad.expect_error().await;
+    let ended = line(node.log(), &[&span, "disconnected"]).await;
+    assert!(
+        ended.contains(r#"reason="ERROR SUBSCRIBE frame lacks the required destination header""#),
+        "{ended}"
+    );
+    assert!(lines(node.log(), &["refused client"]).is_empty(), "a connected session's end is one line");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_session_is_logged_as_drained_not_as_a_refused_client() {
+    let mut node = TestNode::start(|c| c.drain_period = Duration::from_millis(200)).await;
+    let mut client = node.connect(Transport::Ws, &[("login", "carol")]).await;
+    let span = format!("session{{session={} peer=", client.session());
+    node.begin_shutdown();
+    assert_error(&client.expect_error().await, "shutting down");
+    let ended = line(node.log(), &[&span, "disconnected"]).await;
+    assert!(ended.contains(r#"reason="drained""#), "{ended}");
+    assert!(lines(node.log(), &["refused client"]).is_empty(), "{}", node.log().text());
+    node.shutdown().await;
+}
+
+// === refusals before a session ===
+
+/// Sends a WebSocket upgrade request for `path` and returns the status line of the answer.
+async fn handshake(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+}
+
+/// Waits until the lines with `needles` account for every one of `refused` refusals (logged,
+/// or counted in a line's `suppressed`), then checks there were at most two per second since
+/// `started` (the first of a second, and the summary at its end); returns the lines.
+async fn assert_rate_limited(log: &Log, needles: &[&str], refused: u64, started: Instant) -> Vec<String> {
+    let what = format!("{refused} refusals accounted for in lines with {needles:?}");
+    eventually_eq(WAIT, what, refused, || async {
+        lines(log, needles).iter().map(|l| 1 + suppressed(l)).sum::<u64>()
+    })
+    .await;
+    let (lines, elapsed) = (lines(log, needles), started.elapsed());
+    let most = 2 * (elapsed.as_secs() + 1);
+    assert!(lines.len() as u64 <= most, "{} lines in {elapsed:?}: {lines:#?}", lines.len());
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_handshakes_is_logged_as_a_line_and_a_count_per_second() {
+    let node = TestNode::start(|_| {}).await;
+    let started = Instant::now();
+    const FLOOD: u64 = 40;
+    for _ in 0..FLOOD {
+        assert!(handshake(node.ws_addr(), "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+    let refused =
+        assert_rate_limited(node.log(), &["refused connection", "status=404"], FLOOD, started).await;
+    assert!(refused.len() < 10, "a flood is not a line each: {refused:#?}");
+    assert!(
+        refused.iter().skip(1).any(|l| suppressed(l) > 0),
+        "a later line counts the left out: {refused:#?}"
+    );
+    assert!(refused[0].contains("peer=127.0.0.1:") && refused[0].contains("not found"), "{}", refused[0]);
+    assert!(refused[0].contains(" INFO "), "a client's mistake is information: {}", refused[0]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_warns_as_a_line_and_a_count_per_second() {
+    let node = TestNode::start(|c| c.limits.max_connections = 1).await;
+    let _held = node.connect(Transport::Tcp, &[]).await;
+    let started = Instant::now();
+    const FLOOD: u64 = 20;
+    for _ in 0..FLOOD {
+        let mut refused = node.tcp().await;
+        assert_error(&refused.expect_error().await, "max-connections");
+    }
+    assert!(handshake(node.ws_addr(), "/ws").await.starts_with("HTTP/1.1 503"));
+    // No more refusals: the ones left out are summed up at the end of their second.
+    let refused =
+        assert_rate_limited(node.log(), &["refused connection", "max-connections"], FLOOD + 1, started).await;
+    assert!(refused[0].contains(" WARN "), "a full node is a warning: {}", refused[0]);
+    node.shutdown().await;
+}
+
+// === the real binary ===
+
+/// The JSON objects a node printed on standard output.
+fn json_lines(log: &Log) -> Vec<Value> {
+    log.text()
+        .lines()
+        .filter_map(|line| line.split_once(" out] "))
+        .map(|(_, json)| serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}")))
+        .collect()
+}
+
+/// The first JSON line whose message is `message` in the span of `session`.
+async fn json_event(log: &Log, message: &str, session: &str) -> Value {
+    eventually_some(WAIT, format!("a JSON {message:?} line of session {session}"), || async {
+        json_lines(log)
+            .into_iter()
+            .find(|line| line["fields"]["message"] == message && line["span"]["session"] == session)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_carry_fields_as_plain_values() {
+    let cluster = Cluster::memory(&["--log-format", "json"]).await;
+    let node = cluster.node(0);
+    let mut alice = Client::connect_to(&node.endpoint(Transport::Ws), Some("alice")).await.expect("connect");
+    let connected = json_event(node.log(), "connected", alice.session()).await;
+    assert_eq!(connected["level"], "INFO");
+    assert_eq!(connected["fields"]["user"], "alice", "a string, not Some(\"alice\"): {connected}");
+    assert_eq!(connected["fields"]["version"], "1.2");
+    assert_eq!(connected["span"]["transport"], "ws");
+    assert!(connected["span"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{connected}");
+    alice.disconnect().await;
+    let ended = json_event(node.log(), "disconnected", alice.session()).await;
+    assert_eq!(ended["fields"]["reason"], "client DISCONNECT");
+    assert_eq!(ended["fields"]["user"], "alice");
+    assert!(ended["fields"]["duration_ms"].is_u64(), "a number: {ended}");
+
+    let anonymous = Client::connect_to(&node.endpoint(Transport::Tcp), None).await.expect("connect");
+    let session = anonymous.session().to_owned();
+    let connected = json_event(node.log(), "connected", &session).await;
+    assert!(connected["fields"].get("user").is_none(), "no user: absent, not null or None: {connected}");
+    anonymous.drop_connection().await;
+    json_event(node.log(), "disconnected", &session).await;
+    for line in json_lines(node.log()) {
+        let text = line.to_string();
+        assert!(!text.contains("Some("), "a Debug-formatted value: {text}");
+    }
+}
+
+#[test]
+fn no_ansi_escapes_when_the_output_is_not_a_terminal() {
+    let port = || stampede_testkit::process::free_port().to_string();
+    let mut child = Process::new(env!("CARGO_BIN_EXE_stampede"))
+        .args(["--listen", &format!("127.0.0.1:{}", port()), "--stomp-listen", "off"])
+        .args(["--admin-listen", "off"])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start stampede");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("node started")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("node started")), "the node started: {seen:#?}");
+    for line in &seen {
+        assert!(!line.contains('\u{1b}'), "an ANSI escape in a piped log: {line:?}");
+    }
+}
