@@ -56,7 +56,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. (SIGHUP reloads files: `stampede::run` answers it.)
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

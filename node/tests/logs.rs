@@ -2,10 +2,11 @@
 //! `disconnected` line per session, inside the session's span (its id on every line), with the
 //! reason a session ended; refusals before a session (handshakes, full node) as one line per
 //! second per kind and one summing up the rest; JSON lines whose fields are plain values; no ANSI
-//! escapes when the output is not a terminal.
+//! escapes when the output is not a terminal; and SIGHUP, which reloads the users file and the
+//! TLS certificate instead of ending the node.
 //!
 //! In-process nodes (their lines captured into their [`Log`]) for the lines' content; the real
-//! binary, started by the test kit, for the JSON format and the colours.
+//! binary, started by the test kit, for the JSON format, the colours and the signal.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -13,10 +14,12 @@ use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stampede::transport::tls::TlsFiles;
 use stampede_testkit::prelude::*;
-use stampede_testkit::{Cluster, Log};
+use stampede_testkit::{Cluster, Endpoint, Log};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 /// The node's lines (not the harness's) that contain every one of `needles`.
 fn lines(log: &Log, needles: &[&str]) -> Vec<String> {
@@ -250,4 +253,88 @@ fn no_ansi_escapes_when_the_output_is_not_a_terminal() {
     for line in &seen {
         assert!(!line.contains('\u{1b}'), "an ANSI escape in a piped log: {line:?}");
     }
+}
+
+/// Sends SIGHUP to the node.
+fn hangup(node: &stampede_testkit::Node) {
+    let pid = node.pid().expect("the node runs").to_string();
+    node.log().note(&format!("SIGHUP pid {pid}"));
+    let sent = std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
+    assert!(sent.success(), "kill -HUP {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_users_file_and_the_node_keeps_running() {
+    let dir = TempDir::new();
+    let users = dir.write("users", &format!("ann:{}\n", argon2_hash("ann-pw")));
+    let cluster = Cluster::memory(&["--users-file", users.to_str().expect("a UTF-8 path")]).await;
+    let node = cluster.node(0);
+    let endpoint = node.endpoint(Transport::Tcp);
+    let connect = |login: &'static str, passcode: &'static str| {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut client = Client::open(&endpoint).await?;
+            client.try_connect(Some("1.2"), &[("login", login), ("passcode", passcode)]).await?;
+            Ok::<_, ClientError>(client)
+        }
+    };
+    let Err(refused) = connect("carol", "carol-pw").await else { panic!("carol is not in the file yet") };
+    assert!(refused.error_message().is_some_and(|m| m.contains("authentication failed")), "{refused}");
+
+    dir.write("users", &format!("ann:{}\ncarol:{}\n", argon2_hash("ann-pw"), argon2_hash("carol-pw")));
+    hangup(node);
+    line(node.log(), &["reloaded on SIGHUP", "users file (2 users)"]).await;
+    connect("carol", "carol-pw").await.expect("carol, added to the file, connects after SIGHUP");
+    assert!(node.is_running(), "SIGHUP did not stop the node");
+    assert_eq!(node.readyz().await, Some(200));
+
+    // A broken file is refused whole: the node says so and keeps the users it had.
+    dir.write("users", "ann:plain-text-password\n");
+    hangup(node);
+    let failed = line(node.log(), &["reload on SIGHUP failed", "kept the old one"]).await;
+    assert!(failed.contains("users-file"), "names the setting: {failed}");
+    connect("carol", "carol-pw").await.expect("carol still connects with the old users");
+    assert!(node.is_running());
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written as `cert.pem` and `key.pem` in
+/// `dir`; returns a connector that trusts only it.
+fn certificate(dir: &TempDir) -> tokio_rustls::TlsConnector {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("a certificate");
+    let tls = TestTls {
+        files: TlsFiles {
+            cert: dir.write("cert.pem", &cert.cert.pem()),
+            key: dir.write("key.pem", &cert.key_pair.serialize_pem()),
+        },
+        cert_der: cert.cert.der().clone(),
+    };
+    tls.connector()
+}
+
+/// Whether a TLS handshake with the node's STOMP port succeeds trusting only `connector`'s
+/// certificate.
+async fn handshake_trusting(connector: &tokio_rustls::TlsConnector, endpoint: &Endpoint) -> bool {
+    let Endpoint::Tcp(addr) = endpoint else { panic!("a TCP endpoint") };
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    tokio::time::timeout(WAIT, connector.connect(name, stream)).await.is_ok_and(|r| r.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate_for_new_connections() {
+    let dir = TempDir::new();
+    let old = certificate(&dir);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let args = ["--tls-cert", cert.to_str().expect("UTF-8"), "--tls-key", key.to_str().expect("UTF-8")];
+    let cluster = Cluster::memory(&args).await;
+    let node = cluster.node(0);
+    let endpoint = node.endpoint(Transport::Tcp);
+    assert!(handshake_trusting(&old, &endpoint).await, "the first certificate is served");
+
+    let new = certificate(&dir);
+    hangup(node);
+    line(node.log(), &["reloaded on SIGHUP", "TLS certificate"]).await;
+    assert!(handshake_trusting(&new, &endpoint).await, "the renewed certificate is served after SIGHUP");
+    assert!(!handshake_trusting(&old, &endpoint).await, "the old one no longer");
 }

@@ -79,7 +79,7 @@ pub(crate) async fn connection<P: Protocol>(
     let _ = stream.set_nodelay(true);
     // Taken before the handshakes, so a client that never finishes them still counts.
     let admitted = node.admit(peer);
-    let tls = node.tls().cloned();
+    let tls = node.tls();
     let incoming = Incoming { peer, node, admitted, deadline };
     match tls {
         None => protocol.serve(stream, TcpStream::into_split, incoming).await,
