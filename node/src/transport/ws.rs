@@ -11,7 +11,9 @@
 //! TLS configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
 //! must finish within `connect-timeout` of the accept, so a client that opens a connection and
 //! sends nothing (or sends its request a byte at a time) holds a place only that long. Bytes the
-//! client sends right behind its request are kept: they are its first WebSocket frames.
+//! client sends right behind its request are kept: they are its first WebSocket frames. Each
+//! refusal is logged through the node's rate limit ([`crate::logs::Refusals`]): a line per
+//! status per second, and one summing up the rest.
 //!
 //! No extension is negotiated: permessage-deflate is not offered, and an offer of it is ignored
 //! (compression would let a small message cost much memory, and would leak secrets through
