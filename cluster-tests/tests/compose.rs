@@ -272,6 +272,42 @@ fn lb_servers(stats: &str) -> Vec<(String, String, String)> {
 }
 
 /// Servers UP in each of the two node backends.
+/// Debian's sockjs-client (in Node) on each HTTP transport and on websocket, four sessions each,
+/// through the load balancer: every session must work (a request reaching another node than its
+/// session's would get 404 and fail it), and the sessions must land on more than one node.
+fn sockjs_through_the_load_balancer(ws: &str, root: &Path) {
+    let node = stampede_testkit::system::require("node", "nodejs");
+    stampede_testkit::system::require_file(
+        "/usr/share/nodejs/sockjs-client/package.json",
+        "node-sockjs-client",
+    );
+    let script = root.join("node/tests/sockjs/stomp_client.js");
+    let mut nodes = BTreeMap::new();
+    for transport in ["xhr-streaming", "xhr-polling", "eventsource", "websocket"] {
+        for i in 0..4 {
+            let output = Command::new(&node)
+                .arg(&script)
+                .args([&format!("http://{ws}/ws"), transport, &format!("/topic/lb-{transport}-{i}"), "self"])
+                .env("NODE_PATH", "/usr/share/nodejs:/usr/lib/nodejs")
+                .stdin(Stdio::null())
+                .output()
+                .expect("node runs");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "sockjs-client on {transport} through the load balancer: {stdout}"
+            );
+            let done: serde_json::Value =
+                serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("a JSON result");
+            assert_eq!(done["messages"][1], "from the other side", "{done}");
+            let session = done["session"].as_str().expect("a session id");
+            *nodes.entry(session[..6].to_owned()).or_insert(0) += 1;
+        }
+    }
+    say!("SockJS sessions per node (by node tag): {nodes:?}");
+    assert!(nodes.len() >= 2, "16 SockJS sessions all on one node: {nodes:?}");
+}
+
 fn lb_up(stats: &str) -> (usize, usize) {
     let servers = lb_servers(stats);
     let up = |backend: &str| servers.iter().filter(|s| s.0 == backend && s.2.starts_with("UP")).count();
@@ -935,6 +971,13 @@ fn compose_stack_survives_node_loss_partition_redis_pause_and_scale_out() {
         cluster_size(&nodes[0]).filter(|&n| n == 3)
     });
     say!("cluster up: {size} nodes {:?}", nodes.iter().map(|c| short(c)).collect::<Vec<_>>());
+
+    // ------------------------------------------------------------------------------------------
+    // s. SockJS through the load balancer: each session's requests reach the node holding it.
+    if run_step("s") {
+        say!("step s: SockJS sessions through the load balancer");
+        sockjs_through_the_load_balancer(&ws, &stack.root);
+    }
 
     // ------------------------------------------------------------------------------------------
     // a. Stop one node.

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while the node accepts clients and its engine is reachable, else 503 |
-//! | `GET /metrics` | Prometheus text format |
+//! | `GET /metrics` | OpenMetrics 1.0 when `Accept` prefers `application/openmetrics-text`, else the Prometheus text format 0.0.4 |
 //! | `POST /api/v1/publish` | publishes `{"destination", "headers", "body"}` without STOMP |
 //! | `GET /api/v1/nodes` | the live nodes of the cluster with their connection and subscription counts |
 //!
@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::destination;
 use crate::engine::{Engine, Message};
 use crate::hub::tail;
+use crate::metrics::Format;
 use crate::node::Node;
 
 /// Serves the admin API on `listener` until the task is dropped.
@@ -70,9 +71,11 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let body = node.metrics().render(node.hub().engine().queue_depths());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+async fn metrics(State(node): State<Arc<Node>>, headers: header::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let body = node.metrics().render_as(format, node.hub().queue_depths());
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 async fn nodes(State(node): State<Arc<Node>>) -> Response {

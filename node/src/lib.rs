@@ -10,7 +10,7 @@
 //! ends). [`stomp`] is the frame codec, pure. [`node`] is what all of a process shares (config,
 //! hub, metrics, admission, the drain signal); [`http`] serves health, metrics and the admin API;
 //! [`config`], [`auth`] (who a client is and what it may do), [`destination`], [`metrics`] and
-//! [`logs`] (the subscriber, the rate limit on refusal lines) stand beside.
+//! [`logs`] (the subscriber: text or JSON) stand beside.
 //! `docs/architecture.md` draws the whole graph, the lock order and the channels.
 //!
 //! The binary is thin: it loads [`config::Config`], checks the files it names with

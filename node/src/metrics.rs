@@ -2,14 +2,33 @@
 //!
 //! Counters on the hot path are resolved once at start-up (one per STOMP command, one per drop
 //! reason), so counting a frame is one atomic add, never a label lookup.
+//!
+//! Every family is listed in `docs/metrics.md`. Besides the `stampede_*` families: the standard
+//! `process_*` ones (`metrics/process.rs`). `/metrics` serves OpenMetrics to a scraper that asks
+//! for it and the Prometheus text format 0.0.4 to everyone else (`metrics/format.rs`).
+//!
+//! Layout: `metrics.rs` (the families and their label enums), `metrics/format.rs` (content
+//! negotiation, the 0.0.4 conversion), `metrics/process.rs` (`/proc/self`),
+//! `metrics/latency.rs` (the batched delivery-latency histogram).
 
-use std::sync::atomic::AtomicU64;
+mod format;
+mod latency;
+mod process;
+
+pub use format::Format;
+pub use latency::{LatencyHistogram, Tally};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::destination::Kind;
 use crate::stomp::Command;
@@ -37,6 +56,16 @@ struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabel {
     queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedisCommandLabel {
+    command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// Declares a label enum: its variants with their label values, `ALL` in declaration order, and
@@ -89,6 +118,71 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why a client's connection was refused before its session started. Counted once per
+    /// connection, for the first reason that applied.
+    RefusalReason {
+        /// `max-connections` reached.
+        NodeFull = "node_full",
+        /// `max-connections-per-ip` reached for the client's address.
+        AddressFull = "address_full",
+        /// The WebSocket handshake's `Origin` is not in `ws-origins` (403).
+        Origin = "origin",
+        /// The WebSocket handshake was not one (400, 404, 426, 431).
+        BadHandshake = "bad_handshake",
+        /// The TLS handshake failed (a client that closes before sending anything, a load
+        /// balancer's probe, is not counted).
+        Tls = "tls",
+        /// The TLS or WebSocket handshake, or the CONNECT frame, did not come within
+        /// `connect-timeout`.
+        Timeout = "timeout",
+    }
+}
+
+label_enum! {
+    /// What the cluster engine asked Redis, for its latency histogram: a command by name, one
+    /// of the engine's Lua scripts by name, or a pipeline of the publisher (a batch of
+    /// PUBLISHes, enqueues and history publishes, sent and answered together).
+    RedisCommand {
+        Pipeline = "pipeline",
+        PublishMany = "publish_many",
+        HistoryPublish = "history_publish",
+        HistoryRead = "history_read",
+        Enqueue = "enqueue",
+        Ack = "ack",
+        Release = "release",
+        Reclaim = "reclaim",
+        Depth = "depth",
+        Xreadgroup = "xreadgroup",
+        Xgroup = "xgroup",
+        Xclaim = "xclaim",
+        Sadd = "sadd",
+        Smembers = "smembers",
+        Get = "get",
+        /// The registry's heartbeat and listing commands, and anything not named above.
+        Other = "other",
+    }
+}
+
+impl RedisCommand {
+    /// The label of a command or script name (case does not matter); [`RedisCommand::Other`]
+    /// for a name not in the list.
+    pub fn of(name: &str) -> RedisCommand {
+        RedisCommand::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str().eq_ignore_ascii_case(name))
+            .unwrap_or(RedisCommand::Other)
+    }
+}
+
+/// How often a refusal of one reason is logged at most; the others meanwhile are counted and
+/// their number given with the next line.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Upper bounds of the Redis latency buckets: the same as the delivery latency's.
+const REDIS_BUCKETS: [f64; 15] = latency::BUCKETS;
+
+label_enum! {
     /// Events of the cluster engine worth counting.
     EngineEvent {
         /// Pub/sub messages lost because the delivering task fell behind.
@@ -133,7 +227,19 @@ pub struct Metrics {
     auth_failures: Counter,
     access_denied: Counter,
     engine_events: Vec<Counter>,
+    refused: Vec<Counter>,
+    /// Per refusal reason: when its next log line may be written (ms after `started`), and how
+    /// many refusals went unlogged since the last.
+    refusal_log: Vec<(AtomicU64, AtomicU64)>,
+    received_bytes: Vec<Counter>,
+    sent_bytes: Vec<Counter>,
+    delivery_latency: LatencyHistogram,
+    redis_latency: Vec<Histogram>,
     open_connections: AtomicU64,
+    started: Instant,
+    /// Held while a scrape sets the queue depths and encodes, so two scrapes at once cannot
+    /// mix their depths.
+    rendering: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -144,13 +250,48 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("stampede");
+        // The root holds what every Prometheus client exports under its standard names; the
+        // node's own families live under `stampede_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("stampede");
+        registry.register(
+            "build",
+            "The running build: 1, with its version as a label",
+            Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION") }),
+        );
         let connections_family = Family::<TransportLabel, Gauge>::default();
         registry.register("connections", "Open client connections", connections_family.clone());
         let connections = resolve(
             &connections_family,
             Transport::ALL.iter().map(|t| TransportLabel { transport: t.as_str() }),
         );
+        let refused_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused before their session started, by reason",
+            refused_family.clone(),
+        );
+        let refused =
+            resolve(&refused_family, RefusalReason::ALL.iter().map(|r| ReasonLabel { reason: r.as_str() }));
+        let refusal_log = RefusalReason::ALL.iter().map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect();
+        let transports = || Transport::ALL.iter().map(|t| TransportLabel { transport: t.as_str() });
+        let received_family = Family::<TransportLabel, Counter>::default();
+        registry.register_with_unit(
+            "received",
+            "Bytes read from client connections (TLS and WebSocket framing included), by transport",
+            Unit::Bytes,
+            received_family.clone(),
+        );
+        let received_bytes = resolve(&received_family, transports());
+        let sent_family = Family::<TransportLabel, Counter>::default();
+        registry.register_with_unit(
+            "sent",
+            "Bytes written to client connections (TLS and WebSocket framing included), by transport",
+            Unit::Bytes,
+            sent_family.clone(),
+        );
+        let sent_bytes = resolve(&sent_family, transports());
         let frames_in_family = Family::<CommandLabel, Counter>::default();
         registry.register("frames_received", "STOMP frames received, by command", frames_in_family.clone());
         let frames_out_family = Family::<CommandLabel, Counter>::default();
@@ -167,6 +308,15 @@ impl Metrics {
         let published = resolve(&published_family, Kind::ALL.iter().map(|k| KindLabel { kind: k.as_str() }));
         let delivered = Counter::default();
         registry.register("messages_delivered", "MESSAGE frames written to clients", delivered.clone());
+        let delivery_latency = LatencyHistogram::default();
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from when this node's hub took a message from the engine (a topic message as it \
+             arrived, a queue entry as it was fetched for a consumer) to when a session queued it \
+             for its socket, the batch's write following at once",
+            Unit::Seconds,
+            delivery_latency.clone(),
+        );
         let dropped_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "messages_dropped",
@@ -178,7 +328,11 @@ impl Metrics {
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Active client subscriptions", subscriptions.clone());
         let queue_depth = Family::<QueueLabel, Gauge<u64, AtomicU64>>::default();
-        registry.register("queue_depth", "Messages waiting in a queue", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Messages waiting in a queue that holds messages or has consumers on this node",
+            queue_depth.clone(),
+        );
         let errors = Counter::default();
         registry.register("protocol_errors", "ERROR frames sent to clients", errors.clone());
         let auth_failures = Counter::default();
@@ -197,8 +351,22 @@ impl Metrics {
         registry.register("engine_events", "Cluster engine events, by kind", events_family.clone());
         let engine_events =
             resolve(&events_family, EngineEvent::ALL.iter().map(|e| EventLabel { event: e.as_str() }));
+        let redis_family = Family::<RedisCommandLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(REDIS_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "redis_command_duration",
+            "Time the cluster engine waited for Redis, by command or script (pipeline: a batch \
+             of publishes and enqueues)",
+            Unit::Seconds,
+            redis_family.clone(),
+        );
+        let redis_latency = resolve(
+            &redis_family,
+            RedisCommand::ALL.iter().map(|c| RedisCommandLabel { command: c.as_str() }),
+        );
         Metrics {
-            registry,
+            registry: root,
             connections,
             frames_in,
             frames_out,
@@ -211,8 +379,51 @@ impl Metrics {
             auth_failures,
             access_denied,
             engine_events,
+            refused,
+            refusal_log,
+            received_bytes,
+            sent_bytes,
+            delivery_latency,
+            redis_latency,
             open_connections: AtomicU64::new(0),
+            started: Instant::now(),
+            rendering: Mutex::new(()),
         }
+    }
+
+    /// Counts a refused connection. `Some(n)` when this refusal is to be logged, `n` being how
+    /// many of the same reason went unlogged since the last line: one line per reason per
+    /// [`REFUSAL_LOG_EVERY`] at most, so a flood of refusals cannot flood the log.
+    #[must_use = "the refusal is logged when this says so"]
+    pub fn connection_refused(&self, reason: RefusalReason) -> Option<u64> {
+        self.refused[reason as usize].inc();
+        let (next, unlogged) = &self.refusal_log[reason as usize];
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = next.load(Ordering::Relaxed);
+        let every = REFUSAL_LOG_EVERY.as_millis() as u64;
+        if now >= due && next.compare_exchange(due, now + every, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            Some(unlogged.swap(0, Ordering::Relaxed))
+        } else {
+            unlogged.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// The counters of bytes read from and written to clients of one transport, for a
+    /// connection to add to once per read or write.
+    pub fn byte_counters(&self, transport: Transport) -> (Counter, Counter) {
+        (self.received_bytes[transport as usize].clone(), self.sent_bytes[transport as usize].clone())
+    }
+
+    /// Adds a batch's publish-to-deliver latencies.
+    pub fn delivery_latencies(&self, tally: &Tally) {
+        self.delivery_latency.add(tally);
+    }
+
+    /// Observes one wait for Redis.
+    pub fn redis_command(&self, command: RedisCommand, took: Duration) {
+        self.redis_latency[command as usize].observe(took.as_secs_f64());
     }
 
     pub fn frame_in(&self, command: Command) {
@@ -285,15 +496,27 @@ impl Metrics {
         self.access_denied.inc();
     }
 
-    /// Renders the Prometheus text format, with queue depths read now.
+    /// Renders the Prometheus text format 0.0.4, with queue depths read now.
     pub fn render(&self, queue_depths: Vec<(String, u64)>) -> String {
-        self.queue_depth.clear();
-        for (queue, depth) in queue_depths {
-            self.queue_depth.get_or_create(&QueueLabel { queue }).set(depth);
-        }
+        self.render_as(Format::Prometheus, queue_depths)
+    }
+
+    /// Renders `format`, with queue depths read now: a queue missing from `queue_depths` has no
+    /// series, so a queue that is gone takes its series with it.
+    pub fn render_as(&self, format: Format, queue_depths: Vec<(String, u64)>) -> String {
         let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        {
+            let _rendering = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+            self.queue_depth.clear();
+            for (queue, depth) in queue_depths {
+                self.queue_depth.get_or_create(&QueueLabel { queue }).set(depth);
+            }
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        }
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => format::to_prometheus(&out),
+        }
     }
 }

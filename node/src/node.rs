@@ -1,7 +1,6 @@
 //! The node: what every listener, session and admin request of one broker process shares —
-//! configuration, the hub, metrics, the drain signal, authentication and TLS, the connection
-//! counts (per node and per client address) with the admission they decide, and the rate limit
-//! on the log lines about refused connections.
+//! configuration, the hub, metrics, the drain signal, authentication and TLS, and the connection
+//! counts (per node and per client address) with the admission they decide.
 //!
 //! It sits below the transports, the sessions and the admin API, which all hold an
 //! `Arc<Node>`, and above the hub and the engine; it knows nothing of sockets or frames.
@@ -17,7 +16,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::logs::Refusals;
 use crate::metrics::Metrics;
 use crate::stomp;
 
@@ -35,7 +33,6 @@ pub struct Node {
     auth: Auth,
     /// Replaced when SIGHUP reloads the certificate; each connection takes the current one.
     tls: RwLock<Option<TlsAcceptor>>,
-    refusals: Arc<Refusals>,
 }
 
 /// Open connections by client address; locked only to count one in or out.
@@ -86,7 +83,6 @@ impl Node {
             per_address: Arc::new(Mutex::new(HashMap::new())),
             auth: Auth::off(),
             tls: RwLock::new(None),
-            refusals: Arc::default(),
         }
     }
 
@@ -109,11 +105,6 @@ impl Node {
     /// Replaces the TLS acceptor (a certificate reloaded on SIGHUP) for connections from now on.
     pub fn set_tls(&self, acceptor: TlsAcceptor) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
-    }
-
-    /// The rate limit on lines about connections refused before their session.
-    pub fn refusals(&self) -> &Arc<Refusals> {
-        &self.refusals
     }
 
     pub fn config(&self) -> &Config {

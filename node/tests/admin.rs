@@ -55,6 +55,16 @@ async fn metrics_name_every_family() {
     ] {
         assert!(initial.lines().any(|l| l == sample), "{sample} missing:\n{initial}");
     }
+    let version = format!("stampede_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(initial.lines().any(|l| l == version), "{version} missing:\n{initial}");
+    for process in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric(&initial, process).is_some_and(|v| v > 0.0), "{process} missing:\n{initial}");
+    }
     // Labelled gauges appear with their first label set: a connection and a queue.
     let mut client = node.connect(Transport::Tcp, &[]).await;
     client.publish("/queue/named", "x", &[]).await;
@@ -72,8 +82,8 @@ async fn metrics_name_every_family() {
         "stampede_subscriptions",
         "stampede_queue_depth",
     ] {
-        let family = name.trim_end_matches("_total");
-        assert!(response.body.contains(&format!("# TYPE {family} ")), "{family} missing:\n{}", response.body);
+        // The 0.0.4 format types a counter under its samples' name, `_total` included.
+        assert!(response.body.contains(&format!("# TYPE {name} ")), "{name} missing:\n{}", response.body);
         assert!(response.body.lines().any(|l| l.starts_with(name)), "no {name} sample:\n{}", response.body);
     }
     node.shutdown().await;
@@ -116,7 +126,15 @@ async fn metrics_follow_activity(t: Transport) {
     client.subscribe("/queue/m", "q", &[]).await;
     client.recv_messages(2).await;
     assert_eq!(get("stampede_messages_delivered_total").await, 4.0);
+    assert_eq!(get("stampede_delivery_latency_seconds_count").await, 4.0, "each delivery's latency");
+    assert!(get("stampede_delivery_latency_seconds_bucket{le=\"+Inf\"}").await == 4.0);
     assert_eq!(get("stampede_queue_depth{queue=\"/queue/m\"}").await, 0.0);
+    let bytes = |direction: &str| format!("stampede_{direction}_bytes_total{{transport=\"{label}\"}}");
+    let (received, sent) = (node.metric(&bytes("received")).await, node.metric(&bytes("sent")).await);
+    // At least the frames themselves: CONNECT, 3 SUBSCRIBEs and 3 SENDs in; CONNECTED, 5
+    // RECEIPTs and 4 MESSAGEs out.
+    assert!(received.is_some_and(|n| n > 200.0), "{received:?}");
+    assert!(sent.is_some_and(|n| n > 300.0), "{sent:?}");
     client.unsubscribe("a").await;
     assert_eq!(get("stampede_subscriptions").await, 2.0);
 
@@ -186,4 +204,164 @@ async fn history_publish_api_returns_the_offset(v: Variant) {
         assert_eq!((response.status, response.body), (202, format!("{{\"offset\":{offset}}}")));
     }
     cluster.shutdown().await;
+}
+
+/// `promtool`, Prometheus's own checker, from Debian's `prometheus` package (the test kit
+/// installs it when missing).
+fn promtool() -> std::path::PathBuf {
+    stampede_testkit::system::require("promtool", "prometheus")
+}
+
+/// Runs `promtool` with `args` and `input` on its standard input; panics with its output unless
+/// it exits 0.
+fn run_promtool(args: &[&str], input: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("promtool reads");
+    let output = child.wait_with_output().expect("promtool ends");
+    assert!(
+        output.status.success(),
+        "promtool {args:?} exited {}:\n{}{}\n--- input ---\n{input}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A scrape that asks for OpenMetrics (as Prometheus does) gets it, with its content type and
+/// `# EOF`; any other gets the 0.0.4 text format, in which counters are typed under their
+/// `_total` names. Both are checked by Prometheus's own parsers: `promtool check metrics` (the
+/// 0.0.4 parser and its lints) and `promtool tsdb create-blocks-from openmetrics` (the
+/// OpenMetrics parser; it imports samples, so each gets a timestamp first).
+#[tokio::test]
+async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = node.connect(Transport::Tcp, &[]).await;
+    client.subscribe("/topic/p", "t", &[]).await;
+    client.publish("/topic/p", "x", &[]).await;
+    client.recv_message().await;
+    client.publish("/queue/p", "x", &[]).await;
+
+    let text = node.get("/metrics").await;
+    assert_eq!(text.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    for line in [
+        "# TYPE stampede_frames_received_total counter",
+        "# TYPE stampede_build_info gauge",
+        "# TYPE stampede_delivery_latency_seconds histogram",
+        "# TYPE process_cpu_seconds_total counter",
+    ] {
+        assert!(text.body.lines().any(|l| l == line), "{line} missing:\n{}", text.body);
+    }
+    assert!(!text.body.contains("# EOF") && !text.body.contains("# UNIT"), "{}", text.body);
+
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;\
+                      q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let open = stampede_testkit::http::request(
+        node.admin_addr(),
+        "GET",
+        "/metrics",
+        &[("Accept", prometheus)],
+        None,
+    )
+    .await
+    .expect("/metrics");
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    assert!(open.body.lines().any(|l| l == "# TYPE stampede_frames_received counter"), "{}", open.body);
+
+    run_promtool(&["check", "metrics"], &text.body);
+    // The OpenMetrics parser of `create-blocks-from`, on a copy with a timestamp on each sample.
+    let stamped: String = open
+        .body
+        .lines()
+        .map(|line| if line.starts_with('#') { format!("{line}\n") } else { format!("{line} 1700000000\n") })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("stampede-openmetrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let input = dir.join("metrics.om");
+    std::fs::write(&input, &stamped).expect("written");
+    let blocks = dir.join("blocks");
+    let args =
+        ["tsdb", "create-blocks-from", "openmetrics", input.to_str().unwrap(), blocks.to_str().unwrap()];
+    run_promtool(&args, "");
+    let _ = std::fs::remove_dir_all(&dir);
+    node.shutdown().await;
+}
+
+/// Connections refused before their session are counted by reason, and logged, but not once per
+/// refusal: a second refusal for the same reason moments later is counted only.
+#[tokio::test]
+async fn refused_connections_are_counted_by_reason_and_logged_sparingly() {
+    let node = TestNode::start(|c| c.limits.max_connections = 2).await;
+    let refused = |reason: &'static str| {
+        let node = &node;
+        async move { node.metric(&format!("stampede_connections_refused_total{{reason=\"{reason}\"}}")).await }
+    };
+    assert_eq!(refused("node_full").await, Some(0.0), "every reason has its series from the start");
+    // Outside /ws (where a plain GET is SockJS's greeting): neither WebSocket nor SockJS.
+    let not_websocket = "GET /elsewhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut raw = tokio::net::TcpStream::connect(node.ws_addr()).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut raw, not_websocket.as_bytes()).await.expect("request");
+    let mut answer = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert_eq!(refused("bad_handshake").await, Some(1.0));
+
+    let _first = node.connect(Transport::Tcp, &[]).await;
+    let _second = node.connect(Transport::Ws, &[]).await;
+    let mut third = node.open(Transport::Tcp).await;
+    assert!(third.expect_error().await.headers.iter().any(|(_, v)| v.contains("too many connections")));
+    assert!(Client::try_ws(&node.ws_url(), &["v12.stomp"]).await.is_err(), "503 past max-connections");
+    assert_eq!(refused("node_full").await, Some(2.0));
+    assert_eq!(refused("origin").await, Some(0.0));
+    let log = node.log().text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("connection refused")).collect();
+    assert_eq!(lines.len(), 2, "one line for each reason, not for each refusal:\n{log}");
+    assert!(lines.iter().any(|l| l.contains("node_full") && l.contains("max-connections")), "{log}");
+    node.shutdown().await;
+}
+
+/// No per-queue series outlives its queue: 200 per-session queues (as Spring's user
+/// destinations make), each consumed, then unsubscribed, leave no `stampede_queue_depth` series.
+#[tokio::test]
+async fn queue_series_go_with_their_queues() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = node.connect(Transport::Tcp, &[]).await;
+    const QUEUES: usize = 200;
+    for i in 0..QUEUES {
+        client.publish(&format!("/queue/reply-session{i}"), "x", &[]).await;
+    }
+    let text = node.metrics().await;
+    let series = |text: &str| {
+        text.lines().filter(|l| l.starts_with("stampede_queue_depth{queue=\"/queue/reply-")).count()
+    };
+    assert_eq!(series(&text), QUEUES, "a queue holding messages has its series");
+    for i in 0..QUEUES {
+        client.subscribe(&format!("/queue/reply-session{i}"), &format!("s{i}"), &[]).await;
+    }
+    client.recv_messages(QUEUES).await;
+    assert_eq!(
+        node.metric("stampede_queue_depth{queue=\"/queue/reply-session7\"}").await,
+        Some(0.0),
+        "an empty queue with a consumer here keeps its series"
+    );
+    for i in 0..QUEUES {
+        client.unsubscribe(&format!("s{i}")).await;
+    }
+    let n = &node;
+    assert!(
+        holds_within(WAIT, move || async move { series(&n.metrics().await) == 0 }).await,
+        "series left behind:\n{}",
+        node.metrics().await
+    );
+    node.shutdown().await;
 }

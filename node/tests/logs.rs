@@ -1,15 +1,13 @@
 //! What the node logs for its operator (docs/operations.md): one `connected` and one
 //! `disconnected` line per session, inside the session's span (its id on every line), with the
-//! reason a session ended; refusals before a session (handshakes, full node) as one line per
-//! second per kind and one summing up the rest; JSON lines whose fields are plain values; no ANSI
-//! escapes when the output is not a terminal; and SIGHUP, which reloads the users file and the
-//! TLS certificate instead of ending the node.
+//! reason a session ended; a CONNECT that never comes as a refused connection; JSON lines whose
+//! fields are plain values; no ANSI escapes when the output is not a terminal; and SIGHUP, which
+//! reloads the users file and the TLS certificate instead of ending the node.
 //!
 //! In-process nodes (their lines captured into their [`Log`]) for the lines' content; the real
 //! binary, started by the test kit, for the JSON format, the colours and the signal.
 
 use std::io::BufRead;
-use std::net::SocketAddr;
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,6 @@ use serde_json::Value;
 use stampede::transport::tls::TlsFiles;
 use stampede_testkit::prelude::*;
 use stampede_testkit::{Cluster, Endpoint, Log};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
@@ -37,12 +34,6 @@ async fn line(log: &Log, needles: &[&str]) -> String {
         lines(log, needles).into_iter().next()
     })
     .await
-}
-
-/// The value of `suppressed=N` in a text line.
-fn suppressed(line: &str) -> u64 {
-    let (_, rest) = line.split_once("suppressed=").unwrap_or_else(|| panic!("no suppressed= in {line}"));
-    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("a count")
 }
 
 // === sessions ===
@@ -100,69 +91,18 @@ async fn a_drained_session_is_logged_as_drained_not_as_a_refused_client() {
 
 // === refusals before a session ===
 
-/// Sends a WebSocket upgrade request for `path` and returns the status line of the answer.
-async fn handshake(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
-}
-
-/// Waits until the lines with `needles` account for every one of `refused` refusals (logged,
-/// or counted in a line's `suppressed`), then checks there were at most two per second since
-/// `started` (the first of a second, and the summary at its end); returns the lines.
-async fn assert_rate_limited(log: &Log, needles: &[&str], refused: u64, started: Instant) -> Vec<String> {
-    let what = format!("{refused} refusals accounted for in lines with {needles:?}");
-    eventually_eq(WAIT, what, refused, || async {
-        lines(log, needles).iter().map(|l| 1 + suppressed(l)).sum::<u64>()
-    })
-    .await;
-    let (lines, elapsed) = (lines(log, needles), started.elapsed());
-    let most = 2 * (elapsed.as_secs() + 1);
-    assert!(lines.len() as u64 <= most, "{} lines in {elapsed:?}: {lines:#?}", lines.len());
-    lines
-}
-
+/// A client that never sends CONNECT is refused like a handshake that timed out: counted under
+/// `timeout` and logged as a refused connection (sparingly), not as a refused client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_refused_handshakes_is_logged_as_a_line_and_a_count_per_second() {
-    let node = TestNode::start(|_| {}).await;
-    let started = Instant::now();
-    const FLOOD: u64 = 40;
-    for _ in 0..FLOOD {
-        assert!(handshake(node.ws_addr(), "/nope").await.starts_with("HTTP/1.1 404"));
-    }
-    let refused =
-        assert_rate_limited(node.log(), &["refused connection", "status=404"], FLOOD, started).await;
-    assert!(refused.len() < 10, "a flood is not a line each: {refused:#?}");
-    assert!(
-        refused.iter().skip(1).any(|l| suppressed(l) > 0),
-        "a later line counts the left out: {refused:#?}"
-    );
-    assert!(refused[0].contains("peer=127.0.0.1:") && refused[0].contains("not found"), "{}", refused[0]);
-    assert!(refused[0].contains(" INFO "), "a client's mistake is information: {}", refused[0]);
-    node.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_node_warns_as_a_line_and_a_count_per_second() {
-    let node = TestNode::start(|c| c.limits.max_connections = 1).await;
-    let _held = node.connect(Transport::Tcp, &[]).await;
-    let started = Instant::now();
-    const FLOOD: u64 = 20;
-    for _ in 0..FLOOD {
-        let mut refused = node.tcp().await;
-        assert_error(&refused.expect_error().await, "max-connections");
-    }
-    assert!(handshake(node.ws_addr(), "/ws").await.starts_with("HTTP/1.1 503"));
-    // No more refusals: the ones left out are summed up at the end of their second.
-    let refused =
-        assert_rate_limited(node.log(), &["refused connection", "max-connections"], FLOOD + 1, started).await;
-    assert!(refused[0].contains(" WARN "), "a full node is a warning: {}", refused[0]);
+async fn a_connect_that_never_comes_is_a_refused_connection() {
+    let node = TestNode::start(|c| c.limits.connect_timeout = Duration::from_millis(300)).await;
+    let mut silent = node.open(Transport::Tcp).await;
+    assert_error(&silent.expect_error().await, "connect-timeout");
+    let refused = line(node.log(), &["connection refused", r#"reason="timeout""#]).await;
+    assert!(refused.contains("peer=127.0.0.1:") && refused.contains("no CONNECT frame"), "{refused}");
+    let counted = r#"stampede_connections_refused_total{reason="timeout"}"#;
+    eventually_eq(WAIT, "timeout refusals", Some(1.0), || node.metric(counted)).await;
+    assert!(lines(node.log(), &["refused client"]).is_empty(), "{}", node.log().text());
     node.shutdown().await;
 }
 

@@ -562,3 +562,63 @@ async fn node_sockjs_client_on_each_of_its_transports(variant: Variant) {
     }
     cluster.node(0).await_connections(0.0).await;
 }
+
+/// SIGTERM's drain reaches SockJS sessions as any other: an ERROR, then the close frame 1012.
+#[tokio::test]
+async fn a_drain_closes_sockjs_sessions_with_1012() {
+    let mut node = TestNode::start(|c| c.drain_period = Duration::from_millis(200)).await;
+    let addr = node.ws_addr();
+    let id = uuid::Uuid::new_v4();
+    let mut stream = Streaming::open(addr, "POST", &format!("/ws/000/{id}/xhr_streaming")).await;
+    stream.until("o\n").await;
+    assert_eq!(
+        http(addr, "POST", &format!("/ws/000/{id}/xhr_send"), &[], Some(&array(&[CONNECT]))).await.status,
+        204
+    );
+    stream.until("CONNECTED").await;
+    node.begin_shutdown();
+    let seen = stream.until("c[1012,\"server restarting\"]\n").await.to_owned();
+    assert!(seen.contains("a[\"ERROR\\n"), "{seen:?}");
+    assert!(stream.ended().await, "the response ends with the session");
+    node.shutdown().await;
+}
+
+/// A SockJS client that stops polling is a slow consumer like a socket that stops reading: its
+/// frames wait up to `outbound-buffer`, then the policy applies; the publisher and a bystander
+/// never notice.
+#[tokio::test]
+async fn a_session_that_stops_polling_is_a_slow_consumer() {
+    let node = TestNode::start(|c| {
+        c.limits.max_frame_size = 4096;
+        c.limits.outbound_buffer = 16 * 1024;
+        c.limits.write_timeout = Some(Duration::from_millis(300));
+        c.sockjs.disconnect_delay = Duration::from_secs(60);
+    })
+    .await;
+    let mut bystander = node.connect_bystander(Transport::Ws).await;
+    bystander.subscribe("/topic/bystander", "b", &[]).await;
+    let session = Polling::open(node.ws_addr(), "").await;
+    assert_eq!(
+        session.send(&[CONNECT, "SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0"]).await.status,
+        204
+    );
+    session.until("RECEIPT").await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
+    let body = "x".repeat(1000);
+    for _ in 0..200 {
+        publisher.send("/topic/flood", &body, &[]).await;
+    }
+    publisher.publish("/topic/bystander", "after the flood", &[]).await;
+    assert_eq!(body_of(&bystander.recv_message().await), "after the flood");
+    // Only the bystander and the publisher are left: the SockJS session was cut.
+    node.await_connections(2.0).await;
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = session.poll().await.body;
+        if last.starts_with('c') {
+            break;
+        }
+    }
+    assert_eq!(last, "c[1008,\"slow consumer\"]\n");
+    node.shutdown().await;
+}

@@ -2,9 +2,12 @@
 //!
 //! Topics are delivered straight to the node's inbox. History topics keep a bounded, optionally
 //! expiring log per destination, with offsets from 1 upwards. Queues are FIFO lists with an
-//! in-flight table: fetched entries wait there until acknowledged or released.
+//! in-flight table: fetched entries wait there until acknowledged or released. A queue left with
+//! neither is forgotten (its depth series with it): per-session queues come and go by the
+//! thousand. Entry ids are unique across queues, so one forgotten and made again never reuses one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -22,6 +25,8 @@ pub struct MemoryEngine {
     inbox: OnceLock<Weak<dyn Inbox>>,
     logs: Mutex<HashMap<Arc<str>, TopicLog>>,
     queues: Mutex<HashMap<Arc<str>, MemQueue>>,
+    /// The last entry id given, in any queue.
+    last_id: AtomicU64,
 }
 
 /// The retained messages of one history topic.
@@ -33,7 +38,6 @@ struct TopicLog {
 
 #[derive(Default)]
 struct MemQueue {
-    next_id: u64,
     ready: VecDeque<Stored>,
     in_flight: HashMap<EntryId, Stored>,
 }
@@ -80,6 +84,7 @@ impl MemoryEngine {
             inbox: OnceLock::new(),
             logs: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            last_id: AtomicU64::new(0),
         }
     }
 
@@ -94,8 +99,7 @@ impl MemoryEngine {
         {
             let mut queues = self.queues.lock().expect("queues lock");
             let q = queues.entry(queue.clone()).or_default();
-            q.next_id += 1;
-            let id: EntryId = q.next_id.to_string().into();
+            let id: EntryId = (self.last_id.fetch_add(1, Ordering::Relaxed) + 1).to_string().into();
             q.ready.push_back(Stored { id, message, deliveries });
             while q.ready.len() > max {
                 q.ready.pop_front();
@@ -210,6 +214,9 @@ impl Engine for MemoryEngine {
         if let Some(q) = queues.get_mut(queue) {
             for id in ids {
                 q.in_flight.remove(id);
+            }
+            if q.ready.is_empty() && q.in_flight.is_empty() {
+                queues.remove(queue);
             }
         }
         Ok(())
@@ -354,5 +361,32 @@ mod tests {
         let published = engine.publish_all(vec![message("/topic/a", "1"), message("/topic/a", "2")]).await;
         assert_eq!(published.len(), 2);
         assert!(published.iter().all(|p| matches!(p.failed(), Some(EngineError::Closed))));
+    }
+
+    /// A queue whose every entry was acknowledged is forgotten, and its depth with it; made
+    /// again, it gives new ids.
+    #[tokio::test]
+    async fn a_drained_queue_is_forgotten() {
+        let engine = MemoryEngine::new(Arc::new(Config::default()), Arc::new(Metrics::new()));
+        engine.enqueue(message("/queue/a", "1")).await.outcome().await.expect("enqueued");
+        engine.enqueue(message("/queue/b", "2")).await.outcome().await.expect("enqueued");
+        let first = engine.fetch("/queue/a", 10).await.expect("fetched");
+        let ids: Vec<EntryId> = first.iter().map(|e| e.id.clone()).collect();
+        let depths = || {
+            let mut depths = engine.queue_depths();
+            depths.sort();
+            depths
+        };
+        assert_eq!(
+            depths(),
+            [("/queue/a".to_owned(), 0), ("/queue/b".to_owned(), 1)],
+            "kept while in flight"
+        );
+        engine.ack("/queue/a", &ids).await.expect("acknowledged");
+        assert_eq!(depths(), [("/queue/b".to_owned(), 1)]);
+        engine.enqueue(message("/queue/a", "3")).await.outcome().await.expect("enqueued");
+        let again = engine.fetch("/queue/a", 10).await.expect("fetched");
+        assert_eq!(again.len(), 1);
+        assert!(!ids.contains(&again[0].id), "a new id, not {:?} again", again[0].id);
     }
 }

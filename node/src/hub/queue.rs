@@ -3,6 +3,7 @@
 //! (`prefetch-count` minus what they hold unacknowledged) and hands them out round-robin.
 //! Acknowledging or releasing entries gives the credit back and wakes the dispatcher.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +64,26 @@ impl Hub {
             dispatch.consumers.lock().expect("consumers lock").retain(|s| !Arc::ptr_eq(s, subscription));
             dispatch.wake.notify_one();
         }
+    }
+
+    /// The depths of the queues that hold messages or have consumers on this node, for the
+    /// metrics: a queue that is empty and consumed nowhere here (a per-session queue after its
+    /// session, say) has no series, so none outlives its queue. A queue consumed here that the
+    /// engine gives no depth for (the in-memory engine forgets a drained queue; the Redis engine
+    /// reads depths every few seconds) is at 0.
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        let mut depths = self.engine.queue_depths();
+        let queues = self.queues.lock().expect("queues lock");
+        depths.retain(|(queue, depth)| *depth > 0 || queues.contains_key(queue.as_str()));
+        let reported: HashSet<&str> = depths.iter().map(|(queue, _)| queue.as_str()).collect();
+        let missing: Vec<(String, u64)> = queues
+            .keys()
+            .map(|queue| &**queue)
+            .filter(|queue| !reported.contains(queue))
+            .map(|queue| (queue.to_owned(), 0))
+            .collect();
+        depths.extend(missing);
+        depths
     }
 
     /// Acknowledges queue entries a subscriber consumed, returning its credit.

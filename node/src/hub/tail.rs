@@ -5,6 +5,8 @@
 //! the publisher's headers, the offset, `content-length`, the blank line, the body and the NUL.
 //! The tail is built here once; sessions only write their head in front of it.
 
+use std::time::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::destination;
@@ -40,6 +42,9 @@ pub struct MessageTail {
     /// The body is UTF-8: WebSocket clients get a text message.
     pub text: bool,
     pub offset: Option<u64>,
+    /// When this node's hub took the message from the engine: where the delivery latency
+    /// (`stampede_delivery_latency_seconds`) starts.
+    pub received: Instant,
 }
 
 impl MessageTail {
@@ -49,7 +54,13 @@ impl MessageTail {
             || message.headers.iter().any(|(k, v)| needs_escape(k) || needs_escape(v));
         let escaped = encode_tail(&destination, message, Some(Version::V1_2));
         let raw = escapes.then(|| encode_tail(&destination, message, None));
-        MessageTail { escaped, raw, text: std::str::from_utf8(&message.body).is_ok(), offset: message.offset }
+        MessageTail {
+            escaped,
+            raw,
+            text: std::str::from_utf8(&message.body).is_ok(),
+            offset: message.offset,
+            received: Instant::now(),
+        }
     }
 
     /// The tail to write for a client speaking `version`.

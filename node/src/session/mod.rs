@@ -14,8 +14,9 @@
 //! `connected` line at CONNECTED (user, STOMP version) and one `disconnected` line at its end
 //! (user, version, `duration_ms`, and the `reason`: client DISCONNECT, peer closed, heart-beat
 //! timeout, slow consumer, drained, `ERROR <message>`, ...). A client refused before CONNECTED
-//! is logged as `refused client` instead (a connect timeout through the node's rate limit on
-//! refusals); nothing is logged per frame.
+//! is logged as `refused client` instead, except a CONNECT that never came: that is counted and
+//! logged sparingly as a refused connection (reason `timeout`), like a handshake that timed out.
+//! Nothing is logged per frame.
 //!
 //! Security decisions are [`crate::auth`]'s: at CONNECT the session asks it who the client is
 //! (an [`Identity`]), at each SEND and SUBSCRIBE whether that client may, and a token's expiry
@@ -64,7 +65,7 @@ use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
 use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
-use crate::logs::Refused;
+use crate::metrics::RefusalReason;
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
@@ -115,8 +116,6 @@ pub async fn run<S: FrameSink>(
     let span = tracing::info_span!("session", session = %session_id, %peer, transport = %transport.as_str());
     let mut session = Session {
         node: node.clone(),
-        peer,
-        opened: Instant::now(),
         sink,
         inbound,
         negotiated: Some(negotiated),
@@ -161,9 +160,6 @@ pub async fn refuse<S: FrameSink>(sink: &mut S, why: &str) -> std::io::Result<()
 
 struct Session<S> {
     node: Arc<Node>,
-    peer: SocketAddr,
-    /// When the connection was handed to the session, for the `disconnected` line's duration.
-    opened: Instant,
     sink: S,
     inbound: InboundReceiver,
     /// Taken at CONNECT, when the reader learns the version.
@@ -361,6 +357,14 @@ impl<S: FrameSink> Session<S> {
                 Err(error) => break Err(error),
             }
         };
+        // Boxed: the end's state (the reason, the close, the clean-up) is needed once; inline it
+        // would size every idle session's future.
+        Box::pin(self.end(result)).await;
+    }
+
+    /// Closes (with an ERROR if `result` is one), releases what the session held, and logs the
+    /// `disconnected` line of a session that was CONNECTED.
+    async fn end(&mut self, result: Result<(CloseReason, Ended), SessionError>) {
         let reason = match result {
             Ok((close, ended)) => {
                 let _ = self.sink.close(close).await;
@@ -368,13 +372,17 @@ impl<S: FrameSink> Session<S> {
             }
             Err(error) => {
                 let reason = error_reason(&error);
-                Box::pin(self.fail(error)).await;
+                self.fail(error).await;
                 reason
             }
         };
-        Box::pin(self.finish()).await;
+        self.finish().await;
         if let Some(version) = self.version {
-            let duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            // Since the accept, which `connect_deadline` is `connect-timeout` after (kept in no
+            // field of its own: every idle session would carry it).
+            let accepted = self.connect_deadline.checked_sub(self.node.config().limits.connect_timeout);
+            let duration_ms =
+                accepted.map_or(0, |at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX));
             tracing::info!(
                 user = self.user.as_deref(),
                 version = version.as_str(),

@@ -4,6 +4,7 @@
 //! when the session ends.
 
 use super::*;
+use crate::metrics::Tally;
 
 impl<S: FrameSink> Session<S> {
     /// Writes what the hub queued (up to a batch), flushes once, then acknowledges the `auto`
@@ -18,17 +19,31 @@ impl<S: FrameSink> Session<S> {
             // message-id, a WebSocket header and the shared tail.
             let bytes: usize = batch.iter().map(|d| d.message.len() + d.subscription.head.len() + 48).sum();
             self.sink.reserve(bytes);
+            // Each message written is observed from its arrival in the hub to now: when the
+            // batch is queued for the socket (read again after a flush within the batch).
+            let mut now = std::time::Instant::now();
+            let mut latencies = Tally::default();
             for delivery in batch {
                 taken += delivery.message.len();
-                match self.write_delivery(delivery) {
+                let received = delivery.message.received;
+                let written = self.batch_messages;
+                let outcome = self.write_delivery(delivery);
+                if self.batch_messages > written {
+                    latencies.observe(now.saturating_duration_since(received));
+                }
+                match outcome {
                     Written::Done => {}
-                    Written::Full => self.sink.flush().await.map_err(SessionError::io)?,
+                    Written::Full => {
+                        self.sink.flush().await.map_err(SessionError::io)?;
+                        now = std::time::Instant::now();
+                    }
                     Written::Stale(subscription, entry) => {
                         Box::pin(self.node.hub().release(&subscription, &entry.queue, &[entry.id], false))
                             .await?
                     }
                 }
             }
+            self.node.metrics().delivery_latencies(&latencies);
         }
         self.outbox.written(taken);
         // Counted before the flush, so a client that has its messages sees them counted.
@@ -170,8 +185,12 @@ impl<S: FrameSink> Session<S> {
         // reason; before CONNECTED there is no such line, so the refusal is logged here.
         if self.version.is_none() {
             match &error {
+                // As a TLS or WebSocket handshake that timed out: counted, and logged sparingly
+                // (the session's span names the peer).
                 SessionError::ConnectTimeout => {
-                    self.node.refusals().log(Refused::ConnectTimeout, self.peer, &error)
+                    if let Some(unlogged) = self.node.metrics().connection_refused(RefusalReason::Timeout) {
+                        tracing::info!(reason = "timeout", why = %error, unlogged, "connection refused")
+                    }
                 }
                 SessionError::ShuttingDown => tracing::debug!("closed by the drain before CONNECT"),
                 _ => tracing::info!(%error, "refused client"),

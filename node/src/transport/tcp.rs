@@ -9,7 +9,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::logs::Refused;
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
@@ -34,6 +33,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 pub(crate) struct Stomp;
 
 impl Protocol for Stomp {
+    const TRANSPORT: Transport = Transport::Tcp;
+
     /// Runs the session of a connection, or tells the client it cannot be served.
     async fn serve<S, R, W>(self, stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
     where
@@ -47,7 +48,6 @@ impl Protocol for Stomp {
         let permit = match admitted {
             Ok(permit) => permit,
             Err(refusal) => {
-                node.refusals().log(Refused::Full, peer, &refusal);
                 let _ =
                     tokio::time::timeout_at(deadline, session::refuse(&mut sink, &refusal.to_string())).await;
                 return;

@@ -11,9 +11,7 @@
 //! TLS configured the handshake runs inside the TLS stream (wss). The whole of it, TLS included,
 //! must finish within `connect-timeout` of the accept, so a client that opens a connection and
 //! sends nothing (or sends its request a byte at a time) holds a place only that long. Bytes the
-//! client sends right behind its request are kept: they are its first WebSocket frames. Each
-//! refusal is logged through the node's rate limit ([`crate::logs::Refusals`]): a line per
-//! status per second, and one summing up the rest.
+//! client sends right behind its request are kept: they are its first WebSocket frames.
 //!
 //! No extension is negotiated: permessage-deflate is not offered, and an offer of it is ignored
 //! (compression would let a small message cost much memory, and would leak secrets through
@@ -53,8 +51,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::logs::Refused;
-use crate::metrics::Transport;
+use crate::metrics::{RefusalReason, Transport};
 use crate::node::Node;
 use crate::session::{self, Accepted, CloseReason, FrameSink};
 use crate::transport::accept::{self, Incoming, Protocol};
@@ -97,6 +94,8 @@ pub(crate) struct WebSocket {
 }
 
 impl Protocol for WebSocket {
+    const TRANSPORT: Transport = Transport::Ws;
+
     /// The WebSocket handshake on a plain or TLS stream, then the session over the stream's two
     /// halves (`split`).
     async fn serve<S, R, W>(self, mut stream: S, split: impl FnOnce(S) -> (R, W) + Send, incoming: Incoming)
@@ -123,12 +122,13 @@ impl Protocol for WebSocket {
                 Box::pin(sockjs::serve_http(stream, request, endpoint)).await;
                 return;
             }
+            // A refused admission was counted when it was decided.
             Ok(Ok(Outcome::Refused(rejection))) => {
-                let kind = match (&admitted, rejection.status) {
-                    (Err(_), 503 | 429) => Refused::Full,
-                    (_, status) => Refused::Handshake(status),
-                };
-                node.refusals().log(kind, peer, &rejection);
+                let reason =
+                    if rejection.status == 403 { RefusalReason::Origin } else { RefusalReason::BadHandshake };
+                if admitted.is_ok() {
+                    accept::refused(&node, peer, reason, &rejection);
+                }
                 return;
             }
             Ok(Err(error)) => {
@@ -136,8 +136,9 @@ impl Protocol for WebSocket {
                 return;
             }
             Err(_) => {
-                let why = "WebSocket handshake not done within connect-timeout";
-                node.refusals().log(Refused::ConnectTimeout, peer, &why);
+                if admitted.is_ok() {
+                    accept::refused(&node, peer, RefusalReason::Timeout, &"WebSocket handshake timed out");
+                }
                 return;
             }
         };

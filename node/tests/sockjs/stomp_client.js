@@ -1,14 +1,15 @@
 // STOMP over SockJS with Debian's sockjs-client (node-sockjs-client), forced onto one transport.
-// Usage: node stomp_client.js <sockjs-url> <transport> <topic>
+// Usage: node stomp_client.js <sockjs-url> <transport> <topic> [self]
 // Speaks STOMP 1.2 by hand (a dozen lines, no STOMP library): CONNECT with heart-beats 200,200,
 // SUBSCRIBE to <topic> with a receipt, SEND a message to it (its own copy must come back), then
 // wait for a message the test sends from another client, count the server's heart-beats for a
 // second, DISCONNECT with a receipt. Prints one JSON object per line on stdout for the test to
 // follow: {"event": "echoed"} when its own message came back, then {"event": "done", ...}.
+// With `self`, it sends that second message itself (no other client needed).
 'use strict';
 const SockJS = require('sockjs-client');
 
-const [url, transport, topic] = process.argv.slice(2);
+const [url, transport, topic, self] = process.argv.slice(2);
 const BODY = 'h\u00e9llo \u2603 \u2028 "quoted" \\ end';
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 const fail = (why) => { out({ event: 'failed', why }); process.exit(1); };
@@ -53,6 +54,7 @@ sock.onmessage = (e) => {
 function on(command, headers, body) {
   if (command === 'CONNECTED') {
     result.version = headers.version;
+    result.session = headers.session;
     result.heartBeat = headers['heart-beat'];
     beat = setInterval(() => sock.send('\n'), 150);
     sock.send(frame('SUBSCRIBE', { id: 'sub-0', destination: topic, receipt: 'subscribed' }));
@@ -63,6 +65,7 @@ function on(command, headers, body) {
     if (result.messages.length === 1) {
       if (body !== BODY) fail('own message came back as ' + JSON.stringify(body));
       out({ event: 'echoed' });
+      if (self === 'self') sock.send(frame('SEND', { destination: topic }, 'from the other side'));
     } else {
       counting = true;
       setTimeout(() => {

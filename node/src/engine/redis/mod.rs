@@ -76,8 +76,8 @@ use crate::config::Config;
 use crate::engine::{
     Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
 };
-use crate::metrics::EngineEvent;
 use crate::metrics::Metrics;
+use crate::metrics::{EngineEvent, RedisCommand};
 pub use envelope::Envelope;
 use keys::Keys;
 use publisher::{Op, ScriptReply};
@@ -332,10 +332,25 @@ impl Inner {
         } else {
             ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
         };
-        self.client
-            .custom::<Value, Value>(CustomCommand::new_static(name, hash, false), args)
-            .await
-            .map_err(unavailable)
+        let started = std::time::Instant::now();
+        let reply =
+            self.client.custom::<Value, Value>(CustomCommand::new_static(name, hash, false), args).await;
+        self.metrics.redis_command(RedisCommand::of(name), started.elapsed());
+        reply.map_err(unavailable)
+    }
+
+    /// Runs one of the engine's scripts (see [`scripts::Script::run`]), its wait observed like
+    /// a command's.
+    async fn script(
+        &self,
+        script: &scripts::Script,
+        keys: &[&str],
+        args: Vec<Value>,
+    ) -> Result<Value, fred::error::Error> {
+        let started = std::time::Instant::now();
+        let reply = script.run(&self.client, keys, args).await;
+        self.metrics.redis_command(RedisCommand::of(script.name), started.elapsed());
+        reply
     }
 
     /// Adds a queue to the `queues` set once per process (again after each reconnect, see the
@@ -359,8 +374,12 @@ impl Inner {
             .map_or(0, |ttl| ttl.as_millis().max(1) as i64);
         let (seq_key, log_key) = (self.keys.seq(destination), self.keys.log(destination));
         let first = format!("0-{}", since.saturating_add(1));
-        let reply = scripts::HISTORY_READ
-            .run(&self.client, &[&seq_key, &log_key], vec![Value::from(first), Value::Integer(ttl_ms)])
+        let reply = self
+            .script(
+                &scripts::HISTORY_READ,
+                &[&seq_key, &log_key],
+                vec![Value::from(first), Value::Integer(ttl_ms)],
+            )
             .await
             .map_err(unavailable)?;
         let mut items = reply.into_array().into_iter();

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::scripts::{self, Script};
 use super::{unavailable, Inner};
 use crate::engine::EngineError;
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, RedisCommand};
 
 /// Requests queued to the task at most; past that publishers wait.
 pub(super) const CAPACITY: usize = 4096;
@@ -142,7 +142,10 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
             }
         };
     }
-    let mut results = pipeline.try_all::<Value>().await.into_iter();
+    let started = std::time::Instant::now();
+    let results = pipeline.try_all::<Value>().await;
+    inner.metrics.redis_command(RedisCommand::Pipeline, started.elapsed());
+    let mut results = results.into_iter();
     let mut jobs = jobs.into_iter();
     let mut reload = Vec::new();
     for group in groups {
@@ -164,11 +167,11 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
     for members in reload {
         let result = match &members[0].op {
             Op::Publish { .. } => {
-                scripts::PUBLISH_MANY.run(&inner.client, &[], publish_many_args(&members)).await
+                inner.script(&scripts::PUBLISH_MANY, &[], publish_many_args(&members)).await
             }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                script.run(&inner.client, &keys, args.clone()).await
+                inner.script(script, &keys, args.clone()).await
             }
         };
         answer_all(inner, members, result);

@@ -34,7 +34,7 @@ pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Resul
         Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
         Value::from(inner.keys.channel(queue)),
     ];
-    let reply = scripts::ENQUEUE.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
+    let reply = inner.script(&scripts::ENQUEUE, &[&key], args).await.map_err(unavailable)?;
     let dropped = reply.as_u64().unwrap_or(0);
     if dropped > 0 {
         inner.metrics.dropped(DropReason::QueueFull, dropped);
@@ -138,7 +138,7 @@ pub(super) async fn ack(inner: &Inner, queue: &str, ids: &[EntryId]) -> Result<(
 async fn delete(inner: &Inner, queue: &str, ids: Vec<Value>) -> Result<(), EngineError> {
     let key = inner.keys.queue(queue);
     for chunk in ids.chunks(IDS_PER_CALL) {
-        scripts::ACK.run(&inner.client, &[&key], chunk.to_vec()).await.map_err(unavailable)?;
+        inner.script(&scripts::ACK, &[&key], chunk.to_vec()).await.map_err(unavailable)?;
     }
     Ok(())
 }
@@ -160,7 +160,7 @@ pub(super) async fn release(
             Value::from(inner.keys.channel(queue)),
         ];
         args.extend(chunk.iter().map(|id| Value::from(&**id)));
-        let reply = scripts::RELEASE.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
+        let reply = inner.script(&scripts::RELEASE, &[&key], args).await.map_err(unavailable)?;
         let mut items = reply.into_array().into_iter();
         let dropped = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let _moved = items.next();
@@ -324,7 +324,7 @@ async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineErr
                 Value::from(inner.keys.channel(&queue)),
                 cursor.clone(),
             ];
-            let reply = scripts::RECLAIM.run(&inner.client, &[&key], args).await.map_err(unavailable)?;
+            let reply = inner.script(&scripts::RECLAIM, &[&key], args).await.map_err(unavailable)?;
             let mut items = reply.into_array().into_iter();
             let next = items.next().unwrap_or(Value::Null);
             let claimed = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
@@ -364,7 +364,7 @@ pub(super) async fn read_depths(inner: &Inner) {
         queues.into_array().iter().filter_map(Value::as_string).take(DEPTH_QUEUES).collect();
     let reads = names.iter().map(|queue| async move {
         let key = inner.keys.queue(queue);
-        let depth = scripts::DEPTH.run(&inner.client, &[&key], Vec::new()).await.ok()?.as_u64()?;
+        let depth = inner.script(&scripts::DEPTH, &[&key], Vec::new()).await.ok()?.as_u64()?;
         Some((queue.clone(), depth))
     });
     let depths: Vec<(String, u64)> =

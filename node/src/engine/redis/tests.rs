@@ -438,6 +438,16 @@ async fn queue_entries_go_to_exactly_one_node_and_come_back_when_released() {
     let len = raw(&b, "XLEN", "stampede:{/queue/q}:q", &["stampede:{/queue/q}:q"]).await;
     assert_eq!(len.as_u64(), Some(0), "acknowledged entries are deleted");
     assert!(b.engine.inner.in_flight.lock().expect("lock").is_empty());
+
+    // Every wait for Redis is observed, under the command's or the script's name.
+    let observed = |node: &Node, command: &str| {
+        counter(&node.metrics, &format!("redis_command_duration_seconds_count{{command=\"{command}\"}}"))
+    };
+    assert!(observed(&a, "pipeline") >= 1, "the enqueues went as pipelines");
+    assert!(observed(&b, "xreadgroup") >= 3, "each fetch is an XREADGROUP");
+    assert!(observed(&a, "release") + observed(&b, "release") >= 1, "one of them held entries");
+    assert!(observed(&b, "ack") >= 1);
+    assert_eq!(observed(&b, "publish_many"), 0, "no topic was published to");
 }
 
 /// Redis only: the engine reads queue depths from Redis (ready entries, not those in flight),
