@@ -30,7 +30,10 @@ every_engine!(
     unsubscribe_stops_delivery,
     nothing_of_a_subscription_follows_its_unsubscribe_receipt,
     dead_letter_after_max_deliveries,
+    nack_without_requeue_dead_letters,
     prefetch_limits_in_flight,
+    prefetch_holds_back_topic_messages_in_client_modes,
+    durable_topic_subscriptions_are_refused,
     queue_keeps_messages_until_subscribe,
     queue_bound_drops_oldest,
     queue_bound_and_released_messages,
@@ -430,6 +433,101 @@ async fn dead_letter_after_max_deliveries(v: Variant) {
     assert_eq!((body(&dead).as_str(), header(&dead, "x-k")), ("bad", "v"));
     assert_eq!(header(&dead, "destination"), "/queue/poison.dlq");
     dlq.assert_quiet().await;
+    cluster.shutdown().await;
+}
+
+/// RabbitMQ's `requeue:false` on NACK: the message goes to `<queue>.dlq` at once (no
+/// `queue-max-deliveries` set), and is not delivered again; a NACK without it redelivers.
+async fn nack_without_requeue_dead_letters(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut consumer = cluster.connect(0).await;
+    consumer.subscribe("/queue/rq", "s", &[("ack", "client-individual"), ("prefetch-count", "1")]).await;
+    let mut publisher = cluster.connect(1).await;
+    publisher.publish("/queue/rq", "poison", &[("x-k", "v")]).await;
+    publisher.publish("/queue/rq", "again", &[]).await;
+    let poison = consumer.recv_message().await;
+    assert_eq!(body(&poison), "poison");
+    consumer.request(nack_frame(&poison).with_header("requeue", "false")).await;
+    let again = consumer.recv_message().await;
+    assert_eq!(body(&again), "again");
+    consumer.request(nack_frame(&again).with_header("requeue", "true")).await;
+    let redelivered = consumer.recv_message().await;
+    assert_eq!((body(&redelivered).as_str(), redelivered.get("redelivered")), ("again", Some("true")));
+    consumer.ack(&redelivered).await;
+    consumer.assert_quiet().await;
+    assert_eq!(cluster.metric("stampede_messages_dropped_total{reason=\"dead_lettered\"}").await, 1.0);
+    let mut dlq = cluster.connect(2).await;
+    dlq.subscribe("/queue/rq.dlq", "dlq", &[]).await;
+    let dead = dlq.recv_message().await;
+    assert_eq!((body(&dead).as_str(), header(&dead, "x-k")), ("poison", "v"));
+    assert_eq!(header(&dead, "destination"), "/queue/rq.dlq");
+    dlq.assert_quiet().await;
+    // Anything but true or false is refused.
+    let refused = consumer.request_refused(nack_frame(&redelivered).with_header("requeue", "no")).await;
+    assert_error(&refused, "requeue must be true or false");
+    cluster.shutdown().await;
+}
+
+/// `prefetch-count` on a topic subscription in a client mode: at most that many messages
+/// unacknowledged; the next wait (in order) until an ACK or NACK makes room. Without the header
+/// a topic subscription is not held back, as before.
+async fn prefetch_holds_back_topic_messages_in_client_modes(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut windowed = cluster.connect(0).await;
+    windowed.subscribe("/topic/pf", "w", &[("ack", "client-individual"), ("prefetch-count", "2")]).await;
+    let mut cumulative = cluster.connect(1).await;
+    cumulative.subscribe("/topic/pf", "c", &[("ack", "client"), ("prefetch-count", "2")]).await;
+    let mut free = cluster.connect(2).await;
+    free.subscribe("/topic/pf", "f", &[("ack", "client")]).await;
+    let mut publisher = cluster.connect(3).await;
+    for i in 1..=5 {
+        publisher.publish("/topic/pf", &i.to_string(), &[]).await;
+    }
+    let free_bodies: Vec<String> = free.recv_messages(5).await.iter().map(body).collect();
+    assert_eq!(free_bodies, ["1", "2", "3", "4", "5"]);
+
+    let first = windowed.recv_messages(2).await;
+    assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["1", "2"]);
+    windowed.assert_quiet().await;
+    windowed.ack(&first[1]).await;
+    assert_eq!(body(&windowed.recv_message().await), "3");
+    windowed.assert_quiet().await;
+    // A NACK makes room too; topic messages are not redelivered.
+    windowed.nack(&first[0]).await;
+    assert_eq!(body(&windowed.recv_message().await), "4");
+    windowed.assert_quiet().await;
+
+    // In client mode an ACK covers every earlier message of the subscription.
+    let held = cumulative.recv_messages(2).await;
+    assert_eq!(held.iter().map(body).collect::<Vec<_>>(), ["1", "2"]);
+    cumulative.assert_quiet().await;
+    cumulative.ack(&held[1]).await;
+    let rest: Vec<String> = cumulative.recv_messages(2).await.iter().map(body).collect();
+    assert_eq!(rest, ["3", "4"]);
+    cumulative.assert_quiet().await;
+    cluster.shutdown().await;
+}
+
+/// RabbitMQ's durable topic subscriptions are refused with an ERROR that names what to use
+/// instead; on a queue the headers are harmless (queues keep their messages anyway).
+async fn durable_topic_subscriptions_are_refused(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    for (i, header_name) in ["durable", "persistent"].into_iter().enumerate() {
+        let mut client = cluster.connect(i).await;
+        client.subscribe("/queue/kept", "q", &[(header_name, "true")]).await;
+        client.subscribe("/topic/live", "t0", &[(header_name, "false")]).await;
+        let refused = client
+            .request_refused(
+                subscribe_frame("/topic/live", "t")
+                    .with_header(header_name, "true")
+                    .with_header("ack", "client"),
+            )
+            .await;
+        assert_error(&refused, &format!("{header_name}:true: durable topic subscriptions are not supported"));
+        assert_error(&refused, "x-since");
+        assert_error(&refused, "/queue/");
+        client.expect_closed(WAIT).await;
+    }
     cluster.shutdown().await;
 }
 

@@ -24,6 +24,7 @@ every_engine!(
     repeated_headers_first_wins,
     receipts_for_every_command,
     receipts_for_frames_in_a_transaction,
+    no_receipts_for_frames_of_an_aborted_transaction,
     user_headers_reach_message,
     message_ids_are_unique,
     subscription_header_names_the_subscription,
@@ -259,26 +260,71 @@ async fn receipts_for_every_command(v: Variant) {
     cluster.shutdown().await;
 }
 
-/// STOMP: any client frame but CONNECT may ask for a RECEIPT, transactional ones included.
+/// STOMP: any client frame but CONNECT may ask for a RECEIPT, transactional ones included. A
+/// receipt says what the frame did, so a transactional frame's comes once COMMIT has done it: a
+/// SEND's when its message is stored, an ACK's when it is settled, in order, and the COMMIT's
+/// after them all.
 async fn receipts_for_frames_in_a_transaction(v: Variant) {
     let cluster = Cluster::start(v, |_| {}).await;
     let mut client = cluster.connect(0).await;
-    client.subscribe("/queue/rtx", "s", &[("ack", "client-individual")]).await;
+    client.subscribe("/queue/rtx", "s", &[("ack", "client-individual"), ("prefetch-count", "1")]).await;
     client.publish("/queue/rtx", "m", &[]).await;
     let message = client.recv_message().await;
     client.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
     client.send_frame(&tx_send("/queue/rtx", "in tx", "t1").with_header("receipt", "tx-send")).await.unwrap();
-    let receipt =
-        client.recv_frame(Duration::from_secs(1)).await.expect("a RECEIPT for SEND in a transaction");
-    assert_eq!((receipt.command, receipt.get("receipt-id")), (Command::Receipt, Some("tx-send")));
     let ack = Frame::new(Command::Ack)
         .with_header("id", ack_id(&message))
         .with_header("transaction", "t1")
         .with_header("receipt", "tx-ack");
     client.send_frame(&ack).await.unwrap();
-    let receipt =
-        client.recv_frame(Duration::from_secs(1)).await.expect("a RECEIPT for ACK in a transaction");
-    assert_eq!((receipt.command, receipt.get("receipt-id")), (Command::Receipt, Some("tx-ack")));
+    client
+        .send_frame(&tx_send("/queue/rtx", "in tx 2", "t1").with_header("receipt", "tx-send-2"))
+        .await
+        .unwrap();
+    // Nothing is published or settled before COMMIT, so nothing is confirmed either.
+    client.assert_quiet().await;
+    let commit =
+        Frame::new(Command::Commit).with_header("transaction", "t1").with_header("receipt", "commit");
+    client.send_frame(&commit).await.unwrap();
+    let mut receipts = Vec::new();
+    let mut bodies = Vec::new();
+    while receipts.last().map(String::as_str) != Some("commit") {
+        let frame = client.recv_frame(WAIT).await.expect("the receipts after COMMIT");
+        match frame.command {
+            Command::Receipt => receipts.push(header(&frame, "receipt-id").to_owned()),
+            Command::Message => bodies.push(body(&frame)),
+            _ => panic!("unexpected {}", show(&frame)),
+        }
+    }
+    assert_eq!(receipts, ["tx-send", "tx-ack", "tx-send-2", "commit"]);
+    // The committed SEND was stored: the consumer, its slot freed by the ACK, gets it.
+    if bodies.is_empty() {
+        bodies.push(body(&client.recv_message().await));
+    }
+    assert_eq!(bodies, ["in tx"]);
+    cluster.shutdown().await;
+}
+
+/// ABORT discards a transaction's frames, and with them their receipts: no RECEIPT says a
+/// discarded SEND was published; the ABORT's own RECEIPT answers for them.
+async fn no_receipts_for_frames_of_an_aborted_transaction(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let mut sub = cluster.connect(0).await;
+    sub.subscribe("/topic/rtxa", "s", &[]).await;
+    let mut client = cluster.connect(1).await;
+    client.request(Frame::new(Command::Begin).with_header("transaction", "t1")).await;
+    client
+        .send_frame(&tx_send("/topic/rtxa", "never", "t1").with_header("receipt", "tx-send"))
+        .await
+        .unwrap();
+    client.assert_quiet().await;
+    let abort = Frame::new(Command::Abort).with_header("transaction", "t1").with_header("receipt", "abort");
+    client.send_frame(&abort).await.unwrap();
+    let receipt = client.recv_frame(WAIT).await.expect("the ABORT's receipt");
+    assert_eq!((receipt.command, header(&receipt, "receipt-id")), (Command::Receipt, "abort"));
+    client.assert_quiet().await;
+    client.publish("/topic/rtxa", "end", &[]).await;
+    assert_eq!(sub.bodies_until("end").await, Vec::<String>::new());
     cluster.shutdown().await;
 }
 

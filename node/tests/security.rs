@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use stampede::config::{AclDefault, Config, OriginPolicy, Secret};
-use stampede::stomp::Command;
+use stampede::stomp::{Command, Frame};
 use stampede_testkit::prelude::*;
 use tokio_tungstenite::tungstenite;
 
@@ -225,6 +225,59 @@ async fn rules_for_roles_from_the_users_file_and_from_tokens() {
         assert_error(&refused, "not authorized to publish to /topic/prices/usd");
     }
     assert_eq!(node.metric("stampede_access_denied_total").await.unwrap_or(0.0), 2.0);
+    node.shutdown().await;
+}
+
+/// The relay case (Spring's `StompBrokerRelay`: one system session carries every application
+/// SEND): a SEND refused on a session with the `relay` role gets an ERROR, with the receipt-id
+/// it asked for, and the connection stays open, so one faulty message does not cut every
+/// session behind the relay. Everyone else keeps STOMP's ERROR and close, and input that leaves
+/// the stream unusable closes a relay too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_refused_send_keeps_its_connection() {
+    let keys = Keys::new();
+    let node = TestNode::start(|c| keys.secure(c)).await;
+    let relay_token = Token::for_user("spring").claim("roles", json!(["relay", "traders"])).rs256();
+    for t in BOTH {
+        let mut relay = node.connect(t, &[("passcode", &relay_token)]).await;
+        let mut watcher = node.connect(t, &[("login", "ops"), ("passcode", "ops-pw")]).await;
+        watcher.subscribe("/topic/prices/usd", "p", &[]).await;
+        let long = format!("/queue/{}", "x".repeat(1100));
+        let refusals = [
+            (send_frame("/exchange/amq.topic/x", "a", &[]), "unknown destination"),
+            (send_frame(&long, "b", &[]), "longer than 1024 bytes"),
+            (send_frame("/topic/prices/usd", "c", &[]), "not authorized to publish to /topic/prices/usd"),
+            (Frame::new(Command::Send).with_body("d"), "lacks the required destination header"),
+        ];
+        for (frame, reason) in refusals {
+            // With a receipt: the ERROR carries its id.
+            let refused = relay.request_refused(frame.clone()).await;
+            assert_error(&refused, reason);
+            assert!(refused.get("receipt-id").is_some(), "{}", show(&refused));
+            // Without one: the ERROR alone.
+            relay.send_frame(&frame).await.unwrap();
+            let refused = relay.recv_frame(WAIT).await.expect("an ERROR");
+            assert_error(&refused, reason);
+            assert_eq!(refused.get("receipt-id"), None);
+        }
+        // The connection carries on: a good SEND is confirmed, a SUBSCRIBE too and its messages
+        // arrive; the refused SEND reached nobody.
+        relay.publish("/queue/orders", "buy", &[]).await;
+        relay.subscribe("/topic/prices/usd", "p", &[]).await;
+        watcher.publish("/topic/prices/usd", "1.08", &[]).await;
+        assert_eq!(body(&relay.recv_message().await), "1.08");
+        assert_eq!(body(&watcher.recv_message().await), "1.08");
+        watcher.assert_quiet().await;
+
+        // Without the role: the same SEND ends the connection, as STOMP says.
+        let mut trader = node.connect(t, &[("login", "ann"), ("passcode", "ann-pw")]).await;
+        trader.send("/exchange/amq.topic/x", "a", &[]).await;
+        assert_error(&trader.expect_error().await, "unknown destination");
+
+        // A relay's broken stream still closes it.
+        relay.send_raw(b"SEND\ndestination:/topic/public.news\nbad\n\n\0").await.unwrap();
+        relay.expect_error().await;
+    }
     node.shutdown().await;
 }
 

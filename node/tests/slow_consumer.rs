@@ -170,3 +170,31 @@ async fn a_client_that_takes_nothing_for_the_write_timeout_is_closed() {
     assert!(ended, "the stalled client's connection was closed");
     node.shutdown().await;
 }
+
+/// A topic subscriber that holds its `prefetch-count` window full without acknowledging, while
+/// reading everything it is sent: the messages waiting behind the window count against its
+/// outbound buffer, so it meets the slow-consumer policy as a subscriber that stops reading does,
+/// and the node holds no more than the buffer for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_topic_prefetch_window_meets_the_slow_consumer_policy() {
+    let node = TestNode::start(|c| {
+        c.limits.outbound_buffer = 64 * 1024;
+        c.limits.slow_consumer = SlowConsumerPolicy::Disconnect;
+    })
+    .await;
+    let mut holder = node.connect(Transport::Tcp, &[]).await;
+    holder.subscribe(TOPIC, "s", &[("ack", "client-individual"), ("prefetch-count", "2")]).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
+    let payload = "x".repeat(4096);
+    // One at a time, each confirmed: a holder that is not held back has every one written long
+    // before the next, and its buffer never fills.
+    for _ in 0..32 {
+        publisher.publish(TOPIC, &payload, &[]).await;
+    }
+    // 32 messages of 4 KiB: two written, the rest held until they pass the 64 KiB buffer.
+    let frames = holder.expect_closed(WAIT).await;
+    let commands: Vec<Command> = frames.iter().map(|f| f.command).collect();
+    assert_eq!(commands, [Command::Message, Command::Message, Command::Error], "{commands:?}");
+    assert_error(&frames[2], "slow consumer");
+    node.shutdown().await;
+}

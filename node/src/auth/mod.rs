@@ -12,6 +12,9 @@
 //! from the configuration and from the token. `/user/<name>/...` destinations are private: a
 //! client always receives only its own, and sends to another user's only where a rule allows it.
 //!
+//! One role means something to the node itself: [`RELAY_ROLE`], for a connection that carries
+//! other people's messages (a relay), whose refused SENDs are reported without closing it.
+//!
 //! The same module checks the admin API's bearer token and WebSocket origins.
 //!
 //! The users file and the JWT keys can be read again while the node runs ([`Auth::reload`], on
@@ -40,6 +43,12 @@ use settings::{OriginPolicy, Secret};
 /// The destination a client SENDs a fresh token to, to extend its connection past the expiry of
 /// the token it connected with.
 pub const REFRESH_DESTINATION: &str = "/auth/refresh";
+
+/// The role of a trusted relay (Spring's `StompBrokerRelay` system session, a gateway): a SEND
+/// refused on its connection gets an ERROR that does not close it. Many users' traffic shares
+/// such a connection, and closing it for one faulty message cuts them all (Spring calls the
+/// broker unavailable and drops every session it relays).
+pub const RELAY_ROLE: &str = "relay";
 
 /// Longest token accepted, in bytes; longer ones are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -89,6 +98,11 @@ impl Identity {
 
     pub fn authenticated(&self) -> bool {
         self.method != Method::Trusted
+    }
+
+    /// Whether the client has the [`RELAY_ROLE`]: its refused SENDs leave the connection open.
+    pub fn is_relay(&self) -> bool {
+        self.roles.iter().any(|role| role == RELAY_ROLE)
     }
 }
 

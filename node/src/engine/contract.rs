@@ -34,6 +34,7 @@ stampede_testkit::variants! {
     queues_deliver_acknowledge_and_redeliver: memory => Kind::Memory, redis => Kind::Redis;
     queues_keep_a_bounded_backlog_and_dead_letter_after_max_deliveries:
         memory => Kind::Memory, redis => Kind::Redis;
+    refused_entries_go_straight_to_the_dead_letter_queue: memory => Kind::Memory, redis => Kind::Redis;
     the_registry_lists_this_node: memory => Kind::Memory, redis => Kind::Redis;
 }
 
@@ -339,6 +340,29 @@ async fn queues_keep_a_bounded_backlog_and_dead_letter_after_max_deliveries(kind
     assert_eq!(dead[0].redeliveries, 0);
     assert_eq!(under.counter("messages_dropped_total{reason=\"dead_lettered\"}"), 1);
     assert_eq!(under.depth("/queue/d").await, 0);
+}
+
+/// An entry a client refused (NACK `requeue:false`) moves to `<queue>.dlq` at once, on its
+/// first delivery and without `queue-max-deliveries` set; the others stay where they were.
+async fn refused_entries_go_straight_to_the_dead_letter_queue(kind: Kind) {
+    let under = start(kind, |_| {}).await;
+    let a = &under.engine;
+    for body in ["keep", "refuse"] {
+        a.enqueue(message("/queue/r", body)).await.outcome().await.expect("enqueue");
+    }
+    let held = a.fetch("/queue/r", 10).await.expect("fetch");
+    assert_eq!(bodies(&held), ["keep", "refuse"]);
+    a.dead_letter("/queue/r", &ids(&held[1..])).await.expect("dead letter");
+    a.release("/queue/r", &ids(&held[..1]), true).await.expect("release");
+    let back = a.fetch("/queue/r", 10).await.expect("fetch");
+    assert_eq!(bodies(&back), ["keep"]);
+    let dead = a.fetch("/queue/r.dlq", 10).await.expect("fetch");
+    assert_eq!(bodies(&dead), ["refuse"]);
+    assert_eq!(&*dead[0].message.destination, "/queue/r.dlq");
+    assert_eq!(under.counter("messages_dropped_total{reason=\"dead_lettered\"}"), 1);
+    // Refusing what is no longer held moves nothing.
+    a.dead_letter("/queue/r", &ids(&held[1..])).await.expect("dead letter");
+    assert!(a.fetch("/queue/r.dlq", 10).await.expect("fetch").is_empty());
 }
 
 /// The engine lists the live nodes of its cluster: this one at least.

@@ -88,6 +88,42 @@ impl MemoryEngine {
         }
     }
 
+    /// Puts in-flight entries back at the head of `queue`, in their original order, or moves
+    /// those delivered `max_deliveries` times (0: no bound) to `<queue>.dlq`.
+    fn requeue(&self, queue: &str, ids: &[EntryId], delivered: bool, max_deliveries: u32) {
+        let mut dead = Vec::new();
+        {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let Some(q) = queues.get_mut(queue) else {
+                return;
+            };
+            // Back to the head, in their original order.
+            for id in ids.iter().rev() {
+                let Some(mut stored) = q.in_flight.remove(id) else {
+                    continue;
+                };
+                if !delivered {
+                    stored.deliveries = stored.deliveries.saturating_sub(1);
+                }
+                if max_deliveries > 0 && stored.deliveries >= max_deliveries {
+                    dead.push(stored.message);
+                } else {
+                    q.ready.push_front(stored);
+                }
+            }
+        }
+        for message in dead.into_iter().rev() {
+            let dlq: Arc<str> = format!("{queue}.dlq").into();
+            let mut moved = Message::clone(&message);
+            moved.destination = dlq.clone();
+            self.push_ready(&dlq, Arc::new(moved), 0);
+            self.metrics.dropped(DropReason::DeadLettered, 1);
+        }
+        if let Some(inbox) = self.inbox() {
+            inbox.queue_ready(queue);
+        }
+    }
+
     fn inbox(&self) -> Option<Arc<dyn Inbox>> {
         self.inbox.get().and_then(Weak::upgrade)
     }
@@ -223,38 +259,13 @@ impl Engine for MemoryEngine {
     }
 
     async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
-        let max_deliveries = self.config.queues.max_deliveries;
-        let mut dead = Vec::new();
-        {
-            let mut queues = self.queues.lock().expect("queues lock");
-            let Some(q) = queues.get_mut(queue) else {
-                return Ok(());
-            };
-            // Back to the head, in their original order.
-            for id in ids.iter().rev() {
-                let Some(mut stored) = q.in_flight.remove(id) else {
-                    continue;
-                };
-                if !delivered {
-                    stored.deliveries = stored.deliveries.saturating_sub(1);
-                }
-                if max_deliveries > 0 && stored.deliveries >= max_deliveries {
-                    dead.push(stored.message);
-                } else {
-                    q.ready.push_front(stored);
-                }
-            }
-        }
-        for message in dead.into_iter().rev() {
-            let dlq: Arc<str> = format!("{queue}.dlq").into();
-            let mut moved = Message::clone(&message);
-            moved.destination = dlq.clone();
-            self.push_ready(&dlq, Arc::new(moved), 0);
-            self.metrics.dropped(DropReason::DeadLettered, 1);
-        }
-        if let Some(inbox) = self.inbox() {
-            inbox.queue_ready(queue);
-        }
+        self.requeue(queue, ids, delivered, self.config.queues.max_deliveries);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        // Every fetched entry has been delivered at least once: a bound of one takes them all.
+        self.requeue(queue, ids, true, 1);
         Ok(())
     }
 

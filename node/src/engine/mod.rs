@@ -213,6 +213,13 @@ pub trait Engine: Send + Sync {
         ids: &[EntryId],
         delivered: bool,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The entries were refused by a client (NACK with `requeue:false`): they move to the
+    /// queue's dead-letter queue, `<queue>.dlq`, as entries that reach `queue-max-deliveries` do.
+    fn dead_letter(
+        &self,
+        queue: &str,
+        ids: &[EntryId],
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// True while the engine can serve (its store is reachable).
     fn is_ready(&self) -> bool;
     /// Ready entries per queue, for metrics.
@@ -268,6 +275,9 @@ impl Engine for AnyEngine {
     }
     async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
         dispatch!(self, e => e.release(queue, ids, delivered).await)
+    }
+    async fn dead_letter(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        dispatch!(self, e => e.dead_letter(queue, ids).await)
     }
     fn is_ready(&self) -> bool {
         dispatch!(self, e => e.is_ready())

@@ -109,6 +109,17 @@ impl Hub {
         self.engine.release(queue, ids, delivered).await
     }
 
+    /// Moves queue entries a subscriber refused (NACK `requeue:false`) to the dead-letter queue.
+    pub async fn dead_letter(
+        &self,
+        subscription: &Subscription,
+        queue: &Arc<str>,
+        ids: &[EntryId],
+    ) -> Result<(), EngineError> {
+        self.return_credit(subscription, queue, ids.len());
+        self.engine.dead_letter(queue, ids).await
+    }
+
     fn return_credit(&self, subscription: &Subscription, queue: &str, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         let _ = subscription

@@ -1,4 +1,5 @@
-//! Why a session refuses a client. Each variant becomes one ERROR frame in `Session::fail`.
+//! Why a session refuses a client. Each variant becomes one ERROR frame in `Session::fail` (or,
+//! for a relay's refused SEND, in `Session::report`, which keeps the connection).
 
 use crate::auth::AuthError;
 use crate::destination::DestinationError;
@@ -59,6 +60,20 @@ impl SessionError {
 
     pub fn limit(why: impl Into<String>) -> SessionError {
         SessionError::Limit(why.into())
+    }
+
+    /// Whether the refusal concerns the refused frame alone: a bad or forbidden destination, a
+    /// missing header, a frame not acceptable here. The stream is intact and the connection could
+    /// go on; a relay's does ([`crate::auth::RELAY_ROLE`]). Malformed or oversize input, limits,
+    /// authentication, engine failures and timeouts are not: they close for everyone.
+    pub fn refuses_frame_only(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Destination(_)
+                | SessionError::Auth(AuthError::Forbidden { .. })
+                | SessionError::MissingHeader { .. }
+                | SessionError::Invalid(_)
+        )
     }
 
     /// How the transport closes after the ERROR: the close code and reason say which kind of

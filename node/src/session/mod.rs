@@ -7,7 +7,8 @@
 //! signal. Deliveries are written in batches and flushed once per batch.
 //!
 //! Every refusal is a [`SessionError`]; [`Session::fail`] is the one place that turns it into
-//! an ERROR frame and closes.
+//! an ERROR frame and closes. The one exception is a relay's SEND refused for itself alone
+//! ([`crate::auth::RELAY_ROLE`]): [`Session::report`] sends the ERROR and the session goes on.
 //!
 //! What an operator reads: a session runs inside an `info` span `session` (its id, the peer's
 //! address, the transport), so every line logged while it runs names it. A session logs one
@@ -45,7 +46,7 @@ mod subscribe;
 pub(crate) mod tests;
 mod transaction;
 
-use ack::Unacked;
+use ack::{Settle, Unacked, Window};
 use publish::message;
 use subscribe::Resume;
 
@@ -137,6 +138,7 @@ pub async fn run<S: FrameSink>(
         next_sub_seq: 0,
         resumes: HashMap::new(),
         unacked: BTreeMap::new(),
+        windows: HashMap::new(),
         auto_acks: Vec::new(),
         last_message_seq: 0,
         transactions: HashMap::new(),
@@ -193,8 +195,11 @@ struct Session<S> {
     subscriptions: HashMap<String, Arc<Subscription>>,
     next_sub_seq: u64,
     resumes: HashMap<u64, Resume>,
-    /// Queue deliveries in client modes, by message sequence number.
+    /// Queue deliveries in client modes, and topic deliveries counted against a `prefetch-count`
+    /// window, by message sequence number.
     unacked: BTreeMap<u64, Unacked>,
+    /// Topic subscriptions in a client ack mode that set `prefetch-count`, by subscription seq.
+    windows: HashMap<u64, Window>,
     /// Queue deliveries in `auto` mode written in this batch, acknowledged after the flush.
     auto_acks: Vec<(Arc<Subscription>, EntryRef)>,
     last_message_seq: u64,
@@ -223,37 +228,26 @@ enum Written {
     Full,
     /// A queue entry for a subscription that has ended: release it to its queue.
     Stale(Arc<Subscription>, EntryRef),
+    /// A topic message held back behind its subscription's full `prefetch-count` window: its
+    /// bytes still count against the outbox's bound.
+    Held,
 }
 
 /// What the loop does after an event.
 enum Flow {
     Continue,
-    /// Close without ERROR (DISCONNECT done, peer gone).
-    Close(CloseReason, Ended),
-}
-
-/// Why a session ended without an ERROR, as its `disconnected` line says.
-#[derive(Debug)]
-enum Ended {
-    /// The client sent DISCONNECT.
+    /// Close without ERROR: the peer went away (or sent a WebSocket close, which is echoed).
+    Close(CloseReason),
+    /// Close without ERROR after the client's DISCONNECT (and its receipt).
     Disconnect,
-    /// The client closed the connection (end of stream).
-    PeerClosed,
-    /// The client sent a WebSocket close frame, with its code if it had one.
-    CloseFrame(Option<u16>),
-    /// The connection failed (reset, broken pipe): what the socket said.
-    Failed(String),
 }
 
-impl std::fmt::Display for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ended::Disconnect => f.write_str("client DISCONNECT"),
-            Ended::PeerClosed => f.write_str("peer closed"),
-            Ended::CloseFrame(Some(code)) => write!(f, "peer closed (WebSocket close {code})"),
-            Ended::CloseFrame(None) => f.write_str("peer closed (WebSocket close)"),
-            Ended::Failed(why) => write!(f, "connection failed: {why}"),
-        }
+/// The `reason` of the `disconnected` line of a session that ended without an ERROR.
+fn close_reason(flow: &Flow) -> String {
+    match flow {
+        Flow::Disconnect => "client DISCONNECT".to_owned(),
+        Flow::Close(CloseReason::Echo(code)) => format!("peer closed (WebSocket close {code})"),
+        Flow::Close(_) | Flow::Continue => "peer closed".to_owned(),
     }
 }
 
@@ -353,7 +347,7 @@ impl<S: FrameSink> Session<S> {
             };
             match step {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Close(close, ended)) => break Ok((close, ended)),
+                Ok(flow @ (Flow::Close(_) | Flow::Disconnect)) => break Ok(flow),
                 Err(error) => break Err(error),
             }
         };
@@ -364,11 +358,12 @@ impl<S: FrameSink> Session<S> {
 
     /// Closes (with an ERROR if `result` is one), releases what the session held, and logs the
     /// `disconnected` line of a session that was CONNECTED.
-    async fn end(&mut self, result: Result<(CloseReason, Ended), SessionError>) {
+    async fn end(&mut self, result: Result<Flow, SessionError>) {
         let reason = match result {
-            Ok((close, ended)) => {
+            Ok(flow) => {
+                let close = if let Flow::Close(close) = flow { close } else { CloseReason::Normal };
                 let _ = self.sink.close(close).await;
-                ended.to_string()
+                close_reason(&flow)
             }
             Err(error) => {
                 let reason = error_reason(&error);
@@ -406,13 +401,12 @@ impl<S: FrameSink> Session<S> {
     async fn handle(&mut self, event: Event) -> Result<Flow, SessionError> {
         match event {
             Event::Inbound(None) | Event::Inbound(Some(Inbound::Closed(None))) => {
-                Ok(Flow::Close(CloseReason::Normal, Ended::PeerClosed))
+                Ok(Flow::Close(CloseReason::Normal))
             }
-            Event::Inbound(Some(Inbound::Closed(Some(why)))) => {
-                Ok(Flow::Close(CloseReason::Normal, Ended::Failed(why)))
-            }
+            // The socket failed (reset, broken pipe): nothing more can be written.
+            Event::Inbound(Some(Inbound::Closed(Some(why)))) => Err(SessionError::Transport(why)),
             Event::Inbound(Some(Inbound::CloseFrame(code))) => {
-                Ok(Flow::Close(code.map_or(CloseReason::Normal, CloseReason::Echo), Ended::CloseFrame(code)))
+                Ok(Flow::Close(code.map_or(CloseReason::Normal, CloseReason::Echo)))
             }
             Event::Inbound(Some(Inbound::Invalid(error))) => Err(SessionError::Protocol(error)),
             Event::Inbound(Some(Inbound::TimedOut)) => Err(SessionError::HeartbeatTimeout),
@@ -496,13 +490,24 @@ impl<S: FrameSink> Session<S> {
         }
     }
 
-    /// Handles one frame from the client; on error, remembers its receipt for the ERROR.
+    /// Handles one frame from the client; on error, remembers its receipt for the ERROR. A
+    /// relay's SEND refused for itself alone is reported and the session goes on.
     async fn on_inbound_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         self.node.metrics().frame_in(frame.command);
+        let command = frame.command;
         let receipt = frame.get("receipt").map(str::to_owned);
         // Boxed: frame handling is the session's largest state, and an idle session should not
         // carry it (see `tests::an_idle_session_is_small`).
-        Box::pin(self.on_frame(frame)).await.inspect_err(|_| self.error_receipt = receipt)
+        match Box::pin(self.on_frame(frame)).await {
+            Err(error)
+                if command == Command::Send && error.refuses_frame_only() && self.identity.is_relay() =>
+            {
+                // Boxed, as `on_frame`: rare, and not to be carried by every idle session.
+                Box::pin(self.report(error, receipt)).await?;
+                Ok(Flow::Continue)
+            }
+            result => result.inspect_err(|_| self.error_receipt = receipt),
+        }
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
@@ -544,7 +549,7 @@ impl<S: FrameSink> Session<S> {
                 self.write_batch().await?;
                 self.send_receipt(receipt).await?;
                 self.sink.flush().await.map_err(SessionError::io)?;
-                Ok(Flow::Close(CloseReason::Normal, Ended::Disconnect))
+                Ok(Flow::Disconnect)
             }
             other => Err(SessionError::invalid(format!(
                 "{} is a server frame; clients may not send it",

@@ -24,7 +24,8 @@ impl<S: FrameSink> Session<S> {
             let mut now = std::time::Instant::now();
             let mut latencies = Tally::default();
             for delivery in batch {
-                taken += delivery.message.len();
+                let size = delivery.message.len();
+                taken += size;
                 let received = delivery.message.received;
                 let written = self.batch_messages;
                 let outcome = self.write_delivery(delivery);
@@ -33,6 +34,8 @@ impl<S: FrameSink> Session<S> {
                 }
                 match outcome {
                     Written::Done => {}
+                    // Given back to the bound when it is written, after an ACK.
+                    Written::Held => taken -= size,
                     Written::Full => {
                         self.sink.flush().await.map_err(SessionError::io)?;
                         now = std::time::Instant::now();
@@ -94,6 +97,14 @@ impl<S: FrameSink> Session<S> {
                 self.resumes.remove(&subscription.seq);
             }
         }
+        if !self.windows.is_empty() {
+            if let Some(window) = self.windows.get_mut(&subscription.seq) {
+                if window.full() {
+                    window.backlog.push_back((message, gap));
+                    return Written::Held;
+                }
+            }
+        }
         self.write_message(&subscription, &message, entry, gap)
     }
 
@@ -139,8 +150,11 @@ impl<S: FrameSink> Session<S> {
             if subscription.ack == AckMode::Auto {
                 self.auto_acks.push((subscription.clone(), entry));
             } else {
-                self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry });
+                self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry: Some(entry) });
             }
+        } else if let Some(window) = self.windows.get_mut(&subscription.seq) {
+            window.outstanding += 1;
+            self.unacked.insert(seq, Unacked { subscription: subscription.clone(), entry: None });
         }
         if full {
             Written::Full
@@ -172,16 +186,12 @@ impl<S: FrameSink> Session<S> {
     pub(super) async fn fail(&mut self, error: SessionError) {
         let receipt = self.error_receipt.take();
         let close = error.close_reason();
-        match &error {
-            SessionError::Transport(why) => {
-                tracing::debug!(%why, "transport failed");
-                return;
-            }
-            SessionError::Auth(AuthError::Forbidden { .. }) => self.node.metrics().access_denied(),
-            SessionError::Auth(_) => self.node.metrics().auth_failed(),
-            _ => {}
+        if let SessionError::Transport(why) = &error {
+            tracing::debug!(%why, "transport failed");
+            return;
         }
-        // A connected session's end is its `disconnected` line (`Session::run`), whatever the
+        self.count_refusal(&error);
+        // A connected session's end is its `disconnected` line (`Session::end`), whatever the
         // reason; before CONNECTED there is no such line, so the refusal is logged here.
         if self.version.is_none() {
             match &error {
@@ -196,18 +206,7 @@ impl<S: FrameSink> Session<S> {
                 _ => tracing::info!(%error, "refused client"),
             }
         }
-        let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
-        if let SessionError::UnsupportedVersion(_) = error {
-            frame = frame.with_header("version", SUPPORTED);
-        }
-        if let Some(id) = receipt {
-            frame = frame.with_header("receipt-id", id);
-        }
-        let body = error.detail();
-        frame = frame
-            .with_header("content-type", "text/plain")
-            .with_header("content-length", body.len().to_string())
-            .with_body(Bytes::from(body));
+        let frame = error_frame(&error, receipt);
         self.node.metrics().error_sent();
         let deadline = Duration::from_secs(2);
         let _ = tokio::time::timeout(deadline, async {
@@ -217,6 +216,28 @@ impl<S: FrameSink> Session<S> {
             let _ = self.sink.close(close).await;
         })
         .await;
+    }
+
+    /// A refusal of one frame of a relay ([`crate::auth::RELAY_ROLE`]): the ERROR is sent and the
+    /// session goes on. It is written with what the frame's run writes, flushed with it.
+    pub(super) async fn report(
+        &mut self,
+        error: SessionError,
+        receipt: Option<String>,
+    ) -> Result<(), SessionError> {
+        self.count_refusal(&error);
+        tracing::info!(%error, user = self.user.as_deref(), "refused frame");
+        self.node.metrics().error_sent();
+        self.send_frame(&error_frame(&error, receipt)).await
+    }
+
+    /// Counts a refusal in the metrics of its kind.
+    fn count_refusal(&self, error: &SessionError) {
+        match error {
+            SessionError::Auth(AuthError::Forbidden { .. }) => self.node.metrics().access_denied(),
+            SessionError::Auth(_) => self.node.metrics().auth_failed(),
+            _ => {}
+        }
     }
 
     /// Releases everything the session held: subscriptions, unacknowledged and undelivered
@@ -229,6 +250,9 @@ impl<S: FrameSink> Session<S> {
             self.node.hub().unsubscribe(&subscription);
         }
         self.transactions.clear();
+        for (_, window) in self.windows.drain() {
+            self.outbox.written(window.held_bytes());
+        }
         let _ = self.release_unacked(|_| true).await;
         let _ = self.ack_written().await;
         let mut undelivered = Vec::new();
@@ -240,4 +264,21 @@ impl<S: FrameSink> Session<S> {
         }
         let _ = self.release(undelivered, false).await;
     }
+}
+
+/// The ERROR frame for a refusal: `message`, `receipt-id` when the refused frame asked for a
+/// receipt, and a text body with the hint.
+fn error_frame(error: &SessionError, receipt: Option<String>) -> Frame {
+    let mut frame = Frame::new(Command::Error).with_header("message", error.to_string());
+    if let SessionError::UnsupportedVersion(_) = error {
+        frame = frame.with_header("version", SUPPORTED);
+    }
+    if let Some(id) = receipt {
+        frame = frame.with_header("receipt-id", id);
+    }
+    let body = error.detail();
+    frame
+        .with_header("content-type", "text/plain")
+        .with_header("content-length", body.len().to_string())
+        .with_body(Bytes::from(body))
 }

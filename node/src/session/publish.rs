@@ -27,8 +27,8 @@ impl<S: FrameSink> Session<S> {
         self.node.auth().may_publish(&self.identity, &route)?;
         let receipt = frame.get("receipt").map(str::to_owned);
         if let Some(frames) = self.transaction_of(&frame)? {
+            // Its receipt comes once COMMIT has published it (none if the transaction aborts).
             frames.push(frame);
-            self.send_receipt(receipt).await?;
             return Ok(Flow::Continue);
         }
         if receipt.is_none() && route.kind != Kind::Queue {

@@ -1,7 +1,19 @@
 //! SUBSCRIBE and UNSUBSCRIBE: access checks, registering with the hub, and the replay of a
 //! history topic from `x-since` before the subscription goes live, with no gap and no duplicate.
+//!
+//! RabbitMQ's durable topic subscriptions (`durable:true` or `persistent:true`: messages kept
+//! while the subscriber is away, resumed by subscription id) are refused with an ERROR naming
+//! what Stampede offers instead: the node would have to keep every such subscriber's messages
+//! (or offset) per subscription id across connections and nodes. A history topic with
+//! `x-since` gives the same recovery with the offset kept by the client; a queue keeps
+//! messages for one consumer. On a queue the headers are accepted (queues are durable).
+//! `prefetch-count` on a topic subscription in a client ack mode opens a [`Window`].
 
 use super::*;
+
+/// RabbitMQ's SUBSCRIBE headers asking for a durable topic subscription (`persistent` is its
+/// older name), refused on topics: see [`Session::on_subscribe`].
+const DURABLE_HEADERS: [&str; 2] = ["durable", "persistent"];
 
 /// A subscription resuming a history topic: live messages up to `floor` were replayed already.
 pub(super) struct Resume {
@@ -53,6 +65,16 @@ impl<S: FrameSink> Session<S> {
         if since.is_some() && route.kind == Kind::Queue {
             return Err(SessionError::invalid(format!("{SINCE_HEADER} applies to topics, not queues")));
         }
+        if route.kind != Kind::Queue {
+            if let Some(asked) = DURABLE_HEADERS.into_iter().find(|h| frame.get(h) == Some("true")) {
+                return Err(SessionError::invalid(format!(
+                    "{asked}:true: durable topic subscriptions are not supported (a topic keeps \
+                     nothing for an absent subscriber); resume a history topic with \
+                     {SINCE_HEADER}:<last x-offset>, or use a /queue/ destination"
+                )));
+            }
+        }
+        let route_is_topic = route.kind != Kind::Queue;
         let mut head = BytesMut::with_capacity(32 + id.len());
         head.extend_from_slice(b"MESSAGE\nsubscription:");
         match version {
@@ -72,6 +94,9 @@ impl<S: FrameSink> Session<S> {
             prefetch,
             in_flight: AtomicU32::new(0),
         });
+        if route_is_topic && ack != AckMode::Auto && frame.get(PREFETCH_HEADER).is_some() {
+            self.windows.insert(subscription.seq, Window::new(prefetch));
+        }
         self.subscriptions.insert(id, subscription.clone());
         self.node.hub().subscribe(subscription.clone()).wait().await?;
         let mut receipt =
@@ -120,6 +145,9 @@ impl<S: FrameSink> Session<S> {
         };
         self.node.hub().unsubscribe(&subscription);
         self.resumes.remove(&subscription.seq);
+        if let Some(window) = self.windows.remove(&subscription.seq) {
+            self.outbox.written(window.held_bytes());
+        }
         self.release_unacked(|s| Arc::ptr_eq(s, &subscription)).await?;
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
         Ok(Flow::Continue)

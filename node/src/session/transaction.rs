@@ -1,5 +1,11 @@
 //! BEGIN, COMMIT and ABORT: frames of a transaction are held until COMMIT (at most
 //! [`MAX_TRANSACTION_FRAMES`]), then handled in order as if just received.
+//!
+//! A held frame's receipt is a promise about what the frame did, so it waits with the frame: a
+//! SEND's RECEIPT is sent once COMMIT has published or stored its message, an ACK's or NACK's
+//! once COMMIT has settled it, in the order the frames came, and the COMMIT's own RECEIPT after
+//! all of them (as RabbitMQ does). ABORT discards the frames and their receipts: no RECEIPT ever
+//! says a discarded SEND was published; the ABORT's RECEIPT is the answer for all of them.
 
 use super::*;
 
@@ -37,23 +43,30 @@ impl<S: FrameSink> Session<S> {
             .transactions
             .remove(tx)
             .ok_or_else(|| SessionError::invalid(format!("unknown transaction {tx:?}")))?;
-        // The publishes go out pipelined; the commit's receipt waits for all of them.
-        let mut published = Vec::new();
+        // The publishes go out pipelined; each held frame's receipt waits for its own outcome (and,
+        // being in order, for those before it), the commit's for all of them.
+        let mut done: Vec<(Option<String>, Option<PendingPublish>)> = Vec::with_capacity(frames.len());
         for held in frames {
+            let receipt = held.get("receipt").map(str::to_owned);
             match held.command {
                 Command::Send => {
                     let route = destination::for_send(required(&held, "destination")?)?;
-                    published.push(self.node.hub().publish(route.kind, message(&route, held)).await);
+                    let published = self.node.hub().publish(route.kind, message(&route, held)).await;
+                    done.push((receipt, Some(published)));
                 }
                 Command::Ack | Command::Nack => {
                     let seq = self.acked_seq(&held)?;
-                    self.settle(seq, held.command == Command::Ack).await?;
+                    self.settle(seq, Settle::of(&held)?).await?;
+                    done.push((receipt, None));
                 }
                 _ => {}
             }
         }
-        for published in published {
-            published.outcome().await?;
+        for (receipt, published) in done {
+            if let Some(published) = published {
+                published.outcome().await?;
+            }
+            self.send_receipt(receipt).await?;
         }
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
         Ok(Flow::Continue)

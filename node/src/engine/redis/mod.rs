@@ -506,6 +506,10 @@ impl Engine for RedisEngine {
         queues::release(&self.inner, queue, ids, delivered).await
     }
 
+    async fn dead_letter(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        queues::dead_letter_now(&self.inner, queue, ids).await
+    }
+
     fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }

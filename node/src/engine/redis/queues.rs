@@ -150,12 +150,29 @@ pub(super) async fn release(
     ids: &[EntryId],
     delivered: bool,
 ) -> Result<(), EngineError> {
+    requeue(inner, queue, ids, delivered, inner.config.queues.max_deliveries).await
+}
+
+/// Straight to the dead-letter queue (a NACK with `requeue:false`): the release script with a
+/// bound of one delivery, which every entry a client saw has reached.
+pub(super) async fn dead_letter_now(inner: &Inner, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+    requeue(inner, queue, ids, true, 1).await
+}
+
+/// [`release`] with the dead-letter bound given: `max_deliveries` deliveries (0: no bound).
+async fn requeue(
+    inner: &Inner,
+    queue: &str,
+    ids: &[EntryId],
+    delivered: bool,
+    max_deliveries: u32,
+) -> Result<(), EngineError> {
     forget(inner, queue, ids);
     let key = inner.keys.queue(queue);
     for chunk in ids.chunks(IDS_PER_CALL) {
         let mut args = vec![
             Value::from(if delivered { "1" } else { "0" }),
-            Value::Integer(inner.config.queues.max_deliveries.into()),
+            Value::Integer(max_deliveries.into()),
             Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
             Value::from(inner.keys.channel(queue)),
         ];

@@ -21,33 +21,28 @@
 //!
 //! The WebSocket listener reads each connection's first request head itself (`ws.rs`); an
 //! upgrade goes to the WebSocket code, anything else under `/ws` comes here and is served by
-//! hyper, for this request and any that follow on the connection (keep-alive). The connection
-//! holds its place in the node's connection limits; each HTTP session takes one more.
+//! `http.rs`, for this request and any that follow on the connection (keep-alive). The
+//! connection holds its place in the node's connection limits; each HTTP session takes one more.
 //!
-//! Layout: `mod.rs` (routing, the HTTP answers), `session.rs` (HTTP sessions and their table),
+//! Layout: `mod.rs` (routing, the HTTP answers), `http.rs` (HTTP/1.1 by hand, for memory),
+//! `session.rs` (HTTP sessions and their table),
 //! `websocket.rs` (the framed WebSocket transport), `json.rs` (SockJS's JSON both ways),
 //! `settings.rs` (the `sockjs-*` settings).
 
+mod http;
 mod json;
 mod session;
 pub(crate) mod settings;
 pub(super) mod websocket;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use ::http::header::{self, HeaderMap, HeaderValue};
+use ::http::{Method, Request, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
@@ -56,12 +51,16 @@ use crate::transport::{spawn_reader, ReadError, ReadLimits};
 use session::{ChannelSource, HttpSink, Next, Receiver, Sessions};
 pub use settings::SockJsTuning;
 
-/// The body of every answer.
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+use http::{Body, RequestBody};
 
 /// What the xhr-streaming transport sends first: 2 KiB of `h`, so browsers start handing over
 /// the response before it ends.
 const XHR_PRELUDE: usize = 2048;
+static XHR_PRELUDE_BYTES: [u8; XHR_PRELUDE + 1] = {
+    let mut prelude = [b'h'; XHR_PRELUDE + 1];
+    prelude[XHR_PRELUDE] = b'\n';
+    prelude
+};
 /// Bytes the htmlfile transport's first chunk is padded to, for the same reason.
 const HTMLFILE_PRELUDE: usize = 1024;
 /// A year, the cache lifetime of preflight answers and the iframe page.
@@ -151,60 +150,10 @@ pub(super) async fn serve_http<S>(stream: S, first: BytesMut, endpoint: Endpoint
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let idle = endpoint.node.config().limits.connect_timeout;
-    let endpoint = Arc::new(endpoint);
-    let service = hyper::service::service_fn(move |request| {
-        let endpoint = endpoint.clone();
-        async move { Ok::<_, Infallible>(endpoint.answer(request).await) }
-    });
-    let io = hyper_util::rt::TokioIo::new(Replay { first, stream });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(idle)
-        .serve_connection(io, service);
-    if let Err(error) = connection.await {
-        tracing::debug!(%error, "SockJS HTTP connection ended");
-    }
-}
-
-/// A stream whose first bytes were read already: they are read again first.
-struct Replay<S> {
-    first: BytesMut,
-    stream: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first[..n]);
-            self.first.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
+    let config = endpoint.node.config();
+    let idle = config.limits.connect_timeout;
+    let body_limit = config.limits.max_frame_size.saturating_mul(6).saturating_add(SEND_SLACK);
+    http::serve(stream, first, idle, body_limit, |request| endpoint.answer(request)).await;
 }
 
 /// One HTTP connection's view of the endpoint.
@@ -241,11 +190,7 @@ impl Framing {
     /// What a streaming response starts with, before any frame.
     fn prelude(self, callback: &str) -> Bytes {
         match self {
-            Framing::Xhr => {
-                let mut out = vec![b'h'; XHR_PRELUDE];
-                out.push(b'\n');
-                out.into()
-            }
+            Framing::Xhr => Bytes::from_static(&XHR_PRELUDE_BYTES),
             Framing::EventSource => Bytes::from_static(b"\r\n"),
             Framing::HtmlFile => {
                 let mut page = HTMLFILE_HEAD.replace("{callback}", callback);
@@ -332,7 +277,7 @@ enum Receive {
 }
 
 impl Endpoint {
-    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn answer(&self, request: Request<RequestBody>) -> Response<Body> {
         let base = crate::transport::ws::PATH;
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
@@ -356,7 +301,9 @@ impl Endpoint {
                 let transport = transport.to_owned();
                 match self.check_origin(&request) {
                     Some(refused) => refused,
-                    None => self.session(request, &id, &transport).await,
+                    // Boxed: the session future is large, and the connection's future would
+                    // carry its layout for the connection's whole life.
+                    None => Box::pin(self.session(request, &id, &transport)).await,
                 }
             }
             Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -366,20 +313,20 @@ impl Endpoint {
     /// `answer` after the origin check.
     fn guarded(
         &self,
-        request: &Request<Incoming>,
-        answer: impl FnOnce(&Self, &Request<Incoming>) -> Response<Body>,
+        request: &Request<RequestBody>,
+        answer: impl FnOnce(&Self, &Request<RequestBody>) -> Response<Body>,
     ) -> Response<Body> {
         self.check_origin(request).unwrap_or_else(|| answer(self, request))
     }
 
     /// The `Origin` allowlist (`ws-origins`), as for WebSocket handshakes: 403 when refused.
-    fn check_origin(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+    fn check_origin(&self, request: &Request<RequestBody>) -> Option<Response<Body>> {
         let origin = request.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or("\u{0}"));
         (!self.node.auth().origin_allowed(origin))
             .then(|| text(StatusCode::FORBIDDEN, "origin not allowed (ws-origins)\n"))
     }
 
-    fn info(&self, request: &Request<Incoming>) -> Response<Body> {
+    fn info(&self, request: &Request<RequestBody>) -> Response<Body> {
         let info = serde_json::json!({
             "websocket": self.sockjs.tuning.websocket,
             "cookie_needed": self.sockjs.tuning.cookie_needed,
@@ -406,7 +353,7 @@ impl Endpoint {
         response
     }
 
-    async fn session(&self, request: Request<Incoming>, id: &str, transport: &str) -> Response<Body> {
+    async fn session(&self, request: Request<RequestBody>, id: &str, transport: &str) -> Response<Body> {
         let method = request.method().clone();
         let (receive, framing) = match transport {
             "xhr" => (Some(Receive::Poll), Framing::Xhr),
@@ -451,7 +398,7 @@ impl Endpoint {
 
     async fn receive(
         &self,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         id: &str,
         receive: Receive,
         framing: Framing,
@@ -512,8 +459,7 @@ impl Endpoint {
                         callback,
                     },
                 };
-                let body = StreamBody::new(stream.into_stream().map(|chunk| Ok(Frame::data(chunk))));
-                let mut response = Response::new(BodyExt::boxed_unsync(body));
+                let mut response = Response::new(Body::Stream(Box::pin(stream.into_stream())));
                 response
                     .headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static(framing.content_type()));
@@ -547,7 +493,7 @@ impl Endpoint {
     }
 
     /// `xhr_send` and `jsonp_send`: the client's messages, for its session's reader.
-    async fn send(&self, request: Request<Incoming>, id: &str, jsonp: bool) -> Response<Body> {
+    async fn send(&self, request: Request<RequestBody>, id: &str, jsonp: bool) -> Response<Body> {
         let headers = request.headers().clone();
         let answer = |mut response: Response<Body>| {
             not_cached(response.headers_mut());
@@ -557,20 +503,18 @@ impl Endpoint {
         let Some(shared) = self.sockjs.sessions.get(id).filter(|s| s.is_open()) else {
             return answer(text(StatusCode::NOT_FOUND, "no such session\n"));
         };
-        let limit = self.node.config().limits.max_frame_size.saturating_mul(6).saturating_add(SEND_SLACK);
         let form = jsonp
             && headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        let body = match Limited::new(request.into_body(), limit).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+        let body = match request.into_body() {
+            Ok(body) => body,
+            Err(http::TooLarge(limit)) => {
                 let why = format!("SockJS message refused: over {limit} bytes");
                 shared.fail(ReadError::TooLarge(why.clone())).await;
                 return answer(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("{why}\n")));
             }
-            Err(_) => return answer(text(StatusCode::BAD_REQUEST, "the request body could not be read\n")),
         };
         let payload = if form {
             form_urlencoded::parse(&body)
@@ -705,7 +649,7 @@ fn websocket_only(method: &Method) -> Response<Body> {
     }
 }
 
-fn preflight(request: &Request<Incoming>, methods: &'static str) -> Response<Body> {
+fn preflight(request: &Request<RequestBody>, methods: &'static str) -> Response<Body> {
     let mut response = empty(StatusCode::NO_CONTENT);
     let headers = response.headers_mut();
     cache_for_a_year(headers);
@@ -746,7 +690,7 @@ fn cache_for_a_year(headers: &mut HeaderMap) {
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(BodyExt::boxed_unsync(Full::new(body.into())));
+    let mut response = Response::new(Body::Full(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
@@ -757,7 +701,7 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(BodyExt::boxed_unsync(Empty::new()));
+    let mut response = Response::new(Body::Empty);
     *response.status_mut() = status;
     response
 }

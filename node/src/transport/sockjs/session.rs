@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, Notify};
+use futures_channel::mpsc;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::json;
@@ -96,7 +98,7 @@ impl Shared {
     /// Hands a client payload (STOMP bytes) to the session's reader; false when the session is
     /// over. Waits while the reader has not taken the earlier ones.
     pub(super) async fn send(&self, payload: Bytes) -> bool {
-        let Some(inbound) = self.lock().inbound.clone() else { return false };
+        let Some(mut inbound) = self.lock().inbound.clone() else { return false };
         payload.is_empty() || inbound.send(Ok(payload)).await.is_ok()
     }
 
@@ -104,7 +106,7 @@ impl Shared {
     /// it, and the session answers with an ERROR frame saying why, as on any transport.
     pub(super) async fn fail(&self, error: ReadError) {
         let inbound = self.lock().inbound.take();
-        if let Some(inbound) = inbound {
+        if let Some(mut inbound) = inbound {
             let _ = inbound.send(Err(error)).await;
         }
     }
@@ -155,7 +157,7 @@ impl Receiver {
             {
                 let mut state = self.shared.lock();
                 if !state.pending.is_empty() {
-                    let frames = state.pending.split();
+                    let frames = std::mem::take(&mut state.pending);
                     drop(state);
                     self.shared.taken.notify_one();
                     return Next::Frames(frames);
@@ -212,6 +214,8 @@ impl Sessions {
         if let Some(shared) = self.get(id) {
             return Ok((shared, false));
         }
+        // A futures channel, not tokio's: it allocates per payload, not a block of slots up
+        // front that every idle session would hold.
         let (inbound, payloads) = mpsc::channel(INBOUND_PAYLOADS);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -315,7 +319,8 @@ impl HttpSink {
                     }
                     state.pending.extend_from_slice(&self.batch);
                     drop(state);
-                    self.batch.clear();
+                    // An idle session holds no batch buffer (a burst may have grown it).
+                    self.batch = BytesMut::new();
                     self.shared.ready.notify_one();
                     return Ok(());
                 }
@@ -393,7 +398,7 @@ pub(super) struct ChannelSource {
 impl ByteSource for ChannelSource {
     async fn read(&mut self, buf: &mut BytesMut) -> Result<Received, ReadError> {
         if self.leftover.is_empty() {
-            match self.payloads.recv().await {
+            match self.payloads.next().await {
                 Some(payload) => self.leftover = payload?,
                 None => return Ok(Received::Eof),
             }
