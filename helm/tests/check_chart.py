@@ -97,7 +97,7 @@ def metric_series() -> set[str]:
     """The series names node/src/metrics.rs exposes: stampede_<name> for gauges,
     stampede_<name>_total for counters (prometheus-client's suffix)."""
     text = (REPO / "node" / "src" / "metrics.rs").read_text()
-    assert 'Registry::with_prefix("stampede")' in text, "metrics.rs no longer registers under stampede_"
+    assert 'with_prefix("stampede")' in text, "metrics.rs no longer registers under stampede_"
     series = set()
     for name, var in re.findall(r'registry\.register\(\s*"(\w+)",\s*"[^"]*",\s*(\w+)\.clone\(\)', text, re.S):
         declared = re.search(rf"let {var}\s*=\s*([^;]+);", text)
@@ -426,6 +426,7 @@ def check_custom(docs: Docs, values: dict[str, Any]) -> None:
     assert cm["STAMPEDE_MAX_CONNECTIONS"] == "50000"
     assert cm["STAMPEDE_SLOW_CONSUMER"] == "drop"
     assert cm["STAMPEDE_HISTORY"] == "/topic/prices/*=1000,10m; /topic/chat.*=50"
+    assert cm["STAMPEDE_QUEUE"] == "/queue/*-user*=10m,auto-delete; /queue/reply.*=auto-delete"
     assert cm["STAMPEDE_DRAIN_PERIOD"] == "60s"
     assert not [d for d in docs if d["kind"] == "Secret"], "an existing Secret is used, none rendered"
     ref = next(e for e in c["env"] if e["name"] == "STAMPEDE_REDIS_URL")["valueFrom"]["secretKeyRef"]
@@ -646,6 +647,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
             "redis": {"existingSecret": "redis-credentials", "existingSecretKey": "url"},
             "config": {"max-connections": 50000, "slow-consumer": "drop", "log-format": "text"},
             "history": ["/topic/prices/*=1000,10m", "/topic/chat.*=50"],
+            "queues": ["/queue/*-user*=10m,auto-delete", "/queue/reply.*=auto-delete"],
             "stomp": {"enabled": False},
             "drain": {"periodSeconds": 60, "preStopSleepSeconds": 5, "marginSeconds": 10, "useSleepAction": True},
             "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
@@ -751,6 +753,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("unknown top-level value", {"replicas": 3}, "replicas"),
     ("bad redis scheme", {"redis": {"url": "http://redis:6379"}}, "url"),
     ("bad history rule", {"history": ["/queue/jobs=10"]}, "history"),
+    ("bad queue rule", {"queues": ["/topic/x=10m"]}, "queues"),
     ("both PDB bounds", {"podDisruptionBudget": {"minAvailable": 2}}, "not both"),
     ("misspelt config key", {"config": {"max-conections": 100}}, "max-conections"),
     ("config key that is a chart value", {"config": {"drain-period": "10s"}}, "drain.periodSeconds"),

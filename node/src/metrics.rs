@@ -114,6 +114,8 @@ label_enum! {
         DeadLettered = "dead_lettered",
         /// The engine could not publish it.
         PublishFailed = "publish_failed",
+        /// Its queue was deleted (expired, or auto-deleted after its last consumer left).
+        QueueDeleted = "queue_deleted",
     }
 }
 

@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 
-use stampede::config::HistoryRule;
+use std::time::Duration;
+
+use stampede::config::{HistoryRule, QueueLifetime, QueueRule};
 use stampede::stomp::{Command, Frame};
 use stampede_testkit::prelude::*;
 
@@ -43,6 +45,12 @@ every_engine!(
     history_offsets_and_resume,
     history_resume_races_live_publishing,
     history_window_too_small,
+    auto_delete_after_the_last_consumer_leaves,
+    x_expires_after_idle,
+    configured_queue_rule,
+    per_session_queues_all_go,
+    send_racing_an_expiry_is_kept_or_counted,
+    queue_lifetime_headers_are_checked,
 );
 
 async fn topic_broadcast_to_every_subscriber(v: Variant) {
@@ -768,5 +776,272 @@ async fn history_window_too_small(v: Variant) {
     let live = sub.recv_message().await;
     assert_eq!((offsets(std::slice::from_ref(&live)), live.get("x-recovered")), (vec![11], None));
     sub.assert_quiet().await;
+    cluster.shutdown().await;
+}
+
+// === queue lifetimes ===
+
+/// The messages dropped with deleted queues, over all nodes.
+const QUEUE_DELETED: &str = "stampede_messages_dropped_total{reason=\"queue_deleted\"}";
+
+/// Redis variants: the cluster's keys matching `pattern` after its prefix (`*` wildcards), and
+/// the members of its `queues` set and `lifetimes` sorted set that match it too; memory: none.
+async fn redis_traces(cluster: &Cluster, pattern: &str) -> Vec<String> {
+    let Some(prefix) = cluster.redis_prefix() else { return Vec::new() };
+    let strings = |reply: Resp| match reply {
+        Resp::Array(Some(items)) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Resp::Bulk(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("unexpected reply {other:?}"),
+    };
+    let redis = redis().await;
+    // `{` starts a hash tag in the key but is no glob character: it matches itself.
+    let mut found = strings(redis.call(&["KEYS", &format!("{prefix}:{{{pattern}}}:*")]).await);
+    let matches = |name: &String| glob(pattern, name);
+    found.extend(
+        strings(redis.call(&["SMEMBERS", &format!("{prefix}:queues")]).await).into_iter().filter(matches),
+    );
+    found.extend(
+        strings(redis.call(&["ZRANGE", &format!("{prefix}:lifetimes"), "0", "-1"]).await)
+            .into_iter()
+            .filter(matches),
+    );
+    found.sort();
+    found
+}
+
+/// `*` matches any run of characters.
+fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            name.starts_with(head)
+                && (0..=name.len() - head.len()).any(|i| glob(rest, &name[head.len() + i..]))
+        }
+    }
+}
+
+/// Depth series of queues matching `pattern` on any node's `/metrics`.
+async fn depth_series(cluster: &Cluster, nodes: usize, pattern: &str) -> Vec<String> {
+    let mut series = Vec::new();
+    for i in 0..nodes {
+        for line in cluster.node(i).metrics().await.lines() {
+            if let Some(rest) = line.strip_prefix("stampede_queue_depth{queue=\"") {
+                let queue = rest.split('"').next().unwrap_or_default();
+                if glob(pattern, queue) {
+                    series.push(line.to_owned());
+                }
+            }
+        }
+    }
+    series
+}
+
+/// `auto-delete:true`: the queue lives while anyone on any node consumes it, and goes with its
+/// messages when the last consumer leaves; a new SUBSCRIBE then finds it empty.
+async fn auto_delete_after_the_last_consumer_leaves(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let queue = "/queue/ad";
+    let held = [("auto-delete", "true"), ("ack", "client-individual"), ("prefetch-count", "1")];
+    let mut a = cluster.connect(0).await;
+    let mut b = cluster.connect(1).await;
+    a.subscribe(queue, "s", &held).await;
+    b.subscribe(queue, "s", &held).await;
+    let mut publisher = cluster.connect(2).await;
+    for i in 1..=4 {
+        publisher.publish(queue, &i.to_string(), &[]).await;
+    }
+    let (_held_by_a, first_b) = (a.recv_message().await, b.recv_message().await);
+    // One consumer leaving keeps the queue: the other still gets what waits.
+    a.unsubscribe("s").await;
+    b.ack(&first_b).await;
+    let next = b.recv_message().await;
+    assert!(["1", "2", "3", "4"].contains(&body(&next).as_str()), "{}", show(&next));
+    assert!(cluster.queue_depth(queue).await > 0, "messages wait for b");
+    // The last one leaving deletes it, with what was still in it.
+    b.disconnect().await;
+    eventually_eq(WAIT, "the queue's depth once deleted", 0, || cluster.queue_depth(queue)).await;
+    eventually_eq(WAIT, "Redis keys of the deleted queue", Vec::<String>::new(), || {
+        redis_traces(&cluster, queue)
+    })
+    .await;
+    eventually(WAIT, "its messages counted as dropped", || async {
+        cluster.metric(QUEUE_DELETED).await >= 2.0
+    })
+    .await;
+    let mut later = cluster.connect(3).await;
+    later.subscribe(queue, "s", &[]).await;
+    publisher.publish(queue, "end", &[]).await;
+    assert_eq!(later.bodies_until("end").await, Vec::<String>::new(), "a new SUBSCRIBE sees an empty queue");
+    a.disconnect().await;
+    cluster.shutdown().await;
+}
+
+/// `x-expires`: a queue is deleted once unused (no consumer, no SEND, no SUBSCRIBE) for that
+/// long, and not before while SENDs keep coming.
+async fn x_expires_after_idle(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    let queue = "/queue/xe";
+    let mut consumer = cluster.connect(0).await;
+    consumer.subscribe(queue, "s", &[("x-expires", "1000")]).await;
+    consumer.unsubscribe("s").await;
+    let mut publisher = cluster.connect(1).await;
+    // Used every 300 ms for 2.4 s: more than twice its expiry, and kept throughout.
+    for i in 1..=8 {
+        publisher.publish(queue, &i.to_string(), &[]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(cluster.queue_depth(queue).await, 8, "not expired while used");
+    let quiet_since = std::time::Instant::now() - Duration::from_millis(300);
+    eventually_eq(WAIT, "the depth of the expired queue", 0, || cluster.queue_depth(queue)).await;
+    let idle = quiet_since.elapsed();
+    assert!(idle >= Duration::from_millis(900), "expired after {idle:?} unused, before its 1 s");
+    eventually_eq(WAIT, "Redis keys of the expired queue", Vec::<String>::new(), || {
+        redis_traces(&cluster, queue)
+    })
+    .await;
+    assert_eq!(cluster.metric(QUEUE_DELETED).await, 8.0);
+    consumer.subscribe(queue, "s", &[]).await;
+    publisher.publish(queue, "end", &[]).await;
+    assert_eq!(consumer.bodies_until("end").await, Vec::<String>::new());
+    cluster.shutdown().await;
+}
+
+/// A `[[queue]]` rule gives the queues it matches their lifetime without any header; others keep
+/// theirs forever.
+async fn configured_queue_rule(v: Variant) {
+    let cluster = Cluster::start(v, |c| {
+        let lifetime = QueueLifetime { expires: Some(Duration::from_secs(1)), auto_delete: true };
+        c.queue_rules = vec![QueueRule { pattern: "/queue/*-user*".into(), lifetime }];
+    })
+    .await;
+    let mut consumer = cluster.connect(0).await;
+    consumer.subscribe("/queue/reply-userab12", "s", &[("ack", "client"), ("prefetch-count", "1")]).await;
+    let mut publisher = cluster.connect(1).await;
+    for queue in ["/queue/reply-userab12", "/queue/reply-usercd34", "/queue/kept"] {
+        publisher.publish(queue, "1", &[]).await;
+        publisher.publish(queue, "2", &[]).await;
+    }
+    consumer.recv_message().await;
+    // auto-delete: the consumer leaves with a message unacknowledged and one waiting.
+    consumer.disconnect().await;
+    // expires: never consumed, unused for 1 s.
+    eventually_eq(WAIT, "queues left", (0, 0), || async {
+        (
+            cluster.queue_depth("/queue/reply-userab12").await,
+            cluster.queue_depth("/queue/reply-usercd34").await,
+        )
+    })
+    .await;
+    eventually_eq(WAIT, "Redis keys of the rule's queues", Vec::<String>::new(), || {
+        redis_traces(&cluster, "/queue/*-user*")
+    })
+    .await;
+    assert_eq!(cluster.metric(QUEUE_DELETED).await, 4.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cluster.queue_depth("/queue/kept").await, 2, "no rule matches: kept");
+    cluster.shutdown().await;
+}
+
+/// Spring's relay makes one queue per browser session: with a rule, 200 of them leave nothing
+/// behind, neither their messages nor Redis keys nor metrics series. Half are consumed
+/// (auto-deleted when their session goes), half only sent to (expired).
+async fn per_session_queues_all_go(v: Variant) {
+    let cluster = Cluster::start(v, |c| {
+        let lifetime = QueueLifetime { expires: Some(Duration::from_secs(1)), auto_delete: true };
+        c.queue_rules = vec![QueueRule { pattern: "/queue/*-user*".into(), lifetime }];
+    })
+    .await;
+    let nodes = v.nodes;
+    let mut sessions = Vec::new();
+    for s in 0..10 {
+        let mut client = cluster.connect(s).await;
+        for q in 0..10 {
+            client.subscribe(&format!("/queue/updates-user{s}x{q}"), &q.to_string(), &[]).await;
+        }
+        sessions.push(client);
+    }
+    let mut publisher = cluster.connect(0).await;
+    for s in 0..10 {
+        for q in 0..10 {
+            publisher.send(&format!("/queue/updates-user{s}x{q}"), "to a session", &[]).await;
+            publisher.send(&format!("/queue/gone-user{s}x{q}"), "to nobody", &[]).await;
+        }
+    }
+    publisher.publish("/queue/updates-user0x0", "last", &[]).await;
+    for (s, client) in sessions.iter_mut().enumerate() {
+        assert_eq!(client.recv_messages(10 + usize::from(s == 0)).await.len(), 10 + usize::from(s == 0));
+    }
+    for client in sessions {
+        client.drop_connection().await;
+    }
+    eventually_eq(WAIT * 2, "Redis keys of per-session queues", Vec::<String>::new(), || {
+        redis_traces(&cluster, "/queue/*-user*")
+    })
+    .await;
+    eventually_eq(WAIT * 3, "depth series of per-session queues", Vec::<String>::new(), || {
+        depth_series(&cluster, nodes, "/queue/*-user*")
+    })
+    .await;
+    assert_eq!(cluster.metric(QUEUE_DELETED).await, 100.0, "the messages nobody consumed");
+    cluster.shutdown().await;
+}
+
+/// A SEND racing an expiry is never lost silently: it either reaches the queue before the
+/// deletion (and counts as use) or creates it again after; a message is only ever lost with a
+/// queue left unused past its expiry, and then it is counted as dropped. Every message is
+/// delivered or counted, none twice.
+async fn send_racing_an_expiry_is_kept_or_counted(v: Variant) {
+    let cluster = Cluster::start(v, |c| {
+        let lifetime = QueueLifetime { expires: Some(Duration::from_millis(300)), auto_delete: false };
+        c.queue_rules = vec![QueueRule { pattern: "/queue/race".into(), lifetime }];
+    })
+    .await;
+    let queue = "/queue/race";
+    let mut publishers = [cluster.connect(0).await, cluster.connect(1).await];
+    // First one certain deletion, then SENDs spaced around the expiry (and the sweep), from two
+    // nodes, so some land just before a deletion and some just after.
+    publishers[0].publish(queue, "0", &[]).await;
+    eventually_eq(WAIT, "the first deletion", 1.0, || cluster.metric(QUEUE_DELETED)).await;
+    let sent = 25;
+    for i in 1..sent {
+        let gap = 150 + (i * 97) % 500;
+        tokio::time::sleep(Duration::from_millis(gap as u64)).await;
+        publishers[i % 2].publish(queue, &i.to_string(), &[]).await;
+    }
+    let mut consumer = cluster.connect(2).await;
+    consumer.subscribe(queue, "s", &[]).await;
+    publishers[0].publish(queue, "end", &[]).await;
+    let delivered = consumer.bodies_until("end").await;
+    let dropped = cluster.metric(QUEUE_DELETED).await as usize;
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), delivered.len(), "none twice: {delivered:?}");
+    assert_eq!(delivered.len() + dropped, sent, "delivered {delivered:?}, {dropped} counted as dropped");
+    assert!(dropped >= 2, "queues expired between SENDs: {dropped}");
+    assert!(
+        delivered.contains(&(sent - 1).to_string()),
+        "the last SEND created the queue again: {delivered:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// The headers are checked: a bad value is refused with a clear message.
+async fn queue_lifetime_headers_are_checked(v: Variant) {
+    let cluster = Cluster::start(v, |_| {}).await;
+    for (header, value, needle) in [
+        ("auto-delete", "yes", "auto-delete must be true or false"),
+        ("x-expires", "0", "x-expires must be a positive number of milliseconds"),
+        ("x-expires", "soon", "x-expires must be a positive number of milliseconds"),
+    ] {
+        let mut client = cluster.connect(0).await;
+        client.send_frame(&subscribe_frame("/queue/h", "s").with_header(header, value)).await.expect("sent");
+        client.expect_refusal(needle).await;
+    }
     cluster.shutdown().await;
 }

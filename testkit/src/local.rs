@@ -461,6 +461,12 @@ impl Cluster {
         Cluster { variant, nodes, prefix }
     }
 
+    /// `redis-prefix` of the Redis variants (every key of the cluster starts with it); `None` on
+    /// memory.
+    pub fn redis_prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
     /// The transport of the variant.
     pub fn t(&self) -> Transport {
         self.variant.transport

@@ -1,6 +1,6 @@
 //! The effective configuration as `stampede check-config` prints it: TOML keyed like the file,
-//! one line per setting in `--help` order with the layer its value came from, then the history
-//! and access rules as `[[history]]` and `[[acl]]` tables. Secrets print as `***` and the Redis
+//! one line per setting in `--help` order with the layer its value came from, then the history,
+//! queue and access rules as `[[history]]`, `[[queue]]` and `[[acl]]` tables. Secrets print as `***` and the Redis
 //! URL without its password. A setting no layer sets prints as a comment: its built-in value,
 //! or what leaving it unset means (`# redis-url: unset`). So the output read back as a config
 //! file (with the secrets given again) is the same configuration: the defaults stay defaults,
@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use super::layers::{printable, Layers};
-use super::settings::{Builtin, Value, ACL, HISTORY, SETTINGS};
+use super::settings::{Builtin, Value, ACL, HISTORY, QUEUE, SETTINGS};
 use super::{Config, ConfigError, Origin, Subject};
 
 /// Lines longer than this are not padded to align their comments.
@@ -54,6 +54,16 @@ pub(crate) fn render(layers: &Layers<'_>, config: &Config) -> Result<String, Con
         let _ = writeln!(out, "[[{HISTORY}]]\npattern = {}\nsize = {}", quoted(&rule.pattern), rule.size);
         if let Some(ttl) = rule.ttl {
             let _ = writeln!(out, "ttl = {}", quoted(&humantime::format_duration(ttl).to_string()));
+        }
+    }
+    let _ = writeln!(out, "\n# {QUEUE}: {}", list_origin(layers, QUEUE, config.queue_rules.len()));
+    for rule in &config.queue_rules {
+        let _ = writeln!(out, "[[{QUEUE}]]\npattern = {}", quoted(&rule.pattern));
+        if let Some(expires) = rule.lifetime.expires {
+            let _ = writeln!(out, "expires = {}", quoted(&humantime::format_duration(expires).to_string()));
+        }
+        if rule.lifetime.auto_delete {
+            let _ = writeln!(out, "auto-delete = true");
         }
     }
     let _ = writeln!(out, "\n# {ACL}: {}", list_origin(layers, ACL, config.auth.acl.len()));

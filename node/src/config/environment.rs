@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::settings::{closest_env_var, env_var, ACL, CONFIG_ENV, ENV_PREFIX, HISTORY, SETTINGS};
+use super::settings::{closest_env_var, env_var, ACL, CONFIG_ENV, ENV_PREFIX, HISTORY, QUEUE, SETTINGS};
 use super::ConfigError;
 
 /// Variables with the prefix that the project itself uses and the node never reads: image names
@@ -104,7 +104,7 @@ impl Environment {
 /// Whether `var` is the variable of a setting.
 fn is_setting(var: &str) -> bool {
     var == CONFIG_ENV
-        || SETTINGS.iter().map(|s| s.name).chain([HISTORY, ACL]).any(|name| env_var(name) == var)
+        || SETTINGS.iter().map(|s| s.name).chain([HISTORY, QUEUE, ACL]).any(|name| env_var(name) == var)
 }
 
 /// The Service names whose link variables `var` could be, by its shape alone.

@@ -48,6 +48,9 @@ pub enum ConfigError {
     /// One `[[history]]` table of the config file is malformed (1-based `entry`).
     #[error("invalid [[history]] entry {entry} in config file {}: {reason}", .path.display())]
     FileHistory { path: PathBuf, entry: usize, reason: String },
+    /// One `[[queue]]` table of the config file is malformed (1-based `entry`).
+    #[error("invalid [[queue]] entry {entry} in config file {}: {reason}", .path.display())]
+    FileQueue { path: PathBuf, entry: usize, reason: String },
     /// One `[[acl]]` table of the config file is malformed (1-based `entry`).
     #[error("invalid [[acl]] entry {entry} in config file {}: {reason}", .path.display())]
     FileAcl { path: PathBuf, entry: usize, reason: String },

@@ -11,11 +11,13 @@ use serde::Deserialize;
 
 use super::parse::{
     count, duration, grace, heartbeat, log_format, node_id, nonzero, optional_socket_addr,
-    parse_history_rule, redact_url, redis_prefix, redis_url, size, slow_consumer, socket_addr,
-    worker_threads,
+    parse_history_rule, parse_queue_rule, redact_url, redis_prefix, redis_url, size, slow_consumer,
+    socket_addr, worker_threads,
 };
 use super::settings::*;
-use super::{Config, ConfigError, Conflict, Heartbeat, HistoryRule, Limits, Origin, Queues, WsTuning};
+use super::{
+    Config, ConfigError, Conflict, Heartbeat, HistoryRule, Limits, Origin, QueueRule, Queues, WsTuning,
+};
 use crate::auth;
 use crate::transport::tls;
 
@@ -34,6 +36,16 @@ struct HistoryTable {
     ttl: Option<String>,
 }
 
+/// One `[[queue]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct QueueTable {
+    pattern: String,
+    expires: Option<String>,
+    #[serde(default)]
+    auto_delete: bool,
+}
+
 impl ConfigFile {
     pub(crate) fn read(path: PathBuf) -> Result<ConfigFile, ConfigError> {
         let text = match std::fs::read_to_string(&path) {
@@ -45,7 +57,7 @@ impl ConfigFile {
             Err(source) => return Err(ConfigError::ParseFile { path, source }),
         };
         let unknown = table.keys().find(|key| {
-            key.as_str() != HISTORY && key.as_str() != ACL && SETTINGS.iter().all(|s| s.name != *key)
+            ![HISTORY, QUEUE, ACL].contains(&key.as_str()) && SETTINGS.iter().all(|s| s.name != *key)
         });
         if let Some(key) = unknown {
             return Err(ConfigError::UnknownKey { suggestion: closest_setting(key), key: key.clone(), path });
@@ -86,6 +98,17 @@ impl ConfigFile {
         };
         self.tables(value, HISTORY, "pattern, size and ttl", fail, |table: HistoryTable| {
             HistoryRule::build(&table.pattern, table.size, table.ttl.as_deref())
+        })
+    }
+
+    fn queue_rules(&self, value: &toml::Value) -> Result<Vec<QueueRule>, ConfigError> {
+        let fail = |entry: usize, reason: String| ConfigError::FileQueue {
+            path: self.path.clone(),
+            entry: entry + 1,
+            reason,
+        };
+        self.tables(value, QUEUE, "pattern, expires and auto-delete", fail, |table: QueueTable| {
+            QueueRule::build(&table.pattern, table.expires.as_deref(), table.auto_delete)
         })
     }
 
@@ -324,6 +347,7 @@ impl Layers<'_> {
 
         let drain_period = self.value(&DRAIN_PERIOD, duration)?.value;
         let history = self.rules(HISTORY, parse_history_rule, ConfigFile::history)?.value;
+        let queue_rules = self.rules(QUEUE, parse_queue_rule, ConfigFile::queue_rules)?.value;
         let auth = auth::settings::resolve(self)?;
         let tls = tls::resolve_files(self)?;
         let origins = auth::settings::resolve_origins(self)?;
@@ -350,6 +374,7 @@ impl Layers<'_> {
             ws,
             drain_period,
             history,
+            queue_rules,
             auth,
             tls,
             origins,

@@ -21,10 +21,12 @@
 //! - `effective.rs`: the effective configuration as `stampede check-config` prints it: TOML,
 //!   each value with the layer it came from, secrets redacted.
 //! - `error.rs`: [`ConfigError`] and the [`Origin`] of a value that it names.
-//! - `tests/`: the tests, with the history rules' in `tests/history.rs`.
-//! - History rules (`--history`, `STAMPEDE_HISTORY`, `[[history]]`) and access rules (`--acl`,
-//!   `STAMPEDE_ACL`, `[[acl]]`) are lists, each resolved as one setting: the highest layer that
-//!   has any rules supplies all of them.
+//! - `tests/`: the tests, with the history rules' in `tests/history.rs` and the queue rules' in
+//!   `tests/queue.rs`.
+//! - History rules (`--history`, `STAMPEDE_HISTORY`, `[[history]]`), queue rules (`--queue`,
+//!   `STAMPEDE_QUEUE`, `[[queue]]`) and access rules (`--acl`, `STAMPEDE_ACL`, `[[acl]]`) are
+//!   lists, each resolved as one setting: the highest layer that has any rules supplies all of
+//!   them.
 //! - Feature settings live with their feature, which reads and checks them through `Layers`:
 //!   authentication, access rules and origins in [`crate::auth::settings`], TLS files in
 //!   [`crate::transport::tls`]. Their types are re-exported here, as the types of `Config`'s
@@ -61,6 +63,8 @@ use settings::{command, CHECK_CONFIG, CONFIG, CONFIG_ENV};
 
 /// The prefix every history pattern starts with.
 const TOPIC_PREFIX: &str = "/topic/";
+/// The prefix every queue rule's pattern starts with.
+const QUEUE_PREFIX: &str = "/queue/";
 
 // === Public types ===
 
@@ -118,6 +122,9 @@ pub struct Config {
     pub drain_period: Duration,
     /// Topics that keep history, in order; the first rule matching a destination applies.
     pub history: Vec<HistoryRule>,
+    /// Lifetimes of the queues a pattern matches, in order; the first matching rule applies to
+    /// a queue whose SUBSCRIBE did not set its own.
+    pub queue_rules: Vec<QueueRule>,
     /// Who may connect, and what they may publish and subscribe to.
     pub auth: AuthSettings,
     /// TLS for the client listeners (WebSocket and STOMP over TCP); `None` = plain text.
@@ -228,6 +235,33 @@ pub struct HistoryRule {
     pub ttl: Option<Duration>,
 }
 
+/// When a queue goes away by itself, with its stored messages: set per queue by SUBSCRIBE's
+/// `auto-delete` and `x-expires` headers (as RabbitMQ's STOMP plugin takes them), or for the
+/// queues a pattern matches by a `[[queue]]` rule. The default keeps a queue forever.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueLifetime {
+    /// Deleted once it has had no consumer, no SEND and no SUBSCRIBE for this long.
+    pub expires: Option<Duration>,
+    /// Deleted when its last consumer, cluster-wide, unsubscribes or disconnects (a queue that
+    /// never had a consumer stays).
+    pub auto_delete: bool,
+}
+
+impl QueueLifetime {
+    /// Whether the queue ever goes away by itself.
+    pub fn is_some(&self) -> bool {
+        self.expires.is_some() || self.auto_delete
+    }
+}
+
+/// A lifetime for the queues a pattern matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRule {
+    /// A `/queue/...` destination in which `*` matches any run of characters, `/` included.
+    pub pattern: String,
+    pub lifetime: QueueLifetime,
+}
+
 // === impl Config ===
 
 impl Config {
@@ -266,6 +300,12 @@ impl Config {
         self.history.iter().find(|rule| rule.matches(destination))
     }
 
+    /// The lifetime the first matching `[[queue]]` rule gives `queue` (none when no rule
+    /// matches).
+    pub fn queue_lifetime(&self, queue: &str) -> QueueLifetime {
+        self.queue_rules.iter().find(|rule| rule.matches(queue)).map(|rule| rule.lifetime).unwrap_or_default()
+    }
+
     /// `redis_url` with any password replaced by `***`, for logs.
     pub fn redacted_redis_url(&self) -> Option<String> {
         self.redis_url.as_deref().map(redact_url)
@@ -299,6 +339,7 @@ impl fmt::Debug for Config {
             .field("ws", &self.ws)
             .field("drain_period", &self.drain_period)
             .field("history", &self.history)
+            .field("queue_rules", &self.queue_rules)
             .field("auth", &self.auth)
             .field("tls", &self.tls)
             .field("origins", &self.origins)
@@ -349,5 +390,27 @@ impl HistoryRule {
             .map(|ttl| nonzero(duration(ttl)).map_err(|reason| format!("ttl {ttl:?}: {reason}")))
             .transpose()?;
         Ok(HistoryRule { pattern: pattern.to_owned(), size, ttl })
+    }
+}
+
+impl QueueRule {
+    /// Whether `queue` matches this rule's pattern.
+    pub fn matches(&self, queue: &str) -> bool {
+        wildcard_match(self.pattern.as_bytes(), queue.as_bytes())
+    }
+
+    /// Checks a rule's parts; the error is the reason, for the caller to place.
+    fn build(pattern: &str, expires: Option<&str>, auto_delete: bool) -> Result<QueueRule, String> {
+        if !pattern.starts_with(QUEUE_PREFIX) || pattern.len() == QUEUE_PREFIX.len() {
+            return Err(format!("pattern {pattern:?} must start with {QUEUE_PREFIX:?} and name a queue"));
+        }
+        let expires = expires
+            .map(|text| nonzero(duration(text)).map_err(|reason| format!("expires {text:?}: {reason}")))
+            .transpose()?;
+        let lifetime = QueueLifetime { expires, auto_delete };
+        if !lifetime.is_some() {
+            return Err("a queue rule needs expires, auto-delete or both".to_owned());
+        }
+        Ok(QueueRule { pattern: pattern.to_owned(), lifetime })
     }
 }

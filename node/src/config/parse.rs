@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{HistoryRule, LogFormat, SlowConsumerPolicy};
+use super::{HistoryRule, LogFormat, QueueRule, SlowConsumerPolicy};
 
 pub(crate) const SIZE_EXPECTED: &str = "expected a size like 65536, 64KiB or 1MiB";
 
@@ -208,6 +208,23 @@ pub(crate) fn parse_history_rule(text: &str) -> Result<HistoryRule, String> {
     };
     let size = size.parse().map_err(|_| format!("size {size:?}: expected a whole number of messages"))?;
     HistoryRule::build(pattern.trim(), size, ttl)
+}
+
+/// `PATTERN=OPTION[,OPTION]`, each option `auto-delete` or the `expires` duration, as `--queue`
+/// and `STAMPEDE_QUEUE` take it.
+pub(crate) fn parse_queue_rule(text: &str) -> Result<QueueRule, String> {
+    const EXPECTED: &str = "expected PATTERN=EXPIRES[,auto-delete] like /queue/*-user*=10m,auto-delete";
+    let (pattern, rest) = text.rsplit_once('=').ok_or_else(|| EXPECTED.to_owned())?;
+    let (mut expires, mut auto_delete) = (None, false);
+    for option in rest.split(',').map(str::trim) {
+        match option {
+            "" => return Err(EXPECTED.to_owned()),
+            "auto-delete" if !auto_delete => auto_delete = true,
+            _ if expires.is_none() && option != "auto-delete" => expires = Some(option),
+            _ => return Err(format!("{option:?} is given twice")),
+        }
+    }
+    QueueRule::build(pattern.trim(), expires, auto_delete)
 }
 
 /// Hides the password of a Redis URL: the userinfo's password, and any query parameter whose

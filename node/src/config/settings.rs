@@ -15,6 +15,8 @@ pub(crate) const CONFIG_ENV: &str = "STAMPEDE_CONFIG";
 pub(crate) const CHECK_CONFIG: &str = "check-config";
 /// The list setting of history rules: `--history`, `STAMPEDE_HISTORY`, `[[history]]`.
 pub(crate) const HISTORY: &str = "history";
+/// The list setting of queue lifetime rules: `--queue`, `STAMPEDE_QUEUE`, `[[queue]]`.
+pub(crate) const QUEUE: &str = "queue";
 /// The list setting of access rules: `--acl`, `STAMPEDE_ACL`, `[[acl]]`.
 pub(crate) const ACL: &str = "acl";
 
@@ -300,6 +302,21 @@ pub(crate) fn command() -> Command {
                 )),
         )
         .arg(
+            Arg::new(QUEUE)
+                .long(QUEUE)
+                .global(true)
+                .value_name("PATTERN=EXPIRES[,auto-delete]")
+                .action(ArgAction::Append)
+                .help(format!(
+                    "Delete queues matching PATTERN (* matches anything) and their messages once \
+                     unused (no consumer, SEND or SUBSCRIBE) for EXPIRES, and/or with auto-delete \
+                     when their last consumer leaves; SUBSCRIBE's x-expires and auto-delete \
+                     headers override it; repeatable, the first match wins [default: none] \
+                     [env: {}=, rules separated by ;]",
+                    env_var(QUEUE)
+                )),
+        )
+        .arg(
             Arg::new(ACL)
                 .long(ACL)
                 .global(true)
@@ -316,7 +333,7 @@ pub(crate) fn command() -> Command {
 
 /// The setting a mistyped file key most likely meant: within two edits.
 pub(crate) fn closest_setting(key: &str) -> Option<&'static str> {
-    closest(key, SETTINGS.iter().map(|s| s.name).chain([HISTORY, ACL]))
+    closest(key, SETTINGS.iter().map(|s| s.name).chain([HISTORY, QUEUE, ACL]))
 }
 
 /// The variable a mistyped `STAMPEDE_` variable most likely meant: its name after the prefix,
@@ -325,7 +342,7 @@ pub(crate) fn closest_setting(key: &str) -> Option<&'static str> {
 /// `STAMPEDE_MAX_FRAME_SIZE`.
 pub(crate) fn closest_env_var(var: &str) -> Option<String> {
     let key = var.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase().replace('_', "-");
-    let names = SETTINGS.iter().map(|s| s.name).chain([HISTORY, ACL, CONFIG]);
+    let names = SETTINGS.iter().map(|s| s.name).chain([HISTORY, QUEUE, ACL, CONFIG]);
     closest(&key, names).map(|name| if name == CONFIG { CONFIG_ENV.to_owned() } else { env_var(name) })
 }
 

@@ -2,16 +2,25 @@
 //!
 //! Topics are delivered straight to the node's inbox. History topics keep a bounded, optionally
 //! expiring log per destination, with offsets from 1 upwards. Queues are FIFO lists with an
-//! in-flight table: fetched entries wait there until acknowledged or released. A queue left with
-//! neither is forgotten (its depth series with it): per-session queues come and go by the
+//! in-flight table: fetched entries wait there until acknowledged or released.
+//!
+//! A queue exists from its first SEND or SUBSCRIBE. Its lifetime is applied under the queues'
+//! lock: an `auto_delete` queue goes at the hub's unwatch (the node's last consumer left), and a
+//! sweeping task deletes every [`SWEEP_INTERVAL`] the queues unused for their `expires`. A SEND
+//! takes the same lock, so it lands either before a deletion (and counts as use) or after it (and
+//! creates the queue again).
+//! A queue with no lifetime is forgotten once it has no entries, no consumer on this node
+//! and nothing in flight (its depth series with it): per-session queues come and go by the
 //! thousand. Entry ids are unique across queues, so one forgotten and made again never reuses one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, QueueLifetime};
 use crate::engine::{
     Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
 };
@@ -24,10 +33,17 @@ pub struct MemoryEngine {
     metrics: Arc<Metrics>,
     inbox: OnceLock<Weak<dyn Inbox>>,
     logs: Mutex<HashMap<Arc<str>, TopicLog>>,
-    queues: Mutex<HashMap<Arc<str>, MemQueue>>,
-    /// The last entry id given, in any queue.
+    queues: Arc<Mutex<HashMap<Arc<str>, MemQueue>>>,
+    /// The last entry id given, over every queue: a queue created again after a deletion does
+    /// not reuse the ids a session may still hold from the old one.
     last_id: AtomicU64,
+    /// The task deleting expired queues, started by `attach`.
+    sweeper: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// How often queues are checked for expiry: a queue goes at most this long after its
+/// `expires`.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The retained messages of one history topic.
 struct TopicLog {
@@ -36,10 +52,48 @@ struct TopicLog {
     entries: VecDeque<(Instant, Arc<Message>)>,
 }
 
-#[derive(Default)]
 struct MemQueue {
     ready: VecDeque<Stored>,
     in_flight: HashMap<EntryId, Stored>,
+    /// Between the hub's watch and unwatch: the node has consumers of it.
+    consumed: bool,
+    /// When it was last used: its last SEND or SUBSCRIBE, or its last consumer leaving.
+    used: Instant,
+    /// The lifetime a SUBSCRIBE gave it; `None`: the configured rule's.
+    declared: Option<QueueLifetime>,
+}
+
+impl MemQueue {
+    fn new() -> MemQueue {
+        MemQueue {
+            ready: VecDeque::new(),
+            in_flight: HashMap::new(),
+            consumed: false,
+            used: Instant::now(),
+            declared: None,
+        }
+    }
+
+    fn lifetime(&self, config: &Config, name: &str) -> QueueLifetime {
+        self.declared.unwrap_or_else(|| config.queue_lifetime(name))
+    }
+
+    /// A queue nothing would miss: no lifetime to keep time for, no consumer on this node, no
+    /// entry ready or in flight.
+    fn forgettable(&self, config: &Config, name: &str) -> bool {
+        let lifetime = self.lifetime(config, name);
+        !self.consumed
+            && lifetime.expires.is_none()
+            && !lifetime.auto_delete
+            && self.ready.is_empty()
+            && self.in_flight.is_empty()
+    }
+
+    /// Messages deleted with it: the ready ones and those in flight (whose ack or release then
+    /// finds nothing).
+    fn messages(&self) -> u64 {
+        (self.ready.len() + self.in_flight.len()) as u64
+    }
 }
 
 struct Stored {
@@ -83,8 +137,37 @@ impl MemoryEngine {
             metrics,
             inbox: OnceLock::new(),
             logs: Mutex::new(HashMap::new()),
-            queues: Mutex::new(HashMap::new()),
+            queues: Arc::new(Mutex::new(HashMap::new())),
             last_id: AtomicU64::new(0),
+            sweeper: Mutex::new(None),
+        }
+    }
+
+    /// Deletes the queues unused for their `expires`, every [`SWEEP_INTERVAL`], until the
+    /// engine is dropped.
+    async fn sweep_loop(
+        queues: Weak<Mutex<HashMap<Arc<str>, MemQueue>>>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(queues) = queues.upgrade() else { return };
+            let now = Instant::now();
+            let mut deleted = Vec::new();
+            queues.lock().expect("queues lock").retain(|name, q| {
+                let expired = !q.consumed
+                    && q.lifetime(&config, name).expires.is_some_and(|e| now.duration_since(q.used) >= e);
+                if expired {
+                    deleted.push((name.clone(), q.messages()));
+                }
+                !expired
+            });
+            for (queue, messages) in deleted {
+                deleted_queue(&metrics, &queue, messages, "expired");
+            }
         }
     }
 
@@ -134,7 +217,8 @@ impl MemoryEngine {
         let mut dropped = 0;
         {
             let mut queues = self.queues.lock().expect("queues lock");
-            let q = queues.entry(queue.clone()).or_default();
+            let q = queues.entry(queue.clone()).or_insert_with(MemQueue::new);
+            q.used = Instant::now();
             let id: EntryId = (self.last_id.fetch_add(1, Ordering::Relaxed) + 1).to_string().into();
             q.ready.push_back(Stored { id, message, deliveries });
             while q.ready.len() > max {
@@ -154,14 +238,55 @@ impl MemoryEngine {
 impl Engine for MemoryEngine {
     fn attach(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inbox.set(inbox);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let sweep =
+                Self::sweep_loop(Arc::downgrade(&self.queues), self.config.clone(), self.metrics.clone());
+            *self.sweeper.lock().expect("sweeper lock") = Some(runtime.spawn(sweep));
+        }
     }
 
-    fn watch(&self, _destination: &str) -> Pending {
-        // Every publish reaches the hub, which knows its local subscribers.
+    /// Every publish reaches the hub, which knows its local subscribers; a queue is marked in
+    /// use while the hub has consumers of it.
+    fn watch(&self, destination: &str) -> Pending {
+        if is_queue(destination) {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let q = queues.entry(Arc::from(destination)).or_insert_with(MemQueue::new);
+            q.consumed = true;
+            q.used = Instant::now();
+        }
         Pending::ready(Ok(()))
     }
 
-    fn unwatch(&self, _destination: &str) {}
+    fn unwatch(&self, destination: &str) {
+        if !is_queue(destination) {
+            return;
+        }
+        let deleted = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let Some(q) = queues.get_mut(destination) else { return };
+            q.consumed = false;
+            q.used = Instant::now();
+            if q.lifetime(&self.config, destination).auto_delete {
+                queues.remove(destination).map(|q| q.messages())
+            } else {
+                if q.forgettable(&self.config, destination) {
+                    queues.remove(destination);
+                }
+                None
+            }
+        };
+        if let Some(messages) = deleted {
+            deleted_queue(&self.metrics, destination, messages, "auto-deleted");
+        }
+    }
+
+    fn declare(&self, queue: &str, lifetime: QueueLifetime) -> Pending {
+        let mut queues = self.queues.lock().expect("queues lock");
+        let q = queues.entry(Arc::from(queue)).or_insert_with(MemQueue::new);
+        q.declared = Some(lifetime);
+        q.used = Instant::now();
+        Pending::ready(Ok(()))
+    }
 
     async fn publish(&self, message: Message) -> PendingPublish {
         PendingPublish::done(self.publish_now(message))
@@ -251,7 +376,7 @@ impl Engine for MemoryEngine {
             for id in ids {
                 q.in_flight.remove(id);
             }
-            if q.ready.is_empty() && q.in_flight.is_empty() {
+            if q.forgettable(&self.config, queue) {
                 queues.remove(queue);
             }
         }
@@ -289,6 +414,27 @@ impl Engine for MemoryEngine {
             last_seen_ms: now.as_millis() as u64,
         }])
     }
+}
+
+impl Drop for MemoryEngine {
+    fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.lock().expect("sweeper lock").take() {
+            sweeper.abort();
+        }
+    }
+}
+
+/// Whether a destination is a queue (competing consumers) rather than a topic.
+fn is_queue(destination: &str) -> bool {
+    destination.starts_with("/queue/")
+}
+
+/// Counts and logs a deleted queue's messages.
+fn deleted_queue(metrics: &Metrics, queue: &str, messages: u64, why: &'static str) {
+    if messages > 0 {
+        metrics.dropped(DropReason::QueueDeleted, messages);
+    }
+    tracing::info!(%queue, messages, why, "queue deleted");
 }
 
 #[cfg(test)]

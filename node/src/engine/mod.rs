@@ -8,6 +8,13 @@
 //! The node hands the engine an [`Inbox`] (the hub) at start-up; the engine calls it for every
 //! message of a watched destination and whenever a queue may have entries to fetch.
 //!
+//! Queues may go away by themselves ([`QueueLifetime`]): after their last consumer leaves
+//! (`auto_delete`) or after being unused (no consumer, no SEND, no SUBSCRIBE) for `expires`.
+//! Deleting a queue drops its stored messages (counted as `queue_deleted`) and its depth series.
+//! A SEND never races a deletion: it counts as use, so it either reaches the queue before the
+//! deletion is decided (and an expiry then waits again) or comes after it and creates the queue
+//! anew, empty but for that message.
+//!
 //! Back ends are chosen by configuration and dispatched statically through [`AnyEngine`].
 
 #[cfg(test)]
@@ -21,6 +28,8 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
+
+use crate::config::QueueLifetime;
 
 /// One message as the engine stores and moves it: a destination, the user headers, the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +108,11 @@ impl Pending {
         Pending(async move { rx.await.unwrap_or(Err(EngineError::Closed)) }.boxed().shared())
     }
 
+    /// Applied once both are: the first failure, if any.
+    pub fn and(self, other: Pending) -> Pending {
+        Pending(async move { self.wait().await.and(other.wait().await) }.boxed().shared())
+    }
+
     pub async fn wait(self) -> Result<(), EngineError> {
         self.0.await
     }
@@ -169,8 +183,14 @@ pub trait Engine: Send + Sync {
     fn attach(&self, inbox: Weak<dyn Inbox>);
     /// This node has its first local subscriber of `destination`: start receiving it.
     fn watch(&self, destination: &str) -> Pending;
-    /// This node's last local subscriber of `destination` left: stop receiving it.
+    /// This node's last local subscriber of `destination` left: stop receiving it. A queue whose
+    /// lifetime says `auto_delete` is deleted, with its messages, once no node consumes it.
     fn unwatch(&self, destination: &str);
+    /// A SUBSCRIBE gave `queue` its own lifetime (its `auto-delete` and `x-expires` headers): from
+    /// now until the queue is deleted it replaces the configured rule's, cluster-wide. Applied in
+    /// call order with [`Engine::watch`] and [`Engine::unwatch`]. Queues also expire by the rule
+    /// alone: the engine asks the configuration for queues nobody declared.
+    fn declare(&self, queue: &str, lifetime: QueueLifetime) -> Pending;
     /// Publishes to a topic or user destination. Resolves once the engine has *taken* the
     /// message, ordered after everything the caller published before; the [`PendingPublish`] it
     /// returns tells the outcome (the history offset, when the destination keeps one) for callers
@@ -254,6 +274,9 @@ impl Engine for AnyEngine {
     }
     fn unwatch(&self, destination: &str) {
         dispatch!(self, e => e.unwatch(destination))
+    }
+    fn declare(&self, queue: &str, lifetime: QueueLifetime) -> Pending {
+        dispatch!(self, e => e.declare(queue, lifetime))
     }
     async fn publish(&self, message: Message) -> PendingPublish {
         dispatch!(self, e => e.publish(message).await)

@@ -7,7 +7,9 @@
 //!
 //! Queues are pulled, not pushed: for each queue with local consumers a dispatcher task fetches
 //! as many entries from the engine as the consumers have credit (`prefetch-count` minus what
-//! they hold unacknowledged) and hands them out round-robin.
+//! they hold unacknowledged) and hands them out round-robin. A SUBSCRIBE that sets the queue's
+//! lifetime declares it to the engine before the watch; the engine deletes the queue when the
+//! lifetime says, after the hub's unwatch or once it has been unused long enough.
 //!
 //! Layout: `mod.rs` (the hub, subscriptions, publishing), `topic.rs` (topic and user-destination
 //! fan-out: the engine's [`Inbox`]), `queue.rs` (queue dispatch, acknowledgements, credit),
@@ -25,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use crate::config::QueueLifetime;
 use crate::destination::{Kind, Route};
 use crate::engine::{
     AnyEngine, Engine, EngineError, EntryId, History, Inbox, Message, Pending, PendingPublish,
@@ -81,6 +84,9 @@ pub struct Subscription {
     pub prefetch: u32,
     /// Queue subscriptions: how many entries it holds unacknowledged now.
     pub in_flight: AtomicU32,
+    /// Queue subscriptions: the lifetime its SUBSCRIBE gave the queue (`auto-delete`,
+    /// `x-expires`); `None` leaves the queue's as it is.
+    pub lifetime: Option<QueueLifetime>,
 }
 
 impl Subscription {

@@ -221,6 +221,7 @@ mod tests {
             active: AtomicBool::new(true),
             prefetch: 0,
             in_flight: AtomicU32::new(0),
+            lifetime: None,
         })
     }
 

@@ -30,6 +30,8 @@ const FETCH_MAX: u32 = 256;
 impl Hub {
     pub(super) fn subscribe_queue(&self, subscription: Arc<Subscription>) -> Pending {
         let name: Arc<str> = Arc::from(subscription.route.name.as_str());
+        // Before the watch, so the engine has the lifetime when this node's consumers leave.
+        let declared = subscription.lifetime.map(|lifetime| self.engine.declare(&name, lifetime));
         let (dispatch, spawn) = {
             let mut queues = self.queues.lock().expect("queues lock");
             match queues.get(&name) {
@@ -54,7 +56,10 @@ impl Hub {
             }
         }
         dispatch.wake.notify_one();
-        pending
+        match declared {
+            Some(declared) => declared.and(pending),
+            None => pending,
+        }
     }
 
     pub(super) fn unsubscribe_queue(&self, subscription: &Arc<Subscription>) {

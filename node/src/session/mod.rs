@@ -63,6 +63,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
+use crate::config::QueueLifetime;
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
 use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
@@ -86,6 +87,12 @@ pub const SINCE_HEADER: &str = "x-since";
 pub const RECOVERED_HEADER: &str = "x-recovered";
 /// Header limiting unacknowledged queue messages per subscription.
 pub const PREFETCH_HEADER: &str = "prefetch-count";
+/// SUBSCRIBE to a queue: `true` deletes the queue (and its messages) when its last consumer,
+/// cluster-wide, leaves (RabbitMQ's STOMP header of the same name).
+pub const AUTO_DELETE_HEADER: &str = "auto-delete";
+/// SUBSCRIBE to a queue: milliseconds after which the queue is deleted once unused (no consumer,
+/// no SEND, no SUBSCRIBE), as RabbitMQ's `x-expires`.
+pub const EXPIRES_HEADER: &str = "x-expires";
 
 /// A connection a transport accepted and hands to its session.
 #[derive(Debug)]

@@ -75,6 +75,7 @@ impl<S: FrameSink> Session<S> {
             }
         }
         let route_is_topic = route.kind != Kind::Queue;
+        let lifetime = self.lifetime(&frame, &route)?;
         let mut head = BytesMut::with_capacity(32 + id.len());
         head.extend_from_slice(b"MESSAGE\nsubscription:");
         match version {
@@ -93,6 +94,7 @@ impl<S: FrameSink> Session<S> {
             active: AtomicBool::new(true),
             prefetch,
             in_flight: AtomicU32::new(0),
+            lifetime,
         });
         if route_is_topic && ack != AckMode::Auto && frame.get(PREFETCH_HEADER).is_some() {
             self.windows.insert(subscription.seq, Window::new(prefetch));
@@ -110,6 +112,41 @@ impl<S: FrameSink> Session<S> {
             self.send_frame(&receipt).await?;
         }
         Ok(Flow::Continue)
+    }
+
+    /// The queue lifetime the SUBSCRIBE's `auto-delete` and `x-expires` headers ask for: the
+    /// configured rule's, with each header given replacing its part; `None` without either.
+    /// Checked on every destination, used on queues only (a topic keeps nothing to delete).
+    fn lifetime(&self, frame: &Frame, route: &Route) -> Result<Option<QueueLifetime>, SessionError> {
+        let auto_delete = match frame.get(AUTO_DELETE_HEADER) {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                return Err(SessionError::invalid(format!(
+                    "{AUTO_DELETE_HEADER} must be true or false, not {other:?}"
+                )))
+            }
+        };
+        let expires = match frame.get(EXPIRES_HEADER) {
+            None => None,
+            Some(ms) => Some(ms.parse::<u64>().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                SessionError::invalid(format!(
+                    "{EXPIRES_HEADER} must be a positive number of milliseconds, not {ms:?}"
+                ))
+            })?),
+        };
+        if route.kind != Kind::Queue || (auto_delete.is_none() && expires.is_none()) {
+            return Ok(None);
+        }
+        let mut lifetime = self.node.config().queue_lifetime(&route.name);
+        if let Some(auto_delete) = auto_delete {
+            lifetime.auto_delete = auto_delete;
+        }
+        if let Some(ms) = expires {
+            lifetime.expires = Some(Duration::from_millis(ms));
+        }
+        Ok(Some(lifetime))
     }
 
     /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last

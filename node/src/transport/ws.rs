@@ -151,10 +151,16 @@ impl Protocol for WebSocket {
         let sink = WsSink::new(write, config.ws.write_buffer).with_write_timeout(config.limits.write_timeout);
         let (negotiated_tx, negotiated_rx) = tokio::sync::oneshot::channel();
         if framed {
-            let Ok(sink) = SockJsSink::open(sink, config.ws.write_buffer).await else { return };
-            let inbound = spawn_reader(SockJsSource::new(source), ReadLimits::of(&node), negotiated_rx);
-            let accepted = Accepted { transport: Transport::Sockjs, peer, permit, deadline, bearer };
-            session::run(node, sink, inbound, negotiated_tx, accepted).await;
+            // Boxed: laid out inline, SockJS's larger sink would size every WebSocket
+            // connection's future.
+            let high_water = config.ws.write_buffer;
+            Box::pin(async move {
+                let Ok(sink) = SockJsSink::open(sink, high_water).await else { return };
+                let inbound = spawn_reader(SockJsSource::new(source), ReadLimits::of(&node), negotiated_rx);
+                let accepted = Accepted { transport: Transport::Sockjs, peer, permit, deadline, bearer };
+                session::run(node, sink, inbound, negotiated_tx, accepted).await;
+            })
+            .await;
         } else {
             let inbound = spawn_reader(source, ReadLimits::of(&node), negotiated_rx);
             let accepted = Accepted { transport: Transport::Ws, peer, permit, deadline, bearer };

@@ -36,6 +36,23 @@ impl Keys {
         format!("{}:{{{queue}}}:q", self.prefix)
     }
 
+    /// Hash of a queue's lifetime and users: `expires` (ms) and `auto` (0/1) when a SUBSCRIBE
+    /// declared them, `used` (ms: its last SUBSCRIBE, or its last consumer leaving) and one
+    /// `n:<node-id>` field per node that has consumers of it.
+    pub(super) fn life(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:life", self.prefix)
+    }
+
+    /// Sorted set of the queues that have a lifetime, scored by when (ms) to look at them next.
+    pub(super) fn lifetimes(&self) -> String {
+        format!("{}:lifetimes", self.prefix)
+    }
+
+    /// Held (SET NX PX) by the node sweeping queues, so one node at a time does.
+    pub(super) fn sweeper(&self) -> String {
+        format!("{}:sweeper", self.prefix)
+    }
+
     /// Set of every queue name ever enqueued to, for reclaiming and depth metrics.
     pub(super) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
@@ -234,6 +251,8 @@ mod tests {
         let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
         assert_eq!(slot(&keys.log("/topic/a")), slot(&keys.seq("/topic/a")));
         assert_eq!(slot(&keys.queue("/topic/a")), slot(&keys.seq("/topic/a")));
+        assert_eq!(keys.life("/queue/q"), "stampede:{/queue/q}:life");
+        assert_eq!(slot(&keys.life("/queue/q")), slot(&keys.queue("/queue/q")));
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //! | `P:{/topic/t}:log` | stream | history of a history topic: id `0-<offset>`, fields `e` (envelope), `t` (publish time, ms) |
 //! | `P:{/topic/t}:seq` | string | the history topic's last offset |
 //! | `P:{/queue/q}:q` | stream | a queue: fields `e` (envelope), `r` (redeliveries); consumer group `stampede`, one consumer per node (its `node-id`) |
+//! | `P:{/queue/q}:life` | hash | a queue's lifetime and users: `expires`, `auto` (declared by a SUBSCRIBE), `used` (ms), `n:<node-id>` per node consuming it |
 //! | `P:queues` | set | names of every queue enqueued to (for reclaiming and depth metrics) |
+//! | `P:lifetimes` | sorted set | queues that have a lifetime, scored by when (ms) the sweep looks at them next |
+//! | `P:sweeper` | string | the node sweeping queues now (SET NX PX) |
 //! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`; expires after 5 s |
 //! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
 //! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes) |
@@ -48,6 +51,22 @@
 //! `queue-reclaim-after` it claims entries idle longer than that (their node died) and re-adds them
 //! as redeliveries, so they flow to consumers anywhere in the cluster.
 //!
+//! # Queue lifetimes
+//! A queue's `life` hash records which nodes consume it (`n:<node-id>`, set by the JOIN script when
+//! a node watches it, removed by LEAVE when it unwatches) and the lifetime a SUBSCRIBE declared;
+//! undeclared queues take the configured rule's, which every call passes along. When a node's
+//! last consumer leaves and no `n:` field is left, LEAVE deletes an auto-delete queue (stream,
+//! consumer group, life hash) in the same script. Expiry needs a cluster-wide clock of the last
+//! use without a command more per SEND: a SEND's append already stamps the stream's last id with
+//! Redis's time, and JOIN, LEAVE and DECLARE stamp `used`. Queues with a lifetime are listed in
+//! `P:lifetimes`; every 500 ms a node that wins the `P:sweeper` lock runs the SWEEP script on the
+//! ones due, which forgets the `n:` fields of nodes missing from the registry (their auto-delete
+//! queues then go too) and deletes a queue unused for its `expires`, or says when to look again.
+//! Deciding and deleting happen in one script, so a SEND lands before (and is seen as use) or
+//! after (and creates the queue again: ENQUEUE reports the new stream and the node registers it
+//! again). After deleting, a node removes the name from `P:queues` and `P:lifetimes`, then checks
+//! that the stream is still gone and registers it again if not.
+//!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
 //! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`, `registry.rs`, `tests.rs`.
 
@@ -72,7 +91,7 @@ use fred::types::{Builder, ClusterHash, CustomCommand, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, QueueLifetime};
 use crate::engine::{
     Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
 };
@@ -141,6 +160,12 @@ struct Inner {
     known_queues: Mutex<HashSet<Arc<str>>>,
     /// Ready entries per queue, refreshed by the queue task.
     depths: Mutex<Vec<(String, u64)>>,
+    /// Queues whose stream an enqueue created, to register (again) by the queue task: a queue
+    /// deleted by another node may be in `known_queues` still.
+    created: Mutex<Vec<Arc<str>>>,
+    /// Queues this node stopped consuming while Redis was away: their LEAVE is retried by the
+    /// queue task (unless the node consumes them again by then).
+    unleft: Mutex<HashSet<Arc<str>>>,
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
     answering: std::sync::atomic::AtomicBool,
@@ -207,6 +232,8 @@ impl RedisEngine {
             in_flight: Mutex::new(HashMap::new()),
             known_queues: Mutex::new(HashSet::new()),
             depths: Mutex::new(Vec::new()),
+            created: Mutex::new(Vec::new()),
+            unleft: Mutex::new(HashSet::new()),
             answering: std::sync::atomic::AtomicBool::new(true),
         });
 
@@ -272,12 +299,18 @@ impl RedisEngine {
         }
     }
 
-    /// Sends the writes already taken (for at most a command timeout), stops the tasks,
-    /// leaves the registry and closes the connections.
+    /// Sends the writes already taken and applies the unwatches already asked (for at most a
+    /// command timeout each), stops the tasks, leaves the registry and closes the connections.
     pub async fn shutdown(&self) {
         let (done, flushed) = oneshot::channel();
         if self.publishes.send(publisher::Request::Flush(done)).await.is_ok() {
             let _ = tokio::time::timeout(COMMAND_TIMEOUT, flushed).await;
+        }
+        // The unwatches of the sessions closed before: their queues' leaves (an auto-delete
+        // queue goes now rather than at a sweep after this node left the registry).
+        let (done, applied) = oneshot::channel();
+        if self.control.send(pubsub::Control::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(COMMAND_TIMEOUT, applied).await;
         }
         for task in &self.tasks {
             task.abort();
@@ -353,16 +386,48 @@ impl Inner {
         reply
     }
 
-    /// Adds a queue to the `queues` set once per process (again after each reconnect, see the
-    /// queue task).
+    /// Adds a queue to the `queues` set, and to `lifetimes` when a rule gives it one, once per
+    /// process (again after each reconnect, see the queue task, and after the queue was created
+    /// again).
     async fn register_queue(&self, queue: &str) -> Result<(), EngineError> {
         let new = !self.known_queues.lock().expect("known queues lock").contains(queue);
         if new {
             let set = self.keys.queues();
             self.command("SADD", &set, vec![Value::from(set.as_str()), Value::from(queue)]).await?;
+            let rule = self.config.queue_lifetime(queue);
+            if rule.is_some() {
+                self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
+            }
             self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
         }
         Ok(())
+    }
+
+    /// Has the sweep look at `queue` in `after` (only when it is not listed yet, with `new`).
+    async fn schedule(&self, queue: &str, after: Duration, new: bool) -> Result<(), EngineError> {
+        let set = self.keys.lifetimes();
+        let at = registry::now_ms().saturating_add(after.as_millis() as u64);
+        let mut args = vec![Value::from(set.as_str())];
+        if new {
+            args.push(Value::from("NX"));
+        }
+        args.extend([Value::from(at.to_string()), Value::from(queue)]);
+        self.command("ZADD", &set, args).await.map(|_| ())
+    }
+
+    /// An enqueue created `queue`'s stream: register it again (the queue task does).
+    fn created(&self, queue: &Arc<str>) {
+        self.created.lock().expect("created lock").push(queue.clone());
+    }
+
+    /// The configured rule's lifetime of `queue` as the queue scripts take it: expires (ms, 0 =
+    /// none) and auto-delete (0/1).
+    fn rule_args(&self, queue: &str) -> [Value; 2] {
+        let rule = self.config.queue_lifetime(queue);
+        [
+            Value::Integer(rule.expires.map_or(0, lifetime_ms)),
+            Value::from(if rule.auto_delete { "1" } else { "0" }),
+        ]
     }
 
     /// Reads a history topic after `since`: the counter and the retained entries, oldest first.
@@ -405,6 +470,11 @@ impl Inner {
     }
 }
 
+/// A lifetime's duration in whole milliseconds, at least 1.
+fn lifetime_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
 fn unavailable(error: fred::error::Error) -> EngineError {
     EngineError::Unavailable(error.to_string())
 }
@@ -428,6 +498,14 @@ impl Engine for RedisEngine {
 
     fn unwatch(&self, destination: &str) {
         let _ = self.control.send(pubsub::Control::Unwatch(Arc::from(destination)));
+    }
+
+    fn declare(&self, queue: &str, lifetime: QueueLifetime) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        match self.control.send(pubsub::Control::Declare(Arc::from(queue), lifetime, tx)) {
+            Ok(()) => Pending::waiting(rx),
+            Err(_) => Pending::ready(Err(EngineError::Closed)),
+        }
     }
 
     async fn publish(&self, message: Message) -> PendingPublish {
@@ -489,7 +567,7 @@ impl Engine for RedisEngine {
                 Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
                 Value::from(inner.keys.channel(&message.destination)),
             ],
-            reply: ScriptReply::Dropped,
+            reply: ScriptReply::Enqueued,
         };
         self.write(message.destination, op).await
     }

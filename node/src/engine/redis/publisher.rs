@@ -75,8 +75,9 @@ pub(super) enum Op {
 pub(super) enum ScriptReply {
     /// The history offset the publish was given.
     Offset,
-    /// Ready entries the enqueue dropped to keep the queue's bound.
-    Dropped,
+    /// `{dropped, created}`: ready entries the enqueue dropped to keep the queue's bound, and
+    /// whether it created the queue's stream.
+    Enqueued,
 }
 
 /// Sends the writes until every sender is gone.
@@ -235,30 +236,47 @@ fn publish_many_args(jobs: &[Job]) -> Vec<Value> {
 /// Answers every job of one command with its reply.
 fn answer_all(inner: &Inner, jobs: Vec<Job>, result: Result<Value, RedisError>) {
     for job in jobs {
-        let result = outcome(inner, &job.op, result.clone());
+        let result = outcome(inner, &job.destination, &job.op, result.clone());
         answer(inner, job, result);
     }
 }
 
 /// What a reply means for the publisher.
-fn outcome(inner: &Inner, op: &Op, result: Result<Value, RedisError>) -> Result<Option<u64>, EngineError> {
+fn outcome(
+    inner: &Inner,
+    destination: &Arc<str>,
+    op: &Op,
+    result: Result<Value, RedisError>,
+) -> Result<Option<u64>, EngineError> {
     let reply = result.map_err(unavailable)?;
     match op {
         Op::Publish { .. } => Ok(None),
         Op::Script { reply: kind, script, .. } => {
-            let n = reply.as_u64().ok_or_else(|| {
+            let unexpected = |reply: &Value| {
                 EngineError::Unavailable(format!("unexpected reply to {}: {reply:?}", script.name))
-            })?;
+            };
             match kind {
-                ScriptReply::Offset => Ok(Some(n)),
-                ScriptReply::Dropped => {
-                    if n > 0 {
-                        inner.metrics.dropped(DropReason::QueueFull, n);
+                ScriptReply::Offset => Ok(Some(reply.as_u64().ok_or_else(|| unexpected(&reply))?)),
+                ScriptReply::Enqueued => {
+                    let (dropped, created) = enqueued(&reply).ok_or_else(|| unexpected(&reply))?;
+                    if dropped > 0 {
+                        inner.metrics.dropped(DropReason::QueueFull, dropped);
+                    }
+                    if created {
+                        inner.created(destination);
                     }
                     Ok(None)
                 }
             }
         }
+    }
+}
+
+/// The reply of [`scripts::ENQUEUE`]: (entries dropped, whether it created the stream).
+pub(super) fn enqueued(reply: &Value) -> Option<(u64, bool)> {
+    match reply {
+        Value::Array(items) => Some((items.first()?.as_u64()?, items.get(1)?.as_u64()? == 1)),
+        _ => None,
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::keys::is_queue;
 use super::{envelope, queues, unavailable, Inner, Watched};
+use crate::config::QueueLifetime;
 use crate::engine::{EngineError, Message};
 use crate::metrics::EngineEvent;
 
@@ -58,6 +59,10 @@ impl Batch {
 pub(super) enum Control {
     Watch(Arc<str>, oneshot::Sender<Result<(), EngineError>>),
     Unwatch(Arc<str>),
+    /// A SUBSCRIBE's lifetime for a queue, applied before the watch that follows it.
+    Declare(Arc<str>, QueueLifetime, oneshot::Sender<Result<(), EngineError>>),
+    /// Answered once everything asked before it is applied (node shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 /// Applies watch and unwatch in order, and re-subscribes after reconnections.
@@ -76,6 +81,13 @@ pub(super) async fn control_loop(
                     let _ = reply.send(result);
                 }
                 Some(Control::Unwatch(destination)) => unwatch(&inner, &destination).await,
+                Some(Control::Declare(queue, lifetime, reply)) => {
+                    let result = queues::declare(&inner, &queue, lifetime).await;
+                    let _ = reply.send(result);
+                }
+                Some(Control::Flush(done)) => {
+                    let _ = done.send(());
+                }
                 None => return,
             },
             event = reconnects.recv() => match event {
@@ -112,10 +124,7 @@ async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError>
             let seq = current_offset(inner, destination).await?;
             set_last(inner, destination, seq);
         }
-        Watched::Queue => {
-            queues::create_group(inner, destination).await?;
-            inner.register_queue(destination).await?;
-        }
+        Watched::Queue => queues::join(inner, destination).await?,
         Watched::Topic => {}
     }
     inner.subscriber.subscribe(inner.keys.channel(destination)).await.map_err(unavailable)?;
@@ -139,6 +148,9 @@ async fn unwatch(inner: &Inner, destination: &str) {
             tracing::warn!(%destination, %error, "UNSUBSCRIBE failed");
         }
     }
+    if is_queue(destination) {
+        queues::leave(inner, destination).await;
+    }
 }
 
 /// After a (re)connection: subscribe to everything watched, recreate queue groups (Redis may
@@ -159,7 +171,7 @@ async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) {
     }
     for (destination, kind) in &watched {
         if *kind == Watched::Queue {
-            if let Err(error) = queues::create_group(inner, destination).await {
+            if let Err(error) = queues::join(inner, destination).await {
                 tracing::warn!(%destination, %error, "could not recreate the queue's consumer group");
             }
         }

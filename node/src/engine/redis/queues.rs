@@ -1,6 +1,7 @@
-//! Queues on Redis Streams: fetch, ack, release, dead-lettering, and the periodic work that
-//! keeps a dead node's entries flowing (refreshing this node's in-flight entries, reclaiming idle
-//! ones) and the depth metrics.
+//! Queues on Redis Streams: fetch, ack, release, dead-lettering, lifetimes (join, leave,
+//! declare, the sweep that deletes expired queues), and the periodic work that keeps a dead
+//! node's entries flowing (refreshing this node's in-flight entries, reclaiming idle ones) and
+//! the depth metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
 use super::keys::GROUP;
-use super::{envelope, scripts, unavailable, Inner, Watched, IDS_PER_CALL};
+use super::{envelope, lifetime_ms, publisher, registry, scripts, unavailable, Inner, Watched, IDS_PER_CALL};
+use crate::config::QueueLifetime;
 use crate::engine::{EngineError, EntryId, QueueEntry};
 use crate::metrics::DropReason;
 
@@ -24,6 +26,11 @@ const RECLAIM_CALLS: usize = 10;
 /// How often queue depths are read for the metrics, and for how many queues at most.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEPTH_QUEUES: usize = 1000;
+/// How often a node tries to sweep queues for expiry (one node at a time does): a queue goes at
+/// most about this long after its `expires`.
+pub(super) const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Due queues one sweep looks at, at most; the rest wait for the next.
+const SWEEP_MAX: usize = 500;
 
 /// Appends an envelope to `queue`, trimming the oldest ready entries past the bound (dead
 /// letters; clients' enqueues go through the pipelining publisher).
@@ -35,21 +42,174 @@ pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Resul
         Value::from(inner.keys.channel(queue)),
     ];
     let reply = inner.script(&scripts::ENQUEUE, &[&key], args).await.map_err(unavailable)?;
-    let dropped = reply.as_u64().unwrap_or(0);
+    let (dropped, created) = publisher::enqueued(&reply).unwrap_or((0, false));
     if dropped > 0 {
         inner.metrics.dropped(DropReason::QueueFull, dropped);
+    }
+    if created {
+        inner.created(&Arc::from(queue));
     }
     Ok(())
 }
 
-/// Creates the queue's consumer group (and stream) unless it exists.
-pub(super) async fn create_group(inner: &Inner, queue: &str) -> Result<(), EngineError> {
-    let key = inner.keys.queue(queue);
-    let args = ["CREATE", key.as_str(), GROUP, "0", "MKSTREAM"].map(Value::from).to_vec();
-    match inner.command("XGROUP", &key, args).await {
-        Err(EngineError::Unavailable(e)) if e.contains("BUSYGROUP") => Ok(()),
-        result => result.map(|_| ()),
+/// This node consumes `queue` now: records it in the queue's life hash, creates the consumer
+/// group (and stream) unless it exists, and registers the queue.
+pub(super) async fn join(inner: &Inner, queue: &str) -> Result<(), EngineError> {
+    inner.unleft.lock().expect("unleft lock").remove(queue);
+    let (key, life) = (inner.keys.queue(queue), inner.keys.life(queue));
+    let mut args = vec![Value::from(inner.config.node_id.as_str())];
+    args.extend(inner.rule_args(queue));
+    let reply = scripts::JOIN.run(&inner.client, &[&key, &life], args).await.map_err(unavailable)?;
+    let mut items = reply.into_array().into_iter();
+    let created = items.next().and_then(|v| v.as_u64()) == Some(1);
+    let has_lifetime = items.next().and_then(|v| v.as_u64()) == Some(1);
+    if created {
+        // Deleted by another node meanwhile, maybe: this node's record of it is stale.
+        inner.known_queues.lock().expect("known queues lock").remove(queue);
     }
+    inner.register_queue(queue).await?;
+    if has_lifetime {
+        // Looked at again after `reclaim-after`, in case this node dies without leaving.
+        inner.schedule(queue, inner.config.queues.reclaim_after, true).await?;
+    }
+    Ok(())
+}
+
+/// This node's last consumer of `queue` left: an auto-delete queue nobody else consumes is
+/// deleted; one that expires starts its unused time. Retried by the queue task when Redis is away.
+pub(super) async fn leave(inner: &Inner, queue: &str) {
+    let (key, life) = (inner.keys.queue(queue), inner.keys.life(queue));
+    let mut args = vec![Value::from(inner.config.node_id.as_str())];
+    args.extend(inner.rule_args(queue));
+    let result = match scripts::LEAVE.run(&inner.client, &[&key, &life], args).await {
+        Ok(reply) => {
+            let mut items = reply.into_array().into_iter();
+            let deleted = items.next().and_then(|v| v.as_i64()).unwrap_or(-1);
+            let expires = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            if let Ok(messages) = u64::try_from(deleted) {
+                deleted_queue(inner, queue, messages, "auto-deleted").await
+            } else if expires > 0 {
+                inner.schedule(queue, Duration::from_millis(expires), false).await
+            } else {
+                Ok(())
+            }
+        }
+        Err(error) => Err(unavailable(error)),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%queue, %error, "could not record that this node stopped consuming a queue; retrying");
+        inner.unleft.lock().expect("unleft lock").insert(Arc::from(queue));
+    }
+}
+
+/// A SUBSCRIBE declared `queue`'s lifetime.
+pub(super) async fn declare(inner: &Inner, queue: &str, lifetime: QueueLifetime) -> Result<(), EngineError> {
+    inner.check_connected()?;
+    let life = inner.keys.life(queue);
+    let args = vec![
+        Value::Integer(lifetime.expires.map_or(0, lifetime_ms)),
+        Value::from(if lifetime.auto_delete { "1" } else { "0" }),
+    ];
+    scripts::DECLARE.run(&inner.client, &[&life], args).await.map_err(unavailable)?;
+    if lifetime.is_some() {
+        inner.schedule(queue, lifetime.expires.unwrap_or(inner.config.queues.reclaim_after), false).await?;
+    }
+    Ok(())
+}
+
+/// After a queue's deletion: counts its messages, forgets it here (known, depth) and in the
+/// cluster's sets; if a SEND or SUBSCRIBE created it again meanwhile, registers it again.
+async fn deleted_queue(
+    inner: &Inner,
+    queue: &str,
+    messages: u64,
+    why: &'static str,
+) -> Result<(), EngineError> {
+    if messages > 0 {
+        inner.metrics.dropped(DropReason::QueueDeleted, messages);
+    }
+    tracing::info!(%queue, messages, why, "queue deleted");
+    inner.known_queues.lock().expect("known queues lock").remove(queue);
+    inner.depths.lock().expect("depths lock").retain(|(q, _)| q != queue);
+    let (set, lifetimes) = (inner.keys.queues(), inner.keys.lifetimes());
+    inner.command("SREM", &set, vec![Value::from(set.as_str()), Value::from(queue)]).await?;
+    inner.command("ZREM", &lifetimes, vec![Value::from(lifetimes.as_str()), Value::from(queue)]).await?;
+    // Checked after the removals: a queue created again before this is seen here, one created
+    // after it registers itself (its enqueue or join reports the new stream).
+    let key = inner.keys.queue(queue);
+    let exists = inner.command("EXISTS", &key, vec![Value::from(key.as_str())]).await?;
+    if exists.as_u64() == Some(1) {
+        inner.register_queue(queue).await?;
+        let watched = inner.watched.lock().expect("watched lock").get(queue) == Some(&Watched::Queue);
+        if watched || inner.config.queue_lifetime(queue).is_some() {
+            inner.schedule(queue, inner.config.queues.reclaim_after, true).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One sweep: registers the queues enqueues created, retries failed leaves, then, if this node
+/// wins the sweeper lock, runs the SWEEP script on the queues due.
+async fn sweep(inner: &Inner) -> Result<(), EngineError> {
+    let created: Vec<Arc<str>> = std::mem::take(&mut *inner.created.lock().expect("created lock"));
+    for queue in created {
+        inner.known_queues.lock().expect("known queues lock").remove(&queue);
+        inner.register_queue(&queue).await?;
+    }
+    let unleft: Vec<Arc<str>> = inner.unleft.lock().expect("unleft lock").drain().collect();
+    for queue in unleft {
+        let watched = inner.watched.lock().expect("watched lock").contains_key(&queue);
+        if !watched {
+            leave(inner, &queue).await;
+        }
+    }
+
+    let lock = inner.keys.sweeper();
+    let args = vec![
+        Value::from(lock.as_str()),
+        Value::from(inner.config.node_id.as_str()),
+        Value::from("NX"),
+        Value::from("PX"),
+        Value::Integer(SWEEP_INTERVAL.as_millis() as i64),
+    ];
+    if inner.command("SET", &lock, args).await?.is_null() {
+        return Ok(());
+    }
+    let set = inner.keys.lifetimes();
+    let now = registry::now_ms();
+    let args = ["-inf", &now.to_string(), "LIMIT", "0", &SWEEP_MAX.to_string()];
+    let mut all = vec![Value::from(set.as_str())];
+    all.extend(args.map(Value::from));
+    let due: Vec<String> = inner
+        .command("ZRANGEBYSCORE", &set, all)
+        .await?
+        .into_array()
+        .iter()
+        .filter_map(Value::as_string)
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let live = registry::live_ids(inner).await?;
+    let recheck = lifetime_ms(inner.config.queues.reclaim_after);
+    for queue in due {
+        let (key, life) = (inner.keys.queue(&queue), inner.keys.life(&queue));
+        let mut args = inner.rule_args(&queue).to_vec();
+        args.push(Value::Integer(recheck));
+        args.extend(live.iter().map(|id| Value::from(id.as_str())));
+        let reply = scripts::SWEEP.run(&inner.client, &[&key, &life], args).await.map_err(unavailable)?;
+        let mut items = reply.into_array().into_iter();
+        let deleted = items.next().and_then(|v| v.as_i64()).unwrap_or(-1);
+        let next = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        if let Ok(messages) = u64::try_from(deleted) {
+            deleted_queue(inner, &queue, messages, "expired").await?;
+        } else if next == 0 {
+            inner.command("ZREM", &set, vec![Value::from(set.as_str()), Value::from(queue.as_str())]).await?;
+        } else {
+            inner.schedule(&queue, Duration::from_millis(next), false).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Up to `max` entries no consumer has been given yet.
@@ -73,7 +233,7 @@ pub(super) async fn fetch(inner: &Inner, queue: &str, max: usize) -> Result<Vec<
     let reply = match inner.command("XREADGROUP", &key, args()).await {
         // The group is gone (Redis restarted empty, the key was deleted): recreate it.
         Err(EngineError::Unavailable(e)) if e.contains("NOGROUP") => {
-            create_group(inner, queue).await?;
+            join(inner, queue).await?;
             inner.command("XREADGROUP", &key, args()).await?
         }
         result => result?,
@@ -247,7 +407,8 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, mut reconnects: broadcas
     let mut refresh_tick = tokio::time::interval(reclaim_after / 3);
     let mut reclaim_tick = tokio::time::interval(reclaim_after);
     let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
-    for tick in [&mut refresh_tick, &mut reclaim_tick, &mut depth_tick] {
+    let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
+    for tick in [&mut refresh_tick, &mut reclaim_tick, &mut depth_tick, &mut sweep_tick] {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     }
     let mut events = true;
@@ -271,6 +432,13 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, mut reconnects: broadcas
             _ = depth_tick.tick() => {
                 if inner.client.is_connected() {
                     read_depths(&inner).await;
+                }
+            }
+            _ = sweep_tick.tick() => {
+                if inner.client.is_connected() {
+                    if let Err(error) = sweep(&inner).await {
+                        tracing::warn!(%error, "could not sweep queues for expiry");
+                    }
                 }
             }
             event = reconnects.recv(), if events => match event {
@@ -318,8 +486,19 @@ async fn refresh(inner: &Inner) -> Result<(), EngineError> {
 /// Claims entries idle past `reclaim_after` in every queue and re-adds them as redeliveries.
 async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineError> {
     let set = inner.keys.queues();
-    let known: Vec<Value> =
-        inner.known_queues.lock().expect("known queues lock").iter().map(|q| Value::from(&**q)).collect();
+    // Only those consumed here: one known from an earlier enqueue may have been deleted since.
+    let consumed: Vec<Arc<str>> = inner
+        .watched
+        .lock()
+        .expect("watched lock")
+        .iter()
+        .filter(|(_, w)| **w == Watched::Queue)
+        .map(|(q, _)| q.clone())
+        .collect();
+    let known: Vec<Value> = {
+        let known = inner.known_queues.lock().expect("known queues lock");
+        consumed.iter().filter(|q| known.contains(*q)).map(|q| Value::from(&**q)).collect()
+    };
     if !known.is_empty() {
         let mut args = vec![Value::from(set.as_str())];
         args.extend(known);

@@ -17,7 +17,7 @@ pub(super) const NODE_TTL: Duration = Duration::from_secs(5);
 /// Entries of the sorted set older than this are removed.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -106,13 +106,18 @@ pub(super) async fn deregister(inner: &Inner) {
     );
 }
 
-/// Nodes whose heartbeat is recent and whose hash still exists.
-pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeInfo>, EngineError> {
+/// Ids of the nodes whose heartbeat is recent.
+pub(super) async fn live_ids(inner: &Inner) -> Result<Vec<String>, EngineError> {
     let nodes = inner.keys.nodes();
     let since = now_ms().saturating_sub(NODE_TTL.as_millis() as u64);
     let args = vec![Value::from(nodes.as_str()), Value::from(since.to_string()), Value::from("+inf")];
     let ids = inner.command("ZRANGEBYSCORE", &nodes, args).await?;
-    let ids: Vec<String> = ids.into_array().iter().filter_map(Value::as_string).collect();
+    Ok(ids.into_array().iter().filter_map(Value::as_string).collect())
+}
+
+/// Nodes whose heartbeat is recent and whose hash still exists.
+pub(super) async fn nodes(inner: &Inner) -> Result<Vec<NodeInfo>, EngineError> {
+    let ids = live_ids(inner).await?;
     let reads = ids.iter().map(|id| async move {
         let key = inner.keys.node(id);
         let reply = inner.command("HGETALL", &key, vec![Value::from(key.as_str())]).await?;

@@ -126,6 +126,26 @@ local function push(key, env, r, maxlen)
   return #old
 end
 
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A queue's lifetime: what a SUBSCRIBE declared (fields of its life hash), else the rule's.
+local function lifetime(life, rule_expires, rule_auto)
+  local d = redis.call('HMGET', life, 'expires', 'auto')
+  return tonumber(d[1] or rule_expires) or 0, (d[2] or rule_auto) == '1'
+end
+
+-- Deletes a queue: its stream (entries, consumer group) and its life hash. Returns how many
+-- messages went with it.
+local function drop_queue(key, life)
+  local n = 0
+  if redis.call('EXISTS', key) == 1 then n = redis.call('XLEN', key) end
+  redis.call('DEL', key, life)
+  return n
+end
+
 local function requeue(key, ids, delivered, maxdel, maxlen)
   local dropped, moved, dead = 0, 0, {}
   for _, id in ipairs(ids) do
@@ -246,14 +266,113 @@ return out
 });
 
 /// KEYS: queue. ARGV: envelope, max length, channel. Appends (redeliveries 0), trims the oldest
-/// ready entries past the bound, notifies. Returns how many entries were dropped.
+/// ready entries past the bound, notifies. Returns `{dropped, created}`: how many entries were
+/// dropped, and 1 when the append created the stream (a new queue, or one deleted before it).
+/// The append's id is the time of this SEND: what the sweep reads as the queue's last use.
 pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "enqueue",
         r#"
+local created = 1 - redis.call('EXISTS', KEYS[1])
 local dropped = push(KEYS[1], ARGV[1], 0, tonumber(ARGV[2]))
 redis.call('PUBLISH', ARGV[3], 'r')
-return dropped
+return { dropped, created }
+"#,
+    )
+});
+
+/// KEYS: queue, life. ARGV: node, rule's expires ms (0 = none), rule's auto-delete (0/1).
+/// The node has consumers of the queue now: records it and the time, creates the consumer group
+/// (and the stream) unless they exist. Returns `{created, has lifetime}`.
+pub(super) static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "join",
+        r#"
+local created = 1 - redis.call('EXISTS', KEYS[1])
+-- BUSYGROUP: it exists already.
+pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], GROUP, '0', 'MKSTREAM')
+redis.call('HSET', KEYS[2], 'n:' .. ARGV[1], 1, 'used', now_ms())
+local expires, auto = lifetime(KEYS[2], ARGV[2], ARGV[3])
+local has = 0
+if expires > 0 or auto then has = 1 end
+return { created, has }
+"#,
+    )
+});
+
+/// KEYS: queue, life. ARGV: node, rule's expires ms, rule's auto-delete (0/1).
+/// The node's last consumer of the queue left. With no other node consuming it, an auto-delete
+/// queue is deleted; one that expires starts its unused time now. Returns `{deleted messages or
+/// -1, expires ms}`.
+pub(super) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "leave",
+        r#"
+redis.call('HDEL', KEYS[2], 'n:' .. ARGV[1])
+local expires, auto = lifetime(KEYS[2], ARGV[2], ARGV[3])
+local fields = redis.call('HKEYS', KEYS[2])
+for _, f in ipairs(fields) do
+  if string.sub(f, 1, 2) == 'n:' then return { -1, expires } end
+end
+if auto then return { drop_queue(KEYS[1], KEYS[2]), 0 } end
+if expires > 0 then
+  redis.call('HSET', KEYS[2], 'used', now_ms())
+elseif redis.call('HEXISTS', KEYS[2], 'auto') == 0 then
+  -- Nothing declared and nobody consuming: nothing to remember.
+  redis.call('DEL', KEYS[2])
+end
+return { -1, expires }
+"#,
+    )
+});
+
+/// KEYS: life. ARGV: expires ms (0 = none), auto-delete (0/1). A SUBSCRIBE declared the queue's
+/// lifetime; it counts as use.
+pub(super) static DECLARE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "declare",
+        r#"
+redis.call('HSET', KEYS[1], 'expires', ARGV[1], 'auto', ARGV[2], 'used', now_ms())
+return 1
+"#,
+    )
+});
+
+/// KEYS: queue, life. ARGV: rule's expires ms, rule's auto-delete (0/1), recheck ms, live node
+/// ids... Forgets the consumers of nodes no longer alive, then deletes the queue if an
+/// auto-delete queue lost its last consumer that way, or if it has had no consumer, SEND (the
+/// stream's last id is the time of its last append) or SUBSCRIBE for its `expires`. Returns
+/// `{deleted messages or -1, ms until the next look (0 = no lifetime: none needed)}`.
+pub(super) static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "sweep",
+        r#"
+local live = {}
+for i = 4, #ARGV do live['n:' .. ARGV[i]] = true end
+local users, gone = 0, 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(f, 1, 2) == 'n:' then
+    if live[f] then users = users + 1 else
+      redis.call('HDEL', KEYS[2], f)
+      gone = gone + 1
+    end
+  end
+end
+local expires, auto = lifetime(KEYS[2], ARGV[1], ARGV[2])
+if users > 0 then return { -1, tonumber(ARGV[3]) } end
+if auto and gone > 0 then return { drop_queue(KEYS[1], KEYS[2]), 0 } end
+if expires <= 0 then return { -1, 0 } end
+local used = tonumber(redis.call('HGET', KEYS[2], 'used')) or 0
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if ok then
+  local last = tonumber(string.match(field(info, 'last-generated-id') or '', '^(%d+)%-')) or 0
+  if last > used then used = last end
+elseif redis.call('EXISTS', KEYS[2]) == 0 then
+  return { 0, 0 }
+end
+local idle = now_ms() - used
+if idle >= expires then return { drop_queue(KEYS[1], KEYS[2]), 0 } end
+return { -1, expires - idle }
 "#,
     )
 });

@@ -13,7 +13,7 @@ use stampede_testkit::http::metric;
 use stampede_testkit::{holds_within, Redis};
 
 use super::{envelope, pubsub, scripts, RedisEngine, Tuning};
-use crate::config::Config;
+use crate::config::{Config, QueueLifetime, QueueRule};
 use crate::engine::contract::{history, message};
 use crate::engine::{Engine, EngineError, EntryId, Inbox, Message};
 use crate::metrics::Metrics;
@@ -669,4 +669,51 @@ async fn a_redis_that_stops_answering_makes_the_node_unready_until_it_answers_ag
     a.engine.watch("/topic/t").wait().await.expect("watch after recovery");
     a.engine.publish(message("/topic/t", "back")).await.outcome().await.expect("publish after recovery");
     assert!(holds_within(WAIT, || async { a.inbox.count() == 1 }).await, "delivery works after recovery");
+}
+
+/// Lifetimes cost no command per message: a SEND to a queue with a lifetime is the same one
+/// ENQUEUE call as to a queue without (its last use is the stream's last id), an ACK the same ACK
+/// call, and the sweep only looks at queues that are due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_lifetimes_add_no_command_per_message() {
+    let server = Redis::start_ephemeral().await;
+    let rules = |c: &mut Config| {
+        let lifetime = QueueLifetime { expires: Some(Duration::from_secs(60)), auto_delete: true };
+        c.queue_rules = vec![QueueRule { pattern: "/queue/life".into(), lifetime }];
+    };
+    let a = &node(&server, "node-a", rules).await;
+    let commands = move || async move {
+        let info = raw(a, "INFO", "", &["stats"]).await;
+        let info = info.as_string().expect("INFO is text");
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .map_or(0, |n| n.trim().parse::<u64>().expect("a count"))
+    };
+    // Sends, then fetches and acknowledges everything; the commands Redis ran meanwhile.
+    let round = move |queue: &'static str, n: usize| async move {
+        let before = commands().await;
+        for i in 0..n {
+            a.engine.enqueue(message(queue, i.to_string())).await.outcome().await.expect("enqueue");
+        }
+        let mut got = 0;
+        while got < n {
+            let entries = a.engine.fetch(queue, 100).await.expect("fetch");
+            let ids: Vec<EntryId> = entries.iter().map(|e| e.id.clone()).collect();
+            a.engine.ack(queue, &ids).await.expect("ack");
+            got += ids.len();
+        }
+        commands().await - before
+    };
+    for queue in ["/queue/plain", "/queue/life"] {
+        a.engine.watch(queue).wait().await.expect("watch");
+        // The first message creates and registers the queue: not counted.
+        round(queue, 1).await;
+    }
+    let n = 500;
+    let plain = round("/queue/plain", n).await;
+    let life = round("/queue/life", n).await;
+    eprintln!("Redis commands for {n} messages: {plain} without a lifetime, {life} with one");
+    assert!(plain >= n as u64, "one ENQUEUE each at least: {plain}");
+    // Heartbeats and sweeps may land in either window: a handful of commands, not one a message.
+    assert!(life <= plain + 20, "{life} commands with a lifetime, {plain} without");
 }
