@@ -9,12 +9,14 @@
 //! uses [`hub`] (local subscriptions and fan-out), which uses [`engine`] (the trait and its back
 //! ends). [`stomp`] is the frame codec, pure. [`node`] is what all of a process shares (config,
 //! hub, metrics, admission, the drain signal); [`http`] serves health, metrics and the admin API;
-//! [`config`], [`auth`] (who a client is and what it may do), [`destination`] and [`metrics`]
-//! stand beside. `docs/architecture.md` draws the whole graph, the lock order and the channels.
+//! [`config`], [`auth`] (who a client is and what it may do), [`destination`], [`metrics`] and
+//! [`logs`] (the subscriber: text or JSON) stand beside.
+//! `docs/architecture.md` draws the whole graph, the lock order and the channels.
 //!
 //! The binary is thin: it loads [`config::Config`], checks the files it names with
-//! [`Security::load`], starts tracing, binds [`Listeners`] and calls [`run`]. Tests bind port 0
-//! and call [`run`] the same way.
+//! [`Security::load`], starts tracing ([`logs::init`]), binds [`Listeners`] and calls [`run`].
+//! Tests bind port 0 and call [`run`] the same way. [`run`] also answers SIGHUP: it reads the
+//! users file, the JWT keys and the TLS certificate again ([`reload`]).
 
 pub mod auth;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod destination;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod session;
@@ -85,6 +88,66 @@ impl Security {
     }
 }
 
+/// Reads the users file, the JWT keys and the TLS certificate and key again, as SIGHUP asks: new
+/// CONNECTs are checked against the new users and keys, new connections get the new
+/// certificate; sessions already open keep theirs. Each part is replaced only if it loads;
+/// one line says what was reloaded, or why a part was not (and that the old one stays).
+/// Blocking (file reads and key parsing): call it off the runtime's workers.
+pub fn reload(node: &Node) {
+    let config = node.config();
+    let auth = if config.auth.enabled() {
+        match node.auth().reload(config) {
+            Ok(auth::Reloaded { users, jwt }) => Ok(match (users, jwt) {
+                (Some(n), true) => format!("users file ({n} users) and JWT keys"),
+                (Some(n), false) => format!("users file ({n} users)"),
+                (None, _) => "JWT keys".to_owned(),
+            }),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        Ok("no users file or JWT keys configured".to_owned())
+    };
+    let tls = match &config.tls {
+        None => Ok("no TLS certificate configured".to_owned()),
+        Some(files) => match transport::tls::acceptor(files) {
+            Ok(acceptor) => {
+                node.set_tls(acceptor);
+                Ok(format!("TLS certificate {}", files.cert.display()))
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match (auth, tls) {
+        (Ok(auth), Ok(tls)) => tracing::info!(auth = %auth, tls = %tls, "reloaded on SIGHUP"),
+        (auth, tls) => {
+            let part = |r: &Result<String, String>| match r {
+                Ok(done) => format!("reloaded: {done}"),
+                Err(why) => format!("kept the old one: {why}"),
+            };
+            tracing::error!(auth = %part(&auth), tls = %part(&tls), "reload on SIGHUP failed in part")
+        }
+    }
+}
+
+/// SIGHUP, listened for from now on: from this call a SIGHUP no longer ends the process (the
+/// default action), it reloads ([`reload`], by [`reload_on`]).
+#[cfg(unix)]
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .inspect_err(|error| tracing::warn!(%error, "cannot listen for SIGHUP: it will stop the node"))
+        .ok()
+}
+
+/// Reloads on every SIGHUP until aborted.
+#[cfg(unix)]
+async fn reload_on(mut hangups: tokio::signal::unix::Signal, node: Arc<Node>) {
+    while hangups.recv().await.is_some() {
+        let node = node.clone();
+        let _ = tokio::task::spawn_blocking(move || reload(&node)).await;
+    }
+}
+
 /// The node's bound sockets. Binding happens before [`run`], so tests can bind port 0 and read
 /// the chosen ports.
 pub struct Listeners {
@@ -120,6 +183,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    #[cfg(unix)]
+    let hangups = hangups();
     let security = Security::load(&config)?;
     security.warn(&config);
     let config = Arc::new(config);
@@ -141,6 +206,10 @@ pub async fn run(
     );
 
     let mut tasks = tokio::task::JoinSet::new();
+    #[cfg(unix)]
+    let reloads = hangups.map(|hangups| tokio::spawn(reload_on(hangups, node.clone())));
+    #[cfg(not(unix))]
+    let reloads: Option<tokio::task::JoinHandle<()>> = None;
     let tls = node.tls().is_some();
     if let Ok(addr) = listeners.ws.local_addr() {
         tracing::info!(%addr, path = transport::ws::PATH, tls, "WebSocket listening");
@@ -162,7 +231,11 @@ pub async fn run(
     tracing::info!(node = %config.node_id, engine = engine_name, workers, "node started");
 
     shutdown.await;
-    tracing::info!(period = ?config.drain_period, connections = node.connections(), "draining");
+    tracing::info!(
+        period = %humantime::format_duration(config.drain_period),
+        connections = node.connections(),
+        "draining"
+    );
     drain.start();
     let deadline = tokio::time::Instant::now() + config.drain_period + Duration::from_secs(5);
     while node.connections() > 0 && tokio::time::Instant::now() < deadline {
@@ -172,6 +245,9 @@ pub async fn run(
     engine::Engine::close(node.hub().engine()).await;
     if let Some(admin) = admin {
         admin.abort();
+    }
+    if let Some(reloads) = reloads {
+        reloads.abort();
     }
     tracing::info!(left = node.connections(), "stopped");
     Ok(())

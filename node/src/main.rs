@@ -2,8 +2,7 @@
 //! run until a signal. `stampede check-config` stops after the checks and prints the effective
 //! configuration instead.
 
-use stampede::config::{Config, ConfigError, Loaded, LogFormat, Mode};
-use tracing_subscriber::EnvFilter;
+use stampede::config::{Config, ConfigError, Loaded, Mode};
 
 fn main() -> std::process::ExitCode {
     let Loaded { config, mode, warnings } = match Config::load() {
@@ -27,11 +26,7 @@ fn main() -> std::process::ExitCode {
         print!("{effective}");
         return std::process::ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-    }
+    stampede::logs::init(config.log_format);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -61,7 +56,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. (SIGHUP reloads files: `stampede::run` answers it.)
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

@@ -134,7 +134,8 @@ label_enum! {
         /// The TLS handshake failed (a client that closes before sending anything, a load
         /// balancer's probe, is not counted).
         Tls = "tls",
-        /// The TLS or WebSocket handshake did not finish within `connect-timeout`.
+        /// The TLS or WebSocket handshake, or the CONNECT frame, did not come within
+        /// `connect-timeout`.
         Timeout = "timeout",
     }
 }

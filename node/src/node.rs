@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -31,7 +31,8 @@ pub struct Node {
     /// Open connections by client address, kept only with `max-connections-per-ip` set.
     per_address: PerAddress,
     auth: Auth,
-    tls: Option<TlsAcceptor>,
+    /// Replaced when SIGHUP reloads the certificate; each connection takes the current one.
+    tls: RwLock<Option<TlsAcceptor>>,
 }
 
 /// Open connections by client address; locked only to count one in or out.
@@ -81,23 +82,29 @@ impl Node {
             connections: Arc::new(AtomicUsize::new(0)),
             per_address: Arc::new(Mutex::new(HashMap::new())),
             auth: Auth::off(),
-            tls: None,
+            tls: RwLock::new(None),
         }
     }
 
     /// The same node with authentication and TLS (a node from [`Node::new`] has neither:
     /// every client is trusted, connections are plain text).
     pub fn with_security(self, auth: Auth, tls: Option<TlsAcceptor>) -> Node {
-        Node { auth, tls, ..self }
+        Node { auth, tls: RwLock::new(tls), ..self }
     }
 
     pub fn auth(&self) -> &Auth {
         &self.auth
     }
 
-    /// The TLS acceptor of the client listeners, when TLS is configured.
-    pub fn tls(&self) -> Option<&TlsAcceptor> {
-        self.tls.as_ref()
+    /// The TLS acceptor of the client listeners, when TLS is configured: the one a new
+    /// connection uses (a reload does not touch connections already made).
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the TLS acceptor (a certificate reloaded on SIGHUP) for connections from now on.
+    pub fn set_tls(&self, acceptor: TlsAcceptor) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
     }
 
     pub fn config(&self) -> &Config {

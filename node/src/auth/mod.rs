@@ -17,6 +17,11 @@
 //!
 //! The same module checks the admin API's bearer token and WebSocket origins.
 //!
+//! The users file and the JWT keys can be read again while the node runs ([`Auth::reload`], on
+//! SIGHUP): a CONNECT from then on is checked against the new ones; sessions already connected
+//! keep the identity they have. The access rules, the admin token and the origins come from the
+//! configuration and change only with a restart.
+//!
 //! Layout: `mod.rs` ([`Auth`], [`Identity`], [`AuthError`], loading), `users.rs`, `jwt.rs`,
 //! `acl.rs`, and `settings.rs` (the settings above: types, parsers and checks).
 
@@ -26,7 +31,7 @@ pub mod settings;
 pub mod users;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -144,8 +149,9 @@ pub enum LoadError {
 
 /// The node's authentication and authorization, loaded from the configuration at start-up.
 pub struct Auth {
-    users: Option<users::Users>,
-    jwt: Option<jwt::Verifier>,
+    /// The users file and the JWT keys, replaced whole by a reload. Read once per CONNECT and
+    /// token refresh (never per frame), and never held across an `.await`: the `Arc` is cloned.
+    proofs: RwLock<Arc<Proofs>>,
     acl: acl::Acl,
     admin_token: Option<Secret>,
     metrics_public: bool,
@@ -155,11 +161,36 @@ pub struct Auth {
     hashing: Arc<Semaphore>,
 }
 
+/// What a client's proof is checked against: the files a reload reads again.
+#[derive(Default)]
+struct Proofs {
+    users: Option<users::Users>,
+    jwt: Option<jwt::Verifier>,
+}
+
+impl Proofs {
+    fn load(settings: &settings::AuthSettings) -> Result<Proofs, LoadError> {
+        let users = settings.users_file.as_deref().map(users::Users::load).transpose()?;
+        let jwt = if settings.jwt.enabled() { Some(jwt::Verifier::load(&settings.jwt)?) } else { None };
+        Ok(Proofs { users, jwt })
+    }
+}
+
+/// What [`Auth::reload`] read, for its log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Users in the users file, if one is configured.
+    pub users: Option<usize>,
+    /// Whether JWT keys (secret, public key, JWKS) are configured and were read.
+    pub jwt: bool,
+}
+
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proofs = self.proofs();
         f.debug_struct("Auth")
-            .field("users", &self.users.as_ref().map(users::Users::len))
-            .field("jwt", &self.jwt.is_some())
+            .field("users", &proofs.users.as_ref().map(users::Users::len))
+            .field("jwt", &proofs.jwt.is_some())
             .field("admin_token", &self.admin_token.is_some())
             .finish()
     }
@@ -169,12 +200,10 @@ impl Auth {
     /// Reads the users file and JWT keys the configuration names, and checks them.
     pub fn load(config: &Config) -> Result<Auth, LoadError> {
         let settings = &config.auth;
-        let users = settings.users_file.as_deref().map(users::Users::load).transpose()?;
-        let jwt = if settings.jwt.enabled() { Some(jwt::Verifier::load(&settings.jwt)?) } else { None };
+        let proofs = Proofs::load(settings)?;
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
         Ok(Auth {
-            users,
-            jwt,
+            proofs: RwLock::new(Arc::new(proofs)),
             acl: acl::Acl::new(settings.acl.clone(), settings.acl_default),
             admin_token: settings.admin_token.clone(),
             metrics_public: settings.metrics_public,
@@ -186,8 +215,7 @@ impl Auth {
     /// No authentication, no access rules, no admin token, no origin check.
     pub fn off() -> Auth {
         Auth {
-            users: None,
-            jwt: None,
+            proofs: RwLock::new(Arc::new(Proofs::default())),
             acl: acl::Acl::new(Vec::new(), settings::AclDefault::Allow),
             admin_token: None,
             metrics_public: true,
@@ -196,9 +224,26 @@ impl Auth {
         }
     }
 
+    /// Reads the users file and the JWT keys of `config` again and, if all of them load, checks
+    /// every CONNECT from now on against them. On an error nothing changes: the node keeps what
+    /// it had. Blocking (file reads): call it off the runtime's workers.
+    pub fn reload(&self, config: &Config) -> Result<Reloaded, LoadError> {
+        let proofs = Proofs::load(&config.auth)?;
+        let reloaded =
+            Reloaded { users: proofs.users.as_ref().map(users::Users::len), jwt: proofs.jwt.is_some() };
+        *self.proofs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(proofs);
+        Ok(reloaded)
+    }
+
+    /// The users and keys in force.
+    fn proofs(&self) -> Arc<Proofs> {
+        self.proofs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Whether clients must authenticate.
     pub fn enabled(&self) -> bool {
-        self.users.is_some() || self.jwt.is_some()
+        let proofs = self.proofs();
+        proofs.users.is_some() || proofs.jwt.is_some()
     }
 
     /// Decides who a connecting client is.
@@ -208,19 +253,20 @@ impl Auth {
     /// are checked against the users file. A `login` next to a token is ignored: the token names
     /// the user.
     pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Identity, AuthError> {
-        if !self.enabled() {
+        let proofs = self.proofs();
+        if proofs.users.is_none() && proofs.jwt.is_none() {
             return Ok(Identity::trusted(credentials.login));
         }
-        if let Some(verifier) = &self.jwt {
+        if let Some(verifier) = &proofs.jwt {
             let token = credentials
                 .passcode
-                .filter(|p| self.users.is_none() || jwt::looks_like_jwt(p))
+                .filter(|p| proofs.users.is_none() || jwt::looks_like_jwt(p))
                 .or(credentials.bearer);
             if let Some(token) = token {
                 return verifier.verify(token);
             }
         }
-        match (&self.users, credentials.login, credentials.passcode) {
+        match (&proofs.users, credentials.login, credentials.passcode) {
             (Some(users), Some(login), Some(passcode)) => {
                 let _permit = self.hashing.acquire().await.map_err(|_| AuthError::BadPassword)?;
                 users.verify(login, passcode).await
@@ -232,7 +278,8 @@ impl Auth {
     /// A fresh token for a session that connected with one: it must verify like a new one and
     /// name the same user. Its roles and grants replace the old ones.
     pub fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, AuthError> {
-        let Some(verifier) = self.jwt.as_ref().filter(|_| current.method == Method::Token) else {
+        let proofs = self.proofs();
+        let Some(verifier) = proofs.jwt.as_ref().filter(|_| current.method == Method::Token) else {
             return Err(AuthError::Refresh("this connection did not authenticate with a token".into()));
         };
         let fresh = verifier.verify(token.trim()).map_err(|e| match e {
@@ -247,7 +294,7 @@ impl Auth {
 
     /// How long after `expires` a token is still honoured (`jwt-leeway`).
     pub fn leeway(&self) -> Duration {
-        self.jwt.as_ref().map_or(Duration::ZERO, jwt::Verifier::leeway)
+        self.proofs().jwt.as_ref().map_or(Duration::ZERO, jwt::Verifier::leeway)
     }
 
     /// May this client SEND to `route`?

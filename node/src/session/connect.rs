@@ -46,7 +46,7 @@ impl<S: FrameSink> Session<S> {
             None => connected,
         };
         self.send_frame(&connected).await?;
-        tracing::debug!(version = version.as_str(), user = ?self.user, "connected");
+        tracing::info!(user = self.user.as_deref(), version = version.as_str(), "connected");
         Ok(Flow::Continue)
     }
 
@@ -84,7 +84,7 @@ impl<S: FrameSink> Session<S> {
             }
         }
         self.adopt(fresh);
-        tracing::debug!(user = ?self.user, "token refreshed");
+        tracing::debug!(user = self.user.as_deref(), "token refreshed");
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
         Ok(Flow::Continue)
     }

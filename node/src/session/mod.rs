@@ -10,6 +10,15 @@
 //! an ERROR frame and closes. The one exception is a relay's SEND refused for itself alone
 //! ([`crate::auth::RELAY_ROLE`]): [`Session::report`] sends the ERROR and the session goes on.
 //!
+//! What an operator reads: a session runs inside an `info` span `session` (its id, the peer's
+//! address, the transport), so every line logged while it runs names it. A session logs one
+//! `connected` line at CONNECTED (user, STOMP version) and one `disconnected` line at its end
+//! (user, version, `duration_ms`, and the `reason`: client DISCONNECT, peer closed, heart-beat
+//! timeout, slow consumer, drained, `ERROR <message>`, ...). A client refused before CONNECTED
+//! is logged as `refused client` instead, except a CONNECT that never came: that is counted and
+//! logged sparingly as a refused connection (reason `timeout`), like a handshake that timed out.
+//! Nothing is logged per frame.
+//!
 //! Security decisions are [`crate::auth`]'s: at CONNECT the session asks it who the client is
 //! (an [`Identity`]), at each SEND and SUBSCRIBE whether that client may, and a token's expiry
 //! becomes a timer that ends the session unless the client SENDs a fresh token to
@@ -58,6 +67,7 @@ use crate::config::QueueLifetime;
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
 use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
+use crate::metrics::RefusalReason;
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
 use crate::stomp::{self, escape_into, parse_heart_beat, Command, Frame, Version};
@@ -111,7 +121,7 @@ pub async fn run<S: FrameSink>(
     let config = node.config();
     let outbox = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
     let session_id = node.next_session_id();
-    let span = tracing::debug_span!("session", session = %session_id, %peer, transport = transport.as_str());
+    let span = tracing::info_span!("session", session = %session_id, %peer, transport = %transport.as_str());
     let mut session = Session {
         node: node.clone(),
         sink,
@@ -233,8 +243,31 @@ enum Written {
 /// What the loop does after an event.
 enum Flow {
     Continue,
-    /// Close without ERROR (DISCONNECT done, peer gone).
+    /// Close without ERROR: the peer went away (or sent a WebSocket close, which is echoed).
     Close(CloseReason),
+    /// Close without ERROR after the client's DISCONNECT (and its receipt).
+    Disconnect,
+}
+
+/// The `reason` of the `disconnected` line of a session that ended without an ERROR.
+fn close_reason(flow: &Flow) -> String {
+    match flow {
+        Flow::Disconnect => "client DISCONNECT".to_owned(),
+        Flow::Close(CloseReason::Echo(code)) => format!("peer closed (WebSocket close {code})"),
+        Flow::Close(_) | Flow::Continue => "peer closed".to_owned(),
+    }
+}
+
+/// The `reason` of the `disconnected` line of a session that ended on `error`.
+fn error_reason(error: &SessionError) -> String {
+    match error {
+        SessionError::SlowConsumer => "slow consumer".to_owned(),
+        SessionError::ShuttingDown => "drained".to_owned(),
+        SessionError::HeartbeatTimeout => "heart-beat timeout".to_owned(),
+        SessionError::ConnectTimeout => "connect timeout".to_owned(),
+        SessionError::Transport(why) => format!("connection failed: {why}"),
+        other => format!("ERROR {other}"),
+    }
 }
 
 enum Event {
@@ -321,17 +354,45 @@ impl<S: FrameSink> Session<S> {
             };
             match step {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Close(reason)) => break Ok(reason),
+                Ok(flow @ (Flow::Close(_) | Flow::Disconnect)) => break Ok(flow),
                 Err(error) => break Err(error),
             }
         };
-        match result {
-            Ok(reason) => {
-                let _ = self.sink.close(reason).await;
+        // Boxed: the end's state (the reason, the close, the clean-up) is needed once; inline it
+        // would size every idle session's future.
+        Box::pin(self.end(result)).await;
+    }
+
+    /// Closes (with an ERROR if `result` is one), releases what the session held, and logs the
+    /// `disconnected` line of a session that was CONNECTED.
+    async fn end(&mut self, result: Result<Flow, SessionError>) {
+        let reason = match result {
+            Ok(flow) => {
+                let close = if let Flow::Close(close) = flow { close } else { CloseReason::Normal };
+                let _ = self.sink.close(close).await;
+                close_reason(&flow)
             }
-            Err(error) => Box::pin(self.fail(error)).await,
+            Err(error) => {
+                let reason = error_reason(&error);
+                self.fail(error).await;
+                reason
+            }
+        };
+        self.finish().await;
+        if let Some(version) = self.version {
+            // Since the accept, which `connect_deadline` is `connect-timeout` after (kept in no
+            // field of its own: every idle session would carry it).
+            let accepted = self.connect_deadline.checked_sub(self.node.config().limits.connect_timeout);
+            let duration_ms =
+                accepted.map_or(0, |at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX));
+            tracing::info!(
+                user = self.user.as_deref(),
+                version = version.as_str(),
+                duration_ms,
+                reason = reason.as_str(),
+                "disconnected"
+            );
         }
-        Box::pin(self.finish()).await;
     }
 
     /// When this session closes in a drain: spread over the drain period, so clients do not all
@@ -346,13 +407,11 @@ impl<S: FrameSink> Session<S> {
 
     async fn handle(&mut self, event: Event) -> Result<Flow, SessionError> {
         match event {
-            Event::Inbound(None) => Ok(Flow::Close(CloseReason::Normal)),
-            Event::Inbound(Some(Inbound::Closed(why))) => {
-                if let Some(why) = why {
-                    tracing::debug!(%why, "connection failed");
-                }
+            Event::Inbound(None) | Event::Inbound(Some(Inbound::Closed(None))) => {
                 Ok(Flow::Close(CloseReason::Normal))
             }
+            // The socket failed (reset, broken pipe): nothing more can be written.
+            Event::Inbound(Some(Inbound::Closed(Some(why)))) => Err(SessionError::Transport(why)),
             Event::Inbound(Some(Inbound::CloseFrame(code))) => {
                 Ok(Flow::Close(code.map_or(CloseReason::Normal, CloseReason::Echo)))
             }
@@ -497,7 +556,7 @@ impl<S: FrameSink> Session<S> {
                 self.write_batch().await?;
                 self.send_receipt(receipt).await?;
                 self.sink.flush().await.map_err(SessionError::io)?;
-                Ok(Flow::Close(CloseReason::Normal))
+                Ok(Flow::Disconnect)
             }
             other => Err(SessionError::invalid(format!(
                 "{} is a server frame; clients may not send it",

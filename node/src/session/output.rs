@@ -186,15 +186,25 @@ impl<S: FrameSink> Session<S> {
     pub(super) async fn fail(&mut self, error: SessionError) {
         let receipt = self.error_receipt.take();
         let close = error.close_reason();
-        match &error {
-            SessionError::Transport(why) => {
-                tracing::debug!(%why, "transport failed");
-                return;
+        if let SessionError::Transport(why) = &error {
+            tracing::debug!(%why, "transport failed");
+            return;
+        }
+        self.count_refusal(&error);
+        // A connected session's end is its `disconnected` line (`Session::end`), whatever the
+        // reason; before CONNECTED there is no such line, so the refusal is logged here.
+        if self.version.is_none() {
+            match &error {
+                // As a TLS or WebSocket handshake that timed out: counted, and logged sparingly
+                // (the session's span names the peer).
+                SessionError::ConnectTimeout => {
+                    if let Some(unlogged) = self.node.metrics().connection_refused(RefusalReason::Timeout) {
+                        tracing::info!(reason = "timeout", why = %error, unlogged, "connection refused")
+                    }
+                }
+                SessionError::ShuttingDown => tracing::debug!("closed by the drain before CONNECT"),
+                _ => tracing::info!(%error, "refused client"),
             }
-            SessionError::HeartbeatTimeout | SessionError::ConnectTimeout => {
-                tracing::debug!(%error, "closing session")
-            }
-            _ => self.count_refusal(&error),
         }
         let frame = error_frame(&error, receipt);
         self.node.metrics().error_sent();
@@ -216,22 +226,17 @@ impl<S: FrameSink> Session<S> {
         receipt: Option<String>,
     ) -> Result<(), SessionError> {
         self.count_refusal(&error);
+        tracing::info!(%error, user = self.user.as_deref(), "refused frame");
         self.node.metrics().error_sent();
         self.send_frame(&error_frame(&error, receipt)).await
     }
 
-    /// Counts and logs a refusal.
+    /// Counts a refusal in the metrics of its kind.
     fn count_refusal(&self, error: &SessionError) {
         match error {
-            SessionError::Auth(AuthError::Forbidden { .. }) => {
-                self.node.metrics().access_denied();
-                tracing::info!(%error, user = ?self.user, "refused client")
-            }
-            SessionError::Auth(_) => {
-                self.node.metrics().auth_failed();
-                tracing::info!(%error, "refused client")
-            }
-            _ => tracing::info!(%error, "refused client"),
+            SessionError::Auth(AuthError::Forbidden { .. }) => self.node.metrics().access_denied(),
+            SessionError::Auth(_) => self.node.metrics().auth_failed(),
+            _ => {}
         }
     }
 

@@ -100,7 +100,7 @@ pub(crate) async fn connection<P: Protocol>(
     }
     let (received, sent) = node.metrics().byte_counters(P::TRANSPORT);
     let stream = Counted { io: stream, received, sent };
-    let tls = node.tls().cloned();
+    let tls = node.tls();
     let incoming = Incoming { peer, node, admitted, deadline };
     match tls {
         // Split into owned halves (nothing locked per read or write), each still counted.

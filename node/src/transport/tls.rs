@@ -5,8 +5,9 @@
 //! transports stay generic over the stream: an accepted `TcpStream` is wrapped in a `TlsStream`
 //! before the WebSocket handshake or the first STOMP byte, within `connect-timeout`. TLS 1.2
 //! and 1.3 are offered with rustls's safe defaults; client certificates are not asked for. The
-//! admin port stays plain HTTP (bind it to a private address). Certificates are read at start-up;
-//! rotating them takes a restart (a rolling one, in a cluster).
+//! admin port stays plain HTTP (bind it to a private address). Certificates are read at start-up
+//! and again on SIGHUP ([`crate::reload`]): the node then holds a new acceptor, which each new
+//! connection takes; connections already made keep theirs.
 //!
 //! The TLS settings live here too: [`TlsFiles`] and [`resolve_files`], which checks that
 //! `tls-cert` and `tls-key` are set together.
