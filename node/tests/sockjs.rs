@@ -622,3 +622,59 @@ async fn a_session_that_stops_polling_is_a_slow_consumer() {
     assert_eq!(last, "c[1008,\"slow consumer\"]\n");
     node.shutdown().await;
 }
+
+variants! {
+    htmlfile_and_jsonp_carry_stomp:
+        memory => Variant::memory(Transport::Ws),
+        redis1 => Variant::redis(1, Transport::Ws);
+}
+
+/// The two browser-only transports (node-sockjs-client has neither), on each engine: a STOMP
+/// session subscribes and gets its own message back through the engine.
+async fn htmlfile_and_jsonp_carry_stomp(variant: Variant) {
+    let cluster = stampede_testkit::local::Cluster::start(variant, |_| {}).await;
+    let addr = cluster.node(0).ws_addr();
+    let stomp = |topic: &str| {
+        [
+            CONNECT.to_owned(),
+            format!("SUBSCRIBE\nid:0\ndestination:{topic}\nreceipt:r\n\n\0"),
+            format!("SEND\ndestination:{topic}\n\nover {topic}\0"),
+        ]
+    };
+
+    let id = uuid::Uuid::new_v4();
+    let mut page = Streaming::open(addr, "GET", &format!("/ws/000/{id}/htmlfile?c=cb")).await;
+    page.until("p(\"o\");").await;
+    let frames = stomp("/topic/htmlfile");
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    assert_eq!(
+        http(addr, "POST", &format!("/ws/000/{id}/xhr_send"), &[], Some(&array(&frames))).await.status,
+        204
+    );
+    page.until("over /topic/htmlfile").await;
+
+    let base = format!("/ws/000/{}", uuid::Uuid::new_v4());
+    assert_eq!(http(addr, "GET", &format!("{base}/jsonp?c=cb"), &[], None).await.body, "cb(\"o\");\r\n");
+    let frames = stomp("/topic/jsonp");
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    let form: String =
+        form_urlencoded::Serializer::new(String::new()).append_pair("d", &array(&frames)).finish();
+    let sent = request(
+        addr,
+        "POST",
+        &format!("{base}/jsonp_send"),
+        &[],
+        Some(("application/x-www-form-urlencoded", form.as_bytes())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.body, "ok");
+    let mut seen = String::new();
+    for _ in 0..20 {
+        seen.push_str(&http(addr, "GET", &format!("{base}/jsonp?c=cb"), &[], None).await.body);
+        if seen.contains("over /topic/jsonp") {
+            break;
+        }
+    }
+    assert!(seen.contains("MESSAGE") && seen.contains("over /topic/jsonp"), "{seen}");
+}
