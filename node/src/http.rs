@@ -7,6 +7,7 @@
 //! | `GET /metrics` | OpenMetrics 1.0 when `Accept` prefers `application/openmetrics-text`, else the Prometheus text format 0.0.4 |
 //! | `POST /api/v1/publish` | publishes `{"destination", "headers", "body"}` without STOMP |
 //! | `GET /api/v1/nodes` | the live nodes of the cluster with their connection and subscription counts |
+//! | `GET /`, `/ui/app.js`, `/ui/app.css` | the admin web UI ([`ui`]), served without the token |
 //!
 //! With `admin-token` set, every route but `/healthz` and `/readyz` (and `/metrics` with
 //! `metrics-public`) needs `Authorization: Bearer <admin-token>`, else 401; the check is
@@ -31,6 +32,8 @@ use crate::hub::tail;
 use crate::metrics::Format;
 use crate::node::Node;
 
+pub mod ui;
+
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<()> {
     axum::serve(listener, router(node)).await
@@ -44,6 +47,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/nodes", get(nodes))
         .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
+        // Merged after the guard layer, so the UI's static files need no token.
+        .merge(ui::routes())
         .with_state(node)
 }
 

@@ -1,0 +1,403 @@
+//! The admin web UI in a real browser: Debian's Chromium, headless, driven over the DevTools
+//! protocol (CDP: JSON over a WebSocket, spoken here with tokio-tungstenite), against a real
+//! `stampede` process with an admin token. The page asks for the token, shows the live node
+//! list, a queue depth that follows the messages a STOMP client sends, and its Disconnect button
+//! ends a STOMP client's session with an ERROR.
+//!
+//! Every check reads the page's DOM with `Runtime.evaluate` and polls until it holds (the page
+//! itself polls the API every 2 s); nothing is asserted after a fixed sleep.
+//!
+//! The ignored test [`regenerate_the_screenshot`] rewrites `docs/admin-ui.png` (see
+//! docs/admin.md, "Web UI").
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use stampede_testkit::client::Endpoint;
+use stampede_testkit::prelude::*;
+use stampede_testkit::{system, Cluster, Redis};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long the page may take to show something: a few of its 2 s polls.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The viewport, also the screenshot's size.
+const WIDTH: u32 = 1280;
+const HEIGHT: u32 = 800;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ui_shows_the_cluster_and_disconnects_a_session() {
+    let cluster = Cluster::memory(&["--admin-token", ADMIN_TOKEN]).await;
+    let node = cluster.node(0);
+    let admin = node.admin_url();
+    let browser = Chromium::launch().await;
+
+    // Without a token the page asks for one; a wrong token is refused; the right one opens it.
+    browser.navigate(&format!("{admin}/#cluster")).await;
+    browser.wait_for("the token form", "!document.getElementById('auth').hidden", json!(true)).await;
+    browser.navigate(&format!("{admin}/#cluster&token=wrong")).await;
+    browser
+        .wait_for(
+            "the wrong token refused, and removed from the address bar",
+            "[location.hash, document.getElementById('auth-message').textContent.includes('refused')]",
+            json!(["#cluster", true]),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            "document.getElementById('token-input').value = {}; \
+             document.getElementById('token-form').requestSubmit(); true",
+            js(ADMIN_TOKEN)
+        ))
+        .await;
+
+    // The live node list: this node, with the connection a STOMP client opens.
+    let tcp = Endpoint::Tcp(node.tcp_addr());
+    let mut sender = Client::connect_to(&tcp, None).await.expect("a STOMP client connects");
+    let row = format!(
+        "document.querySelector('#nodes tr[data-node-id=\"' + CSS.escape({}) + '\"]')",
+        js(node.id())
+    );
+    browser
+        .wait_for(
+            "the node in the node list, with one connection",
+            &format!(
+                "[{row}?.cells[0].firstChild.textContent, {row}?.querySelector('.connections').textContent]"
+            ),
+            json!([node.id(), "1"]),
+        )
+        .await;
+    assert_eq!(browser.eval("document.getElementById('readiness').textContent").await, json!("Ready"));
+
+    // A queue's depth follows the messages sent to it. The token comes in the address this time.
+    browser.navigate(&format!("{admin}/#queues&token={ADMIN_TOKEN}")).await;
+    let depth =
+        "document.querySelector('#queues tr[data-queue=\"/queue/ui-jobs\"] td.depth')?.textContent ?? 'none'";
+    sender.publish("/queue/ui-jobs", "1", &[]).await;
+    browser
+        .wait_for("the queue at depth 1", &format!("[location.hash, {depth}]"), json!(["#queues", "1"]))
+        .await;
+    sender.publish("/queue/ui-jobs", "2", &[]).await;
+    sender.publish("/queue/ui-jobs", "3", &[]).await;
+    browser.wait_for("the queue at depth 3", depth, json!("3")).await;
+
+    // The Disconnect button of a session: its client gets an ERROR with the reason, then the close.
+    let mut victim = Client::connect_to(&tcp, None).await.expect("a STOMP client connects");
+    victim.subscribe("/topic/ui-news", "news", &[]).await;
+    let session = victim.session().to_owned();
+    browser.navigate(&format!("{admin}/#sessions")).await;
+    let row = format!(
+        "document.querySelector('#sessions tr[data-session=\"' + CSS.escape({}) + '\"]')",
+        js(&session)
+    );
+    browser
+        .wait_for(
+            "the session with its subscription",
+            &format!("{row}?.querySelector('.chip')?.dataset.destination ?? 'none'"),
+            json!("/topic/ui-news"),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            "(() => {{ document.getElementById('disconnect-reason').value = 'bye from the admin UI'; \
+             const b = {row}.querySelector('button.disconnect'); b.click(); b.click(); return true; }})()"
+        ))
+        .await;
+    let error = victim.expect_error().await;
+    assert_error(&error, "bye from the admin UI");
+    browser.wait_for("the session gone from the list", &format!("{row} === null"), json!(true)).await;
+    // The other client is untouched.
+    sender.publish("/queue/ui-jobs", "4", &[]).await;
+
+    assert_eq!(browser.exceptions().await, Vec::<String>::new(), "the page threw");
+}
+
+/// Rewrites `docs/admin-ui.png`: three nodes on Redis with a few users' sessions, topics and
+/// queues, and traffic for a minute so the rate sparklines have a shape. Run it with
+/// `cargo test -p stampede --test admin_ui -- --ignored regenerate_the_screenshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "rewrites docs/admin-ui.png; run by hand"]
+async fn regenerate_the_screenshot() {
+    let keys = Keys::new();
+    let users_file = keys.users_file.display().to_string();
+    let redis = Redis::start().await;
+    let cluster =
+        Cluster::start(3, &redis, &["--admin-token", ADMIN_TOKEN, "--users-file", &users_file]).await;
+    let login = |user: &'static str, node: usize| {
+        let endpoint = cluster.node(node).endpoint(if node == 1 { Transport::Ws } else { Transport::Tcp });
+        async move {
+            let mut client = Client::open(&endpoint).await.expect("open");
+            let password = format!("{user}-pw");
+            client
+                .connect(Some("1.2"), &[("login", user), ("passcode", &password), ("heart-beat", "0,0")])
+                .await;
+            client
+        }
+    };
+    let mut clients = Vec::new();
+    for (i, user) in ["ann", "bob", "ops", "witness", "ann", "bob", "ops"].into_iter().enumerate() {
+        let mut client = login(user, i % 3).await;
+        client.subscribe("/topic/prices", "prices", &[]).await;
+        if i % 2 == 0 {
+            client.subscribe("/topic/chat.lobby", "chat", &[]).await;
+        }
+        clients.push(client);
+    }
+    let mut worker = login("ops", 2).await;
+    worker
+        .subscribe("/queue/orders", "orders", &[("ack", "client-individual"), ("prefetch-count", "4")])
+        .await;
+    let mut publisher = login("ops", 0).await;
+    for i in 0..42 {
+        publisher.send("/queue/reports", &format!("report {i}"), &[]).await;
+    }
+    for i in 0..7 {
+        publisher.send("/queue/emails", &format!("email {i}"), &[]).await;
+    }
+    for i in 0..4 {
+        publisher.send("/queue/orders", &format!("order {i}"), &[]).await;
+    }
+
+    let browser = Chromium::launch().await;
+    browser.navigate(&format!("{}/#cluster&token={ADMIN_TOKEN}", cluster.node(0).admin_url())).await;
+    // A minute of traffic whose rate rises and falls, while the page samples it.
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while start.elapsed() < Duration::from_secs(70) {
+        tick.tick().await;
+        let phase = start.elapsed().as_secs_f64() / 9.0;
+        let burst = (4.0 + 3.5 * phase.sin() + 1.5 * (phase * 2.7).cos()).max(0.0) as usize;
+        for n in 0..burst {
+            publisher.send("/topic/prices", &format!("{{\"tick\":{n}}}"), &[]).await;
+        }
+        for client in clients.iter_mut() {
+            while client.try_recv_message(Duration::from_millis(1)).await.is_ok() {}
+        }
+    }
+    browser
+        .wait_for(
+            "three nodes and their rates",
+            "document.querySelectorAll('#nodes tr[data-node-id]').length",
+            json!(3),
+        )
+        .await;
+    let png = browser.screenshot().await;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/admin-ui.png");
+    std::fs::write(&path, png).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    println!("wrote {}", path.display());
+}
+
+/// `text` as a JavaScript string literal.
+fn js(text: &str) -> String {
+    Value::from(text).to_string()
+}
+
+// === impl Chromium ===
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A headless Chromium with one page, attached over CDP. Killed, and its profile removed, when
+/// dropped; a failing test prints what it wrote to stderr and what the page threw.
+struct Chromium {
+    process: tokio::process::Child,
+    profile: PathBuf,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cdp: Mutex<Cdp>,
+}
+
+/// The DevTools connection: the browser-level WebSocket, the page's session on it.
+struct Cdp {
+    socket: Socket,
+    next_id: u64,
+    session: Option<String>,
+    /// What the page threw (`Runtime.exceptionThrown`) or logged as an error.
+    exceptions: Vec<String>,
+}
+
+impl Chromium {
+    /// Starts Chromium (installing Debian's package if it is missing) on a fresh profile, opens a
+    /// page of [`WIDTH`]×[`HEIGHT`] and attaches to it.
+    async fn launch() -> Chromium {
+        let chromium = system::require("chromium", "chromium");
+        let profile = std::env::temp_dir().join(format!("stampede-admin-ui-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut process = tokio::process::Command::new(chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--remote-debugging-port=0",
+                "--remote-debugging-address=127.0.0.1",
+            ])
+            .arg(format!("--window-size={WIDTH},{HEIGHT}"))
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(process.stderr.take().expect("piped stderr")).lines();
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+        let log = stderr.clone();
+        // Reads stderr to its end (a full pipe would stall the browser), handing over the
+        // DevTools address when it is announced.
+        tokio::spawn(async move {
+            let mut address_tx = Some(address_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    if let Some(tx) = address_tx.take() {
+                        let _ = tx.send(url.trim().to_owned());
+                    }
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let address = match tokio::time::timeout(Duration::from_secs(30), address_rx).await {
+            Ok(Ok(address)) => address,
+            _ => panic!(
+                "chromium did not announce its DevTools address:\n{}",
+                stderr.lock().unwrap().join("\n")
+            ),
+        };
+        let (socket, _) =
+            tokio_tungstenite::connect_async(address.as_str()).await.expect("the DevTools socket");
+        let browser = Chromium {
+            process,
+            profile,
+            stderr,
+            cdp: Mutex::new(Cdp { socket, next_id: 1, session: None, exceptions: Vec::new() }),
+        };
+        let target = browser.call("Target.createTarget", json!({"url": "about:blank"})).await;
+        let attached = browser
+            .call("Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}))
+            .await;
+        let session = attached["sessionId"].as_str().expect("a session id").to_owned();
+        browser.cdp.lock().await.session = Some(session);
+        browser.call("Runtime.enable", json!({})).await;
+        browser
+            .call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": false}),
+            )
+            .await;
+        browser
+            .call(
+                "Emulation.setEmulatedMedia",
+                json!({"features": [{"name": "prefers-color-scheme", "value": "light"}]}),
+            )
+            .await;
+        browser
+    }
+
+    /// One CDP command (on the page once attached); its result. Events that arrive meanwhile are
+    /// dropped, but for the page's exceptions and console errors, which are kept.
+    async fn call(&self, method: &str, params: Value) -> Value {
+        let mut cdp = self.cdp.lock().await;
+        let id = cdp.next_id;
+        cdp.next_id += 1;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = &cdp.session {
+            command["sessionId"] = json!(session);
+        }
+        cdp.socket.send(Message::text(command.to_string())).await.expect("a CDP command is sent");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let message = match tokio::time::timeout_at(deadline, cdp.socket.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(other) => panic!("the DevTools socket failed during {method}: {other:?}"),
+                Err(_) => panic!("no answer to {method} within 30 s"),
+            };
+            let Message::Text(text) = message else { continue };
+            let value: Value = serde_json::from_str(text.as_str()).expect("CDP speaks JSON");
+            if value["id"] == json!(id) {
+                if let Some(error) = value.get("error") {
+                    panic!("{method} failed: {error}");
+                }
+                return value["result"].clone();
+            }
+            match value["method"].as_str() {
+                Some("Runtime.exceptionThrown") => {
+                    let details = &value["params"]["exceptionDetails"];
+                    let description = details["exception"]["description"].as_str().unwrap_or_default();
+                    cdp.exceptions.push(format!("{} {description}", details["text"]));
+                }
+                Some("Runtime.consoleAPICalled") if value["params"]["type"] == "error" => {
+                    cdp.exceptions.push(format!("console.error {}", value["params"]["args"]));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn navigate(&self, url: &str) {
+        let answer = self.call("Page.navigate", json!({"url": url})).await;
+        assert!(answer.get("errorText").is_none(), "navigating to {url}: {answer}");
+    }
+
+    /// The value of a JavaScript expression in the page (awaited if it is a promise); panics
+    /// if it throws.
+    async fn eval(&self, expression: &str) -> Value {
+        let answer = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        if let Some(exception) = answer.get("exceptionDetails") {
+            panic!("{expression} threw: {exception}");
+        }
+        answer["result"].get("value").cloned().unwrap_or(Value::Null)
+    }
+
+    /// Polls `expression` until it equals `expected`; panics naming `what` and the last value
+    /// after [`PATIENCE`].
+    async fn wait_for(&self, what: &str, expression: &str, expected: Value) -> Value {
+        eventually_eq(PATIENCE, what, expected, || self.eval(expression)).await
+    }
+
+    /// What the page threw or logged as an error so far.
+    async fn exceptions(&self) -> Vec<String> {
+        self.cdp.lock().await.exceptions.clone()
+    }
+
+    /// A PNG of the viewport.
+    async fn screenshot(&self) -> Vec<u8> {
+        let answer = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        let data = answer["data"].as_str().expect("screenshot data");
+        base64::engine::general_purpose::STANDARD.decode(data).expect("base64 PNG")
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The last lines, without the noise of a machine without D-Bus.
+            let stderr = self
+                .stderr
+                .lock()
+                .map(|lines| {
+                    let useful: Vec<&str> =
+                        lines.iter().map(String::as_str).filter(|l| !l.contains("dbus")).collect();
+                    useful[useful.len().saturating_sub(40)..].join("\n")
+                })
+                .unwrap_or_default();
+            let thrown = self.cdp.try_lock().map(|cdp| cdp.exceptions.join("\n")).unwrap_or_default();
+            eprintln!("===== chromium stderr =====\n{stderr}\n===== the page threw =====\n{thrown}\n=====");
+        }
+        let _ = self.process.start_kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
