@@ -129,8 +129,12 @@ async fn regenerate_the_screenshot() {
     let keys = Keys::new();
     let users_file = keys.users_file.display().to_string();
     let redis = Redis::start().await;
-    let cluster =
-        Cluster::start(3, &redis, &["--admin-token", ADMIN_TOKEN, "--users-file", &users_file]).await;
+    let cluster = Cluster::start(
+        3,
+        &redis,
+        &["--admin-token", ADMIN_TOKEN, "--users-file", &users_file, "--acl-default", "allow"],
+    )
+    .await;
     let login = |user: &'static str, node: usize| {
         let endpoint = cluster.node(node).endpoint(if node == 1 { Transport::Ws } else { Transport::Tcp });
         async move {
@@ -155,30 +159,37 @@ async fn regenerate_the_screenshot() {
     worker
         .subscribe("/queue/orders", "orders", &[("ack", "client-individual"), ("prefetch-count", "4")])
         .await;
-    let mut publisher = login("ops", 0).await;
+    // One publisher a node, each at its own pace.
+    let mut publishers = vec![login("ops", 0).await, login("ann", 1).await, login("bob", 2).await];
     for i in 0..42 {
-        publisher.send("/queue/reports", &format!("report {i}"), &[]).await;
+        publishers[0].send("/queue/reports", &format!("report {i}"), &[]).await;
     }
     for i in 0..7 {
-        publisher.send("/queue/emails", &format!("email {i}"), &[]).await;
+        publishers[1].send("/queue/emails", &format!("email {i}"), &[]).await;
     }
     for i in 0..4 {
-        publisher.send("/queue/orders", &format!("order {i}"), &[]).await;
+        publishers[2].send("/queue/orders", &format!("order {i}"), &[]).await;
     }
 
     let browser = Chromium::launch().await;
-    browser.navigate(&format!("{}/#cluster&token={ADMIN_TOKEN}", cluster.node(0).admin_url())).await;
+    let admin = cluster.node(0).admin_url();
+    browser.navigate(&format!("{admin}/#cluster&token={ADMIN_TOKEN}")).await;
     // A minute of traffic whose rate rises and falls, while the page samples it.
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while start.elapsed() < Duration::from_secs(70) {
         tick.tick().await;
         let phase = start.elapsed().as_secs_f64() / 9.0;
-        let burst = (4.0 + 3.5 * phase.sin() + 1.5 * (phase * 2.7).cos()).max(0.0) as usize;
-        for n in 0..burst {
-            publisher.send("/topic/prices", &format!("{{\"tick\":{n}}}"), &[]).await;
+        for (k, publisher) in publishers.iter_mut().enumerate() {
+            let shift = k as f64 * 1.3;
+            let scale = [3.0, 1.5, 0.7][k];
+            let burst =
+                (scale * (2.0 + 1.6 * (phase + shift).sin() + 0.7 * (phase * 2.7).cos())).max(0.0) as usize;
+            for n in 0..burst {
+                publisher.send("/topic/prices", &format!("{{\"tick\":{n}}}"), &[]).await;
+            }
         }
-        for client in clients.iter_mut() {
+        for client in clients.iter_mut().chain(publishers.iter_mut()) {
             while client.try_recv_message(Duration::from_millis(1)).await.is_ok() {}
         }
     }
@@ -193,6 +204,30 @@ async fn regenerate_the_screenshot() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/admin-ui.png");
     std::fs::write(&path, png).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     println!("wrote {}", path.display());
+
+    // The other pages, for a look (not checked in): target/admin-ui/<page>.png.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/admin-ui");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (page, rows) in [("destinations", "#destinations"), ("queues", "#queues"), ("sessions", "#sessions")]
+    {
+        browser.navigate(&format!("{admin}/#{page}")).await;
+        let filled = format!("document.querySelectorAll('{rows} tbody tr[data-key]').length > 0");
+        browser.wait_for(&format!("the {page} page filled"), &filled, json!(true)).await;
+        std::fs::write(dir.join(format!("{page}.png")), browser.screenshot().await).unwrap();
+    }
+    browser.color_scheme("dark").await;
+    for page in ["sessions", "cluster"] {
+        browser.navigate(&format!("{admin}/#{page}")).await;
+        browser
+            .wait_for(
+                "the page filled",
+                "document.querySelectorAll('tbody tr[data-key]').length > 0",
+                json!(true),
+            )
+            .await;
+        std::fs::write(dir.join(format!("{page}-dark.png")), browser.screenshot().await).unwrap();
+    }
+    println!("wrote the other pages, and two in dark colours, into {}", dir.display());
 }
 
 /// `text` as a JavaScript string literal.
@@ -293,13 +328,14 @@ impl Chromium {
                 json!({"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": false}),
             )
             .await;
+        browser.color_scheme("light").await;
         browser
-            .call(
-                "Emulation.setEmulatedMedia",
-                json!({"features": [{"name": "prefers-color-scheme", "value": "light"}]}),
-            )
-            .await;
-        browser
+    }
+
+    /// Makes the page see `prefers-color-scheme: <scheme>` (`light` or `dark`).
+    async fn color_scheme(&self, scheme: &str) {
+        let features = json!([{"name": "prefers-color-scheme", "value": scheme}]);
+        self.call("Emulation.setEmulatedMedia", json!({ "features": features })).await;
     }
 
     /// One CDP command (on the page once attached); its result. Events that arrive meanwhile are

@@ -9,6 +9,8 @@
   const POLL_MS = 2000;
   /** Samples kept for the sparklines: five minutes at one every 2 s. */
   const HISTORY = 150;
+  /** The shortest time a sparkline's width stands for, in samples: one minute. */
+  const MIN_SPAN = 30;
   const TOKEN_KEY = "stampede-admin-token";
   const PAGES = ["cluster", "destinations", "queues", "sessions", "publish"];
   const SESSIONS_PER_PAGE = 50;
@@ -327,24 +329,38 @@
     if (list.length > HISTORY) list.splice(0, list.length - HISTORY);
   }
 
-  /** Turns the nodes' counters into rates since the previous poll; a counter that went back (a restarted node) starts over. */
-  function sample(nodes, at) {
+  /** When the rates were last sampled (browser time). */
+  let sampledAt = 0;
+
+  /**
+   * Turns the nodes' counters into rates, once per POLL_MS (a poll run early, after a click,
+   * samples nothing). A node's counters are a snapshot taken at its `last_seen_ms` (its
+   * heartbeat, on Redis), so that is the time base; a node whose heartbeat has not moved adds
+   * nothing, and one whose counters went back (it restarted) starts over.
+   */
+  function sample(nodes) {
+    const now = Date.now();
+    if (now - sampledAt < POLL_MS * 0.75) return;
+    sampledAt = now;
     let published = 0;
     let delivered = 0;
     let any = false;
     for (const node of nodes) {
+      const at = node.last_seen_ms;
+      if (typeof node.published !== "number" || typeof node.delivered !== "number" || !at) continue;
       let s = samples.get(node.node_id);
       if (!s) {
         s = { at: null, published: 0, delivered: 0, rates: { published: [], delivered: [] } };
         samples.set(node.node_id, s);
       }
-      if (typeof node.published !== "number" || typeof node.delivered !== "number") continue;
-      if (s.at !== null && at > s.at && node.published >= s.published && node.delivered >= s.delivered) {
-        const seconds = (at - s.at) / 1000;
-        push(s.rates.published, (node.published - s.published) / seconds);
-        push(s.rates.delivered, (node.delivered - s.delivered) / seconds);
+      if (s.at === null || at > s.at) {
+        if (s.at !== null && node.published >= s.published && node.delivered >= s.delivered) {
+          const seconds = (at - s.at) / 1000;
+          push(s.rates.published, (node.published - s.published) / seconds);
+          push(s.rates.delivered, (node.delivered - s.delivered) / seconds);
+        }
+        Object.assign(s, { at, published: node.published, delivered: node.delivered });
       }
-      Object.assign(s, { at, published: node.published, delivered: node.delivered });
       if (s.rates.published.length) {
         published += s.rates.published[s.rates.published.length - 1];
         delivered += s.rates.delivered[s.rates.delivered.length - 1];
@@ -359,7 +375,10 @@
     }
   }
 
-  /** Draws `values` (the newest at the right edge) into an SVG of viewBox 0 0 150 30. */
+  /**
+   * Draws `values` (one every POLL_MS, the newest at the right edge) into an SVG of viewBox
+   * 0 0 150 30, scaled to their peak; the x axis spans the samples there are, at least a minute.
+   */
   function sparkline(svg, values) {
     const [width, height] = [150, 30];
     let area = svg.querySelector("polygon");
@@ -375,7 +394,7 @@
       return;
     }
     const top = Math.max(...values);
-    const step = width / (HISTORY - 1);
+    const step = width / (Math.max(values.length, MIN_SPAN) - 1);
     const start = width - (values.length - 1) * step;
     const points = values.map((v, i) => {
       const y = top > 0 ? height - 1 - (v / top) * (height - 3) : height - 1;
@@ -400,7 +419,7 @@
   async function loadOverview() {
     const data = await api("/api/v1/overview");
     overview = data;
-    sample(data.nodes, Date.now());
+    sample(data.nodes);
     setText($("node-name"), `${data.node_id} · ${data.engine}`);
     const badge = $("readiness");
     const [text, tone] = data.draining ? ["Draining", "warn"] : data.ready ? ["Ready", "ok"] : ["Not ready", "bad"];
@@ -419,6 +438,10 @@
     setText($("t-delivered"), rate(last(totals.delivered)));
     sparkline($("spark-published"), totals.published);
     sparkline($("spark-delivered"), totals.delivered);
+    const span = (list) =>
+      list.length > 1 ? `· last ${ago((list.length - 1) * POLL_MS)} · peak ${rate(Math.max(...list))} /s` : "· sampling…";
+    setText($("c-published"), span(totals.published));
+    setText($("c-delivered"), span(totals.delivered));
     const now = Date.now();
     const nodes = [...data.nodes].sort((a, b) => a.node_id.localeCompare(b.node_id));
     sync(
@@ -465,6 +488,7 @@
 
   async function loadClusterExtras() {
     const [queues, destinations] = await Promise.all([api("/api/v1/queues"), api("/api/v1/destinations")]);
+    setText($("t-queued"), num(queues.queues.reduce((total, q) => total + q.depth, 0)));
     const topQueues = [...queues.queues].sort((a, b) => b.depth - a.depth || a.queue.localeCompare(b.queue)).slice(0, 8);
     sync(
       $("cluster-queues").tBodies[0],
@@ -520,6 +544,7 @@
       .filter((d) => !filter || d.destination.toLowerCase().includes(filter))
       .sort((a, b) => a.destination.localeCompare(b.destination));
     missing($("destinations-missing"), data.missing_nodes);
+    setText($("destinations-summary"), `${num(data.destinations.length)} destinations with subscribers`);
     sync(
       $("destinations").tBodies[0],
       shown,
@@ -593,7 +618,15 @@
 
   async function loadQueues() {
     const data = await api("/api/v1/queues");
-    const queues = [...data.queues].sort((a, b) => a.queue.localeCompare(b.queue));
+    const filter = $("queue-filter").value.trim().toLowerCase();
+    const queues = data.queues
+      .filter((q) => !filter || q.queue.toLowerCase().includes(filter))
+      .sort((a, b) => a.queue.localeCompare(b.queue));
+    const total = (field) => num(data.queues.reduce((sum, q) => sum + q[field], 0));
+    setText(
+      $("queues-summary"),
+      `${num(data.queues.length)} queues · ${total("depth")} ready · ${total("unacked")} unacked · ${total("dead_letters")} dead letters`
+    );
     sync(
       $("queues").tBodies[0],
       queues,
@@ -606,7 +639,7 @@
         cell(tr, "num consumers");
         cell(tr, "num unacked");
         cell(tr, "num dead-letters");
-        cell(tr, "num").appendChild(
+        cell(tr, "num actions").appendChild(
           confirming("Purge", "purge", "Purge all?", async () => {
             const result = await api("/api/v1/queues/purge", "POST", { queue: q.queue });
             showBanner(`Purged ${num(result.purged)} messages from ${q.queue}.`, "action");
@@ -623,9 +656,11 @@
         toggleClass(tr.cells[4], "nonzero", q.dead_letters > 0);
         tr.dataset.depth = String(q.depth);
       },
-      "No queue."
+      filter ? "No queue matches." : "No queue."
     );
   }
+
+  $("queue-filter").addEventListener("input", () => refresh());
 
   // === sessions ===
 
@@ -663,7 +698,7 @@
         cell(tr, "mono");
         cell(tr);
         cell(tr, "subs");
-        cell(tr, "num").appendChild(
+        cell(tr, "num actions").appendChild(
           confirming("Disconnect", "disconnect", "Confirm", async () => {
             const reason = $("disconnect-reason").value.trim() || "disconnected by an operator";
             await api(`/api/v1/sessions/${encodeURIComponent(s.session)}/disconnect`, "POST", { reason });
