@@ -2,7 +2,8 @@
 //! protocol (CDP: JSON over a WebSocket, spoken here with tokio-tungstenite), against a real
 //! `stampede` process with an admin token. The page asks for the token, shows the live node
 //! list, a queue depth that follows the messages a STOMP client sends, and its Disconnect button
-//! ends a STOMP client's session with an ERROR.
+//! ends a STOMP client's session with an ERROR; its Purge button empties the queue and its
+//! publish form reaches a STOMP subscriber.
 //!
 //! Every check reads the page's DOM with `Runtime.evaluate` and polls until it holds (the page
 //! itself polls the API every 2 s); nothing is asserted after a fixed sleep.
@@ -117,6 +118,38 @@ async fn the_admin_ui_shows_the_cluster_and_disconnects_a_session() {
     // The other client is untouched.
     sender.publish("/queue/ui-jobs", "4", &[]).await;
 
+    // Purge (two clicks) empties the queue.
+    browser.navigate(&format!("{admin}/#queues")).await;
+    browser.wait_for("the queue at depth 4", depth, json!("4")).await;
+    browser
+        .eval(
+            "(() => { const b = document.querySelector('#queues tr[data-queue=\"/queue/ui-jobs\"] button.purge'); \
+             b.click(); b.click(); return true; })()",
+        )
+        .await;
+    browser.wait_for("the queue purged", &format!("['0', 'none'].includes({depth})"), json!(true)).await;
+
+    // The publish form reaches a STOMP subscriber, headers and all.
+    sender.subscribe("/topic/ui-board", "board", &[]).await;
+    browser.navigate(&format!("{admin}/#publish")).await;
+    browser
+        .eval(
+            "(() => { document.getElementById('publish-destination').value = '/topic/ui-board'; \
+             document.getElementById('publish-headers').value = 'x-from: the admin UI\\n'; \
+             document.getElementById('publish-body').value = 'hello from the UI'; \
+             document.getElementById('publish-form').requestSubmit(); return true; })()",
+        )
+        .await;
+    let message = sender.recv_message().await;
+    assert_eq!((header(&message, "x-from"), body(&message).as_str()), ("the admin UI", "hello from the UI"));
+    browser
+        .wait_for(
+            "the publish result",
+            "document.getElementById('publish-result').textContent.startsWith('Published to /topic/ui-board')",
+            json!(true),
+        )
+        .await;
+
     assert_eq!(browser.exceptions().await, Vec::<String>::new(), "the page threw");
 }
 
@@ -160,7 +193,7 @@ async fn regenerate_the_screenshot() {
         .subscribe("/queue/orders", "orders", &[("ack", "client-individual"), ("prefetch-count", "4")])
         .await;
     // One publisher a node, each at its own pace.
-    let mut publishers = vec![login("ops", 0).await, login("ann", 1).await, login("bob", 2).await];
+    let mut publishers = [login("ops", 0).await, login("ann", 1).await, login("bob", 2).await];
     for i in 0..42 {
         publishers[0].send("/queue/reports", &format!("report {i}"), &[]).await;
     }
