@@ -153,6 +153,48 @@ async fn the_admin_ui_shows_the_cluster_and_disconnects_a_session() {
     assert_eq!(browser.exceptions().await, Vec::<String>::new(), "the page threw");
 }
 
+/// The UI's three files come without the token, with their types and `Cache-Control: no-cache`;
+/// the API beside them still needs it.
+#[tokio::test]
+async fn the_ui_files_need_no_token_and_the_api_does() {
+    let cluster = Cluster::memory(&["--admin-token", ADMIN_TOKEN]).await;
+    let admin = cluster.node(0).admin_addr();
+    for (path, content_type, needle) in [
+        ("/", "text/html; charset=utf-8", "<script src=\"/ui/app.js\""),
+        ("/ui/app.js", "text/javascript; charset=utf-8", "/api/v1/overview"),
+        ("/ui/app.css", "text/css; charset=utf-8", "prefers-color-scheme"),
+    ] {
+        let response = stampede_testkit::http::get(admin, path).await.expect("the admin port answers");
+        assert_eq!(response.status, 200, "{path}: {}", response.body);
+        assert_eq!(response.header("content-type"), Some(content_type), "{path}");
+        assert_eq!(response.header("cache-control"), Some("no-cache"), "{path}");
+        assert!(response.header("content-security-policy").is_some_and(|p| p.contains("connect-src 'self'")));
+        assert!(response.body.contains(needle), "{path} lacks {needle}");
+    }
+    assert_eq!(stampede_testkit::http::get(admin, "/api/v1/overview").await.unwrap().status, 401);
+}
+
+/// With no admin token configured, the page never asks for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_the_page_asks_for_none() {
+    let cluster = Cluster::memory(&[]).await;
+    let node = cluster.node(0);
+    let browser = Chromium::launch().await;
+    browser.navigate(&format!("{}/", node.admin_url())).await;
+    let row = format!(
+        "document.querySelector('#nodes tr[data-node-id=\"' + CSS.escape({}) + '\"]')",
+        js(node.id())
+    );
+    browser
+        .wait_for(
+            "the node list, and no token form",
+            &format!("[{row} !== null, document.getElementById('auth').hidden]"),
+            json!([true, true]),
+        )
+        .await;
+    assert_eq!(browser.exceptions().await, Vec::<String>::new(), "the page threw");
+}
+
 /// Rewrites `docs/admin-ui.png`: three nodes on Redis with a few users' sessions, topics and
 /// queues, and traffic for a minute so the rate sparklines have a shape. Run it with
 /// `cargo test -p stampede --test admin_ui -- --ignored regenerate_the_screenshot`.
@@ -411,9 +453,13 @@ impl Chromium {
         }
     }
 
+    /// Goes to `url` of the admin UI and waits until the page has loaded (its script has run:
+    /// it is deferred, so it ran before the load ended).
     async fn navigate(&self, url: &str) {
         let answer = self.call("Page.navigate", json!({"url": url})).await;
         assert!(answer.get("errorText").is_none(), "navigating to {url}: {answer}");
+        let loaded = "document.readyState === 'complete' && document.getElementById('nav') !== null";
+        self.wait_for(&format!("{url} loaded"), loaded, json!(true)).await;
     }
 
     /// The value of a JavaScript expression in the page (awaited if it is a promise); panics
