@@ -93,19 +93,25 @@ async fn the_admin_ui_shows_the_cluster_and_disconnects_a_session() {
     // The Disconnect button of a session: its client gets an ERROR with the reason, then the close.
     let mut victim = Client::connect_to(&tcp, None).await.expect("a STOMP client connects");
     victim.subscribe("/topic/ui-news", "news", &[]).await;
+    victim.subscribe("/topic/ui-extra", "extra", &[]).await;
     let session = victim.session().to_owned();
     browser.navigate(&format!("{admin}/#sessions")).await;
     let row = format!(
         "document.querySelector('#sessions tr[data-session=\"' + CSS.escape({}) + '\"]')",
         js(&session)
     );
+    let chips = format!("[...({row}?.querySelectorAll('.chip') ?? [])].map((c) => c.dataset.destination)");
     browser
-        .wait_for(
-            "the session with its subscription",
-            &format!("{row}?.querySelector('.chip')?.dataset.destination ?? 'none'"),
-            json!("/topic/ui-news"),
-        )
+        .wait_for("the session with its subscriptions", &chips, json!(["/topic/ui-extra", "/topic/ui-news"]))
         .await;
+    // The × of a subscription unsubscribes the session from it.
+    browser
+        .eval(&format!(
+            "(() => {{ {row}.querySelector('.chip[data-destination=\"/topic/ui-extra\"] button.unsubscribe').click(); \
+             return true; }})()"
+        ))
+        .await;
+    browser.wait_for("one subscription left", &chips, json!(["/topic/ui-news"])).await;
     browser
         .eval(&format!(
             "(() => {{ document.getElementById('disconnect-reason').value = 'bye from the admin UI'; \

@@ -717,10 +717,13 @@
         setText(c[4], s.remote);
         setText(c[5], ago(now - s.connected_ms));
         c[5].title = new Date(s.connected_ms).toLocaleString();
-        const signature = JSON.stringify(s.subscriptions);
+        const subscriptions = [...s.subscriptions].sort(
+          (a, b) => a.destination.localeCompare(b.destination) || a.id.localeCompare(b.id)
+        );
+        const signature = JSON.stringify(subscriptions);
         if (c[6].dataset.signature !== signature) {
           c[6].dataset.signature = signature;
-          c[6].replaceChildren(...s.subscriptions.map((sub) => chip(s.session, sub)));
+          c[6].replaceChildren(...subscriptions.map((sub) => chip(s.session, sub)));
         }
       },
       user ? `No session of ${user}.` : "No session."
