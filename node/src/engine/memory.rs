@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, QueueLifetime};
 use crate::engine::{
-    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
+    Answers, Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish,
+    QueueEntry,
 };
 use crate::metrics::DropReason;
 use crate::metrics::Metrics;
@@ -412,7 +413,32 @@ impl Engine for MemoryEngine {
             connections: self.metrics.connection_count(),
             subscriptions: self.metrics.subscription_count(),
             last_seen_ms: now.as_millis() as u64,
+            published: self.metrics.published_total(),
+            delivered: self.metrics.delivered_total(),
         }])
+    }
+
+    async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {
+        let inbox = self.inbox().ok_or(EngineError::Closed)?;
+        let node_id = self.config.node_id.clone();
+        let reply = inbox.answer(&request, &node_id);
+        Ok(Answers { replies: vec![(node_id, reply)], missing: Vec::new() })
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        Ok(self.queue_depths())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, EngineError> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        let Some(q) = queues.get_mut(queue) else { return Ok(0) };
+        let purged = q.ready.len() as u64;
+        q.ready.clear();
+        drop(queues);
+        if purged > 0 {
+            self.metrics.dropped(DropReason::Purged, purged);
+        }
+        Ok(purged)
     }
 }
 

@@ -13,14 +13,16 @@
 //!
 //! Layout: `mod.rs` (the hub, subscriptions, publishing), `topic.rs` (topic and user-destination
 //! fan-out: the engine's [`Inbox`]), `queue.rs` (queue dispatch, acknowledgements, credit),
-//! `outbox.rs` (a connection's bounded delivery queue), `tail.rs` (the shared MESSAGE tail).
+//! `outbox.rs` (a connection's bounded delivery queue and the orders it carries), `tail.rs` (the
+//! shared MESSAGE tail), `sessions.rs` (connected sessions and the admin API's questions and orders).
 
 mod outbox;
 mod queue;
+pub mod sessions;
 pub mod tail;
 mod topic;
 
-pub use outbox::{Delivery, Outbox, TAKE_MAX};
+pub use outbox::{Command, Delivery, Outbox, TAKE_MAX};
 pub use tail::MessageTail;
 
 use std::collections::HashMap;
@@ -105,6 +107,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     topics: RwLock<HashMap<Arc<str>, Topic>>,
     queues: Mutex<HashMap<Arc<str>, Arc<QueueDispatch>>>,
+    /// Connected sessions by id ([`sessions`]).
+    sessions: Mutex<HashMap<Arc<str>, sessions::LocalSession>>,
     me: Weak<Hub>,
 }
 
@@ -115,6 +119,7 @@ impl Hub {
             metrics,
             topics: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             me: me.clone(),
         });
         let inbox: Weak<dyn Inbox> = hub.me.clone();

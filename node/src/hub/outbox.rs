@@ -54,6 +54,18 @@ struct Queue {
     /// large at its first push (not before, so an idle connection holds none), instead of
     /// growing by doubling, a reallocation and a copy each time.
     last_batch: usize,
+    /// Orders from the admin API for the session, taken with its next batch.
+    commands: Vec<Command>,
+}
+
+/// An order for a session from outside it (the admin API, through the hub), carried out by the
+/// session's own task the next time it takes its outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send ERROR with this message and close.
+    Disconnect(String),
+    /// End every subscription of this destination, as UNSUBSCRIBE would (without a receipt).
+    Unsubscribe(String),
 }
 
 impl Queue {
@@ -144,11 +156,29 @@ impl Outbox {
         true
     }
 
-    /// Resolves once deliveries are queued.
+    /// Hands the session an order; false when the session has ended.
+    pub fn command(&self, command: Command) -> bool {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if queue.closed {
+            return false;
+        }
+        queue.commands.push(command);
+        drop(queue);
+        self.waker.wake();
+        true
+    }
+
+    /// The orders queued since the last call.
+    pub fn take_commands(&self) -> Vec<Command> {
+        std::mem::take(&mut self.queue.lock().expect("outbox lock").commands)
+    }
+
+    /// Resolves once deliveries or commands are queued.
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| {
             self.waker.register(cx.waker());
-            if self.queue.lock().expect("outbox lock").deliveries.is_empty() {
+            let queue = self.queue.lock().expect("outbox lock");
+            if queue.deliveries.is_empty() && queue.commands.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())

@@ -46,6 +46,7 @@ impl<S: FrameSink> Session<S> {
             None => connected,
         };
         self.send_frame(&connected).await?;
+        self.node.hub().session_connected(&self.session_id, self.user.as_deref());
         tracing::info!(user = self.user.as_deref(), version = version.as_str(), "connected");
         Ok(Flow::Continue)
     }

@@ -66,7 +66,10 @@ use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::config::QueueLifetime;
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
-use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
+use crate::hub::sessions::LocalSession;
+use crate::hub::{
+    tail, AckMode, Command as Order, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX,
+};
 use crate::metrics::RefusalReason;
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
@@ -153,7 +156,11 @@ pub async fn run<S: FrameSink>(
         error_receipt: None,
         stashed: None,
     };
+    // Listed (once CONNECTED) for the admin API, which gives it orders through its outbox.
+    node.hub()
+        .register_session(&session.session_id, LocalSession::new(transport, peer, session.outbox.clone()));
     tracing::Instrument::instrument(session.run(), span).await;
+    node.hub().deregister_session(&session.session_id);
     node.metrics().connection_closed(transport);
     drop(permit);
 }
@@ -263,6 +270,7 @@ fn error_reason(error: &SessionError) -> String {
     match error {
         SessionError::SlowConsumer => "slow consumer".to_owned(),
         SessionError::ShuttingDown => "drained".to_owned(),
+        SessionError::Disconnected(why) => format!("disconnected by the admin API: {why}"),
         SessionError::HeartbeatTimeout => "heart-beat timeout".to_owned(),
         SessionError::ConnectTimeout => "connect timeout".to_owned(),
         SessionError::Transport(why) => format!("connection failed: {why}"),
@@ -476,6 +484,15 @@ impl<S: FrameSink> Session<S> {
                 Ok(flow)
             }
             Event::Deliveries => {
+                for order in self.outbox.take_commands() {
+                    match order {
+                        Order::Disconnect(reason) => return Err(SessionError::Disconnected(reason)),
+                        // Boxed: rare, and inline it would size every idle session's future.
+                        Order::Unsubscribe(destination) => {
+                            Box::pin(self.unsubscribe_destination(&destination)).await?
+                        }
+                    }
+                }
                 self.write_batch().await?;
                 Ok(Flow::Continue)
             }

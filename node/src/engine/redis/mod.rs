@@ -20,10 +20,11 @@
 //! | `P:queues` | set | names of every queue enqueued to (for reclaiming and depth metrics) |
 //! | `P:lifetimes` | sorted set | queues that have a lifetime, scored by when (ms) the sweep looks at them next |
 //! | `P:sweeper` | string | the node sweeping queues now (SET NX PX) |
-//! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`; expires after 5 s |
+//! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`, `published`, `delivered`; expires after 5 s |
 //! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
 //! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes) |
 //! | `P:ch:/queue/q` | channel | "entries ready" notifications of a queue (`r`) |
+//! | `P:calls`, `P:calls:<id>` | channel | the admin API's questions to every node, and the answers to node `<id>` ([`calls`]) |
 //!
 //! # Topics
 //! A publish is one PUBLISH of the [`envelope`], sent by the [`publisher`] task, which pipelines
@@ -68,8 +69,10 @@
 //! that the stream is still gone and registers it again if not.
 //!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
-//! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`, `registry.rs`, `tests.rs`.
+//! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`,
+//! `registry.rs`, `calls.rs` (questions to every node), `tests.rs`.
 
+mod calls;
 mod envelope;
 mod keys;
 mod publisher;
@@ -93,7 +96,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, QueueLifetime};
 use crate::engine::{
-    Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish, QueueEntry,
+    Answers, Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish,
+    QueueEntry,
 };
 use crate::metrics::Metrics;
 use crate::metrics::{EngineEvent, RedisCommand};
@@ -169,6 +173,8 @@ struct Inner {
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
     answering: std::sync::atomic::AtomicBool,
+    /// Questions to every node waiting for their answers.
+    calls: calls::Calls,
 }
 
 impl RedisEngine {
@@ -235,6 +241,7 @@ impl RedisEngine {
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
             answering: std::sync::atomic::AtomicBool::new(true),
+            calls: calls::Calls::default(),
         });
 
         // Event streams first, so nothing sent after connecting is missed.
@@ -599,5 +606,19 @@ impl Engine for RedisEngine {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
         self.inner.check_connected()?;
         registry::nodes(&self.inner).await
+    }
+
+    async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {
+        calls::call_all(&self.inner, request).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        self.inner.check_connected()?;
+        queues::depths(&self.inner).await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, EngineError> {
+        self.inner.check_connected()?;
+        queues::purge(&self.inner, queue).await
     }
 }
