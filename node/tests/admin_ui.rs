@@ -124,6 +124,32 @@ async fn the_admin_ui_shows_the_cluster_and_disconnects_a_session() {
     // The other client is untouched.
     sender.publish("/queue/ui-jobs", "4", &[]).await;
 
+    // Filtered by user, the page lists that user's sessions only, and disconnects them all.
+    // (Authentication is off here: a login is taken at its word.)
+    let mut mallory = [
+        Client::connect_to(&tcp, Some("mallory")).await.expect("a STOMP client connects"),
+        Client::connect_to(&tcp, Some("mallory")).await.expect("a STOMP client connects"),
+    ];
+    browser
+        .eval(
+            "(() => { const input = document.getElementById('session-user'); input.value = 'mallory'; \
+             input.dispatchEvent(new Event('input')); return true; })()",
+        )
+        .await;
+    let users =
+        "[...document.querySelectorAll('#sessions tr[data-session] td.user')].map((td) => td.textContent)";
+    browser.wait_for("mallory's two sessions only", users, json!(["mallory", "mallory"])).await;
+    browser
+        .eval(
+            "(() => { const b = document.getElementById('disconnect-user'); b.click(); b.click(); \
+             return true; })()",
+        )
+        .await;
+    for client in mallory.iter_mut() {
+        assert_error(&client.expect_error().await, "bye from the admin UI");
+    }
+    browser.wait_for("no session of mallory left", users, json!([])).await;
+
     // Purge (two clicks) empties the queue.
     browser.navigate(&format!("{admin}/#queues")).await;
     browser.wait_for("the queue at depth 4", depth, json!("4")).await;
