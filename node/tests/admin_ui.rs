@@ -545,6 +545,18 @@ impl Drop for Chromium {
             eprintln!("===== chromium stderr =====\n{stderr}\n===== the page threw =====\n{thrown}\n=====");
         }
         let _ = self.process.start_kill();
-        let _ = std::fs::remove_dir_all(&self.profile);
+        // The profile can go once the browser and its helper processes have exited: they write
+        // there until then.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.process.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        loop {
+            let _ = std::fs::remove_dir_all(&self.profile);
+            if !self.profile.exists() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
