@@ -22,7 +22,7 @@ pub mod sessions;
 pub mod tail;
 mod topic;
 
-pub use outbox::{Command, Delivery, Outbox, TAKE_MAX};
+pub use outbox::{Command, Delivery, Outbox, SessionMeta, TAKE_MAX};
 pub use tail::MessageTail;
 
 use std::collections::HashMap;
@@ -107,8 +107,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     topics: RwLock<HashMap<Arc<str>, Topic>>,
     queues: Mutex<HashMap<Arc<str>, Arc<QueueDispatch>>>,
-    /// Connected sessions by id ([`sessions`]).
-    sessions: Mutex<HashMap<Arc<str>, sessions::LocalSession>>,
+    /// Every session by id, with its outbox ([`sessions`]).
+    sessions: Mutex<HashMap<Arc<str>, Arc<Outbox>>>,
     me: Weak<Hub>,
 }
 

@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 
 use super::{EntryRef, MessageTail, Subscription};
 use crate::config::SlowConsumerPolicy;
+use crate::metrics::Transport;
+use std::net::SocketAddr;
 
 /// One message for one subscription, queued in its connection's [`Outbox`].
 #[derive(Debug)]
@@ -41,6 +43,19 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// Notified once when the outbox overflows under the `Disconnect` policy.
     pub overflow: Notify,
+    /// Who the session is, for the admin API: kept here, in the allocation every session has
+    /// anyway, rather than in a table entry of its own (see [`super::sessions`]).
+    meta: Mutex<SessionMeta>,
+}
+
+/// What the admin API shows of a session besides its subscriptions.
+#[derive(Clone, Debug)]
+pub struct SessionMeta {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    pub user: Option<Arc<str>>,
+    /// Unix time in milliseconds of its CONNECTED; 0 until then (not listed, given no orders).
+    pub connected_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,7 +105,31 @@ impl Outbox {
             policy,
             overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
+            meta: Mutex::new(SessionMeta {
+                transport: Transport::Tcp,
+                peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                user: None,
+                connected_ms: 0,
+            }),
         })
+    }
+
+    /// Names the session's transport and peer (at its start).
+    pub fn describe(&self, transport: Transport, peer: SocketAddr) {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.transport = transport;
+        meta.peer = peer;
+    }
+
+    /// The session is CONNECTED as `user`, at `now_ms`.
+    pub fn connected(&self, user: Option<&str>, now_ms: u64) {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.user = user.map(Arc::from);
+        meta.connected_ms = now_ms;
+    }
+
+    pub fn meta(&self) -> SessionMeta {
+        self.meta.lock().expect("meta lock").clone()
     }
 
     /// Queues a delivery unless that would pass the byte limit or the session has ended.

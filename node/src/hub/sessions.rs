@@ -1,9 +1,13 @@
 //! This node's connected sessions, and the orders the admin API gives them from any node.
 //!
-//! A session registers here at CONNECTED and leaves at its end: its id, user, transport, peer
-//! address, when it connected, and its [`Outbox`], through which the hub hands it [`Command`]s
-//! (disconnect, unsubscribe) and deliveries meant for it alone. Its subscriptions are not copied
-//! here: the hub's destination tables are the one record of them, read when an answer lists them.
+//! A session registers here at its start and leaves at its end: its id (shared with the session)
+//! and its [`Outbox`], which holds what the admin API shows of it ([`SessionMeta`]: transport,
+//! peer, and once CONNECTED its user and when) and through which the hub hands it [`Command`]s
+//! (disconnect, unsubscribe) and deliveries meant for it alone. A table entry is two pointers:
+//! every idle connection pays for it (the metadata in the outbox costs less than an entry of its
+//! own would, bench/notes.md). Its subscriptions are not copied here: the hub's destination
+//! tables are the one record of them, read when an answer lists them. Sessions not yet CONNECTED
+//! are neither listed nor given orders.
 //!
 //! The admin API asks every node of the cluster at once ([`crate::engine::Engine::call_all`]):
 //! a [`Request`] goes to each node's hub ([`Hub::answer`]), which answers from this table and its
@@ -11,26 +15,13 @@
 //! travel as JSON: they are few, small and not on any message path.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AckMode, Command, Hub, MessageTail, Outbox, Subscription};
+use super::{AckMode, Command, Hub, MessageTail, Outbox, SessionMeta, Subscription};
 use crate::destination::Kind;
 use crate::engine::Message;
-use crate::metrics::Transport;
-
-/// A connected session as the hub knows it.
-#[derive(Debug)]
-pub struct LocalSession {
-    pub user: Option<Arc<str>>,
-    pub transport: Transport,
-    pub peer: SocketAddr,
-    /// Unix time in milliseconds of its CONNECTED; 0 until then (not listed, given no orders).
-    pub connected_ms: u64,
-    pub outbox: Arc<Outbox>,
-}
 
 /// One subscription of a session, as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,31 +115,17 @@ fn ack_name(ack: AckMode) -> &'static str {
     }
 }
 
-fn now_ms() -> u64 {
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl LocalSession {
-    /// A session accepted and not yet CONNECTED.
-    pub fn new(transport: Transport, peer: SocketAddr, outbox: Arc<Outbox>) -> LocalSession {
-        LocalSession { user: None, transport, peer, connected_ms: 0, outbox }
-    }
-}
-
 impl Hub {
-    /// A session started.
-    pub fn register_session(&self, id: &str, session: LocalSession) {
-        self.sessions.lock().expect("sessions lock").insert(Arc::from(id), session);
-    }
-
-    /// A session is CONNECTED, as `user`.
-    pub fn session_connected(&self, id: &str, user: Option<&str>) {
-        if let Some(session) = self.sessions.lock().expect("sessions lock").get_mut(id) {
-            session.user = user.map(Arc::from);
-            session.connected_ms = now_ms();
-        }
+    /// A session started; `id` is shared with the session.
+    pub fn register_session(&self, id: Arc<str>, outbox: Arc<Outbox>) {
+        self.sessions.lock().expect("sessions lock").insert(id, outbox);
     }
 
     /// A session ended.
@@ -156,9 +133,25 @@ impl Hub {
         self.sessions.lock().expect("sessions lock").remove(id);
     }
 
+    /// The CONNECTED sessions `keep` selects, copied out of the table.
+    fn connected(
+        &self,
+        keep: impl Fn(&str, &SessionMeta) -> bool,
+    ) -> Vec<(Arc<str>, Arc<Outbox>, SessionMeta)> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .filter_map(|(id, outbox)| {
+                let meta = outbox.meta();
+                (meta.connected_ms > 0 && keep(id, &meta)).then(|| (id.clone(), outbox.clone(), meta))
+            })
+            .collect()
+    }
+
     /// Connected sessions on this node.
     pub fn session_count(&self) -> usize {
-        self.sessions.lock().expect("sessions lock").values().filter(|s| s.connected_ms > 0).count()
+        self.connected(|_, _| true).len()
     }
 
     /// Every local subscription, once.
@@ -192,22 +185,20 @@ impl Hub {
 
     fn reply(&self, request: Request, node_id: &str) -> Reply {
         match request {
-            Request::Sessions { user } => Reply::Sessions(self.session_views(node_id, |_, s| {
-                user.as_deref().is_none_or(|user| s.user.as_deref() == Some(user))
+            Request::Sessions { user } => Reply::Sessions(self.session_views(node_id, |_, meta| {
+                user.as_deref().is_none_or(|user| meta.user.as_deref() == Some(user))
             })),
             Request::Session { session } => {
                 Reply::Sessions(self.session_views(node_id, |id, _| id == session.as_str()))
             }
             Request::Disconnect { session, user, reason } => {
-                let sessions = self.sessions.lock().expect("sessions lock");
-                let reached = sessions
+                let chosen = self.connected(|id, meta| {
+                    session.as_deref().is_some_and(|wanted| id == wanted)
+                        || user.as_deref().is_some_and(|wanted| meta.user.as_deref() == Some(wanted))
+                });
+                let reached = chosen
                     .iter()
-                    .filter(|(_, s)| s.connected_ms > 0)
-                    .filter(|(id, s)| {
-                        session.as_deref().is_some_and(|wanted| &***id == wanted)
-                            || user.as_deref().is_some_and(|wanted| s.user.as_deref() == Some(wanted))
-                    })
-                    .filter(|(_, s)| s.outbox.command(Command::Disconnect(reason.clone())))
+                    .filter(|(_, outbox, _)| outbox.command(Command::Disconnect(reason.clone())))
                     .count();
                 Reply::Done(reached as u64)
             }
@@ -270,11 +261,8 @@ impl Hub {
         session: &str,
         destination: &str,
     ) -> Option<(Arc<Outbox>, Vec<Arc<Subscription>>)> {
-        let (outbox, user) = {
-            let sessions = self.sessions.lock().expect("sessions lock");
-            let s = sessions.get(session).filter(|s| s.connected_ms > 0)?;
-            (s.outbox.clone(), s.user.clone())
-        };
+        let (_, outbox, meta) = self.connected(|id, _| id == session).pop()?;
+        let user = meta.user;
         let mine = |destination: &str| -> Vec<Arc<Subscription>> {
             self.subscriptions_of(destination)
                 .into_iter()
@@ -289,24 +277,21 @@ impl Hub {
     }
 
     /// The sessions `keep` selects, each with its subscriptions.
-    fn session_views(&self, node_id: &str, keep: impl Fn(&str, &LocalSession) -> bool) -> Vec<SessionView> {
+    fn session_views(&self, node_id: &str, keep: impl Fn(&str, &SessionMeta) -> bool) -> Vec<SessionView> {
         let mut views: Vec<(Arc<Outbox>, SessionView)> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .iter()
-            .filter(|(id, s)| s.connected_ms > 0 && keep(id, s))
-            .map(|(id, s)| {
+            .connected(keep)
+            .into_iter()
+            .map(|(id, outbox, meta)| {
                 let view = SessionView {
                     session: id.to_string(),
-                    user: s.user.as_deref().map(str::to_owned),
+                    user: meta.user.as_deref().map(str::to_owned),
                     node: node_id.to_owned(),
-                    transport: s.transport.as_str().to_owned(),
-                    remote: s.peer.to_string(),
-                    connected_ms: s.connected_ms,
+                    transport: meta.transport.as_str().to_owned(),
+                    remote: meta.peer.to_string(),
+                    connected_ms: meta.connected_ms,
                     subscriptions: Vec::new(),
                 };
-                (s.outbox.clone(), view)
+                (outbox, view)
             })
             .collect();
         if views.is_empty() {
@@ -337,11 +322,9 @@ impl Hub {
 
     fn destination_views(&self, only: Option<String>) -> Vec<DestinationView> {
         let users_of: HashMap<*const Outbox, Arc<str>> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .values()
-            .filter_map(|s| s.user.clone().map(|user| (Arc::as_ptr(&s.outbox), user)))
+            .connected(|_, _| true)
+            .into_iter()
+            .filter_map(|(_, outbox, meta)| meta.user.map(|user| (Arc::as_ptr(&outbox), user)))
             .collect();
         let mut views: BTreeMap<String, (u64, std::collections::BTreeSet<String>)> = BTreeMap::new();
         let subscriptions = match &only {

@@ -66,7 +66,6 @@ use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::config::QueueLifetime;
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
-use crate::hub::sessions::LocalSession;
 use crate::hub::{
     tail, AckMode, Command as Order, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX,
 };
@@ -123,7 +122,7 @@ pub async fn run<S: FrameSink>(
     node.metrics().connection_opened(transport);
     let config = node.config();
     let outbox = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
-    let session_id = node.next_session_id();
+    let session_id: Arc<str> = Arc::from(node.next_session_id());
     let span = tracing::info_span!("session", session = %session_id, %peer, transport = %transport.as_str());
     let mut session = Session {
         node: node.clone(),
@@ -157,8 +156,8 @@ pub async fn run<S: FrameSink>(
         stashed: None,
     };
     // Listed (once CONNECTED) for the admin API, which gives it orders through its outbox.
-    node.hub()
-        .register_session(&session.session_id, LocalSession::new(transport, peer, session.outbox.clone()));
+    session.outbox.describe(transport, peer);
+    node.hub().register_session(session.session_id.clone(), session.outbox.clone());
     tracing::Instrument::instrument(session.run(), span).await;
     node.hub().deregister_session(&session.session_id);
     node.metrics().connection_closed(transport);
@@ -181,8 +180,9 @@ struct Session<S> {
     /// Taken at CONNECT, when the reader learns the version.
     negotiated: Option<oneshot::Sender<Negotiated>>,
     outbox: Arc<Outbox>,
-    /// Prefix of this session's message ids; also its `session` header.
-    session_id: String,
+    /// Prefix of this session's message ids; also its `session` header and its key in the hub's
+    /// table of sessions.
+    session_id: Arc<str>,
     /// Set once CONNECTED.
     version: Option<Version>,
     /// The identity's user name, for `/user/` destinations.
