@@ -20,6 +20,7 @@
 #[cfg(test)]
 mod contract;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
 
 use crate::config::QueueLifetime;
+pub use presence::Member;
 
 /// One message as the engine stores and moves it: a destination, the user headers, the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +250,27 @@ pub trait Engine: Send + Sync {
     fn close(&self) -> impl Future<Output = ()> + Send;
     /// The live nodes of the cluster (just this one on a single-node engine).
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, EngineError>> + Send;
+    /// `member` (a session of this node) joined `destination`: recorded, and its join event
+    /// published on `/presence<destination>`. Nothing when the `presence` setting does not name
+    /// the destination, or when the member is there already.
+    fn presence_join(
+        &self,
+        destination: &str,
+        member: Member,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// `member` (a session of this node) left `destination`: removed, and its leave event
+    /// published. Nothing when it was not a member.
+    fn presence_leave(
+        &self,
+        destination: &str,
+        member: Member,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The members of `destination` on every live node, sorted; `None` when the `presence`
+    /// setting does not name it.
+    fn presence(
+        &self,
+        destination: &str,
+    ) -> impl Future<Output = Result<Option<Vec<Member>>, EngineError>> + Send;
 }
 
 /// The configured back end, dispatched statically.
@@ -313,5 +336,14 @@ impl Engine for AnyEngine {
     }
     async fn close(&self) {
         dispatch!(self, e => e.close().await)
+    }
+    async fn presence_join(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        dispatch!(self, e => e.presence_join(destination, member).await)
+    }
+    async fn presence_leave(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        dispatch!(self, e => e.presence_leave(destination, member).await)
+    }
+    async fn presence(&self, destination: &str) -> Result<Option<Vec<Member>>, EngineError> {
+        dispatch!(self, e => e.presence(destination).await)
     }
 }

@@ -13,9 +13,11 @@
 //!
 //! Layout: `mod.rs` (the hub, subscriptions, publishing), `topic.rs` (topic and user-destination
 //! fan-out: the engine's [`Inbox`]), `queue.rs` (queue dispatch, acknowledgements, credit),
-//! `outbox.rs` (a connection's bounded delivery queue), `tail.rs` (the shared MESSAGE tail).
+//! `outbox.rs` (a connection's bounded delivery queue), `tail.rs` (the shared MESSAGE tail),
+//! `presence.rs` (joins, leaves and members of destinations whose presence is kept).
 
 mod outbox;
+mod presence;
 mod queue;
 pub mod tail;
 mod topic;
