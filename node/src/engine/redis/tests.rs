@@ -717,3 +717,129 @@ async fn queue_lifetimes_add_no_command_per_message() {
     // Heartbeats and sweeps may land in either window: a handful of commands, not one a message.
     assert!(life <= plain + 20, "{life} commands with a lifetime, {plain} without");
 }
+
+// === presence ===
+
+/// The presence events (`x-presence`, session) a node was handed, in order.
+fn presence_events(node: &Node) -> Vec<(String, String)> {
+    node.inbox
+        .messages
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|m| {
+            let header = |name: &str| m.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            Some((header("x-presence")?, header("x-presence-session")?))
+        })
+        .collect()
+}
+
+fn presence_rule(c: &mut Config) {
+    c.presence = vec!["/topic/room".to_owned()];
+}
+
+fn member(user: Option<&str>, session: &str, node: &str) -> crate::engine::Member {
+    crate::engine::Member {
+        user: user.map(str::to_owned),
+        session: session.to_owned(),
+        node: node.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_keep_live_nodes_and_a_dead_nodes_members_leave_once() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    let b = node(&server, "node-b", presence_rule).await;
+    for n in [&a, &b] {
+        n.engine.watch("/presence/topic/room").wait().await.expect("watch");
+    }
+    let (ann, bob) = (member(Some("ann"), "s1", "node-a"), member(Some("bob"), "s2", "node-b"));
+    a.engine.presence_join("/topic/room", ann.clone()).await.expect("join");
+    b.engine.presence_join("/topic/room", bob.clone()).await.expect("join");
+
+    // node-x beats once, now, holding carl, then dies without a word (as kill -9 leaves it).
+    let now = super::registry::now_ms().to_string();
+    raw(
+        &a,
+        "HSET",
+        "stampede:{/topic/room}:presence",
+        &["stampede:{/topic/room}:presence", "node-x\ts9", "carl"],
+    )
+    .await;
+    raw(&a, "SADD", "stampede:node:node-x:presence", &["stampede:node:node-x:presence", "/topic/room"]).await;
+    raw(&a, "ZADD", "stampede:nodes", &["stampede:nodes", &now, "node-x"]).await;
+    let died = Instant::now();
+    let carl = member(Some("carl"), "s9", "node-x");
+    let everyone = vec![ann.clone(), bob.clone(), carl];
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(everyone)), "node-x is live for now");
+
+    // Reads drop it once its heartbeat is NODE_TTL old; its leave event follows at a heartbeat.
+    let dropped = holds_within(WAIT, || async {
+        b.engine.presence("/topic/room").await.is_ok_and(|m| m.is_some_and(|m| m.len() == 2))
+    })
+    .await;
+    let read_gone = died.elapsed();
+    assert!(dropped, "{:?}", b.engine.presence("/topic/room").await);
+    assert!(read_gone >= super::registry::NODE_TTL - Duration::from_millis(100), "{read_gone:?}");
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![ann.clone(), bob.clone()])));
+    let leave = ("leave".to_owned(), "s9".to_owned());
+    let left = holds_within(WAIT, || async {
+        presence_events(&a).contains(&leave) && presence_events(&b).contains(&leave)
+    })
+    .await;
+    let event_after = died.elapsed();
+    assert!(left, "a: {:?}, b: {:?}", presence_events(&a), presence_events(&b));
+    assert!(event_after < super::registry::NODE_TTL + Duration::from_secs(3), "{event_after:?}");
+    // One node reaped it: one leave event each node was handed, its field and set gone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for n in [&a, &b] {
+        assert_eq!(presence_events(n).iter().filter(|e| **e == leave).count(), 1, "{:?}", presence_events(n));
+    }
+    let fields =
+        raw(&a, "HKEYS", "stampede:{/topic/room}:presence", &["stampede:{/topic/room}:presence"]).await;
+    let mut fields: Vec<String> = fields.into_array().iter().filter_map(Value::as_string).collect();
+    fields.sort();
+    assert_eq!(fields, ["node-a\ts1", "node-b\ts2"]);
+    let set = raw(&a, "EXISTS", "stampede:node:node-x:presence", &["stampede:node:node-x:presence"]).await;
+    assert_eq!(set.as_u64(), Some(0));
+    eprintln!("a dead node left reads after {read_gone:?} and its leave events came after {event_after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_node_and_a_restarted_one_leave_no_presence_behind() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    a.engine.watch("/presence/topic/room").wait().await.expect("watch");
+    let b = node(&server, "node-b", presence_rule).await;
+    let bob = member(Some("bob"), "s2", "node-b");
+    b.engine.presence_join("/topic/room", bob.clone()).await.expect("join");
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![bob])));
+    b.engine.close().await;
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![])), "a closed node leaves");
+    let left =
+        holds_within(WAIT, || async { presence_events(&a).contains(&("leave".to_owned(), "s2".to_owned())) });
+    assert!(left.await, "{:?}", presence_events(&a));
+
+    // node-c's previous process left a member behind; the new one removes it when it starts.
+    raw(
+        &a,
+        "HSET",
+        "stampede:{/topic/room}:presence",
+        &["stampede:{/topic/room}:presence", "node-c\told", ""],
+    )
+    .await;
+    raw(&a, "SADD", "stampede:node:node-c:presence", &["stampede:node:node-c:presence", "/topic/room"]).await;
+    let c = node(&server, "node-c", presence_rule).await;
+    let left = holds_within(WAIT, || async {
+        presence_events(&a).contains(&("leave".to_owned(), "old".to_owned()))
+    });
+    assert!(left.await, "{:?}", presence_events(&a));
+    let anonymous = member(None, "new", "node-c");
+    c.engine.presence_join("/topic/room", anonymous.clone()).await.expect("join");
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![anonymous])));
+    let fields =
+        raw(&a, "HGETALL", "stampede:{/topic/room}:presence", &["stampede:{/topic/room}:presence"]).await;
+    let fields: Vec<String> = fields.into_array().iter().filter_map(Value::as_string).collect();
+    assert_eq!(fields, ["node-c\tnew", ""], "an anonymous member is stored with an empty user");
+}
