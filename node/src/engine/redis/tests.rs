@@ -843,3 +843,40 @@ async fn a_closing_node_and_a_restarted_one_leave_no_presence_behind() {
     let fields: Vec<String> = fields.into_array().iter().filter_map(Value::as_string).collect();
     assert_eq!(fields, ["node-c\tnew", ""], "an anonymous member is stored with an empty user");
 }
+
+/// Calls of each command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+async fn command_calls(node: &Node) -> std::collections::HashMap<String, u64> {
+    let info = raw(node, "INFO", "", &["commandstats"]).await.as_string().expect("INFO text");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// What docs/admin.md says presence costs: per join one HSET and one PUBLISH, per leave one HDEL
+/// and one PUBLISH, one SADD and one SREM per destination and node, nothing for a destination no
+/// pattern names. (The heartbeat's own HSET, one per ZADD, is subtracted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_costs_one_write_and_one_publish_per_join_and_leave() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    // Past the start-up reconcile, which runs at the first heartbeat.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    raw(&a, "CONFIG", "", &["RESETSTAT"]).await;
+    let members: Vec<_> = (0..200).map(|i| member(Some("ann"), &format!("s{i}"), "node-a")).collect();
+    let joins = members.iter().map(|m| a.engine.presence_join("/topic/room", m.clone()));
+    assert!(futures_util::future::join_all(joins).await.iter().all(Result::is_ok));
+    assert_eq!(a.engine.presence("/topic/room").await.map(|m| m.map(|m| m.len())), Ok(Some(200)));
+    let leaves = members.iter().map(|m| a.engine.presence_leave("/topic/room", m.clone()));
+    assert!(futures_util::future::join_all(leaves).await.iter().all(Result::is_ok));
+    // Not a presence destination: nothing.
+    a.engine.presence_join("/topic/elsewhere", members[0].clone()).await.expect("join");
+    let calls = command_calls(&a).await;
+    let n = |name: &str| calls.get(name).copied().unwrap_or(0);
+    assert_eq!(n("hset") - n("zadd"), 200, "{calls:?}");
+    assert_eq!((n("hdel"), n("publish"), n("sadd"), n("srem")), (200, 400, 1, 1), "{calls:?}");
+    assert_eq!(n("hgetall"), 1, "the one read: {calls:?}");
+}
