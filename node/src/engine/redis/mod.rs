@@ -646,6 +646,7 @@ impl Engine for RedisEngine {
         if !self.inner.config.presence_for(destination) {
             return Ok(None);
         }
-        presence::members(&self.inner, destination).await.map(Some)
+        // Boxed: two commands joined make a large future, and callers (the admin API) hold it.
+        Box::pin(presence::members(&self.inner, destination)).await.map(Some)
     }
 }
