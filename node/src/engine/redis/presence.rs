@@ -13,11 +13,16 @@
 //! only when its HDEL removed the field). The task owns the node's own members; after a failure,
 //! a reconnect and at start it *reconciles* the hashes with them: its fields for sessions no longer
 //! here go (with their leave events: that is how the members of a previous process with the same
-//! `node-id` leave), and members Redis lost (it restarted empty) are written again.
+//! `node-id` leave), and members missing (Redis restarted empty, or another node took this one
+//! for dead) are written again, with a join event.
 //!
 //! **Reads** ([`members`]) take the hash (HGETALL) and the live nodes (the registry's
 //! ZRANGEBYSCORE) and keep the fields of live nodes only, so a node that died without cleaning up
 //! drops out of every read once its heartbeat is [`NODE_TTL`] old.
+//!
+//! A node whose heartbeats stopped for the node TTL (a long pause, Redis slow to answer) may
+//! have been taken for dead and its members removed: at its next heartbeat it reconciles, which
+//! writes them again.
 //!
 //! **Dead nodes.** On each heartbeat, a node looks for nodes whose last heartbeat is older than
 //! [`NODE_TTL`] (they stay in the registry's sorted set for a minute); the first node to take the
@@ -30,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::Value;
@@ -49,8 +55,9 @@ const REAPER_HOLD_MS: u64 = 120_000;
 pub(super) enum Request {
     Join(Arc<str>, Member, oneshot::Sender<Result<(), EngineError>>),
     Leave(Arc<str>, Member, oneshot::Sender<Result<(), EngineError>>),
-    /// The heartbeat's tick: reconcile if something failed since the last one.
-    Tend,
+    /// The heartbeat's tick: reconcile if something failed since the last one, or (`true`) in any
+    /// case.
+    Tend(bool),
     /// The node stops: every member left here leaves.
     Close(oneshot::Sender<()>),
 }
@@ -62,12 +69,14 @@ pub(super) struct Local {
     pub(super) requests: mpsc::UnboundedSender<Request>,
     /// Dead nodes already looked at, with the heartbeat (ms) they were last seen at.
     reaped: Mutex<HashMap<String, u64>>,
+    /// When this node last tended (after a heartbeat that Redis took).
+    pub(super) tended: Mutex<Option<Instant>>,
 }
 
 impl Local {
     pub(super) fn new() -> (Local, mpsc::UnboundedReceiver<Request>) {
         let (requests, rx) = mpsc::unbounded_channel();
-        (Local { requests, reaped: Mutex::new(HashMap::new()) }, rx)
+        (Local { requests, reaped: Mutex::new(HashMap::new()), tended: Mutex::new(None) }, rx)
     }
 }
 
@@ -190,9 +199,9 @@ pub(super) async fn writer_loop(inner: Arc<Inner>, mut requests: mpsc::Unbounded
                 Request::Leave(destination, member, reply) => {
                     writes.push(Write::Leave { destination, member, reply })
                 }
-                Request::Tend => {
+                Request::Tend(force) => {
                     writer.apply(&inner, std::mem::take(&mut writes)).await;
-                    if writer.dirty && inner.client.is_connected() {
+                    if (writer.dirty || force) && inner.client.is_connected() {
                         writer.dirty = Box::pin(writer.reconcile(&inner)).await.is_err();
                     }
                 }
@@ -331,8 +340,9 @@ impl Writer {
     }
 
     /// Makes this node's fields match its members: fields of sessions no longer here are
-    /// removed (with leave events), members missing are written (with a join event if theirs
-    /// was never published), and the node's set lists exactly its destinations.
+    /// removed (with leave events), members missing are written with a join event (watchers may
+    /// have seen them leave, or never seen them join), and the node's set lists exactly its
+    /// destinations.
     async fn reconcile(&mut self, inner: &Inner) -> Result<(), EngineError> {
         let node = inner.config.node_id.as_str();
         let set = inner.keys.node_presence(node);
@@ -376,6 +386,9 @@ impl Writer {
                                 stored_user(&entry.member).into(),
                             ];
                             inner.command("HSET", &key, args).await?;
+                            // Announced again: its leave may have been published by a node that
+                            // took this one for dead.
+                            entry.announced = false;
                         }
                         if !entry.announced {
                             publish(inner, Change::Join, &destination, &entry.member).await?;
@@ -419,7 +432,12 @@ pub(super) async fn tend(inner: &Inner) -> Result<(), EngineError> {
     if inner.config.presence.is_empty() {
         return Ok(());
     }
-    let _ = inner.presence.requests.send(Request::Tend);
+    // A gap between heartbeats as long as the node TTL: others may have taken this node for
+    // dead and removed its members; write them again.
+    let now = Instant::now();
+    let previous = inner.presence.tended.lock().expect("tended lock").replace(now);
+    let gap = previous.is_some_and(|at| now.duration_since(at) >= NODE_TTL - registry::HEARTBEAT_INTERVAL);
+    let _ = inner.presence.requests.send(Request::Tend(gap));
     let nodes = inner.keys.nodes();
     let before = registry::now_ms().saturating_sub(NODE_TTL.as_millis() as u64);
     let args = vec![
@@ -428,8 +446,10 @@ pub(super) async fn tend(inner: &Inner) -> Result<(), EngineError> {
         Value::from(format!("({before}")),
         Value::from("WITHSCORES"),
     ];
-    let dead = inner.command("ZRANGEBYSCORE", &nodes, args).await?;
-    for (id, seen) in pairs(dead) {
+    let dead = pairs(inner.command("ZRANGEBYSCORE", &nodes, args).await?);
+    // Forget the nodes no longer listed (the registry drops them after a minute).
+    inner.presence.reaped.lock().expect("reaped lock").retain(|id, _| dead.iter().any(|(d, _)| d == id));
+    for (id, seen) in dead {
         let seen = seen.parse::<f64>().map_or(0, |ms| ms as u64);
         if id == inner.config.node_id {
             continue;

@@ -880,3 +880,41 @@ async fn presence_costs_one_write_and_one_publish_per_join_and_leave() {
     assert_eq!((n("hdel"), n("publish"), n("sadd"), n("srem")), (200, 400, 1, 1), "{calls:?}");
     assert_eq!(n("hgetall"), 1, "the one read: {calls:?}");
 }
+
+/// A node whose heartbeats stopped for the node TTL may have been taken for dead, its members
+/// removed and their leaves published: at its next heartbeat it writes them again, with a join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_dead_writes_its_members_again() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    a.engine.watch("/presence/topic/room").wait().await.expect("watch");
+    let ann = member(Some("ann"), "s1", "node-a");
+    a.engine.presence_join("/topic/room", ann.clone()).await.expect("join");
+    // As a reaper would after a long pause of node-a's heartbeats.
+    raw(&a, "HDEL", "stampede:{/topic/room}:presence", &["stampede:{/topic/room}:presence", "node-a\ts1"])
+        .await;
+    let paused = std::time::Instant::now() - super::registry::NODE_TTL;
+    *a.engine.inner.presence.tended.lock().expect("lock") = Some(paused);
+    let back = holds_within(WAIT, || async {
+        a.engine.presence("/topic/room").await == Ok(Some(vec![ann.clone()]))
+    });
+    assert!(back.await, "{:?}", a.engine.presence("/topic/room").await);
+    let joined_again = holds_within(WAIT, || async {
+        presence_events(&a).iter().filter(|e| **e == ("join".to_owned(), "s1".to_owned())).count() == 2
+    });
+    assert!(joined_again.await, "{:?}", presence_events(&a));
+}
+
+/// Redis restarted empty: once the node is connected again, its members are written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_written_again_after_redis_restarts_empty() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    let ann = member(Some("ann"), "s1", "node-a");
+    a.engine.presence_join("/topic/room", ann.clone()).await.expect("join");
+    server.restart().await;
+    let back = holds_within(WAIT, || async {
+        a.engine.presence("/topic/room").await == Ok(Some(vec![ann.clone()]))
+    });
+    assert!(back.await, "{:?}", a.engine.presence("/topic/room").await);
+}
