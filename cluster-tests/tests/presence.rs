@@ -31,7 +31,8 @@ async fn connect(node: &Node, transport: Transport, login: &str) -> Client {
 
 /// The sessions of the lobby as `node` reads them, sorted.
 async fn sessions(node: &Node) -> Vec<String> {
-    let response = http::get(node.admin_addr(), "/api/v1/presence/topic/chat.lobby").await.expect("GET");
+    let response =
+        http::get(node.admin_addr(), "/api/v1/presence?destination=/topic/chat.lobby").await.expect("GET");
     assert_eq!(response.status, 200, "{}", response.body);
     let mut sessions: Vec<String> = response.json()["members"]
         .as_array()

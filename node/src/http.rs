@@ -7,7 +7,7 @@
 //! | `GET /metrics` | OpenMetrics 1.0 when `Accept` prefers `application/openmetrics-text`, else the Prometheus text format 0.0.4 |
 //! | `POST /api/v1/publish` | publishes `{"destination", "headers", "body"}` without STOMP |
 //! | `GET /api/v1/nodes` | the live nodes of the cluster with their connection and subscription counts |
-//! | `GET /api/v1/presence/<destination>` | the members of a destination whose presence is kept (`http/presence.rs`) |
+//! | `GET /api/v1/presence?destination=` | the members of a destination whose presence is kept (`http/presence.rs`) |
 //!
 //! With `admin-token` set, every route but `/healthz` and `/readyz` (and `/metrics` with
 //! `metrics-public`) needs `Authorization: Bearer <admin-token>`, else 401; the check is
@@ -46,7 +46,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/nodes", get(nodes))
-        .route("/api/v1/presence/{*destination}", get(presence::presence))
+        .route("/api/v1/presence", get(presence::presence))
         .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
 }
