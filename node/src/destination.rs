@@ -15,6 +15,15 @@ use std::fmt;
 /// The longest destination accepted, in bytes.
 pub const MAX_DESTINATION_LEN: usize = 1024;
 
+/// The prefix of presence event destinations: `/presence/topic/chat` carries the join and leave
+/// events of `/topic/chat`.
+pub const PRESENCE_PREFIX: &str = "/presence";
+
+/// The destination the presence events of `destination` (a routing name) are published on.
+pub fn presence_events(destination: &str) -> String {
+    format!("{PRESENCE_PREFIX}{destination}")
+}
+
 /// How a destination delivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -121,12 +130,12 @@ pub fn for_send(dest: &str) -> Result<Route, DestinationError> {
 /// `/user/<user>/<path>`.
 pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Route, DestinationError> {
     check(dest)?;
-    if let Some(watched) = dest.strip_prefix(crate::engine::presence::PRESENCE_PREFIX) {
+    if let Some(watched) = dest.strip_prefix(PRESENCE_PREFIX) {
         if watched.is_empty() || watched == "/" || is_presence(watched) {
             return Err(DestinationError::Invalid(truncate(dest), "expected /presence/<destination>"));
         }
         if let Some(watched) = for_watched(watched, user)? {
-            let name = crate::engine::presence::events_destination(&watched.name);
+            let name = presence_events(&watched.name);
             return Ok(Route { kind: Kind::Topic, name });
         }
     }
@@ -154,13 +163,13 @@ fn for_watched(watched: &str, user: Option<&str>) -> Result<Option<Route>, Desti
 
 /// Whether `dest` is a presence destination, `/presence/...`.
 pub fn is_presence(dest: &str) -> bool {
-    dest.strip_prefix(crate::engine::presence::PRESENCE_PREFIX).is_some_and(|rest| rest.starts_with('/'))
+    dest.strip_prefix(PRESENCE_PREFIX).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The destination whose presence events `route` carries, for a route resolved by
 /// [`for_subscribe`] from `/presence<destination>`: access to the events is access to it.
 pub fn presence_target(route: &Route) -> Option<Route> {
-    let watched = route.name.strip_prefix(crate::engine::presence::PRESENCE_PREFIX)?;
+    let watched = route.name.strip_prefix(PRESENCE_PREFIX)?;
     if !watched.starts_with('/') {
         return None;
     }

@@ -15,6 +15,9 @@
 //! deletion is decided (and an expiry then waits again) or comes after it and creates the queue
 //! anew, empty but for that message.
 //!
+//! The engines also keep presence ([`presence`]): the members of the destinations the `presence`
+//! setting names, and their join and leave events, published like topic messages.
+//!
 //! Back ends are chosen by configuration and dispatched statically through [`AnyEngine`].
 
 #[cfg(test)]

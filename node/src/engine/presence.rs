@@ -14,9 +14,7 @@
 
 use bytes::Bytes;
 
-/// The prefix of presence event destinations: `/presence/topic/chat` carries the events of
-/// `/topic/chat`.
-pub const PRESENCE_PREFIX: &str = "/presence";
+use crate::destination::presence_events;
 
 /// Header of an event: `join` or `leave`.
 pub const EVENT_HEADER: &str = "x-presence";
@@ -54,11 +52,6 @@ impl Change {
     }
 }
 
-/// The destination a presence event of `destination` is published on.
-pub fn events_destination(destination: &str) -> String {
-    format!("{PRESENCE_PREFIX}{destination}")
-}
-
 /// The event message of `change` of `member` in `destination`: headers `x-presence`,
 /// `x-presence-user` (when the member has a user), `x-presence-session`, `x-presence-node`,
 /// `content-type: application/json`, and a JSON body with the same facts.
@@ -89,7 +82,7 @@ pub fn event(change: Change, destination: &str, member: &Member) -> super::Messa
         ("content-type".to_owned(), "application/json".to_owned()),
     ]);
     super::Message {
-        destination: events_destination(destination).into(),
+        destination: presence_events(destination).into(),
         headers,
         body: Bytes::from(body),
         offset: None,
