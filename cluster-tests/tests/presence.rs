@@ -1,7 +1,8 @@
 //! Presence across three `stampede` processes on one Redis, and what a `kill -9` of one of them
 //! does to it: its members drop out of every node's reads once its heartbeat is five seconds old
 //! (the registry's `NODE_TTL`), and one live node publishes their leave events at its next
-//! heartbeat, which every watcher receives once. `README.md` lists it as scenario 10.
+//! heartbeat, which every watcher receives once. A node drained with SIGTERM takes its members
+//! out as its sessions close. `README.md` lists it as scenario 10.
 
 use std::time::Duration;
 
@@ -117,4 +118,10 @@ async fn kill_9_of_a_node_takes_its_members_out_of_presence() {
     eprintln!("after the kill -9: reads without its members after {reads:?}, leave events after {left:?}");
     assert!(reads <= READS_WITHIN, "reads took {reads:?}");
     assert!(left <= EVENTS_WITHIN, "leave events took {left:?}");
+
+    // A drained node (SIGTERM) takes its members out as its sessions close: dan leaves.
+    cluster.node(2).stop().await;
+    assert_eq!(events(&mut watchers[0], 1).await, [("leave".to_owned(), all[3].clone())]);
+    watchers[0].try_quiet(QUIET).await.expect("one leave for dan");
+    assert_eq!(sessions(cluster.node(0)).await, [all[0].clone()]);
 }
