@@ -116,6 +116,8 @@ label_enum! {
         PublishFailed = "publish_failed",
         /// Its queue was deleted (expired, or auto-deleted after its last consumer left).
         QueueDeleted = "queue_deleted",
+        /// An operator purged its queue (admin API).
+        Purged = "purged",
     }
 }
 
@@ -479,6 +481,16 @@ impl Metrics {
     /// Active subscriptions on this node.
     pub fn subscription_count(&self) -> u64 {
         self.subscriptions.get().max(0) as u64
+    }
+
+    /// Messages published from this node since it started, every kind together.
+    pub fn published_total(&self) -> u64 {
+        self.published.iter().map(|counter| counter.get()).sum()
+    }
+
+    /// MESSAGE frames written to this node's clients since it started.
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered.get()
     }
 
     /// Counts `n` cluster engine events of one kind.

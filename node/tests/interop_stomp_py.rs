@@ -15,29 +15,7 @@ const STOMP_PY: &str = "stomp.py==9.0.0";
 
 /// A python with stomp.py, made once per target directory.
 fn python() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/interop-venv");
-    let python = target.join("bin/python3");
-    let ready = target.join(".ready");
-    if !ready.exists() {
-        let python3 = stampede_testkit::system::require("python3", "python3");
-        // Debian's python3 makes venvs (with pip) only with python3-venv.
-        let mut status =
-            Command::new(&python3).arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
-        if !status.success() {
-            stampede_testkit::system::require_file("/usr/share/doc/python3-venv", "python3-venv");
-            let _ = std::fs::remove_dir_all(&target);
-            status =
-                Command::new(&python3).arg("-m").arg("venv").arg(&target).status().expect("python3 runs");
-        }
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", STOMP_PY])
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "pip install {STOMP_PY} failed");
-        std::fs::write(&ready, STOMP_PY).expect("mark venv ready");
-    }
-    python
+    stampede_testkit::system::pip_tool("interop", STOMP_PY, "python3")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,7 @@ pub struct TestNode {
     /// CONNECT headers of a well-behaved client allowed on `/topic/bystander`.
     bystander_login: Vec<(String, String)>,
     admin_token: Option<String>,
+    node_id: String,
     log: Log,
     /// Starts the drain.
     stop: Option<oneshot::Sender<()>>,
@@ -144,6 +145,7 @@ impl TestNode {
             Vec::new()
         };
         let admin_token = config.auth.admin_token.as_ref().map(|t| t.expose().to_owned());
+        let node_id = config.node_id.clone();
         let bind = || {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
             listener.set_nonblocking(true).expect("a non-blocking listener");
@@ -202,6 +204,7 @@ impl TestNode {
             tls: tls.map(TestTls::connector),
             bystander_login,
             admin_token,
+            node_id,
             log,
             stop: Some(stop),
             kill: Some(kill),
@@ -227,6 +230,11 @@ impl TestNode {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The node's `node-id`.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     pub fn admin_url(&self) -> String {

@@ -79,3 +79,37 @@ fn install(packages: &[&str]) {
         String::from_utf8_lossy(&installed.stderr)
     );
 }
+
+/// `program` of a Python virtual environment `target/<name>-venv` holding `requirement` (a pip
+/// requirement such as `stomp.py==9.0.0`), made with Debian's python3 the first time (installing
+/// python3 and python3-venv when missing) and kept for later runs: `cargo test` needs only PyPI.
+pub fn pip_tool(name: &str, requirement: &str, program: &str) -> PathBuf {
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let venv = target.join(format!("{name}-venv"));
+    let ready = venv.join(".ready");
+    if std::fs::read_to_string(&ready).is_ok_and(|r| r == requirement) {
+        return venv.join("bin").join(program);
+    }
+    let python3 = require("python3", "python3");
+    let make = || Command::new(&python3).arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success());
+    // Debian's python3 makes venvs (with pip) only with python3-venv.
+    if !make() {
+        require_file("/usr/share/doc/python3-venv", "python3-venv");
+        let _ = std::fs::remove_dir_all(&venv);
+        assert!(make(), "python3 -m venv {} failed", venv.display());
+    }
+    let output = Command::new(venv.join("bin/python3"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement])
+        .output()
+        .unwrap_or_else(|e| panic!("pip: {e}"));
+    assert!(
+        output.status.success(),
+        "pip install {requirement} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(&ready, requirement).expect("mark the venv ready");
+    venv.join("bin").join(program)
+}

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, QueueLifetime};
 use crate::engine::{
-    presence, Engine, EngineError, EntryId, History, Inbox, Member, Message, NodeInfo, Pending,
+    presence, Answers, Engine, EngineError, EntryId, History, Inbox, Member, Message, NodeInfo, Pending,
     PendingPublish, QueueEntry,
 };
 use crate::metrics::DropReason;
@@ -419,6 +419,8 @@ impl Engine for MemoryEngine {
             connections: self.metrics.connection_count(),
             subscriptions: self.metrics.subscription_count(),
             last_seen_ms: now.as_millis() as u64,
+            published: self.metrics.published_total(),
+            delivered: self.metrics.delivered_total(),
         }])
     }
 
@@ -470,6 +472,29 @@ impl Engine for MemoryEngine {
             presence.get(destination).map(|m| m.values().cloned().collect()).unwrap_or_default();
         members.sort();
         Ok(Some(members))
+    }
+
+    async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {
+        let inbox = self.inbox().ok_or(EngineError::Closed)?;
+        let node_id = self.config.node_id.clone();
+        let reply = inbox.answer(&request, &node_id);
+        Ok(Answers { replies: vec![(node_id, reply)], missing: Vec::new() })
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        Ok(self.queue_depths())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, EngineError> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        let Some(q) = queues.get_mut(queue) else { return Ok(0) };
+        let purged = q.ready.len() as u64;
+        q.ready.clear();
+        drop(queues);
+        if purged > 0 {
+            self.metrics.dropped(DropReason::Purged, purged);
+        }
+        Ok(purged)
     }
 }
 

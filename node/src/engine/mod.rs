@@ -79,6 +79,21 @@ pub struct NodeInfo {
     pub subscriptions: u64,
     /// Unix time in milliseconds of the node's last heartbeat.
     pub last_seen_ms: u64,
+    /// Messages published from the node since it started (a reader samples it for a rate).
+    #[serde(default)]
+    pub published: u64,
+    /// MESSAGE frames the node wrote to its clients since it started.
+    #[serde(default)]
+    pub delivered: u64,
+}
+
+/// What every node answered to [`Engine::call_all`].
+#[derive(Clone, Debug, Default)]
+pub struct Answers {
+    /// (node id, its answer), this node's among them.
+    pub replies: Vec<(String, Vec<u8>)>,
+    /// Live nodes that did not answer in time.
+    pub missing: Vec<String>,
 }
 
 /// Errors of the engine layer.
@@ -179,6 +194,12 @@ pub trait Inbox: Send + Sync + 'static {
     }
     /// `queue` may have entries ready to fetch.
     fn queue_ready(&self, queue: &str);
+    /// Answers a question of [`Engine::call_all`] asked by any node; `node_id` is this node's.
+    /// Called on the engine's own tasks: it must not block.
+    fn answer(&self, request: &[u8], node_id: &str) -> Vec<u8> {
+        let _ = (request, node_id);
+        Vec::new()
+    }
 }
 
 /// The operations every back end provides. Methods that take effect in call order are
@@ -274,6 +295,13 @@ pub trait Engine: Send + Sync {
         &self,
         destination: &str,
     ) -> impl Future<Output = Result<Option<Vec<Member>>, EngineError>> + Send;
+    /// Asks every live node (this one too) the same question, answered by its inbox
+    /// ([`Inbox::answer`]), and gathers the answers that come within a short time.
+    fn call_all(&self, request: Vec<u8>) -> impl Future<Output = Result<Answers, EngineError>> + Send;
+    /// Ready entries of every queue, read now (not the metrics' periodic reading).
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<(String, u64)>, EngineError>> + Send;
+    /// Deletes a queue's ready entries (not those in flight); returns how many.
+    fn purge(&self, queue: &str) -> impl Future<Output = Result<u64, EngineError>> + Send;
 }
 
 /// The configured back end, dispatched statically.
@@ -348,5 +376,14 @@ impl Engine for AnyEngine {
     }
     async fn presence(&self, destination: &str) -> Result<Option<Vec<Member>>, EngineError> {
         dispatch!(self, e => e.presence(destination).await)
+    }
+    async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {
+        dispatch!(self, e => e.call_all(request).await)
+    }
+    async fn queue_stats(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        dispatch!(self, e => e.queue_stats().await)
+    }
+    async fn purge(&self, queue: &str) -> Result<u64, EngineError> {
+        dispatch!(self, e => e.purge(queue).await)
     }
 }

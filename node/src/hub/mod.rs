@@ -13,16 +13,18 @@
 //!
 //! Layout: `mod.rs` (the hub, subscriptions, publishing), `topic.rs` (topic and user-destination
 //! fan-out: the engine's [`Inbox`]), `queue.rs` (queue dispatch, acknowledgements, credit),
-//! `outbox.rs` (a connection's bounded delivery queue), `tail.rs` (the shared MESSAGE tail),
+//! `outbox.rs` (a connection's bounded delivery queue and the orders it carries), `tail.rs` (the
+//! shared MESSAGE tail), `sessions.rs` (connected sessions and the admin API's questions and orders),
 //! `presence.rs` (joins, leaves and members of destinations whose presence is kept).
 
 mod outbox;
 mod presence;
 mod queue;
+pub mod sessions;
 pub mod tail;
 mod topic;
 
-pub use outbox::{Delivery, Outbox, TAKE_MAX};
+pub use outbox::{Command, Delivery, Outbox, SessionMeta, TAKE_MAX};
 pub use tail::MessageTail;
 
 use std::collections::HashMap;
@@ -107,6 +109,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     topics: RwLock<HashMap<Arc<str>, Topic>>,
     queues: Mutex<HashMap<Arc<str>, Arc<QueueDispatch>>>,
+    /// Every session by id, with its outbox ([`sessions`]).
+    sessions: Mutex<HashMap<Arc<str>, Arc<Outbox>>>,
     me: Weak<Hub>,
 }
 
@@ -117,6 +121,7 @@ impl Hub {
             metrics,
             topics: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             me: me.clone(),
         });
         let inbox: Weak<dyn Inbox> = hub.me.clone();

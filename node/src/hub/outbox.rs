@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 
 use super::{EntryRef, MessageTail, Subscription};
 use crate::config::SlowConsumerPolicy;
+use crate::metrics::Transport;
+use std::net::SocketAddr;
 
 /// One message for one subscription, queued in its connection's [`Outbox`].
 #[derive(Debug)]
@@ -41,6 +43,19 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// Notified once when the outbox overflows under the `Disconnect` policy.
     pub overflow: Notify,
+    /// Who the session is, for the admin API: kept here, in the allocation every session has
+    /// anyway, rather than in a table entry of its own (see [`super::sessions`]).
+    meta: Mutex<SessionMeta>,
+}
+
+/// What the admin API shows of a session besides its subscriptions.
+#[derive(Clone, Debug)]
+pub struct SessionMeta {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    pub user: Option<Arc<str>>,
+    /// Unix time in milliseconds of its CONNECTED; 0 until then (not listed, given no orders).
+    pub connected_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +69,18 @@ struct Queue {
     /// large at its first push (not before, so an idle connection holds none), instead of
     /// growing by doubling, a reallocation and a copy each time.
     last_batch: usize,
+    /// Orders from the admin API for the session, taken with its next batch.
+    commands: Vec<Command>,
+}
+
+/// An order for a session from outside it (the admin API, through the hub), carried out by the
+/// session's own task the next time it takes its outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send ERROR with this message and close.
+    Disconnect(String),
+    /// End every subscription of this destination, as UNSUBSCRIBE would (without a receipt).
+    Unsubscribe(String),
 }
 
 impl Queue {
@@ -78,7 +105,31 @@ impl Outbox {
             policy,
             overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
+            meta: Mutex::new(SessionMeta {
+                transport: Transport::Tcp,
+                peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                user: None,
+                connected_ms: 0,
+            }),
         })
+    }
+
+    /// Names the session's transport and peer (at its start).
+    pub fn describe(&self, transport: Transport, peer: SocketAddr) {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.transport = transport;
+        meta.peer = peer;
+    }
+
+    /// The session is CONNECTED as `user`, at `now_ms`.
+    pub fn connected(&self, user: Option<&str>, now_ms: u64) {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.user = user.map(Arc::from);
+        meta.connected_ms = now_ms;
+    }
+
+    pub fn meta(&self) -> SessionMeta {
+        self.meta.lock().expect("meta lock").clone()
     }
 
     /// Queues a delivery unless that would pass the byte limit or the session has ended.
@@ -144,11 +195,29 @@ impl Outbox {
         true
     }
 
-    /// Resolves once deliveries are queued.
+    /// Hands the session an order; false when the session has ended.
+    pub fn command(&self, command: Command) -> bool {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if queue.closed {
+            return false;
+        }
+        queue.commands.push(command);
+        drop(queue);
+        self.waker.wake();
+        true
+    }
+
+    /// The orders queued since the last call.
+    pub fn take_commands(&self) -> Vec<Command> {
+        std::mem::take(&mut self.queue.lock().expect("outbox lock").commands)
+    }
+
+    /// Resolves once deliveries or commands are queued.
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| {
             self.waker.register(cx.waker());
-            if self.queue.lock().expect("outbox lock").deliveries.is_empty() {
+            let queue = self.queue.lock().expect("outbox lock");
+            if queue.deliveries.is_empty() && queue.commands.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())

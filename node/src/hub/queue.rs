@@ -20,6 +20,12 @@ pub(super) struct QueueDispatch {
     next: AtomicUsize,
 }
 
+impl QueueDispatch {
+    pub(super) fn consumers(&self) -> Vec<Arc<Subscription>> {
+        self.consumers.lock().expect("consumers lock").clone()
+    }
+}
+
 /// Backoff between failed queue fetches while consumers wait.
 const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);

@@ -22,6 +22,12 @@ fn fan_out(subscriptions: &[Arc<Subscription>], messages: &[Arc<MessageTail>]) -
     subscriptions.iter().map(|subscription| subscription.outbox.push_messages(subscription, messages)).sum()
 }
 
+impl Topic {
+    pub(super) fn subscriptions(&self) -> &[Arc<Subscription>] {
+        &self.subscriptions
+    }
+}
+
 impl Hub {
     pub(super) fn subscribe_topic(&self, subscription: Arc<Subscription>) -> Pending {
         let name: Arc<str> = Arc::from(subscription.route.name.as_str());
@@ -100,5 +106,9 @@ impl Inbox for Hub {
 
     fn queue_ready(&self, queue: &str) {
         self.wake_dispatch(queue);
+    }
+
+    fn answer(&self, request: &[u8], node_id: &str) -> Vec<u8> {
+        Hub::answer(self, request, node_id)
     }
 }

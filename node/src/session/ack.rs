@@ -115,7 +115,7 @@ impl<S: FrameSink> Session<S> {
             .or_else(|| frame.get("id"))
             .or_else(|| frame.get("message-id"))
             .ok_or(SessionError::MissingHeader { command: frame.command.as_str(), header })?;
-        id.strip_prefix(self.session_id.as_str())
+        id.strip_prefix(&*self.session_id)
             .and_then(|rest| rest.strip_prefix('-'))
             .and_then(|seq| seq.parse::<u64>().ok())
             .filter(|seq| *seq >= 1 && *seq <= self.last_message_seq)

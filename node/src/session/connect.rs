@@ -40,12 +40,13 @@ impl<S: FrameSink> Session<S> {
             .with_header("version", version.as_str())
             .with_header("heart-beat", format!("{server_send},{server_receive}"))
             .with_header("server", SERVER)
-            .with_header("session", self.session_id.clone());
+            .with_header("session", self.session_id.to_string());
         let connected = match &self.user {
             Some(user) => connected.with_header("user-name", user.clone()),
             None => connected,
         };
         self.send_frame(&connected).await?;
+        self.outbox.connected(self.user.as_deref(), crate::hub::sessions::now_ms());
         tracing::info!(user = self.user.as_deref(), version = version.as_str(), "connected");
         Ok(Flow::Continue)
     }

@@ -44,6 +44,9 @@ pub enum SessionError {
     SlowConsumer,
     #[error("server shutting down: reconnect to another node")]
     ShuttingDown,
+    /// An operator ended the session (admin API); the text is the reason they gave.
+    #[error("{0}")]
+    Disconnected(String),
     /// The connection itself failed; no ERROR can be sent.
     #[error("transport error: {0}")]
     Transport(String),
@@ -82,6 +85,7 @@ impl SessionError {
         match self {
             SessionError::ShuttingDown | SessionError::Engine(_) => CloseReason::Restart,
             SessionError::SlowConsumer => CloseReason::SlowConsumer,
+            SessionError::Disconnected(_) => CloseReason::Disconnected,
             SessionError::Limit(_) => CloseReason::Limit,
             SessionError::TooLarge(_)
             | SessionError::Protocol(
@@ -106,6 +110,7 @@ impl SessionError {
             SessionError::Engine(_) => "The broker could not store or publish the message; retry later.",
             SessionError::SlowConsumer => "The client did not read its messages fast enough.",
             SessionError::ShuttingDown => "This node is draining for a restart.",
+            SessionError::Disconnected(_) => "An operator of this broker disconnected the session.",
             SessionError::Auth(AuthError::Forbidden { .. }) => {
                 "The access rules (acl) do not allow this for your user or roles."
             }

@@ -83,6 +83,8 @@ pub enum CloseReason {
     TooBig,
     /// 1012: the node is draining for a restart.
     Restart,
+    /// 1008: an operator disconnected the session through the admin API.
+    Disconnected,
 }
 
 impl CloseReason {
@@ -97,7 +99,8 @@ impl CloseReason {
             | CloseReason::TokenExpired
             | CloseReason::PermissionDenied
             | CloseReason::SlowConsumer
-            | CloseReason::Limit => 1008,
+            | CloseReason::Limit
+            | CloseReason::Disconnected => 1008,
             CloseReason::TooBig => 1009,
             CloseReason::Restart => 1012,
         }
@@ -118,6 +121,7 @@ impl CloseReason {
             CloseReason::Limit => "limit exceeded",
             CloseReason::TooBig => "message too big",
             CloseReason::Restart => "server restarting",
+            CloseReason::Disconnected => "disconnected by the server",
         }
     }
 }

@@ -68,7 +68,9 @@ use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::config::QueueLifetime;
 use crate::destination::{self, Kind, Route};
 use crate::engine::{EntryId, Message, PendingPublish};
-use crate::hub::{tail, AckMode, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX};
+use crate::hub::{
+    tail, AckMode, Command as Order, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX,
+};
 use crate::metrics::RefusalReason;
 use crate::metrics::Transport;
 use crate::node::{Node, Permit};
@@ -122,7 +124,7 @@ pub async fn run<S: FrameSink>(
     node.metrics().connection_opened(transport);
     let config = node.config();
     let outbox = Outbox::new(config.limits.outbound_buffer, config.limits.slow_consumer);
-    let session_id = node.next_session_id();
+    let session_id: Arc<str> = Arc::from(node.next_session_id());
     let span = tracing::info_span!("session", session = %session_id, %peer, transport = %transport.as_str());
     let mut session = Session {
         node: node.clone(),
@@ -155,7 +157,11 @@ pub async fn run<S: FrameSink>(
         error_receipt: None,
         stashed: None,
     };
+    // Listed (once CONNECTED) for the admin API, which gives it orders through its outbox.
+    session.outbox.describe(transport, peer);
+    node.hub().register_session(session.session_id.clone(), session.outbox.clone());
     tracing::Instrument::instrument(session.run(), span).await;
+    node.hub().deregister_session(&session.session_id);
     node.metrics().connection_closed(transport);
     drop(permit);
 }
@@ -176,8 +182,9 @@ struct Session<S> {
     /// Taken at CONNECT, when the reader learns the version.
     negotiated: Option<oneshot::Sender<Negotiated>>,
     outbox: Arc<Outbox>,
-    /// Prefix of this session's message ids; also its `session` header.
-    session_id: String,
+    /// Prefix of this session's message ids; also its `session` header and its key in the hub's
+    /// table of sessions.
+    session_id: Arc<str>,
     /// Set once CONNECTED.
     version: Option<Version>,
     /// The identity's user name, for `/user/` destinations.
@@ -265,6 +272,7 @@ fn error_reason(error: &SessionError) -> String {
     match error {
         SessionError::SlowConsumer => "slow consumer".to_owned(),
         SessionError::ShuttingDown => "drained".to_owned(),
+        SessionError::Disconnected(why) => format!("disconnected by the admin API: {why}"),
         SessionError::HeartbeatTimeout => "heart-beat timeout".to_owned(),
         SessionError::ConnectTimeout => "connect timeout".to_owned(),
         SessionError::Transport(why) => format!("connection failed: {why}"),
@@ -478,6 +486,15 @@ impl<S: FrameSink> Session<S> {
                 Ok(flow)
             }
             Event::Deliveries => {
+                for order in self.outbox.take_commands() {
+                    match order {
+                        Order::Disconnect(reason) => return Err(SessionError::Disconnected(reason)),
+                        // Boxed: rare, and inline it would size every idle session's future.
+                        Order::Unsubscribe(destination) => {
+                            Box::pin(self.unsubscribe_destination(&destination)).await?
+                        }
+                    }
+                }
                 self.write_batch().await?;
                 Ok(Flow::Continue)
             }

@@ -26,7 +26,7 @@ impl<S: FrameSink> Session<S> {
     fn member(&self) -> Member {
         Member {
             user: self.user.clone(),
-            session: self.session_id.clone(),
+            session: self.session_id.to_string(),
             node: self.node.config().node_id.clone(),
         }
     }

@@ -181,14 +181,36 @@ impl<S: FrameSink> Session<S> {
         let Some(subscription) = self.subscriptions.remove(&id) else {
             return Err(SessionError::invalid(format!("no subscription with id {id:?}")));
         };
-        self.node.hub().unsubscribe(&subscription);
+        self.end_subscription(&subscription).await?;
+        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Ends every subscription of the session to `destination` (as the hub routes it), as an
+    /// UNSUBSCRIBE of each would: an operator's order through the admin API. The client is not
+    /// told (STOMP has no frame for it); a later UNSUBSCRIBE of the id is refused as unknown.
+    pub(super) async fn unsubscribe_destination(&mut self, destination: &str) -> Result<(), SessionError> {
+        let ids: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.route.name == destination)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(subscription) = self.subscriptions.remove(&id) {
+                self.end_subscription(&subscription).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_subscription(&mut self, subscription: &Arc<Subscription>) -> Result<(), SessionError> {
+        self.node.hub().unsubscribe(subscription);
         self.leave_presence(&subscription.route.name).await;
         self.resumes.remove(&subscription.seq);
         if let Some(window) = self.windows.remove(&subscription.seq) {
             self.outbox.written(window.held_bytes());
         }
-        self.release_unacked(|s| Arc::ptr_eq(s, &subscription)).await?;
-        self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
-        Ok(Flow::Continue)
+        self.release_unacked(|s| Arc::ptr_eq(s, subscription)).await
     }
 }

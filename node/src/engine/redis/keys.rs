@@ -84,6 +84,16 @@ impl Keys {
         format!("{}:node:{node_id}:reaper:{last_seen_ms}", self.prefix)
     }
 
+    /// Pub/sub channel of the admin API's questions to every node.
+    pub(super) fn calls(&self) -> String {
+        format!("{}:calls", self.prefix)
+    }
+
+    /// Pub/sub channel of the answers to one node's questions.
+    pub(super) fn answers(&self, node_id: &str) -> String {
+        format!("{}:calls:{node_id}", self.prefix)
+    }
+
     /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues.
     pub(super) fn channel(&self, destination: &str) -> String {
         format!("{}{destination}", self.channel_prefix)

@@ -20,7 +20,7 @@
 //! | `P:queues` | set | names of every queue enqueued to (for reclaiming and depth metrics) |
 //! | `P:lifetimes` | sorted set | queues that have a lifetime, scored by when (ms) the sweep looks at them next |
 //! | `P:sweeper` | string | the node sweeping queues now (SET NX PX) |
-//! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`; expires after 5 s |
+//! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`, `published`, `delivered`; expires after 5 s |
 //! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
 //! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes) |
 //! | `P:ch:/queue/q` | channel | "entries ready" notifications of a queue (`r`) |
@@ -28,6 +28,7 @@
 //! | `P:node:<id>:presence` | set | destinations in which a node has presence members |
 //! | `P:node:<id>:reaper:<ms>` | string | the node removing a dead node's presence members (SET NX PX) |
 //! | `P:ch:/presence/topic/t` | channel | presence events of `/topic/t` (envelopes, as a topic's) |
+//! | `P:calls`, `P:calls:<id>` | channel | the admin API's questions to every node, and the answers to node `<id>` ([`calls`]) |
 //!
 //! # Topics
 //! A publish is one PUBLISH of the [`envelope`], sent by the [`publisher`] task, which pipelines
@@ -76,9 +77,10 @@
 //! nodes' fields only, and a dead node's members removed (with leave events) by one live node.
 //!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
-//! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`, `registry.rs`,
-//! `presence.rs`, `tests.rs`.
+//! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`,
+//! `registry.rs`, `calls.rs` (questions to every node), `presence.rs`, `tests.rs`.
 
+mod calls;
 mod envelope;
 mod keys;
 mod presence;
@@ -103,8 +105,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, QueueLifetime};
 use crate::engine::{
-    Engine, EngineError, EntryId, History, Inbox, Member, Message, NodeInfo, Pending, PendingPublish,
-    QueueEntry,
+    Answers, Engine, EngineError, EntryId, History, Inbox, Member, Message, NodeInfo, Pending,
+    PendingPublish, QueueEntry,
 };
 use crate::metrics::Metrics;
 use crate::metrics::{EngineEvent, RedisCommand};
@@ -182,6 +184,8 @@ struct Inner {
     answering: std::sync::atomic::AtomicBool,
     /// Presence: the writer task's queue and the dead nodes looked at.
     presence: presence::Local,
+    /// Questions to every node waiting for their answers.
+    calls: calls::Calls,
 }
 
 impl RedisEngine {
@@ -250,6 +254,7 @@ impl RedisEngine {
             unleft: Mutex::new(HashSet::new()),
             answering: std::sync::atomic::AtomicBool::new(true),
             presence,
+            calls: calls::Calls::default(),
         });
 
         // Event streams first, so nothing sent after connecting is missed.
@@ -648,5 +653,19 @@ impl Engine for RedisEngine {
         }
         // Boxed: two commands joined make a large future, and callers (the admin API) hold it.
         Box::pin(presence::members(&self.inner, destination)).await.map(Some)
+    }
+
+    async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {
+        calls::call_all(&self.inner, request).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        self.inner.check_connected()?;
+        queues::depths(&self.inner).await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, EngineError> {
+        self.inner.check_connected()?;
+        queues::purge(&self.inner, queue).await
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::keys::is_queue;
-use super::{envelope, queues, unavailable, Inner, Watched};
+use super::{calls, envelope, queues, unavailable, Inner, Watched};
 use crate::config::QueueLifetime;
 use crate::engine::{EngineError, Message};
 use crate::metrics::EngineEvent;
@@ -153,10 +153,13 @@ async fn unwatch(inner: &Inner, destination: &str) {
     }
 }
 
-/// After a (re)connection: subscribe to everything watched, recreate queue groups (Redis may
+/// After a (re)connection: subscribe to the calls' channels and to everything watched, recreate queue groups (Redis may
 /// have restarted empty), have the delivering task catch up, and wake the queue dispatchers for
 /// notifications missed meanwhile.
 async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) {
+    if let Err(error) = inner.subscriber.subscribe(calls::channels(inner).to_vec()).await {
+        tracing::warn!(%error, "subscribing to the admin API's calls failed; retrying at the next reconnection");
+    }
     let watched: Vec<(Arc<str>, Watched)> =
         inner.watched.lock().expect("watched lock").iter().map(|(d, w)| (d.clone(), *w)).collect();
     if watched.is_empty() {
@@ -225,8 +228,9 @@ pub(super) async fn delivery_loop(
     }
 }
 
-async fn on_message(inner: &Inner, message: PubsubMessage, batch: &mut Batch) {
+async fn on_message(inner: &Arc<Inner>, message: PubsubMessage, batch: &mut Batch) {
     let Some(destination) = inner.keys.destination_of(&message.channel) else {
+        calls::on_message(inner, &message.channel, message.value.as_bytes().unwrap_or_default());
         return;
     };
     if is_queue(destination) {

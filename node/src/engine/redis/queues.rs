@@ -552,10 +552,15 @@ async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineErr
 
 /// Reads the ready entries of (up to [`DEPTH_QUEUES`]) known queues.
 pub(super) async fn read_depths(inner: &Inner) {
+    if let Ok(depths) = depths(inner).await {
+        *inner.depths.lock().expect("depths lock") = depths;
+    }
+}
+
+/// Ready entries of every queue listed in `P:queues` (at most [`DEPTH_QUEUES`]), read now.
+pub(super) async fn depths(inner: &Inner) -> Result<Vec<(String, u64)>, EngineError> {
     let set = inner.keys.queues();
-    let Ok(queues) = inner.command("SMEMBERS", &set, vec![Value::from(set.as_str())]).await else {
-        return;
-    };
+    let queues = inner.command("SMEMBERS", &set, vec![Value::from(set.as_str())]).await?;
     let names: Vec<String> =
         queues.into_array().iter().filter_map(Value::as_string).take(DEPTH_QUEUES).collect();
     let reads = names.iter().map(|queue| async move {
@@ -563,7 +568,20 @@ pub(super) async fn read_depths(inner: &Inner) {
         let depth = inner.script(&scripts::DEPTH, &[&key], Vec::new()).await.ok()?.as_u64()?;
         Some((queue.clone(), depth))
     });
-    let depths: Vec<(String, u64)> =
+    let mut depths: Vec<(String, u64)> =
         futures_util::future::join_all(reads).await.into_iter().flatten().collect();
-    *inner.depths.lock().expect("depths lock") = depths;
+    depths.sort();
+    Ok(depths)
+}
+
+/// Deletes the ready entries of `queue` (those after the group's last-delivered id: entries in
+/// flight stay, to be acknowledged or released by their node).
+pub(super) async fn purge(inner: &Inner, queue: &str) -> Result<u64, EngineError> {
+    let key = inner.keys.queue(queue);
+    let purged = inner.script(&scripts::PURGE, &[&key], Vec::new()).await.map_err(unavailable)?;
+    let purged = purged.as_u64().unwrap_or(0);
+    if purged > 0 {
+        inner.metrics.dropped(DropReason::Purged, purged);
+    }
+    Ok(purged)
 }

@@ -1,4 +1,5 @@
-//! The node registry: a heartbeat hash per node and a sorted set of node ids by last beat.
+//! The node registry: a heartbeat hash per node (its connections, subscriptions and message
+//! counters) and a sorted set of node ids by last beat.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,6 +83,10 @@ async fn heartbeat(inner: &Inner) -> Result<(), EngineError> {
         Value::from(inner.metrics.subscription_count().to_string()),
         Value::from("last_seen_ms"),
         Value::from(now.to_string()),
+        Value::from("published"),
+        Value::from(inner.metrics.published_total().to_string()),
+        Value::from("delivered"),
+        Value::from(inner.metrics.delivered_total().to_string()),
     ];
     let expire = vec![Value::from(node.as_str()), Value::Integer(NODE_TTL.as_millis() as i64)];
     let zadd = vec![Value::from(nodes.as_str()), Value::from(now.to_string()), Value::from(id)];
@@ -155,5 +160,7 @@ fn parse_node(id: &str, reply: Value) -> Option<NodeInfo> {
         connections: get("connections"),
         subscriptions: get("subscriptions"),
         last_seen_ms: get("last_seen_ms"),
+        published: get("published"),
+        delivered: get("delivered"),
     })
 }

@@ -452,6 +452,32 @@ return 0
     )
 });
 
+/// Deletes a queue's ready entries (after the group's last-delivered id), in runs of 1,000;
+/// returns how many.
+pub(super) static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "purge",
+        r#"
+local start = '-'
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    if field(g, 'name') == GROUP then start = '(' .. field(g, 'last-delivered-id') end
+  end
+end
+local purged = 0
+while true do
+  local run = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1000)
+  if #run == 0 then break end
+  for _, e in ipairs(run) do redis.call('XDEL', KEYS[1], e[1]) end
+  purged = purged + #run
+  start = '(' .. run[#run][1]
+end
+return purged
+"#,
+    )
+});
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
