@@ -173,3 +173,27 @@ async fn presence_events_need_permission_on_the_destination() {
     }
     node.shutdown().await;
 }
+
+/// An operator's orders through the admin API end presence as the client's own would: unsubscribing
+/// a session from the destination, or disconnecting it, publishes its leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_unsubscribe_or_disconnect_is_a_leave() {
+    let node = TestNode::start(presence_kept).await;
+    let mut watcher = node.connect(Transport::Tcp, &[]).await;
+    watcher.subscribe(EVENTS, "w", &[]).await;
+    for (login, order) in [("ann", "unsubscribe"), ("bob", "disconnect")] {
+        let mut member = node.connect_as(Transport::Ws, login).await;
+        member.subscribe(ROOM, "r", &[]).await;
+        let join = watcher.recv_message().await;
+        assert_eq!(event(&join), ("join".to_owned(), login.to_owned(), member.session().to_owned()));
+        let path = format!("/api/v1/sessions/{}/{order}", member.session());
+        let body =
+            if order == "unsubscribe" { format!(r#"{{"destination": "{ROOM}"}}"#) } else { "{}".to_owned() };
+        let response = node.post_json(&path, &body).await;
+        assert!(response.status < 300, "{order}: {} {}", response.status, response.body);
+        let leave = watcher.recv_message().await;
+        assert_eq!(event(&leave), ("leave".to_owned(), login.to_owned(), member.session().to_owned()));
+    }
+    watcher.assert_quiet().await;
+    node.shutdown().await;
+}
