@@ -461,6 +461,7 @@ def check_secret_settings_in_config(docs: Docs, values: dict[str, Any]) -> None:
     cm = settings_cm(docs)["data"]
     assert cm["STAMPEDE_WS_ORIGINS"] == "https://app.example.com,https://admin.example.com", cm
     assert cm["STAMPEDE_JWT_AUDIENCE"] == "stampede"
+    assert cm["STAMPEDE_PRESENCE"] == "/topic/chat.*,/user/*/queue/status", cm
     assert cm["STAMPEDE_METRICS_PUBLIC"] == "true"
     assert cm["STAMPEDE_ACL"] == "role:traders publish /queue/orders; * subscribe /topic/public.*"
     assert sm_token(docs) is None, "metrics-public: Prometheus needs no token"
@@ -671,6 +672,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
                 "metrics-public": True,
                 "jwt-audience": "stampede",
                 "ws-origins": ["https://app.example.com", "https://admin.example.com"],
+                "presence": ["/topic/chat.*", "/user/*/queue/status"],
             },
             "acl": ["role:traders publish /queue/orders", "* subscribe /topic/public.*"],
             "serviceMonitor": {"enabled": True},
@@ -761,6 +763,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("duration without a unit", {"config": {"connect-timeout": 10}}, "connect-timeout"),
     ("bad size", {"config": {"max-frame-size": "2 megabytes"}}, "max-frame-size"),
     ("bad acl rule", {"acl": ["traders publish"]}, "acl"),
+    ("bad presence pattern", {"config": {"presence": ["chat.*"]}}, "presence"),
     ("mount of no volume", {"extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}]}, "certs"),
     ("extra volume named tmp", {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}, "extraVolumes"),
     ("envFrom without a source", {"envFrom": [{"prefix": "X_"}]}, "envFrom"),

@@ -4,12 +4,25 @@
 //! Spring's convention: a client SUBSCRIBEs to `/user/<path>` and receives what anyone SENDs to
 //! `/user/<its user name>/<path>`. Inside the node both become the user-qualified form
 //! `/user/<name>/<path>`, which is delivered like a topic to every session of that user.
+//!
+//! `/presence<destination>` (`/presence/topic/chat`) carries the join and leave events of a
+//! destination whose presence is kept (see [`crate::engine::presence`]): clients may SUBSCRIBE
+//! to it, as a topic, when they may subscribe to the destination itself; nobody may SEND to it.
 
 use std::borrow::Cow;
 use std::fmt;
 
 /// The longest destination accepted, in bytes.
 pub const MAX_DESTINATION_LEN: usize = 1024;
+
+/// The prefix of presence event destinations: `/presence/topic/chat` carries the join and leave
+/// events of `/topic/chat`.
+pub const PRESENCE_PREFIX: &str = "/presence";
+
+/// The destination the presence events of `destination` (a routing name) are published on.
+pub fn presence_events(destination: &str) -> String {
+    format!("{PRESENCE_PREFIX}{destination}")
+}
 
 /// How a destination delivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,6 +57,11 @@ pub enum DestinationError {
     Invalid(String, &'static str),
     #[error("user destinations need a login: connect with a login to use {0:?}")]
     NoUser(String),
+    #[error(
+        "{0:?} is a presence destination: the broker publishes its join and leave events there; \
+         clients may SUBSCRIBE to it, not SEND"
+    )]
+    PresenceReadOnly(String),
 }
 
 /// A destination resolved for routing: its kind and the name the engine uses for it.
@@ -86,6 +104,9 @@ fn non_empty_tail<'a>(dest: &'a str, prefix: &str) -> Result<Option<&'a str>, De
 /// receiving user.
 pub fn for_send(dest: &str) -> Result<Route, DestinationError> {
     check(dest)?;
+    if is_presence(dest) {
+        return Err(DestinationError::PresenceReadOnly(truncate(dest)));
+    }
     if non_empty_tail(dest, "/topic/")?.is_some() {
         return Ok(Route { kind: Kind::Topic, name: dest.to_owned() });
     }
@@ -109,6 +130,15 @@ pub fn for_send(dest: &str) -> Result<Route, DestinationError> {
 /// `/user/<user>/<path>`.
 pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Route, DestinationError> {
     check(dest)?;
+    if let Some(watched) = dest.strip_prefix(PRESENCE_PREFIX) {
+        if watched.is_empty() || watched == "/" || is_presence(watched) {
+            return Err(DestinationError::Invalid(truncate(dest), "expected /presence/<destination>"));
+        }
+        if let Some(watched) = for_watched(watched, user)? {
+            let name = presence_events(&watched.name);
+            return Ok(Route { kind: Kind::Topic, name });
+        }
+    }
     if let Some(path) = non_empty_tail(dest, "/user/")? {
         let Some(user) = user else {
             return Err(DestinationError::NoUser(truncate(dest)));
@@ -120,6 +150,30 @@ pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Route, Destinatio
         return Ok(Route { kind: Kind::User, name: format!("/user/{user}/{path}") });
     }
     for_send(dest)
+}
+
+/// The destination of a `/presence<destination>` SUBSCRIBE, resolved; `None` when `dest` is not
+/// one (it starts with `/presence` but not `/presence/`, like `/presences/x`).
+fn for_watched(watched: &str, user: Option<&str>) -> Result<Option<Route>, DestinationError> {
+    if !watched.starts_with('/') {
+        return Ok(None);
+    }
+    for_subscribe(watched, user).map(Some)
+}
+
+/// Whether `dest` is a presence destination, `/presence/...`.
+pub fn is_presence(dest: &str) -> bool {
+    dest.strip_prefix(PRESENCE_PREFIX).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The destination whose presence events `route` carries, for a route resolved by
+/// [`for_subscribe`] from `/presence<destination>`: access to the events is access to it.
+pub fn presence_target(route: &Route) -> Option<Route> {
+    let watched = route.name.strip_prefix(PRESENCE_PREFIX)?;
+    if !watched.starts_with('/') {
+        return None;
+    }
+    for_send(watched).ok()
 }
 
 /// The destination header a subscriber sees for a message published to `name`: user
@@ -178,6 +232,31 @@ mod tests {
         assert_eq!(route.name, "/user/ann/queue/x");
         assert!(matches!(for_subscribe("/user/queue/x", None), Err(DestinationError::NoUser(_))));
         assert_eq!(for_subscribe("/topic/t", None).unwrap().kind, Kind::Topic);
+    }
+
+    #[test]
+    fn presence_destinations_are_subscribed_as_topics_and_never_sent_to() {
+        let route = for_subscribe("/presence/topic/chat.room1", None).unwrap();
+        assert_eq!((route.kind, route.name.as_str()), (Kind::Topic, "/presence/topic/chat.room1"));
+        let target = presence_target(&route).unwrap();
+        assert_eq!((target.kind, target.name.as_str()), (Kind::Topic, "/topic/chat.room1"));
+        let route = for_subscribe("/presence/user/queue/x", Some("ann")).unwrap();
+        assert_eq!(route.name, "/presence/user/ann/queue/x");
+        assert_eq!(presence_target(&route).unwrap().kind, Kind::User);
+        assert_eq!(
+            presence_target(&for_subscribe("/presence/queue/q", None).unwrap()).unwrap().kind,
+            Kind::Queue
+        );
+        assert!(presence_target(&for_subscribe("/topic/t", None).unwrap()).is_none());
+        assert!(matches!(for_send("/presence/topic/x"), Err(DestinationError::PresenceReadOnly(_))));
+        assert!(matches!(for_subscribe("/presence", None), Err(DestinationError::Invalid(..))));
+        assert!(matches!(for_subscribe("/presence/", None), Err(DestinationError::Invalid(..))));
+        assert!(matches!(
+            for_subscribe("/presence/presence/topic/x", None),
+            Err(DestinationError::Invalid(..))
+        ));
+        assert!(matches!(for_subscribe("/presence/exchange/x", None), Err(DestinationError::Unknown(_))));
+        assert!(matches!(for_subscribe("/presences/x", None), Err(DestinationError::Unknown(_))));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::parse::{
     count, duration, grace, heartbeat, log_format, node_id, nonzero, optional_socket_addr,
-    parse_history_rule, parse_queue_rule, redact_url, redis_prefix, redis_url, size, slow_consumer,
-    socket_addr, worker_threads,
+    parse_history_rule, parse_queue_rule, presence_patterns, redact_url, redis_prefix, redis_url, size,
+    slow_consumer, socket_addr, worker_threads,
 };
 use super::settings::*;
 use super::{
@@ -348,6 +348,7 @@ impl Layers<'_> {
         let drain_period = self.value(&DRAIN_PERIOD, duration)?.value;
         let history = self.rules(HISTORY, parse_history_rule, ConfigFile::history)?.value;
         let queue_rules = self.rules(QUEUE, parse_queue_rule, ConfigFile::queue_rules)?.value;
+        let presence = self.optional(&PRESENCE, presence_patterns)?.map(|r| r.value).unwrap_or_default();
         let auth = auth::settings::resolve(self)?;
         let tls = tls::resolve_files(self)?;
         let origins = auth::settings::resolve_origins(self)?;
@@ -375,6 +376,7 @@ impl Layers<'_> {
             drain_period,
             history,
             queue_rules,
+            presence,
             auth,
             tls,
             origins,

@@ -125,6 +125,8 @@ pub struct Config {
     /// Lifetimes of the queues a pattern matches, in order; the first matching rule applies to
     /// a queue whose SUBSCRIBE did not set its own.
     pub queue_rules: Vec<QueueRule>,
+    /// Destination patterns (`*` matches anything) whose subscribers are kept as presence.
+    pub presence: Vec<String>,
     /// Who may connect, and what they may publish and subscribe to.
     pub auth: AuthSettings,
     /// TLS for the client listeners (WebSocket and STOMP over TCP); `None` = plain text.
@@ -300,6 +302,12 @@ impl Config {
         self.history.iter().find(|rule| rule.matches(destination))
     }
 
+    /// Whether presence is kept for `destination` (the user-qualified name of a user
+    /// destination): some `presence` pattern matches it.
+    pub fn presence_for(&self, destination: &str) -> bool {
+        self.presence.iter().any(|pattern| wildcard_match(pattern.as_bytes(), destination.as_bytes()))
+    }
+
     /// The lifetime the first matching `[[queue]]` rule gives `queue` (none when no rule
     /// matches).
     pub fn queue_lifetime(&self, queue: &str) -> QueueLifetime {
@@ -340,6 +348,7 @@ impl fmt::Debug for Config {
             .field("drain_period", &self.drain_period)
             .field("history", &self.history)
             .field("queue_rules", &self.queue_rules)
+            .field("presence", &self.presence)
             .field("auth", &self.auth)
             .field("tls", &self.tls)
             .field("origins", &self.origins)

@@ -95,6 +95,21 @@ pub(crate) fn list(text: &str) -> Result<Vec<String>, String> {
     Ok(items)
 }
 
+/// `presence`: comma-separated destination patterns, each under /topic/, /queue/ or /user/.
+pub(crate) fn presence_patterns(text: &str) -> Result<Vec<String>, String> {
+    let patterns = list(text)?;
+    match patterns
+        .iter()
+        .find(|p| !["/topic/", "/queue/", "/user/"].iter().any(|prefix| p.starts_with(prefix)))
+    {
+        Some(bad) => Err(format!(
+            "pattern {bad:?} must start with /topic/, /queue/ or /user/ (a user destination as \
+             /user/<name>/..., e.g. /user/*/queue/chat)"
+        )),
+        None => Ok(patterns),
+    }
+}
+
 pub(crate) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| "expected an address like 0.0.0.0:8080 or [::]:8080".to_owned())
 }

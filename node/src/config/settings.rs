@@ -163,6 +163,10 @@ settings! {
          engine)";
     QUEUE_MAX_DELIVERIES: Value("0"), "queue-max-deliveries", "N",
         "Deliveries after which a message goes to the dead-letter queue; 0 = unlimited";
+    PRESENCE: Computed("none"), "presence", "PATTERN,...",
+        "Keep presence (who is subscribed, cluster-wide, with join and leave events on \
+         /presence<destination>) for destinations matching these patterns, where * matches \
+         anything, / included; each starts with /topic/, /queue/ or /user/";
     WS_READ_BUFFER: Value("8KiB"), "ws-read-buffer", "SIZE",
         "Most bytes a WebSocket connection reads from its socket at once; its read buffer starts \
          at 512 bytes, grows to this while data keeps coming and is released when it stops";
@@ -234,7 +238,7 @@ settings! {
 
 /// Settings whose TOML value may also be an array of strings (joined with commas).
 pub(crate) const LIST_SETTINGS: &[&str] =
-    &[JWT_ALGORITHMS.name, JWT_AUDIENCE.name, JWT_ISSUER.name, WS_ORIGINS.name];
+    &[JWT_ALGORITHMS.name, JWT_AUDIENCE.name, JWT_ISSUER.name, WS_ORIGINS.name, PRESENCE.name];
 
 const AFTER_HELP: &str = "\
 Precedence: flags, then environment variables, then the --config file (same names as the flags, \

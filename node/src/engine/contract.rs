@@ -22,7 +22,7 @@ use stampede_testkit::{holds_within, EngineKind as Kind, Redis};
 
 use super::memory::MemoryEngine;
 use super::redis::RedisEngine;
-use super::{AnyEngine, Engine, EntryId, Inbox, Message, QueueEntry};
+use super::{AnyEngine, Engine, EntryId, Inbox, Member, Message, QueueEntry};
 use crate::config::{Config, HistoryRule};
 use crate::metrics::Metrics;
 
@@ -36,6 +36,7 @@ stampede_testkit::variants! {
         memory => Kind::Memory, redis => Kind::Redis;
     refused_entries_go_straight_to_the_dead_letter_queue: memory => Kind::Memory, redis => Kind::Redis;
     the_registry_lists_this_node: memory => Kind::Memory, redis => Kind::Redis;
+    presence_records_members_and_publishes_each_join_and_leave_once: memory => Kind::Memory, redis => Kind::Redis;
 }
 
 // === the engines ===
@@ -376,4 +377,80 @@ async fn the_registry_lists_this_node(kind: Kind) {
     let nodes = under.engine.nodes().await.expect("nodes");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert_eq!((nodes[0].connections, nodes[0].subscriptions), (0, 0));
+}
+
+/// Presence: a member joins once however often it is reported, leaves once, and each change
+/// is one event on `/presence<destination>` with the member in its headers; destinations the
+/// `presence` setting does not name keep none and publish nothing.
+async fn presence_records_members_and_publishes_each_join_and_leave_once(kind: Kind) {
+    let under = start(kind, |c| c.presence = vec!["/topic/room.*".to_owned()]).await;
+    let engine = &under.engine;
+    engine.watch("/presence/topic/room.1").wait().await.expect("watch");
+    engine.watch("/presence/topic/other").wait().await.expect("watch");
+    let member = |user: Option<&str>, session: &str| Member {
+        user: user.map(str::to_owned),
+        session: session.to_owned(),
+        node: under.node_id.clone(),
+    };
+    let (ann, anonymous) = (member(Some("ann"), "s1"), member(None, "s2"));
+    engine.presence_join("/topic/room.1", ann.clone()).await.expect("join");
+    engine.presence_join("/topic/room.1", ann.clone()).await.expect("a second join is nothing");
+    engine.presence_join("/topic/room.1", anonymous.clone()).await.expect("join");
+    engine.presence_join("/topic/other", ann.clone()).await.expect("not kept: nothing");
+    assert_eq!(engine.presence("/topic/room.1").await, Ok(Some(vec![anonymous.clone(), ann.clone()])));
+    assert_eq!(engine.presence("/topic/room.2").await, Ok(Some(vec![])));
+    assert_eq!(engine.presence("/topic/other").await, Ok(None));
+
+    engine.presence_leave("/topic/room.1", ann.clone()).await.expect("leave");
+    engine.presence_leave("/topic/room.1", ann.clone()).await.expect("a second leave is nothing");
+    engine.presence_leave("/topic/room.2", anonymous.clone()).await.expect("not a member: nothing");
+    assert_eq!(engine.presence("/topic/room.1").await, Ok(Some(vec![anonymous.clone()])));
+    engine.presence_leave("/topic/room.1", anonymous.clone()).await.expect("leave");
+    assert_eq!(engine.presence("/topic/room.1").await, Ok(Some(vec![])));
+
+    let events = || {
+        under
+            .inbox
+            .messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|m| {
+                let header = |name: &str| m.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                (
+                    m.destination.to_string(),
+                    header("x-presence"),
+                    header("x-presence-user"),
+                    header("x-presence-session"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let got = holds_within(WAIT, || async { events().len() >= 4 }).await;
+    assert!(got, "{kind:?}: {:?}", events());
+    // Nothing more comes: a marker published after them is the next message.
+    engine.publish(message("/presence/topic/room.1", "marker")).await.outcome().await.expect("publish");
+    let marked = holds_within(WAIT, || async { under.inbox.bodies().iter().any(|b| b == "marker") }).await;
+    assert!(marked, "{kind:?}: the marker arrives");
+    let room = "/presence/topic/room.1".to_owned();
+    let (join, leave) = (Some("join".to_owned()), Some("leave".to_owned()));
+    let (s1, s2, ann_name) = (Some("s1".to_owned()), Some("s2".to_owned()), Some("ann".to_owned()));
+    assert_eq!(
+        events()[..4],
+        [
+            (room.clone(), join.clone(), ann_name.clone(), s1.clone()),
+            (room.clone(), join, None, s2.clone()),
+            (room.clone(), leave.clone(), ann_name, s1),
+            (room.clone(), leave, None, s2),
+        ],
+        "{kind:?}"
+    );
+    assert_eq!(events().len(), 5, "{kind:?}: four events and the marker");
+    let first = under.inbox.messages.lock().expect("lock")[0].clone();
+    let body: serde_json::Value = serde_json::from_slice(&first.body).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({"event": "join", "destination": "/topic/room.1", "user": "ann", "session": "s1",
+            "node": under.node_id})
+    );
 }

@@ -12,8 +12,11 @@
 //! A queue with no lifetime is forgotten once it has no entries, no consumer on this node
 //! and nothing in flight (its depth series with it): per-session queues come and go by the
 //! thousand. Entry ids are unique across queues, so one forgotten and made again never reuses one.
+//!
+//! Presence is a map per destination from session id to member, changed and read under one
+//! lock; a join or leave publishes its event to the inbox like any topic message, after the lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -22,8 +25,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, QueueLifetime};
 use crate::engine::{
-    Answers, Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish,
-    QueueEntry,
+    presence, Answers, Engine, EngineError, EntryId, History, Inbox, Member, Message, NodeInfo, Pending,
+    PendingPublish, QueueEntry,
 };
 use crate::metrics::DropReason;
 use crate::metrics::Metrics;
@@ -40,6 +43,8 @@ pub struct MemoryEngine {
     last_id: AtomicU64,
     /// The task deleting expired queues, started by `attach`.
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// The members of each destination whose presence is kept, by session id.
+    presence: Mutex<HashMap<Arc<str>, BTreeMap<String, Member>>>,
 }
 
 /// How often queues are checked for expiry: a queue goes at most this long after its
@@ -141,6 +146,7 @@ impl MemoryEngine {
             queues: Arc::new(Mutex::new(HashMap::new())),
             last_id: AtomicU64::new(0),
             sweeper: Mutex::new(None),
+            presence: Mutex::new(HashMap::new()),
         }
     }
 
@@ -416,6 +422,56 @@ impl Engine for MemoryEngine {
             published: self.metrics.published_total(),
             delivered: self.metrics.delivered_total(),
         }])
+    }
+
+    async fn presence_join(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        if !self.config.presence_for(destination) {
+            return Ok(());
+        }
+        let joined = {
+            let mut presence = self.presence.lock().expect("presence lock");
+            let members = presence.entry(Arc::from(destination)).or_default();
+            match members.entry(member.session.clone()) {
+                std::collections::btree_map::Entry::Occupied(_) => false,
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    vacant.insert(member.clone());
+                    true
+                }
+            }
+        };
+        if joined {
+            self.publish_now(presence::event(presence::Change::Join, destination, &member))?;
+        }
+        Ok(())
+    }
+
+    async fn presence_leave(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        let left = {
+            let mut presence = self.presence.lock().expect("presence lock");
+            let Some(members) = presence.get_mut(destination) else {
+                return Ok(());
+            };
+            let left = members.remove(&member.session);
+            if members.is_empty() {
+                presence.remove(destination);
+            }
+            left
+        };
+        if let Some(member) = left {
+            self.publish_now(presence::event(presence::Change::Leave, destination, &member))?;
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, destination: &str) -> Result<Option<Vec<Member>>, EngineError> {
+        if !self.config.presence_for(destination) {
+            return Ok(None);
+        }
+        let presence = self.presence.lock().expect("presence lock");
+        let mut members: Vec<Member> =
+            presence.get(destination).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        members.sort();
+        Ok(Some(members))
     }
 
     async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {

@@ -15,11 +15,15 @@
 //! deletion is decided (and an expiry then waits again) or comes after it and creates the queue
 //! anew, empty but for that message.
 //!
+//! The engines also keep presence ([`presence`]): the members of the destinations the `presence`
+//! setting names, and their join and leave events, published like topic messages.
+//!
 //! Back ends are chosen by configuration and dispatched statically through [`AnyEngine`].
 
 #[cfg(test)]
 mod contract;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 use std::future::Future;
@@ -30,6 +34,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
 
 use crate::config::QueueLifetime;
+pub use presence::Member;
 
 /// One message as the engine stores and moves it: a destination, the user headers, the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +274,27 @@ pub trait Engine: Send + Sync {
     fn close(&self) -> impl Future<Output = ()> + Send;
     /// The live nodes of the cluster (just this one on a single-node engine).
     fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, EngineError>> + Send;
+    /// `member` (a session of this node) joined `destination`: recorded, and its join event
+    /// published on `/presence<destination>`. Nothing when the `presence` setting does not name
+    /// the destination, or when the member is there already.
+    fn presence_join(
+        &self,
+        destination: &str,
+        member: Member,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// `member` (a session of this node) left `destination`: removed, and its leave event
+    /// published. Nothing when it was not a member.
+    fn presence_leave(
+        &self,
+        destination: &str,
+        member: Member,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The members of `destination` on every live node, sorted; `None` when the `presence`
+    /// setting does not name it.
+    fn presence(
+        &self,
+        destination: &str,
+    ) -> impl Future<Output = Result<Option<Vec<Member>>, EngineError>> + Send;
     /// Asks every live node (this one too) the same question, answered by its inbox
     /// ([`Inbox::answer`]), and gathers the answers that come within a short time.
     fn call_all(&self, request: Vec<u8>) -> impl Future<Output = Result<Answers, EngineError>> + Send;
@@ -341,6 +367,15 @@ impl Engine for AnyEngine {
     }
     async fn close(&self) {
         dispatch!(self, e => e.close().await)
+    }
+    async fn presence_join(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        dispatch!(self, e => e.presence_join(destination, member).await)
+    }
+    async fn presence_leave(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        dispatch!(self, e => e.presence_leave(destination, member).await)
+    }
+    async fn presence(&self, destination: &str) -> Result<Option<Vec<Member>>, EngineError> {
+        dispatch!(self, e => e.presence(destination).await)
     }
     async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {
         dispatch!(self, e => e.call_all(request).await)

@@ -347,7 +347,7 @@ async fn presence(State(node): State<Arc<Node>>, q: QueryOf<PresenceQuery>) -> A
     let request = Request::Destinations { destination: Some(destination.clone()) };
     let (replies, missing_nodes) = ask(&node, request).await?;
     let (subscribers, users) = merge_destinations(replies).remove(&destination).unwrap_or_default();
-    let members = presence_members(&node, &destination);
+    let members = node.hub().presence(&destination).await?;
     Ok(Json(serde_json::json!({
         "destination": destination,
         "subscribers": subscribers,
@@ -358,14 +358,9 @@ async fn presence(State(node): State<Arc<Node>>, q: QueryOf<PresenceQuery>) -> A
     .into_response())
 }
 
-/// Whether presence is kept for `destination`. Presence lands with its own change; until then none is.
-fn presence_configured(_node: &Node, _destination: &str) -> bool {
-    false
-}
-
-/// Presence members of `destination`; `None` where presence is not kept.
-fn presence_members(_node: &Node, _destination: &str) -> Option<Vec<serde_json::Value>> {
-    None
+/// Whether presence is kept for `destination`: a pattern of the `presence` setting matches it.
+fn presence_configured(node: &Node, destination: &str) -> bool {
+    node.config().presence_for(destination)
 }
 
 /// The body of `POST /api/v1/publish`.

@@ -14,9 +14,11 @@
 //! Layout: `mod.rs` (the hub, subscriptions, publishing), `topic.rs` (topic and user-destination
 //! fan-out: the engine's [`Inbox`]), `queue.rs` (queue dispatch, acknowledgements, credit),
 //! `outbox.rs` (a connection's bounded delivery queue and the orders it carries), `tail.rs` (the
-//! shared MESSAGE tail), `sessions.rs` (connected sessions and the admin API's questions and orders).
+//! shared MESSAGE tail), `sessions.rs` (connected sessions and the admin API's questions and orders),
+//! `presence.rs` (joins, leaves and members of destinations whose presence is kept).
 
 mod outbox;
+mod presence;
 mod queue;
 pub mod sessions;
 pub mod tail;

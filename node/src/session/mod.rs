@@ -30,6 +30,7 @@
 //! - `connect.rs`: CONNECT and the token refresh;
 //! - `publish.rs`: SEND;
 //! - `subscribe.rs`: SUBSCRIBE (with the history replay) and UNSUBSCRIBE;
+//! - `presence.rs`: access to `/presence<destination>`, and the session's presence joins and leaves;
 //! - `ack.rs`: ACK, NACK, and releasing unacknowledged deliveries;
 //! - `transaction.rs`: BEGIN, COMMIT, ABORT;
 //! - `output.rs`: writing batches and frames, the ERROR path, the end of a session;
@@ -40,6 +41,7 @@ mod connect;
 mod error;
 pub mod link;
 mod output;
+mod presence;
 mod publish;
 mod subscribe;
 #[cfg(test)]

@@ -246,8 +246,12 @@ impl<S: FrameSink> Session<S> {
         // SENDs of a run the session stopped handling midway (a slow-consumer cut while a publish
         // waited) were taken without error: they are published, as they would have been.
         self.publish_held().await;
+        let memberships = self.presence_memberships();
         for (_, subscription) in self.subscriptions.drain() {
             self.node.hub().unsubscribe(&subscription);
+        }
+        for name in memberships {
+            self.leave_presence(&name).await;
         }
         self.transactions.clear();
         for (_, window) in self.windows.drain() {

@@ -27,7 +27,7 @@ impl<S: FrameSink> Session<S> {
         let version = self.version.unwrap_or(Version::V1_2);
         let destination = required(&frame, "destination")?;
         let route = destination::for_subscribe(destination, self.user.as_deref())?;
-        self.node.auth().may_subscribe(&self.identity, &route)?;
+        self.may_subscribe(&route)?;
         let id = match (frame.get("id"), version) {
             (Some(id), _) => id.to_owned(),
             (None, Version::V1_0) => destination.to_owned(),
@@ -101,6 +101,7 @@ impl<S: FrameSink> Session<S> {
         }
         self.subscriptions.insert(id, subscription.clone());
         self.node.hub().subscribe(subscription.clone()).wait().await?;
+        self.join_presence(&subscription.route.name).await;
         let mut receipt =
             frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
         if let Some(since) = since {
@@ -205,6 +206,7 @@ impl<S: FrameSink> Session<S> {
 
     async fn end_subscription(&mut self, subscription: &Arc<Subscription>) -> Result<(), SessionError> {
         self.node.hub().unsubscribe(subscription);
+        self.leave_presence(&subscription.route.name).await;
         self.resumes.remove(&subscription.seq);
         if let Some(window) = self.windows.remove(&subscription.seq) {
             self.outbox.written(window.held_bytes());

@@ -17,6 +17,7 @@ use super::*;
 mod check;
 mod environment;
 mod history;
+mod presence;
 mod queue;
 
 pub(crate) fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {

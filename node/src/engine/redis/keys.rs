@@ -68,6 +68,22 @@ impl Keys {
         format!("{}:nodes", self.prefix)
     }
 
+    /// Hash of a destination's presence: field `<node-id>\t<session>`, value the user (empty for
+    /// an anonymous session).
+    pub(super) fn presence(&self, destination: &str) -> String {
+        format!("{}:{{{destination}}}:presence", self.prefix)
+    }
+
+    /// Set of the destinations in which a node has presence members.
+    pub(super) fn node_presence(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}:presence", self.prefix)
+    }
+
+    /// Held (SET NX PX) by the node removing a dead node's presence members, so one node does.
+    pub(super) fn presence_reaper(&self, node_id: &str, last_seen_ms: u64) -> String {
+        format!("{}:node:{node_id}:reaper:{last_seen_ms}", self.prefix)
+    }
+
     /// Pub/sub channel of the admin API's questions to every node.
     pub(super) fn calls(&self) -> String {
         format!("{}:calls", self.prefix)
@@ -263,6 +279,8 @@ mod tests {
         assert_eq!(slot(&keys.queue("/topic/a")), slot(&keys.seq("/topic/a")));
         assert_eq!(keys.life("/queue/q"), "stampede:{/queue/q}:life");
         assert_eq!(slot(&keys.life("/queue/q")), slot(&keys.queue("/queue/q")));
+        assert_eq!(keys.presence("/topic/a"), "stampede:{/topic/a}:presence");
+        assert_eq!(slot(&keys.presence("/topic/a")), slot(&keys.log("/topic/a")));
     }
 
     #[test]

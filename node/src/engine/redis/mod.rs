@@ -24,6 +24,10 @@
 //! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
 //! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes) |
 //! | `P:ch:/queue/q` | channel | "entries ready" notifications of a queue (`r`) |
+//! | `P:{/topic/t}:presence` | hash | presence of a destination: field `<node-id>\t<session>`, value the user |
+//! | `P:node:<id>:presence` | set | destinations in which a node has presence members |
+//! | `P:node:<id>:reaper:<ms>` | string | the node removing a dead node's presence members (SET NX PX) |
+//! | `P:ch:/presence/topic/t` | channel | presence events of `/topic/t` (envelopes, as a topic's) |
 //! | `P:calls`, `P:calls:<id>` | channel | the admin API's questions to every node, and the answers to node `<id>` ([`calls`]) |
 //!
 //! # Topics
@@ -68,13 +72,18 @@
 //! again). After deleting, a node removes the name from `P:queues` and `P:lifetimes`, then checks
 //! that the stream is still gone and registers it again if not.
 //!
+//! # Presence
+//! See `presence.rs`: a hash per destination written by one task per node, reads that keep live
+//! nodes' fields only, and a dead node's members removed (with leave events) by one live node.
+//!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
 //! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`,
-//! `registry.rs`, `calls.rs` (questions to every node), `tests.rs`.
+//! `registry.rs`, `calls.rs` (questions to every node), `presence.rs`, `tests.rs`.
 
 mod calls;
 mod envelope;
 mod keys;
+mod presence;
 mod publisher;
 mod pubsub;
 mod queues;
@@ -96,8 +105,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, QueueLifetime};
 use crate::engine::{
-    Answers, Engine, EngineError, EntryId, History, Inbox, Message, NodeInfo, Pending, PendingPublish,
-    QueueEntry,
+    Answers, Engine, EngineError, EntryId, History, Inbox, Member, Message, NodeInfo, Pending,
+    PendingPublish, QueueEntry,
 };
 use crate::metrics::Metrics;
 use crate::metrics::{EngineEvent, RedisCommand};
@@ -173,6 +182,8 @@ struct Inner {
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
     answering: std::sync::atomic::AtomicBool,
+    /// Presence: the writer task's queue and the dead nodes looked at.
+    presence: presence::Local,
     /// Questions to every node waiting for their answers.
     calls: calls::Calls,
 }
@@ -227,6 +238,7 @@ impl RedisEngine {
             builder(PerformanceConfig::default().broadcast_channel_capacity).build().map_err(fail)?;
         let subscriber = builder(tuning.broadcast_capacity).build_subscriber_client().map_err(fail)?;
 
+        let (presence, presence_requests) = presence::Local::new();
         let inner = Arc::new(Inner {
             keys: Keys::new(&config.redis_prefix),
             config,
@@ -241,6 +253,7 @@ impl RedisEngine {
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
             answering: std::sync::atomic::AtomicBool::new(true),
+            presence,
             calls: calls::Calls::default(),
         });
 
@@ -257,6 +270,7 @@ impl RedisEngine {
             tokio::spawn(pubsub::delivery_loop(inner.clone(), messages, refill_rx)),
             tokio::spawn(queues::maintenance_loop(inner.clone(), client_reconnects)),
             tokio::spawn(registry::heartbeat_loop(inner.clone())),
+            tokio::spawn(presence::writer_loop(inner.clone(), presence_requests)),
         ];
         let _client_task = inner.client.connect();
         let _subscriber_task = inner.subscriber.connect();
@@ -309,6 +323,11 @@ impl RedisEngine {
     /// Sends the writes already taken and applies the unwatches already asked (for at most a
     /// command timeout each), stops the tasks, leaves the registry and closes the connections.
     pub async fn shutdown(&self) {
+        // Presence members still here leave, with their events, before the writes are flushed.
+        let (done, closed) = oneshot::channel();
+        if self.inner.presence.requests.send(presence::Request::Close(done)).is_ok() {
+            let _ = tokio::time::timeout(COMMAND_TIMEOUT, closed).await;
+        }
         let (done, flushed) = oneshot::channel();
         if self.publishes.send(publisher::Request::Flush(done)).await.is_ok() {
             let _ = tokio::time::timeout(COMMAND_TIMEOUT, flushed).await;
@@ -606,6 +625,34 @@ impl Engine for RedisEngine {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
         self.inner.check_connected()?;
         registry::nodes(&self.inner).await
+    }
+
+    async fn presence_join(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        if !self.inner.config.presence_for(destination) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let request = presence::Request::Join(Arc::from(destination), member, reply);
+        self.inner.presence.requests.send(request).map_err(|_| EngineError::Closed)?;
+        rx.await.unwrap_or(Err(EngineError::Closed))
+    }
+
+    async fn presence_leave(&self, destination: &str, member: Member) -> Result<(), EngineError> {
+        if !self.inner.config.presence_for(destination) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let request = presence::Request::Leave(Arc::from(destination), member, reply);
+        self.inner.presence.requests.send(request).map_err(|_| EngineError::Closed)?;
+        rx.await.unwrap_or(Err(EngineError::Closed))
+    }
+
+    async fn presence(&self, destination: &str) -> Result<Option<Vec<Member>>, EngineError> {
+        if !self.inner.config.presence_for(destination) {
+            return Ok(None);
+        }
+        // Boxed: two commands joined make a large future, and callers (the admin API) hold it.
+        Box::pin(presence::members(&self.inner, destination)).await.map(Some)
     }
 
     async fn call_all(&self, request: Vec<u8>) -> Result<Answers, EngineError> {

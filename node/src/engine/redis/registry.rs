@@ -63,6 +63,10 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
         if let Err(error) = Box::pin(heartbeat(&inner)).await {
             tracing::debug!(%error, "heartbeat failed");
         }
+        // Presence: a reconcile if needed, and the members of nodes that died (see presence.rs).
+        if let Err(error) = Box::pin(super::presence::tend(&inner)).await {
+            tracing::debug!(%error, "presence upkeep failed");
+        }
     }
 }
 

@@ -717,3 +717,204 @@ async fn queue_lifetimes_add_no_command_per_message() {
     // Heartbeats and sweeps may land in either window: a handful of commands, not one a message.
     assert!(life <= plain + 20, "{life} commands with a lifetime, {plain} without");
 }
+
+// === presence ===
+
+/// The presence events (`x-presence`, session) a node was handed, in order.
+fn presence_events(node: &Node) -> Vec<(String, String)> {
+    node.inbox
+        .messages
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|m| {
+            let header = |name: &str| m.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            Some((header("x-presence")?, header("x-presence-session")?))
+        })
+        .collect()
+}
+
+fn presence_rule(c: &mut Config) {
+    c.presence = vec!["/topic/room".to_owned()];
+}
+
+fn member(user: Option<&str>, session: &str, node: &str) -> crate::engine::Member {
+    crate::engine::Member {
+        user: user.map(str::to_owned),
+        session: session.to_owned(),
+        node: node.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_keep_live_nodes_and_a_dead_nodes_members_leave_once() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    let b = node(&server, "node-b", presence_rule).await;
+    for n in [&a, &b] {
+        n.engine.watch("/presence/topic/room").wait().await.expect("watch");
+    }
+    let (ann, bob) = (member(Some("ann"), "s1", "node-a"), member(Some("bob"), "s2", "node-b"));
+    a.engine.presence_join("/topic/room", ann.clone()).await.expect("join");
+    b.engine.presence_join("/topic/room", bob.clone()).await.expect("join");
+
+    // node-x beats once, now, holding carl, then dies without a word (as kill -9 leaves it).
+    let now = super::registry::now_ms().to_string();
+    raw(
+        &a,
+        "HSET",
+        "stampede:{/topic/room}:presence",
+        &["stampede:{/topic/room}:presence", "node-x\ts9", "carl"],
+    )
+    .await;
+    raw(&a, "SADD", "stampede:node:node-x:presence", &["stampede:node:node-x:presence", "/topic/room"]).await;
+    raw(&a, "ZADD", "stampede:nodes", &["stampede:nodes", &now, "node-x"]).await;
+    let died = Instant::now();
+    let carl = member(Some("carl"), "s9", "node-x");
+    let everyone = vec![ann.clone(), bob.clone(), carl];
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(everyone)), "node-x is live for now");
+
+    // Reads drop it once its heartbeat is NODE_TTL old; its leave event follows at a heartbeat.
+    let dropped = holds_within(WAIT, || async {
+        b.engine.presence("/topic/room").await.is_ok_and(|m| m.is_some_and(|m| m.len() == 2))
+    })
+    .await;
+    let read_gone = died.elapsed();
+    assert!(dropped, "{:?}", b.engine.presence("/topic/room").await);
+    assert!(read_gone >= super::registry::NODE_TTL - Duration::from_millis(100), "{read_gone:?}");
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![ann.clone(), bob.clone()])));
+    let leave = ("leave".to_owned(), "s9".to_owned());
+    let left = holds_within(WAIT, || async {
+        presence_events(&a).contains(&leave) && presence_events(&b).contains(&leave)
+    })
+    .await;
+    let event_after = died.elapsed();
+    assert!(left, "a: {:?}, b: {:?}", presence_events(&a), presence_events(&b));
+    assert!(event_after < super::registry::NODE_TTL + Duration::from_secs(3), "{event_after:?}");
+    // One node reaped it: one leave event each node was handed, its field and set gone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for n in [&a, &b] {
+        assert_eq!(presence_events(n).iter().filter(|e| **e == leave).count(), 1, "{:?}", presence_events(n));
+    }
+    let fields =
+        raw(&a, "HKEYS", "stampede:{/topic/room}:presence", &["stampede:{/topic/room}:presence"]).await;
+    let mut fields: Vec<String> = fields.into_array().iter().filter_map(Value::as_string).collect();
+    fields.sort();
+    assert_eq!(fields, ["node-a\ts1", "node-b\ts2"]);
+    let set = raw(&a, "EXISTS", "stampede:node:node-x:presence", &["stampede:node:node-x:presence"]).await;
+    assert_eq!(set.as_u64(), Some(0));
+    eprintln!("a dead node left reads after {read_gone:?} and its leave events came after {event_after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_node_and_a_restarted_one_leave_no_presence_behind() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    a.engine.watch("/presence/topic/room").wait().await.expect("watch");
+    let b = node(&server, "node-b", presence_rule).await;
+    let bob = member(Some("bob"), "s2", "node-b");
+    b.engine.presence_join("/topic/room", bob.clone()).await.expect("join");
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![bob])));
+    b.engine.close().await;
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![])), "a closed node leaves");
+    let left =
+        holds_within(WAIT, || async { presence_events(&a).contains(&("leave".to_owned(), "s2".to_owned())) });
+    assert!(left.await, "{:?}", presence_events(&a));
+
+    // node-c's previous process left a member behind; the new one removes it when it starts.
+    raw(
+        &a,
+        "HSET",
+        "stampede:{/topic/room}:presence",
+        &["stampede:{/topic/room}:presence", "node-c\told", ""],
+    )
+    .await;
+    raw(&a, "SADD", "stampede:node:node-c:presence", &["stampede:node:node-c:presence", "/topic/room"]).await;
+    let c = node(&server, "node-c", presence_rule).await;
+    let left = holds_within(WAIT, || async {
+        presence_events(&a).contains(&("leave".to_owned(), "old".to_owned()))
+    });
+    assert!(left.await, "{:?}", presence_events(&a));
+    let anonymous = member(None, "new", "node-c");
+    c.engine.presence_join("/topic/room", anonymous.clone()).await.expect("join");
+    assert_eq!(a.engine.presence("/topic/room").await, Ok(Some(vec![anonymous])));
+    let fields =
+        raw(&a, "HGETALL", "stampede:{/topic/room}:presence", &["stampede:{/topic/room}:presence"]).await;
+    let fields: Vec<String> = fields.into_array().iter().filter_map(Value::as_string).collect();
+    assert_eq!(fields, ["node-c\tnew", ""], "an anonymous member is stored with an empty user");
+}
+
+/// Calls of each command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+async fn command_calls(node: &Node) -> std::collections::HashMap<String, u64> {
+    let info = raw(node, "INFO", "", &["commandstats"]).await.as_string().expect("INFO text");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// What docs/admin.md says presence costs: per join one HSET and one PUBLISH, per leave one HDEL
+/// and one PUBLISH, one SADD and one SREM per destination and node, nothing for a destination no
+/// pattern names. (The heartbeat's own HSET, one per ZADD, is subtracted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_costs_one_write_and_one_publish_per_join_and_leave() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    // Past the start-up reconcile, which runs at the first heartbeat.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    raw(&a, "CONFIG", "", &["RESETSTAT"]).await;
+    let members: Vec<_> = (0..200).map(|i| member(Some("ann"), &format!("s{i}"), "node-a")).collect();
+    let joins = members.iter().map(|m| a.engine.presence_join("/topic/room", m.clone()));
+    assert!(futures_util::future::join_all(joins).await.iter().all(Result::is_ok));
+    assert_eq!(a.engine.presence("/topic/room").await.map(|m| m.map(|m| m.len())), Ok(Some(200)));
+    let leaves = members.iter().map(|m| a.engine.presence_leave("/topic/room", m.clone()));
+    assert!(futures_util::future::join_all(leaves).await.iter().all(Result::is_ok));
+    // Not a presence destination: nothing.
+    a.engine.presence_join("/topic/elsewhere", members[0].clone()).await.expect("join");
+    let calls = command_calls(&a).await;
+    let n = |name: &str| calls.get(name).copied().unwrap_or(0);
+    assert_eq!(n("hset") - n("zadd"), 200, "{calls:?}");
+    assert_eq!((n("hdel"), n("publish"), n("sadd"), n("srem")), (200, 400, 1, 1), "{calls:?}");
+    assert_eq!(n("hgetall"), 1, "the one read: {calls:?}");
+}
+
+/// A node whose heartbeats stopped for the node TTL may have been taken for dead, its members
+/// removed and their leaves published: at its next heartbeat it writes them again, with a join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_dead_writes_its_members_again() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    a.engine.watch("/presence/topic/room").wait().await.expect("watch");
+    let ann = member(Some("ann"), "s1", "node-a");
+    a.engine.presence_join("/topic/room", ann.clone()).await.expect("join");
+    // As a reaper would after a long pause of node-a's heartbeats.
+    raw(&a, "HDEL", "stampede:{/topic/room}:presence", &["stampede:{/topic/room}:presence", "node-a\ts1"])
+        .await;
+    let paused = std::time::Instant::now() - super::registry::NODE_TTL;
+    *a.engine.inner.presence.tended.lock().expect("lock") = Some(paused);
+    let back = holds_within(WAIT, || async {
+        a.engine.presence("/topic/room").await == Ok(Some(vec![ann.clone()]))
+    });
+    assert!(back.await, "{:?}", a.engine.presence("/topic/room").await);
+    let joined_again = holds_within(WAIT, || async {
+        presence_events(&a).iter().filter(|e| **e == ("join".to_owned(), "s1".to_owned())).count() == 2
+    });
+    assert!(joined_again.await, "{:?}", presence_events(&a));
+}
+
+/// Redis restarted empty: once the node is connected again, its members are written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_written_again_after_redis_restarts_empty() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", presence_rule).await;
+    let ann = member(Some("ann"), "s1", "node-a");
+    a.engine.presence_join("/topic/room", ann.clone()).await.expect("join");
+    server.restart().await;
+    let back = holds_within(WAIT, || async {
+        a.engine.presence("/topic/room").await == Ok(Some(vec![ann.clone()]))
+    });
+    assert!(back.await, "{:?}", a.engine.presence("/topic/room").await);
+}
