@@ -43,6 +43,8 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// Notified once when the outbox overflows under the `Disconnect` policy.
     pub overflow: Notify,
+    /// Set with each order queued in `commands`, cleared when the session takes them.
+    ordered: AtomicBool,
     /// Who the session is, for the admin API: kept here, in the allocation every session has
     /// anyway, rather than in a table entry of its own (see [`super::sessions`]).
     meta: Mutex<SessionMeta>,
@@ -105,6 +107,7 @@ impl Outbox {
             policy,
             overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
+            ordered: AtomicBool::new(false),
             meta: Mutex::new(SessionMeta {
                 transport: Transport::Tcp,
                 peer: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -202,13 +205,18 @@ impl Outbox {
             return false;
         }
         queue.commands.push(command);
+        self.ordered.store(true, Ordering::Release);
         drop(queue);
         self.waker.wake();
         true
     }
 
-    /// The orders queued since the last call.
+    /// The orders queued since the last call. Called for every batch the session takes: the
+    /// lock is taken only when an order is there.
     pub fn take_commands(&self) -> Vec<Command> {
+        if !self.ordered.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
         std::mem::take(&mut self.queue.lock().expect("outbox lock").commands)
     }
 
