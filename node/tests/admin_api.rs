@@ -371,7 +371,11 @@ async fn schemathesis_finds_the_api_as_documented() {
         clients.push(client);
     }
     let url = format!("{}/api/v1/openapi.json", node.admin_url());
+    // schemathesis keeps a cache in its working directory: a scratch one, not the source tree.
+    let scratch = std::env::temp_dir().join(format!("stampede-schemathesis-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("a scratch directory");
     let output = tokio::process::Command::new(&schemathesis)
+        .current_dir(&scratch)
         .args(["run", &url, "--checks", "all", "--max-examples", "30", "--header"])
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .args(["--exclude-checks", "positive_data_acceptance", "--no-color"])
@@ -382,6 +386,7 @@ async fn schemathesis_finds_the_api_as_documented() {
         .await
         .expect("schemathesis finished within 10 minutes")
         .expect("schemathesis ran");
+    let _ = std::fs::remove_dir_all(&scratch);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "schemathesis found the API unlike its document:\n{stdout}\n{stderr}");
