@@ -239,7 +239,16 @@ async fn regenerate_the_screenshot() {
     let cluster = Cluster::start(
         3,
         &redis,
-        &["--admin-token", ADMIN_TOKEN, "--users-file", &users_file, "--acl-default", "allow"],
+        &[
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--users-file",
+            &users_file,
+            "--acl-default",
+            "allow",
+            "--presence",
+            "/topic/chat.*",
+        ],
     )
     .await;
     let login = |user: &'static str, node: usize| {
@@ -322,6 +331,15 @@ async fn regenerate_the_screenshot() {
         browser.wait_for(&format!("the {page} page filled"), &filled, json!(true)).await;
         std::fs::write(dir.join(format!("{page}.png")), browser.screenshot().await).unwrap();
     }
+    // The members of a destination with presence, a click away on the Destinations page.
+    browser.navigate(&format!("{admin}/#destinations")).await;
+    browser
+        .eval("document.querySelector('#destinations tr[data-destination=\"/topic/chat.lobby\"]').click()")
+        .await;
+    let members = "document.querySelectorAll('#presence-members tr[data-session]').length";
+    browser.wait_for("the lobby's four members", members, json!(4)).await;
+    std::fs::write(dir.join("presence.png"), browser.screenshot().await).unwrap();
+
     browser.color_scheme("dark").await;
     for page in ["sessions", "cluster"] {
         browser.navigate(&format!("{admin}/#{page}")).await;

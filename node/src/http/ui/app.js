@@ -566,7 +566,7 @@
       (tr, d) => {
         setText(tr.cells[1], num(d.subscribers));
         setText(tr.cells[2], num(d.users));
-        setText(tr.cells[3], d.presence ? "on · members" : "off");
+        setText(tr.cells[3], d.presence ? "on · members ›" : "off");
         tr.dataset.presence = String(Boolean(d.presence));
         toggleClass(tr, "clickable", Boolean(d.presence));
         toggleClass(tr, "selected", d.destination === presenceOf);
