@@ -390,16 +390,8 @@ impl Chromium {
         let profile = std::env::temp_dir().join(format!("stampede-admin-ui-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&profile).unwrap();
         let mut process = tokio::process::Command::new(chromium)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--remote-debugging-port=0",
-                "--remote-debugging-address=127.0.0.1",
-            ])
+            .args(system::CHROMIUM_HEADLESS)
+            .args(["--hide-scrollbars", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"])
             .arg(format!("--window-size={WIDTH},{HEIGHT}"))
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")

@@ -104,13 +104,7 @@ async fn chromium_speaks_stomp_over_sockjs_on_every_transport_but_websocket() {
     let profile = tempdir();
     let address = format!("http://{page}/?url={broker}&transports={}", TRANSPORTS.join(","));
     let mut browser = tokio::process::Command::new(chromium)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-        ])
+        .args(system::CHROMIUM_HEADLESS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&address)
         .stdout(Stdio::null())

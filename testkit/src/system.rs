@@ -113,3 +113,8 @@ pub fn pip_tool(name: &str, requirement: &str, program: &str) -> PathBuf {
     std::fs::write(&ready, requirement).expect("mark the venv ready");
     venv.join("bin").join(program)
 }
+
+/// The flags every headless Chromium of the suite starts with (no sandbox: tests run as root;
+/// no GPU, no /dev/shm, no first-run dialogs).
+pub const CHROMIUM_HEADLESS: [&str; 5] =
+    ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"];
