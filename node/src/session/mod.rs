@@ -161,7 +161,6 @@ pub async fn run<S: FrameSink>(
     session.outbox.describe(transport, peer);
     node.hub().register_session(session.session_id.clone(), session.outbox.clone());
     tracing::Instrument::instrument(session.run(), span).await;
-    node.hub().deregister_session(&session.session_id);
     node.metrics().connection_closed(transport);
     drop(permit);
 }
@@ -376,6 +375,9 @@ impl<S: FrameSink> Session<S> {
     /// Closes (with an ERROR if `result` is one), releases what the session held, and logs the
     /// `disconnected` line of a session that was CONNECTED.
     async fn end(&mut self, result: Result<Flow, SessionError>) {
+        // Out of the admin API's sight before the client sees the end: an order or a listing
+        // that comes after the client saw its connection close never finds the session.
+        self.node.hub().deregister_session(&self.session_id);
         let reason = match result {
             Ok(flow) => {
                 let close = if let Flow::Close(close) = flow { close } else { CloseReason::Normal };
