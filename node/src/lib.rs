@@ -59,16 +59,20 @@ pub enum Error {
 }
 
 /// The node's authentication and TLS, loaded from the files the configuration names.
+/// Loading also checks TLS to Redis (the `redis-tls-ca` file, or the system's roots), which the
+/// engine loads again when it connects.
 pub struct Security {
     pub auth: auth::Auth,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Security {
-    /// Reads and checks the users file, the JWT keys and the TLS certificate and key.
+    /// Reads and checks the users file, the JWT keys, the TLS certificate and key, and what TLS
+    /// to Redis trusts.
     pub fn load(config: &Config) -> Result<Security, Error> {
         let auth = auth::Auth::load(config)?;
         let tls = config.tls.as_ref().map(transport::tls::acceptor).transpose()?;
+        RedisEngine::check_tls(config)?;
         Ok(Security { auth, tls })
     }
 

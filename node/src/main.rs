@@ -13,8 +13,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // The users file, keys and certificate are checked before any socket opens; `run` loads
-    // them again (cheaply) for itself.
+    // The users file, keys, certificate and Redis's CA are checked before any socket opens;
+    // `run` loads them again (cheaply) for itself.
     if let Err(e) = stampede::Security::load(&config) {
         eprintln!("stampede: {e}");
         return std::process::ExitCode::from(2);

@@ -11,14 +11,15 @@ use serde::Deserialize;
 
 use super::parse::{
     count, duration, grace, heartbeat, log_format, node_id, nonzero, optional_socket_addr,
-    parse_history_rule, parse_queue_rule, presence_patterns, redact_url, redis_prefix, redis_url, size,
-    slow_consumer, socket_addr, worker_threads,
+    parse_history_rule, parse_queue_rule, path, presence_patterns, redact_url, redis_prefix, redis_url,
+    size, slow_consumer, socket_addr, worker_threads,
 };
 use super::settings::*;
 use super::{
     Config, ConfigError, Conflict, Heartbeat, HistoryRule, Limits, Origin, QueueRule, Queues, WsTuning,
 };
 use crate::auth;
+use crate::engine::redis::url_uses_tls;
 use crate::transport::tls;
 
 /// The config file, read and checked for unknown keys.
@@ -292,6 +293,22 @@ impl Layers<'_> {
         }
     }
 
+    /// `redis-tls-ca`, which only a `rediss` URL uses: set with any other, it would suggest a
+    /// TLS that is not there.
+    fn redis_tls_ca(&self, redis_url: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(ca) = self.optional(&REDIS_TLS_CA, path)? else {
+            return Ok(None);
+        };
+        if redis_url.is_some_and(|url| url_uses_tls(url) == Ok(true)) {
+            return Ok(Some(ca.value));
+        }
+        Err(ConfigError::Needs {
+            setting: ca.setting,
+            origin: ca.origin,
+            reason: "needs a redis-url with TLS (rediss://, rediss+sentinel://, rediss-cluster://)",
+        })
+    }
+
     /// Every setting, typed and checked.
     pub(crate) fn resolve(&self) -> Result<Config, ConfigError> {
         let listen = self.value(&LISTEN, socket_addr)?;
@@ -299,6 +316,7 @@ impl Layers<'_> {
         let admin_listen = self.value(&ADMIN_LISTEN, optional_socket_addr)?;
         let redis_url = self.optional(&REDIS_URL, redis_url)?.and_then(|r| r.value);
         let redis_prefix = self.value(&REDIS_PREFIX, redis_prefix)?.value;
+        let redis_tls_ca = self.redis_tls_ca(redis_url.as_deref())?;
         let node_id = match self.optional(&NODE_ID, node_id)? {
             Some(resolved) => resolved.value,
             None => uuid::Uuid::new_v4().to_string(),
@@ -367,6 +385,7 @@ impl Layers<'_> {
             admin_listen: admin_listen.value,
             redis_url,
             redis_prefix,
+            redis_tls_ca,
             node_id,
             log_format,
             worker_threads,

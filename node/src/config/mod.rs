@@ -98,10 +98,13 @@ pub struct Config {
     pub stomp_listen: Option<SocketAddr>,
     /// Health, metrics and admin API; `None` when set to `off`.
     pub admin_listen: Option<SocketAddr>,
-    /// `None`: the embedded in-memory engine (one node). `Some`: the Redis cluster engine. Only
-    /// the scheme is checked here; the engine parses the rest. May hold a password: log it with
+    /// `None`: the embedded in-memory engine (one node). `Some`: the Redis cluster engine, the
+    /// URL checked as the engine reads it (`rediss` forms: TLS). May hold a password: log it with
     /// [`Config::redacted_redis_url`].
     pub redis_url: Option<String>,
+    /// CA certificates (PEM) Redis's certificate must chain to, in place of the system's roots;
+    /// only with a `rediss` URL. Read before the node binds ([`crate::Security::load`]).
+    pub redis_tls_ca: Option<PathBuf>,
     /// Prefix of every Redis key and channel the cluster engine uses, so several clusters (or
     /// other applications) can share one Redis.
     pub redis_prefix: String,
@@ -347,6 +350,7 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("redis_url", &self.redacted_redis_url())
             .field("redis_prefix", &self.redis_prefix)
+            .field("redis_tls_ca", &self.redis_tls_ca)
             .field("node_id", &self.node_id)
             .field("log_format", &self.log_format)
             .field("worker_threads", &self.worker_threads)

@@ -121,35 +121,14 @@ pub(crate) fn optional_socket_addr(text: &str) -> Result<Option<SocketAddr>, Str
     text.parse().map(Some).map_err(|_| "expected an address like 0.0.0.0:61613, or off".to_owned())
 }
 
-/// Schemes fred understands for a server, a Sentinel group and a Cluster, plain and TLS.
-const REDIS_SCHEMES: &[&str] = &[
-    "redis://",
-    "rediss://",
-    "redis+sentinel://",
-    "redis-sentinel://",
-    "rediss+sentinel://",
-    "rediss-sentinel://",
-    "redis-cluster://",
-    "redis+cluster://",
-    "rediss-cluster://",
-    "rediss+cluster://",
-];
-
-/// Checks the scheme only; `off` means no Redis (the embedded engine).
+/// `off` means no Redis (the embedded engine); any other text must be a URL the engine can use
+/// (its scheme, hosts, Sentinel service, database), checked by the engine's own reader.
 pub(crate) fn redis_url(text: &str) -> Result<Option<String>, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    let known = REDIS_SCHEMES
-        .iter()
-        .any(|scheme| text.get(..scheme.len()).is_some_and(|head| head.eq_ignore_ascii_case(scheme)));
-    if known {
-        Ok(Some(text.to_owned()))
-    } else {
-        Err("expected a URL starting with redis://, rediss://, redis+sentinel:// or \
-             redis-cluster://, or off"
-            .to_owned())
-    }
+    crate::engine::redis::url_uses_tls(text)?;
+    Ok(Some(text.to_owned()))
 }
 
 /// A key prefix: printable ASCII without spaces or braces, so the engine's hash tags (`{...}`)

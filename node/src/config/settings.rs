@@ -105,12 +105,15 @@ settings! {
     ADMIN_LISTEN: Value("0.0.0.0:9090"), "admin-listen", "ADDR|off",
         "Health, metrics and admin API (/healthz, /readyz, /metrics, /api/v1); off disables it";
     REDIS_URL: Computed("unset"), "redis-url", "URL|off",
-        "Redis for the cluster engine: redis://, rediss://, redis+sentinel://, redis-cluster:// \
-         (also redis-sentinel://, redis+cluster:// and their rediss forms); unset or off: the \
-         embedded in-memory engine, one node";
+        "Redis for the cluster engine: redis://, redis+sentinel://, redis-cluster:// (also \
+         redis-sentinel://, redis+cluster://) and their TLS forms rediss://, rediss+sentinel://, \
+         rediss-cluster://, ...; unset or off: the embedded in-memory engine, one node";
     REDIS_PREFIX: Value("stampede"), "redis-prefix", "PREFIX",
         "Prefix of the cluster engine's Redis keys and channels: 1 to 64 printable characters, \
          no spaces, { or }";
+    REDIS_TLS_CA: Computed("unset"), "redis-tls-ca", "PATH",
+        "PEM CA certificates Redis's certificate must chain to, in place of the system's roots \
+         (a private CA); needs a rediss redis-url. Unset: the system's roots";
     NODE_ID: Computed("random UUID"), "node-id", "ID",
         "This node's name in the cluster: 1 to 64 of A-Z a-z 0-9 . _ -";
     LOG_FORMAT: Value("text"), "log-format", "text|json",

@@ -53,7 +53,7 @@ pub(crate) fn resolve_files(layers: &Layers<'_>) -> Result<Option<TlsFiles>, Con
     }
 }
 
-/// Why the certificate or key could not be used; names the setting and the file.
+/// Why a certificate, key or CA file could not be used; names the setting and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {setting} {}: {source}", .path.display())]
@@ -62,11 +62,14 @@ pub enum TlsError {
     Invalid { setting: &'static str, path: PathBuf, reason: String },
     #[error("tls-cert and tls-key do not make a usable server identity: {0}")]
     Config(String),
+    /// TLS to Redis (`engine::redis::tls`) has nothing to verify Redis's certificate with.
+    #[error("cannot verify Redis's certificate (rediss redis-url): {0}")]
+    RedisTrust(String),
 }
 
 /// The acceptor for the configured certificate chain and key.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
-    let certs = certificates(&files.cert)?;
+    let certs = certificates(TLS_CERT.name, &files.cert)?;
     let key = private_key(&files.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -82,10 +85,13 @@ fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { setting, path: path.to_owned(), source })
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    const SETTING: &str = TLS_CERT.name;
-    let pem = read(SETTING, path)?;
-    let invalid = |reason: String| TlsError::Invalid { setting: SETTING, path: path.to_owned(), reason };
+/// The PEM certificates of the file `setting` names: at least one.
+pub(crate) fn certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(setting, path)?;
+    let invalid = |reason: String| TlsError::Invalid { setting, path: path.to_owned(), reason };
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;

@@ -418,13 +418,14 @@ fn bad_node_ids_are_rejected() {
 }
 
 #[test]
-fn redis_url_scheme_is_checked() {
+fn redis_url_is_checked_as_the_engine_reads_it() {
     for good in [
         "redis://localhost:6379",
         "rediss://cache.example:6380/0",
         "redis+sentinel://s1:26379,s2:26379/mymaster",
-        "redis-sentinel://s1:26379",
+        "rediss-sentinel://s1:26379#mymaster",
         "redis-cluster://n1:6379,n2:6379",
+        "rediss+cluster://n1:6379,n2:6379",
         "REDIS://localhost",
     ] {
         assert_eq!(ok(&["--redis-url", good], &[]).redis_url.as_deref(), Some(good));
@@ -434,9 +435,31 @@ fn redis_url_scheme_is_checked() {
         e,
         "invalid value for redis-url from environment STAMPEDE_REDIS_URL: \
          \"http://user:***@localhost\": expected a URL starting with redis://, rediss://, \
-         redis+sentinel:// or redis-cluster://, or off"
+         redis+sentinel:// or redis-cluster://"
     );
     assert!(err(&["--redis-url", "localhost:6379"], &[]).contains("redis-url"));
+    // Not only the scheme: what the engine could not use is refused before the node binds.
+    let e = err(&["--redis-url", "rediss+sentinel://app:secret@s1:26379"], &[]);
+    assert_eq!(
+        e,
+        "invalid value for redis-url from command line --redis-url: \
+         \"rediss+sentinel://app:***@s1:26379\": name the Sentinel service: \
+         redis+sentinel://host:26379/<service>"
+    );
+    let e = err(&["--redis-url", "rediss://a:6379,b:6379"], &[]);
+    assert!(e.contains("takes one host"), "{e}");
+}
+
+#[test]
+fn redis_tls_ca_needs_a_tls_redis_url() {
+    let c = ok(&["--redis-url", "rediss://cache:6380", "--redis-tls-ca", "/etc/redis-ca.pem"], &[]);
+    assert_eq!(c.redis_tls_ca, Some("/etc/redis-ca.pem".into()));
+    assert_eq!(ok(&["--redis-url", "rediss://cache:6380"], &[]).redis_tls_ca, None);
+    let needs = "redis-tls-ca (from environment STAMPEDE_REDIS_TLS_CA) needs a redis-url with TLS \
+                 (rediss://, rediss+sentinel://, rediss-cluster://)";
+    for url in [&["--redis-url", "redis://cache:6379"][..], &[]] {
+        assert_eq!(err(url, &[("STAMPEDE_REDIS_TLS_CA", "/ca.pem")]), needs, "{url:?}");
+    }
 }
 
 #[test]

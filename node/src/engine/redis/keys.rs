@@ -110,33 +110,35 @@ impl Keys {
     }
 }
 
+/// A `redis-url` read: fred's configuration, without TLS, and whether the URL asks for it.
+pub(super) struct RedisUrl {
+    pub(super) config: FredConfig,
+    /// A `rediss` form: the engine adds its own connector (`tls.rs`), so fred loads nothing.
+    pub(super) tls: bool,
+}
+
 /// Turns a `redis-url` as the configuration accepts it into fred's configuration.
 ///
 /// Accepted: `redis://[user:pass@]host[:port][/db]`; Sentinel as
 /// `redis+sentinel://` or `redis-sentinel://[user:pass@]s1[:port][,s2[:port]...]/<service>[/db]`
 /// (the service may also be given as `?sentinelServiceName=` or `#service`); Cluster as
 /// `redis-cluster://` or `redis+cluster://[user:pass@]n1[:port][,n2[:port]...]`. Several hosts are
-/// also accepted as fred's own `?node=host:port` parameters. The `rediss` forms need TLS support,
-/// which this build does not include, so they are refused with a clear message rather than
-/// silently connecting in plain text.
-pub(super) fn fred_config(url: &str) -> Result<FredConfig, String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| "expected scheme://host".to_owned())?;
-    let scheme = scheme.to_ascii_lowercase();
-    let (kind, tls) = match scheme.as_str() {
+/// also accepted as fred's own `?node=host:port` parameters. Each has a TLS form with `rediss`
+/// (`rediss://`, `rediss+sentinel://`, `rediss-cluster://`, ...): fred is given the plain form and
+/// [`RedisUrl::tls`] says to add the connector, so TLS never depends on fred's defaults.
+pub(super) fn fred_config(url: &str) -> Result<RedisUrl, String> {
+    const EXPECTED: &str =
+        "expected a URL starting with redis://, rediss://, redis+sentinel:// or redis-cluster://";
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| EXPECTED.to_owned())?;
+    let (kind, tls) = match scheme.to_ascii_lowercase().as_str() {
         "redis" => (Kind::Server, false),
         "rediss" => (Kind::Server, true),
         "redis+sentinel" | "redis-sentinel" => (Kind::Sentinel, false),
         "rediss+sentinel" | "rediss-sentinel" => (Kind::Sentinel, true),
         "redis-cluster" | "redis+cluster" => (Kind::Cluster, false),
         "rediss-cluster" | "rediss+cluster" => (Kind::Cluster, true),
-        other => return Err(format!("unknown scheme {other}://")),
+        _ => return Err(EXPECTED.to_owned()),
     };
-    if tls {
-        return Err(format!(
-            "{scheme}:// needs TLS, and this build of stampede has no TLS support for Redis; use \
-             redis:// through a TLS tunnel, or a build with fred's TLS feature"
-        ));
-    }
 
     // Split `[userinfo@]hosts[/path][?query][#fragment]`.
     let (rest, fragment) = match rest.split_once('#') {
@@ -225,7 +227,8 @@ pub(super) fn fred_config(url: &str) -> Result<FredConfig, String> {
         out.push('?');
         out.push_str(&params.join("&"));
     }
-    FredConfig::from_url(&out).map_err(|e| e.details().to_string())
+    let config = FredConfig::from_url(&out).map_err(|e| e.details().to_string())?;
+    Ok(RedisUrl { config, tls })
 }
 
 #[derive(Clone, Copy)]
@@ -285,10 +288,10 @@ mod tests {
 
     #[test]
     fn standalone_urls() {
-        let c = fred_config("redis://localhost:6380/2").expect("valid");
+        let c = fred_config("redis://localhost:6380/2").expect("valid").config;
         assert_eq!(hosts(&c), vec![("localhost".to_owned(), 6380)]);
         assert_eq!(c.database, Some(2));
-        let c = fred_config("REDIS://user:pw@cache").expect("valid");
+        let c = fred_config("REDIS://user:pw@cache").expect("valid").config;
         assert_eq!(hosts(&c), vec![("cache".to_owned(), 6379)]);
         assert_eq!(c.username.as_deref(), Some("user"));
         assert_eq!(c.password.as_deref(), Some("pw"));
@@ -303,33 +306,50 @@ mod tests {
             "redis-sentinel://s1,s2#mymaster",
             "redis-sentinel://s1?sentinelServiceName=mymaster&node=s2:26379",
         ] {
-            let c = fred_config(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let c = fred_config(url).unwrap_or_else(|e| panic!("{url}: {e}")).config;
             assert_eq!(hosts(&c), vec![("s1".to_owned(), 26379), ("s2".to_owned(), 26379)], "{url}");
             match &c.server {
                 ServerConfig::Sentinel { service_name, .. } => assert_eq!(service_name, "mymaster"),
                 other => panic!("{url}: {other:?}"),
             }
         }
-        let e = fred_config("redis+sentinel://s1:26379").expect_err("no service");
+        let e = fred_config("redis+sentinel://s1:26379").err().expect("no service");
         assert!(e.contains("Sentinel service"), "{e}");
     }
 
     #[test]
     fn cluster_urls() {
         for url in ["redis-cluster://n1:7000,n2:7001", "redis+cluster://n1:7000?node=n2:7001"] {
-            let c = fred_config(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let c = fred_config(url).unwrap_or_else(|e| panic!("{url}: {e}")).config;
             assert_eq!(hosts(&c), vec![("n1".to_owned(), 7000), ("n2".to_owned(), 7001)], "{url}");
             assert!(matches!(c.server, ServerConfig::Clustered { .. }));
         }
-        let c = fred_config("redis-cluster://n1,n2").expect("valid");
+        let c = fred_config("redis-cluster://n1,n2").expect("valid").config;
         assert_eq!(hosts(&c), vec![("n1".to_owned(), 6379), ("n2".to_owned(), 6379)]);
     }
 
     #[test]
-    fn tls_schemes_are_refused_clearly() {
-        for url in ["rediss://h", "rediss+sentinel://h/m", "rediss-cluster://h:1"] {
-            let e = fred_config(url).expect_err(url);
-            assert!(e.contains("needs TLS"), "{e}");
+    fn tls_forms_read_as_their_plain_forms_and_ask_for_tls() {
+        for (tls, plain) in [
+            ("rediss://user:pw@cache:6380/2", "redis://user:pw@cache:6380/2"),
+            ("rediss+sentinel://s1,s2:26380/mymaster", "redis+sentinel://s1,s2:26380/mymaster"),
+            ("REDISS-SENTINEL://s1#mymaster", "redis-sentinel://s1#mymaster"),
+            ("rediss-cluster://n1:7000,n2:7001", "redis-cluster://n1:7000,n2:7001"),
+            ("rediss+cluster://n1:7000?node=n2:7001", "redis+cluster://n1:7000?node=n2:7001"),
+        ] {
+            let secure = fred_config(tls).unwrap_or_else(|e| panic!("{tls}: {e}"));
+            let open = fred_config(plain).unwrap_or_else(|e| panic!("{plain}: {e}"));
+            assert!(secure.tls && !open.tls, "{tls}");
+            // fred loads no connector of its own: the engine adds one (`tls.rs`).
+            assert!(secure.config.tls.is_none(), "{tls}");
+            // Otherwise the same: hosts, credentials, database, service (fred's Config has no `==`).
+            assert_eq!(format!("{:?}", secure.config), format!("{:?}", open.config), "{tls}");
+        }
+        let e = fred_config("rediss+sentinel://s1:26379").err().expect("no service");
+        assert!(e.contains("Sentinel service"), "{e}");
+        for bad in ["http://h", "h:6379", "redisss://h"] {
+            let e = fred_config(bad).err().expect(bad);
+            assert!(e.starts_with("expected a URL starting with redis://, rediss://"), "{bad}: {e}");
         }
     }
 }

@@ -76,9 +76,10 @@
 //! See `presence.rs`: a hash per destination written by one task per node, reads that keep live
 //! nodes' fields only, and a dead node's members removed (with leave events) by one live node.
 //!
-//! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `scripts.rs` (Lua),
-//! `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and delivering), `queues.rs`,
-//! `registry.rs`, `calls.rs` (questions to every node), `presence.rs`, `tests.rs`.
+//! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `tls.rs` (TLS to
+//! Redis), `scripts.rs` (Lua), `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and
+//! delivering), `queues.rs`, `registry.rs` (heartbeats, probes, why connecting fails), `calls.rs`
+//! (questions to every node), `presence.rs`, `tests.rs`.
 
 mod calls;
 mod envelope;
@@ -91,6 +92,7 @@ mod registry;
 mod scripts;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -110,6 +112,7 @@ use crate::engine::{
 };
 use crate::metrics::Metrics;
 use crate::metrics::{EngineEvent, RedisCommand};
+use crate::transport::tls::TlsError;
 pub use envelope::Envelope;
 use keys::Keys;
 use publisher::{Op, ScriptReply};
@@ -190,9 +193,26 @@ struct Inner {
     session_tag: String,
 }
 
+/// Checks a `redis-url` as [`RedisEngine::connect`] reads it, so that the configuration refuses
+/// what the engine could not use; `Ok(true)` when it asks for TLS (a `rediss` form).
+pub(crate) fn url_uses_tls(url: &str) -> Result<bool, String> {
+    keys::fred_config(url).map(|url| url.tls)
+}
+
 impl RedisEngine {
-    /// Starts the engine for `config.redis_url`. Fails only when the URL cannot be used; when
-    /// Redis is unreachable the engine starts anyway, not ready, and keeps reconnecting.
+    /// Loads what [`RedisEngine::connect`] needs for TLS to Redis (the `redis-tls-ca` file or the
+    /// system's roots), so that a node which could never verify Redis stops before it binds.
+    /// Nothing to do without Redis or for a plain `redis-url`.
+    pub fn check_tls(config: &Config) -> Result<(), TlsError> {
+        match config.redis_url.as_deref().map(url_uses_tls) {
+            Some(Ok(true)) => tls::connector(config.redis_tls_ca.as_deref()).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the engine for `config.redis_url`. Fails only when the URL or its TLS cannot be
+    /// used (both checked with the configuration already); when Redis is unreachable, or its
+    /// certificate is refused, the engine starts anyway, not ready, and keeps reconnecting.
     pub async fn connect(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<RedisEngine, EngineError> {
         RedisEngine::connect_with(config, metrics, Tuning::default()).await
     }
@@ -207,8 +227,14 @@ impl RedisEngine {
             .as_deref()
             .ok_or_else(|| EngineError::Unavailable("redis-url is not set".to_owned()))?;
         let redacted = config.redacted_redis_url().unwrap_or_default();
-        let mut fred_config = keys::fred_config(url)
+        let parsed = keys::fred_config(url)
             .map_err(|e| EngineError::Unavailable(format!("cannot use redis-url {redacted}: {e}")))?;
+        let mut fred_config = parsed.config;
+        if parsed.tls {
+            let connector = tls::connector(config.redis_tls_ca.as_deref())
+                .map_err(|e| EngineError::Unavailable(format!("no TLS to Redis: {e}")))?;
+            fred_config.tls = Some(connector.into());
+        }
         // Keep trying when Redis is down at start-up instead of failing.
         fred_config.fail_fast = false;
 
@@ -264,6 +290,7 @@ impl RedisEngine {
         let messages = inner.subscriber.message_rx();
         let subscriber_reconnects = inner.subscriber.reconnect_rx();
         let client_reconnects = inner.client.reconnect_rx();
+        let (client_errors, client_connects) = (inner.client.error_rx(), inner.client.reconnect_rx());
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (refill_tx, refill_rx) = mpsc::unbounded_channel();
         let (publish_tx, publish_rx) = mpsc::channel(publisher::CAPACITY);
@@ -273,6 +300,7 @@ impl RedisEngine {
             tokio::spawn(pubsub::delivery_loop(inner.clone(), messages, refill_rx)),
             tokio::spawn(queues::maintenance_loop(inner.clone(), client_reconnects)),
             tokio::spawn(registry::heartbeat_loop(inner.clone())),
+            tokio::spawn(registry::connection_errors_loop(client_errors, client_connects)),
             tokio::spawn(presence::writer_loop(inner.clone(), presence_requests)),
         ];
         let _client_task = inner.client.connect();

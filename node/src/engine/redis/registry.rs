@@ -1,12 +1,15 @@
 //! The node registry: a heartbeat hash per node (its connections, subscriptions and message
-//! counters) and a sorted set of node ids by last beat.
+//! counters) and a sorted set of node ids by last beat. Beside it, how the engine watches
+//! Redis's health: the probes that decide readiness, and the log of why connecting fails.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::interfaces::ClientLike;
+use fred::types::config::Server;
 use fred::types::Value;
+use tokio::sync::broadcast;
 
 use super::Inner;
 use crate::engine::{EngineError, NodeInfo};
@@ -163,4 +166,38 @@ fn parse_node(id: &str, reply: Value) -> Option<NodeInfo> {
         published: get("published"),
         delivered: get("delivered"),
     })
+}
+
+// === connection failures ===
+
+/// Logs why the command connection cannot be made: the first failure of an outage and each new
+/// reason after it (a refused connection, a certificate the CA did not sign, a wrong password),
+/// not every retry of the same one. A connection made ends the outage. Without it an operator
+/// would see only "not ready".
+pub(super) async fn connection_errors_loop(
+    mut errors: broadcast::Receiver<(fred::error::Error, Option<Server>)>,
+    mut connects: broadcast::Receiver<Server>,
+) {
+    use broadcast::error::RecvError;
+    let mut last: Option<String> = None;
+    loop {
+        tokio::select! {
+            error = errors.recv() => match error {
+                Ok((error, server)) => {
+                    let reason = error.to_string();
+                    if last.as_deref() != Some(reason.as_str()) {
+                        let server = server.map(|s| s.to_string()).unwrap_or_default();
+                        tracing::warn!(error = %reason, %server, "cannot connect to Redis; retrying");
+                        last = Some(reason);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            connect = connects.recv() => match connect {
+                Ok(_) | Err(RecvError::Lagged(_)) => last = None,
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
 }
