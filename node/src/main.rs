@@ -44,7 +44,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         let listeners = stampede::Listeners::bind(&config).await?;
-        stampede::run(config, listeners, shutdown_signal()).await
+        // Boxed: the whole node's future (over 16 KiB) is awaited once.
+        Box::pin(stampede::run(config, listeners, shutdown_signal())).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! `stampede check-config` and the start-up checks of the real binary: the effective
 //! configuration printed with its origins and without secrets, the files the settings name
-//! checked as the node checks them, no socket bound, exit 0 or 2; and a misspelt `STAMPEDE_`
-//! variable stopping the node itself, while Kubernetes' service links do not.
+//! checked as the node checks them (Redis's URL and CA included), no socket bound, exit 0 or 2;
+//! and a misspelt `STAMPEDE_` variable stopping the node itself, while Kubernetes' service links
+//! do not.
 //!
 //! Each run is a child process started by the test kit's process harness (output captured,
 //! `STAMPEDE_*` variables of the test's own environment removed), awaited to its exit.
@@ -155,4 +156,69 @@ fn kubernetes_service_links_pass_and_strangers_are_a_warning() {
         "{}",
         run.log
     );
+}
+
+/// Everything about TLS to Redis that the node could never use stops it before it binds, and
+/// `check-config` the same way: the URL as the engine reads it, the CA file, a system without
+/// roots. The node is given a port this test holds: had it bound first, it would fail there
+/// (status 1, "cannot listen") instead.
+#[test]
+fn redis_tls_problems_stop_the_node_before_it_binds() {
+    let keys = Keys::new();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let ca = keys.tls.files.cert.to_str().unwrap();
+    let not_a_cert = keys.users_file.to_str().unwrap();
+    // Where rustls-native-certs looks instead of the system's store when these are set.
+    let no_roots_dir = keys.dir.path().join("no-roots");
+    std::fs::create_dir(&no_roots_dir).unwrap();
+    let no_roots_file = keys.dir.write("no-roots.pem", "");
+    let no_roots = [
+        ("SSL_CERT_FILE", no_roots_file.to_str().unwrap()),
+        ("SSL_CERT_DIR", no_roots_dir.to_str().unwrap()),
+    ];
+    let refused = |args: &[&str], env: &[(&str, &str)], expected: &str| {
+        let node: Vec<&str> = ["--listen", &listen, "--stomp-listen", "off", "--admin-listen", "off"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        for run in [stampede(&node, env), check_config(&node, env)] {
+            assert_eq!(run.code, Some(2), "{args:?}\n{}", run.log);
+            assert!(run.err.starts_with(expected), "expected {expected}\n{}", run.log);
+            assert!(!run.log.contains("listening") && run.out.is_empty(), "{}", run.log);
+        }
+    };
+    refused(
+        &["--redis-url", "rediss+sentinel://app:secret@s1:26379"],
+        &[],
+        "stampede: invalid value for redis-url from command line --redis-url: \
+         \"rediss+sentinel://app:***@s1:26379\": name the Sentinel service",
+    );
+    refused(
+        &["--redis-url", "rediss://127.0.0.1:6380", "--redis-tls-ca", "/nonexistent/ca.pem"],
+        &[],
+        "stampede: cannot read redis-tls-ca /nonexistent/ca.pem: No such file or directory",
+    );
+    refused(
+        &["--redis-url", "rediss://127.0.0.1:6380", "--redis-tls-ca", not_a_cert],
+        &[],
+        &format!("stampede: invalid redis-tls-ca {not_a_cert}: no certificate (BEGIN CERTIFICATE) found"),
+    );
+    refused(
+        &["--redis-url", "redis://127.0.0.1:6379", "--redis-tls-ca", ca],
+        &[],
+        "stampede: redis-tls-ca (from command line --redis-tls-ca) needs a redis-url with TLS",
+    );
+    // Without redis-tls-ca the system's roots are used.
+    refused(
+        &["--redis-url", "rediss://127.0.0.1:6380"],
+        &no_roots,
+        "stampede: cannot verify Redis's certificate (rediss redis-url): this system has no \
+         trusted root certificates; install them (Debian: ca-certificates) or set redis-tls-ca",
+    );
+    // The same with redis-tls-ca (a CA certificate) is a valid configuration.
+    let run = check_config(&["--redis-url", "rediss://127.0.0.1:6380", "--redis-tls-ca", ca], &no_roots);
+    assert_eq!(run.code, Some(0), "{}", run.log);
+    assert!(run.out.contains(&format!("redis-tls-ca = \"{ca}\"")), "{}", run.out);
 }

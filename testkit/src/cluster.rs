@@ -102,20 +102,30 @@ impl Cluster {
         }
     }
 
+    /// Starts `n` nodes on `redis` like [`Cluster::start`], without waiting until they are
+    /// ready: for a node that must not become ready.
+    pub fn spawn(n: usize, redis: &Redis, extra_args: &[&str]) -> Cluster {
+        Cluster::spawn_with(n, Some(redis.url()), extra_args)
+    }
+
     async fn launch(n: usize, redis_url: Option<String>, extra_args: &[&str]) -> Cluster {
+        // Owned before waiting, so a node that never gets ready is still killed and its log
+        // printed by the drop that follows the panic.
+        let cluster = Cluster::spawn_with(n, redis_url, extra_args);
+        for node in &cluster.nodes {
+            node.wait_ready().await;
+        }
+        cluster
+    }
+
+    fn spawn_with(n: usize, redis_url: Option<String>, extra_args: &[&str]) -> Cluster {
         assert!(n > 0, "a cluster has at least one node");
         let bin = stampede_bin();
         let nodes: Vec<Node> = (0..n).map(|i| Node::new(bin, i, redis_url.clone(), extra_args)).collect();
         for node in &nodes {
             node.spawn();
         }
-        // Owned before waiting, so a node that never gets ready is still killed and its log
-        // printed by the drop that follows the panic.
-        let cluster = Cluster { nodes };
-        for node in &cluster.nodes {
-            node.wait_ready().await;
-        }
-        cluster
+        Cluster { nodes }
     }
 
     pub fn node(&self, index: usize) -> &Node {

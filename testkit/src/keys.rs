@@ -1,6 +1,7 @@
 //! The key material of the security tests, written to files in a [`TempDir`]: a users file,
 //! JWT keys and a JWKS ([`Keys`]), a self-signed TLS certificate ([`TestTls`]), token minting
-//! ([`Token`]), and [`Keys::secure`], the configuration most security tests use.
+//! ([`Token`]), and [`Keys::secure`], the configuration most security tests use. Also
+//! [`TestCa`], a private CA and a server certificate it signed, for TLS to Redis.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -123,16 +124,74 @@ pub struct TestTls {
 
 impl TestTls {
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        trusting(&self.cert_der)
     }
+}
+
+/// A private CA and a server certificate it signed for `localhost` and 127.0.0.1, as PEM files
+/// in their own [`TempDir`]: what a TLS `redis-server` serves ([`crate::Redis::start_tls`]) and
+/// what a node trusts with `--redis-tls-ca`. Two of them are two CAs that trust nothing of each
+/// other's.
+pub struct TestCa {
+    pub dir: TempDir,
+    /// The CA's certificate: `--redis-tls-ca`.
+    pub ca: PathBuf,
+    /// The server's certificate (signed by the CA) and key.
+    pub server: TlsFiles,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Default for TestCa {
+    fn default() -> TestCa {
+        TestCa::new()
+    }
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        // Each CA its own name, so a server certificate of one names an issuer the other is not.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name =
+            format!("Stampede test CA {}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = TempDir::new();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+        TestCa {
+            ca: dir.write("ca.pem", &ca.pem()),
+            server: TlsFiles {
+                cert: dir.write("server.pem", &server.pem()),
+                key: dir.write("server-key.pem", &server_key.serialize_pem()),
+            },
+            ca_der: ca.der().clone(),
+            dir,
+        }
+    }
+
+    /// A client that trusts this CA only.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        trusting(&self.ca_der)
+    }
+}
+
+/// A client connector whose one trusted root is `root`.
+fn trusting(root: &rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// A cheap argon2id hash (the tests run unoptimized; the server reads the cost from the hash).

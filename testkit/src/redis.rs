@@ -5,12 +5,14 @@
 //!   followed by [`Redis::restart`] loses nothing that Redis acknowledged (the multi-node
 //!   scenarios);
 //! - [`Redis::start_ephemeral`] (and [`Redis::reserve`], a port without a server yet): no
-//!   persistence, for tests of the engine that only need a server (a restart comes back empty).
+//!   persistence, for tests of the engine that only need a server (a restart comes back empty);
+//! - [`Redis::start_tls`]: the same, speaking TLS only, with a certificate of a [`TestCa`]
+//!   (clients are not asked for one), for `rediss://`.
 //!
 //! [`shared`] is one ephemeral server for a whole test binary, tied to the test process so it
 //! ends with it, passed, failed or killed; tests on it keep apart by key prefix.
 //! [`Redis::call`] sends one raw command (RESP) and returns the reply; [`Redis::cli`] runs
-//! `redis-cli`.
+//! `redis-cli` (both on plain servers).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,9 +20,12 @@ use std::process::{ChildStdin, Command};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
+use crate::keys::TestCa;
 use crate::process::{free_port, temp_dir, Log, Process, KEEP_LOGS_ENV};
 use crate::wait::poll_every;
 
@@ -39,6 +44,9 @@ pub struct Redis {
     persistent: bool,
     /// Run under [`LIFELINE_WRAPPER`], which ends the server with the test process ([`shared`]).
     tied: bool,
+    /// TLS only, on `port`: the certificate files (read at every start) and a client trusting
+    /// their CA, for PING.
+    tls: Option<(TlsFiles, TlsConnector)>,
     /// The writing end of a tied server's standard input.
     lifeline: Mutex<Option<ChildStdin>>,
     log: Log,
@@ -68,21 +76,35 @@ impl Redis {
         Redis::new(false)
     }
 
+    /// Starts `redis-server` without persistence, speaking TLS only (no plain port) with the
+    /// server certificate of `ca`, and waits until it answers PING over TLS. Clients need no
+    /// certificate. `ca`'s files must outlive a [`Redis::restart`].
+    pub async fn start_tls(ca: &TestCa) -> Redis {
+        let mut redis = Redis::new(false);
+        let files = TlsFiles { cert: ca.server.cert.clone(), key: ca.server.key.clone(), ca: ca.ca.clone() };
+        redis.tls = Some((files, ca.connector()));
+        redis.spawn();
+        redis.wait_until_up().await;
+        redis
+    }
+
     fn new(persistent: bool) -> Redis {
         Redis {
             port: free_port(),
             dir: temp_dir("redis"),
             persistent,
             tied: false,
+            tls: None,
             lifeline: Mutex::new(None),
             log: Log::new("redis"),
             process: Mutex::new(None),
         }
     }
 
-    /// `redis://127.0.0.1:<port>`, for `--redis-url`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server), for `--redis-url`.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr())
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://{}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -113,14 +135,23 @@ impl Redis {
         self.wait_until_up().await;
     }
 
-    /// Whether it answers PING now.
+    /// Whether it answers PING now (over TLS for a TLS server, verifying its certificate).
     pub async fn ping(&self) -> bool {
-        let attempt = async {
-            let mut stream = TcpStream::connect(self.addr()).await?;
+        async fn ping_on(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> std::io::Result<bool> {
             stream.write_all(b"PING\r\n").await?;
             let mut reply = [0u8; 64];
             let n = stream.read(&mut reply).await?;
-            Ok::<bool, std::io::Error>(reply[..n].starts_with(b"+PONG"))
+            Ok(reply[..n].starts_with(b"+PONG"))
+        }
+        let attempt = async {
+            let stream = TcpStream::connect(self.addr()).await?;
+            match &self.tls {
+                None => ping_on(stream).await,
+                Some((_, connector)) => {
+                    let name = ServerName::IpAddress(self.addr().ip().into());
+                    ping_on(connector.connect(name, stream).await?).await
+                }
+            }
         };
         matches!(tokio::time::timeout(Duration::from_secs(1), attempt).await, Ok(Ok(true)))
     }
@@ -135,13 +166,16 @@ impl Redis {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
-    /// One command on a fresh connection; returns the reply.
+    /// One command on a fresh connection; returns the reply. Plain servers only.
     pub async fn call(&self, args: &[&str]) -> Resp {
+        assert!(self.tls.is_none(), "Redis::call speaks plain RESP; this server speaks TLS only");
         call(self.addr(), args).await
     }
 
-    /// Runs `redis-cli` against it with `args` and returns what it printed (trimmed).
+    /// Runs `redis-cli` against it with `args` and returns what it printed (trimmed). Plain
+    /// servers only.
     pub async fn cli(&self, args: &[&str]) -> String {
+        assert!(self.tls.is_none(), "Redis::cli connects in plain text; this server speaks TLS only");
         let output = tokio::process::Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
@@ -161,11 +195,28 @@ impl Redis {
         } else {
             Command::new("redis-server")
         };
-        command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--save", "", "--daemonize", "no", "--logfile", "", "--loglevel", "notice"]);
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((files, _)) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca),
+        };
+        command.arg("--dir").arg(&self.dir).args([
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+            "--loglevel",
+            "notice",
+        ]);
         if self.persistent {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -253,6 +304,14 @@ pub async fn shared() -> &'static Redis {
             panic!("redis-server did not start: {failures:?}");
         })
         .await
+}
+
+/// The files a TLS server reads at every start: its certificate and key, and the CA that signed
+/// them (redis-server wants one even when it asks clients for no certificate).
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 /// `$@`: redis-server's arguments. Exits when Redis does (so a failed start is seen).

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::parse::{
     count, duration, grace, heartbeat, log_format, node_id, nonzero, optional_socket_addr,
-    parse_history_rule, parse_queue_rule, path, presence_patterns, redact_url, redis_prefix, redis_url,
-    size, slow_consumer, socket_addr, worker_threads,
+    parse_history_rule, parse_queue_rule, path, presence_patterns, redact_url, redis_prefix, redis_url, size,
+    slow_consumer, socket_addr, worker_threads,
 };
 use super::settings::*;
 use super::{

@@ -186,8 +186,7 @@ pub(super) async fn connection_errors_loop(
                 Ok((error, server)) => {
                     let reason = error.to_string();
                     if last.as_deref() != Some(reason.as_str()) {
-                        let server = server.map(|s| s.to_string()).unwrap_or_default();
-                        tracing::warn!(error = %reason, %server, "cannot connect to Redis; retrying");
+                        log_connection_error(&reason, server.as_ref());
                         last = Some(reason);
                     }
                 }
@@ -199,5 +198,20 @@ pub(super) async fn connection_errors_loop(
                 Err(RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// One line about a failed connection. rustls's certificate errors reach fred as I/O errors
+/// (`InvalidCertificate(UnknownIssuer)`, `...(NotValidForName)`): say what they mean.
+fn log_connection_error(reason: &str, server: Option<&Server>) {
+    let message = if reason.contains("InvalidCertificate") {
+        "Redis's TLS certificate is refused: it must chain to redis-tls-ca (the system's roots \
+         when unset) and name the host connected to; retrying"
+    } else {
+        "cannot connect to Redis; retrying"
+    };
+    match server {
+        Some(server) => tracing::warn!(error = %reason, %server, "{message}"),
+        None => tracing::warn!(error = %reason, "{message}"),
     }
 }
