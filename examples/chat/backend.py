@@ -66,7 +66,7 @@ def settings():
     parser.add_argument("--stomp", default=env("CHAT_STOMP", "127.0.0.1:61613"),
                         help="HOST:PORT[,HOST:PORT...] of the nodes (env CHAT_STOMP)")
     parser.add_argument("--login", default=env("CHAT_LOGIN", "chat-backend"), help="login (env CHAT_LOGIN)")
-    parser.add_argument("--prefetch", type=int, default=int(env("CHAT_PREFETCH", "10")),
+    parser.add_argument("--prefetch", type=int, default=env("CHAT_PREFETCH", "10"),
                         help="unacknowledged messages held at once (env CHAT_PREFETCH)")
     parser.add_argument("--name", default=env("CHAT_NAME", f"{socket.gethostname()}-{os.getpid()}"),
                         help="this replica's name in the log (env CHAT_NAME)")
