@@ -48,6 +48,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::apps::settings::{AppSettings, HttpRoute};
 pub use crate::auth::settings::{
     AclDefault, AclRule, AuthSettings, JwtSettings, OriginPolicy, Secret, Subject,
 };
@@ -135,6 +136,8 @@ pub struct Config {
     pub origins: OriginPolicy,
     /// SockJS at the WebSocket path.
     pub sockjs: SockJsTuning,
+    /// Application destinations, backends, hooks and session events.
+    pub apps: AppSettings,
 }
 
 /// How log lines are written.
@@ -302,6 +305,12 @@ impl Config {
         self.history.iter().find(|rule| rule.matches(destination))
     }
 
+    /// Whether `destination` is a queue (competing consumers): a `/queue/` destination, or an
+    /// application destination (the queue its STOMP workers consume).
+    pub fn is_queue(&self, destination: &str) -> bool {
+        destination.starts_with("/queue/") || self.apps.is_app(destination)
+    }
+
     /// Whether presence is kept for `destination` (the user-qualified name of a user
     /// destination): some `presence` pattern matches it.
     pub fn presence_for(&self, destination: &str) -> bool {
@@ -353,6 +362,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("origins", &self.origins)
             .field("sockjs", &self.sockjs)
+            .field("apps", &self.apps)
             .finish()
     }
 }

@@ -36,6 +36,7 @@ pub struct MemoryEngine {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     inbox: OnceLock<Weak<dyn Inbox>>,
+    session_tag: String,
     logs: Mutex<HashMap<Arc<str>, TopicLog>>,
     queues: Arc<Mutex<HashMap<Arc<str>, MemQueue>>>,
     /// The last entry id given, over every queue: a queue created again after a deletion does
@@ -142,6 +143,7 @@ impl MemoryEngine {
             config,
             metrics,
             inbox: OnceLock::new(),
+            session_tag: super::new_session_tag(),
             logs: Mutex::new(HashMap::new()),
             queues: Arc::new(Mutex::new(HashMap::new())),
             last_id: AtomicU64::new(0),
@@ -243,6 +245,17 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
+    fn session_tag(&self) -> &str {
+        &self.session_tag
+    }
+
+    /// One node: every session is this node's, whatever the tag says.
+    async fn tell(&self, _tag: &str, order: Vec<u8>) -> Result<(), EngineError> {
+        let inbox = self.inbox().ok_or(EngineError::Closed)?;
+        inbox.to_session(&order);
+        Ok(())
+    }
+
     fn attach(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inbox.set(inbox);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -255,7 +268,7 @@ impl Engine for MemoryEngine {
     /// Every publish reaches the hub, which knows its local subscribers; a queue is marked in
     /// use while the hub has consumers of it.
     fn watch(&self, destination: &str) -> Pending {
-        if is_queue(destination) {
+        if self.config.is_queue(destination) {
             let mut queues = self.queues.lock().expect("queues lock");
             let q = queues.entry(Arc::from(destination)).or_insert_with(MemQueue::new);
             q.consumed = true;
@@ -265,7 +278,7 @@ impl Engine for MemoryEngine {
     }
 
     fn unwatch(&self, destination: &str) {
-        if !is_queue(destination) {
+        if !self.config.is_queue(destination) {
             return;
         }
         let deleted = {
@@ -504,11 +517,6 @@ impl Drop for MemoryEngine {
             sweeper.abort();
         }
     }
-}
-
-/// Whether a destination is a queue (competing consumers) rather than a topic.
-fn is_queue(destination: &str) -> bool {
-    destination.starts_with("/queue/")
 }
 
 /// Counts and logs a deleted queue's messages.

@@ -94,6 +94,11 @@ impl Keys {
         format!("{}:calls:{node_id}", self.prefix)
     }
 
+    /// The channel of messages for the sessions of the node whose session tag is `tag`.
+    pub(super) fn to_sessions(&self, tag: &str) -> String {
+        format!("{}:to:{tag}", self.prefix)
+    }
+
     /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues.
     pub(super) fn channel(&self, destination: &str) -> String {
         format!("{}{destination}", self.channel_prefix)
@@ -103,11 +108,6 @@ impl Keys {
     pub(super) fn destination_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel.strip_prefix(self.channel_prefix.as_str())
     }
-}
-
-/// Whether a destination is a queue (competing consumers) rather than a topic.
-pub(super) fn is_queue(destination: &str) -> bool {
-    destination.starts_with("/queue/")
 }
 
 /// Turns a `redis-url` as the configuration accepts it into fred's configuration.
