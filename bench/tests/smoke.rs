@@ -89,3 +89,16 @@ async fn queue_and_idle_run() {
     let report = bench(&["idle", "--url", &url, "--connections", "50", "--hold", "200ms"]).await;
     assert_eq!(report.connections_reached, 50, "{report:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_times_each_handshake() {
+    let node = TestNode::start(|_| {}).await;
+    let url = node.ws_url();
+    let report = bench(&["connect", "--url", &url, "--connections", "40", "--concurrency", "4"]).await;
+    assert_eq!(report.errors, 0, "{report:#?}");
+    assert_eq!(report.cycles, 40, "{report:#?}");
+    let connect = report.connect_latency.expect("CONNECT → CONNECTED percentiles");
+    let subscribe = report.subscribe_latency.expect("SUBSCRIBE → RECEIPT percentiles");
+    assert_eq!((connect.count, subscribe.count), (40, 40), "the warm-up cycles are not counted");
+    assert!(report.app.is_none(), "no backend was asked for");
+}
