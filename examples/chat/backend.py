@@ -218,7 +218,8 @@ class Backend:
 
     def process(self, conn, link, frame):
         headers = frame.headers
-        message_id = headers.get("message-id", "")
+        # The node's id of the application message: the same in a redelivery (message-id is not).
+        message_id = headers.get("x-stampede-message-id") or headers.get("message-id", "")
         session = headers.get("x-stampede-session", "")
         user = headers.get("x-stampede-user") or "anonymous"
         text, error = handle(frame.body or b"")
