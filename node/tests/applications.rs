@@ -172,7 +172,37 @@ async fn workers_share_application_messages_stamped_by_the_node(v: Variant) {
     let (_, message) = take_from(&mut workers, 1).await.remove(0);
     assert_eq!(body(&message), "in a transaction");
     assert_eq!(stamped(&message), stamp(APP, node, ann.session(), Some("ann")));
+
+    // A backend without a login is user `backend`.
+    let mut nameless = cluster.node(2).connect(cluster.t(), &[("passcode", SECRET)]).await;
+    nameless.publish(APP, "from a backend", &[]).await;
+    let (_, message) = take_from(&mut workers, 1).await.remove(0);
+    assert_eq!(stamped(&message), stamp(APP, cluster.node(2).node_id(), nameless.session(), Some("backend")));
     cluster.shutdown().await;
+}
+
+/// `app-prefixes` names the application destinations: a SEND there reaches the workers; `/app/`
+/// is then no destination at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_prefixes_name_the_application_destinations() {
+    let node = TestNode::start(|c| {
+        apply_flags(c, &[("app-prefixes", "/svc/,/rpc/"), ("app-backend-secret", SECRET)])
+    })
+    .await;
+    let mut worker = node.connect(Transport::Tcp, &[("login", "worker"), ("passcode", SECRET)]).await;
+    worker.subscribe("/svc/orders", "o", &[]).await;
+    worker.subscribe("/rpc/quote", "q", &[]).await;
+    let mut ann = node.connect_as(Transport::Ws, "ann").await;
+    ann.publish("/svc/orders", "order", &[]).await;
+    ann.publish("/rpc/quote", "quote", &[]).await;
+    for (destination, text) in [("/svc/orders", "order"), ("/rpc/quote", "quote")] {
+        let message = worker.recv_message().await;
+        assert_eq!(body(&message), text);
+        assert_eq!(stamped(&message), stamp(destination, node.node_id(), ann.session(), Some("ann")));
+    }
+    let error = ann.request_refused(send_frame(APP, "x", &[])).await;
+    assert_error(&error, "unknown destination");
+    node.shutdown().await;
 }
 
 /// A client without the backend role that SUBSCRIBEs to an application destination gets the
@@ -733,6 +763,47 @@ async fn bad_http_backends_fail_as_documented_and_block_nobody(v: Variant) {
     )
     .await;
     cluster.shutdown().await;
+}
+
+/// At most `app-http-concurrency` calls are in flight per node: a call waits for a slot, and
+/// is made when one frees. A SEND without a receipt does not hold its session up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_backend_calls_wait_for_a_slot_and_a_send_without_receipt_does_not() {
+    let slow = Duration::from_millis(700);
+    let app = AppServer::start(move |path, _| match path {
+        "/slow" => Answer::Late(slow, json!({"reply": {"body": "slow done"}})),
+        _ => Answer::Json(json!({"reply": {"body": "fine"}})),
+    })
+    .await;
+    let app_http = format!("/app/slow={},/app/ok={}", app.url("/slow"), app.url("/ok"));
+    let node =
+        TestNode::start(|c| apply_flags(c, &[("app-http", &app_http), ("app-http-concurrency", "1")])).await;
+    let mut ann = node.connect_as(Transport::Tcp, "ann").await;
+    ann.subscribe("/user/queue/reply", "reply", &[]).await;
+    let mut bob = node.connect_as(Transport::Ws, "bob").await;
+    bob.subscribe("/user/queue/reply", "reply", &[]).await;
+
+    let started = Instant::now();
+    ann.send("/app/slow", "no receipt", &[]).await;
+    ann.publish(NEWS, "right away", &[]).await;
+    assert!(started.elapsed() < slow, "the session waited for the call: {:?}", started.elapsed());
+    assert_eq!(body(&ann.recv_message().await), "slow done");
+
+    let pending = ann.try_send_with_receipt(send_frame("/app/slow", "x", &[])).await.expect("SEND");
+    let app_ref = &app;
+    let first = eventually_some(WAIT, "the second slow call made", || async move {
+        app_ref.requests("/slow").get(1).cloned()
+    })
+    .await;
+    let receipt = bob.publish("/app/ok", "x", &[]).await;
+    assert_eq!(receipt.get("x-stampede-error"), None, "{}", show(&receipt));
+    assert_eq!(body(&bob.recv_message().await), "fine");
+    let second = app.requests("/ok").remove(0);
+    assert!(second.at >= first.at + slow, "the call did not wait for the slot: {:?}", second.at - first.at);
+    let receipt = ann.await_receipt(&pending).await;
+    assert_eq!(receipt.get("x-stampede-error"), None, "{}", show(&receipt));
+    assert_eq!(body(&ann.recv_message().await), "slow done");
+    node.shutdown().await;
 }
 
 // === hooks ===
