@@ -19,6 +19,16 @@ pub const MAX_DESTINATION_LEN: usize = 1024;
 /// events of `/topic/chat`.
 pub const PRESENCE_PREFIX: &str = "/presence";
 
+/// The `reply-to` prefix of a private reply destination: a SEND carrying
+/// `reply-to:/temp-queue/<name>` gets that header rewritten to a `/reply-queue/...` destination
+/// only its session receives (RabbitMQ's convention).
+pub const TEMP_QUEUE_PREFIX: &str = "/temp-queue/";
+
+/// The prefix of the destinations `reply-to:/temp-queue/<name>` is rewritten to:
+/// `/reply-queue/<session id>/<token>/<name>`. Anyone may SEND there; only that session receives,
+/// with `subscription:/temp-queue/<name>`.
+pub const REPLY_QUEUE_PREFIX: &str = "/reply-queue/";
+
 /// The destination the presence events of `destination` (a routing name) are published on.
 pub fn presence_events(destination: &str) -> String {
     format!("{PRESENCE_PREFIX}{destination}")
@@ -78,7 +88,9 @@ impl fmt::Display for Route {
     }
 }
 
-fn check(dest: &str) -> Result<(), DestinationError> {
+/// Checks what every destination must be: at most [`MAX_DESTINATION_LEN`] bytes, no control
+/// characters.
+pub fn check(dest: &str) -> Result<(), DestinationError> {
     if dest.len() > MAX_DESTINATION_LEN {
         return Err(DestinationError::Invalid(truncate(dest), "longer than 1024 bytes"));
     }
@@ -130,6 +142,13 @@ pub fn for_send(dest: &str) -> Result<Route, DestinationError> {
 /// `/user/<user>/<path>`.
 pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Route, DestinationError> {
     check(dest)?;
+    if dest.starts_with(TEMP_QUEUE_PREFIX) || dest.starts_with(REPLY_QUEUE_PREFIX) {
+        return Err(DestinationError::Invalid(
+            truncate(dest),
+            "a temporary queue is made by a SEND's reply-to:/temp-queue/<name> and receives \
+             without SUBSCRIBE",
+        ));
+    }
     if let Some(watched) = dest.strip_prefix(PRESENCE_PREFIX) {
         if watched.is_empty() || watched == "/" || is_presence(watched) {
             return Err(DestinationError::Invalid(truncate(dest), "expected /presence/<destination>"));
@@ -159,6 +178,15 @@ fn for_watched(watched: &str, user: Option<&str>) -> Result<Option<Route>, Desti
         return Ok(None);
     }
     for_subscribe(watched, user).map(Some)
+}
+
+/// The session a `/reply-queue/<session>/<token>/<name>` destination belongs to.
+pub fn reply_queue_session(dest: &str) -> Option<&str> {
+    let mut parts = dest.strip_prefix(REPLY_QUEUE_PREFIX)?.splitn(3, '/');
+    let session = parts.next().filter(|s| !s.is_empty())?;
+    parts.next().filter(|token| !token.is_empty())?;
+    parts.next().filter(|name| !name.is_empty())?;
+    Some(session)
 }
 
 /// Whether `dest` is a presence destination, `/presence/...`.

@@ -18,6 +18,7 @@
 //! Tests bind port 0 and call [`run`] the same way. [`run`] also answers SIGHUP: it reads the
 //! users file, the JWT keys and the TLS certificate again ([`reload`]).
 
+pub mod apps;
 pub mod auth;
 pub mod config;
 pub mod destination;

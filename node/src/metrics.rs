@@ -49,6 +49,17 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabel {
+    hook: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -118,6 +129,47 @@ label_enum! {
         QueueDeleted = "queue_deleted",
         /// An operator purged its queue (admin API).
         Purged = "purged",
+        /// Sent to one session (a backend's answer, a reply queue) that is gone or has no
+        /// subscription of the destination.
+        NoSession = "no_session",
+    }
+}
+
+label_enum! {
+    /// How a call to an HTTP backend ended.
+    AppOutcome {
+        /// A 2xx answer that was read and carried out.
+        Ok = "ok",
+        /// A 2xx answer carrying an `error` for the sender.
+        Error = "error",
+        /// No answer within `app-http-timeout` (waiting for a slot included).
+        Timeout = "timeout",
+        /// The connection failed (refused, reset, DNS).
+        Unreachable = "unreachable",
+        /// A status other than 2xx.
+        Status = "status",
+        /// Not JSON, or not the documented shape, or a message that cannot be sent.
+        Invalid = "invalid",
+        /// Larger than `app-http-max-response`.
+        TooLarge = "too_large",
+    }
+}
+
+label_enum! {
+    /// Which application hook was asked.
+    Hook {
+        Connect = "connect",
+        Subscribe = "subscribe",
+    }
+}
+
+label_enum! {
+    /// What an application hook decided.
+    HookOutcome {
+        Allow = "allow",
+        Deny = "deny",
+        /// Timed out, unreachable, or answered garbage: the client was refused (fail closed).
+        Failed = "failed",
     }
 }
 
@@ -239,6 +291,9 @@ pub struct Metrics {
     sent_bytes: Vec<Counter>,
     delivery_latency: LatencyHistogram,
     redis_latency: Vec<Histogram>,
+    app_http: Vec<Counter>,
+    /// By hook, then by outcome.
+    hooks: Vec<Vec<Counter>>,
     open_connections: AtomicU64,
     started: Instant,
     /// Held while a scrape sets the queue depths and encodes, so two scrapes at once cannot
@@ -369,8 +424,33 @@ impl Metrics {
             &redis_family,
             RedisCommand::ALL.iter().map(|c| RedisCommandLabel { command: c.as_str() }),
         );
+        let app_http_family = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "app_http_requests",
+            "Calls to HTTP application backends, by outcome",
+            app_http_family.clone(),
+        );
+        let app_http =
+            resolve(&app_http_family, AppOutcome::ALL.iter().map(|o| OutcomeLabel { outcome: o.as_str() }));
+        let hooks_family = Family::<HookLabel, Counter>::default();
+        registry.register(
+            "hook_requests",
+            "Calls to the application's connect and subscribe hooks, by hook and decision",
+            hooks_family.clone(),
+        );
+        let hooks = Hook::ALL
+            .iter()
+            .map(|hook| {
+                resolve(
+                    &hooks_family,
+                    HookOutcome::ALL.iter().map(|o| HookLabel { hook: hook.as_str(), outcome: o.as_str() }),
+                )
+            })
+            .collect();
         Metrics {
             registry: root,
+            app_http,
+            hooks,
             connections,
             frames_in,
             frames_out,
@@ -463,6 +543,14 @@ impl Metrics {
     /// Counts `n` messages dropped for `reason`.
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].inc_by(n);
+    }
+
+    pub fn app_http(&self, outcome: AppOutcome) {
+        self.app_http[outcome as usize].inc();
+    }
+
+    pub fn hook(&self, hook: Hook, outcome: HookOutcome) {
+        self.hooks[hook as usize][outcome as usize].inc();
     }
 
     pub fn subscription_added(&self) {

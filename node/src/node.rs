@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::apps::Apps;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -24,13 +25,12 @@ pub struct Node {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     drain: Drain,
-    /// Distinguishes this node's message ids from other nodes'.
-    node_tag: String,
     sessions: AtomicU64,
     connections: Arc<AtomicUsize>,
     /// Open connections by client address, kept only with `max-connections-per-ip` set.
     per_address: PerAddress,
     auth: Auth,
+    apps: Apps,
     /// Replaced when SIGHUP reloads the certificate; each connection takes the current one.
     tls: RwLock<Option<TlsAcceptor>>,
 }
@@ -72,16 +72,17 @@ pub enum Refusal {
 
 impl Node {
     pub fn new(config: Arc<Config>, hub: Arc<Hub>, metrics: Arc<Metrics>, drain: Drain) -> Node {
+        let apps = Apps::new(&config, metrics.clone());
         Node {
             config,
             hub,
             metrics,
             drain,
-            node_tag: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
             sessions: AtomicU64::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
             per_address: Arc::new(Mutex::new(HashMap::new())),
             auth: Auth::off(),
+            apps,
             tls: RwLock::new(None),
         }
     }
@@ -94,6 +95,10 @@ impl Node {
 
     pub fn auth(&self) -> &Auth {
         &self.auth
+    }
+
+    pub fn apps(&self) -> &Apps {
+        &self.apps
     }
 
     /// The TLS acceptor of the client listeners, when TLS is configured: the one a new
@@ -128,10 +133,11 @@ impl Node {
         self.drain.started()
     }
 
-    /// An id for a new session, unique on this node and unlikely to repeat across nodes.
+    /// An id for a new session, unique on this node and unlikely to repeat across nodes: the
+    /// engine's session tag, by which a message for the session finds this node, then a count.
     pub fn next_session_id(&self) -> String {
         let n = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{}{:x}", self.node_tag, n)
+        format!("{}{:x}", crate::engine::Engine::session_tag(self.hub.engine()), n)
     }
 
     /// Open client connections.

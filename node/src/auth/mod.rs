@@ -50,6 +50,10 @@ pub const REFRESH_DESTINATION: &str = "/auth/refresh";
 /// broker unavailable and drops every session it relays).
 pub const RELAY_ROLE: &str = "relay";
 
+/// The role of an application backend ([`crate::apps`]): it consumes application destinations,
+/// SENDs to one session (`x-stampede-session`), and is not bound by the access rules.
+pub const BACKEND_ROLE: &str = "backend";
+
 /// Longest token accepted, in bytes; longer ones are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -62,6 +66,8 @@ pub enum Method {
     Password,
     /// A JSON Web Token.
     Token,
+    /// The `app-backend-secret`: an application backend.
+    BackendSecret,
 }
 
 /// Patterns a token grants beyond its roles (its `stampede` claim).
@@ -94,6 +100,22 @@ impl Identity {
             method: Method::Trusted,
             expires: None,
         }
+    }
+
+    /// An application backend of the `app-backend-secret`, `login` naming it.
+    pub fn backend(login: Option<&str>) -> Identity {
+        Identity {
+            user: Some(login.filter(|l| !l.is_empty()).unwrap_or(BACKEND_ROLE).to_owned()),
+            roles: vec![BACKEND_ROLE.to_owned()],
+            grants: Grants::default(),
+            method: Method::BackendSecret,
+            expires: None,
+        }
+    }
+
+    /// Whether the client has the [`BACKEND_ROLE`].
+    pub fn is_backend(&self) -> bool {
+        self.roles.iter().any(|role| role == BACKEND_ROLE)
     }
 
     pub fn authenticated(&self) -> bool {
@@ -134,6 +156,9 @@ pub enum AuthError {
     Expired,
     #[error("token refresh refused: {0}")]
     Refresh(String),
+    /// Refused by the application (a connect or subscribe hook): the text says what and why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Why the security configuration could not be loaded; names the setting and the file.

@@ -353,6 +353,7 @@ impl Layers<'_> {
         let tls = tls::resolve_files(self)?;
         let origins = auth::settings::resolve_origins(self)?;
         let sockjs = crate::transport::sockjs::settings::resolve(self)?;
+        let apps = crate::apps::settings::resolve(self)?;
 
         check_distinct_ports(&[
             (listen.setting, Some(listen.value), &listen.origin),
@@ -381,6 +382,7 @@ impl Layers<'_> {
             tls,
             origins,
             sockjs,
+            apps,
         })
     }
 }

@@ -48,6 +48,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::apps::settings::{AppSettings, HttpRoute};
 pub use crate::auth::settings::{
     AclDefault, AclRule, AuthSettings, JwtSettings, OriginPolicy, Secret, Subject,
 };
@@ -135,6 +136,8 @@ pub struct Config {
     pub origins: OriginPolicy,
     /// SockJS at the WebSocket path.
     pub sockjs: SockJsTuning,
+    /// Application destinations, backends, hooks and session events.
+    pub apps: AppSettings,
 }
 
 /// How log lines are written.
@@ -353,6 +356,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("origins", &self.origins)
             .field("sockjs", &self.sockjs)
+            .field("apps", &self.apps)
             .finish()
     }
 }

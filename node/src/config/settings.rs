@@ -229,6 +229,38 @@ settings! {
         "Set a JSESSIONID cookie on SockJS session requests, for load balancers that stick on it";
     SOCKJS_CLIENT_URL: Value("https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"), "sockjs-client-url", "URL",
         "The sockjs-client script SockJS's iframe page loads (iframe-based transports only)";
+    APP_PREFIXES: Value("/app/"), "app-prefixes", "PREFIX,...|off",
+        "Application destination prefixes: a SEND there is handed to the application (STOMP \
+         workers with the backend role, or an app-http backend), never to subscribers; each \
+         starts and ends with /";
+    #[secret]
+    APP_BACKEND_SECRET: Computed("unset"), "app-backend-secret", "SECRET",
+        "A CONNECT whose passcode is this secret gets the backend role (consume application \
+         destinations, send to one session), with authentication on or off";
+    APP_HTTP: Computed("none"), "app-http", "PATTERN=URL,...",
+        "Application destinations matching PATTERN (* matches anything) are POSTed as JSON to \
+         URL (http:// or https://); the others go to STOMP workers";
+    APP_HTTP_TIMEOUT: Value("5s"), "app-http-timeout", "DURATION",
+        "Time one HTTP backend call may take, waiting for a free slot included";
+    APP_HTTP_CONCURRENCY: Value("64"), "app-http-concurrency", "N",
+        "HTTP backend calls in flight per node; further ones wait for a slot";
+    APP_HTTP_MAX_RESPONSE: Value("1MiB"), "app-http-max-response", "SIZE",
+        "Largest answer read from an HTTP backend or hook; a larger one is a failed call";
+    CONNECT_HOOK: Computed("unset"), "connect-hook", "URL",
+        "URL POSTed at every CONNECT: the application accepts (naming the user, roles and \
+         grants) or refuses; a hook that fails or times out refuses (fail closed)";
+    SUBSCRIBE_HOOK: Computed("unset"), "subscribe-hook", "URL",
+        "URL POSTed at each SUBSCRIBE matching subscribe-hook-patterns: the application allows \
+         or refuses; fail closed";
+    SUBSCRIBE_HOOK_PATTERNS: Value("*"), "subscribe-hook-patterns", "PATTERN,...",
+        "Destinations, as subscribed, the subscribe hook is asked about (* matches anything)";
+    HOOK_TIMEOUT: Value("2s"), "hook-timeout", "DURATION",
+        "Time a connect or subscribe hook call may take";
+    SESSION_EVENTS: Computed("unset"), "session-events", "DESTINATION",
+        "An application destination receiving session events (connect, disconnect, and \
+         subscribe where configured) as JSON messages, routed like any application message";
+    SESSION_EVENTS_SUBSCRIPTIONS: Computed("none"), "session-events-subscriptions", "PATTERN,...",
+        "Destinations whose SUBSCRIBE and UNSUBSCRIBE are sent as session events";
     TLS_CERT: Computed("unset"), "tls-cert", "PATH",
         "PEM certificate chain: the WebSocket and STOMP listeners speak TLS (wss, stomp+ssl); \
          needs tls-key";
@@ -237,8 +269,17 @@ settings! {
 }
 
 /// Settings whose TOML value may also be an array of strings (joined with commas).
-pub(crate) const LIST_SETTINGS: &[&str] =
-    &[JWT_ALGORITHMS.name, JWT_AUDIENCE.name, JWT_ISSUER.name, WS_ORIGINS.name, PRESENCE.name];
+pub(crate) const LIST_SETTINGS: &[&str] = &[
+    JWT_ALGORITHMS.name,
+    JWT_AUDIENCE.name,
+    JWT_ISSUER.name,
+    WS_ORIGINS.name,
+    PRESENCE.name,
+    APP_PREFIXES.name,
+    APP_HTTP.name,
+    SUBSCRIBE_HOOK_PATTERNS.name,
+    SESSION_EVENTS_SUBSCRIPTIONS.name,
+];
 
 const AFTER_HELP: &str = "\
 Precedence: flags, then environment variables, then the --config file (same names as the flags, \

@@ -36,6 +36,7 @@ pub struct MemoryEngine {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     inbox: OnceLock<Weak<dyn Inbox>>,
+    session_tag: String,
     logs: Mutex<HashMap<Arc<str>, TopicLog>>,
     queues: Arc<Mutex<HashMap<Arc<str>, MemQueue>>>,
     /// The last entry id given, over every queue: a queue created again after a deletion does
@@ -142,6 +143,7 @@ impl MemoryEngine {
             config,
             metrics,
             inbox: OnceLock::new(),
+            session_tag: super::new_session_tag(),
             logs: Mutex::new(HashMap::new()),
             queues: Arc::new(Mutex::new(HashMap::new())),
             last_id: AtomicU64::new(0),
@@ -243,6 +245,17 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
+    fn session_tag(&self) -> &str {
+        &self.session_tag
+    }
+
+    /// One node: every session is this node's, whatever the tag says.
+    async fn tell(&self, _tag: &str, order: Vec<u8>) -> Result<(), EngineError> {
+        let inbox = self.inbox().ok_or(EngineError::Closed)?;
+        inbox.to_session(&order);
+        Ok(())
+    }
+
     fn attach(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inbox.set(inbox);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

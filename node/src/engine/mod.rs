@@ -200,6 +200,20 @@ pub trait Inbox: Send + Sync + 'static {
         let _ = (request, node_id);
         Vec::new()
     }
+    /// A message for one session of this node, sent by any node with [`Engine::tell`] (the
+    /// hub's encoding). Called on the engine's own tasks: it must not block.
+    fn to_session(&self, order: &[u8]) {
+        let _ = order;
+    }
+}
+
+/// Length of a node's session tag: the first characters of every session id it gives.
+pub const SESSION_TAG_LEN: usize = 6;
+
+/// A fresh session tag: random, so a restarted node does not give the ids of its past sessions
+/// again (a late answer to an old session must not reach a new one).
+pub fn new_session_tag() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// The operations every back end provides. Methods that take effect in call order are
@@ -207,6 +221,12 @@ pub trait Inbox: Send + Sync + 'static {
 pub trait Engine: Send + Sync {
     /// Sets where deliveries go. Called once, before anything else.
     fn attach(&self, inbox: Weak<dyn Inbox>);
+    /// The prefix of this node's session ids ([`SESSION_TAG_LEN`] characters), by which a
+    /// message for one session finds its node ([`Engine::tell`]).
+    fn session_tag(&self) -> &str;
+    /// Hands `order` to [`Inbox::to_session`] on the node whose session tag is `tag` (none, if
+    /// no node has it). Resolves once the engine has sent it.
+    fn tell(&self, tag: &str, order: Vec<u8>) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// This node has its first local subscriber of `destination`: start receiving it.
     fn watch(&self, destination: &str) -> Pending;
     /// This node's last local subscriber of `destination` left: stop receiving it. A queue whose
@@ -320,6 +340,14 @@ macro_rules! dispatch {
 }
 
 impl Engine for AnyEngine {
+    fn session_tag(&self) -> &str {
+        dispatch!(self, e => e.session_tag())
+    }
+
+    async fn tell(&self, tag: &str, order: Vec<u8>) -> Result<(), EngineError> {
+        dispatch!(self, e => e.tell(tag, order).await)
+    }
+
     fn attach(&self, inbox: Weak<dyn Inbox>) {
         dispatch!(self, e => e.attach(inbox))
     }

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{AckMode, Command, Hub, MessageTail, Outbox, SessionMeta, Subscription};
 use crate::destination::Kind;
-use crate::engine::Message;
+use crate::engine::{Engine, EngineError, Message, SESSION_TAG_LEN};
+use crate::metrics::DropReason;
 
 /// One subscription of a session, as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +123,59 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A message for one session's subscriptions of `destination` (as [`Request::SendToSession`]),
+/// sent to the session's node by [`Hub::send_to_session`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToSession {
+    pub session: String,
+    pub destination: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ToSession {
+    fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("orders encode")
+    }
+
+    /// `None` for bytes that are not an order (a node of another version).
+    pub(super) fn decode(bytes: &[u8]) -> Option<ToSession> {
+        let config = bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>();
+        bincode::serde::decode_from_slice(bytes, config).ok().map(|(order, _)| order)
+    }
+}
+
 impl Hub {
+    /// Delivers `order` to its session wherever it is: here, when the session id carries this
+    /// node's tag; otherwise through the engine to the node whose tag it carries. Resolves once
+    /// handed over; a session that is gone (or has no such subscription) is counted on its node
+    /// as `messages_dropped{reason="no_session"}`.
+    pub async fn send_to_session(&self, order: ToSession) -> Result<(), EngineError> {
+        let Some(tag) = order.session.get(..SESSION_TAG_LEN) else {
+            self.metrics.dropped(DropReason::NoSession, 1);
+            return Ok(());
+        };
+        if tag == self.engine.session_tag() {
+            self.deliver_to_session(order);
+            return Ok(());
+        }
+        let tag = tag.to_owned();
+        self.engine.tell(&tag, order.encode()).await
+    }
+
+    /// Delivers `order` to a session of this node; how many subscriptions it reached.
+    pub(super) fn deliver_to_session(&self, order: ToSession) -> u64 {
+        let ToSession { session, destination, headers, body } = order;
+        let reached = match self.reply(Request::SendToSession { session, destination, headers, body }, "") {
+            Reply::Done(n) => n,
+            _ => 0,
+        };
+        if reached == 0 {
+            self.metrics.dropped(DropReason::NoSession, 1);
+        }
+        reached
+    }
+
     /// A session started; `id` is shared with the session.
     pub fn register_session(&self, id: Arc<str>, outbox: Arc<Outbox>) {
         self.sessions.lock().expect("sessions lock").insert(id, outbox);

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::{Hub, MessageTail, Subscription};
+use crate::destination::REPLY_QUEUE_PREFIX;
 use crate::engine::{Engine, Inbox, Message, Pending};
 use crate::metrics::DropReason;
 
@@ -31,19 +32,22 @@ impl Topic {
 impl Hub {
     pub(super) fn subscribe_topic(&self, subscription: Arc<Subscription>) -> Pending {
         let name: Arc<str> = Arc::from(subscription.route.name.as_str());
+        // A reply queue is one session's, reached only through its node: nothing to watch.
+        let local = name.starts_with(REPLY_QUEUE_PREFIX);
+        let watch = |name: &str| if local { Pending::ready(Ok(())) } else { self.engine.watch(name) };
         let mut topics = self.topics.write().expect("topics lock");
         match topics.get_mut(&name) {
             Some(topic) => {
                 topic.subscriptions.push(subscription);
                 // A watch that failed (the store was unreachable) is asked for again.
                 if matches!(topic.watched.outcome(), Some(Err(_))) {
-                    topic.watched = self.engine.watch(&name);
+                    topic.watched = watch(&name);
                 }
                 topic.watched.clone()
             }
             None => {
                 // Ordered at call time, under the lock: a later unwatch cannot overtake it.
-                let watched = self.engine.watch(&name);
+                let watched = watch(&name);
                 topics.insert(name, Topic { subscriptions: vec![subscription], watched: watched.clone() });
                 watched
             }
@@ -57,7 +61,9 @@ impl Hub {
             topic.subscriptions.retain(|s| !Arc::ptr_eq(s, subscription));
             if topic.subscriptions.is_empty() {
                 topics.remove(name);
-                self.engine.unwatch(name);
+                if !name.starts_with(REPLY_QUEUE_PREFIX) {
+                    self.engine.unwatch(name);
+                }
             }
         }
     }
@@ -75,6 +81,15 @@ impl Hub {
 }
 
 impl Inbox for Hub {
+    fn to_session(&self, order: &[u8]) {
+        match super::sessions::ToSession::decode(order) {
+            Some(order) => {
+                self.deliver_to_session(order);
+            }
+            None => tracing::debug!("a message for a session could not be read; dropped"),
+        }
+    }
+
     fn deliver(&self, message: Arc<Message>) {
         // The in-memory engine's path: one message, no run to gather.
         let topics = self.topics.read().expect("topics lock");

@@ -30,7 +30,18 @@ impl<S: FrameSink> Session<S> {
             passcode: frame.get("passcode"),
             bearer: bearer.as_deref(),
         };
-        let identity = self.node.auth().authenticate(credentials).await?;
+        // The backend secret first (a backend must not depend on the hook), then the users
+        // file or JWT, then the application's connect hook.
+        let identity = match self.node.apps().backend_identity(credentials.login, credentials.passcode) {
+            Some(backend) => backend,
+            None => {
+                let identity = self.node.auth().authenticate(credentials).await?;
+                match self.node.apps().settings().connect_hook {
+                    Some(_) => Box::pin(self.connect_hook(&frame, identity, bearer.as_deref())).await?,
+                    None => identity,
+                }
+            }
+        };
         self.adopt(identity);
         self.version = Some(version);
         if let Some(tx) = self.negotiated.take() {
@@ -48,6 +59,7 @@ impl<S: FrameSink> Session<S> {
         self.send_frame(&connected).await?;
         self.outbox.connected(self.user.as_deref(), crate::hub::sessions::now_ms());
         tracing::info!(user = self.user.as_deref(), version = version.as_str(), "connected");
+        Box::pin(self.emit(crate::apps::events::Event::Connect)).await;
         Ok(Flow::Continue)
     }
 

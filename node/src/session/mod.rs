@@ -37,6 +37,7 @@
 //! - `link.rs`: the seam with the transport; `error.rs`: [`SessionError`].
 
 mod ack;
+mod application;
 mod connect;
 mod error;
 pub mod link;
@@ -391,6 +392,9 @@ impl<S: FrameSink> Session<S> {
             }
         };
         self.finish().await;
+        if self.version.is_some() {
+            self.emit(crate::apps::events::Event::Disconnect { reason: reason.as_str() }).await;
+        }
         if let Some(version) = self.version {
             // Since the accept, which `connect_deadline` is `connect-timeout` after (kept in no
             // field of its own: every idle session would carry it).

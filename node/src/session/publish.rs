@@ -2,6 +2,7 @@
 //! are held and published together when the run ends; a SEND with a receipt is answered only
 //! once its message is stored or published.
 
+use super::application::Outgoing;
 use super::*;
 
 /// The message a SEND publishes to `route`: its headers but those the broker sets (the first of
@@ -23,23 +24,31 @@ impl<S: FrameSink> Session<S> {
         if destination == REFRESH_DESTINATION {
             return self.on_refresh(frame).await;
         }
-        let route = destination::for_send(destination)?;
-        self.node.auth().may_publish(&self.identity, &route)?;
+        let target = self.send_target(&frame)?;
         let receipt = frame.get("receipt").map(str::to_owned);
         if let Some(frames) = self.transaction_of(&frame)? {
             // Its receipt comes once COMMIT has published it (none if the transaction aborts).
             frames.push(frame);
             return Ok(Flow::Continue);
         }
-        if receipt.is_none() && route.kind != Kind::Queue {
+        let (kind, message) = match self.outgoing(target, frame)? {
+            Outgoing::Publish(kind, message) => (kind, message),
+            elsewhere => {
+                // Ordered after the run's publishes so far.
+                self.publish_held().await;
+                Box::pin(self.send_elsewhere(elsewhere, receipt)).await?;
+                return Ok(Flow::Continue);
+            }
+        };
+        if receipt.is_none() && kind != Kind::Queue {
             // PendingPublish with the rest of the run (queue entries are not: an enqueue is not
             // delivered locally, so there is nothing to gather).
-            self.held.push((route.kind, message(&route, frame)));
+            self.held.push((kind, message));
             return Ok(Flow::Continue);
         }
         // Ordered after the run's publishes so far.
         self.publish_held().await;
-        let published = self.node.hub().publish(route.kind, message(&route, frame)).await;
+        let published = self.node.hub().publish(kind, message).await;
         match receipt {
             // A receipt promises the message is published: wait for the engine's answer. A
             // failure becomes an ERROR carrying the receipt-id, never a RECEIPT for a lost message.

@@ -10,6 +10,7 @@
 //! `prefetch-count` on a topic subscription in a client ack mode opens a [`Window`].
 
 use super::*;
+use crate::apps::events::Event as AppEvent;
 
 /// RabbitMQ's SUBSCRIBE headers asking for a durable topic subscription (`persistent` is its
 /// older name), refused on topics: see [`Session::on_subscribe`].
@@ -26,8 +27,23 @@ impl<S: FrameSink> Session<S> {
     pub(super) async fn on_subscribe(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         let version = self.version.unwrap_or(Version::V1_2);
         let destination = required(&frame, "destination")?;
-        let route = destination::for_subscribe(destination, self.user.as_deref())?;
+        let route = if self.node.apps().is_app(destination) {
+            destination::check(destination)?;
+            if !self.identity.is_backend() {
+                return Err(AuthError::Refused(format!(
+                    "not authorized to subscribe to {}: application destinations are consumed by \
+                     backends (role {})",
+                    destination.chars().take(128).collect::<String>(),
+                    crate::apps::BACKEND_ROLE
+                ))
+                .into());
+            }
+            Route { kind: Kind::Queue, name: destination.to_owned() }
+        } else {
+            destination::for_subscribe(destination, self.user.as_deref())?
+        };
         self.may_subscribe(&route)?;
+        Box::pin(self.subscribe_hook(&frame, destination)).await?;
         let id = match (frame.get("id"), version) {
             (Some(id), _) => id.to_owned(),
             (None, Version::V1_0) => destination.to_owned(),
@@ -76,30 +92,11 @@ impl<S: FrameSink> Session<S> {
         }
         let route_is_topic = route.kind != Kind::Queue;
         let lifetime = self.lifetime(&frame, &route)?;
-        let mut head = BytesMut::with_capacity(32 + id.len());
-        head.extend_from_slice(b"MESSAGE\nsubscription:");
-        match version {
-            Version::V1_0 => head.extend_from_slice(id.as_bytes()),
-            v => escape_into(&id, v, &mut head),
-        }
-        head.put_u8(b'\n');
-        self.next_sub_seq += 1;
-        let subscription = Arc::new(Subscription {
-            seq: self.next_sub_seq,
-            id: id.clone(),
-            head: head.freeze(),
-            ack,
-            route,
-            outbox: self.outbox.clone(),
-            active: AtomicBool::new(true),
-            prefetch,
-            in_flight: AtomicU32::new(0),
-            lifetime,
-        });
+        let subscription = self.new_subscription(id.clone(), route, ack, prefetch, lifetime);
         if route_is_topic && ack != AckMode::Auto && frame.get(PREFETCH_HEADER).is_some() {
             self.windows.insert(subscription.seq, Window::new(prefetch));
         }
-        self.subscriptions.insert(id, subscription.clone());
+        self.subscriptions.insert(id.clone(), subscription.clone());
         self.node.hub().subscribe(subscription.clone()).wait().await?;
         self.join_presence(&subscription.route.name).await;
         let mut receipt =
@@ -112,7 +109,42 @@ impl<S: FrameSink> Session<S> {
         if let Some(receipt) = receipt {
             self.send_frame(&receipt).await?;
         }
+        if self.subscription_events(destination) {
+            Box::pin(self.emit(AppEvent::Subscribe { destination, subscription: &id })).await;
+        }
         Ok(Flow::Continue)
+    }
+
+    /// A subscription of this session, not yet registered with the hub.
+    pub(super) fn new_subscription(
+        &mut self,
+        id: String,
+        route: Route,
+        ack: AckMode,
+        prefetch: u32,
+        lifetime: Option<QueueLifetime>,
+    ) -> Arc<Subscription> {
+        let version = self.version.unwrap_or(Version::V1_2);
+        let mut head = BytesMut::with_capacity(32 + id.len());
+        head.extend_from_slice(b"MESSAGE\nsubscription:");
+        match version {
+            Version::V1_0 => head.extend_from_slice(id.as_bytes()),
+            v => escape_into(&id, v, &mut head),
+        }
+        head.put_u8(b'\n');
+        self.next_sub_seq += 1;
+        Arc::new(Subscription {
+            seq: self.next_sub_seq,
+            id,
+            head: head.freeze(),
+            ack,
+            route,
+            outbox: self.outbox.clone(),
+            active: AtomicBool::new(true),
+            prefetch,
+            in_flight: AtomicU32::new(0),
+            lifetime,
+        })
     }
 
     /// The queue lifetime the SUBSCRIBE's `auto-delete` and `x-expires` headers ask for: the
@@ -183,6 +215,10 @@ impl<S: FrameSink> Session<S> {
         };
         self.end_subscription(&subscription).await?;
         self.send_receipt(frame.get("receipt").map(str::to_owned)).await?;
+        let destination = destination::as_seen_by_subscriber(&subscription.route.name);
+        if self.subscription_events(&destination) {
+            Box::pin(self.emit(AppEvent::Unsubscribe { destination: &destination, subscription: &id })).await;
+        }
         Ok(Flow::Continue)
     }
 

@@ -7,6 +7,7 @@
 //! all of them (as RabbitMQ does). ABORT discards the frames and their receipts: no RECEIPT ever
 //! says a discarded SEND was published; the ABORT's RECEIPT is the answer for all of them.
 
+use super::application::Outgoing;
 use super::*;
 
 impl<S: FrameSink> Session<S> {
@@ -50,9 +51,17 @@ impl<S: FrameSink> Session<S> {
             let receipt = held.get("receipt").map(str::to_owned);
             match held.command {
                 Command::Send => {
-                    let route = destination::for_send(required(&held, "destination")?)?;
-                    let published = self.node.hub().publish(route.kind, message(&route, held)).await;
-                    done.push((receipt, Some(published)));
+                    let target = self.send_target(&held)?;
+                    match self.outgoing(target, held)? {
+                        Outgoing::Publish(kind, message) => {
+                            let published = self.node.hub().publish(kind, message).await;
+                            done.push((receipt, Some(published)));
+                        }
+                        elsewhere => {
+                            Box::pin(self.send_elsewhere(elsewhere, None)).await?;
+                            done.push((receipt, None));
+                        }
+                    }
                 }
                 Command::Ack | Command::Nack => {
                     let seq = self.acked_seq(&held)?;

@@ -6,6 +6,10 @@
 //! PUBLISHes the answer on the caller's channel. The caller waits for every node the registry
 //! lists as live (and itself) for at most [`CALL_TIMEOUT`], and reports the ones that did not
 //! answer. Nothing is stored: a node that dies mid-call is simply missing from the answers.
+//!
+//! Messages for one session ([`Engine::tell`](crate::engine::Engine::tell)) travel the same way
+//! without an answer: one PUBLISH on `P:to:<tag>`, the channel of the node whose session ids
+//! start with `tag`, which hands it to its inbox.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,9 +45,14 @@ pub(super) struct Calls {
     waiting: std::sync::Mutex<std::collections::HashMap<u64, AnswerSender>>,
 }
 
-/// The channels a node subscribes to for calls: questions for all, answers for it.
-pub(super) fn channels(inner: &Inner) -> [String; 2] {
-    [inner.keys.calls(), inner.keys.answers(&inner.config.node_id)]
+/// The channels a node subscribes to for calls: questions for all, answers for it, and messages
+/// for its sessions.
+pub(super) fn channels(inner: &Inner) -> [String; 3] {
+    [
+        inner.keys.calls(),
+        inner.keys.answers(&inner.config.node_id),
+        inner.keys.to_sessions(&inner.session_tag),
+    ]
 }
 
 /// A message of one of [`channels`]; false when the channel is not one of them.
@@ -61,9 +70,24 @@ pub(super) fn on_message(inner: &Arc<Inner>, channel: &str, payload: &[u8]) -> b
             }
         }
         true
+    } else if channel == inner.keys.to_sessions(&inner.session_tag) {
+        if let Some(inbox) = inner.inbox() {
+            inbox.to_session(payload);
+        }
+        true
     } else {
         false
     }
+}
+
+/// Sends a message for one session to the node whose session tag is `tag`.
+pub(super) async fn tell(inner: &Inner, tag: &str, order: Vec<u8>) -> Result<(), EngineError> {
+    inner.check_connected()?;
+    let channel = inner.keys.to_sessions(tag);
+    inner
+        .command("PUBLISH", &channel, vec![Value::from(channel.as_str()), Value::Bytes(order.into())])
+        .await?;
+    Ok(())
 }
 
 /// Answers a question (on the delivering task: the inbox only takes locks) and sends the

@@ -94,6 +94,11 @@ impl Keys {
         format!("{}:calls:{node_id}", self.prefix)
     }
 
+    /// The channel of messages for the sessions of the node whose session tag is `tag`.
+    pub(super) fn to_sessions(&self, tag: &str) -> String {
+        format!("{}:to:{tag}", self.prefix)
+    }
+
     /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues.
     pub(super) fn channel(&self, destination: &str) -> String {
         format!("{}{destination}", self.channel_prefix)

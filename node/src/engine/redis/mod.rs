@@ -186,6 +186,8 @@ struct Inner {
     presence: presence::Local,
     /// Questions to every node waiting for their answers.
     calls: calls::Calls,
+    /// The prefix of this node's session ids; messages for them come on `P:to:<tag>`.
+    session_tag: String,
 }
 
 impl RedisEngine {
@@ -255,6 +257,7 @@ impl RedisEngine {
             answering: std::sync::atomic::AtomicBool::new(true),
             presence,
             calls: calls::Calls::default(),
+            session_tag: crate::engine::new_session_tag(),
         });
 
         // Event streams first, so nothing sent after connecting is missed.
@@ -512,6 +515,14 @@ impl Engine for RedisEngine {
 
     fn attach(&self, inbox: Weak<dyn Inbox>) {
         let _ = self.inner.inbox.set(inbox);
+    }
+
+    fn session_tag(&self) -> &str {
+        &self.inner.session_tag
+    }
+
+    async fn tell(&self, tag: &str, order: Vec<u8>) -> Result<(), EngineError> {
+        calls::tell(&self.inner, tag, order).await
     }
 
     fn watch(&self, destination: &str) -> Pending {
