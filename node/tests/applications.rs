@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 every_engine!(
     workers_share_application_messages_stamped_by_the_node,
+    app_prefixes_name_the_application_destinations,
     clients_cannot_consume_application_or_reply_destinations,
     messages_wait_for_a_worker_and_a_nack_redelivers,
     a_gone_workers_unacked_messages_go_to_the_other,
@@ -181,28 +182,33 @@ async fn workers_share_application_messages_stamped_by_the_node(v: Variant) {
     cluster.shutdown().await;
 }
 
-/// `app-prefixes` names the application destinations: a SEND there reaches the workers; `/app/`
-/// is then no destination at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn app_prefixes_name_the_application_destinations() {
-    let node = TestNode::start(|c| {
-        apply_flags(c, &[("app-prefixes", "/svc/,/rpc/"), ("app-backend-secret", SECRET)])
+/// `app-prefixes` names the application destinations: a SEND there reaches the workers, on
+/// whichever node; `/app/` is then no destination at all.
+async fn app_prefixes_name_the_application_destinations(v: Variant) {
+    let cluster = Cluster::start(v, |c| {
+        apply_flags(c, &[("app-prefixes", "/svc/,/rpc/"), ("app-backend-secret", SECRET)]);
     })
     .await;
-    let mut worker = node.connect(Transport::Tcp, &[("login", "worker"), ("passcode", SECRET)]).await;
+    let mut worker = backend(&cluster, 1, "worker").await;
     worker.subscribe("/svc/orders", "o", &[]).await;
     worker.subscribe("/rpc/quote", "q", &[]).await;
-    let mut ann = node.connect_as(Transport::Ws, "ann").await;
+    let mut ann = cluster.connect_as(0, "ann").await;
     ann.publish("/svc/orders", "order", &[]).await;
     ann.publish("/rpc/quote", "quote", &[]).await;
-    for (destination, text) in [("/svc/orders", "order"), ("/rpc/quote", "quote")] {
-        let message = worker.recv_message().await;
-        assert_eq!(body(&message), text);
-        assert_eq!(stamped(&message), stamp(destination, node.node_id(), ann.session(), Some("ann")));
+    let mut got = worker.recv_messages(2).await;
+    got.sort_by_key(body);
+    for (message, (destination, text)) in got.iter().zip([("/svc/orders", "order"), ("/rpc/quote", "quote")])
+    {
+        assert_eq!(body(message), text);
+        assert_eq!(
+            stamped(message),
+            stamp(destination, cluster.node(0).node_id(), ann.session(), Some("ann"))
+        );
     }
+    worker.assert_quiet().await;
     let error = ann.request_refused(send_frame(APP, "x", &[])).await;
     assert_error(&error, "unknown destination");
-    node.shutdown().await;
+    cluster.shutdown().await;
 }
 
 /// A client without the backend role that SUBSCRIBEs to an application destination gets the
