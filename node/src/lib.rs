@@ -86,6 +86,19 @@ impl Security {
         if public_admin && !self.auth.admin_token_set() {
             tracing::warn!("the admin API is open on a non-loopback address: set admin-token");
         }
+        let apps = &config.apps;
+        if !apps.prefixes.is_empty()
+            && apps.backend_secret.is_none()
+            && !self.auth.enabled()
+            && apps.connect_hook.is_none()
+        {
+            tracing::warn!(
+                prefixes = %apps.prefixes.join(","),
+                "no STOMP worker can consume application destinations (the backend role comes \
+                 from app-backend-secret, a users file, a JWT or the connect hook); messages there \
+                 wait in their queues unless an app-http route takes them (see docs/applications.md)"
+            );
+        }
     }
 }
 

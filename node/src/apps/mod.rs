@@ -123,10 +123,7 @@ impl Apps {
 
     /// Whether `destination` is an application destination.
     pub fn is_app(&self, destination: &str) -> bool {
-        self.settings
-            .prefixes
-            .iter()
-            .any(|prefix| destination.len() > prefix.len() && destination.starts_with(prefix.as_str()))
+        self.settings.is_app(destination)
     }
 
     /// Where the messages of application destination `destination` go.

@@ -47,6 +47,15 @@ pub struct AppSettings {
     pub session_events_subscriptions: Vec<String>,
 }
 
+impl AppSettings {
+    /// Whether `destination` is an application destination: under one of the prefixes.
+    pub fn is_app(&self, destination: &str) -> bool {
+        self.prefixes
+            .iter()
+            .any(|prefix| destination.len() > prefix.len() && destination.starts_with(prefix.as_str()))
+    }
+}
+
 pub(crate) fn resolve(layers: &Layers<'_>) -> Result<AppSettings, ConfigError> {
     let prefixes = layers.value(&APP_PREFIXES, prefixes)?.value;
     let session_events = layers.optional(&SESSION_EVENTS, |text| {

@@ -305,6 +305,12 @@ impl Config {
         self.history.iter().find(|rule| rule.matches(destination))
     }
 
+    /// Whether `destination` is a queue (competing consumers): a `/queue/` destination, or an
+    /// application destination (the queue its STOMP workers consume).
+    pub fn is_queue(&self, destination: &str) -> bool {
+        destination.starts_with("/queue/") || self.apps.is_app(destination)
+    }
+
     /// Whether presence is kept for `destination` (the user-qualified name of a user
     /// destination): some `presence` pattern matches it.
     pub fn presence_for(&self, destination: &str) -> bool {

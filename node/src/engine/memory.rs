@@ -268,7 +268,7 @@ impl Engine for MemoryEngine {
     /// Every publish reaches the hub, which knows its local subscribers; a queue is marked in
     /// use while the hub has consumers of it.
     fn watch(&self, destination: &str) -> Pending {
-        if is_queue(destination) {
+        if self.config.is_queue(destination) {
             let mut queues = self.queues.lock().expect("queues lock");
             let q = queues.entry(Arc::from(destination)).or_insert_with(MemQueue::new);
             q.consumed = true;
@@ -278,7 +278,7 @@ impl Engine for MemoryEngine {
     }
 
     fn unwatch(&self, destination: &str) {
-        if !is_queue(destination) {
+        if !self.config.is_queue(destination) {
             return;
         }
         let deleted = {
@@ -517,11 +517,6 @@ impl Drop for MemoryEngine {
             sweeper.abort();
         }
     }
-}
-
-/// Whether a destination is a queue (competing consumers) rather than a topic.
-fn is_queue(destination: &str) -> bool {
-    destination.starts_with("/queue/")
 }
 
 /// Counts and logs a deleted queue's messages.

@@ -110,11 +110,6 @@ impl Keys {
     }
 }
 
-/// Whether a destination is a queue (competing consumers) rather than a topic.
-pub(super) fn is_queue(destination: &str) -> bool {
-    destination.starts_with("/queue/")
-}
-
 /// Turns a `redis-url` as the configuration accepts it into fred's configuration.
 ///
 /// Accepted: `redis://[user:pass@]host[:port][/db]`; Sentinel as

@@ -19,7 +19,6 @@ use fred::types::{Message as PubsubMessage, Value};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::keys::is_queue;
 use super::{calls, envelope, queues, unavailable, Inner, Watched};
 use crate::config::QueueLifetime;
 use crate::engine::{EngineError, Message};
@@ -107,7 +106,7 @@ pub(super) async fn control_loop(
 /// Starts receiving `destination`. It stays watched even when this fails (Redis away): the next
 /// reconnection subscribes to it.
 async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError> {
-    let kind = if is_queue(destination) {
+    let kind = if inner.config.is_queue(destination) {
         Watched::Queue
     } else if inner.config.history_for(destination).is_some() {
         Watched::History { last: None }
@@ -148,7 +147,7 @@ async fn unwatch(inner: &Inner, destination: &str) {
             tracing::warn!(%destination, %error, "UNSUBSCRIBE failed");
         }
     }
-    if is_queue(destination) {
+    if inner.config.is_queue(destination) {
         queues::leave(inner, destination).await;
     }
 }
@@ -233,7 +232,7 @@ async fn on_message(inner: &Arc<Inner>, message: PubsubMessage, batch: &mut Batc
         calls::on_message(inner, &message.channel, message.value.as_bytes().unwrap_or_default());
         return;
     };
-    if is_queue(destination) {
+    if inner.config.is_queue(destination) {
         if let Some(inbox) = inner.inbox() {
             inbox.queue_ready(destination);
         }
