@@ -56,7 +56,7 @@ const NEWS: &str = "/topic/news";
 /// The prefix of every failure's text, as the sender reads it.
 const FAILED: &str = "application backend failed: ";
 /// How long one HTTP backend call may take in these scenarios.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one hook call may take in these scenarios.
 const HOOK_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -458,8 +458,8 @@ enum Answer {
     Status(u16),
     /// 200 with this body, labelled JSON but not JSON.
     Text(&'static str),
-    /// 200 with a JSON document (an `error`) of this many bytes.
-    Huge(usize),
+    /// 200 with this (large) JSON document, made beforehand so that answering is only sending.
+    Huge(Bytes),
     /// This JSON document, after this long.
     Late(Duration, Value),
     /// Nothing, ever: the request is held until the caller hangs up.
@@ -544,12 +544,7 @@ async fn serve_one(
         Answer::Empty => StatusCode::OK.into_response(),
         Answer::Status(code) => StatusCode::from_u16(code).expect("a status").into_response(),
         Answer::Text(text) => (labelled_json, text).into_response(),
-        Answer::Huge(size) => {
-            let mut document = br#"{"error": ""#.to_vec();
-            document.resize(size - 2, b'x');
-            document.extend_from_slice(br#""}"#);
-            (labelled_json, document).into_response()
-        }
+        Answer::Huge(document) => (labelled_json, document).into_response(),
         Answer::Late(after, document) => {
             tokio::time::sleep(after).await;
             (labelled_json, document.to_string()).into_response()
@@ -689,11 +684,15 @@ async fn http_backend_gets_the_documented_request_and_its_answer_is_delivered(v:
 /// outcome; a late answer is not delivered; and meanwhile other clients' calls and topic
 /// messages flow.
 async fn bad_http_backends_fail_as_documented_and_block_nobody(v: Variant) {
-    let late = Duration::from_millis(1300);
+    let late = HTTP_TIMEOUT + Duration::from_millis(300);
+    let mut huge = br#"{"error": ""#.to_vec();
+    huge.resize((50 << 20) - 2, b'x');
+    huge.extend_from_slice(br#""}"#);
+    let huge = Bytes::from(huge);
     let app = AppServer::start(move |path, _| match path {
         "/garbage" => Answer::Text("this is not JSON"),
         "/shape" => Answer::Json(json!({"publish": "not a list", "reply": 7})),
-        "/huge" => Answer::Huge(50 << 20),
+        "/huge" => Answer::Huge(huge.clone()),
         "/late" => Answer::Late(late, json!({"publish": [{"destination": NEWS, "body": "late"}]})),
         "/never" => Answer::Never,
         "/status" => Answer::Status(500),
@@ -775,7 +774,7 @@ async fn bad_http_backends_fail_as_documented_and_block_nobody(v: Variant) {
 /// is made when one frees. A SEND without a receipt does not hold its session up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_backend_calls_wait_for_a_slot_and_a_send_without_receipt_does_not() {
-    let slow = Duration::from_millis(700);
+    let slow = Duration::from_millis(1500);
     let app = AppServer::start(move |path, _| match path {
         "/slow" => Answer::Late(slow, json!({"reply": {"body": "slow done"}})),
         _ => Answer::Json(json!({"reply": {"body": "fine"}})),
