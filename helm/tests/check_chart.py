@@ -448,20 +448,25 @@ def check_single_memory_node(docs: Docs, values: dict[str, Any]) -> None:
 
 JWT_SECRET = "0123456789abcdef0123456789abcdef-hs256"
 ADMIN_TOKEN = "admin-token-0123456789"
+BACKEND_SECRET = "backend-secret-0123456789"
 
 
 def check_secret_settings_in_config(docs: Docs, values: dict[str, Any]) -> None:
-    """jwt-secret and admin-token given under config go into the chart's Secret, not the ConfigMap."""
+    """The secret settings given under config go into the chart's Secret, not the ConfigMap."""
     secret = find(docs, "Secret")
     assert b64(secret, "jwt-secret") == JWT_SECRET and b64(secret, "admin-token") == ADMIN_TOKEN
+    assert b64(secret, "app-backend-secret") == BACKEND_SECRET
     assert b64(secret, "redis-url") == "redis://redis:6379"
-    for name in ("STAMPEDE_JWT_SECRET", "STAMPEDE_ADMIN_TOKEN"):
+    for name in ("STAMPEDE_JWT_SECRET", "STAMPEDE_ADMIN_TOKEN", "STAMPEDE_APP_BACKEND_SECRET"):
         ref = env_entry(docs, name)["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret["metadata"]["name"], "key": name[len("STAMPEDE_"):].lower().replace("_", "-")}, ref
     cm = settings_cm(docs)["data"]
     assert cm["STAMPEDE_WS_ORIGINS"] == "https://app.example.com,https://admin.example.com", cm
     assert cm["STAMPEDE_JWT_AUDIENCE"] == "stampede"
     assert cm["STAMPEDE_PRESENCE"] == "/topic/chat.*,/user/*/queue/status", cm
+    assert cm["STAMPEDE_APP_PREFIXES"] == "/app/,/rpc/", cm
+    assert cm["STAMPEDE_APP_HTTP"] == "/rpc/orders/*=http://orders:8000/rpc,/app/search=https://search.example.com/q"
+    assert cm["STAMPEDE_CONNECT_HOOK"] == "http://auth:8000/hooks/connect"
     assert cm["STAMPEDE_METRICS_PUBLIC"] == "true"
     assert cm["STAMPEDE_ACL"] == "role:traders publish /queue/orders; * subscribe /topic/public.*"
     assert sm_token(docs) is None, "metrics-public: Prometheus needs no token"
@@ -669,10 +674,15 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
             "config": {
                 "jwt-secret": JWT_SECRET,
                 "admin-token": ADMIN_TOKEN,
+                "app-backend-secret": BACKEND_SECRET,
                 "metrics-public": True,
                 "jwt-audience": "stampede",
                 "ws-origins": ["https://app.example.com", "https://admin.example.com"],
                 "presence": ["/topic/chat.*", "/user/*/queue/status"],
+                "app-prefixes": ["/app/", "/rpc/"],
+                "app-http": ["/rpc/orders/*=http://orders:8000/rpc", "/app/search=https://search.example.com/q"],
+                "connect-hook": "http://auth:8000/hooks/connect",
+                "session-events": "/app/session-events",
             },
             "acl": ["role:traders publish /queue/orders", "* subscribe /topic/public.*"],
             "serviceMonitor": {"enabled": True},
@@ -686,6 +696,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[Docs, dict[str, Any]], None], s
             "existingSecrets": {
                 "jwt-secret": {"name": "stampede-jwt", "key": "hs256"},
                 "admin-token": {"name": "stampede-admin", "key": "token"},
+                "app-backend-secret": {"name": "stampede-apps", "key": "backend"},
             },
         },
         check_existing_secrets,
@@ -764,6 +775,10 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("bad size", {"config": {"max-frame-size": "2 megabytes"}}, "max-frame-size"),
     ("bad acl rule", {"acl": ["traders publish"]}, "acl"),
     ("bad presence pattern", {"config": {"presence": ["chat.*"]}}, "presence"),
+    ("app prefix without its slashes", {"config": {"app-prefixes": "app"}}, "app-prefixes"),
+    ("app-http route without a URL", {"config": {"app-http": ["/app/rpc/*"]}}, "app-http"),
+    ("hook that is no http URL", {"config": {"connect-hook": "auth:8000/hook"}}, "connect-hook"),
+    ("short backend secret", {"config": {"app-backend-secret": "short"}}, "app-backend-secret"),
     ("mount of no volume", {"extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}]}, "certs"),
     ("extra volume named tmp", {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}, "extraVolumes"),
     ("envFrom without a source", {"envFrom": [{"prefix": "X_"}]}, "envFrom"),
@@ -790,7 +805,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 # The settings whose values are secrets: never in the ConfigMap.
-SECRET_SETTINGS = ["jwt-secret", "admin-token"]
+SECRET_SETTINGS = ["jwt-secret", "admin-token", "app-backend-secret"]
 
 
 def render(chart: Any, values: dict[str, Any]) -> tuple[Docs, dict[str, str]]:

@@ -94,7 +94,7 @@ app.kubernetes.io/component: broker
 
 {{/* Settings whose values are secrets (space-separated): never rendered into the ConfigMap. */}}
 {{- define "stampede.secretSettings" -}}
-jwt-secret admin-token
+jwt-secret admin-token app-backend-secret
 {{- end }}
 
 {{/* The secret settings given under config (space-separated): the chart's Secret holds them. */}}

@@ -14,10 +14,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::http::Call;
-use super::{stamp, Sender, Target, EVENT_HEADER};
-use crate::destination::{wildcard_match, Kind};
+use super::{stamp, Apps, Sender, Target, EVENT_HEADER};
+use crate::destination::wildcard_match;
 use crate::engine::Message;
-use crate::node::Node;
 
 /// What happened to a session.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +61,7 @@ impl Event<'_> {
     }
 }
 
-impl super::Apps {
+impl Apps {
     /// Whether SUBSCRIBE and UNSUBSCRIBE of `destination` (as subscribed) are events.
     pub fn subscription_events(&self, destination: &str) -> bool {
         self.settings.session_events.is_some()
@@ -74,11 +73,17 @@ impl super::Apps {
     }
 }
 
-/// Sends `event` of `sender`'s session, when `session-events` is set. Returns once a worker
-/// event is handed to the engine; an HTTP event is posted from a task of its own.
-pub async fn emit(node: &Arc<Node>, sender: &Sender, transport: &str, peer: SocketAddr, event: Event<'_>) {
-    let apps = node.apps();
-    let Some(events) = apps.settings().session_events.clone() else { return };
+/// The message of `event` of `sender`'s session, when `session-events` is set: an enqueue for
+/// the workers, or a call for the HTTP backend. The session sends it (a worker event handed to
+/// the engine before the session goes on, an HTTP call on a task of its own).
+pub fn message(
+    apps: &Apps,
+    sender: &Sender,
+    transport: &str,
+    peer: SocketAddr,
+    event: Event<'_>,
+) -> Option<Routed> {
+    let events = apps.settings().session_events.clone()?;
     let (destination, subscription, reason) = match event {
         Event::Subscribe { destination, subscription } | Event::Unsubscribe { destination, subscription } => {
             (Some(destination), Some(subscription), None)
@@ -103,28 +108,27 @@ pub async fn emit(node: &Arc<Node>, sender: &Sender, transport: &str, peer: Sock
         (EVENT_HEADER.to_owned(), event.name().to_owned()),
         ("content-type".to_owned(), "application/json".to_owned()),
     ];
-    match apps.target(&events) {
+    Some(match apps.target(&events) {
         Target::Workers => {
             stamp(&mut headers, sender, &events);
-            let message = Message { destination: Arc::from(events.as_str()), headers, body, offset: None };
-            let published = node.hub().publish(Kind::Queue, message).await;
-            if let Some(error) = published.failed() {
-                tracing::warn!(%error, event = event.name(), "a session event could not be stored");
-            }
+            Routed::Enqueue(Message { destination: Arc::from(events.as_str()), headers, body, offset: None })
         }
-        Target::Http(url) => {
-            let call = Call {
-                url: url.to_owned(),
-                destination: events,
-                headers,
-                body,
-                sender: sender.clone(),
-                notify_sender: false,
-            };
-            let node = node.clone();
-            tokio::spawn(async move {
-                node.apps().serve(node.hub(), call).await;
-            });
-        }
-    }
+        Target::Http(url) => Routed::Http(Call {
+            url: url.to_owned(),
+            destination: events,
+            headers,
+            body,
+            sender: sender.clone(),
+            notify_sender: false,
+        }),
+    })
+}
+
+/// A session event on its way.
+#[derive(Debug)]
+pub enum Routed {
+    /// To the workers' queue.
+    Enqueue(Message),
+    /// To the HTTP backend.
+    Http(Call),
 }

@@ -345,3 +345,85 @@ pub(crate) fn headers_map(headers: &[(String, String)]) -> BTreeMap<&str, &str> 
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    fn apps() -> Apps {
+        Apps::new(&Config::default(), Arc::new(Metrics::new()))
+    }
+
+    fn publication(json: &str) -> Publication {
+        serde_json::from_str(json).expect("a publication")
+    }
+
+    #[test]
+    fn answers_of_the_wrong_shape_are_refused_whole() {
+        assert!(
+            serde_json::from_str::<Answer>(r#"{"publish": [], "replies": []}"#).is_err(),
+            "unknown field"
+        );
+        assert!(serde_json::from_str::<Answer>(r#"{"publish": {"destination": "/topic/a"}}"#).is_err());
+        assert!(serde_json::from_str::<Answer>(
+            r#"{"publish": [{"destination": "/topic/a", "headers": {"a": 1}}]}"#
+        )
+        .is_err());
+        let answer: Answer = serde_json::from_str(r#"{"error": "no"}"#).expect("an answer");
+        assert_eq!(answer.error.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn publications_become_messages_where_a_backend_may_send() {
+        let apps = apps();
+        let max = 1024;
+        match apps.outgoing(publication(r#"{"destination": "/topic/a", "body_base64": "AAE="}"#), None, max) {
+            Ok(Outgoing::Publish(Kind::Topic, message)) => assert_eq!(&message.body[..], [0, 1]),
+            other => panic!("a topic message, not {other:?}"),
+        }
+        match apps.outgoing(publication(r#"{"destination": "/app/next", "body": "x"}"#), None, max) {
+            Ok(Outgoing::Publish(Kind::Queue, message)) => assert_eq!(&*message.destination, "/app/next"),
+            other => panic!("an application message, not {other:?}"),
+        }
+        match apps.outgoing(publication(r#"{"body": "pong"}"#), Some("abc1"), max) {
+            Ok(Outgoing::ToSession(order)) => {
+                assert_eq!((order.session.as_str(), order.destination.as_str()), ("abc1", REPLY_DESTINATION))
+            }
+            other => panic!("a reply to the sender, not {other:?}"),
+        }
+        match apps.outgoing(
+            publication(r#"{"destination": "/user/queue/x", "session": "s9", "body": ""}"#),
+            None,
+            max,
+        ) {
+            Ok(Outgoing::ToSession(order)) => assert_eq!(order.session, "s9"),
+            other => panic!("a message for one session, not {other:?}"),
+        }
+        let refused = |json: &str| apps.outgoing(publication(json), None, max).unwrap_err().outcome;
+        assert_eq!(refused(r#"{"body": "no destination"}"#), AppOutcome::Invalid);
+        assert_eq!(refused(r#"{"destination": "/exchange/x"}"#), AppOutcome::Invalid);
+        assert_eq!(
+            refused(r#"{"destination": "/topic/a", "body": "a", "body_base64": "YQ=="}"#),
+            AppOutcome::Invalid
+        );
+        assert_eq!(refused(r#"{"destination": "/topic/a", "body_base64": "%%%"}"#), AppOutcome::Invalid);
+        assert_eq!(refused(r#"{"destination": "/topic/a", "headers": {"x": "a\nb"}}"#), AppOutcome::Invalid);
+        assert_eq!(
+            refused(r#"{"destination": "/topic/a", "headers": {"message-id": "1"}}"#),
+            AppOutcome::Invalid
+        );
+        assert_eq!(
+            refused(&format!(r#"{{"destination": "/topic/a", "body": "{}"}}"#, "x".repeat(max + 1))),
+            AppOutcome::Invalid
+        );
+    }
+
+    #[test]
+    fn repeated_headers_give_the_first_as_stomp_reads_them() {
+        let headers = vec![("a".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())];
+        let map = headers_map(&headers);
+        assert_eq!(map.get("a"), Some(&"1"));
+    }
+}

@@ -3,7 +3,7 @@
 //! CONNECT and SUBSCRIBE, and the session events.
 
 use super::*;
-use crate::apps::events::{self, Event as AppEvent};
+use crate::apps::events::{self, Event as AppEvent, Routed};
 use crate::apps::hooks::{self, ConnectDocument, SubscribeDocument};
 use crate::apps::http::Call;
 use crate::apps::{self, Sender, Target, ERROR_HEADER, SESSION_HEADER};
@@ -227,11 +227,22 @@ impl<S: FrameSink> Session<S> {
 
     /// Sends a session event, when `session-events` is set.
     pub(super) async fn emit(&self, event: AppEvent<'_>) {
-        if self.node.apps().settings().session_events.is_none() {
-            return;
-        }
         let meta = self.outbox.meta();
-        events::emit(&self.node, &self.sender(), meta.transport.as_str(), meta.peer, event).await;
+        let routed =
+            events::message(self.node.apps(), &self.sender(), meta.transport.as_str(), meta.peer, event);
+        match routed {
+            None => {}
+            Some(Routed::Enqueue(message)) => {
+                let published = self.node.hub().publish(Kind::Queue, message).await;
+                if let Some(error) = published.failed() {
+                    tracing::warn!(%error, "a session event could not be stored");
+                }
+            }
+            Some(Routed::Http(call)) => {
+                let node = self.node.clone();
+                tokio::spawn(async move { node.apps().serve(node.hub(), call).await });
+            }
+        }
     }
 
     /// Whether this destination (as subscribed) sends subscription events.
