@@ -99,12 +99,34 @@ async fn take_from(workers: &mut [Client], n: usize) -> Vec<(usize, Frame)> {
     got
 }
 
-/// The `x-stampede-*` headers of `frame`, each as often as it came, sorted.
+/// The `x-stampede-*` headers of `frame`, each as often as it came, sorted, but the message id
+/// (a fresh UUID per application message: checked here to be there once on one, compared by
+/// [`message_id`]).
 fn stamped(frame: &Frame) -> Vec<(String, String)> {
-    let mut headers: Vec<_> =
-        frame.headers.iter().filter(|(name, _)| name.starts_with("x-stampede-")).cloned().collect();
+    if frame.get("x-stampede-destination").is_some() {
+        message_id(frame);
+    }
+    let mut headers: Vec<_> = frame
+        .headers
+        .iter()
+        .filter(|(name, _)| name.starts_with("x-stampede-") && name != "x-stampede-message-id")
+        .cloned()
+        .collect();
     headers.sort();
     headers
+}
+
+/// The application message's own id: one `x-stampede-message-id`, a UUID.
+fn message_id(frame: &Frame) -> String {
+    let ids: Vec<&str> = frame
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "x-stampede-message-id")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "one x-stampede-message-id in {}", show(frame));
+    assert!(uuid::Uuid::parse_str(ids[0]).is_ok(), "a UUID, not {:?}", ids[0]);
+    ids[0].to_owned()
 }
 
 /// What the node stamps on a message `session` (of `user`, on `node`) sent to `destination`.
@@ -220,7 +242,7 @@ async fn clients_cannot_consume_application_or_reply_destinations(v: Variant) {
     bystander.subscribe(NEWS, "n", &[]).await;
     let mut publisher = cluster.connect(2).await;
     let refusal = format!(
-        "not authorized to subscribe {APP}: application destinations are consumed by backends (role backend)"
+        "not authorized to subscribe to {APP}: application destinations are consumed by backends (role backend)"
     );
     let mut ann = cluster.connect_as(0, "ann").await;
     let error = ann.request_refused(subscribe_frame(APP, "s")).await;
@@ -308,6 +330,11 @@ async fn a_gone_workers_unacked_messages_go_to_the_other(v: Variant) {
     first.drop_connection().await;
     let again = second.recv_messages(2).await;
     assert_eq!(again.iter().map(body).collect::<Vec<_>>(), ["2", "3"]);
+    assert_eq!(
+        again.iter().map(message_id).collect::<Vec<_>>(),
+        held[1..].iter().map(message_id).collect::<Vec<_>>(),
+        "a redelivery keeps the application message's id"
+    );
     assert!(
         again.iter().all(|m| m.get("redelivered") == Some("true")),
         "{:?}",
@@ -1023,12 +1050,13 @@ async fn subscribe_hook_allows_or_refuses_the_patterns_it_is_asked_for(t: Transp
     };
     assert_eq!(
         refused("/topic/private.no").await,
-        "not authorized to subscribe /topic/private.no: members only"
+        "not authorized to subscribe to /topic/private.no: members only"
     );
     for destination in ["/topic/private.bad", "/topic/private.slow"] {
         let message = refused(destination).await;
-        let failed =
-            format!("not authorized to subscribe {destination}: the application's subscribe hook failed (");
+        let failed = format!(
+            "not authorized to subscribe to {destination}: the application's subscribe hook failed ("
+        );
         assert!(message.starts_with(&failed), "{message:?}");
     }
     assert_eq!(app.requests("/subscribe").len(), 5);
