@@ -4,6 +4,8 @@
 #
 #   bench/run.sh                 full run (about 17 minutes)
 #   bench/run.sh --short         smoke run (about 2 minutes)
+#   bench/run.sh --targets apps --out target/bench/apps.md
+#                                the applications phase alone: hooks and an HTTP backend (1 minute)
 #   bench/run.sh --help          every option of bench-suite
 #
 # Installs nothing: it checks the prerequisites and says how to get what is missing.

@@ -21,7 +21,15 @@ connections than one address's ephemeral ports fit; only loopback targets are ac
 Examples:
   stampede-bench fanout --url ws://127.0.0.1:8080/ws --subscribers 200 --size 128
   stampede-bench queue --url ws://127.0.0.1:15674/ws --login guest --passcode guest
-  stampede-bench idle --connections 50000 --broker-pid $(pgrep -n stampede)";
+  stampede-bench idle --connections 50000 --broker-pid $(pgrep -n stampede)
+
+The application scenarios serve the node's hooks and HTTP backend from this process
+(--app-listen; routes /connect, /subscribe, /echo), so the node is started pointing at it:
+  stampede --connect-hook http://127.0.0.1:9100/connect \\
+           --subscribe-hook http://127.0.0.1:9100/subscribe \\
+           --app-http '/app/*=http://127.0.0.1:9100/echo'
+  stampede-bench connect --app-listen 127.0.0.1:9100 --connections 2000
+  stampede-bench app-http --app-listen 127.0.0.1:9100 --clients 16";
 
 /// Load generator for STOMP over WebSocket: Stampede, RabbitMQ Web-STOMP, any STOMP broker.
 #[derive(Parser, Debug)]
@@ -84,6 +92,11 @@ pub struct Cli {
     /// Prefix of destination names; random by default, so runs never share destinations.
     #[arg(long, global = true)]
     pub prefix: Option<String>,
+    /// Serve the application backend (connect and subscribe hooks, the /echo HTTP backend) on
+    /// this address while the scenario runs, for a node started with --connect-hook,
+    /// --subscribe-hook or --app-http pointing at it.
+    #[arg(long, global = true)]
+    pub app_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -123,6 +136,24 @@ pub enum ScenarioArgs {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// N connections, K at a time, each CONNECT, one SUBSCRIBE (receipt) and DISCONNECT; times
+    /// CONNECT → CONNECTED and SUBSCRIBE → RECEIPT. Run it against a node with and without
+    /// --connect-hook and --subscribe-hook to see what the hooks add (with --app-listen).
+    Connect {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// C clients SEND to an application destination that the node POSTs to an HTTP backend
+    /// (--app-http; with --app-listen, this process's /echo) and read the replies on
+    /// /user/queue/reply, --window SENDs in flight each (4): replies per second, SEND → reply.
+    AppHttp {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value = "/app/echo")]
+        destination: String,
+    },
 }
 
 impl ScenarioArgs {
@@ -135,6 +166,10 @@ impl ScenarioArgs {
             }
             ScenarioArgs::Idle { connections, hold } => Scenario::Idle { connections, hold },
             ScenarioArgs::Churn { concurrency } => Scenario::Churn { concurrency },
+            ScenarioArgs::Connect { connections, concurrency } => {
+                Scenario::Connect { connections, concurrency }
+            }
+            ScenarioArgs::AppHttp { clients, destination } => Scenario::AppHttp { clients, destination },
         }
     }
 }
@@ -146,7 +181,7 @@ pub async fn run(cli: &Cli) -> Result<Report, String> {
         Endpoint::new(cli.urls.clone(), cli.protocol, login, cli.source_ips, cli.connect_timeout)
             .map_err(|e| e.to_string())?;
     let scenario = cli.scenario.scenario();
-    if matches!(scenario, Scenario::Idle { .. } | Scenario::Churn { .. }) {
+    if matches!(scenario, Scenario::Idle { .. } | Scenario::Churn { .. } | Scenario::Connect { .. }) {
         endpoint.read_buffer = 4096;
     }
     let prefix = cli.prefix.clone().unwrap_or_else(|| {
@@ -170,6 +205,7 @@ pub async fn run(cli: &Cli) -> Result<Report, String> {
         progress: !cli.quiet,
         label: cli.label.clone(),
         source_ips: cli.source_ips,
+        app_listen: cli.app_listen,
     };
     Ok(scenario::run(&common, &scenario).await)
 }

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -159,15 +159,38 @@ impl Endpoint {
 
     /// [`Endpoint::open`], then for STOMP the CONNECT → CONNECTED exchange.
     pub async fn session(&self, node: usize, group: &str, publisher: bool) -> Result<Session, ConnError> {
+        let login = self.login.as_ref().map(|(l, p)| (l.as_str(), p.as_str()));
+        Ok(self.session_as(node, group, publisher, login).await?.session)
+    }
+
+    /// [`Endpoint::session`] with a login of its own (or none), timing the CONNECT alone: from
+    /// writing it to reading the CONNECTED, the handshakes before it left out.
+    pub async fn session_as(
+        &self,
+        node: usize,
+        group: &str,
+        publisher: bool,
+        login: Option<(&str, &str)>,
+    ) -> Result<Connected, ConnError> {
         let ws = self.open(node, group, publisher).await?;
         let mut session = Session { ws, parser: Parser::new(), receipts: 0 };
+        let started = Instant::now();
+        let mut user = None;
         if self.protocol == Protocol::Stomp {
-            let login = self.login.as_ref().map(|(l, p)| (l.as_str(), p.as_str()));
             session.send_text(stomp::connect(login)).await?;
-            session.expect(Command::Connected, None, self.timeout).await?;
+            user = session.expect(Command::Connected, None, self.timeout).await?;
         }
-        Ok(session)
+        Ok(Connected { session, took: started.elapsed(), user })
     }
+}
+
+/// A session just connected, with what its CONNECT exchange showed.
+pub struct Connected {
+    pub session: Session,
+    /// CONNECT written → CONNECTED read.
+    pub took: Duration,
+    /// The CONNECTED frame's `user-name`: who the broker (or its connect hook) says the client is.
+    pub user: Option<String>,
 }
 
 /// A connected STOMP (or raw) session during setup; scenarios take its `ws` for the hot loop.
@@ -194,7 +217,7 @@ impl Session {
         self.receipts += 1;
         let receipt = format!("sub-{}", self.receipts);
         self.send_text(stomp::subscribe(id, destination, ack, prefetch, &receipt)).await?;
-        self.expect(Command::Receipt, Some(&receipt), timeout).await
+        self.expect(Command::Receipt, Some(&receipt), timeout).await.map(drop)
     }
 
     /// DISCONNECT and wait for its RECEIPT, then close the WebSocket.
@@ -209,13 +232,14 @@ impl Session {
     }
 
     /// Reads frames until one with `command` (and `receipt-id` = `receipt`) arrives. MESSAGE
-    /// frames before it are skipped; an ERROR frame is an error.
+    /// frames before it are skipped; an ERROR frame is an error. Returns the frame's `user-name`
+    /// header (a CONNECTED's).
     async fn expect(
         &mut self,
         command: Command,
         receipt: Option<&str>,
         timeout: Duration,
-    ) -> Result<(), ConnError> {
+    ) -> Result<Option<String>, ConnError> {
         self.expect_or_close(command, receipt, timeout, false).await
     }
 
@@ -225,12 +249,12 @@ impl Session {
         receipt: Option<&str>,
         timeout: Duration,
         close_is_fine: bool,
-    ) -> Result<(), ConnError> {
+    ) -> Result<Option<String>, ConnError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let message = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return Err(err(format!("no {command:?} within {timeout:?}"))),
-                Ok(None) if close_is_fine => return Ok(()),
+                Ok(None) if close_is_fine => return Ok(None),
                 Ok(None) => return Err(err("connection closed by the server")),
                 Ok(Some(Err(e))) => return Err(err(format!("read: {e}"))),
                 Ok(Some(Ok(message))) => message,
@@ -238,11 +262,11 @@ impl Session {
             let payload: &[u8] = match &message {
                 Message::Text(text) => text.as_bytes(),
                 Message::Binary(bytes) => bytes,
-                Message::Close(_) if close_is_fine => return Ok(()),
+                Message::Close(_) if close_is_fine => return Ok(None),
                 Message::Close(frame) => return Err(err(format!("server closed: {frame:?}"))),
                 _ => continue,
             };
-            let mut outcome: Option<Result<(), ConnError>> = None;
+            let mut outcome: Option<Result<Option<String>, ConnError>> = None;
             self.parser
                 .feed(payload, |frame| {
                     if outcome.is_some() {
@@ -253,7 +277,8 @@ impl Session {
                     } else if frame.command == command
                         && receipt.is_none_or(|r| frame.header("receipt-id") == Some(r.as_bytes()))
                     {
-                        outcome = Some(Ok(()));
+                        let user = frame.header("user-name").map(|u| String::from_utf8_lossy(u).into_owned());
+                        outcome = Some(Ok(user));
                     }
                 })
                 .map_err(|e| err(e.to_string()))?;

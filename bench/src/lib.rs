@@ -10,8 +10,11 @@
 //! # Layout
 //! [`stomp`] (frames written and parsed by hand) → [`conn`] (connections from 127.0.0.x source
 //! addresses, STOMP handshakes) → [`scenario`] (the five scenarios and their hot loops) →
-//! [`report`]; [`stats`] holds the histograms, counters, flow control and `/proc` sampling.
+//! [`report`]; [`stats`] holds the histograms, counters, flow control and `/proc` sampling;
+//! [`app`] is the application backend (connect and subscribe hooks, an HTTP backend) that the
+//! `connect` and `app-http` scenarios serve in-process for the node under test to call.
 
+pub mod app;
 pub mod baseline;
 pub mod cli;
 pub mod conn;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::app::AppCalls;
 use crate::stats::Latency;
 
 /// The parameters a run used, as given (after defaults).
@@ -94,6 +95,15 @@ pub struct Report {
     pub cycles: u64,
     pub cycles_per_s: f64,
     pub cycle_latency: Option<Latency>,
+    /// Connect scenario: CONNECT written → CONNECTED read, per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_latency: Option<Latency>,
+    /// Connect scenario: SUBSCRIBE written → its RECEIPT read, per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe_latency: Option<Latency>,
+    /// Calls the in-process application backend answered (`--app-listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppCalls>,
     pub memory: Option<Memory>,
     /// CPU seconds the broker process(es) used inside the window.
     pub broker_cpu_s: Option<f64>,
@@ -145,10 +155,26 @@ impl Report {
             row("latency ms", latency_text(l));
         }
         if self.cycles > 0 {
-            row("churn cycles", format!("{} ({:.1}/s)", self.cycles, self.cycles_per_s));
+            let what = if self.scenario == "connect" { "connect cycles" } else { "churn cycles" };
+            row(what, format!("{} ({:.1}/s)", self.cycles, self.cycles_per_s));
         }
         if let Some(l) = &self.cycle_latency {
             row("cycle ms", latency_text(l));
+        }
+        if let Some(l) = &self.connect_latency {
+            row("CONNECT → CONNECTED ms", latency_text(l));
+        }
+        if let Some(l) = &self.subscribe_latency {
+            row("SUBSCRIBE → RECEIPT ms", latency_text(l));
+        }
+        if let Some(app) = &self.app {
+            row(
+                "backend calls",
+                format!(
+                    "connect hook {}, subscribe hook {}, messages {}, rejected {}",
+                    app.connect, app.subscribe, app.echo, app.rejected
+                ),
+            );
         }
         if let Some(m) = &self.memory {
             let mut text = format!("{} → {}", mib(m.before_bytes), mib(m.after_bytes));

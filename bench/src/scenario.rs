@@ -8,6 +8,13 @@
 //! - **idle**: N connections with one subscription each (each its own topic); reports the
 //!   broker's RSS per connection.
 //! - **churn**: K workers that connect, subscribe (receipt) and disconnect (receipt) in a loop.
+//! - **connect**: N connections, K at a time, each CONNECT, one SUBSCRIBE (receipt) and
+//!   DISCONNECT, timing the CONNECT and the SUBSCRIBE alone: what a node's connect and subscribe
+//!   hooks add to a client's handshake.
+//! - **app-http**: C clients SEND to an application destination that the node hands to an HTTP
+//!   backend, each reading the backend's replies on `/user/queue/reply`.
+//!
+//! With `--app-listen` the run serves the application backend ([`crate::app`]) the node calls.
 //!
 //! Rate 0 means closed loop: publishers go as fast as the receivers keep up, never more than a
 //! window of deliveries ahead (see [`Flow`]). A positive rate is an open loop at that many
@@ -23,6 +30,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::app::{AppCalls, AppServer};
 use crate::conn::{ConnError, Endpoint, Protocol, Session, Ws};
 use crate::report::{Memory, MemoryStep, Params, Report};
 use crate::stats::{self, Counters, Flow, Latency, Window};
@@ -65,6 +73,8 @@ pub struct Common {
     pub progress: bool,
     pub label: String,
     pub source_ips: u8,
+    /// Serve the application backend here while the scenario runs.
+    pub app_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +84,8 @@ pub enum Scenario {
     Queue { producers: usize, consumers: usize, prefetch: u32 },
     Idle { connections: usize, hold: Duration },
     Churn { concurrency: usize },
+    Connect { connections: usize, concurrency: usize },
+    AppHttp { clients: usize, destination: String },
 }
 
 impl Scenario {
@@ -84,17 +96,19 @@ impl Scenario {
             Scenario::Queue { .. } => "queue",
             Scenario::Idle { .. } => "idle",
             Scenario::Churn { .. } => "churn",
+            Scenario::Connect { .. } => "connect",
+            Scenario::AppHttp { .. } => "app-http",
         }
     }
 
-    /// The window when none is given: fan-out, messages ahead of the average subscriber; topics,
-    /// messages in flight per connection; queue, messages in flight in total.
+    /// The window when none is given: fan-out, messages ahead of the average subscriber; topics
+    /// and app-http, messages in flight per connection; queue, messages in flight in total.
     fn default_window(&self) -> u64 {
         match self {
             Scenario::Fanout { .. } => 128,
-            Scenario::Topics { .. } => 4,
+            Scenario::Topics { .. } | Scenario::AppHttp { .. } => 4,
             Scenario::Queue { .. } => 1024,
-            Scenario::Idle { .. } | Scenario::Churn { .. } => 0,
+            Scenario::Idle { .. } | Scenario::Churn { .. } | Scenario::Connect { .. } => 0,
         }
     }
 }
@@ -119,6 +133,18 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
         ..Report::default()
     };
     let counters = Arc::new(Counters::default());
+    let backend = match common.app_listen {
+        Some(addr) => match AppServer::start(addr).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                counters.error(e);
+                report.errors = 1;
+                report.error_samples = counters.error_samples();
+                return report;
+            }
+        },
+        None => None,
+    };
     let progress = Progress::start(scenario.name(), counters.clone(), common.progress);
     match scenario {
         Scenario::Fanout { subscribers, publishers } => {
@@ -148,8 +174,32 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
             report.params.concurrency = *concurrency;
             churn(common, &counters, *concurrency, &mut report).await;
         }
+        Scenario::Connect { connections, concurrency } => {
+            report.params.connections = *connections;
+            report.params.concurrency = *concurrency;
+            connect(common, &counters, *connections, *concurrency, &mut report).await;
+        }
+        Scenario::AppHttp { clients, destination } => {
+            report.params.connections = *clients;
+            if common.endpoint.protocol == Protocol::Raw {
+                report.notes.push("app-http: not applicable to the raw protocol".into());
+            } else {
+                app_http(common, &counters, window, *clients, destination, &mut report).await;
+            }
+        }
     }
     progress.stop();
+    if let Some(backend) = backend {
+        let calls = backend.calls();
+        if calls == AppCalls::default() {
+            report.notes.push(format!(
+                "the application backend on {} was never called: is the node started with \
+                 --connect-hook, --subscribe-hook or --app-http pointing at it?",
+                backend.addr
+            ));
+        }
+        report.app = Some(calls);
+    }
     report.errors = Counters::get(&counters.errors);
     report.error_samples = counters.error_samples();
     report
@@ -609,6 +659,190 @@ async fn cycle(ep: &Endpoint, node: usize, group: &str) -> Result<(), ConnError>
             let _ = tokio::time::timeout(ep.timeout, session.ws.close(None)).await;
             Ok(())
         }
+    }
+}
+
+/// Cycles of the connect scenario run before the measured ones, per worker: the first of a
+/// node's hook calls also opens its connection to the backend.
+pub const CONNECT_WARMUP_PER_WORKER: usize = 4;
+
+async fn connect(
+    c: &Common,
+    counters: &Arc<Counters>,
+    connections: usize,
+    concurrency: usize,
+    report: &mut Report,
+) {
+    let ep = c.endpoint.clone();
+    let workers = concurrency.clamp(1, connections.max(1));
+    let warmup = workers * CONNECT_WARMUP_PER_WORKER;
+    let total = (connections + warmup) as u64;
+    report.connections_requested = connections;
+    let rss_before = stats::total_rss(&c.broker_pids);
+    let tickets = Arc::new(AtomicU64::new(0));
+    // A node that refuses every connection is not tried N times.
+    let give_up_after = (connections / 10).max(50) as u64;
+    let failed = Arc::new(AtomicU64::new(0));
+    let named = Arc::new(AtomicU64::new(0));
+    let mut started = None;
+    let mut cpu0 = (None, None);
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let (ep, counters, tickets, failed, named) =
+                (ep.clone(), counters.clone(), tickets.clone(), failed.clone(), named.clone());
+            let prefix = c.prefix.clone();
+            tokio::spawn(async move {
+                let (mut connected, mut subscribed) = (stats::histogram(), stats::histogram());
+                loop {
+                    let ticket = tickets.fetch_add(1, Ordering::Relaxed);
+                    if ticket >= total || failed.load(Ordering::Relaxed) >= give_up_after {
+                        break;
+                    }
+                    let measured = ticket >= warmup as u64;
+                    let group = format!("{prefix}-c{ticket}");
+                    match connect_cycle(&ep, w + ticket as usize, &group).await {
+                        Ok((connect, subscribe, user)) => {
+                            if measured {
+                                counters.cycles.fetch_add(1, Ordering::Relaxed);
+                                connected.saturating_record((connect.as_micros() as u64).max(1));
+                                subscribed.saturating_record((subscribe.as_micros() as u64).max(1));
+                                named.fetch_add(u64::from(user.is_some()), Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            counters.error(e);
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                (connected, subscribed)
+            })
+        })
+        .collect();
+    let (mut connected, mut subscribed) = (stats::histogram(), stats::histogram());
+    for handle in handles {
+        // The measured part starts when the warm-up tickets are taken; sampled from here.
+        if started.is_none() {
+            while tickets.load(Ordering::Relaxed) < warmup as u64 && !handle.is_finished() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            started = Some(Instant::now());
+            cpu0 = (stats::total_cpu(&c.broker_pids), stats::cpu_seconds(0));
+        }
+        if let Ok((c, s)) = handle.await {
+            let _ = connected.add(&c);
+            let _ = subscribed.add(&s);
+        }
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    report.broker_cpu_s = diff(cpu0.0, stats::total_cpu(&c.broker_pids));
+    report.bench_cpu_s = diff(cpu0.1, stats::cpu_seconds(0));
+    if let (Some(before), Some(after)) = (rss_before, stats::total_rss(&c.broker_pids)) {
+        report.memory = Some(Memory {
+            before_bytes: before,
+            after_bytes: after,
+            per_connection_bytes: None,
+            steps: Vec::new(),
+        });
+    }
+    report.params.duration_s = elapsed.as_secs_f64();
+    report.params.warmup_s = 0.0;
+    report.cycles = Counters::get(&counters.cycles);
+    report.connections_reached = report.cycles as usize;
+    report.cycles_per_s = report.cycles as f64 / elapsed.as_secs_f64().max(1e-9);
+    report.connect_latency = Latency::of(&connected);
+    report.subscribe_latency = Latency::of(&subscribed);
+    report.notes.push(format!(
+        "{warmup} connections before the {connections} measured were not counted; {} of the measured \
+         CONNECTED frames named a user",
+        Counters::get(&named)
+    ));
+}
+
+/// One connect cycle: TCP and WebSocket handshakes, then CONNECT and a receipted SUBSCRIBE
+/// (each timed), DISCONNECT (receipt), close. Returns the two times and the CONNECTED's user.
+async fn connect_cycle(
+    ep: &Endpoint,
+    node: usize,
+    group: &str,
+) -> Result<(Duration, Duration, Option<String>), ConnError> {
+    let login = ep.login.as_ref().map(|(l, p)| (l.as_str(), p.as_str()));
+    let connected = ep.session_as(node, group, false, login).await?;
+    let mut session = connected.session;
+    if ep.protocol == Protocol::Raw {
+        let _ = tokio::time::timeout(ep.timeout, session.ws.close(None)).await;
+        return Ok((connected.took, Duration::ZERO, None));
+    }
+    let destination = format!("/topic/{group}");
+    let started = Instant::now();
+    session.subscribe("0", &destination, Ack::Auto, None, ep.timeout).await?;
+    let subscribe = started.elapsed();
+    session.disconnect(ep.timeout).await?;
+    Ok((connected.took, subscribe, connected.user))
+}
+
+async fn app_http(
+    c: &Common,
+    counters: &Arc<Counters>,
+    window_msgs: u64,
+    clients: usize,
+    destination: &str,
+    report: &mut Report,
+) {
+    let ep = &*c.endpoint;
+    let rss_before = stats::total_rss(&c.broker_pids);
+    report.connections_requested = clients;
+    let setup = Instant::now();
+    // Replies come on /user/queue/reply, which needs a user: the login given, else one per
+    // client (taken on trust by a node without authentication; a connect hook names its own).
+    let sessions =
+        open_all(clients, c.connect_concurrency, setup + c.setup_timeout, counters, |i| async move {
+            let own = format!("bench{i}");
+            let login = match &ep.login {
+                Some((l, p)) => Some((l.as_str(), p.as_str())),
+                None => Some((own.as_str(), "")),
+            };
+            let group = format!("{}-app{i}", c.prefix);
+            let mut session = ep.session_as(i, &group, false, login).await?.session;
+            session.subscribe("0", "/user/queue/reply", Ack::Auto, None, ep.timeout).await?;
+            Ok(session)
+        })
+        .await;
+    report.setup_s = setup.elapsed().as_secs_f64();
+    report.connections_reached = sessions.len();
+    if sessions.is_empty() {
+        report.notes.push("no client could connect".into());
+        return;
+    }
+    let window = Window::new(c.warmup, c.duration);
+    let sampler = spawn_sampler(c.broker_pids.clone(), window);
+    let per_client = c.rate / sessions.len() as f64;
+    let handles: Vec<_> = sessions
+        .into_iter()
+        .map(|session| {
+            let echo = Echo {
+                destination: destination.to_owned(),
+                size: c.size,
+                rate: per_client,
+                in_flight_limit: window_msgs.max(1),
+                counters: counters.clone(),
+                window,
+                raw: false,
+            };
+            tokio::spawn(async move { echo.run(session).await })
+        })
+        .collect();
+    let hist = merge(handles).await;
+    finish_rates(report, counters, c.duration);
+    report.latency = Latency::of(&hist);
+    apply_sampler(report, sampler, rss_before).await;
+    let lost = report.sent_total.saturating_sub(report.received_total);
+    if lost > 0 {
+        report.notes.push(format!(
+            "{lost} SENDs got no reply (the node's HTTP calls failed or timed out: see \
+             stampede_app_http_requests_total)"
+        ));
     }
 }
 

@@ -4,8 +4,10 @@
 use std::process::Command;
 use std::time::Duration;
 
+use stampede::apps::settings::HttpRoute;
 use stampede_bench::Report;
 use stampede_testkit::local::TestNode;
+use stampede_testkit::process::free_port;
 
 /// Runs the `stampede-bench` binary with `args` and returns its JSON report.
 async fn bench(args: &[&str]) -> Report {
@@ -88,4 +90,76 @@ async fn queue_and_idle_run() {
     assert!(report.received > 0, "no queue deliveries: {report:#?}");
     let report = bench(&["idle", "--url", &url, "--connections", "50", "--hold", "200ms"]).await;
     assert_eq!(report.connections_reached, 50, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_times_each_handshake() {
+    let node = TestNode::start(|_| {}).await;
+    let url = node.ws_url();
+    let report = bench(&["connect", "--url", &url, "--connections", "40", "--concurrency", "4"]).await;
+    assert_eq!(report.errors, 0, "{report:#?}");
+    assert_eq!(report.cycles, 40, "{report:#?}");
+    let connect = report.connect_latency.expect("CONNECT → CONNECTED percentiles");
+    let subscribe = report.subscribe_latency.expect("SUBSCRIBE → RECEIPT percentiles");
+    assert_eq!((connect.count, subscribe.count), (40, 40), "the warm-up cycles are not counted");
+    assert!(report.app.is_none(), "no backend was asked for");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_scenarios_serve_the_nodes_hooks_and_backend() {
+    // The node calls the backend that stampede-bench serves on this address while it runs.
+    let backend = format!("127.0.0.1:{}", free_port());
+    let node = TestNode::start(|config| {
+        config.apps.connect_hook = Some(format!("http://{backend}/connect"));
+        config.apps.subscribe_hook = Some(format!("http://{backend}/subscribe"));
+        config.apps.http =
+            vec![HttpRoute { pattern: "/app/*".into(), url: format!("http://{backend}/echo") }];
+    })
+    .await;
+    let url = node.ws_url();
+    let report = bench(&[
+        "connect",
+        "--url",
+        &url,
+        "--connections",
+        "40",
+        "--concurrency",
+        "4",
+        "--app-listen",
+        &backend,
+    ])
+    .await;
+    assert_eq!(report.errors, 0, "{report:#?}");
+    let calls = report.app.clone().expect("the backend's calls");
+    // 40 measured cycles and 16 of warm-up (4 per worker), each a CONNECT and a SUBSCRIBE.
+    assert_eq!((calls.connect, calls.subscribe, calls.rejected), (56, 56, 0), "{report:#?}");
+    assert!(
+        report.notes.iter().any(|n| n.contains("40 of the measured CONNECTED frames named a user")),
+        "the hook's user reaches CONNECTED: {report:#?}"
+    );
+
+    let report = bench(&[
+        "app-http",
+        "--url",
+        &url,
+        "--clients",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--app-listen",
+        &backend,
+    ])
+    .await;
+    assert_eq!(report.errors, 0, "{report:#?}");
+    assert!(report.received > 0, "no replies: {report:#?}");
+    assert_eq!(report.received_total, report.sent_total, "every SEND got its reply: {report:#?}");
+    let calls = report.app.expect("the backend's calls");
+    assert_eq!(calls.echo, report.sent_total, "one call per SEND: {calls:?}");
+    assert_eq!(
+        (calls.connect, calls.subscribe),
+        (2, 2),
+        "each client's CONNECT and SUBSCRIBE asked the hooks"
+    );
 }

@@ -5,22 +5,15 @@
 //! stomp.py is installed into a virtual environment under the target directory the first time
 //! (`python3 -m venv` + `pip install stomp.py`), so `cargo test` needs only python3 and PyPI.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use stampede_testkit::cluster::BIN_ENV;
 use stampede_testkit::Cluster;
 
-const STOMP_PY: &str = "stomp.py==9.0.0";
-
-/// A python with stomp.py, made once per target directory.
-fn python() -> PathBuf {
-    stampede_testkit::system::pip_tool("interop", STOMP_PY, "python3")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stomp_py_over_websocket_and_tcp() {
-    let python = python();
+    let python = stampede_testkit::system::stomp_py("interop");
     // The binary cargo built for this test, started by the test kit (its log printed on failure).
     if std::env::var_os(BIN_ENV).is_none() {
         std::env::set_var(BIN_ENV, env!("CARGO_BIN_EXE_stampede"));

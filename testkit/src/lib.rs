@@ -10,7 +10,8 @@
 //!   each helper as `try_x` (a [`ClientError`]) and `x` (panics, describing what went wrong).
 //! - [`local`]: [`local::TestNode`], a node inside the test process (`stampede::run` on port-0
 //!   listeners, its own runtime, its tracing captured into its [`Log`] and printed when the test
-//!   fails), and [`local::Cluster`], the nodes of one [`Variant`].
+//!   fails), and [`local::Cluster`], the nodes of one [`Variant`]; [`local::apply_flags`]
+//!   configures one from command-line flags.
 //! - [`cluster`]: [`Cluster`] and [`Node`], `stampede` processes (the binary cargo builds);
 //!   kill -9, SIGTERM, restart on the same ports; [`Cluster::of`] starts a [`Variant`].
 //! - [`redis`]: [`Redis`], the one `redis-server` launcher: with the append-only file or without
@@ -62,7 +63,9 @@ pub mod prelude {
     };
     pub use crate::http::{metric, Response as HttpResponse};
     pub use crate::keys::*;
-    pub use crate::local::{under_attack, Bystander, Cluster, TestNode, BYSTANDER_TOPIC, PUBLISHED};
+    pub use crate::local::{
+        apply_flags, under_attack, Bystander, Cluster, TestNode, BYSTANDER_TOPIC, PUBLISHED,
+    };
     pub use crate::redis::{shared as redis, Resp};
     pub use crate::variant::{EngineKind, Transport, Variant};
     pub use crate::wait::{eventually, eventually_eq, eventually_some, holds_within};

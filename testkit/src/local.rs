@@ -19,7 +19,7 @@ use std::sync::Once;
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::Duration;
 
-use stampede::config::Config;
+use stampede::config::{Config, Environment};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -418,6 +418,23 @@ impl Drop for TestNode {
         drop(self.kill.take());
         self.log.on_drop();
     }
+}
+
+/// Sets `c` to what the command line `stampede --<name> <value> ...` configures (with no
+/// `STAMPEDE_` variable), then puts back what [`TestNode::start`] set before its `configure` ran
+/// (the drain period, TLS): for scenarios that name their settings as an operator writes them.
+/// Call it first in `configure`. Panics with the configuration's error if the flags are refused.
+pub fn apply_flags(c: &mut Config, flags: &[(&str, &str)]) {
+    let mut args = vec!["stampede".to_owned()];
+    for (name, value) in flags {
+        args.extend([format!("--{name}"), (*value).to_owned()]);
+    }
+    let loaded = Config::load_from(&args, &Environment::default())
+        .unwrap_or_else(|e| panic!("flags {flags:?} refused: {e}"));
+    let (drain_period, tls) = (c.drain_period, c.tls.take());
+    *c = loaded.config;
+    c.drain_period = drain_period;
+    c.tls = tls;
 }
 
 // === clusters ===

@@ -3,7 +3,8 @@
 //! and when it is missing installs its Debian package with `apt-get` (as root: what the README's
 //! one test command does on a fresh machine). Installs are serialized across test binaries by a
 //! file lock, and `apt-get update` runs once before the first install that needs it. A program
-//! that cannot be had fails the test with the reason; nothing is skipped.
+//! that cannot be had fails the test with the reason; nothing is skipped. Python packages come
+//! from PyPI into virtual environments under the target directory ([`pip_tool`], [`stomp_py`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,6 +113,17 @@ pub fn pip_tool(name: &str, requirement: &str, program: &str) -> PathBuf {
     );
     std::fs::write(&ready, requirement).expect("mark the venv ready");
     venv.join("bin").join(program)
+}
+
+/// The stomp.py release the suites drive Stampede with: the interop test (`node/tests`) and the
+/// chat example's backend (`examples/chat/backend.py`, in `cluster-tests`).
+pub const STOMP_PY: &str = "stomp.py==9.0.0";
+
+/// A python3 with [`STOMP_PY`], from [`pip_tool`]'s virtual environment `target/<venv>-venv`.
+/// Each test binary names its own: two binaries making one environment at once would race (the
+/// lock that serializes [`pip_tool`] is per process).
+pub fn stomp_py(venv: &str) -> PathBuf {
+    pip_tool(venv, STOMP_PY, "python3")
 }
 
 /// The flags every headless Chromium of the suite starts with (no sandbox: tests run as root;

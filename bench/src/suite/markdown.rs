@@ -1,8 +1,9 @@
 //! `docs/benchmarks.md`: the machine, the command line, the goals (met or missed), the ratio
-//! table and the raw numbers.
+//! table, the raw numbers and the applications phase.
 
 use std::fmt::Write as _;
 
+use super::apps::{Applications, Handshake};
 use super::rounds::{self, HeadToHead, Pass};
 use super::targets::Kind;
 use super::{Plan, Results, TargetResult};
@@ -587,11 +588,151 @@ pub fn render(r: &Results) -> String {
         out.push('\n');
     }
 
+    if let Some(apps) = &r.applications {
+        out.push_str(&applications(apps, r.plan.size));
+    }
+
     out.push_str(REPRODUCE);
     if !r.appendix.is_empty() {
         out.push('\n');
         out.push_str(&r.appendix);
     }
+    out
+}
+
+/// The applications phase: the hooks' latency round by round, and the HTTP backend's run.
+fn applications(a: &Applications, size: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Applications: hooks and an HTTP backend\n");
+    let _ = writeln!(
+        out,
+        "Two nodes on the embedded engine side by side: one plain, one started with `{}`. The URLs \
+         are the load generator's own backend, a small HTTP server in the `stampede-bench` process \
+         (`--app-listen`) that parses each call's JSON and answers at once (`{{\"allow\":true,\
+         \"user\":\"u<n>\"}}`, `{{\"allow\":true}}`, `{{\"reply\":{{\"body\":...}}}}`). What is measured \
+         is the node's side of a call: the request built, one HTTP round trip on loopback, the answer \
+         read and acted on; a real backend adds its own time. The backend shares the cores with the \
+         node and the load generator ([applications.md](applications.md)).\n",
+        a.node_args.join(" ")
+    );
+    let _ = writeln!(
+        out,
+        "**Hooks.** Each connect run opens {} connections, {} at a time, after {} that are not \
+         counted; each does the TCP and WebSocket handshakes (not timed), CONNECT (timed to its \
+         CONNECTED), one SUBSCRIBE with a receipt (timed to the RECEIPT) and DISCONNECT. Each round \
+         runs the plain node, then the one with hooks.\n",
+        group(a.connections as f64),
+        a.concurrency,
+        a.concurrency * crate::scenario::CONNECT_WARMUP_PER_WORKER,
+    );
+    let _ = writeln!(
+        out,
+        "| round | CONNECT → CONNECTED p50 / p99 (ms): no hook | connect hook | SUBSCRIBE → RECEIPT p50 / \
+         p99 (ms): no hook | subscribe hook | connections/s: no hook | hooks | hook calls (connect / \
+         subscribe) |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let pair = |l: Option<&crate::stats::Latency>| opt(l, |l| format!("{:.2} / {:.2}", l.p50_ms, l.p99_ms));
+    let run_cell = |run: &super::RunResult, f: &dyn Fn(&Report) -> String| match (&run.report, &run.failure) {
+        (Some(report), _) => f(report),
+        (None, Some(why)) => format!("failed: {why}"),
+        (None, None) => "—".into(),
+    };
+    for (i, round) in a.rounds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            run_cell(&round.plain, &|r| pair(r.connect_latency.as_ref())),
+            run_cell(&round.hooked, &|r| pair(r.connect_latency.as_ref())),
+            run_cell(&round.plain, &|r| pair(r.subscribe_latency.as_ref())),
+            run_cell(&round.hooked, &|r| pair(r.subscribe_latency.as_ref())),
+            run_cell(&round.plain, &|r| int(r.cycles_per_s)),
+            run_cell(&round.hooked, &|r| int(r.cycles_per_s)),
+            run_cell(&round.hooked, &|r| opt(r.app.as_ref(), |c| format!(
+                "{} / {}",
+                group(c.connect as f64),
+                group(c.subscribe as f64)
+            ))),
+        );
+    }
+    let median = |hooked: bool, handshake: Handshake| -> String {
+        let series = a.series(hooked, handshake);
+        let p50: Vec<f64> = series.iter().map(|l| l.p50_ms).collect();
+        let p99: Vec<f64> = series.iter().map(|l| l.p99_ms).collect();
+        match (rounds::spread(&p50), rounds::spread(&p99)) {
+            (Some((p50, _, _)), Some((p99, _, _))) => format!("{p50:.2} / {p99:.2}"),
+            _ => "—".into(),
+        }
+    };
+    let rate = |hooked: bool| {
+        let rates: Vec<f64> = a.reports(hooked).iter().map(|r| r.cycles_per_s).collect();
+        opt(rounds::spread(&rates), |(v, _, _)| int(v))
+    };
+    let _ = writeln!(
+        out,
+        "| **median** | {} | {} | {} | {} | {} | {} | |\n",
+        median(false, Handshake::Connect),
+        median(true, Handshake::Connect),
+        median(false, Handshake::Subscribe),
+        median(true, Handshake::Subscribe),
+        rate(false),
+        rate(true),
+    );
+    let errors: u64 = a
+        .rounds
+        .iter()
+        .flat_map(|r| [&r.plain, &r.hooked])
+        .filter_map(|r| r.report.as_ref())
+        .map(|r| r.errors)
+        .sum();
+    if errors > 0 {
+        let _ = writeln!(out, "> {errors} connect cycles failed over the rounds.\n");
+    }
+
+    let _ = writeln!(
+        out,
+        "**HTTP backend.** {} clients on the node with hooks, each with {} SENDs to `/app/echo` in \
+         flight ({size} B bodies); the node POSTs each to the backend (`--app-http`), whose `reply` \
+         comes back to the sender's `/user/queue/reply`. {} s measured after {} s of warm-up, closed \
+         loop. Latency is SEND written → reply read.\n",
+        a.clients, a.window, a.duration_s, a.warmup_s
+    );
+    let _ = writeln!(out, "| | |\n| --- | --- |");
+    type Row = (&'static str, fn(&Report) -> String);
+    let rows: &[Row] = &[
+        ("replies/s", |r| int(r.deliveries_per_s)),
+        ("SENDs/s", |r| int(r.sent_per_s)),
+        ("SEND → reply p50 / p99 / p99.9 / max (ms)", |r| {
+            opt(r.latency.as_ref(), |l| {
+                format!("{:.2} / {:.2} / {:.2} / {:.1}", l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms)
+            })
+        }),
+        ("backend calls answered (whole run)", |r| opt(r.app.as_ref(), |c| group(c.echo as f64))),
+        ("broker CPU in window (s)", |r| opt(r.broker_cpu_s, |c| format!("{c:.2}"))),
+        ("replies per broker CPU-second", |r| opt(r.deliveries_per_broker_cpu_s(), int)),
+        ("load generator and backend CPU in window (s)", |r| opt(r.bench_cpu_s, |c| format!("{c:.2}"))),
+        ("errors", |r| {
+            if r.errors == 0 {
+                "0".into()
+            } else {
+                format!(
+                    "{} ({})",
+                    r.errors,
+                    r.error_samples.first().map(|s| s.replace('|', "/")).unwrap_or_default()
+                )
+            }
+        }),
+    ];
+    for (label, f) in rows {
+        let _ = writeln!(out, "| {label} | {} |", run_cell(&a.http, &|r| f(r)));
+    }
+    if let Some(report) = &a.http.report {
+        for note in &report.notes {
+            let _ = writeln!(out, "\n> {note}");
+        }
+    }
+    out.push('\n');
     out
 }
 
@@ -727,6 +868,29 @@ as many idle connections as the limit allows and reports the count it reached. T
 its connections in four steps and samples the broker's RSS after each: the KiB each step added per
 connection (in the goal row) show whether the cost stays flat as connections are added, which is
 what carrying the measurement to 100,000 connections rests on.
+
+### Hooks and HTTP backends
+
+The applications phase (`apps` in `--targets`, on by default) needs only the `stampede` binary.
+Alone, into a file of its own so the report of record stays:
+
+```
+bench/run.sh --targets apps --out target/bench/apps.md --results target/bench/apps.json
+```
+
+By hand: start a node whose hooks and HTTP backend point at an address, and give the same
+address to `stampede-bench --app-listen`, which serves `/connect`, `/subscribe` and `/echo` there
+while it runs (a node without those settings for the run without hooks):
+
+```
+target/release/stampede --listen 127.0.0.1:18081 --stomp-listen off --admin-listen off \\
+    --connect-hook http://127.0.0.1:9100/connect --subscribe-hook http://127.0.0.1:9100/subscribe \\
+    --app-http '/app/*=http://127.0.0.1:9100/echo' & PID=$!
+target/release/stampede-bench connect --url ws://127.0.0.1:18081/ws --app-listen 127.0.0.1:9100 \\
+    --connections 2000 --concurrency 8 --broker-pid $PID
+target/release/stampede-bench app-http --url ws://127.0.0.1:18081/ws --app-listen 127.0.0.1:9100 \\
+    --clients 16 --window 4 --duration 10s --broker-pid $PID
+```
 ";
 
 #[cfg(test)]
@@ -744,6 +908,7 @@ mod tests {
             targets: Vec::new(),
             scaling: Vec::new(),
             head_to_head: Some(HeadToHead { rounds: 3, subscribers: 100, runs, ..HeadToHead::default() }),
+            applications: None,
             elapsed_s: 0.0,
             appendix: String::new(),
         }
@@ -813,6 +978,51 @@ mod tests {
                 "| **median** | 2,000,000 | 1,400,000 | 840,000 | 85% | 60% | 2.0 | 1.9 | 5.5 | 0.5 |"
             ),
             "{page}"
+        );
+    }
+
+    #[test]
+    fn the_applications_section_reads_the_median_of_the_rounds() {
+        use crate::stats::Latency;
+        use crate::suite::apps::{Applications, ConnectRound};
+        use crate::suite::RunResult;
+        let run = |p50_ms: f64, p99_ms: f64| RunResult {
+            report: Some(Report {
+                connect_latency: Some(Latency { p50_ms, p99_ms, ..Latency::default() }),
+                subscribe_latency: Some(Latency {
+                    p50_ms: p50_ms / 2.0,
+                    p99_ms: p99_ms / 2.0,
+                    ..Latency::default()
+                }),
+                cycles_per_s: 1000.0 / p50_ms,
+                ..Report::default()
+            }),
+            ..RunResult::default()
+        };
+        let apps = Applications {
+            connections: 2000,
+            concurrency: 8,
+            node_args: vec!["--connect-hook".into(), "http://127.0.0.1:1/connect".into()],
+            rounds: vec![
+                ConnectRound { plain: run(1.0, 3.0), hooked: run(2.0, 6.0) },
+                ConnectRound { plain: run(1.2, 2.0), hooked: run(1.6, 9.0) },
+                ConnectRound {
+                    plain: run(0.8, 4.0),
+                    hooked: RunResult { failure: Some("it broke".into()), ..RunResult::default() },
+                },
+            ],
+            ..Applications::default()
+        };
+        let mut r = results(Vec::new());
+        r.applications = Some(apps);
+        let text = render(&r);
+        assert!(text.contains("one started with `--connect-hook http://127.0.0.1:1/connect`"), "{text}");
+        assert!(text.contains("| 3 | 0.80 / 4.00 | failed: it broke |"), "{text}");
+        // Medians: p50 of 1.0, 1.2, 0.8 and p99 of 3, 2, 4 without hooks; with them, of the two
+        // rounds that ran (the mean of the middle two).
+        assert!(
+            text.contains("| **median** | 1.00 / 3.00 | 1.80 / 7.50 | 0.50 / 1.50 | 0.90 / 3.75 |"),
+            "{text}"
         );
     }
 }

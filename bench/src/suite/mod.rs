@@ -5,8 +5,10 @@
 //! writes `docs/benchmarks.md` (and the raw results as JSON).
 //!
 //! Layout: `mod.rs` (arguments, the plan, the run), `targets.rs` (starting and stopping each
-//! target), `markdown.rs` (the report and the goal checks).
+//! target), `rounds.rs` (the head-to-head phase), `apps.rs` (the applications phase: hooks and
+//! HTTP backends), `markdown.rs` (the report and the goal checks).
 
+pub mod apps;
 pub mod markdown;
 pub mod rounds;
 pub mod targets;
@@ -30,8 +32,9 @@ pub struct SuiteArgs {
     /// A smoke run: 2 s per scenario, few connections.
     #[arg(long)]
     pub short: bool,
-    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq.
-    #[arg(long, default_value = "baseline,memory,cluster,rabbitmq", value_delimiter = ',')]
+    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, and apps (the
+    /// applications phase: Stampede's connect and subscribe hooks and HTTP backend, on one node).
+    #[arg(long, default_value = "baseline,memory,cluster,rabbitmq,apps", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Measured window per scenario (default 10 s, short 2 s).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -113,6 +116,16 @@ pub struct Plan {
     pub rounds: usize,
     #[serde(default)]
     pub round_duration_s: f64,
+    /// Applications phase: connections per connect run and how many at a time; app-http
+    /// clients and the SENDs each keeps in flight.
+    #[serde(default)]
+    pub app_connections: usize,
+    #[serde(default)]
+    pub app_concurrency: usize,
+    #[serde(default)]
+    pub app_clients: usize,
+    #[serde(default)]
+    pub app_window: u64,
 }
 
 impl Plan {
@@ -153,6 +166,10 @@ impl Plan {
             scaling_duration_s: if short { 1.0 } else { 4.0 },
             rounds: args.rounds.unwrap_or(if short { 2 } else { 5 }),
             round_duration_s: if short { 1.0 } else { 5.0 },
+            app_connections: if short { 200 } else { 2000 },
+            app_concurrency: 8,
+            app_clients: 16,
+            app_window: 4,
         };
         (plan, note)
     }
@@ -236,6 +253,9 @@ pub struct Results {
     /// The interleaved rounds the throughput and latency goals are read from.
     #[serde(default)]
     pub head_to_head: Option<rounds::HeadToHead>,
+    /// The hooks' latency and the HTTP backend's throughput.
+    #[serde(default)]
+    pub applications: Option<apps::Applications>,
     pub elapsed_s: f64,
     /// Appended to the report as it is.
     #[serde(default)]
@@ -340,7 +360,12 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         baseline: args.bin_dir.join("ws-baseline"),
     };
     let mut kinds = Vec::new();
+    let mut applications = false;
     for name in &args.targets {
+        if name.trim() == "apps" {
+            applications = true;
+            continue;
+        }
         let kind = Kind::parse(name.trim()).ok_or_else(|| format!("unknown target {name:?}"))?;
         if !kinds.contains(&kind) {
             kinds.push(kind);
@@ -362,6 +387,17 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
             skipped.insert(*kind, text);
         }
     }
+    if applications {
+        let missing = targets::missing(Kind::Memory, &bins);
+        if !missing.is_empty() {
+            let text = missing.join("; ");
+            if !args.skip_missing {
+                return Err(format!("apps cannot run: {text}\n(or pass --skip-missing)"));
+            }
+            eprintln!("bench-suite: skipping apps: {text}");
+            applications = false;
+        }
+    }
     let (plan, idle_note) = Plan::new(&args, stats::nofile_limit());
     let mut results = Results {
         machine: machine(),
@@ -375,6 +411,7 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         targets: Vec::new(),
         scaling: Vec::new(),
         head_to_head: None,
+        applications: None,
         elapsed_s: 0.0,
         appendix: match &args.notes {
             Some(path) => {
@@ -417,6 +454,9 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         rounds::KINDS.into_iter().filter(|k| kinds.contains(k) && !skipped.contains_key(k)).collect();
     if plan.rounds > 0 && contenders.len() >= 2 {
         results.head_to_head = rounds::run(&bins, &plan, &contenders).await;
+    }
+    if applications {
+        results.applications = apps::run(&bins, &plan).await;
     }
     results.elapsed_s = started.elapsed().as_secs_f64();
     results.machine.load_at_end = read_trimmed("/proc/loadavg");

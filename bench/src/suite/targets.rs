@@ -160,6 +160,18 @@ pub async fn start(
     node_workers: usize,
     rabbitmq_url: Option<&str>,
 ) -> Result<Running, String> {
+    start_with(kind, bins, nodes, node_workers, rabbitmq_url, &[]).await
+}
+
+/// [`start`], with settings of Stampede's own for each node (`--connect-hook ...`).
+pub async fn start_with(
+    kind: Kind,
+    bins: &Bins,
+    nodes: usize,
+    node_workers: usize,
+    rabbitmq_url: Option<&str>,
+    extra_args: &[&str],
+) -> Result<Running, String> {
     let mut running = Running {
         kind,
         urls: Vec::new(),
@@ -189,14 +201,16 @@ pub async fn start(
             // The harness builds nothing when it is told which binary to run.
             std::env::set_var(stampede_testkit::cluster::BIN_ENV, &bins.stampede);
             let cluster = if kind == Kind::Memory {
-                Cluster::memory(&[]).await
+                Cluster::memory(extra_args).await
             } else {
                 let redis = Redis::start().await;
                 // The harness's Redis fsyncs every write (for its crash tests); a benchmark wants
                 // Redis as deployed for pub/sub: no append-only file.
                 redis.cli(&["CONFIG", "SET", "appendonly", "no"]).await;
                 let workers = node_workers.to_string();
-                let cluster = Cluster::start(nodes, &redis, &["--worker-threads", &workers]).await;
+                let mut args = vec!["--worker-threads", workers.as_str()];
+                args.extend_from_slice(extra_args);
+                let cluster = Cluster::start(nodes, &redis, &args).await;
                 running.version = redis_version(&redis).await;
                 // Redis is part of the cluster: its CPU and memory count with the nodes'.
                 let port = format!(":{}", redis.addr().port());

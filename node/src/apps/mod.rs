@@ -3,7 +3,7 @@
 //!
 //! A SEND to an application destination never reaches subscribers. The node removes the
 //! `x-stampede-*` headers a client sent, stamps its own ([`SESSION_HEADER`], [`NODE_HEADER`],
-//! [`USER_HEADER`], [`DESTINATION_HEADER`]) and hands the message to the application, by the
+//! [`USER_HEADER`], [`DESTINATION_HEADER`], [`MESSAGE_ID_HEADER`]) and hands the message to the application, by the
 //! destination's [`Target`]:
 //! - **STOMP workers** (the default): the message is stored in a queue of the same name, and
 //!   sessions with the [`BACKEND_ROLE`] consume it like any queue (competing consumers, acks,
@@ -48,6 +48,9 @@ pub const NODE_HEADER: &str = "x-stampede-node";
 pub const USER_HEADER: &str = "x-stampede-user";
 /// The application destination as the client sent it.
 pub const DESTINATION_HEADER: &str = "x-stampede-destination";
+/// The application message's own id, the same in every redelivery (a queue delivery's
+/// `message-id` is per delivery): what a backend deduplicates by.
+pub const MESSAGE_ID_HEADER: &str = "x-stampede-message-id";
 /// What went wrong, on an error message to the sender and on its RECEIPT.
 pub const ERROR_HEADER: &str = "x-stampede-error";
 /// The kind of a session event.
@@ -158,7 +161,10 @@ pub fn strip_stamps(headers: &mut Vec<(String, String)>) {
 /// Stamps an application message with its sender and destination, replacing any copies.
 pub fn stamp(headers: &mut Vec<(String, String)>, sender: &Sender, destination: &str) {
     headers.retain(|(name, _)| {
-        !matches!(name.as_str(), SESSION_HEADER | NODE_HEADER | USER_HEADER | DESTINATION_HEADER)
+        !matches!(
+            name.as_str(),
+            SESSION_HEADER | NODE_HEADER | USER_HEADER | DESTINATION_HEADER | MESSAGE_ID_HEADER
+        )
     });
     headers.push((SESSION_HEADER.to_owned(), sender.session.to_string()));
     headers.push((NODE_HEADER.to_owned(), sender.node.clone()));
@@ -166,6 +172,7 @@ pub fn stamp(headers: &mut Vec<(String, String)>, sender: &Sender, destination: 
         headers.push((USER_HEADER.to_owned(), user.clone()));
     }
     headers.push((DESTINATION_HEADER.to_owned(), destination.to_owned()));
+    headers.push((MESSAGE_ID_HEADER.to_owned(), uuid::Uuid::new_v4().to_string()));
 }
 
 /// A header the application may set on a message: a name and value a STOMP frame can carry
@@ -200,6 +207,7 @@ mod tests {
         assert_eq!(get(SESSION_HEADER), ["abc1"]);
         assert_eq!(get(NODE_HEADER), ["n1"]);
         assert_eq!(get(DESTINATION_HEADER), ["/app/chat"]);
+        assert_eq!(get(MESSAGE_ID_HEADER).len(), 1);
     }
 
     #[test]
