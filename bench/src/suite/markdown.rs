@@ -502,17 +502,7 @@ pub fn render(r: &Results) -> String {
             ("RSS per connection (KiB)", |r| {
                 opt(r.memory.as_ref().and_then(|m| m.per_connection_bytes), |b| format!("{:.2}", b / 1024.0))
             }),
-            ("errors", |r| {
-                if r.errors == 0 {
-                    "0".into()
-                } else {
-                    format!(
-                        "{} ({})",
-                        r.errors,
-                        r.error_samples.first().map(|s| s.replace('|', "/")).unwrap_or_default()
-                    )
-                }
-            }),
+            ("errors", errors_cell),
         ];
         for (label, f) in rows {
             let _ = write!(out, "| {label} |");
@@ -712,17 +702,7 @@ fn applications(a: &Applications, size: usize) -> String {
         ("broker CPU in window (s)", |r| opt(r.broker_cpu_s, |c| format!("{c:.2}"))),
         ("replies per broker CPU-second", |r| opt(r.deliveries_per_broker_cpu_s(), int)),
         ("load generator and backend CPU in window (s)", |r| opt(r.bench_cpu_s, |c| format!("{c:.2}"))),
-        ("errors", |r| {
-            if r.errors == 0 {
-                "0".into()
-            } else {
-                format!(
-                    "{} ({})",
-                    r.errors,
-                    r.error_samples.first().map(|s| s.replace('|', "/")).unwrap_or_default()
-                )
-            }
-        }),
+        ("errors", errors_cell),
     ];
     for (label, f) in rows {
         let _ = writeln!(out, "| {label} | {} |", run_cell(&a.http, &|r| f(r)));
@@ -892,6 +872,15 @@ target/release/stampede-bench app-http --url ws://127.0.0.1:18081/ws --app-liste
     --clients 16 --window 4 --duration 10s --broker-pid $PID
 ```
 ";
+
+/// A report's errors as a table cell: how many, and the first sample.
+fn errors_cell(r: &Report) -> String {
+    if r.errors == 0 {
+        "0".into()
+    } else {
+        format!("{} ({})", r.errors, r.error_samples.first().map(|s| s.replace('|', "/")).unwrap_or_default())
+    }
+}
 
 #[cfg(test)]
 mod tests {
