@@ -85,7 +85,11 @@ pub(super) async fn tell(inner: &Inner, tag: &str, order: Vec<u8>) -> Result<(),
     inner.check_connected()?;
     let channel = inner.keys.to_sessions(tag);
     inner
-        .command("PUBLISH", &channel, vec![Value::from(channel.as_str()), Value::Bytes(order.into())])
+        .command(
+            inner.publish_command(),
+            &channel,
+            vec![Value::from(channel.as_str()), Value::Bytes(order.into())],
+        )
         .await?;
     Ok(())
 }
@@ -105,7 +109,7 @@ fn answer(inner: &Arc<Inner>, question: Wire) {
     tokio::spawn(async move {
         let payload = serde_json::to_vec(&wire).expect("answers serialize");
         let args = vec![Value::from(channel.as_str()), Value::Bytes(payload.into())];
-        if let Err(error) = inner.command("PUBLISH", &channel, args).await {
+        if let Err(error) = inner.command(inner.publish_command(), &channel, args).await {
             tracing::debug!(%error, "could not send an answer to a call");
         }
     });
@@ -131,7 +135,11 @@ pub(super) async fn call_all(inner: &Inner, request: Vec<u8>) -> Result<Answers,
     let channel = inner.keys.calls();
     let payload = serde_json::to_vec(&wire).expect("calls serialize");
     inner
-        .command("PUBLISH", &channel, vec![Value::from(channel.as_str()), Value::Bytes(payload.into())])
+        .command(
+            inner.publish_command(),
+            &channel,
+            vec![Value::from(channel.as_str()), Value::Bytes(payload.into())],
+        )
         .await?;
     let mut answers = Answers::default();
     let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;

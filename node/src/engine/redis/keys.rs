@@ -14,11 +14,18 @@ pub(super) const GROUP: &str = "stampede";
 pub(super) struct Keys {
     prefix: String,
     channel_prefix: String,
+    /// Sharded pub/sub (Redis Cluster): a destination's channel carries its hash tag.
+    sharded: bool,
 }
 
 impl Keys {
-    pub(super) fn new(prefix: &str) -> Keys {
-        Keys { prefix: prefix.to_owned(), channel_prefix: format!("{prefix}:ch:") }
+    pub(super) fn new(prefix: &str, sharded: bool) -> Keys {
+        Keys { prefix: prefix.to_owned(), channel_prefix: format!("{prefix}:ch:"), sharded }
+    }
+
+    /// Whether channels are shard channels (SPUBLISH/SSUBSCRIBE), as on Redis Cluster.
+    pub(super) fn sharded(&self) -> bool {
+        self.sharded
     }
 
     /// Stream of a history topic: entries `0-<offset>` with fields `e` (envelope), `t` (ms).
@@ -99,14 +106,25 @@ impl Keys {
         format!("{}:to:{tag}", self.prefix)
     }
 
-    /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues.
+    /// Pub/sub channel of a destination: envelopes for topics, "ready" notes for queues. With
+    /// sharded pub/sub it is a shard channel in the slot of the destination's keys
+    /// (`P:ch:{/topic/t}`), so a script over those keys may SPUBLISH on it.
     pub(super) fn channel(&self, destination: &str) -> String {
-        format!("{}{destination}", self.channel_prefix)
+        if self.sharded {
+            format!("{}{{{destination}}}", self.channel_prefix)
+        } else {
+            format!("{}{destination}", self.channel_prefix)
+        }
     }
 
     /// The destination a channel belongs to.
     pub(super) fn destination_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(self.channel_prefix.as_str())
+        let rest = channel.strip_prefix(self.channel_prefix.as_str())?;
+        if self.sharded {
+            rest.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(rest)
+        }
     }
 }
 
@@ -270,7 +288,7 @@ mod tests {
 
     #[test]
     fn layout_shares_one_hash_tag_per_destination() {
-        let keys = Keys::new("stampede");
+        let keys = Keys::new("stampede", false);
         assert_eq!(keys.log("/topic/a"), "stampede:{/topic/a}:log");
         assert_eq!(keys.seq("/topic/a"), "stampede:{/topic/a}:seq");
         assert_eq!(keys.queue("/queue/q"), "stampede:{/queue/q}:q");
@@ -284,6 +302,23 @@ mod tests {
         assert_eq!(slot(&keys.life("/queue/q")), slot(&keys.queue("/queue/q")));
         assert_eq!(keys.presence("/topic/a"), "stampede:{/topic/a}:presence");
         assert_eq!(slot(&keys.presence("/topic/a")), slot(&keys.log("/topic/a")));
+    }
+
+    #[test]
+    fn shard_channels_live_in_their_destinations_slot() {
+        let keys = Keys::new("stampede", true);
+        let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+        for destination in
+            ["/topic/a", "/queue/q", "/user/u/queue/x", "/topic/odd}name{", "/presence/topic/a"]
+        {
+            let channel = keys.channel(destination);
+            assert_eq!(slot(&channel), slot(&keys.log(destination)), "{channel}");
+            assert_eq!(slot(&channel), slot(&keys.queue(destination)), "{channel}");
+            assert_eq!(keys.destination_of(&channel), Some(destination));
+        }
+        assert_eq!(keys.channel("/topic/a"), "stampede:ch:{/topic/a}");
+        assert_eq!(keys.destination_of("stampede:ch:/topic/a"), None, "a classic channel name");
+        assert_eq!(keys.destination_of("stampede:calls"), None);
     }
 
     #[test]

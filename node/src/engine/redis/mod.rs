@@ -124,6 +124,10 @@ const BROADCAST_CAPACITY: usize = 1 << 16;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `connect` waits for Redis before returning a not-yet-ready engine.
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// How often a command refused by a moved slot is sent again, and the pause before the n-th time
+/// (n × this): a MOVED is answered at the first, an ASK (a slot migrating) when the slot is done.
+const REDIRECTS: u32 = 10;
+const REDIRECT_PAUSE: Duration = Duration::from_millis(20);
 /// Entries handled per script call (Lua's `unpack` has a limit).
 const IDS_PER_CALL: usize = 500;
 
@@ -230,6 +234,8 @@ impl RedisEngine {
         let parsed = keys::fred_config(url)
             .map_err(|e| EngineError::Unavailable(format!("cannot use redis-url {redacted}: {e}")))?;
         let mut fred_config = parsed.config;
+        // Sharded pub/sub on Redis Cluster (see `pubsub.rs`), classic pub/sub elsewhere.
+        let parsed_cluster = fred_config.server.is_clustered();
         if parsed.tls {
             let connector = tls::connector(config.redis_tls_ca.as_deref())
                 .map_err(|e| EngineError::Unavailable(format!("no TLS to Redis: {e}")))?;
@@ -253,22 +259,28 @@ impl RedisEngine {
             broadcast_channel_capacity: capacity,
             ..PerformanceConfig::default()
         };
-        let builder = |capacity: usize| {
+        let builder = |capacity: usize, connection: ConnectionConfig| {
             let mut builder = Builder::from_config(fred_config.clone());
             builder
                 .set_policy(policy.clone())
-                .set_connection_config(connection.clone())
+                .set_connection_config(connection)
                 .set_performance_config(perf(capacity));
             builder
         };
         let fail = |e: fred::error::Error| EngineError::Unavailable(format!("redis client: {e}"));
-        let client =
-            builder(PerformanceConfig::default().broadcast_channel_capacity).build().map_err(fail)?;
-        let subscriber = builder(tuning.broadcast_capacity).build_subscriber_client().map_err(fail)?;
+        // The command client is refused a moved slot rather than follow it (see `is_redirect`).
+        let commands = ConnectionConfig { max_redirections: 0, ..connection.clone() };
+        let client = builder(PerformanceConfig::default().broadcast_channel_capacity, commands)
+            .build()
+            .map_err(fail)?;
+        // The subscriber's commands may run twice (SSUBSCRIBE, PING), so it follows redirections.
+        let subscriptions = ConnectionConfig { max_command_attempts: 3, ..connection };
+        let subscriber =
+            builder(tuning.broadcast_capacity, subscriptions).build_subscriber_client().map_err(fail)?;
 
         let (presence, presence_requests) = presence::Local::new();
         let inner = Arc::new(Inner {
-            keys: Keys::new(&config.redis_prefix),
+            keys: Keys::new(&config.redis_prefix, parsed_cluster),
             config,
             metrics,
             client,
@@ -415,32 +427,69 @@ impl Inner {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.quit()).await;
     }
 
+    /// The command that publishes on a channel: SPUBLISH with sharded pub/sub (Redis Cluster).
+    fn publish_command(&self) -> &'static str {
+        if self.keys.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// One command routed by `key`'s slot (or anywhere when `key` is empty).
     async fn command(&self, name: &'static str, key: &str, args: Vec<Value>) -> Result<Value, EngineError> {
+        self.redis_command(name, key, args).await.map_err(unavailable)
+    }
+
+    /// [`Inner::command`] with Redis's error; run again when its slot moved ([`is_redirect`]).
+    async fn redis_command(
+        &self,
+        name: &'static str,
+        key: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, fred::error::Error> {
         let hash = if key.is_empty() {
             ClusterHash::Random
         } else {
             ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))
         };
-        let started = std::time::Instant::now();
-        let reply =
-            self.client.custom::<Value, Value>(CustomCommand::new_static(name, hash, false), args).await;
-        self.metrics.redis_command(RedisCommand::of(name), started.elapsed());
-        reply.map_err(unavailable)
+        let mut redirected = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let command = CustomCommand::new_static(name, hash.clone(), false);
+            let reply = self.client.custom::<Value, Value>(command, args.clone()).await;
+            self.metrics.redis_command(RedisCommand::of(name), started.elapsed());
+            match reply {
+                Err(error) if is_redirect(&error) && redirected < REDIRECTS => {
+                    redirected += 1;
+                    tokio::time::sleep(REDIRECT_PAUSE * redirected).await;
+                }
+                reply => return reply,
+            }
+        }
     }
 
     /// Runs one of the engine's scripts (see [`scripts::Script::run`]), its wait observed like
-    /// a command's.
+    /// a command's; run again when its slot moved ([`is_redirect`]).
     async fn script(
         &self,
         script: &scripts::Script,
         keys: &[&str],
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        let started = std::time::Instant::now();
-        let reply = script.run(&self.client, keys, args).await;
-        self.metrics.redis_command(RedisCommand::of(script.name), started.elapsed());
-        reply
+        let mut redirected = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let reply = script.run(&self.client, keys, args.clone()).await;
+            self.metrics.redis_command(RedisCommand::of(script.name), started.elapsed());
+            match reply {
+                Err(error) if is_redirect(&error) && redirected < REDIRECTS => {
+                    redirected += 1;
+                    tokio::time::sleep(REDIRECT_PAUSE * redirected).await;
+                }
+                reply => return reply,
+            }
+        }
     }
 
     /// Adds a queue to the `queues` set, and to `lifetimes` when a rule gives it one, once per
@@ -530,6 +579,16 @@ impl Inner {
 /// A lifetime's duration in whole milliseconds, at least 1.
 fn lifetime_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Whether Redis Cluster refused a command because its slot is served elsewhere (MOVED, or ASK
+/// while the slot migrates). The command client follows no redirection itself (see
+/// [`RedisEngine::connect`]): fred counts a redirected command's second write as a second attempt,
+/// and a command may be written once only, or one cut off by a disconnect could run twice. A
+/// refused command did not run, so the engine sends it again (after fred read the new owners).
+fn is_redirect(error: &fred::error::Error) -> bool {
+    let details = error.details();
+    details.contains("Too many redirections") || details.starts_with("MOVED") || details.starts_with("ASK")
 }
 
 fn unavailable(error: fred::error::Error) -> EngineError {

@@ -144,7 +144,7 @@ async fn publish(
     let channel = inner.keys.channel(&message.destination);
     let envelope = envelope::encode(&inner.config.node_id, &message);
     let args = vec![Value::from(channel.as_str()), Value::Bytes(envelope.into())];
-    inner.command("PUBLISH", &channel, args).await.map(|_| ())
+    inner.command(inner.publish_command(), &channel, args).await.map(|_| ())
 }
 
 // === the writer ===

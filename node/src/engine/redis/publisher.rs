@@ -124,21 +124,28 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
             }
         }
     }
+    let sharded = inner.keys.sharded();
     let pipeline = inner.client.pipeline();
     for group in &groups {
         // Queued in memory: only the pipeline's send can fail.
         let _: Result<(), RedisError> = match &jobs[group.start].op {
+            Op::Publish { channel, envelope } if group.len() == 1 && sharded => {
+                pipeline.spublish(channel.as_str(), envelope.clone()).await
+            }
             Op::Publish { channel, envelope } if group.len() == 1 => {
                 pipeline.publish(channel.as_str(), envelope.clone()).await
             }
-            Op::Publish { .. } => {
-                let (command, args) =
-                    scripts::PUBLISH_MANY.evalsha(&[], &publish_many_args(&jobs[group.clone()]));
+            Op::Publish { channel, .. } => {
+                let (command, args) = scripts::PUBLISH_MANY.evalsha(
+                    sharded,
+                    &publish_many_keys(sharded, channel),
+                    &publish_many_args(&jobs[group.clone()]),
+                );
                 pipeline.custom(command, args).await
             }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                let (command, args) = script.evalsha(&keys, args);
+                let (command, args) = script.evalsha(sharded, &keys, args);
                 pipeline.custom(command, args).await
             }
         };
@@ -148,11 +155,17 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
     inner.metrics.redis_command(RedisCommand::Pipeline, started.elapsed());
     let mut results = results.into_iter();
     let mut jobs = jobs.into_iter();
-    let mut reload = Vec::new();
+    let mut again = Vec::new();
     for group in groups {
         let members: Vec<Job> = jobs.by_ref().take(group.len()).collect();
         match results.next() {
-            Some(Err(error)) if is_script(&members) && scripts::is_noscript(&error) => reload.push(members),
+            Some(Err(error)) if is_script(&members) && scripts::is_noscript(&error) => {
+                // The cache was lost under us (a restart or failover not seen yet).
+                *loaded = false;
+                again.push(members);
+            }
+            // The slot moved (Redis Cluster): not run; the client has read the new owners.
+            Some(Err(error)) if super::is_redirect(&error) => again.push(members),
             Some(result) => answer_all(inner, members, result),
             None => {
                 for job in members {
@@ -161,14 +174,17 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
             }
         }
     }
-    if !reload.is_empty() {
-        // The cache was lost under us (a restart or failover not seen yet): these run late.
-        *loaded = false;
-    }
-    for members in reload {
+    // These run late, in their order: every command of a moved slot was refused, so each channel's
+    // publishes stay in order among themselves.
+    for members in again {
         let result = match &members[0].op {
-            Op::Publish { .. } => {
-                inner.script(&scripts::PUBLISH_MANY, &[], publish_many_args(&members)).await
+            Op::Publish { channel, envelope } if members.len() == 1 => {
+                let args = vec![Value::from(channel.as_str()), Value::Bytes(envelope.clone())];
+                inner.redis_command(inner.publish_command(), channel, args).await
+            }
+            Op::Publish { channel, .. } => {
+                let keys = publish_many_keys(inner.keys.sharded(), channel);
+                inner.script(&scripts::PUBLISH_MANY, &keys, publish_many_args(&members)).await
             }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -217,6 +233,17 @@ fn groups(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
 /// Whether the command of a group is a script call (EVALSHA): a script's, or PUBLISH_MANY.
 fn is_script(group: &[Job]) -> bool {
     group.len() > 1 || matches!(group[0].op, Op::Script { .. })
+}
+
+/// The keys of [`scripts::PUBLISH_MANY`]: on Redis Cluster its channel, so that the call goes to
+/// the channel's slot like a single SPUBLISH of it would, and one publisher's messages on one
+/// channel all leave from one shard, in order.
+fn publish_many_keys(sharded: bool, channel: &str) -> Vec<&str> {
+    if sharded {
+        vec![channel]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The arguments of [`scripts::PUBLISH_MANY`] for a run of PUBLISHes on one channel.

@@ -12,8 +12,9 @@
 //! Nothing waits to fill a batch: it holds what had already arrived.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::types::config::Server;
 use fred::types::{Message as PubsubMessage, Value};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -72,6 +73,12 @@ pub(super) async fn control_loop(
     refill: mpsc::UnboundedSender<()>,
 ) {
     let mut connections = 0u64;
+    let mut slots = SlotCheck::default();
+    let mut tick = tokio::time::interval(SLOT_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The command client learns of a moved slot first (a publish answered MOVED): check at once
+    // rather than at the next tick, which shortens the time a shard channel goes unheard.
+    let (mut moves, mut moves_open) = (inner.client.cluster_change_rx(), true);
     loop {
         tokio::select! {
             request = control.recv() => match request {
@@ -95,11 +102,54 @@ pub(super) async fn control_loop(
                     if connections > 1 {
                         inner.metrics.engine_event(EngineEvent::Reconnected, 1);
                     }
-                    resubscribe(&inner, &refill).await;
+                    slots.complete = resubscribe(&inner, &refill).await;
                 }
                 Err(RecvError::Closed) => return,
             },
+            moved = moves.recv(), if inner.keys.sharded() && moves_open => {
+                moves_open = !matches!(moved, Err(RecvError::Closed));
+                tick.reset_immediately();
+            }
+            _ = tick.tick(), if inner.keys.sharded() => {
+                if slots.changed(&inner).await {
+                    tracing::info!("the cluster's primaries changed; subscribing again to every shard channel");
+                    slots.complete = resubscribe(&inner, &refill).await;
+                }
+            }
         }
+    }
+}
+
+/// How often a node checks, with sharded pub/sub, which primaries own the slots.
+const SLOT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the shard channels are subscribed where they should be.
+///
+/// A shard channel's subscription lives on the primary that owns its slot. When that changes (a
+/// failover, a slot migration), Redis drops the subscription with a SUNSUBSCRIBE push that fred
+/// swallows, and the connection may stay up: nothing else tells the node. So the control task
+/// asks the cluster for its slots every [`SLOT_CHECK_EVERY`] (one CLUSTER SLOTS) and subscribes
+/// again to everything when the owners changed, or when the last attempt did not complete (a
+/// primary was down), then refills history topics from their streams for what it missed.
+#[derive(Default)]
+struct SlotCheck {
+    /// The owners of every slot range at the last complete subscription.
+    owners: Option<Vec<(u16, u16, String)>>,
+    complete: bool,
+}
+
+impl SlotCheck {
+    async fn changed(&mut self, inner: &Inner) -> bool {
+        if let Err(error) = inner.subscriber.sync_cluster().await {
+            tracing::debug!(%error, "cannot read the cluster's slots");
+            return false;
+        }
+        let owners: Option<Vec<(u16, u16, String)>> = inner.subscriber.cached_cluster_state().map(|state| {
+            state.slots().iter().map(|range| (range.start, range.end, range.primary.to_string())).collect()
+        });
+        let changed = !self.complete || owners != self.owners;
+        self.owners = owners;
+        changed
     }
 }
 
@@ -126,11 +176,7 @@ async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError>
         Watched::Queue => queues::join(inner, destination).await?,
         Watched::Topic => {}
     }
-    inner.subscriber.subscribe(inner.keys.channel(destination)).await.map_err(unavailable)?;
-    // fred resolves SUBSCRIBE once it is queued on the connection, before Redis has it. A PING on
-    // the same connection is answered after the SUBSCRIBE: once it returns, messages published
-    // from now on reach this node (the SUBSCRIBE's RECEIPT depends on it).
-    inner.subscriber.ping::<Value>(None).await.map_err(unavailable)?;
+    listen(inner, inner.keys.channel(destination)).await.map_err(unavailable)?;
     if kind == Watched::Queue {
         // Entries enqueued before the subscription took effect announced themselves to nobody.
         if let Some(inbox) = inner.inbox.get().and_then(std::sync::Weak::upgrade) {
@@ -143,7 +189,13 @@ async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError>
 async fn unwatch(inner: &Inner, destination: &str) {
     inner.watched.lock().expect("watched lock").remove(destination);
     if inner.subscriber.is_connected() {
-        if let Err(error) = inner.subscriber.unsubscribe(inner.keys.channel(destination)).await {
+        let channel = inner.keys.channel(destination);
+        let result = if inner.keys.sharded() {
+            inner.subscriber.sunsubscribe(channel).await
+        } else {
+            inner.subscriber.unsubscribe(channel).await
+        };
+        if let Err(error) = result {
             tracing::warn!(%destination, %error, "UNSUBSCRIBE failed");
         }
     }
@@ -152,23 +204,58 @@ async fn unwatch(inner: &Inner, destination: &str) {
     }
 }
 
-/// After a (re)connection: subscribe to the calls' channels and to everything watched, recreate queue groups (Redis may
-/// have restarted empty), have the delivering task catch up, and wake the queue dispatchers for
-/// notifications missed meanwhile.
-async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) {
-    if let Err(error) = inner.subscriber.subscribe(calls::channels(inner).to_vec()).await {
-        tracing::warn!(%error, "subscribing to the admin API's calls failed; retrying at the next reconnection");
+/// Starts receiving `channel`; once this returns, messages published on it from now on reach
+/// this node (a SUBSCRIBE's RECEIPT depends on it).
+///
+/// Classic pub/sub: fred resolves SUBSCRIBE once it is queued on the connection, before Redis has
+/// it; a PING on the same connection is answered after the SUBSCRIBE. Sharded pub/sub (Redis
+/// Cluster): SSUBSCRIBE goes to the primary of the channel's slot and fred answers it with Redis's
+/// confirmation (following a MOVED); one channel per call, as fred takes one confirmation per
+/// SSUBSCRIBE.
+async fn listen(inner: &Inner, channel: String) -> Result<(), fred::error::Error> {
+    if inner.keys.sharded() {
+        inner.subscriber.ssubscribe(channel).await
+    } else {
+        inner.subscriber.subscribe(channel).await?;
+        inner.subscriber.ping::<Value>(None).await.map(drop)
+    }
+}
+
+/// After a (re)connection, or a change of the cluster's primaries: subscribe to the calls'
+/// channels and to everything watched, recreate queue groups (Redis may have restarted empty),
+/// have the delivering task catch up, and wake the queue dispatchers for notifications missed
+/// meanwhile. False when a subscription failed (it is tried again at the next reconnection or
+/// check of the cluster's slots).
+async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) -> bool {
+    let mut complete = true;
+    let calls = calls::channels(inner).to_vec();
+    let called = if inner.keys.sharded() {
+        subscribe_each(inner, calls).await
+    } else {
+        inner.subscriber.subscribe(calls).await
+    };
+    if let Err(error) = called {
+        complete = false;
+        tracing::warn!(%error, "subscribing to the admin API's calls failed; retrying");
     }
     let watched: Vec<(Arc<str>, Watched)> =
         inner.watched.lock().expect("watched lock").iter().map(|(d, w)| (d.clone(), *w)).collect();
     if watched.is_empty() {
-        return;
+        return complete;
     }
     tracing::info!(destinations = watched.len(), "re-subscribing after connecting to Redis");
     let channels: Vec<String> = watched.iter().map(|(d, _)| inner.keys.channel(d)).collect();
-    for chunk in channels.chunks(CHANNELS_PER_CALL) {
-        if let Err(error) = inner.subscriber.subscribe(chunk.to_vec()).await {
-            tracing::warn!(%error, "re-subscribing failed; retrying at the next reconnection");
+    if inner.keys.sharded() {
+        if let Err(error) = subscribe_each(inner, channels).await {
+            complete = false;
+            tracing::warn!(%error, "re-subscribing failed; retrying");
+        }
+    } else {
+        for chunk in channels.chunks(CHANNELS_PER_CALL) {
+            if let Err(error) = inner.subscriber.subscribe(chunk.to_vec()).await {
+                complete = false;
+                tracing::warn!(%error, "re-subscribing failed; retrying at the next reconnection");
+            }
         }
     }
     for (destination, kind) in &watched {
@@ -180,6 +267,19 @@ async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) {
     }
     let _ = refill.send(());
     queues::wake_watched(inner);
+    complete
+}
+
+/// SSUBSCRIBEs to each channel in turn (one per call, see [`listen`]), all of them even when
+/// some fail; the first failure is returned.
+async fn subscribe_each(inner: &Inner, channels: Vec<String>) -> Result<(), fred::error::Error> {
+    let mut first_error = None;
+    for channel in channels {
+        if let Err(error) = inner.subscriber.ssubscribe(channel).await {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Reads the channels' messages in arrival order and hands them to the inbox, each time with

@@ -4,6 +4,13 @@
 //! Cluster too. Scripts are sent with EVALSHA as pipelined custom commands (fred does not
 //! pipeline its own EVALSHA) routed by the first key's slot, and re-sent with EVAL when the server
 //! answers NOSCRIPT (after a restart or on a cluster node that has not seen it yet).
+//!
+//! Every script exists in two variants that differ in one word: how it publishes. On Redis
+//! Cluster the engine uses sharded pub/sub (SPUBLISH, see `pubsub.rs`), elsewhere classic PUBLISH;
+//! [`Script::run`] and [`Script::load`] pick the variant from the client, the pipelined
+//! [`Script::evalsha`] is told. A script that publishes is given the channel of its own
+//! destination, which on Cluster carries the destination's hash tag: the SPUBLISH lands in the
+//! slot of the keys it runs over, so storing and publishing stay one atomic step.
 
 use std::sync::LazyLock;
 
@@ -14,18 +21,39 @@ use sha1::{Digest, Sha1};
 
 use super::keys::GROUP;
 
-/// One Lua script and its SHA-1.
+/// One Lua script, in its classic and its sharded variant.
 pub(super) struct Script {
     pub name: &'static str,
+    classic: Body,
+    sharded: Body,
+}
+
+/// The text of one variant and its SHA-1.
+struct Body {
     lua: String,
     sha: String,
 }
 
+impl Body {
+    fn new(publish: &str, body: &str) -> Body {
+        let lua = format!("local GROUP = '{GROUP}'\nlocal PUBLISH = '{publish}'\n{LIBRARY}\n{body}");
+        let sha = hex(&Sha1::digest(lua.as_bytes()));
+        Body { lua, sha }
+    }
+}
+
 impl Script {
     fn new(name: &'static str, body: &str) -> Script {
-        let lua = format!("local GROUP = '{GROUP}'\n{LIBRARY}\n{body}");
-        let sha = hex(&Sha1::digest(lua.as_bytes()));
-        Script { name, lua, sha }
+        Script { name, classic: Body::new("PUBLISH", body), sharded: Body::new("SPUBLISH", body) }
+    }
+
+    /// The variant for a client: sharded pub/sub on Redis Cluster.
+    fn body(&self, sharded: bool) -> &Body {
+        if sharded {
+            &self.sharded
+        } else {
+            &self.classic
+        }
     }
 
     /// Runs the script with `keys` (all in one slot) and `args`.
@@ -35,11 +63,12 @@ impl Script {
         keys: &[&str],
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        let (command, all) = self.call("EVALSHA", Value::from(self.sha.as_str()), keys, &args);
+        let body = self.body(client.is_clustered());
+        let (command, all) = self.call("EVALSHA", Value::from(body.sha.as_str()), keys, &args);
         match client.custom::<Value, Value>(command, all).await {
             Err(e) if is_noscript(&e) => {
                 tracing::debug!(script = self.name, "loading a script into Redis");
-                let (command, all) = self.call("EVAL", Value::from(self.lua.as_str()), keys, &args);
+                let (command, all) = self.call("EVAL", Value::from(body.lua.as_str()), keys, &args);
                 client.custom::<Value, Value>(command, all).await
             }
             result => result,
@@ -50,21 +79,27 @@ impl Script {
     /// in a pipeline do not fail. Returns the SHA-1 Redis names it by.
     pub(super) async fn load(&self, client: &Client) -> Result<String, fred::error::Error> {
         if client.is_clustered() {
-            client.script_load_cluster(self.lua.as_str()).await
+            client.script_load_cluster(self.sharded.lua.as_str()).await
         } else {
-            client.script_load(self.lua.as_str()).await
+            client.script_load(self.classic.lua.as_str()).await
         }
     }
 
     #[cfg(test)]
-    pub(super) fn sha(&self) -> &str {
-        &self.sha
+    pub(super) fn sha(&self, sharded: bool) -> &str {
+        &self.body(sharded).sha
     }
 
-    /// The EVALSHA of the script with `keys` and `args`, to send in a pipeline; a reply that
-    /// [`is_noscript`] means it has to be [`run`](Script::run) again.
-    pub(super) fn evalsha(&self, keys: &[&str], args: &[Value]) -> (CustomCommand, Vec<Value>) {
-        self.call("EVALSHA", Value::from(self.sha.as_str()), keys, args)
+    /// The EVALSHA of the script's variant (`sharded` on Redis Cluster) with `keys` and `args`,
+    /// to send in a pipeline; a reply that [`is_noscript`] means it has to be
+    /// [`run`](Script::run) again.
+    pub(super) fn evalsha(
+        &self,
+        sharded: bool,
+        keys: &[&str],
+        args: &[Value],
+    ) -> (CustomCommand, Vec<Value>) {
+        self.call("EVALSHA", Value::from(self.body(sharded).sha.as_str()), keys, args)
     }
 
     fn call(
@@ -175,15 +210,16 @@ local function requeue(key, ids, delivered, maxdel, maxlen)
 end
 "#;
 
-/// No KEYS. ARGV: channel, then envelopes. PUBLISHes each envelope on the channel, in order: a
-/// burst of plain publishes on one channel as one command and one reply (see `publisher`).
+/// KEYS: none, or the channel on Redis Cluster (so that the call goes to the channel's slot).
+/// ARGV: channel, then envelopes. PUBLISHes each envelope on the channel, in order: a burst of
+/// plain publishes on one channel as one command and one reply (see `publisher`).
 /// Returns how many it published.
 pub(super) static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "publish_many",
         r#"
 for i = 2, #ARGV do
-  redis.call('PUBLISH', ARGV[1], ARGV[i])
+  redis.call(PUBLISH, ARGV[1], ARGV[i])
 end
 return #ARGV - 1
 "#,
@@ -231,7 +267,7 @@ if expire > 0 then
   redis.call('PEXPIRE', KEYS[1], expire)
   redis.call('PEXPIRE', KEYS[2], expire)
 end
-redis.call('PUBLISH', ARGV[4], env)
+redis.call(PUBLISH, ARGV[4], env)
 return seq
 "#,
     )
@@ -275,7 +311,7 @@ pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local created = 1 - redis.call('EXISTS', KEYS[1])
 local dropped = push(KEYS[1], ARGV[1], 0, tonumber(ARGV[2]))
-redis.call('PUBLISH', ARGV[3], 'r')
+redis.call(PUBLISH, ARGV[3], 'r')
 return { dropped, created }
 "#,
     )
@@ -397,7 +433,7 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 local ids = {}
 for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 local dropped, moved, dead = requeue(KEYS[1], ids, ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]))
-if moved > 0 then redis.call('PUBLISH', ARGV[4], 'r') end
+if moved > 0 then redis.call(PUBLISH, ARGV[4], 'r') end
 local out = { dropped, moved }
 for _, v in ipairs(dead) do out[#out + 1] = v end
 return out
@@ -429,7 +465,7 @@ if ARGV[7] == '0-0' then
 end
 local ids = res[2]
 local dropped, moved, dead = requeue(KEYS[1], ids, true, tonumber(ARGV[4]), tonumber(ARGV[5]))
-if moved > 0 then redis.call('PUBLISH', ARGV[6], 'r') end
+if moved > 0 then redis.call(PUBLISH, ARGV[6], 'r') end
 local out = { res[1], #ids, dropped, moved }
 for _, v in ipairs(dead) do out[#out + 1] = v end
 return out
