@@ -278,6 +278,9 @@ pub struct Metrics {
     delivered: Counter,
     dropped: Vec<Counter>,
     subscriptions: Gauge,
+    /// Redis Cluster primaries known, and those not answering the last probe.
+    redis_primaries: Gauge,
+    redis_primaries_down: Gauge,
     queue_depth: Family<QueueLabel, Gauge<u64, AtomicU64>>,
     errors: Counter,
     auth_failures: Counter,
@@ -386,6 +389,18 @@ impl Metrics {
             resolve(&dropped_family, DropReason::ALL.iter().map(|r| ReasonLabel { reason: r.as_str() }));
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Active client subscriptions", subscriptions.clone());
+        let redis_primaries = Gauge::default();
+        registry.register(
+            "redis_primaries",
+            "Redis Cluster primaries (shards) the node knows of; 0 without a Redis Cluster",
+            redis_primaries.clone(),
+        );
+        let redis_primaries_down = Gauge::default();
+        registry.register(
+            "redis_primaries_down",
+            "Redis Cluster primaries that did not answer the node's last probe",
+            redis_primaries_down.clone(),
+        );
         let queue_depth = Family::<QueueLabel, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "queue_depth",
@@ -458,6 +473,8 @@ impl Metrics {
             delivered,
             dropped,
             subscriptions,
+            redis_primaries,
+            redis_primaries_down,
             queue_depth,
             errors,
             auth_failures,
@@ -564,6 +581,12 @@ impl Metrics {
     /// Open client connections on this node.
     pub fn connection_count(&self) -> u64 {
         self.open_connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The Redis Cluster primaries the last probe asked, and how many did not answer.
+    pub fn redis_primaries(&self, known: usize, down: usize) {
+        self.redis_primaries.set(i64::try_from(known).unwrap_or(i64::MAX));
+        self.redis_primaries_down.set(i64::try_from(down).unwrap_or(i64::MAX));
     }
 
     /// Active subscriptions on this node.

@@ -149,7 +149,7 @@ impl Default for Tuning {
 pub struct RedisEngine {
     inner: Arc<Inner>,
     control: mpsc::UnboundedSender<pubsub::Control>,
-    publishes: mpsc::Sender<publisher::Request>,
+    publishes: publisher::Lanes,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -305,9 +305,7 @@ impl RedisEngine {
         let (client_errors, client_connects) = (inner.client.error_rx(), inner.client.reconnect_rx());
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (refill_tx, refill_rx) = mpsc::unbounded_channel();
-        let (publish_tx, publish_rx) = mpsc::channel(publisher::CAPACITY);
         let tasks = vec![
-            tokio::spawn(publisher::publish_loop(inner.clone(), publish_rx)),
             tokio::spawn(pubsub::control_loop(inner.clone(), control_rx, subscriber_reconnects, refill_tx)),
             tokio::spawn(pubsub::delivery_loop(inner.clone(), messages, refill_rx)),
             tokio::spawn(queues::maintenance_loop(inner.clone(), client_reconnects)),
@@ -328,7 +326,8 @@ impl RedisEngine {
         } else {
             tracing::warn!(url = %redacted, "Redis is not reachable yet; the node starts not ready and keeps trying");
         }
-        Ok(RedisEngine { inner, control: control_tx, publishes: publish_tx, tasks })
+        let publishes = publisher::Lanes::new(inner.clone());
+        Ok(RedisEngine { inner, control: control_tx, publishes, tasks })
     }
 
     /// What publishing `message` sends: a PUBLISH, or on a history topic the script that stores
@@ -357,7 +356,7 @@ impl RedisEngine {
     async fn write(&self, destination: Arc<str>, op: Op) -> PendingPublish {
         let (reply, rx) = oneshot::channel();
         let job = publisher::Job { destination, op, reply };
-        match self.publishes.send(publisher::Request::Write(job)).await {
+        match self.publishes.write(job).await {
             Ok(()) => PendingPublish::waiting(rx),
             Err(_) => PendingPublish::done(Err(EngineError::Closed)),
         }
@@ -371,10 +370,7 @@ impl RedisEngine {
         if self.inner.presence.requests.send(presence::Request::Close(done)).is_ok() {
             let _ = tokio::time::timeout(COMMAND_TIMEOUT, closed).await;
         }
-        let (done, flushed) = oneshot::channel();
-        if self.publishes.send(publisher::Request::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(COMMAND_TIMEOUT, flushed).await;
-        }
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.publishes.flush()).await;
         // The unwatches of the sessions closed before: their queues' leaves (an auto-delete
         // queue goes now rather than at a sweep after this node left the registry).
         let (done, applied) = oneshot::channel();
@@ -654,9 +650,7 @@ impl Engine for RedisEngine {
             jobs.push(publisher::Job { destination: message.destination, op, reply });
             published.push(PendingPublish::waiting(rx));
         }
-        if self.publishes.send(publisher::Request::Writes(jobs)).await.is_err() {
-            return published.iter().map(|_| PendingPublish::done(Err(EngineError::Closed))).collect();
-        }
+        self.publishes.write_all(jobs).await;
         published
     }
 

@@ -18,11 +18,12 @@
 //! yet), those calls fail with NOSCRIPT and are run again, in their order, with EVAL: only then
 //! can a script call land after a PUBLISH that was taken after it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fred::error::Error as RedisError;
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::types::Value;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
@@ -49,7 +50,7 @@ const GROUP_MAX_BYTES: usize = 1 << 20;
 /// What the task is asked to do.
 pub(super) enum Request {
     Write(Job),
-    /// A publisher's run, sent in one pipeline (one request however long the run; a session's
+    /// A publisher's run (of one lane's writes), sent in one pipeline (one request however long the run; a session's
     /// runs are bounded).
     Writes(Vec<Job>),
     /// Answered once every write taken before it has been answered (node shutdown).
@@ -80,8 +81,104 @@ pub(super) enum ScriptReply {
     Enqueued,
 }
 
+// === impl Lanes ===
+
+/// The publishing tasks ("lanes"): one on standalone Redis and Sentinel; on Redis Cluster one per
+/// primary, each taking the writes of the slots that primary owns, so that a shard that stops
+/// answering holds up the writes to its own slots only (their publishers wait once its lane is
+/// full), never the others'. A destination's writes all go to the lane of its slot, in order;
+/// only while a slot changes owner (a failover) may a write in the new owner's lane run before
+/// one still in the old owner's.
+pub(super) struct Lanes {
+    inner: Arc<Inner>,
+    /// By primary (`host:port`; empty: the one lane of a server that is not a cluster).
+    lanes: std::sync::Mutex<HashMap<String, mpsc::Sender<Request>>>,
+}
+
+impl Lanes {
+    pub(super) fn new(inner: Arc<Inner>) -> Lanes {
+        Lanes { inner, lanes: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// The owner of `key`'s slot, as the client last read the cluster's slots.
+    fn owner(&self, key: &str) -> String {
+        if !self.inner.keys.sharded() {
+            return String::new();
+        }
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let state = self.inner.client.cached_cluster_state();
+        state.and_then(|state| state.get_server(slot).map(|server| server.to_string())).unwrap_or_default()
+    }
+
+    /// The lane of `owner`, started on first use.
+    fn lane(&self, owner: String) -> mpsc::Sender<Request> {
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        lanes
+            .entry(owner)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(CAPACITY);
+                tokio::spawn(publish_loop(self.inner.clone(), rx));
+                tx
+            })
+            .clone()
+    }
+
+    /// Hands one write to its lane; the job back when the lane is gone (the engine is closing).
+    pub(super) async fn write(&self, job: Job) -> Result<(), Job> {
+        let lane = self.lane(self.owner(job.op.key()));
+        lane.send(Request::Write(job)).await.map_err(|error| match error.0 {
+            Request::Write(job) => job,
+            _ => unreachable!("a write comes back as it went"),
+        })
+    }
+
+    /// Hands a publisher's run to the lanes, in order, one request per lane.
+    pub(super) async fn write_all(&self, jobs: Vec<Job>) {
+        let mut runs: Vec<(String, Vec<Job>)> = Vec::new();
+        for job in jobs {
+            let owner = self.owner(job.op.key());
+            match runs.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, run)) => run.push(job),
+                None => runs.push((owner, vec![job])),
+            }
+        }
+        for (owner, run) in runs {
+            if let Err(error) = self.lane(owner).send(Request::Writes(run)).await {
+                if let Request::Writes(run) = error.0 {
+                    for job in run {
+                        let _ = job.reply.send(Err(EngineError::Closed));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every write taken before is answered, in every lane.
+    pub(super) async fn flush(&self) {
+        let lanes: Vec<mpsc::Sender<Request>> =
+            self.lanes.lock().expect("lanes lock").values().cloned().collect();
+        let flushed = lanes.into_iter().map(|lane| async move {
+            let (done, flushed) = oneshot::channel();
+            if lane.send(Request::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        });
+        futures_util::future::join_all(flushed).await;
+    }
+}
+
+impl Op {
+    /// The key (or channel) whose slot the write goes to.
+    fn key(&self) -> &str {
+        match self {
+            Op::Publish { channel, .. } => channel,
+            Op::Script { keys, .. } => keys.first().map_or("", String::as_str),
+        }
+    }
+}
+
 /// Sends the writes until every sender is gone.
-pub(super) async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
+async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     let mut jobs = Vec::with_capacity(PIPELINE_MAX);
     let mut reconnects = inner.client.reconnect_rx();

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::types::config::Server;
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::sync::broadcast;
 
 use super::Inner;
@@ -41,12 +41,18 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut failures = 0;
     loop {
         tick.tick().await;
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, async {
-            let (a, b) = tokio::join!(inner.client.ping::<Value>(None), inner.subscriber.ping::<Value>(None));
-            a.and(b)
-        })
-        .await;
-        if matches!(probe, Ok(Ok(_))) {
+        let answered = if inner.keys.sharded() {
+            probe_primaries(&inner).await
+        } else {
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, async {
+                let (a, b) =
+                    tokio::join!(inner.client.ping::<Value>(None), inner.subscriber.ping::<Value>(None));
+                a.and(b)
+            })
+            .await;
+            matches!(probe, Ok(Ok(_)))
+        };
+        if answered {
             failures = 0;
             if !inner.answering.swap(true, Ordering::AcqRel) {
                 tracing::info!("Redis answers again");
@@ -71,6 +77,34 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
             tracing::debug!(%error, "presence upkeep failed");
         }
     }
+}
+
+/// On Redis Cluster: PINGs every primary (through the command client, each on a slot it owns)
+/// and counts those that answer. True while at least one does: a primary that is down (a
+/// failover under way, or a shard lost) fails the operations on its own slots, which every node
+/// sees alike, so it does not make the node unready (docs/cluster.md, "Partial failures").
+async fn probe_primaries(inner: &Inner) -> bool {
+    let Some(state) = inner.client.cached_cluster_state() else {
+        return false;
+    };
+    let mut primaries: Vec<(String, u16)> = Vec::new();
+    for range in state.slots() {
+        let primary = range.primary.to_string();
+        if !primaries.iter().any(|(p, _)| *p == primary) {
+            primaries.push((primary, range.start));
+        }
+    }
+    let pings = primaries.iter().map(|(_, slot)| {
+        let command = CustomCommand::new_static("PING", ClusterHash::Custom(*slot), false);
+        tokio::time::timeout(PROBE_TIMEOUT, inner.client.custom::<Value, Value>(command, Vec::new()))
+    });
+    let replies = futures_util::future::join_all(pings).await;
+    let down = replies.iter().filter(|reply| !matches!(reply, Ok(Ok(_)))).count();
+    inner.metrics.redis_primaries(primaries.len(), down);
+    if down > 0 {
+        tracing::debug!(down, primaries = primaries.len(), "Redis Cluster primaries not answering");
+    }
+    down < primaries.len() && inner.subscriber.is_connected()
 }
 
 async fn heartbeat(inner: &Inner) -> Result<(), EngineError> {
