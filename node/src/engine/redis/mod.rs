@@ -22,7 +22,7 @@
 //! | `P:sweeper` | string | the node sweeping queues now (SET NX PX) |
 //! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`, `published`, `delivered`; expires after 5 s |
 //! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
-//! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes) |
+//! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes); on Redis Cluster a shard channel `P:ch:{/topic/t}` |
 //! | `P:ch:/queue/q` | channel | "entries ready" notifications of a queue (`r`) |
 //! | `P:{/topic/t}:presence` | hash | presence of a destination: field `<node-id>\t<session>`, value the user |
 //! | `P:node:<id>:presence` | set | destinations in which a node has presence members |
@@ -31,10 +31,12 @@
 //! | `P:calls`, `P:calls:<id>` | channel | the admin API's questions to every node, and the answers to node `<id>` ([`calls`]) |
 //!
 //! # Topics
-//! A publish is one PUBLISH of the [`envelope`], sent by the [`publisher`] task, which pipelines
+//! A publish is one PUBLISH of the [`envelope`], sent by a [`publisher`] task, which pipelines
 //! every publish of the node in the order the sessions handed them over (a burst on one channel
 //! as one PUBLISH_MANY script call); a node SUBSCRIBEs to a destination's channel
-//! while it watches it. Watch and unwatch are applied in call order by one task; messages are
+//! while it watches it. On Redis Cluster the channels are shard channels (SPUBLISH/SSUBSCRIBE,
+//! `P:ch:{/topic/t}`, in the destination's slot), each primary's writes have a publishing task of
+//! their own, and a command refused because its slot moved is sent again ([`is_redirect`]). Watch and unwatch are applied in call order by one task; messages are
 //! decoded and handed to the inbox in arrival order by another. A node's own publishes come back
 //! through Redis like everyone else's, so per-publisher order holds on every node.
 //!
