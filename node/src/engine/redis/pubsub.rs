@@ -11,12 +11,15 @@
 //! wakes each session once, so a session writes them with one socket write instead of one each.
 //! Nothing waits to fill a batch: it holds what had already arrived.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::types::config::Server;
 use fred::types::{Message as PubsubMessage, Value};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -73,6 +76,7 @@ pub(super) async fn control_loop(
     refill: mpsc::UnboundedSender<()>,
 ) {
     let mut connections = 0u64;
+    let mut work = Work::default();
     let mut slots = SlotCheck::default();
     let mut tick = tokio::time::interval(SLOT_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,20 +86,10 @@ pub(super) async fn control_loop(
     loop {
         tokio::select! {
             request = control.recv() => match request {
-                Some(Control::Watch(destination, reply)) => {
-                    let result = watch(&inner, &destination).await;
-                    let _ = reply.send(result);
-                }
-                Some(Control::Unwatch(destination)) => unwatch(&inner, &destination).await,
-                Some(Control::Declare(queue, lifetime, reply)) => {
-                    let result = queues::declare(&inner, &queue, lifetime).await;
-                    let _ = reply.send(result);
-                }
-                Some(Control::Flush(done)) => {
-                    let _ = done.send(());
-                }
+                Some(request) => work.take(&inner, request),
                 None => return,
             },
+            Some(done) = work.running.next() => work.done(&inner, done),
             event = reconnects.recv() => match event {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     connections += 1;
@@ -118,6 +112,100 @@ pub(super) async fn control_loop(
             }
         }
     }
+}
+
+/// Requests applied at once at most, each on its own destination.
+const CONCURRENT_REQUESTS: usize = 64;
+
+/// The control task's requests under way: one at a time per destination, in call order (a watch,
+/// then the unwatch that follows it), and up to [`CONCURRENT_REQUESTS`] destinations at once, so
+/// a SUBSCRIBE whose Redis shard is slow (a Cluster primary failing over) does not hold up the
+/// others.
+#[derive(Default)]
+struct Work {
+    running: FuturesUnordered<BoxFuture<'static, Arc<str>>>,
+    /// Destinations with a request running, and the requests for them waiting behind it.
+    busy: HashMap<Arc<str>, VecDeque<Control>>,
+    /// Requests waiting for room, in call order.
+    backlog: VecDeque<Control>,
+    /// Answered once nothing taken before them is left.
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl Work {
+    fn take(&mut self, inner: &Arc<Inner>, request: Control) {
+        let Some(destination) = request.destination().cloned() else {
+            if let Control::Flush(done) = request {
+                self.flushes.push(done);
+                self.answer_flushes();
+            }
+            return;
+        };
+        if let Some(waiting) = self.busy.get_mut(&destination) {
+            waiting.push_back(request);
+        } else if self.running.len() >= CONCURRENT_REQUESTS {
+            self.backlog.push_back(request);
+        } else {
+            self.busy.insert(destination, VecDeque::new());
+            self.running.push(apply(inner.clone(), request));
+        }
+    }
+
+    /// The request of `destination` is applied: start the next one.
+    fn done(&mut self, inner: &Arc<Inner>, destination: Arc<str>) {
+        match self.busy.get_mut(&destination).and_then(VecDeque::pop_front) {
+            Some(next) => self.running.push(apply(inner.clone(), next)),
+            None => {
+                self.busy.remove(&destination);
+            }
+        }
+        while self.running.len() < CONCURRENT_REQUESTS {
+            let Some(request) = self.backlog.pop_front() else { break };
+            self.take(inner, request);
+        }
+        self.answer_flushes();
+    }
+
+    fn answer_flushes(&mut self) {
+        if self.running.is_empty() && self.backlog.is_empty() {
+            for done in self.flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+impl Control {
+    fn destination(&self) -> Option<&Arc<str>> {
+        match self {
+            Control::Watch(destination, _) | Control::Unwatch(destination) => Some(destination),
+            Control::Declare(queue, _, _) => Some(queue),
+            Control::Flush(_) => None,
+        }
+    }
+}
+
+/// Applies one request; resolves to its destination.
+fn apply(inner: Arc<Inner>, request: Control) -> BoxFuture<'static, Arc<str>> {
+    Box::pin(async move {
+        match request {
+            Control::Watch(destination, reply) => {
+                let result = watch(&inner, &destination).await;
+                let _ = reply.send(result);
+                destination
+            }
+            Control::Unwatch(destination) => {
+                unwatch(&inner, &destination).await;
+                destination
+            }
+            Control::Declare(queue, lifetime, reply) => {
+                let result = queues::declare(&inner, &queue, lifetime).await;
+                let _ = reply.send(result);
+                queue
+            }
+            Control::Flush(_) => unreachable!("a flush is answered by the control task"),
+        }
+    })
 }
 
 /// How often a node checks, with sharded pub/sub, which primaries own the slots.
@@ -270,12 +358,16 @@ async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) -> bool 
     complete
 }
 
-/// SSUBSCRIBEs to each channel in turn (one per call, see [`listen`]), all of them even when
-/// some fail; the first failure is returned.
+/// SSUBSCRIBEs to each channel (one per call, see [`listen`]; up to [`CONCURRENT_REQUESTS`] at
+/// once, so a primary that does not answer costs one command timeout, not one per channel), all
+/// of them even when some fail; the first failure is returned.
 async fn subscribe_each(inner: &Inner, channels: Vec<String>) -> Result<(), fred::error::Error> {
+    let mut replies = futures_util::stream::iter(channels)
+        .map(|channel| inner.subscriber.ssubscribe(channel))
+        .buffer_unordered(CONCURRENT_REQUESTS);
     let mut first_error = None;
-    for channel in channels {
-        if let Err(error) = inner.subscriber.ssubscribe(channel).await {
+    while let Some(reply) = replies.next().await {
+        if let Err(error) = reply {
             first_error.get_or_insert(error);
         }
     }
