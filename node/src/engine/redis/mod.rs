@@ -624,15 +624,10 @@ impl Engine for RedisEngine {
         if let Err(error) = inner.register_queue(&message.destination).await {
             return PendingPublish::done(Err(error));
         }
-        let op = Op::Script {
-            script: &scripts::ENQUEUE,
-            keys: vec![inner.keys.queue(&message.destination)],
-            args: vec![
-                Value::Bytes(envelope::encode(&inner.config.node_id, &message).into()),
-                Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
-                Value::from(inner.keys.channel(&message.destination)),
-            ],
-            reply: ScriptReply::Enqueued,
+        let op = Op::Enqueue {
+            key: inner.keys.queue(&message.destination),
+            channel: inner.keys.channel(&message.destination),
+            envelope: envelope::encode(&inner.config.node_id, &message).into(),
         };
         self.write(message.destination, op).await
     }
@@ -641,8 +636,15 @@ impl Engine for RedisEngine {
         queues::fetch(&self.inner, queue, max).await
     }
 
+    /// Handed to the publishing task and not waited for (see `publisher`): a session's run of
+    /// ACKs costs no round trip, and the node's ACKs of a queue go as one call per pipeline.
     async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
-        queues::ack(&self.inner, queue, ids).await
+        if ids.is_empty() {
+            return Ok(());
+        }
+        queues::acked(&self.inner, queue, ids);
+        let request = publisher::Request::Ack(Arc::from(queue), ids.to_vec());
+        self.publishes.send(request).await.map_err(|_| EngineError::Closed)
     }
 
     async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
