@@ -351,6 +351,16 @@ impl RedisEngine {
         }
     }
 
+    /// Waits until the ACKs handed to the publishing task before are written (or failed), so
+    /// that a release never overtakes the acknowledgement of an entry it names (it would put a
+    /// consumed entry back). Releases are rare (NACK, a session's end); ACKs are not.
+    async fn acks_applied(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.publishes.send(publisher::Request::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
     /// Sends the writes already taken and applies the unwatches already asked (for at most a
     /// command timeout each), stops the tasks, leaves the registry and closes the connections.
     pub async fn shutdown(&self) {
@@ -648,10 +658,12 @@ impl Engine for RedisEngine {
     }
 
     async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
+        self.acks_applied().await;
         queues::release(&self.inner, queue, ids, delivered).await
     }
 
     async fn dead_letter(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        self.acks_applied().await;
         queues::dead_letter_now(&self.inner, queue, ids).await
     }
 

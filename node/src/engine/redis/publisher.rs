@@ -20,7 +20,9 @@
 //! sessions, into one [`scripts::ACK`] call per queue per pipeline. An ACK commutes with every
 //! other write (it only deletes entries this node holds), so it goes after the pipeline's other
 //! writes; one that fails is logged and counted, and its entry, still pending in Redis but no
-//! longer refreshed by this node, is redelivered after `queue-reclaim-after` (at-least-once).
+//! longer refreshed by this node, is redelivered after `queue-reclaim-after` (at-least-once). A
+//! release waits for the ACKs taken before it ([`Request::Flush`]), so it never puts back an
+//! entry whose ACK is still on its way.
 //!
 //! Scripts go as EVALSHA, loaded (SCRIPT LOAD) before the first pipeline that needs them on each
 //! connection. Should Redis lose its script cache unnoticed (a failover the client has not seen
@@ -65,7 +67,8 @@ pub(super) enum Request {
     /// Acknowledged entries of one queue: XACK and XDEL, with the other ACKs of the pipeline on
     /// that queue, nobody waiting for the reply.
     Ack(Arc<str>, Vec<EntryId>),
-    /// Answered once every write taken before it has been answered (node shutdown).
+    /// Answered once every write taken before it has been answered (node shutdown; a release,
+    /// which must not overtake an ACK).
     Flush(oneshot::Sender<()>),
 }
 
