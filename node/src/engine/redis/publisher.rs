@@ -165,7 +165,9 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     if !*loaded && scripted {
         // Load first, or the first EVALSHA of each script would fail and run late (out of order).
         *loaded = true;
-        for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY, &*scripts::ACK] {
+        for script in
+            [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY, &*scripts::ACK]
+        {
             if let Err(error) = script.load(&inner.client).await {
                 tracing::debug!(script = script.name, %error, "cannot load a script");
                 *loaded = false;

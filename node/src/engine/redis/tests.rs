@@ -437,7 +437,8 @@ async fn queue_entries_go_to_exactly_one_node_and_come_back_when_released() {
     assert!(b.engine.fetch("/queue/q", 100).await.expect("fetch").is_empty());
     // An ACK is written by the publishing task, not waited for: deleted soon after.
     let key = "stampede:{/queue/q}:q";
-    let deleted = holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
+    let deleted =
+        holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
     assert!(deleted, "acknowledged entries are deleted");
     assert!(b.engine.inner.in_flight.lock().expect("lock").is_empty());
 
@@ -533,7 +534,8 @@ async fn entries_of_a_dead_node_are_reclaimed_as_redeliveries_but_a_live_nodes_a
     assert!(b.engine.fetch("/queue/r", 10).await.expect("fetch").is_empty());
     let ids: Vec<EntryId> = reclaimed.iter().map(|e| e.id.clone()).collect();
     b.engine.ack("/queue/r", &ids).await.expect("ack");
-    let deleted = holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
+    let deleted =
+        holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
     assert!(deleted, "acknowledged entries are deleted");
 }
 
@@ -782,7 +784,8 @@ async fn queue_enqueues_and_acks_go_as_few_calls_in_order() {
     let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(got, expected, "each once, in the order enqueued");
     let key = "stampede:{/queue/batch}:q";
-    let deleted = holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
+    let deleted =
+        holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
     assert!(deleted, "acknowledged entries are deleted");
     let acks = calls("xack").await - xack;
     eprintln!("{n} ACKs: {acks} ACK calls");
