@@ -249,6 +249,9 @@ label_enum! {
         Reconnected = "reconnected",
         /// History messages delivered from a stream after a gap.
         Recovered = "recovered",
+        /// Queue entries whose acknowledgement could not be written to Redis (nobody waits for
+        /// it): they are redelivered after `queue-reclaim-after`.
+        AckFailed = "ack_failed",
     }
 }
 

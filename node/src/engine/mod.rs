@@ -269,7 +269,9 @@ pub trait Engine: Send + Sync {
         queue: &str,
         max: usize,
     ) -> impl Future<Output = Result<Vec<QueueEntry>, EngineError>> + Send;
-    /// The entries were consumed: forget them.
+    /// The entries were consumed: forget them. Resolves once taken (the Redis engine writes it
+    /// with the node's other ACKs, unawaited; a failure there means a redelivery after
+    /// `queue-reclaim-after`); a later `release` or `dead_letter` never overtakes it.
     fn ack(&self, queue: &str, ids: &[EntryId]) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// The entries go back to the queue. `delivered` says whether a client saw them (then
     /// their next delivery is flagged as a redelivery).

@@ -50,7 +50,8 @@
 //!
 //! # Queues
 //! Streams with a consumer group: `fetch` is a non-blocking XREADGROUP of new entries; `ack` is
-//! XACK + XDEL; `release` re-adds entries **at the tail** (Redis cannot insert at a stream's head,
+//! XACK + XDEL, handed to the [`publisher`] unawaited and sent with the node's other ACKs of the
+//! queue as one call (enqueues to one queue taken together are one call too); `release` re-adds entries **at the tail** (Redis cannot insert at a stream's head,
 //! unlike the in-memory engine, which puts them back first) with redeliveries + 1 when a client saw
 //! them, and moves them to `<queue>.dlq` once they reach `queue-max-deliveries`. The bound
 //! `queue-max-length` counts ready entries only; the oldest ready ones are dropped past it. Every
@@ -362,6 +363,13 @@ impl RedisEngine {
             Ok(()) => PendingPublish::waiting(rx),
             Err(_) => PendingPublish::done(Err(EngineError::Closed)),
         }
+    }
+
+    /// Waits until the ACKs handed to the publishing task before are written (or failed), so
+    /// that a release never overtakes the acknowledgement of an entry it names (it would put a
+    /// consumed entry back). Releases are rare (NACK, a session's end); ACKs are not.
+    async fn acks_applied(&self, queue: &str) {
+        self.publishes.flush_queue(queue).await
     }
 
     /// Sends the writes already taken and applies the unwatches already asked (for at most a
@@ -679,15 +687,10 @@ impl Engine for RedisEngine {
         if let Err(error) = inner.register_queue(&message.destination).await {
             return PendingPublish::done(Err(error));
         }
-        let op = Op::Script {
-            script: &scripts::ENQUEUE,
-            keys: vec![inner.keys.queue(&message.destination)],
-            args: vec![
-                Value::Bytes(envelope::encode(&inner.config.node_id, &message).into()),
-                Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
-                Value::from(inner.keys.channel(&message.destination)),
-            ],
-            reply: ScriptReply::Enqueued,
+        let op = Op::Enqueue {
+            key: inner.keys.queue(&message.destination),
+            channel: inner.keys.channel(&message.destination),
+            envelope: envelope::encode(&inner.config.node_id, &message).into(),
         };
         self.write(message.destination, op).await
     }
@@ -696,15 +699,23 @@ impl Engine for RedisEngine {
         queues::fetch(&self.inner, queue, max).await
     }
 
+    /// Handed to the publishing task and not waited for (see `publisher`): a session's run of
+    /// ACKs costs no round trip, and the node's ACKs of a queue go as one call per pipeline.
     async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
-        queues::ack(&self.inner, queue, ids).await
+        if ids.is_empty() {
+            return Ok(());
+        }
+        queues::acked(&self.inner, queue, ids);
+        self.publishes.ack(Arc::from(queue), ids.to_vec()).await
     }
 
     async fn release(&self, queue: &str, ids: &[EntryId], delivered: bool) -> Result<(), EngineError> {
+        self.acks_applied(queue).await;
         queues::release(&self.inner, queue, ids, delivered).await
     }
 
     async fn dead_letter(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+        self.acks_applied(queue).await;
         queues::dead_letter_now(&self.inner, queue, ids).await
     }
 

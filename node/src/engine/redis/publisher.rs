@@ -13,6 +13,17 @@
 //! [`scripts::PUBLISH_MANY`]: fred flushes its socket after every command of a pipeline, so a
 //! pipeline of N PUBLISHes is N writes and N replies, where the script is one of each.
 //!
+//! Queue writes ride the same pipelines. Consecutive enqueues to one queue (producers' SENDs
+//! taken together) go as one [`scripts::ENQUEUE`] call: its appends, one trim, and one "entries
+//! ready" PUBLISH, so consumers' nodes are woken once per run, not once per message. ACKs are
+//! not awaited by their sessions ([`Request::Ack`]): the task gathers every ACK it takes, across
+//! sessions, into one [`scripts::ACK`] call per queue per pipeline. An ACK commutes with every
+//! other write (it only deletes entries this node holds), so it goes after the pipeline's other
+//! writes; one that fails is logged and counted, and its entry, still pending in Redis but no
+//! longer refreshed by this node, is redelivered after `queue-reclaim-after` (at-least-once). A
+//! release waits for the ACKs taken before it ([`Request::Flush`]), so it never puts back an
+//! entry whose ACK is still on its way.
+//!
 //! Scripts go as EVALSHA, loaded (SCRIPT LOAD) before the first pipeline that needs them on each
 //! connection. Should Redis lose its script cache unnoticed (a failover the client has not seen
 //! yet), those calls fail with NOSCRIPT and are run again, in their order, with EVAL: only then
@@ -22,16 +33,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fred::error::Error as RedisError;
+use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::types::Value;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::scripts::{self, Script};
-use super::{unavailable, Inner};
-use crate::engine::EngineError;
-use crate::metrics::{DropReason, RedisCommand};
+use super::{unavailable, Inner, IDS_PER_CALL};
+use crate::engine::{EngineError, EntryId};
+use crate::metrics::{DropReason, EngineEvent, RedisCommand};
 
 /// Requests queued to the task at most; past that publishers wait.
 pub(super) const CAPACITY: usize = 4096;
@@ -42,8 +53,9 @@ const PIPELINE_MAX: usize = 512;
 /// (`redis-benchmark`, three subscribers: 514,000 plain PUBLISHes/s; through the script 345,000
 /// messages/s two at a time, 421,000 four at a time, 585,000 eight at a time).
 const GROUP_MIN: usize = 8;
-/// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at most, and envelope bytes (a call is
-/// one command that Redis reads whole before running it).
+/// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at most (and enqueues one
+/// [`scripts::ENQUEUE`] call), and envelope bytes (a call is one command that Redis reads whole
+/// before running it).
 const GROUP_MAX: usize = 64;
 const GROUP_MAX_BYTES: usize = 1 << 20;
 
@@ -53,7 +65,11 @@ pub(super) enum Request {
     /// A publisher's run (of one lane's writes), sent in one pipeline (one request however long the run; a session's
     /// runs are bounded).
     Writes(Vec<Job>),
-    /// Answered once every write taken before it has been answered (node shutdown).
+    /// Acknowledged entries of one queue: XACK and XDEL, with the other ACKs of the pipeline on
+    /// that queue, nobody waiting for the reply.
+    Ack(Arc<str>, Vec<EntryId>),
+    /// Answered once every write taken before it has been answered (node shutdown; a release,
+    /// which must not overtake an ACK).
     Flush(oneshot::Sender<()>),
 }
 
@@ -67,6 +83,9 @@ pub(super) struct Job {
 pub(super) enum Op {
     /// PUBLISH of an envelope on a channel.
     Publish { channel: String, envelope: Bytes },
+    /// Append of an envelope to a queue (key: its stream), whose "entries ready" notifications
+    /// go on `channel`.
+    Enqueue { key: String, channel: String, envelope: Bytes },
     /// A script over one destination's keys.
     Script { script: &'static Script, keys: Vec<String>, args: Vec<Value>, reply: ScriptReply },
 }
@@ -76,9 +95,6 @@ pub(super) enum Op {
 pub(super) enum ScriptReply {
     /// The history offset the publish was given.
     Offset,
-    /// `{dropped, created}`: ready entries the enqueue dropped to keep the queue's bound, and
-    /// whether it created the queue's stream.
-    Enqueued,
 }
 
 // === impl Lanes ===
@@ -153,6 +169,21 @@ impl Lanes {
         }
     }
 
+    /// Hands a queue's acknowledged entries to the lane of its slot (nobody waits for them).
+    pub(super) async fn ack(&self, queue: Arc<str>, ids: Vec<EntryId>) -> Result<(), EngineError> {
+        let lane = self.lane(self.owner(&self.inner.keys.queue(&queue)));
+        lane.send(Request::Ack(queue, ids)).await.map_err(|_| EngineError::Closed)
+    }
+
+    /// Waits until the writes (and ACKs) taken before in the lane of `queue`'s slot are answered.
+    pub(super) async fn flush_queue(&self, queue: &str) {
+        let lane = self.lane(self.owner(&self.inner.keys.queue(queue)));
+        let (done, flushed) = oneshot::channel();
+        if lane.send(Request::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
     /// Waits until every write taken before is answered, in every lane.
     pub(super) async fn flush(&self) {
         let lanes: Vec<mpsc::Sender<Request>> =
@@ -172,6 +203,7 @@ impl Op {
     fn key(&self) -> &str {
         match self {
             Op::Publish { channel, .. } => channel,
+            Op::Enqueue { key, .. } => key,
             Op::Script { keys, .. } => keys.first().map_or("", String::as_str),
         }
     }
@@ -181,6 +213,7 @@ impl Op {
 async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     let mut jobs = Vec::with_capacity(PIPELINE_MAX);
+    let mut acks = Acks::default();
     let mut reconnects = inner.client.reconnect_rx();
     // Whether the scripts are known to be in Redis's cache on this connection.
     let mut loaded = false;
@@ -194,27 +227,60 @@ async fn publish_loop(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) 
             match request {
                 Request::Write(job) => jobs.push(job),
                 Request::Writes(run) => jobs.extend(run),
+                Request::Ack(queue, ids) => acks.add(queue, ids),
                 Request::Flush(done) => {
                     // Everything before the flush goes first.
-                    send(&inner, std::mem::take(&mut jobs), &mut loaded).await;
+                    send(&inner, std::mem::take(&mut jobs), std::mem::take(&mut acks), &mut loaded).await;
                     let _ = done.send(());
                 }
             }
         }
-        send(&inner, std::mem::take(&mut jobs), &mut loaded).await;
+        send(&inner, std::mem::take(&mut jobs), std::mem::take(&mut acks), &mut loaded).await;
     }
 }
 
-/// Sends `jobs` as one pipeline and answers each.
-async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
-    if jobs.is_empty() {
+/// ACKs taken for one pipeline, by queue, in the order the queues came.
+#[derive(Default)]
+struct Acks(Vec<(Arc<str>, Vec<EntryId>)>);
+
+impl Acks {
+    fn add(&mut self, queue: Arc<str>, ids: Vec<EntryId>) {
+        match self.0.iter_mut().find(|(q, _)| *q == queue) {
+            Some((_, held)) => held.extend(ids),
+            None => self.0.push((queue, ids)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One ACK call each: (queue, its stream's key, at most [`IDS_PER_CALL`] ids).
+    fn calls(self, inner: &Inner) -> Vec<(Arc<str>, String, Vec<Value>)> {
+        let mut calls = Vec::new();
+        for (queue, ids) in self.0 {
+            let key = inner.keys.queue(&queue);
+            for chunk in ids.chunks(IDS_PER_CALL) {
+                calls.push((queue.clone(), key.clone(), chunk.iter().map(|id| Value::from(&**id)).collect()));
+            }
+        }
+        calls
+    }
+}
+
+/// Sends `jobs`, then `acks`, as one pipeline and answers each job.
+async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
+    if jobs.is_empty() && acks.is_empty() {
         return;
     }
     let groups = groups(&jobs);
-    if !*loaded && groups.iter().any(|group| is_script(&jobs[group.clone()])) {
+    let scripted = !acks.is_empty() || groups.iter().any(|group| is_script(&jobs[group.clone()]));
+    if !*loaded && scripted {
         // Load first, or the first EVALSHA of each script would fail and run late (out of order).
         *loaded = true;
-        for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY] {
+        for script in
+            [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY, &*scripts::ACK]
+        {
             if let Err(error) = script.load(&inner.client).await {
                 tracing::debug!(script = script.name, %error, "cannot load a script");
                 *loaded = false;
@@ -240,12 +306,22 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
                 );
                 pipeline.custom(command, args).await
             }
+            Op::Enqueue { key, .. } => {
+                let (command, args) =
+                    scripts::ENQUEUE.evalsha(sharded, &[key], &enqueue_args(inner, &jobs[group.clone()]));
+                pipeline.custom(command, args).await
+            }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let (command, args) = script.evalsha(sharded, &keys, args);
                 pipeline.custom(command, args).await
             }
         };
+    }
+    let acks = acks.calls(inner);
+    for (_, key, ids) in &acks {
+        let (command, args) = scripts::ACK.evalsha(sharded, &[key], ids);
+        let _: Result<(), RedisError> = pipeline.custom(command, args).await;
     }
     let started = std::time::Instant::now();
     let results = pipeline.try_all::<Value>().await;
@@ -271,8 +347,21 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
             }
         }
     }
-    // These run late, in their order: every command of a moved slot was refused, so each channel's
-    // publishes stay in order among themselves.
+    let mut acks_again = Vec::new();
+    for (queue, key, ids) in acks {
+        match results.next() {
+            Some(Err(error)) if scripts::is_noscript(&error) => {
+                *loaded = false;
+                acks_again.push((queue, key, ids));
+            }
+            Some(Err(error)) if super::is_redirect(&error) => acks_again.push((queue, key, ids)),
+            Some(Err(error)) => acked(inner, &queue, ids.len(), Err(error)),
+            Some(Ok(_)) => {}
+            None => acked(inner, &queue, ids.len(), Err(RedisError::new(ErrorKind::IO, "no reply"))),
+        }
+    }
+    // These run late, in their order: every command of a moved slot was refused, so each
+    // channel's publishes stay in order among themselves.
     for members in again {
         let result = match &members[0].op {
             Op::Publish { channel, envelope } if members.len() == 1 => {
@@ -280,8 +369,11 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
                 inner.redis_command(inner.publish_command(), channel, args).await
             }
             Op::Publish { channel, .. } => {
-                let keys = publish_many_keys(inner.keys.sharded(), channel);
+                let keys = publish_many_keys(sharded, channel);
                 inner.script(&scripts::PUBLISH_MANY, &keys, publish_many_args(&members)).await
+            }
+            Op::Enqueue { key, .. } => {
+                inner.script(&scripts::ENQUEUE, &[key], enqueue_args(inner, &members)).await
             }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -290,46 +382,88 @@ async fn send(inner: &Inner, jobs: Vec<Job>, loaded: &mut bool) {
         };
         answer_all(inner, members, result);
     }
+    for (queue, key, ids) in acks_again {
+        let n = ids.len();
+        if let Err(error) = inner.script(&scripts::ACK, &[&key], ids).await {
+            acked(inner, &queue, n, Err(error));
+        }
+    }
+}
+
+/// pending in Redis and come back after `queue-reclaim-after`.
+fn acked(inner: &Inner, queue: &str, n: usize, result: Result<(), RedisError>) {
+    if let Err(error) = result {
+        inner.metrics.engine_event(EngineEvent::AckFailed, n as u64);
+        tracing::warn!(%queue, entries = n, %error, "could not acknowledge queue entries; they will be redelivered");
+    }
 }
 
 /// Splits `jobs` into what goes as one command each: a run of consecutive PUBLISHes on one
-/// channel (at least [`GROUP_MIN`], bounded by [`GROUP_MAX`] and [`GROUP_MAX_BYTES`]), or a
-/// single job.
+/// channel (at least [`GROUP_MIN`], bounded by [`GROUP_MAX`] and [`GROUP_MAX_BYTES`]), a run of
+/// consecutive enqueues to one queue (bounded alike: one ENQUEUE call costs less than two), or
+/// a single job.
 fn groups(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
-    /// The last run, if too short for the script, goes as its PUBLISHes.
-    fn short(groups: &mut Vec<std::ops::Range<usize>>) {
+    /// The last run of PUBLISHes, if too short for the script, goes as its PUBLISHes.
+    fn short(jobs: &[Job], groups: &mut Vec<std::ops::Range<usize>>) {
         if let Some(last) = groups.last().filter(|g| g.len() > 1 && g.len() < GROUP_MIN).cloned() {
-            groups.pop();
-            groups.extend(last.map(|i| i..i + 1));
+            if matches!(jobs[last.start].op, Op::Publish { .. }) {
+                groups.pop();
+                groups.extend(last.map(|i| i..i + 1));
+            }
+        }
+    }
+    /// Whether `job` may join a run that started with `first`.
+    fn joins(first: &Op, job: &Op) -> bool {
+        match (first, job) {
+            (Op::Publish { channel: a, .. }, Op::Publish { channel: b, .. }) => a == b,
+            (Op::Enqueue { key: a, .. }, Op::Enqueue { key: b, .. }) => a == b,
+            _ => false,
         }
     }
     let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
     let mut bytes = 0;
     for (i, job) in jobs.iter().enumerate() {
-        if let (Some(last), Op::Publish { channel, envelope }) = (groups.last_mut(), &job.op) {
-            if let Op::Publish { channel: previous, .. } = &jobs[last.start].op {
-                if previous == channel && last.len() < GROUP_MAX && bytes + envelope.len() <= GROUP_MAX_BYTES
-                {
-                    last.end = i + 1;
-                    bytes += envelope.len();
-                    continue;
-                }
-            }
-        }
-        short(&mut groups);
-        bytes = match &job.op {
-            Op::Publish { envelope, .. } => envelope.len(),
+        let size = match &job.op {
+            Op::Publish { envelope, .. } | Op::Enqueue { envelope, .. } => envelope.len(),
             Op::Script { .. } => 0,
         };
+        if let Some(last) = groups.last_mut() {
+            if joins(&jobs[last.start].op, &job.op)
+                && last.len() < GROUP_MAX
+                && bytes + size <= GROUP_MAX_BYTES
+            {
+                last.end = i + 1;
+                bytes += size;
+                continue;
+            }
+        }
+        short(jobs, &mut groups);
+        bytes = size;
         groups.push(i..i + 1);
     }
-    short(&mut groups);
+    short(jobs, &mut groups);
     groups
 }
 
-/// Whether the command of a group is a script call (EVALSHA): a script's, or PUBLISH_MANY.
+/// Whether the command of a group is a script call (EVALSHA): a script's, an enqueue, or
+/// PUBLISH_MANY.
 fn is_script(group: &[Job]) -> bool {
-    group.len() > 1 || matches!(group[0].op, Op::Script { .. })
+    group.len() > 1 || !matches!(group[0].op, Op::Publish { .. })
+}
+
+/// The arguments of [`scripts::ENQUEUE`] for a run of enqueues to one queue.
+fn enqueue_args(inner: &Inner, jobs: &[Job]) -> Vec<Value> {
+    let mut args = Vec::with_capacity(jobs.len() + 2);
+    args.push(Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)));
+    for job in jobs {
+        if let Op::Enqueue { channel, envelope, .. } = &job.op {
+            if args.len() == 1 {
+                args.push(Value::from(channel.as_str()));
+            }
+            args.push(Value::Bytes(envelope.clone()));
+        }
+    }
+    args
 }
 
 /// The keys of [`scripts::PUBLISH_MANY`]: on Redis Cluster its channel, so that the call goes to
@@ -359,38 +493,45 @@ fn publish_many_args(jobs: &[Job]) -> Vec<Value> {
 
 /// Answers every job of one command with its reply.
 fn answer_all(inner: &Inner, jobs: Vec<Job>, result: Result<Value, RedisError>) {
+    if let (Some(first), Ok(reply)) = (jobs.first(), &result) {
+        if matches!(first.op, Op::Enqueue { .. }) {
+            // One reply for the run: counted once, and every enqueue of it stored.
+            let outcome = match enqueued(reply) {
+                Some((dropped, created)) => {
+                    if dropped > 0 {
+                        inner.metrics.dropped(DropReason::QueueFull, dropped);
+                    }
+                    if created {
+                        inner.created(&first.destination);
+                    }
+                    Ok(None)
+                }
+                None => Err(EngineError::Unavailable(format!("unexpected reply to enqueue: {reply:?}"))),
+            };
+            for job in jobs {
+                answer(inner, job, outcome.clone());
+            }
+            return;
+        }
+    }
     for job in jobs {
-        let result = outcome(inner, &job.destination, &job.op, result.clone());
+        let result = outcome(&job.op, result.clone());
         answer(inner, job, result);
     }
 }
 
 /// What a reply means for the publisher.
-fn outcome(
-    inner: &Inner,
-    destination: &Arc<str>,
-    op: &Op,
-    result: Result<Value, RedisError>,
-) -> Result<Option<u64>, EngineError> {
+fn outcome(op: &Op, result: Result<Value, RedisError>) -> Result<Option<u64>, EngineError> {
     let reply = result.map_err(unavailable)?;
     match op {
-        Op::Publish { .. } => Ok(None),
+        // A run of enqueues that succeeded is answered by `answer_all`.
+        Op::Publish { .. } | Op::Enqueue { .. } => Ok(None),
         Op::Script { reply: kind, script, .. } => {
             let unexpected = |reply: &Value| {
                 EngineError::Unavailable(format!("unexpected reply to {}: {reply:?}", script.name))
             };
             match kind {
                 ScriptReply::Offset => Ok(Some(reply.as_u64().ok_or_else(|| unexpected(&reply))?)),
-                ScriptReply::Enqueued => {
-                    let (dropped, created) = enqueued(&reply).ok_or_else(|| unexpected(&reply))?;
-                    if dropped > 0 {
-                        inner.metrics.dropped(DropReason::QueueFull, dropped);
-                    }
-                    if created {
-                        inner.created(destination);
-                    }
-                    Ok(None)
-                }
             }
         }
     }

@@ -37,9 +37,9 @@ const SWEEP_MAX: usize = 500;
 pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Result<(), EngineError> {
     let key = inner.keys.queue(queue);
     let args = vec![
-        Value::Bytes(envelope.into()),
         Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
         Value::from(inner.keys.channel(queue)),
+        Value::Bytes(envelope.into()),
     ];
     let reply = inner.script(&scripts::ENQUEUE, &[&key], args).await.map_err(unavailable)?;
     let (dropped, created) = publisher::enqueued(&reply).unwrap_or((0, false));
@@ -289,10 +289,10 @@ fn forget(inner: &Inner, queue: &str, ids: &[EntryId]) {
     }
 }
 
-/// Consumed: XACK and XDEL.
-pub(super) async fn ack(inner: &Inner, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
+/// Consumed: no longer refreshed here; the caller hands the ids to the pipelining publisher,
+/// which XACKs and XDELs them with the node's other ACKs of the queue ([`publisher::Request::Ack`]).
+pub(super) fn acked(inner: &Inner, queue: &str, ids: &[EntryId]) {
     forget(inner, queue, ids);
-    delete(inner, queue, ids.iter().map(|id| Value::from(&**id)).collect()).await
 }
 
 async fn delete(inner: &Inner, queue: &str, ids: Vec<Value>) -> Result<(), EngineError> {

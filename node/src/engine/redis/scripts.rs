@@ -127,8 +127,9 @@ pub(super) fn is_noscript(error: &fred::error::Error) -> bool {
 
 /// Functions shared by the queue scripts.
 ///
-/// `push` appends an entry and then keeps at most `maxlen` *ready* entries (those after the
-/// group's last-delivered id; entries in flight do not count), deleting the oldest ready ones.
+/// `trim` keeps at most `maxlen` *ready* entries (those after the group's last-delivered id;
+/// entries in flight do not count), deleting the oldest ready ones; `push` appends an entry,
+/// then trims.
 /// `requeue` moves entries this node holds back to the tail: redeliveries + 1 when `delivered`,
 /// or leaves them pending and returns them for the dead-letter queue when they reached
 /// `maxdel`. An id no longer in the stream (acknowledged, trimmed, reclaimed) is only XACKed.
@@ -140,8 +141,7 @@ local function field(fields, name)
   return nil
 end
 
-local function push(key, env, r, maxlen)
-  redis.call('XADD', key, '*', 'e', env, 'r', r)
+local function trim(key, maxlen)
   local len = redis.call('XLEN', key)
   if len <= maxlen then return 0 end
   local start, pending = '-', 0
@@ -159,6 +159,11 @@ local function push(key, env, r, maxlen)
   local old = redis.call('XRANGE', key, start, '+', 'COUNT', excess)
   for _, e in ipairs(old) do redis.call('XDEL', key, e[1]) end
   return #old
+end
+
+local function push(key, env, r, maxlen)
+  redis.call('XADD', key, '*', 'e', env, 'r', r)
+  return trim(key, maxlen)
 end
 
 local function now_ms()
@@ -301,17 +306,22 @@ return out
     )
 });
 
-/// KEYS: queue. ARGV: envelope, max length, channel. Appends (redeliveries 0), trims the oldest
-/// ready entries past the bound, notifies. Returns `{dropped, created}`: how many entries were
-/// dropped, and 1 when the append created the stream (a new queue, or one deleted before it).
-/// The append's id is the time of this SEND: what the sweep reads as the queue's last use.
+/// KEYS: queue. ARGV: max length, channel, envelopes... Appends each (redeliveries 0), in order,
+/// then trims the oldest ready entries past the bound (what trimming after each append would
+/// leave) and notifies once: a run of SENDs to one queue is one call and one notification.
+/// Returns `{dropped, created}`: how many entries were dropped, and 1 when the appends created
+/// the stream (a new queue, or one deleted before it). The appends' ids are the time of these
+/// SENDs: what the sweep reads as the queue's last use.
 pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "enqueue",
         r#"
 local created = 1 - redis.call('EXISTS', KEYS[1])
-local dropped = push(KEYS[1], ARGV[1], 0, tonumber(ARGV[2]))
-redis.call(PUBLISH, ARGV[3], 'r')
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i], 'r', 0)
+end
+local dropped = trim(KEYS[1], tonumber(ARGV[1]))
+redis.call(PUBLISH, ARGV[2], 'r')
 return { dropped, created }
 "#,
     )
