@@ -359,7 +359,7 @@ async fn order_across_topics(cluster: Arc<Cluster>) {
     // Bursts of 1 to 20 messages to one topic, topic after topic: the node sends a burst as
     // plain PUBLISHes or, from 8 on, as one publish-many script call, so one topic's messages
     // go both ways.
-    let mut sent = vec![0u64; TOPICS];
+    let mut sent = [0u64; TOPICS];
     let mut round = 0u64;
     while sent.iter().any(|n| *n < PER_TOPIC) {
         for (t, topic) in topics.iter().enumerate() {
