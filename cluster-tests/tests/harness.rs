@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use stampede_testkit::redis::{call_all, Resp};
 use stampede_testkit::{http, Client, ClientError, Cluster, Redis, RedisCluster, RedisSentinel, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,9 +89,10 @@ async fn redis_cluster_covers_every_slot_and_fails_over_to_a_replica() {
     assert!(cluster.url().starts_with("redis-cluster://127.0.0.1:"), "{}", cluster.url());
     let key = "{/queue/harness}:q";
     let master = cluster.master_for_key(key).await;
-    assert_eq!(cluster.cli(master, &["SET", key, "kept"]).await, "OK");
-    // Replicated before the kill: WAIT for one replica.
-    assert_eq!(cluster.cli(master, &["WAIT", "1", "5000"]).await, "1");
+    // Replicated before the kill: WAIT, on the SET's connection, for one replica to have it.
+    let replies =
+        call_all(cluster.node(master).addr(), &[&["SET", key, "kept"], &["WAIT", "1", "5000"]]).await;
+    assert_eq!(replies, [Resp::Simple("OK".into()), Resp::Int(1)]);
     let moved = cluster.cli(master, &["CLUSTER", "KEYSLOT", "another key"]).await;
     assert!(moved.parse::<u16>().is_ok_and(|slot| slot < 16384), "{moved}");
 
@@ -119,8 +121,8 @@ async fn redis_sentinel_promotes_the_replica_when_the_master_dies() {
     let master = sentinel.master_addr().await.port();
     assert_eq!(master, sentinel.servers()[0].port(), "the Sentinels name the master they were given");
     let server = sentinel.server(master);
-    assert_eq!(server.cli(&["SET", "greeting", "hello"]).await, "OK");
-    assert_eq!(server.cli(&["WAIT", "1", "5000"]).await, "1");
+    let replies = call_all(server.addr(), &[&["SET", "greeting", "hello"], &["WAIT", "1", "5000"]]).await;
+    assert_eq!(replies, [Resp::Simple("OK".into()), Resp::Int(1)], "SET, then WAIT for the replica");
 
     assert_eq!(sentinel.kill_master().await, master);
     let (promoted, took) = sentinel.wait_new_master(master).await;

@@ -15,8 +15,8 @@
 //!
 //! [`shared`] is one ephemeral server for a whole test binary, tied to the test process so it
 //! ends with it, passed, failed or killed; tests on it keep apart by key prefix.
-//! [`Redis::call`] sends one raw command (RESP) and returns the reply; [`Redis::cli`] runs
-//! `redis-cli` (both on plain servers).
+//! [`Redis::call`] sends one raw command (RESP) and returns the reply ([`call_all`]: several
+//! on one connection); [`Redis::cli`] runs `redis-cli` (both on plain servers).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -406,21 +406,38 @@ pub async fn call(addr: SocketAddr, args: &[&str]) -> Resp {
 /// [`call`], for a server that may be down (a probe during a failover): what went wrong
 /// instead of a panic.
 pub async fn try_call(addr: SocketAddr, args: &[&str]) -> Result<Resp, String> {
+    let mut replies = try_call_all(addr, &[args]).await?;
+    replies.pop().ok_or_else(|| "no reply".to_owned())
+}
+
+/// Several commands, one after the other on one connection; returns their replies. For what
+/// needs its own connection's state: `WAIT` after a write counts the replicas that have that
+/// connection's writes.
+pub async fn call_all(addr: SocketAddr, commands: &[&[&str]]) -> Vec<Resp> {
+    try_call_all(addr, commands).await.unwrap_or_else(|e| panic!("{commands:?} to Redis at {addr}: {e}"))
+}
+
+async fn try_call_all(addr: SocketAddr, commands: &[&[&str]]) -> Result<Vec<Resp>, String> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        stream.write_all(&resp_command(args)).await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        loop {
-            if let Some((reply, _)) = parse_resp(&buf) {
-                return Ok(reply);
+        let mut replies = Vec::new();
+        for args in commands {
+            stream.write_all(&resp_command(args)).await.map_err(|e| format!("write: {e}"))?;
+            let mut buf = Vec::new();
+            loop {
+                if let Some((reply, _)) = parse_resp(&buf) {
+                    replies.push(reply);
+                    break;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err("Redis closed the connection".to_owned());
+                }
+                buf.extend_from_slice(&chunk[..n]);
             }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("Redis closed the connection".to_owned());
-            }
-            buf.extend_from_slice(&chunk[..n]);
         }
+        Ok(replies)
     };
     tokio::time::timeout(CALL_PATIENCE, exchange)
         .await

@@ -34,6 +34,10 @@ const FORM_PATIENCE: Duration = Duration::from_secs(30);
 /// or `down-after-milliseconds`), election and promotion take a few seconds.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
 
+/// A master syncs a new replica at once: by default it waits 5 s for more replicas to share
+/// one transfer, which only makes a test wait.
+const NO_SYNC_DELAY: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
+
 /// Time between two looks at a topology's state.
 const LOOK: Duration = Duration::from_millis(100);
 
@@ -93,6 +97,7 @@ impl RedisCluster {
                 let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
                     .into_iter()
                     .chain(["--cluster-node-timeout", &timeout])
+                    .chain(NO_SYNC_DELAY)
                     .map(str::to_owned)
                     .collect();
                 Redis::member(&format!("redis-cluster-{i}"), free_port_with_bus(), true, args)
@@ -234,6 +239,7 @@ impl RedisCluster {
                 {
                     return Err(format!("{name}: a replica whose master link is not up"));
                 }
+                replicas_online(&replication).map_err(|e| format!("{name}: {e}"))?;
             }
             Ok(())
         })
@@ -259,9 +265,16 @@ impl RedisSentinel {
     /// three Sentinels, and waits until the replica is in sync and every Sentinel knows the
     /// replica and the two other Sentinels. Panics, saying what it last saw, otherwise.
     pub async fn start() -> RedisSentinel {
-        let master = Redis::member("redis-master", crate::process::free_port(), true, Vec::new());
-        let replicaof = vec!["--replicaof".to_owned(), "127.0.0.1".to_owned(), master.port().to_string()];
-        let replica = Redis::member("redis-replica", crate::process::free_port(), true, replicaof);
+        let no_delay: Vec<String> = NO_SYNC_DELAY.iter().map(|a| a.to_string()).collect();
+        let master = Redis::member("redis-master", crate::process::free_port(), true, no_delay.clone());
+        let replicaof =
+            ["--replicaof", "127.0.0.1"].map(str::to_owned).into_iter().chain([master.port().to_string()]);
+        let replica = Redis::member(
+            "redis-replica",
+            crate::process::free_port(),
+            true,
+            no_delay.into_iter().chain(replicaof).collect(),
+        );
         let monitor = format!(
             "sentinel monitor {SERVICE} 127.0.0.1 {} 2\n\
              sentinel down-after-milliseconds {SERVICE} {}\n\
@@ -283,6 +296,11 @@ impl RedisSentinel {
             if field(&replication, "master_link_status") != Some("up") {
                 return Err("the replica's master link is not up".to_owned());
             }
+            let replication = info(deployment.servers[0].addr(), "replication").await?;
+            if field(&replication, "connected_slaves") != Some("1") {
+                return Err("the master does not list its replica".to_owned());
+            }
+            replicas_online(&replication).map_err(|e| format!("the master: {e}"))?;
             for sentinel in &deployment.sentinels {
                 let name = sentinel.log().name();
                 let seen = match try_call(sentinel.addr(), &["SENTINEL", "MASTER", SERVICE]).await? {
@@ -403,6 +421,21 @@ async fn info(addr: SocketAddr, section: &str) -> Result<String, String> {
 /// The value of `name` in an INFO-style answer (`name:value` lines).
 fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+/// Whether every replica a master's `INFO replication` lists is `state=online`, not still
+/// waiting for or receiving its first copy of the data. (A replica may say its link is up a
+/// moment before its master starts streaming writes to it: a test that needs a write on the
+/// replica makes it and `WAIT`s on one connection, [`crate::redis::call_all`].)
+fn replicas_online(replication: &str) -> Result<(), String> {
+    let waiting: Vec<&str> = replication
+        .lines()
+        .filter(|line| line.starts_with("slave") && line.contains("state=") && !line.contains("state=online"))
+        .collect();
+    match waiting.as_slice() {
+        [] => Ok(()),
+        lines => Err(format!("replicas not online yet: {lines:?}")),
+    }
 }
 
 /// Each slot range the node at `addr` knows of, with the port of its master (`CLUSTER SLOTS`).
