@@ -1,9 +1,11 @@
-//! Checks of the harness itself, on the embedded engine and a bare Redis: what the scenarios
-//! rely on (signals, restarts on the same ports, Redis's AOF) works before they rely on it.
+//! Checks of the harness itself, on the embedded engine, a bare Redis, a Redis Cluster and a
+//! Sentinel deployment: what the scenarios rely on (signals, restarts on the same ports, Redis's
+//! AOF, failovers) works before they rely on it.
 
 use std::time::Duration;
 
-use stampede_testkit::{http, Client, ClientError, Cluster, Redis, Transport};
+use stampede_testkit::redis::{call_all, Resp};
+use stampede_testkit::{http, Client, ClientError, Cluster, Redis, RedisCluster, RedisSentinel, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_keeps_acknowledged_writes_across_kill_9() {
@@ -78,4 +80,54 @@ async fn worker_threads_sets_the_runtime_size() {
         let pid = cluster.node(0).pid().expect("running");
         assert_eq!(tokio_workers(pid), threads, "--worker-threads {threads}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_covers_every_slot_and_fails_over_to_a_replica() {
+    let cluster = RedisCluster::start(3, 1).await;
+    assert_eq!(cluster.nodes().len(), 6);
+    assert!(cluster.url().starts_with("redis-cluster://127.0.0.1:"), "{}", cluster.url());
+    let key = "{/queue/harness}:q";
+    let master = cluster.master_for_key(key).await;
+    // Replicated before the kill: WAIT, on the SET's connection, for one replica to have it.
+    let replies =
+        call_all(cluster.node(master).addr(), &[&["SET", key, "kept"], &["WAIT", "1", "5000"]]).await;
+    assert_eq!(replies, [Resp::Simple("OK".into()), Resp::Int(1)]);
+    let moved = cluster.cli(master, &["CLUSTER", "KEYSLOT", "another key"]).await;
+    assert!(moved.parse::<u16>().is_ok_and(|slot| slot < 16384), "{moved}");
+
+    cluster.kill(master);
+    let took = cluster.wait_failover(master).await;
+    eprintln!("Redis Cluster failover after kill -9 of a master: {took:?}");
+    let promoted = cluster.master_for_key(key).await;
+    assert_ne!(promoted, master, "the killed master still serves the key's slot");
+    assert_eq!(cluster.cli(promoted, &["GET", key]).await, "kept", "the replica lost the key");
+
+    // The killed master comes back as its successor's replica.
+    cluster.restart(master).await;
+    assert_eq!(cluster.master_for_key(key).await, promoted);
+    let role = cluster.cli(master, &["ROLE"]).await;
+    assert!(role.starts_with("slave"), "the restarted master's ROLE: {role}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_promotes_the_replica_when_the_master_dies() {
+    let sentinel = RedisSentinel::start().await;
+    assert!(
+        sentinel.url().starts_with("redis+sentinel://127.0.0.1:") && sentinel.url().ends_with("/stampede"),
+        "{}",
+        sentinel.url()
+    );
+    let master = sentinel.master_addr().await.port();
+    assert_eq!(master, sentinel.servers()[0].port(), "the Sentinels name the master they were given");
+    let server = sentinel.server(master);
+    let replies = call_all(server.addr(), &[&["SET", "greeting", "hello"], &["WAIT", "1", "5000"]]).await;
+    assert_eq!(replies, [Resp::Simple("OK".into()), Resp::Int(1)], "SET, then WAIT for the replica");
+
+    assert_eq!(sentinel.kill_master().await, master);
+    let (promoted, took) = sentinel.wait_new_master(master).await;
+    eprintln!("Sentinel failover after kill -9 of the master: {took:?}");
+    assert_eq!(promoted, sentinel.servers()[1].port(), "the replica is the new master");
+    assert_eq!(sentinel.server(promoted).cli(&["GET", "greeting"]).await, "hello");
+    assert_eq!(sentinel.master_addr().await.port(), promoted);
 }

@@ -1,4 +1,5 @@
-//! N `stampede` processes sharing one Redis, each on its own free ports.
+//! N `stampede` processes sharing one Redis deployment (one server, a Redis Cluster or a
+//! Sentinel deployment: a [`RedisDeployment`]), each on its own free ports.
 //!
 //! The binary is the one cargo builds for this workspace: the first [`Cluster`] of a test
 //! process runs `cargo build -p stampede` (once, behind a `OnceLock`) and takes
@@ -18,6 +19,7 @@ use crate::client::Endpoint;
 use crate::http;
 use crate::process::{free_port, Log, Process};
 use crate::redis::Redis;
+use crate::topology::RedisDeployment;
 use crate::variant::{EngineKind, Transport, Variant};
 use crate::wait::poll_every;
 
@@ -74,9 +76,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` nodes on `redis` (the cluster engine) and waits until every one is ready.
-    /// `extra_args` go after the harness's own, so they override them.
-    pub async fn start(n: usize, redis: &Redis, extra_args: &[&str]) -> Cluster {
+    /// Starts `n` nodes on `redis` (the cluster engine: a [`Redis`], a
+    /// [`crate::RedisCluster`] or a [`crate::RedisSentinel`]) and waits until every one is
+    /// ready. `extra_args` go after the harness's own, so they override them.
+    pub async fn start(n: usize, redis: &impl RedisDeployment, extra_args: &[&str]) -> Cluster {
         Cluster::launch(n, Some(redis.url()), extra_args).await
     }
 
@@ -104,7 +107,7 @@ impl Cluster {
 
     /// Starts `n` nodes on `redis` like [`Cluster::start`], without waiting until they are
     /// ready: for a node that must not become ready.
-    pub fn spawn(n: usize, redis: &Redis, extra_args: &[&str]) -> Cluster {
+    pub fn spawn(n: usize, redis: &impl RedisDeployment, extra_args: &[&str]) -> Cluster {
         Cluster::spawn_with(n, Some(redis.url()), extra_args)
     }
 

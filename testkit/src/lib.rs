@@ -16,6 +16,10 @@
 //!   kill -9, SIGTERM, restart on the same ports; [`Cluster::of`] starts a [`Variant`].
 //! - [`redis`]: [`Redis`], the one `redis-server` launcher: with the append-only file or without
 //!   persistence; kill, restart, SIGSTOP; raw commands; [`redis::shared`], one per test binary.
+//! - [`topology`]: the Redis deployments past one server, from Debian's binaries:
+//!   [`RedisCluster`] (masters, replicas, `redis-cli --cluster create`) and [`RedisSentinel`]
+//!   (a master, a replica, three Sentinels), each able to kill a master and wait for the
+//!   failover; [`RedisDeployment`], what [`Cluster::start`] takes of any of them.
 //! - [`variant`]: the matrix a scenario runs on (engine × transport × node count): [`Variant`],
 //!   [`EngineKind`] (where the engines differ by design, stated once), and the macros
 //!   [`variants!`], [`every_engine!`], [`both_transports!`].
@@ -43,6 +47,7 @@ pub mod local;
 pub mod process;
 pub mod redis;
 pub mod system;
+pub mod topology;
 pub mod variant;
 pub mod wait;
 
@@ -50,6 +55,7 @@ pub use client::{Client, ClientError, Endpoint};
 pub use cluster::{Cluster, Node};
 pub use process::Log;
 pub use redis::Redis;
+pub use topology::{RedisCluster, RedisDeployment, RedisSentinel};
 pub use variant::{EngineKind, Transport, Variant};
 pub use wait::{eventually, eventually_eq, eventually_some, holds_within};
 

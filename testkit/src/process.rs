@@ -24,10 +24,12 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// The ports this test process has handed out.
+static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
 /// A port on 127.0.0.1 that was free a moment ago and that this test process has not handed
 /// out before, so tests running in parallel never pick the same one.
 pub fn free_port() -> u16 {
-    static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local address of a bound socket").port();
@@ -35,6 +37,24 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A Redis Cluster node's port `p`: like [`free_port`], and `p + 10000` (its cluster bus, which
+/// Redis derives from it) was free a moment ago too. Both are handed out.
+pub fn free_port_with_bus() -> u16 {
+    const BUS_OFFSET: u16 = 10_000;
+    // The OS hands out ports from its ephemeral range (32768..60999 on Linux): about half of
+    // them have room for the bus below 65536. Ports tried and unfit stay handed out, harmlessly.
+    for _ in 0..1000 {
+        let port = free_port();
+        let Some(bus) = port.checked_add(BUS_OFFSET) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok()
+            && TAKEN.lock().expect("port set").insert(bus)
+        {
+            return port;
+        }
+    }
+    panic!("no free port p with p + {BUS_OFFSET} free too, in 1000 tries");
 }
 
 /// A fresh empty directory under the system temp dir.

@@ -9,10 +9,14 @@
 //! - [`Redis::start_tls`]: the same, speaking TLS only, with a certificate of a [`TestCa`]
 //!   (clients are not asked for one), for `rediss://`.
 //!
+//! The processes of a Redis Cluster or a Sentinel deployment ([`crate::topology`]) are the same
+//! launcher with arguments of their own: a cluster node (`cluster-enabled`), a replica
+//! (`replicaof`), a Sentinel (`--sentinel`, from a config file it may rewrite).
+//!
 //! [`shared`] is one ephemeral server for a whole test binary, tied to the test process so it
 //! ends with it, passed, failed or killed; tests on it keep apart by key prefix.
-//! [`Redis::call`] sends one raw command (RESP) and returns the reply; [`Redis::cli`] runs
-//! `redis-cli` (both on plain servers).
+//! [`Redis::call`] sends one raw command (RESP) and returns the reply ([`call_all`]: several
+//! on one connection); [`Redis::cli`] runs `redis-cli` (both on plain servers).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +53,12 @@ pub struct Redis {
     tls: Option<(TlsFiles, TlsConnector)>,
     /// The writing end of a tied server's standard input.
     lifeline: Mutex<Option<ChildStdin>>,
+    /// Arguments after the launcher's own (cluster mode, `replicaof`): a topology's member.
+    extra_args: Vec<String>,
+    /// A Sentinel: the text of its config file, written at the first start only (Sentinel
+    /// rewrites the file as it learns, and a restart must keep what it learnt). Port, bind and
+    /// directory are in it; no other argument is passed.
+    sentinel_config: Option<String>,
     log: Log,
     process: Mutex<Option<Process>>,
 }
@@ -89,16 +99,42 @@ impl Redis {
     }
 
     fn new(persistent: bool) -> Redis {
+        Redis::member("redis", free_port(), persistent, Vec::new())
+    }
+
+    /// A server of a topology, not started yet: named `name` in logs, on `port`, with
+    /// `extra_args` after the launcher's own.
+    pub(crate) fn member(name: &str, port: u16, persistent: bool, extra_args: Vec<String>) -> Redis {
         Redis {
-            port: free_port(),
-            dir: temp_dir("redis"),
+            port,
+            dir: temp_dir(name),
             persistent,
             tied: false,
             tls: None,
             lifeline: Mutex::new(None),
-            log: Log::new("redis"),
+            extra_args,
+            sentinel_config: None,
+            log: Log::new(name),
             process: Mutex::new(None),
         }
+    }
+
+    /// A Sentinel on a free port, not started yet, monitoring what `monitor` says: the lines
+    /// of its config file after `port`, `bind` and `dir`.
+    pub(crate) fn sentinel(name: &str, monitor: &str) -> Redis {
+        let mut sentinel = Redis::member(name, free_port(), false, Vec::new());
+        sentinel.sentinel_config = Some(format!(
+            "port {}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n{monitor}",
+            sentinel.port,
+            sentinel.dir.display()
+        ));
+        sentinel
+    }
+
+    /// Spawns it and waits until it answers PING: a topology's member.
+    pub(crate) async fn launch(&self) {
+        self.spawn();
+        self.wait_until_up().await;
     }
 
     /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server), for `--redis-url`.
@@ -109,6 +145,15 @@ impl Redis {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether its process runs (not killed, not exited).
+    pub fn is_running(&self) -> bool {
+        self.process.lock().expect("redis process").as_mut().is_some_and(|p| p.exit_status().is_none())
     }
 
     /// The data directory (holds `appendonlydir/`).
@@ -188,6 +233,17 @@ impl Redis {
 
     fn spawn(&self) {
         crate::system::require("redis-server", "redis-server");
+        if let Some(config) = &self.sentinel_config {
+            let file = self.dir.join("sentinel.conf");
+            if !file.exists() {
+                std::fs::write(&file, config)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+            }
+            let mut command = Command::new("redis-server");
+            command.arg(&file).arg("--sentinel");
+            *self.process.lock().expect("redis process") = Some(Process::spawn(command, &self.log));
+            return;
+        }
         let mut command = if self.tied {
             let mut sh = Command::new("sh");
             sh.arg("-c").arg(LIFELINE_WRAPPER).arg("sh");
@@ -222,6 +278,7 @@ impl Redis {
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.extra_args);
         let process = if self.tied {
             let (process, lifeline) = Process::spawn_tied(command, &self.log);
             *self.lifeline.lock().expect("redis lifeline") = Some(lifeline);
@@ -343,22 +400,48 @@ pub enum Resp {
 
 /// One command to the server at `addr` on a fresh connection; returns the reply.
 pub async fn call(addr: SocketAddr, args: &[&str]) -> Resp {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to Redis");
-    stream.write_all(&resp_command(args)).await.expect("write to Redis");
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + CALL_PATIENCE;
-    loop {
-        if let Some((reply, _)) = parse_resp(&buf) {
-            return reply;
+    try_call(addr, args).await.unwrap_or_else(|e| panic!("{args:?} to Redis at {addr}: {e}"))
+}
+
+/// [`call`], for a server that may be down (a probe during a failover): what went wrong
+/// instead of a panic.
+pub async fn try_call(addr: SocketAddr, args: &[&str]) -> Result<Resp, String> {
+    let mut replies = try_call_all(addr, &[args]).await?;
+    replies.pop().ok_or_else(|| "no reply".to_owned())
+}
+
+/// Several commands, one after the other on one connection; returns their replies. For what
+/// needs its own connection's state: `WAIT` after a write counts the replicas that have that
+/// connection's writes.
+pub async fn call_all(addr: SocketAddr, commands: &[&[&str]]) -> Vec<Resp> {
+    try_call_all(addr, commands).await.unwrap_or_else(|e| panic!("{commands:?} to Redis at {addr}: {e}"))
+}
+
+async fn try_call_all(addr: SocketAddr, commands: &[&[&str]]) -> Result<Vec<Resp>, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut replies = Vec::new();
+        for args in commands {
+            stream.write_all(&resp_command(args)).await.map_err(|e| format!("write: {e}"))?;
+            let mut buf = Vec::new();
+            loop {
+                if let Some((reply, _)) = parse_resp(&buf) {
+                    replies.push(reply);
+                    break;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err("Redis closed the connection".to_owned());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("a Redis reply in time")
-            .expect("read from Redis");
-        assert!(n > 0, "Redis closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+        Ok(replies)
+    };
+    tokio::time::timeout(CALL_PATIENCE, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no reply within {CALL_PATIENCE:?}")))
 }
 
 fn resp_command(args: &[&str]) -> Vec<u8> {
