@@ -125,6 +125,10 @@ use publisher::{Op, ScriptReply};
 const BROADCAST_CAPACITY: usize = 1 << 16;
 /// Timeout of every command; a command still unanswered then fails (and the publish with it).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for a lost command connection to come back, counted from when writes
+/// first found it down: a Sentinel or Cluster failover (2 to 7 s in `cluster-tests`) costs late
+/// RECEIPTs instead of ERRORs.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(8);
 /// How long `connect` waits for Redis before returning a not-yet-ready engine.
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How often a command refused by a moved slot is sent again, and the pause before the n-th time
@@ -186,6 +190,8 @@ struct Inner {
     /// Queues whose stream an enqueue created, to register (again) by the queue task: a queue
     /// deleted by another node may be in `known_queues` still.
     created: Mutex<Vec<Arc<str>>>,
+    /// Since when writes have found the command connection down (see [`Inner::connected`]).
+    down_since: Mutex<Option<tokio::time::Instant>>,
     /// Queues this node stopped consuming while Redis was away: their LEAVE is retried by the
     /// queue task (unless the node consumes them again by then).
     unleft: Mutex<HashSet<Arc<str>>>,
@@ -295,6 +301,7 @@ impl RedisEngine {
             depths: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
+            down_since: Mutex::new(None),
             answering: std::sync::atomic::AtomicBool::new(true),
             presence,
             calls: calls::Calls::default(),
@@ -415,6 +422,26 @@ impl Inner {
         self.client.is_connected()
             && self.subscriber.is_connected()
             && self.answering.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits for the command connection while it has been down for less than
+    /// [`OUTAGE_PATIENCE`] (a failover: the write goes out once Redis is back, and a SEND's
+    /// RECEIPT comes late rather than an ERROR); past that, fails at once, so that client
+    /// requests do not queue through a long outage.
+    async fn connected(&self) -> Result<(), EngineError> {
+        if self.client.is_connected() {
+            *self.down_since.lock().expect("down lock") = None;
+            return Ok(());
+        }
+        let since = *self.down_since.lock().expect("down lock").get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + OUTAGE_PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.client.is_connected() {
+                return Ok(());
+            }
+        }
+        self.check_connected()
     }
 
     /// Fails at once while the command connection is down, so client requests do not queue.
@@ -639,7 +666,7 @@ impl Engine for RedisEngine {
     }
 
     async fn publish(&self, message: Message) -> PendingPublish {
-        if let Err(error) = self.inner.check_connected() {
+        if let Err(error) = self.inner.connected().await {
             return PendingPublish::done(Err(error));
         }
         let op = self.publish_op(&message);
@@ -649,7 +676,7 @@ impl Engine for RedisEngine {
     /// The run goes to the publishing task as one request, so it reaches Redis in one pipeline
     /// whatever else the task is doing, and its PUBLISHes on one channel as one command.
     async fn publish_all(&self, messages: Vec<Message>) -> Vec<PendingPublish> {
-        if let Err(error) = self.inner.check_connected() {
+        if let Err(error) = self.inner.connected().await {
             return messages.iter().map(|_| PendingPublish::done(Err(error.clone()))).collect();
         }
         let mut jobs = Vec::with_capacity(messages.len());
@@ -681,7 +708,7 @@ impl Engine for RedisEngine {
 
     async fn enqueue(&self, message: Message) -> PendingPublish {
         let inner = &self.inner;
-        if let Err(error) = inner.check_connected() {
+        if let Err(error) = inner.connected().await {
             return PendingPublish::done(Err(error));
         }
         if let Err(error) = inner.register_queue(&message.destination).await {
