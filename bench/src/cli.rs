@@ -40,7 +40,8 @@ pub struct Cli {
     /// Broker URL; repeat it to spread the connections over several nodes (round-robin).
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8080/ws")]
     pub urls: Vec<String>,
-    /// stomp, or raw for the ws-baseline server.
+    /// stomp (ws:// or tcp:// URLs), nats (core NATS over WebSocket: fanout, topics, idle,
+    /// churn), or raw for the ws-baseline server.
     #[arg(long, global = true, value_enum, default_value_t = Protocol::Stomp)]
     pub protocol: Protocol,
     /// STOMP login (RabbitMQ: guest).

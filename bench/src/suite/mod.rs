@@ -32,9 +32,10 @@ pub struct SuiteArgs {
     /// A smoke run: 2 s per scenario, few connections.
     #[arg(long)]
     pub short: bool,
-    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, and apps (the
-    /// applications phase: Stampede's connect and subscribe hooks and HTTP backend, on one node).
-    #[arg(long, default_value = "baseline,memory,cluster,rabbitmq,apps", value_delimiter = ',')]
+    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, activemq, nats, and
+    /// apps (the applications phase: Stampede's connect and subscribe hooks and HTTP backend, on
+    /// one node).
+    #[arg(long, default_value = "baseline,memory,cluster,rabbitmq,activemq,nats,apps", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Measured window per scenario (default 10 s, short 2 s).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -642,7 +643,14 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         command.args(["--url", url]);
     }
     command
-        .args(["--protocol", if running.protocol == crate::conn::Protocol::Raw { "raw" } else { "stomp" }])
+        .args([
+            "--protocol",
+            match running.protocol {
+                crate::conn::Protocol::Raw => "raw",
+                crate::conn::Protocol::Stomp => "stomp",
+                crate::conn::Protocol::Nats => "nats",
+            },
+        ])
         .args(["--duration", &format!("{}ms", (inv.duration_s * 1000.0) as u64)])
         .args(["--warmup", &format!("{}ms", (inv.warmup_s * 1000.0) as u64)])
         .args(["--rate", &format!("{:.1}", inv.rate)])
