@@ -104,7 +104,10 @@ pub fn parse(input: &[u8]) -> Result<Option<(Op<'_>, usize)>, BadOp> {
             if &input[after + len..after + len + 2] != b"\r\n" {
                 return Err(BadOp("no CRLF after a MSG payload".into()));
             }
-            return Ok(Some((Op::Msg { subject, sid, payload: &input[after..after + len] }, after + len + 2)));
+            return Ok(Some((
+                Op::Msg { subject, sid, payload: &input[after..after + len] },
+                after + len + 2,
+            )));
         }
         b"PING" | b"ping" => Op::Ping,
         b"PONG" | b"pong" => Op::Pong,

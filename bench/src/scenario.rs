@@ -32,9 +32,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::app::{AppCalls, AppServer};
 use crate::conn::{self, ConnError, Decoder, Endpoint, Link, Protocol, Session};
+use crate::nats;
 use crate::report::{Memory, MemoryStep, Params, Report};
 use crate::stats::{self, Counters, Flow, Latency, Window};
-use crate::nats;
 use crate::stomp::{self, Ack, Command};
 
 /// How long receivers keep reading after the window closes, for messages still in flight.
@@ -209,6 +209,9 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
     }
     report.errors = Counters::get(&counters.errors);
     report.error_samples = counters.error_samples();
+    if report.errors > 0 {
+        report.notes.extend(stats::conntrack_note());
+    }
     report
 }
 
@@ -367,8 +370,7 @@ async fn fanout(
         .map(|s| {
             let (counters, flow, alive) = (counters.clone(), flow.clone(), alive.clone());
             tokio::spawn(async move {
-                let hist =
-                    receive_loop(s.ws, s.parser, &counters, Some(&flow), window, until, false).await;
+                let hist = receive_loop(s.ws, s.parser, &counters, Some(&flow), window, until, false).await;
                 alive.fetch_sub(1, Ordering::AcqRel);
                 hist
             })
@@ -575,16 +577,33 @@ async fn idle(c: &Common, counters: &Arc<Counters>, connections: usize, hold: Du
     }
     // Nothing should arrive on an idle connection; count what did.
     let mut stray = 0u64;
+    let mut first: Option<String> = None;
     let mut sessions = sessions;
     for session in &mut sessions {
         while let Some(Some(Ok(message))) = session.ws.next().now_or_never() {
-            if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                stray += 1;
+            let payload: &[u8] = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes,
+                _ => continue,
+            };
+            // nats-server PINGs a new client within seconds: a keep-alive, not a delivery.
+            let keepalive =
+                payload.split(|b| *b == b'\n').all(|line| matches!(line, b"PING\r" | b"PONG\r" | b""));
+            if matches!(session.parser, Decoder::Nats(_)) && keepalive {
+                continue;
+            }
+            stray += 1;
+            if first.is_none() {
+                let shown = &payload[..payload.len().min(80)];
+                first = Some(String::from_utf8_lossy(shown).escape_debug().to_string());
             }
         }
     }
     if stray > 0 {
-        report.notes.push(format!("{stray} unexpected messages arrived on idle connections"));
+        report.notes.push(format!(
+            "{stray} unexpected messages arrived on idle connections (the first began {:?})",
+            first.unwrap_or_default()
+        ));
     }
     report.params.duration_s = hold_start.elapsed().as_secs_f64();
     counters.open.store(0, Ordering::Relaxed);
@@ -1164,9 +1183,7 @@ impl Echo {
                 _ = &mut stop => break,
             };
             let outcome = match message {
-                Some(Ok(message)) => {
-                    on_message(&message, &mut parser, &self.window, &mut hist, None)
-                }
+                Some(Ok(message)) => on_message(&message, &mut parser, &self.window, &mut hist, None),
                 Some(Err(e)) => Err(format!("read: {e}")),
                 None => Err("the server closed the connection".to_owned()),
             };

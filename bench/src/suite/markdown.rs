@@ -190,7 +190,13 @@ pub fn goals(r: &Results) -> Vec<Goal> {
             (Kind::Memory, Kind::Activemq),
             1.0,
         ),
-        peak_goal(r, "Fan-out deliveries/s, Stampede (1 node) / NATS", "> 100%", (Kind::Memory, Kind::Nats), 1.0),
+        peak_goal(
+            r,
+            "Fan-out deliveries/s, Stampede (1 node) / NATS",
+            "> 100%",
+            (Kind::Memory, Kind::Nats),
+            1.0,
+        ),
         half_goal(
             r,
             "p99 publish-to-delivery at half the peak fan-out rate, 1 node",
@@ -382,6 +388,7 @@ pub fn render(r: &Results) -> String {
         ("open files limit", m.nofile.clone()),
         ("ephemeral ports", m.port_range.clone()),
         ("somaxconn", m.somaxconn.clone()),
+        ("conntrack at start", if m.conntrack.is_empty() { "?".into() } else { m.conntrack.clone() }),
         ("load average at start / end", format!("{} / {}", m.load_at_start, m.load_at_end)),
         ("rustc", m.rustc.clone()),
         ("commit", m.commit.clone()),
