@@ -896,13 +896,23 @@ const REPRODUCE: &str = "\
 Prerequisites (Debian/Ubuntu); the suite installs nothing and says what is missing:
 
 ```
-apt-get install redis-server rabbitmq-server
+apt-get install redis-server rabbitmq-server activemq nats-server
 ```
 
 The suite starts its own RabbitMQ node (own directory, node name and ports, Web-STOMP on
 127.0.0.1:15674 at `/ws`) with `rabbitmq_web_stomp` enabled through an `enabled_plugins` file, the
 equivalent of `rabbitmq-plugins enable rabbitmq_web_stomp`; it does not touch a system RabbitMQ. To
 measure an already running one instead, pass `--rabbitmq-url ws://127.0.0.1:15674/ws`.
+
+Likewise it starts its own ActiveMQ broker (the JVM on Debian's `activemq.jar` with an
+`activemq.xml` of its own: no persistence, no JMX, one `stomp+nio` connector on a loopback port;
+the packaged `main` instance is left alone) and its own `nats-server` (a config file with the
+`websocket` block on, `no_tls: true`, on loopback). Debian's ActiveMQ is built without the
+`activemq-http` module, so it has no `ws://` transport (`Transport scheme NOT recognized: [ws]`):
+the load generator drives it over STOMP on plain TCP (`--url tcp://127.0.0.1:61613`). NATS has its
+own protocol, which the generator speaks over WebSocket (`--protocol nats`: topics become
+subjects, a PING's PONG stands for a receipt); its queue row is n/a, since core NATS has no stored
+queues and no acknowledgements.
 
 ```
 bench/run.sh              # the full run, about 17 minutes; writes docs/benchmarks.md
@@ -930,7 +940,15 @@ ulimit -n 1048576                      # hard limit too: /etc/security/limits.co
 sysctl -w fs.nr_open=1048576 fs.file-max=2097152
 sysctl -w net.core.somaxconn=4096 net.ipv4.tcp_max_syn_backlog=4096
 sysctl -w net.ipv4.ip_local_port_range='1024 65535'   # optional with 32 source addresses
+# where loopback connections are tracked by netfilter (any conntrack rule, Docker's NAT among them):
+iptables -t raw -I OUTPUT -o lo -j NOTRACK; iptables -t raw -I PREROUTING -i lo -j NOTRACK
+# or give the table room: sysctl -w net.netfilter.nf_conntrack_max=1048576
 ```
+
+A churn run opens and closes 100,000+ connections, and where loopback is tracked each keeps a
+conntrack entry for 120 s after it closes; a full table drops SYNs, which clients see as connect
+timeouts. The suite waits (at most 130 s) for room in the table before each run and says so in the
+run's notes; the machine table shows the table's fill at the start.
 
 Raising the hard open-files limit needs `CAP_SYS_RESOURCE`; where it cannot be raised the suite runs
 as many idle connections as the limit allows and reports the count it reached. The idle run opens
