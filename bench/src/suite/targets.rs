@@ -341,9 +341,13 @@ async fn start_activemq(running: &mut Running) -> Result<(), String> {
     let file = dir.join("activemq.xml");
     std::fs::write(&file, config).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     let mut command = Command::new("java");
-    // The launcher's own settings (/usr/bin/activemq, /usr/share/activemq/activemq-options).
+    // The launcher's settings (/usr/bin/activemq, /usr/share/activemq/activemq-options), but
+    // with pooled task runners, as ActiveMQ's guide to thousands of connections says: Debian's
+    // `UseDedicatedTaskRunner=true` starts a thread per connection, and at 10,659 idle
+    // connections the JVM failed with "unable to create native thread" (kernel.pid_max 32,768
+    // here), taking the broker's later runs with it.
     command
-        .args(["-Xms512M", "-Xmx512M", "-Dorg.apache.activemq.UseDedicatedTaskRunner=true"])
+        .args(["-Xms512M", "-Xmx512M", "-Dorg.apache.activemq.UseDedicatedTaskRunner=false"])
         .args(["--add-reads=java.xml=java.logging"])
         .args(["--add-opens", "java.base/java.lang=ALL-UNNAMED"])
         .args(["--add-opens", "java.base/java.util=ALL-UNNAMED"])
