@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The reproducible benchmark: Stampede (1 node, and N nodes on Redis), RabbitMQ Web-STOMP and a raw
-# WebSocket broadcast baseline, under the same scenarios, on loopback; writes docs/benchmarks.md.
+# The reproducible benchmark: Stampede (1 node, and N nodes on Redis), the peers (RabbitMQ Web-STOMP,
+# ActiveMQ over STOMP, NATS over WebSocket) and a raw WebSocket broadcast baseline, under the same
+# scenarios, on loopback; writes docs/benchmarks.md.
 #
 #   bench/run.sh                 full run (about 17 minutes)
 #   bench/run.sh --short         smoke run (about 2 minutes)
@@ -35,10 +36,17 @@ if want_target rabbitmq "$@" && [[ " $* " != *" --rabbitmq-url "* ]]; then
         missing+=("rabbitmq-server (apt-get install rabbitmq-server; the suite enables rabbitmq_web_stomp in its own node, like 'rabbitmq-plugins enable rabbitmq_web_stomp', Web-STOMP on 127.0.0.1:15674 at /ws)")
     fi
 fi
+if want_target activemq "$@"; then
+    [[ -f /usr/share/activemq/bin/activemq.jar ]] || missing+=("activemq (apt-get install activemq; the suite starts its own broker with a STOMP connector on loopback)")
+    command -v java >/dev/null || missing+=("java (apt-get install default-jre-headless)")
+fi
+if want_target nats "$@"; then
+    command -v nats-server >/dev/null || missing+=("nats-server (apt-get install nats-server; the suite starts its own, websocket on, no_tls, loopback)")
+fi
 if ((${#missing[@]})); then
     echo "bench/run.sh: missing prerequisites:" >&2
     printf '  - %s\n' "${missing[@]}" >&2
-    echo "Install them (Debian/Ubuntu: apt-get update && apt-get install -y redis-server rabbitmq-server)," >&2
+    echo "Install them (Debian/Ubuntu: apt-get update && apt-get install -y redis-server rabbitmq-server activemq nats-server)," >&2
     echo "or leave out their targets, e.g. --targets baseline,memory." >&2
     exit 2
 fi

@@ -16,11 +16,14 @@ drains for 2 s, and prints a table (or JSON with --json FILE, '-' for stdout). L
 publish-to-delivery, from a timestamp at the start of every body, as HdrHistogram percentiles.
 --rate 0 (the default) runs closed loop: publishers go as fast as receivers keep up, at most a
 window of messages ahead. Connections come from 127.0.0.2, 127.0.0.3, ... (--source-ips), so more
-connections than one address's ephemeral ports fit; only loopback targets are accepted.
+connections than one address's ephemeral ports fit; only loopback targets are accepted. The NATS
+mode runs fanout, topics, idle and churn (core NATS has no queues with acknowledgements).
 
 Examples:
   stampede-bench fanout --url ws://127.0.0.1:8080/ws --subscribers 200 --size 128
   stampede-bench queue --url ws://127.0.0.1:15674/ws --login guest --passcode guest
+  stampede-bench fanout --url tcp://127.0.0.1:61613               # STOMP over plain TCP
+  stampede-bench fanout --url ws://127.0.0.1:8443/ --protocol nats # core NATS over WebSocket
   stampede-bench idle --connections 50000 --broker-pid $(pgrep -n stampede)
 
 The application scenarios serve the node's hooks and HTTP backend from this process
@@ -40,7 +43,8 @@ pub struct Cli {
     /// Broker URL; repeat it to spread the connections over several nodes (round-robin).
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8080/ws")]
     pub urls: Vec<String>,
-    /// stomp, or raw for the ws-baseline server.
+    /// stomp (ws:// or tcp:// URLs), nats (core NATS over WebSocket: fanout, topics, idle,
+    /// churn), or raw for the ws-baseline server.
     #[arg(long, global = true, value_enum, default_value_t = Protocol::Stomp)]
     pub protocol: Protocol,
     /// STOMP login (RabbitMQ: guest).

@@ -31,10 +31,11 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::app::{AppCalls, AppServer};
-use crate::conn::{ConnError, Endpoint, Protocol, Session, Ws};
+use crate::conn::{self, ConnError, Decoder, Endpoint, Link, Protocol, Session};
+use crate::nats;
 use crate::report::{Memory, MemoryStep, Params, Report};
 use crate::stats::{self, Counters, Flow, Latency, Window};
-use crate::stomp::{self, Ack, Command, Parser};
+use crate::stomp::{self, Ack, Command};
 
 /// How long receivers keep reading after the window closes, for messages still in flight.
 pub const DRAIN: Duration = Duration::from_secs(2);
@@ -162,6 +163,12 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
             report.params.prefetch = *prefetch;
             if common.endpoint.protocol == Protocol::Raw {
                 report.notes.push("queue: not applicable to the raw protocol (no queues, no acks)".into());
+            } else if common.endpoint.protocol == Protocol::Nats {
+                report.notes.push(
+                    "queue: not applicable to core NATS (no stored queues, no acknowledgements; \
+                     those are JetStream's)"
+                        .into(),
+                );
             } else {
                 queue(common, &counters, window, (*producers, *consumers, *prefetch), &mut report).await;
             }
@@ -181,8 +188,8 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
         }
         Scenario::AppHttp { clients, destination } => {
             report.params.connections = *clients;
-            if common.endpoint.protocol == Protocol::Raw {
-                report.notes.push("app-http: not applicable to the raw protocol".into());
+            if common.endpoint.protocol != Protocol::Stomp {
+                report.notes.push("app-http: not applicable without STOMP (a Stampede scenario)".into());
             } else {
                 app_http(common, &counters, window, *clients, destination, &mut report).await;
             }
@@ -202,6 +209,9 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Report {
     }
     report.errors = Counters::get(&counters.errors);
     report.error_samples = counters.error_samples();
+    if report.errors > 0 {
+        report.notes.extend(stats::conntrack_note());
+    }
     report
 }
 
@@ -251,7 +261,7 @@ where
     results.into_iter().flatten().collect()
 }
 
-/// A session subscribed to `destination` (STOMP), or a raw connection in group `group`.
+/// A session subscribed to `destination` (STOMP, NATS), or a raw connection in group `group`.
 async fn subscriber(
     endpoint: &Endpoint,
     node: usize,
@@ -261,9 +271,7 @@ async fn subscriber(
     prefetch: Option<u32>,
 ) -> Result<Session, ConnError> {
     let mut session = endpoint.session(node, group, false).await?;
-    if endpoint.protocol == Protocol::Stomp {
-        session.subscribe("0", destination, ack, prefetch, endpoint.timeout).await?;
-    }
+    session.subscribe("0", destination, ack, prefetch, endpoint.timeout).await?;
     Ok(session)
 }
 
@@ -356,14 +364,13 @@ async fn fanout(
     let flow = Arc::new(Flow::new(limit));
     let until = window.end + DRAIN;
     let sampler = spawn_sampler(c.broker_pids.clone(), window);
-    let raw = ep.protocol == Protocol::Raw;
+    let protocol = ep.protocol;
     let receivers: Vec<_> = subs
         .into_iter()
         .map(|s| {
             let (counters, flow, alive) = (counters.clone(), flow.clone(), alive.clone());
             tokio::spawn(async move {
-                let hist =
-                    receive_loop(s.ws, s.parser, &counters, Some(&flow), window, until, false, raw).await;
+                let hist = receive_loop(s.ws, s.parser, &counters, Some(&flow), window, until, false).await;
                 alive.fetch_sub(1, Ordering::AcqRel);
                 hist
             })
@@ -374,14 +381,14 @@ async fn fanout(
         .into_iter()
         .map(|p| {
             let publisher = Publisher {
-                destination: destination.clone(),
+                destination: conn::wire_destination(protocol, &destination),
                 size: c.size,
                 rate: per_publisher,
                 flow: flow.clone(),
                 deliveries_per_message: alive.clone(),
                 counters: counters.clone(),
                 window,
-                raw,
+                protocol,
             };
             tokio::spawn(async move { publisher.run(p.ws).await })
         })
@@ -421,12 +428,12 @@ async fn topics(
     let window = Window::new(c.warmup, c.duration);
     let sampler = spawn_sampler(c.broker_pids.clone(), window);
     let per_connection = c.rate / sessions.len() as f64;
-    let raw = ep.protocol == Protocol::Raw;
+    let protocol = ep.protocol;
     let handles: Vec<_> = sessions
         .into_iter()
         .map(|(session, destination)| {
             let echo = Echo {
-                destination,
+                destination: conn::wire_destination(protocol, &destination),
                 size: c.size,
                 rate: per_connection,
                 in_flight_limit: if per_connection > 0.0 {
@@ -436,7 +443,7 @@ async fn topics(
                 },
                 counters: counters.clone(),
                 window,
-                raw,
+                protocol,
             };
             tokio::spawn(async move { echo.run(session).await })
         })
@@ -483,7 +490,7 @@ async fn queue(
         .map(|s| {
             let (counters, flow) = (counters.clone(), flow.clone());
             tokio::spawn(async move {
-                receive_loop(s.ws, s.parser, &counters, Some(&flow), window, until, true, false).await
+                receive_loop(s.ws, s.parser, &counters, Some(&flow), window, until, true).await
             })
         })
         .collect();
@@ -500,7 +507,7 @@ async fn queue(
                 deliveries_per_message: one.clone(),
                 counters: counters.clone(),
                 window,
-                raw: false,
+                protocol: Protocol::Stomp,
             };
             tokio::spawn(async move { publisher.run(p.ws).await })
         })
@@ -570,16 +577,33 @@ async fn idle(c: &Common, counters: &Arc<Counters>, connections: usize, hold: Du
     }
     // Nothing should arrive on an idle connection; count what did.
     let mut stray = 0u64;
+    let mut first: Option<String> = None;
     let mut sessions = sessions;
     for session in &mut sessions {
         while let Some(Some(Ok(message))) = session.ws.next().now_or_never() {
-            if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                stray += 1;
+            let payload: &[u8] = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes,
+                _ => continue,
+            };
+            // nats-server PINGs a new client within seconds: a keep-alive, not a delivery.
+            let keepalive =
+                payload.split(|b| *b == b'\n').all(|line| matches!(line, b"PING\r" | b"PONG\r" | b""));
+            if matches!(session.parser, Decoder::Nats(_)) && keepalive {
+                continue;
+            }
+            stray += 1;
+            if first.is_none() {
+                let shown = &payload[..payload.len().min(80)];
+                first = Some(String::from_utf8_lossy(shown).escape_debug().to_string());
             }
         }
     }
     if stray > 0 {
-        report.notes.push(format!("{stray} unexpected messages arrived on idle connections"));
+        report.notes.push(format!(
+            "{stray} unexpected messages arrived on idle connections (the first began {:?})",
+            first.unwrap_or_default()
+        ));
     }
     report.params.duration_s = hold_start.elapsed().as_secs_f64();
     counters.open.store(0, Ordering::Relaxed);
@@ -650,16 +674,9 @@ async fn churn(c: &Common, counters: &Arc<Counters>, concurrency: usize, report:
 async fn cycle(ep: &Endpoint, node: usize, group: &str) -> Result<(), ConnError> {
     let destination = format!("/topic/{group}");
     let mut session = ep.session(node, group, false).await?;
-    match ep.protocol {
-        Protocol::Stomp => {
-            session.subscribe("0", &destination, Ack::Auto, None, ep.timeout).await?;
-            session.disconnect(ep.timeout).await
-        }
-        Protocol::Raw => {
-            let _ = tokio::time::timeout(ep.timeout, session.ws.close(None)).await;
-            Ok(())
-        }
-    }
+    // Nothing for the raw protocol; a PING's PONG for NATS; a receipt for STOMP.
+    session.subscribe("0", &destination, Ack::Auto, None, ep.timeout).await?;
+    session.disconnect(ep.timeout).await
 }
 
 /// Cycles of the connect scenario run before the measured ones, per worker: the first of a
@@ -770,7 +787,7 @@ async fn connect_cycle(
     let login = ep.login.as_ref().map(|(l, p)| (l.as_str(), p.as_str()));
     let connected = ep.session_as(node, group, false, login).await?;
     let mut session = connected.session;
-    if ep.protocol == Protocol::Raw {
+    if ep.protocol != Protocol::Stomp {
         let _ = tokio::time::timeout(ep.timeout, session.ws.close(None)).await;
         return Ok((connected.took, Duration::ZERO, None));
     }
@@ -828,7 +845,7 @@ async fn app_http(
                 in_flight_limit: window_msgs.max(1),
                 counters: counters.clone(),
                 window,
-                raw: false,
+                protocol: Protocol::Stomp,
             };
             tokio::spawn(async move { echo.run(session).await })
         })
@@ -848,14 +865,13 @@ async fn app_http(
 
 // === Hot loops ===
 
-/// Handles one WebSocket message from the broker: counts and times every MESSAGE frame and
-/// queues an ACK for it when `acks` is given. Returns (messages, messages inside the window),
-/// or an error for an ERROR frame or a close.
-#[allow(clippy::too_many_arguments)]
+/// Handles one WebSocket message from the broker: counts and times every MESSAGE frame (NATS:
+/// MSG) and queues an ACK for it when `acks` is given (NATS: a PONG for each PING, ACKs having
+/// no meaning there). Returns (messages, messages inside the window), or an error for an ERROR
+/// frame (NATS: -ERR) or a close.
 fn on_message(
     message: &Message,
-    parser: &mut Parser,
-    raw: bool,
+    decoder: &mut Decoder,
     window: &Window,
     hist: &mut Histogram<u64>,
     acks: Option<&mut Vec<String>>,
@@ -876,12 +892,38 @@ fn on_message(
             }
         }
     };
-    if raw {
-        record(hist, payload);
-        return Ok((1, u64::from(in_window)));
-    }
     let mut error = None;
     let mut acks = acks;
+    let parser = match decoder {
+        Decoder::Raw => {
+            record(hist, payload);
+            return Ok((1, u64::from(in_window)));
+        }
+        Decoder::Stomp(parser) => parser,
+        Decoder::Nats(parser) => {
+            parser
+                .feed(payload, |op| match op {
+                    nats::Op::Msg { payload, .. } => {
+                        count += 1;
+                        record(hist, payload);
+                    }
+                    nats::Op::Ping => {
+                        if let Some(acks) = acks.as_deref_mut() {
+                            acks.push(nats::PONG.to_owned());
+                        }
+                    }
+                    nats::Op::Err(text) => {
+                        error = Some(format!("-ERR from the server: {}", String::from_utf8_lossy(text)))
+                    }
+                    _ => {}
+                })
+                .map_err(|e| e.to_string())?;
+            return match error {
+                Some(e) => Err(e),
+                None => Ok((count, if in_window { count } else { 0 })),
+            };
+        }
+    };
     parser
         .feed(payload, |frame| match frame.command {
             Command::Message => {
@@ -905,18 +947,18 @@ fn on_message(
 }
 
 /// A subscriber or consumer: reads until `until` (or the connection ends), timing every message;
-/// with `ack`, acknowledges each one (flushed once per read batch).
-#[allow(clippy::too_many_arguments)]
+/// with `ack`, acknowledges each one (flushed once per read batch). A NATS subscriber answers the
+/// server's PINGs the same way.
 async fn receive_loop(
-    mut ws: Ws,
-    mut parser: Parser,
+    mut ws: Link,
+    mut parser: Decoder,
     counters: &Counters,
     flow: Option<&Flow>,
     window: Window,
     until: Instant,
     ack: bool,
-    raw: bool,
 ) -> Histogram<u64> {
+    let replies = ack || matches!(parser, Decoder::Nats(_));
     let mut hist = stats::histogram();
     let stop = tokio::time::sleep_until(until.into());
     tokio::pin!(stop);
@@ -932,7 +974,7 @@ async fn receive_loop(
         for _ in 0..READ_BATCH {
             match next {
                 Some(Ok(message)) => {
-                    match on_message(&message, &mut parser, raw, &window, &mut hist, ack.then_some(&mut acks))
+                    match on_message(&message, &mut parser, &window, &mut hist, replies.then_some(&mut acks))
                     {
                         Ok((n, w)) => {
                             total += n;
@@ -991,16 +1033,16 @@ struct Publisher {
     deliveries_per_message: Arc<AtomicU64>,
     counters: Arc<Counters>,
     window: Window,
-    raw: bool,
+    protocol: Protocol,
 }
 
 impl Publisher {
-    async fn run(self, mut ws: Ws) {
+    async fn run(self, mut ws: Link) {
         let mut body = String::with_capacity(self.size + 1);
         let mut frame = String::new();
         let start = Instant::now();
         let mut sent: u64 = 0;
-        let mut parser = Parser::new();
+        let mut parser = Decoder::new(self.protocol);
         let mut ignored = stats::histogram();
         loop {
             let now = Instant::now();
@@ -1028,7 +1070,7 @@ impl Publisher {
                     _ = tokio::time::sleep_until(wake.into()), if !flow_bound => {}
                     message = ws.next() => match message {
                         Some(Ok(message)) => {
-                            if let Err(e) = on_message(&message, &mut parser, self.raw, &self.window, &mut ignored, None) {
+                            if let Err(e) = on_message(&message, &mut parser, &self.window, &mut ignored, None) {
                                 self.counters.error(format!("publisher: {e}"));
                                 break;
                             }
@@ -1049,12 +1091,7 @@ impl Publisher {
             for _ in 0..budget {
                 let t = Instant::now();
                 stats::stamp_body(&mut body, self.window.epoch, t, self.size);
-                let payload = if self.raw {
-                    body.clone()
-                } else {
-                    stomp::send(&mut frame, &self.destination, &body);
-                    frame.clone()
-                };
+                let payload = conn::publish_frame(self.protocol, &mut frame, &self.destination, &body);
                 self.flow.started(fan);
                 if let Err(e) = ws.feed(Message::text(payload)).await {
                     self.counters.error(format!("publish: {e}"));
@@ -1087,7 +1124,7 @@ struct Echo {
     in_flight_limit: u64,
     counters: Arc<Counters>,
     window: Window,
-    raw: bool,
+    protocol: Protocol,
 }
 
 impl Echo {
@@ -1120,12 +1157,8 @@ impl Echo {
                     for _ in 0..budget.min(BURST) {
                         let t = Instant::now();
                         stats::stamp_body(&mut body, self.window.epoch, t, self.size);
-                        let payload = if self.raw {
-                            body.clone()
-                        } else {
-                            stomp::send(&mut frame, &self.destination, &body);
-                            frame.clone()
-                        };
+                        let payload =
+                            conn::publish_frame(self.protocol, &mut frame, &self.destination, &body);
                         if let Err(e) = ws.feed(Message::text(payload)).await {
                             self.counters.error(format!("publish: {e}"));
                             return hist;
@@ -1150,9 +1183,7 @@ impl Echo {
                 _ = &mut stop => break,
             };
             let outcome = match message {
-                Some(Ok(message)) => {
-                    on_message(&message, &mut parser, self.raw, &self.window, &mut hist, None)
-                }
+                Some(Ok(message)) => on_message(&message, &mut parser, &self.window, &mut hist, None),
                 Some(Err(e)) => Err(format!("read: {e}")),
                 None => Err("the server closed the connection".to_owned()),
             };

@@ -255,6 +255,30 @@ pub fn nofile_limit() -> Option<(u64, u64)> {
     Some((parse(numbers.next())?, parse(numbers.next())?))
 }
 
+/// The connection-tracking table, (entries, limit), when this network namespace tracks
+/// connections (a firewall or NAT rule that uses conntrack turns it on; Docker's does). Loopback
+/// connections count too: each one keeps its entry for `nf_conntrack_tcp_timeout_time_wait`
+/// (120 s) after it closes, and a full table drops new connections' SYNs, which a client sees
+/// as a connect timeout (bench/notes.md, "the idle run that stalled").
+pub fn conntrack() -> Option<(u64, u64)> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}")).ok()?.trim().parse::<u64>().ok()
+    };
+    Some((read("nf_conntrack_count")?, read("nf_conntrack_max")?))
+}
+
+/// A note for a report whose connections failed while the conntrack table was (nearly) full.
+pub fn conntrack_note() -> Option<String> {
+    let (count, max) = conntrack()?;
+    (max > 0 && count * 100 >= max * 95).then(|| {
+        format!(
+            "the kernel's connection-tracking table is full ({count} of {max} entries): new connections' \
+             SYNs are dropped and time out; entries of closed connections expire 120 s after they close \
+             (bench/notes.md)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

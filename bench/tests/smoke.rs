@@ -68,6 +68,25 @@ async fn fanout_counts_deliveries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_over_plain_tcp_counts_deliveries_and_acks() {
+    // tcp:// URLs: STOMP straight over TCP (how the suite drives Debian's ActiveMQ, whose build
+    // has no WebSocket transport), here against the node's own STOMP port.
+    let node = TestNode::start(|_| {}).await;
+    let url = format!("tcp://{}", node.tcp_addr());
+    let common = ["--url", &url, "--duration", "1s", "--warmup", "200ms", "--size", "64"];
+    let fanout = bench(&[&["fanout", "--subscribers", "4"][..], &common[..]].concat()).await;
+    assert_eq!(fanout.connections_reached, 5, "{fanout:#?}");
+    assert_eq!(fanout.errors, 0, "{fanout:#?}");
+    assert!(fanout.sent > 0 && fanout.received >= fanout.sent * 3, "{fanout:#?}");
+    let queue = bench(&[&["queue", "--producers", "1", "--consumers", "2"][..], &common[..]].concat()).await;
+    assert_eq!(queue.errors, 0, "{queue:#?}");
+    assert!(queue.received > 0, "no acked deliveries over TCP: {queue:#?}");
+    let churn = bench(&[&["churn", "--concurrency", "2"][..], &common[..]].concat()).await;
+    assert_eq!(churn.errors, 0, "{churn:#?}");
+    assert!(churn.cycles > 0, "{churn:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_and_idle_run() {
     // A node on the embedded engine, on free loopback ports (the test kit's in-process node).
     let node = TestNode::start(|_| {}).await;

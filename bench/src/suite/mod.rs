@@ -32,9 +32,14 @@ pub struct SuiteArgs {
     /// A smoke run: 2 s per scenario, few connections.
     #[arg(long)]
     pub short: bool,
-    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, and apps (the
-    /// applications phase: Stampede's connect and subscribe hooks and HTTP backend, on one node).
-    #[arg(long, default_value = "baseline,memory,cluster,rabbitmq,apps", value_delimiter = ',')]
+    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, activemq, nats, and
+    /// apps (the applications phase: Stampede's connect and subscribe hooks and HTTP backend, on
+    /// one node).
+    #[arg(
+        long,
+        default_value = "baseline,memory,cluster,rabbitmq,activemq,nats,apps",
+        value_delimiter = ','
+    )]
     pub targets: Vec<String>,
     /// Measured window per scenario (default 10 s, short 2 s).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -234,6 +239,9 @@ pub struct Machine {
     pub nofile: String,
     pub port_range: String,
     pub somaxconn: String,
+    /// Connection-tracking entries and limit at the start ("off" when not tracked).
+    #[serde(default)]
+    pub conntrack: String,
     pub load_at_start: String,
     #[serde(default)]
     pub load_at_end: String,
@@ -330,6 +338,9 @@ fn machine() -> Machine {
         nofile,
         port_range: read_trimmed("/proc/sys/net/ipv4/ip_local_port_range").replace('\t', "-"),
         somaxconn: read_trimmed("/proc/sys/net/core/somaxconn"),
+        conntrack: stats::conntrack()
+            .map(|(count, max)| format!("{count} of {max} entries"))
+            .unwrap_or_else(|| "off".into()),
         load_at_start: read_trimmed("/proc/loadavg"),
         load_at_end: String::new(),
         rustc: output_of("rustc", &["--version"]),
@@ -631,6 +642,50 @@ async fn run_target(
     }
 }
 
+/// Entries kept free in the conntrack table beyond what a run asks for: the connections of the
+/// throughput scenarios and of the other processes on the machine.
+const CONNTRACK_MARGIN: u64 = 5_000;
+
+/// The longest wait for room in the conntrack table: entries of closed connections expire after
+/// `nf_conntrack_tcp_timeout_time_wait` (120 s by default).
+const CONNTRACK_PATIENCE: Duration = Duration::from_secs(130);
+
+/// Waits until `need` more connections fit in the conntrack table, at most
+/// [`CONNTRACK_PATIENCE`]. Where loopback connections are tracked, the churn scenario fills the
+/// table (each of its 100,000+ connections keeps an entry for 120 s after it closes) and the
+/// next target's idle run then lost its SYNs to the full table: 4,669 of 19,700 connections and
+/// 256 connect timeouts (bench/notes.md). Returns a note for the report when it had to wait or
+/// gave up.
+async fn conntrack_room(need: u64) -> Option<String> {
+    let (count, max) = stats::conntrack()?;
+    if count + need <= max {
+        return None;
+    }
+    let started = Instant::now();
+    eprintln!(
+        "bench-suite: the conntrack table holds {count} of {max} entries and the next run opens up to \
+         {need} connections; waiting (at most {CONNTRACK_PATIENCE:?}) for closed connections' entries to expire"
+    );
+    let mut last = count;
+    while started.elapsed() < CONNTRACK_PATIENCE {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (count, max) = stats::conntrack()?;
+        last = count;
+        if count + need <= max {
+            return Some(format!(
+                "waited {:.0} s before this run for room in the kernel's connection-tracking table \
+                 ({count} of {max} entries then; see bench/notes.md)",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    Some(format!(
+        "the kernel's connection-tracking table still held {last} of {max} entries after {:.0} s; \
+         this run may have lost connections to it (bench/notes.md)",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// Runs `stampede-bench` once against `running` and collects its report and the Redis delta.
 async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background: f64) -> RunResult {
     let json =
@@ -642,7 +697,14 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         command.args(["--url", url]);
     }
     command
-        .args(["--protocol", if running.protocol == crate::conn::Protocol::Raw { "raw" } else { "stomp" }])
+        .args([
+            "--protocol",
+            match running.protocol {
+                crate::conn::Protocol::Raw => "raw",
+                crate::conn::Protocol::Stomp => "stomp",
+                crate::conn::Protocol::Nats => "nats",
+            },
+        ])
         .args(["--duration", &format!("{}ms", (inv.duration_s * 1000.0) as u64)])
         .args(["--warmup", &format!("{}ms", (inv.warmup_s * 1000.0) as u64)])
         .args(["--rate", &format!("{:.1}", inv.rate)])
@@ -667,6 +729,12 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         Some(redis) => Some(targets::command_stats(redis).await),
         None => None,
     };
+    // Room in the conntrack table for every connection the run opens, before it starts.
+    let needs = match inv.scenario {
+        "idle" => inv.extra.iter().skip_while(|a| *a != "--connections").nth(1).and_then(|n| n.parse().ok()),
+        _ => None,
+    };
+    let waited = conntrack_room(needs.unwrap_or(0) + CONNTRACK_MARGIN).await;
     let started = Instant::now();
     // Setup (up to the generator's own limit), warm-up, window, drain, and a margin.
     let patience = Duration::from_secs_f64(inv.warmup_s + inv.duration_s) + Duration::from_secs(180 + 30);
@@ -691,6 +759,9 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         std::fs::read_to_string(&json).ok().and_then(|text| serde_json::from_str(&text).ok());
     let _ = std::fs::remove_file(&json);
     let mut result = RunResult { report, redis: None, failure: None };
+    if let (Some(report), Some(note)) = (result.report.as_mut(), waited) {
+        report.notes.push(note);
+    }
     if !output.status.success() || result.report.is_none() {
         result.failure = Some(format!("stampede-bench exited with {}", output.status));
     }

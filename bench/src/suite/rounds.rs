@@ -6,7 +6,9 @@
 //!
 //! Two passes: the peak (closed loop), then latency in the open loop at half each target's median
 //! peak, with the raw baseline also run at Stampede's half rate, so that the two tails are
-//! compared at the same load.
+//! compared at the same load. The peers (RabbitMQ, ActiveMQ, NATS) take part in the peak pass
+//! only: Stampede's fan-out is compared with each of them round by round; their latency comes
+//! from the half-rate run of the per-target phase.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +53,8 @@ pub struct HeadToHead {
 }
 
 /// The kinds that take part, in the suite's order.
-pub const KINDS: [Kind; 3] = [Kind::Baseline, Kind::Memory, Kind::Cluster];
+pub const KINDS: [Kind; 6] =
+    [Kind::Baseline, Kind::Memory, Kind::Cluster, Kind::Rabbitmq, Kind::Activemq, Kind::Nats];
 
 impl HeadToHead {
     /// `kind`'s value of `pass` in `round`, unless that run failed.
@@ -160,8 +163,11 @@ pub async fn run(bins: &Bins, plan: &Plan, kinds: &[Kind]) -> Option<HeadToHead>
         spread(&peaks).map(|(median, _, _)| (median / 2.0).max(1.0))
     };
     // Each target at half its own peak; the baseline also at Stampede's (1 node) half rate.
-    let mut rates: Vec<(Kind, Pass, f64)> =
-        targets.iter().filter_map(|t| Some((t.kind, Pass::Half, half(t.kind)?))).collect();
+    let mut rates: Vec<(Kind, Pass, f64)> = targets
+        .iter()
+        .filter(|t| !Kind::PEERS.contains(&t.kind))
+        .filter_map(|t| Some((t.kind, Pass::Half, half(t.kind)?)))
+        .collect();
     if let (true, Some(rate)) = (targets.iter().any(|t| t.kind == Kind::Baseline), half(Kind::Memory)) {
         rates.push((Kind::Baseline, Pass::AtOneNodeHalf, rate));
     }
@@ -251,7 +257,7 @@ mod tests {
 
     #[test]
     fn each_round_starts_with_the_next_target() {
-        let kinds = KINDS;
+        let kinds = [Kind::Baseline, Kind::Memory, Kind::Cluster];
         assert_eq!(order(&kinds, 0), vec![Kind::Baseline, Kind::Memory, Kind::Cluster]);
         assert_eq!(order(&kinds, 1), vec![Kind::Memory, Kind::Cluster, Kind::Baseline]);
         assert_eq!(order(&kinds, 2), vec![Kind::Cluster, Kind::Baseline, Kind::Memory]);

@@ -1,6 +1,12 @@
-//! The four targets, started on loopback and stopped again: the raw baseline, Stampede on its
-//! embedded engine, Stampede as N nodes on Redis (the test kit's process harness), and a private
-//! RabbitMQ node with Web-STOMP.
+//! The targets, started on loopback and stopped again: the raw baseline, Stampede on its
+//! embedded engine, Stampede as N nodes on Redis (the test kit's process harness), and the peers
+//! users would pick instead, each a private instance with its own directory and loopback ports:
+//! RabbitMQ with Web-STOMP, ActiveMQ with STOMP, and nats-server with its WebSocket listener.
+//!
+//! ActiveMQ is driven over STOMP on plain TCP: Debian's build leaves out the `activemq-http`
+//! module, and with it the `ws://` transport ("Transport scheme NOT recognized: [ws]"; see
+//! `/usr/share/doc/libactivemq-java/README.Debian`). STOMP over TCP is its own fastest STOMP
+//! path, so the comparison is not tilted against it.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
@@ -22,10 +28,16 @@ pub enum Kind {
     Memory,
     Cluster,
     Rabbitmq,
+    Activemq,
+    Nats,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Baseline, Kind::Memory, Kind::Cluster, Kind::Rabbitmq];
+    pub const ALL: [Kind; 6] =
+        [Kind::Baseline, Kind::Memory, Kind::Cluster, Kind::Rabbitmq, Kind::Activemq, Kind::Nats];
+
+    /// The brokers users would pick instead of Stampede.
+    pub const PEERS: [Kind; 3] = [Kind::Rabbitmq, Kind::Activemq, Kind::Nats];
 
     pub fn parse(name: &str) -> Option<Kind> {
         match name {
@@ -33,6 +45,8 @@ impl Kind {
             "memory" | "stampede" => Some(Kind::Memory),
             "cluster" | "redis" => Some(Kind::Cluster),
             "rabbitmq" | "rabbit" => Some(Kind::Rabbitmq),
+            "activemq" => Some(Kind::Activemq),
+            "nats" | "nats-server" => Some(Kind::Nats),
             _ => None,
         }
     }
@@ -43,6 +57,8 @@ impl Kind {
             Kind::Memory => "memory",
             Kind::Cluster => "cluster",
             Kind::Rabbitmq => "rabbitmq",
+            Kind::Activemq => "activemq",
+            Kind::Nats => "nats",
         }
     }
 
@@ -52,6 +68,8 @@ impl Kind {
             Kind::Memory => "Stampede, 1 node (memory)".into(),
             Kind::Cluster => format!("Stampede, {nodes} nodes + Redis"),
             Kind::Rabbitmq => "RabbitMQ Web-STOMP".into(),
+            Kind::Activemq => "ActiveMQ STOMP (TCP)".into(),
+            Kind::Nats => "NATS (WebSocket)".into(),
         }
     }
 }
@@ -70,6 +88,8 @@ pub struct Running {
     cluster: Option<Cluster>,
     process: Option<Process>,
     rabbit: Option<Rabbit>,
+    /// The peer's directory (config, data), removed when it stops.
+    dir: Option<PathBuf>,
 }
 
 impl Running {
@@ -80,6 +100,9 @@ impl Running {
         drop(self.cluster.take());
         drop(self.process.take());
         drop(self.redis.take());
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -124,9 +147,32 @@ pub fn missing(kind: Kind, bins: &Bins) -> Vec<String> {
                 );
             }
         }
+        Kind::Activemq => {
+            if !Path::new(ACTIVEMQ_JAR).is_file() {
+                out.push(format!(
+                    "{ACTIVEMQ_JAR} not found (apt-get install activemq; the suite starts its own broker \
+                     with a STOMP connector, not the packaged instance)"
+                ));
+            }
+            if which("java").is_none() {
+                out.push("java not on PATH (apt-get install default-jre-headless)".into());
+            }
+        }
+        Kind::Nats => {
+            if which("nats-server").is_none() {
+                out.push(
+                    "nats-server not on PATH (apt-get install nats-server; the suite starts its own \
+                     server with its websocket block on, no_tls, on loopback)"
+                        .into(),
+                );
+            }
+        }
     }
     out
 }
+
+/// Debian's ActiveMQ launcher jar (`activemq` package).
+const ACTIVEMQ_JAR: &str = "/usr/share/activemq/bin/activemq.jar";
 
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -183,6 +229,7 @@ pub async fn start_with(
         cluster: None,
         process: None,
         rabbit: None,
+        dir: None,
     };
     match kind {
         Kind::Baseline => {
@@ -203,6 +250,11 @@ pub async fn start_with(
             let cluster = if kind == Kind::Memory {
                 Cluster::memory(extra_args).await
             } else {
+                // TODO(#18, point 8): sharded Cluster throughput per shard count. Once the engine
+                // speaks SPUBLISH/SSUBSCRIBE to a Redis Cluster (the lead's branch), add a
+                // `cluster-sharded` kind that starts the test kit's Redis Cluster with 1, 2 and 3
+                // masters in turn, points the nodes at it, and runs the fan-out and many-topics
+                // scenarios per shard count; `markdown.rs` then gets a row per count.
                 let redis = Redis::start().await;
                 // The harness's Redis fsyncs every write (for its crash tests); a benchmark wants
                 // Redis as deployed for pub/sub: no append-only file.
@@ -256,8 +308,132 @@ pub async fn start_with(
                 running.rabbit = Some(rabbit);
             }
         }
+        Kind::Activemq => start_activemq(&mut running).await?,
+        Kind::Nats => start_nats(&mut running).await?,
     }
     Ok(running)
+}
+
+// === ActiveMQ and NATS ===
+
+/// A private ActiveMQ broker: no persistence (as Stampede's embedded engine and RabbitMQ's
+/// non-durable queues), no JMX, one STOMP connector (NIO) on a loopback port; no login (the
+/// broker has no authentication plugin configured).
+async fn start_activemq(running: &mut Running) -> Result<(), String> {
+    let dir = temp_dir("activemq");
+    let port = free_port();
+    let data = dir.join("data");
+    let config = format!(
+        r#"<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
+  http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="stampede-bench"
+          persistent="false" dataDirectory="{data}">
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp+nio://127.0.0.1:{port}?maximumConnections=200000"/>
+    </transportConnectors>
+  </broker>
+</beans>
+"#,
+        data = data.display()
+    );
+    let file = dir.join("activemq.xml");
+    std::fs::write(&file, config).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let mut command = Command::new("java");
+    // The launcher's settings (/usr/bin/activemq, /usr/share/activemq/activemq-options), but
+    // with pooled task runners, as ActiveMQ's guide to thousands of connections says: Debian's
+    // `UseDedicatedTaskRunner=true` starts a thread per connection, and at 10,659 idle
+    // connections the JVM failed with "unable to create native thread" (kernel.pid_max 32,768
+    // here), taking the broker's later runs with it.
+    command
+        .args(["-Xms512M", "-Xmx512M", "-Dorg.apache.activemq.UseDedicatedTaskRunner=false"])
+        .args(["--add-reads=java.xml=java.logging"])
+        .args(["--add-opens", "java.base/java.lang=ALL-UNNAMED"])
+        .args(["--add-opens", "java.base/java.util=ALL-UNNAMED"])
+        .args(["--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED"])
+        .args(["--add-opens", "java.base/java.net=ALL-UNNAMED"])
+        .arg("-Dactivemq.home=/usr/share/activemq")
+        .arg(format!("-Dactivemq.base={}", dir.display()))
+        .arg(format!("-Dactivemq.conf={}", dir.display()))
+        .arg(format!("-Dactivemq.data={}", data.display()))
+        .args(["-jar", ACTIVEMQ_JAR, "start"])
+        .arg(format!("xbean:file:{}", file.display()))
+        .current_dir(&dir);
+    let log = Log::new("activemq");
+    let mut process = Process::spawn(command, &log);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = process.exit_status() {
+            log.dump();
+            return Err(format!("ActiveMQ exited ({status}) before its STOMP port opened"));
+        }
+        if Instant::now() > deadline {
+            log.dump();
+            return Err("ActiveMQ did not open its STOMP port within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.urls.push(format!("tcp://{addr}"));
+    running.pids.push(process.pid());
+    running.version = jar_version("activemq-broker-")
+        .map(|v| format!("ActiveMQ {v} (Debian; STOMP over TCP: no ws:// transport in this build)"))
+        .unwrap_or_else(|| "ActiveMQ".into());
+    running.process = Some(process);
+    running.dir = Some(dir);
+    Ok(())
+}
+
+/// The version in a jar's name under /usr/share/java (`activemq-broker-5.17.2.jar`).
+fn jar_version(prefix: &str) -> Option<String> {
+    std::fs::read_dir("/usr/share/java").ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let version = name.strip_prefix(prefix)?.strip_suffix(".jar")?;
+        version.starts_with(|c: char| c.is_ascii_digit()).then(|| version.to_owned())
+    })
+}
+
+/// A private nats-server: client port and WebSocket listener on loopback, `no_tls` (the
+/// benchmark's traffic never leaves the machine), no limit on connections below the machine's.
+async fn start_nats(running: &mut Running) -> Result<(), String> {
+    let dir = temp_dir("nats");
+    let (client, ws) = (free_port(), free_port());
+    let config = format!(
+        "listen: 127.0.0.1:{client}\n\
+         max_connections: 1000000\n\
+         websocket {{\n  listen: \"127.0.0.1:{ws}\"\n  no_tls: true\n  compression: false\n}}\n"
+    );
+    let file = dir.join("nats.conf");
+    std::fs::write(&file, config).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let mut command = Command::new("nats-server");
+    command.arg("-c").arg(&file).current_dir(&dir);
+    let log = Log::new("nats-server");
+    let mut process = Process::spawn(command, &log);
+    let addr = SocketAddr::from(([127, 0, 0, 1], ws));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = process.exit_status() {
+            log.dump();
+            return Err(format!("nats-server exited ({status}) before its WebSocket port opened"));
+        }
+        if Instant::now() > deadline {
+            log.dump();
+            return Err("nats-server did not open its WebSocket port within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let version = Command::new("nats-server").arg("--version").output().ok();
+    running.version = version
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace("nats-server: v", "nats-server "))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "nats-server".into());
+    running.urls.push(format!("ws://{addr}/"));
+    running.protocol = Protocol::Nats;
+    running.pids.push(process.pid());
+    running.process = Some(process);
+    running.dir = Some(dir);
+    Ok(())
 }
 
 async fn redis_version(redis: &Redis) -> String {
