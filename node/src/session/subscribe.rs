@@ -182,15 +182,19 @@ impl<S: FrameSink> Session<S> {
         Ok(Some(lifetime))
     }
 
-    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last
-    /// replayed offset are then skipped. Returns whether the history covered the whole gap.
+    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the topic's
+    /// offset at the history read are then skipped (they are replayed, or lost), and every one
+    /// above it is written. The floor is the topic's offset, not `since`: after the topic
+    /// restarted (Redis came back empty) its new offsets start again at 1, below a client's old
+    /// `since`, and are new messages all the same. Returns whether the history covered the
+    /// whole gap.
     pub(super) async fn replay(
         &mut self,
         subscription: &Arc<Subscription>,
         since: u64,
     ) -> Result<bool, SessionError> {
         let history = self.node.hub().history(&subscription.route.name, since).await?;
-        let mut floor = since;
+        let mut floor = history.last;
         let mut gap = !history.complete;
         for message in &history.messages {
             let prepared = MessageTail::new(message);

@@ -603,17 +603,22 @@ impl Engine for RedisEngine {
 
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         if self.inner.config.history_for(destination).is_none() {
-            return Ok(History { messages: Vec::new(), complete: false });
+            return Ok(History { messages: Vec::new(), complete: false, last: 0 });
         }
         self.inner.check_connected()?;
-        let (last, messages) = self.inner.read_history(destination, since).await?;
+        let (mut last, mut messages) = self.inner.read_history(destination, since).await?;
+        if since > last {
+            // An offset from before the topic restarted (Redis came back empty, the counter
+            // expired): everything retained now is new to this client.
+            (last, messages) = self.inner.read_history(destination, 0).await?;
+        }
         // Retained entries are a contiguous run ending at `last`: nothing was missed when the run
         // starts right after `since`, or, with nothing after `since`, when `since` is the end.
         let complete = match messages.first() {
             Some(first) => first.offset == Some(since.saturating_add(1)),
             None => since == last,
         };
-        Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete })
+        Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete, last })
     }
 
     async fn enqueue(&self, message: Message) -> PendingPublish {
