@@ -249,6 +249,11 @@ label_enum! {
         Reconnected = "reconnected",
         /// History messages delivered from a stream after a gap.
         Recovered = "recovered",
+        /// Queues whose stream vanished with its messages (Redis restarted empty or flushed,
+        /// or the key was deleted), noticed by this node.
+        QueueLost = "queue_lost",
+        /// Acknowledgements and releases kept until the message store answers again.
+        Deferred = "deferred",
     }
 }
 

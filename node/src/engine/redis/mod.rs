@@ -78,12 +78,13 @@
 //!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `tls.rs` (TLS to
 //! Redis), `scripts.rs` (Lua), `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and
-//! delivering), `queues.rs`, `registry.rs` (heartbeats, probes, why connecting fails), `calls.rs`
+//! delivering), `queues.rs`, `losses.rs` (queues whose stream vanished), `registry.rs` (heartbeats, probes, why connecting fails), `calls.rs`
 //! (questions to every node), `presence.rs`, `tests.rs`.
 
 mod calls;
 mod envelope;
 mod keys;
+mod losses;
 mod presence;
 mod publisher;
 mod pubsub;
@@ -182,6 +183,11 @@ struct Inner {
     /// Queues this node stopped consuming while Redis was away: their LEAVE is retried by the
     /// queue task (unless the node consumes them again by then).
     unleft: Mutex<HashSet<Arc<str>>>,
+    /// Queues whose stream this node has seen (registered), until it deletes them: a stream of
+    /// one found missing was lost (`losses.rs`). Unlike `known_queues`, kept across reconnects.
+    seen_queues: Mutex<HashSet<Arc<str>>>,
+    /// The store's epoch as this node last read it (`losses.rs`).
+    epoch: Mutex<Option<String>>,
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
     answering: std::sync::atomic::AtomicBool,
@@ -280,6 +286,8 @@ impl RedisEngine {
             depths: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
+            seen_queues: Mutex::new(HashSet::new()),
+            epoch: Mutex::new(None),
             answering: std::sync::atomic::AtomicBool::new(true),
             presence,
             calls: calls::Calls::default(),
@@ -456,6 +464,7 @@ impl Inner {
                 self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
             }
             self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
+            losses::seen(self, queue);
         }
         Ok(())
     }
@@ -474,6 +483,7 @@ impl Inner {
 
     /// An enqueue created `queue`'s stream: register it again (the queue task does).
     fn created(&self, queue: &Arc<str>) {
+        losses::created(self, queue);
         self.created.lock().expect("created lock").push(queue.clone());
     }
 
