@@ -91,12 +91,8 @@ async fn a_resume_after_redis_restarted_empty_misses_nothing_published_since() {
     let receipt = resumed.subscribe(TOPIC, "s", &[("x-since", "50")]).await;
     assert_eq!(header(&receipt, "x-recovered"), "false", "the history cannot cover offsets from before");
     publish_all(&mut publisher, TOPIC, bodies(11..=55, "new")).await;
-    let got: Vec<(String, String)> = resumed
-        .recv_messages(55)
-        .await
-        .iter()
-        .map(|m| (body(m), header(m, "x-offset").to_owned()))
-        .collect();
+    let got: Vec<(String, String)> =
+        resumed.recv_messages(55).await.iter().map(|m| (body(m), header(m, "x-offset").to_owned())).collect();
     let expected: Vec<(String, String)> = (1..=55).map(|i| (format!("new-{i}"), i.to_string())).collect();
     assert_eq!(got, expected);
     resumed.assert_quiet().await;
@@ -119,4 +115,119 @@ async fn a_resume_from_an_offset_ahead_of_the_topic_misses_nothing_on_the_memory
     let got: Vec<String> = resumed.recv_messages(55).await.iter().map(body).collect();
     assert_eq!(got, bodies(1..=55, "new"));
     resumed.assert_quiet().await;
+}
+
+const LOST: &str = "stampede_engine_events_total{event=\"queue_lost\"}";
+
+/// Queues whose stream vanished are reported, once each, with the queue named: one holding 50
+/// messages nobody consumed and one consumed here, when Redis restarts empty; then a consumed
+/// queue whose key is deleted, when the next enqueue creates it again (the consumer goes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_whose_stream_vanished_are_reported() {
+    let redis = Redis::start_ephemeral().await;
+    let node = node_on(&redis).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
+    publish_all(&mut publisher, "/queue/stored", bodies(1..=50, "stored")).await;
+    let mut consumer = node.connect(Transport::Tcp, &[]).await;
+    consumer.subscribe("/queue/consumed", "q", &[("ack", "client-individual")]).await;
+    assert_eq!(node.metric(LOST).await.unwrap_or(0.0), 0.0, "nothing lost yet");
+
+    redis.restart().await;
+    ready(&node).await;
+    eventually_eq(BACK, "queues reported lost", 2.0, || async { node.metric(LOST).await.unwrap_or(0.0) })
+        .await;
+    let warned = |queue: &str| {
+        node.log()
+            .text()
+            .lines()
+            .any(|line| line.contains("WARN") && line.contains("queue lost") && line.contains(queue))
+    };
+    assert!(warned("/queue/stored") && warned("/queue/consumed"), "{}", node.log().text());
+
+    // The consumer still consumes; the queue is seen again.
+    publish_all(&mut publisher, "/queue/consumed", bodies(1..=1, "after-restart")).await;
+    let message = consumer.recv_message().await;
+    assert_eq!(body(&message), "after-restart-1");
+    consumer.ack(&message).await;
+
+    // Its key deleted by hand: the next enqueue creates the stream again, and says so.
+    let deleted = redis.call(&["DEL", "outage:{/queue/consumed}:q"]).await;
+    assert_eq!(deleted, Resp::Int(1), "the stream existed");
+    publish_all(&mut publisher, "/queue/consumed", bodies(1..=1, "after-delete")).await;
+    let message = consumer.recv_message().await;
+    assert_eq!(body(&message), "after-delete-1");
+    consumer.ack(&message).await;
+    eventually_eq(BACK, "queues reported lost", 3.0, || async { node.metric(LOST).await.unwrap_or(0.0) })
+        .await;
+    // Once per loss, not once per way of noticing it.
+    let stays = holds_within(Duration::from_secs(1), || async { node.metric(LOST).await != Some(3.0) }).await;
+    assert!(!stays, "queue_lost went past 3: {:?}", node.metric(LOST).await);
+}
+
+/// Issue 18's stall: Redis is stopped (SIGSTOP) for 5 s while a queue consumer ACKs, NACKs and
+/// SUBSCRIBEs with receipts. Every receipt comes, no ERROR, the session stays; once Redis is
+/// back the ACKed messages are gone from the queue (never delivered again), the NACKed one comes
+/// back with `redelivered:true`, and the subscriptions made during the stall receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_nack_and_subscribe_during_a_redis_stall_keep_the_session() {
+    let redis = Redis::start_ephemeral().await;
+    let node = node_on(&redis).await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
+    publish_all(&mut publisher, "/queue/work", bodies(1..=6, "job")).await;
+    let mut consumer = node.connect(Transport::Tcp, &[]).await;
+    consumer.subscribe("/queue/work", "q", &[("ack", "client-individual"), ("prefetch-count", "6")]).await;
+    let jobs = consumer.recv_messages(6).await;
+    assert_eq!(jobs.iter().map(body).collect::<Vec<_>>(), bodies(1..=6, "job"));
+
+    redis.signal("STOP");
+    let mut receipts = Vec::new();
+    for job in &jobs[..3] {
+        receipts.push(consumer.try_send_with_receipt(ack_frame(job)).await.expect("ACK sent"));
+    }
+    receipts.push(consumer.try_send_with_receipt(nack_frame(&jobs[3])).await.expect("NACK sent"));
+    receipts.push(
+        consumer
+            .try_send_with_receipt(subscribe_frame("/topic/after-stall", "t"))
+            .await
+            .expect("SUBSCRIBE sent"),
+    );
+    receipts.push(
+        consumer.try_send_with_receipt(subscribe_frame("/queue/later", "l")).await.expect("SUBSCRIBE sent"),
+    );
+    // The stall lasts as long as in the issue, whatever the node does meanwhile.
+    tokio::time::sleep(STALL).await;
+    redis.signal("CONT");
+    for id in &receipts {
+        let answered = consumer.try_await_receipt(id, RECEIPT_DURING_STALL).await;
+        assert!(answered.is_ok(), "RECEIPT {id}: {:?}\n{}", answered.err(), node.log().text());
+    }
+
+    // The NACKed job comes back, flagged; the two still held are ACKed now.
+    let again = consumer.recv_message().await;
+    assert_eq!((body(&again), header(&again, "redelivered")), ("job-4".to_owned(), "true"));
+    for job in [&again, &jobs[4], &jobs[5]] {
+        consumer.ack(job).await;
+    }
+    // Every ACK reached Redis: the queue is empty, nothing pending, nothing comes again.
+    eventually_eq(BACK, "entries left in /queue/work", Resp::Int(0), || async {
+        redis.call(&["XLEN", "outage:{/queue/work}:q"]).await
+    })
+    .await;
+
+    // The subscriptions made during the stall took effect once Redis answered.
+    publish_all(&mut publisher, "/queue/later", bodies(1..=1, "later")).await;
+    let later = consumer.recv_message().await;
+    assert_eq!((body(&later), header(&later, "subscription")), ("later-1".to_owned(), "l"));
+    consumer.ack(&later).await;
+    let mut reached = false;
+    for i in 0..20 {
+        publisher.send("/topic/after-stall", &format!("probe-{i}"), &[]).await;
+        if let Ok(message) = consumer.try_recv_message(Duration::from_millis(500)).await {
+            assert_eq!(header(&message, "subscription"), "t");
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the topic subscribed during the stall never received\n{}", node.log().text());
+    consumer.disconnect().await;
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::settle::{How, Settlement};
 use super::{Delivery, EntryRef, Hub, MessageTail, Subscription};
 use crate::engine::{Engine, EngineError, EntryId, Pending};
 
@@ -97,7 +98,8 @@ impl Hub {
         depths
     }
 
-    /// Acknowledges queue entries a subscriber consumed, returning its credit.
+    /// Acknowledges queue entries a subscriber consumed, returning its credit. With the store
+    /// away, the acknowledgement is kept and applied when it answers ([`settle`](super::settle)).
     pub async fn ack(
         &self,
         subscription: &Subscription,
@@ -105,10 +107,10 @@ impl Hub {
         ids: &[EntryId],
     ) -> Result<(), EngineError> {
         self.return_credit(subscription, queue, ids.len());
-        self.engine.ack(queue, ids).await
+        self.settle(Settlement { how: How::Ack, queue: queue.clone(), ids: ids.to_vec() }).await
     }
 
-    /// Puts queue entries back (NACK, unsubscribe, closed session).
+    /// Puts queue entries back (NACK, unsubscribe, closed session); deferred as ACKs are.
     pub async fn release(
         &self,
         subscription: &Subscription,
@@ -117,7 +119,8 @@ impl Hub {
         delivered: bool,
     ) -> Result<(), EngineError> {
         self.return_credit(subscription, queue, ids.len());
-        self.engine.release(queue, ids, delivered).await
+        self.settle(Settlement { how: How::Release { delivered }, queue: queue.clone(), ids: ids.to_vec() })
+            .await
     }
 
     /// Moves queue entries a subscriber refused (NACK `requeue:false`) to the dead-letter queue.
@@ -128,7 +131,7 @@ impl Hub {
         ids: &[EntryId],
     ) -> Result<(), EngineError> {
         self.return_credit(subscription, queue, ids.len());
-        self.engine.dead_letter(queue, ids).await
+        self.settle(Settlement { how: How::DeadLetter, queue: queue.clone(), ids: ids.to_vec() }).await
     }
 
     fn return_credit(&self, subscription: &Subscription, queue: &str, n: usize) {

@@ -8,6 +8,10 @@
 //! `x-since` gives the same recovery with the offset kept by the client; a queue keeps
 //! messages for one consumer. On a queue the headers are accepted (queues are durable).
 //! `prefetch-count` on a topic subscription in a client ack mode opens a [`Window`].
+//!
+//! With the message store unavailable a SUBSCRIBE is still accepted (the hub asks for its watch
+//! again until the store answers) and its RECEIPT sent; a resume (`x-since`) then gets
+//! `x-recovered:false`, as nothing could be replayed.
 
 use super::*;
 use crate::apps::events::Event as AppEvent;
@@ -97,12 +101,33 @@ impl<S: FrameSink> Session<S> {
             self.windows.insert(subscription.seq, Window::new(prefetch));
         }
         self.subscriptions.insert(id.clone(), subscription.clone());
-        self.node.hub().subscribe(subscription.clone()).wait().await?;
+        match self.node.hub().subscribe(subscription.clone()).wait().await {
+            // The store is away: the subscription stays, and takes effect once it answers.
+            Err(EngineError::Unavailable(error)) => {
+                tracing::warn!(
+                    destination = %subscription.route.name,
+                    %error,
+                    "subscription kept; it takes effect when the message store answers"
+                );
+                self.node.hub().keep_watching(&subscription.route.name, subscription.route.kind);
+            }
+            result => result?,
+        }
         self.join_presence(&subscription.route.name).await;
         let mut receipt =
             frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
         if let Some(since) = since {
-            let recovered = self.replay(&subscription, since).await?;
+            let recovered = match self.replay(&subscription, since).await {
+                Ok(recovered) => recovered,
+                // No history to read: the client is told it missed something, and gets every
+                // live message from now on.
+                Err(SessionError::Engine(EngineError::Unavailable(error))) => {
+                    tracing::warn!(destination = %subscription.route.name, %error, "history unreadable; resuming without it");
+                    self.resumes.insert(subscription.seq, Resume { floor: 0, gap: true });
+                    false
+                }
+                Err(error) => return Err(error),
+            };
             receipt =
                 receipt.map(|r| r.with_header(RECOVERED_HEADER, if recovered { "true" } else { "false" }));
         }
