@@ -28,6 +28,11 @@ use crate::metrics::EngineEvent;
 /// entries stay pending and are reclaimed and redelivered after `reclaim-after`.
 const DEFERRED_MAX: usize = 10_000;
 
+/// Tries of one settlement (or watch) that fail while the engine says the store answers: past
+/// this the failure is its own, not the outage's, and it is given up, so it cannot hold back the
+/// others; a settlement's entries stay pending and are redelivered after `reclaim-after`.
+const FAILURES_WHILE_READY: u32 = 5;
+
 /// Backoff between tries while the store is away.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -119,6 +124,7 @@ impl Hub {
     /// Applies the kept settlements in order, waiting with a backoff while the store is away.
     async fn apply_deferred(self: Arc<Hub>) {
         let mut backoff = RETRY_MIN;
+        let mut failures_while_ready = 0;
         loop {
             let next = {
                 let mut deferred = self.deferred.lock().expect("deferred lock");
@@ -131,10 +137,22 @@ impl Hub {
                 }
             };
             match self.apply(&next).await {
-                Err(EngineError::Unavailable(_)) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                    continue;
+                Err(EngineError::Unavailable(error)) => {
+                    if self.engine.is_ready() {
+                        failures_while_ready += 1;
+                    }
+                    if failures_while_ready < FAILURES_WHILE_READY {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                    tracing::warn!(
+                        queue = %next.queue,
+                        entries = next.ids.len(),
+                        %error,
+                        "a deferred acknowledgement keeps failing; given up (its entries are \
+                         redelivered after reclaim-after)"
+                    );
                 }
                 Err(EngineError::Closed) => {
                     // Shutting down: what is left stays pending, for another node to reclaim.
@@ -145,8 +163,10 @@ impl Hub {
                     tracing::warn!(left, "engine closed; deferred acknowledgements left pending");
                     return;
                 }
-                Ok(()) => backoff = RETRY_MIN,
+                Ok(()) => {}
             }
+            backoff = RETRY_MIN;
+            failures_while_ready = 0;
             let mut deferred = self.deferred.lock().expect("deferred lock");
             deferred.settlements.pop_front();
             if deferred.settlements.is_empty() {
@@ -165,11 +185,19 @@ impl Hub {
         let Some(hub) = self.me.upgrade() else { return };
         tokio::spawn(async move {
             let mut backoff = RETRY_MIN;
+            let mut failures_while_ready = 0;
             loop {
                 tokio::time::sleep(backoff).await;
                 let Some(pending) = hub.watch_again(&name, kind) else { break };
                 match pending.wait().await {
                     Err(EngineError::Unavailable(error)) => {
+                        if hub.engine.is_ready() {
+                            failures_while_ready += 1;
+                        }
+                        if failures_while_ready >= FAILURES_WHILE_READY {
+                            tracing::warn!(destination = %name, %error, "a subscription's watch keeps failing; given up");
+                            break;
+                        }
                         tracing::debug!(destination = %name, %error, "watch still failing; retrying");
                         backoff = (backoff * 2).min(RETRY_MAX);
                     }
