@@ -110,7 +110,9 @@ impl Hub {
         self.settle(Settlement { how: How::Ack, queue: queue.clone(), ids: ids.to_vec() }).await
     }
 
-    /// Puts queue entries back (NACK, unsubscribe, closed session); deferred as ACKs are.
+    /// Puts queue entries back (NACK, unsubscribe, closed session); deferred as ACKs are. The
+    /// credit comes back after the entries, so the dispatcher it wakes finds them in their place
+    /// (the memory engine puts them back at the head) rather than fetch the next ones first.
     pub async fn release(
         &self,
         subscription: &Subscription,
@@ -118,9 +120,11 @@ impl Hub {
         ids: &[EntryId],
         delivered: bool,
     ) -> Result<(), EngineError> {
+        let released = self
+            .settle(Settlement { how: How::Release { delivered }, queue: queue.clone(), ids: ids.to_vec() })
+            .await;
         self.return_credit(subscription, queue, ids.len());
-        self.settle(Settlement { how: How::Release { delivered }, queue: queue.clone(), ids: ids.to_vec() })
-            .await
+        released
     }
 
     /// Moves queue entries a subscriber refused (NACK `requeue:false`) to the dead-letter queue.
@@ -130,8 +134,10 @@ impl Hub {
         queue: &Arc<str>,
         ids: &[EntryId],
     ) -> Result<(), EngineError> {
+        let moved =
+            self.settle(Settlement { how: How::DeadLetter, queue: queue.clone(), ids: ids.to_vec() }).await;
         self.return_credit(subscription, queue, ids.len());
-        self.settle(Settlement { how: How::DeadLetter, queue: queue.clone(), ids: ids.to_vec() }).await
+        moved
     }
 
     fn return_credit(&self, subscription: &Subscription, queue: &str, n: usize) {
