@@ -252,6 +252,11 @@ label_enum! {
         /// Queue entries whose acknowledgement could not be written to Redis (nobody waits for
         /// it): they are redelivered after `queue-reclaim-after`.
         AckFailed = "ack_failed",
+        /// Queues whose stream vanished with its messages (Redis restarted empty or flushed,
+        /// or the key was deleted), noticed by this node.
+        QueueLost = "queue_lost",
+        /// Acknowledgements and releases kept until the message store answers again.
+        Deferred = "deferred",
     }
 }
 

@@ -226,12 +226,17 @@ async fn history_offsets_replay_and_completeness(kind: Kind) {
     assert_eq!(h.messages.iter().map(|m| m.offset.unwrap_or(0)).collect::<Vec<_>>(), [4, 5, 6, 7, 8]);
     let h = a.history("/topic/h", 8).await.expect("history");
     assert!(h.complete && h.messages.is_empty());
+    assert_eq!(h.last, 8);
     let h = a.history("/topic/h", 9).await.expect("history");
     assert!(!h.complete, "a client cannot have seen offset 9");
+    // An offset past the topic's (from before it restarted): everything retained is new to it.
+    assert_eq!(h.messages.iter().map(|m| m.offset.unwrap_or(0)).collect::<Vec<_>>(), [4, 5, 6, 7, 8]);
+    assert_eq!(h.last, 8, "live messages above 8 are new");
 
     let h = a.history("/topic/h-never", 0).await.expect("history");
     assert!(h.complete && h.messages.is_empty(), "nothing published, nothing missed");
-    assert!(!a.history("/topic/h-never", 1).await.expect("history").complete);
+    let h = a.history("/topic/h-never", 1).await.expect("history");
+    assert!(!h.complete && h.messages.is_empty() && h.last == 0);
     assert!(!a.history("/topic/plain", 0).await.expect("history").complete, "no history rule");
 
     // TTL: entries older than it are skipped.

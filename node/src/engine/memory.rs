@@ -340,13 +340,13 @@ impl Engine for MemoryEngine {
 
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         let Some(rule) = self.config.history_for(destination) else {
-            return Ok(History { messages: Vec::new(), complete: false });
+            return Ok(History { messages: Vec::new(), complete: false, last: 0 });
         };
         let mut logs = self.logs.lock().expect("logs lock");
         let Some(log) = logs.get_mut(destination) else {
             // Nothing was ever published here: nothing was missed unless the client claims
             // to have seen offsets that never existed.
-            return Ok(History { messages: Vec::new(), complete: since == 0 });
+            return Ok(History { messages: Vec::new(), complete: since == 0, last: 0 });
         };
         if let Some(ttl) = rule.ttl {
             let now = Instant::now();
@@ -356,13 +356,15 @@ impl Engine for MemoryEngine {
         }
         let first_retained = log.entries.front().and_then(|(_, m)| m.offset).unwrap_or(log.last_offset + 1);
         let complete = since + 1 >= first_retained && since <= log.last_offset;
+        // An offset past the last one is from before a restart: everything retained is new to it.
+        let after = if since > log.last_offset { 0 } else { since };
         let messages = log
             .entries
             .iter()
-            .filter(|(_, m)| m.offset.is_some_and(|o| o > since))
+            .filter(|(_, m)| m.offset.is_some_and(|o| o > after))
             .map(|(_, m)| m.clone())
             .collect();
-        Ok(History { messages, complete })
+        Ok(History { messages, complete, last: log.last_offset })
     }
 
     async fn enqueue(&self, message: Message) -> PendingPublish {

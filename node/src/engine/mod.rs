@@ -69,6 +69,11 @@ pub struct History {
     /// False when messages after the asked offset are no longer retained (trimmed, expired,
     /// lost), or when the destination keeps no history: the subscriber missed something.
     pub complete: bool,
+    /// The topic's newest offset when read (0 when it has none). A live message at or below it
+    /// was published before the read (it is in `messages`, or lost); one above it is new. When
+    /// the asked offset is above it, the topic restarted (Redis came back empty, its counter
+    /// expired) or the client's offset never existed: `messages` is then everything retained.
+    pub last: u64,
 }
 
 /// One live node of the cluster, as its registry entry says.

@@ -15,12 +15,14 @@
 //! fan-out: the engine's [`Inbox`]), `queue.rs` (queue dispatch, acknowledgements, credit),
 //! `outbox.rs` (a connection's bounded delivery queue and the orders it carries), `tail.rs` (the
 //! shared MESSAGE tail), `sessions.rs` (connected sessions and the admin API's questions and orders),
-//! `presence.rs` (joins, leaves and members of destinations whose presence is kept).
+//! `presence.rs` (joins, leaves and members of destinations whose presence is kept), `settle.rs`
+//! (acknowledgements and watches kept while the store is unavailable, applied when it answers).
 
 mod outbox;
 mod presence;
 mod queue;
 pub mod sessions;
+mod settle;
 pub mod tail;
 mod topic;
 
@@ -111,6 +113,8 @@ pub struct Hub {
     queues: Mutex<HashMap<Arc<str>, Arc<QueueDispatch>>>,
     /// Every session by id, with its outbox ([`sessions`]).
     sessions: Mutex<HashMap<Arc<str>, Arc<Outbox>>>,
+    /// Settlements and watches waiting for the store to answer ([`settle`]).
+    deferred: Mutex<settle::Deferred>,
     me: Weak<Hub>,
 }
 
@@ -122,6 +126,7 @@ impl Hub {
             topics: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(settle::Deferred::default()),
             me: me.clone(),
         });
         let inbox: Weak<dyn Inbox> = hub.me.clone();

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::settle::{How, Settlement};
 use super::{Delivery, EntryRef, Hub, MessageTail, Subscription};
 use crate::engine::{Engine, EngineError, EntryId, Pending};
 
@@ -97,7 +98,8 @@ impl Hub {
         depths
     }
 
-    /// Acknowledges queue entries a subscriber consumed, returning its credit.
+    /// Acknowledges queue entries a subscriber consumed, returning its credit. With the store
+    /// away, the acknowledgement is kept and applied when it answers ([`settle`](super::settle)).
     pub async fn ack(
         &self,
         subscription: &Subscription,
@@ -105,10 +107,12 @@ impl Hub {
         ids: &[EntryId],
     ) -> Result<(), EngineError> {
         self.return_credit(subscription, queue, ids.len());
-        self.engine.ack(queue, ids).await
+        self.settle(Settlement { how: How::Ack, queue: queue.clone(), ids: ids.to_vec() }).await
     }
 
-    /// Puts queue entries back (NACK, unsubscribe, closed session).
+    /// Puts queue entries back (NACK, unsubscribe, closed session); deferred as ACKs are. The
+    /// credit comes back after the entries, so the dispatcher it wakes finds them in their place
+    /// (the memory engine puts them back at the head) rather than fetch the next ones first.
     pub async fn release(
         &self,
         subscription: &Subscription,
@@ -116,8 +120,11 @@ impl Hub {
         ids: &[EntryId],
         delivered: bool,
     ) -> Result<(), EngineError> {
+        let released = self
+            .settle(Settlement { how: How::Release { delivered }, queue: queue.clone(), ids: ids.to_vec() })
+            .await;
         self.return_credit(subscription, queue, ids.len());
-        self.engine.release(queue, ids, delivered).await
+        released
     }
 
     /// Moves queue entries a subscriber refused (NACK `requeue:false`) to the dead-letter queue.
@@ -127,8 +134,10 @@ impl Hub {
         queue: &Arc<str>,
         ids: &[EntryId],
     ) -> Result<(), EngineError> {
+        let moved =
+            self.settle(Settlement { how: How::DeadLetter, queue: queue.clone(), ids: ids.to_vec() }).await;
         self.return_credit(subscription, queue, ids.len());
-        self.engine.dead_letter(queue, ids).await
+        moved
     }
 
     fn return_credit(&self, subscription: &Subscription, queue: &str, n: usize) {

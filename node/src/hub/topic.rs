@@ -27,6 +27,13 @@ impl Topic {
     pub(super) fn subscriptions(&self) -> &[Arc<Subscription>] {
         &self.subscriptions
     }
+
+    /// Asks for the watch again (the last one failed: the store was away); subscribers joining
+    /// meanwhile share the new one.
+    pub(super) fn watch_again(&mut self, watch: impl FnOnce() -> Pending) -> Pending {
+        self.watched = watch();
+        self.watched.clone()
+    }
 }
 
 impl Hub {

@@ -68,7 +68,7 @@ use tokio::sync::oneshot;
 use crate::auth::{AuthError, Credentials, Identity, REFRESH_DESTINATION};
 use crate::config::QueueLifetime;
 use crate::destination::{self, Kind, Route};
-use crate::engine::{EntryId, Message, PendingPublish};
+use crate::engine::{EngineError, EntryId, Message, PendingPublish};
 use crate::hub::{
     tail, AckMode, Command as Order, Delivery, EntryRef, MessageTail, Outbox, Subscription, TAKE_MAX,
 };

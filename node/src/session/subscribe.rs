@@ -8,6 +8,10 @@
 //! `x-since` gives the same recovery with the offset kept by the client; a queue keeps
 //! messages for one consumer. On a queue the headers are accepted (queues are durable).
 //! `prefetch-count` on a topic subscription in a client ack mode opens a [`Window`].
+//!
+//! With the message store unavailable a SUBSCRIBE is still accepted (the hub asks for its watch
+//! again until the store answers) and its RECEIPT sent; a resume (`x-since`) then gets
+//! `x-recovered:false`, as nothing could be replayed.
 
 use super::*;
 use crate::apps::events::Event as AppEvent;
@@ -97,12 +101,33 @@ impl<S: FrameSink> Session<S> {
             self.windows.insert(subscription.seq, Window::new(prefetch));
         }
         self.subscriptions.insert(id.clone(), subscription.clone());
-        self.node.hub().subscribe(subscription.clone()).wait().await?;
+        match self.node.hub().subscribe(subscription.clone()).wait().await {
+            // The store is away: the subscription stays, and takes effect once it answers.
+            Err(EngineError::Unavailable(error)) => {
+                tracing::warn!(
+                    destination = %subscription.route.name,
+                    %error,
+                    "subscription kept; it takes effect when the message store answers"
+                );
+                self.node.hub().keep_watching(&subscription.route.name, subscription.route.kind);
+            }
+            result => result?,
+        }
         self.join_presence(&subscription.route.name).await;
         let mut receipt =
             frame.get("receipt").map(|r| Frame::new(Command::Receipt).with_header("receipt-id", r));
         if let Some(since) = since {
-            let recovered = self.replay(&subscription, since).await?;
+            let recovered = match self.replay(&subscription, since).await {
+                Ok(recovered) => recovered,
+                // No history to read: the client is told it missed something, and gets every
+                // live message from now on.
+                Err(SessionError::Engine(EngineError::Unavailable(error))) => {
+                    tracing::warn!(destination = %subscription.route.name, %error, "history unreadable; resuming without it");
+                    self.resumes.insert(subscription.seq, Resume { floor: 0, gap: true });
+                    false
+                }
+                Err(error) => return Err(error),
+            };
             receipt =
                 receipt.map(|r| r.with_header(RECOVERED_HEADER, if recovered { "true" } else { "false" }));
         }
@@ -182,15 +207,19 @@ impl<S: FrameSink> Session<S> {
         Ok(Some(lifetime))
     }
 
-    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the last
-    /// replayed offset are then skipped. Returns whether the history covered the whole gap.
+    /// Writes what a resuming subscriber missed after `since`; live deliveries up to the topic's
+    /// offset at the history read are then skipped (they are replayed, or lost), and every one
+    /// above it is written. The floor is the topic's offset, not `since`: after the topic
+    /// restarted (Redis came back empty) its new offsets start again at 1, below a client's old
+    /// `since`, and are new messages all the same. Returns whether the history covered the
+    /// whole gap.
     pub(super) async fn replay(
         &mut self,
         subscription: &Arc<Subscription>,
         since: u64,
     ) -> Result<bool, SessionError> {
         let history = self.node.hub().history(&subscription.route.name, since).await?;
-        let mut floor = since;
+        let mut floor = history.last;
         let mut gap = !history.complete;
         for message in &history.messages {
             let prepared = MessageTail::new(message);

@@ -60,6 +60,12 @@ impl Keys {
         format!("{}:sweeper", self.prefix)
     }
 
+    /// A value set once (SET NX) by the first node to connect: a different one after a
+    /// reconnection means Redis lost its data (see `losses.rs`).
+    pub(super) fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
     /// Set of every queue name ever enqueued to, for reclaiming and depth metrics.
     pub(super) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)

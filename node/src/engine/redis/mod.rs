@@ -81,12 +81,13 @@
 //!
 //! Layout: `mod.rs` (the engine), `envelope.rs`, `keys.rs` (names, URLs), `tls.rs` (TLS to
 //! Redis), `scripts.rs` (Lua), `publisher.rs` (pipelined publishes), `pubsub.rs` (watching and
-//! delivering), `queues.rs`, `registry.rs` (heartbeats, probes, why connecting fails), `calls.rs`
+//! delivering), `queues.rs`, `losses.rs` (queues whose stream vanished), `registry.rs` (heartbeats, probes, why connecting fails), `calls.rs`
 //! (questions to every node), `presence.rs`, `tests.rs`.
 
 mod calls;
 mod envelope;
 mod keys;
+mod losses;
 mod presence;
 mod publisher;
 mod pubsub;
@@ -195,6 +196,11 @@ struct Inner {
     /// Queues this node stopped consuming while Redis was away: their LEAVE is retried by the
     /// queue task (unless the node consumes them again by then).
     unleft: Mutex<HashSet<Arc<str>>>,
+    /// Queues whose stream this node has seen (registered), until it deletes them: a stream of
+    /// one found missing was lost (`losses.rs`). Unlike `known_queues`, kept across reconnects.
+    seen_queues: Mutex<HashSet<Arc<str>>>,
+    /// The store's epoch as this node last read it (`losses.rs`).
+    epoch: Mutex<Option<String>>,
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
     answering: std::sync::atomic::AtomicBool,
@@ -302,6 +308,8 @@ impl RedisEngine {
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
             down_since: Mutex::new(None),
+            seen_queues: Mutex::new(HashSet::new()),
+            epoch: Mutex::new(None),
             answering: std::sync::atomic::AtomicBool::new(true),
             presence,
             calls: calls::Calls::default(),
@@ -538,6 +546,7 @@ impl Inner {
                 self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
             }
             self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
+            losses::seen(self, queue);
         }
         Ok(())
     }
@@ -556,6 +565,7 @@ impl Inner {
 
     /// An enqueue created `queue`'s stream: register it again (the queue task does).
     fn created(&self, queue: &Arc<str>) {
+        losses::created(self, queue);
         self.created.lock().expect("created lock").push(queue.clone());
     }
 
@@ -693,17 +703,22 @@ impl Engine for RedisEngine {
 
     async fn history(&self, destination: &str, since: u64) -> Result<History, EngineError> {
         if self.inner.config.history_for(destination).is_none() {
-            return Ok(History { messages: Vec::new(), complete: false });
+            return Ok(History { messages: Vec::new(), complete: false, last: 0 });
         }
         self.inner.check_connected()?;
-        let (last, messages) = self.inner.read_history(destination, since).await?;
+        let (mut last, mut messages) = self.inner.read_history(destination, since).await?;
+        if since > last {
+            // An offset from before the topic restarted (Redis came back empty, the counter
+            // expired): everything retained now is new to this client.
+            (last, messages) = self.inner.read_history(destination, 0).await?;
+        }
         // Retained entries are a contiguous run ending at `last`: nothing was missed when the run
         // starts right after `since`, or, with nothing after `since`, when `since` is the end.
         let complete = match messages.first() {
             Some(first) => first.offset == Some(since.saturating_add(1)),
             None => since == last,
         };
-        Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete })
+        Ok(History { messages: messages.into_iter().map(Arc::new).collect(), complete, last })
     }
 
     async fn enqueue(&self, message: Message) -> PendingPublish {

@@ -15,7 +15,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
 use super::keys::GROUP;
-use super::{envelope, lifetime_ms, publisher, registry, scripts, unavailable, Inner, Watched, IDS_PER_CALL};
+use super::{
+    envelope, lifetime_ms, losses, publisher, registry, scripts, unavailable, Inner, Watched, IDS_PER_CALL,
+};
 use crate::config::QueueLifetime;
 use crate::engine::{EngineError, EntryId, QueueEntry};
 use crate::metrics::DropReason;
@@ -66,8 +68,10 @@ pub(super) async fn join(inner: &Inner, queue: &str) -> Result<(), EngineError> 
     if created {
         // Deleted by another node meanwhile, maybe: this node's record of it is stale.
         inner.known_queues.lock().expect("known queues lock").remove(queue);
+        losses::created(inner, queue);
     }
     inner.register_queue(queue).await?;
+    losses::seen(inner, queue);
     if has_lifetime {
         // Looked at again after `reclaim-after`, in case this node dies without leaving.
         inner.schedule(queue, inner.config.queues.reclaim_after, true).await?;
@@ -129,6 +133,7 @@ async fn deleted_queue(
         inner.metrics.dropped(DropReason::QueueDeleted, messages);
     }
     tracing::info!(%queue, messages, why, "queue deleted");
+    losses::deleted(inner, queue);
     inner.known_queues.lock().expect("known queues lock").remove(queue);
     inner.depths.lock().expect("depths lock").retain(|(q, _)| q != queue);
     let (set, lifetimes) = (inner.keys.queues(), inner.keys.lifetimes());
@@ -233,6 +238,7 @@ pub(super) async fn fetch(inner: &Inner, queue: &str, max: usize) -> Result<Vec<
     let reply = match inner.command("XREADGROUP", &key, args()).await {
         // The group is gone (Redis restarted empty, the key was deleted): recreate it.
         Err(EngineError::Unavailable(e)) if e.contains("NOGROUP") => {
+            losses::lost(inner, queue, "its consumer group is gone");
             join(inner, queue).await?;
             inner.command("XREADGROUP", &key, args()).await?
         }
@@ -450,6 +456,9 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, mut reconnects: broadcas
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     wake_watched(&inner);
+                    if let Err(error) = losses::check_epoch(&inner).await {
+                        tracing::warn!(%error, "could not check whether Redis lost its data");
+                    }
                 }
                 Err(RecvError::Closed) => events = false,
             },

@@ -1,0 +1,84 @@
+//! Noticing queues whose stream vanished with its messages, so that no queue goes silently empty:
+//! Redis restarted without persistence (or was flushed), or someone deleted the key.
+//!
+//! The node remembers the queues whose stream it has seen ([`Inner::seen_queues`]: registered
+//! by an enqueue or a join, forgotten when this node deletes the queue by its lifetime). A loss
+//! is noticed three ways:
+//! - after every (re)connection, the node compares the store's *epoch* (a key set once, with
+//!   `SET NX`, by whichever node connects first) with the one it saw before: a different one
+//!   means Redis lost its data, and every remembered queue without a stream now is reported;
+//! - a queue consumed here whose consumer group is gone when its entries are fetched, or whose
+//!   stream a join or an enqueue had to create again: nothing deletes a queue that a live node
+//!   consumes, so it was lost.
+//!
+//! Each loss is counted once (`stampede_engine_events_total{event="queue_lost"}`) and logged at
+//! WARN with the queue's name. How many messages went with it cannot be known any more.
+
+use std::sync::Arc;
+
+use fred::types::Value;
+
+use super::{Inner, Watched};
+use crate::engine::EngineError;
+use crate::metrics::EngineEvent;
+
+/// Reports `queue` as lost if this node remembered its stream (once per loss), and forgets it.
+pub(super) fn lost(inner: &Inner, queue: &str, why: &'static str) {
+    if inner.seen_queues.lock().expect("seen queues lock").remove(queue) {
+        tracing::warn!(
+            %queue,
+            why,
+            "queue lost: its stream vanished with its messages (Redis restarted without \
+             persistence or was flushed, or the key was deleted)"
+        );
+        inner.metrics.engine_event(EngineEvent::QueueLost, 1);
+    }
+}
+
+/// A join or an enqueue created `queue`'s stream. Lost if this node consumes it and had seen it;
+/// then it is seen again only once its consumer group is back (the join records it), so the
+/// fetch that finds the group missing does not report the same loss again.
+pub(super) fn created(inner: &Inner, queue: &str) {
+    let consumed = inner.watched.lock().expect("watched lock").get(queue) == Some(&Watched::Queue);
+    if consumed {
+        lost(inner, queue, "its stream was created again while this node consumes it");
+    } else {
+        seen(inner, queue);
+    }
+}
+
+/// This node has seen `queue`'s stream (registered it).
+pub(super) fn seen(inner: &Inner, queue: &str) {
+    inner.seen_queues.lock().expect("seen queues lock").insert(Arc::from(queue));
+}
+
+/// This node deleted `queue` (its lifetime ended): not a loss.
+pub(super) fn deleted(inner: &Inner, queue: &str) {
+    inner.seen_queues.lock().expect("seen queues lock").remove(queue);
+}
+
+/// After a (re)connection: reads the store's epoch, setting it if it has none. A different one
+/// than this node saw before means Redis lost its data: every queue remembered here without a
+/// stream now is reported.
+pub(super) async fn check_epoch(inner: &Inner) -> Result<(), EngineError> {
+    let key = inner.keys.epoch();
+    let mine = format!("{}-{}", inner.config.node_id, super::registry::now_ms());
+    let args = vec![Value::from(key.as_str()), Value::from(mine.as_str()), Value::from("NX")];
+    inner.command("SET", &key, args).await?;
+    let now = inner.command("GET", &key, vec![Value::from(key.as_str())]).await?;
+    let Some(now) = now.as_string() else { return Ok(()) };
+    let before = inner.epoch.lock().expect("epoch lock").replace(now.clone());
+    if before.is_none_or(|before| before == now) {
+        return Ok(());
+    }
+    let queues: Vec<Arc<str>> = inner.seen_queues.lock().expect("seen queues lock").iter().cloned().collect();
+    tracing::warn!(queues = queues.len(), "Redis lost its data (restarted without persistence, or flushed)");
+    for queue in queues {
+        let stream = inner.keys.queue(&queue);
+        let exists = inner.command("EXISTS", &stream, vec![Value::from(stream.as_str())]).await?;
+        if exists.as_u64() == Some(0) {
+            lost(inner, &queue, "Redis lost its data");
+        }
+    }
+    Ok(())
+}
