@@ -674,7 +674,8 @@ async fn master_killed_under_receipted_traffic(cluster: Arc<Cluster>, topology: 
     // delivery is a duplicate.
     let redelivered: BTreeSet<u64> =
         consumers.iter().flat_map(|(_, c)| c.lock().unwrap().redelivered.clone()).collect();
-    let (redeliveries, duplicated): (Vec<(&u64, &usize)>, Vec<(&u64, &usize)>) =
+    type Repeats<'a> = Vec<(&'a u64, &'a usize)>;
+    let (redeliveries, duplicated): (Repeats, Repeats) =
         counts.iter().filter(|(_, c)| **c > 1).partition(|(seq, _)| redelivered.contains(seq));
     let times: Vec<Instant> = produced.confirmed.iter().map(|(_, at)| *at).collect();
     let longest_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
