@@ -9,7 +9,6 @@
 //! process it started. `README.md` says what each scenario proves.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,19 +17,13 @@ use stampede::stomp::Frame;
 use stampede_testkit::client::{ack_frame, header, send_frame, show};
 use stampede_testkit::cluster::RECLAIM_AFTER;
 use stampede_testkit::{
-    eventually, eventually_eq, http, variants, Client, Cluster, Endpoint, Node, Redis, Transport, Variant,
+    eventually, eventually_eq, http, variants, Client, Cluster, Endpoint, Redis, Transport, Variant,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Patience for one message that must come.
-const RECV: Duration = Duration::from_secs(10);
-/// A window in which nothing more may arrive.
-const QUIET: Duration = Duration::from_millis(500);
-/// Patience for a state that spreads through the cluster (delivery of a batch, readiness).
-const SPREAD: Duration = Duration::from_secs(30);
-
-const HISTORY: &str = "/topic/hist.*=1000";
+mod common;
+use common::*;
 
 // The topic and queue basics on one node with the embedded engine, one node with Redis and
 // three nodes on one Redis (the variant's transport is unused: each scenario mixes both).
@@ -47,53 +40,8 @@ variants! {
 
 // === Helpers ===
 
-async fn connect(node: &Node, transport: Transport, login: Option<&str>) -> Client {
-    Client::connect_to(&node.endpoint(transport), login)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {} over {transport:?} as {login:?}: {e}", node.id()))
-}
-
-/// The `seq` header every scenario's publisher sets.
-fn seq(frame: &Frame) -> u64 {
-    header(frame, "seq").parse().unwrap_or_else(|_| panic!("bad seq in {}", show(frame)))
-}
-
-fn offset(frame: &Frame) -> u64 {
-    header(frame, "x-offset").parse().unwrap_or_else(|_| panic!("bad x-offset in {}", show(frame)))
-}
-
 fn redelivered(frame: &Frame) -> bool {
     frame.get("redelivered") == Some("true")
-}
-
-/// Sends `seqs` to `destination` (header `seq`); the last one with a receipt, so when this
-/// returns the broker has accepted all of them (a session handles frames in order).
-async fn publish(client: &mut Client, destination: &str, seqs: Range<u64>) {
-    let last = seqs.end.saturating_sub(1);
-    for n in seqs {
-        let text = n.to_string();
-        let body = format!("message {n}");
-        let sent = if n == last {
-            client.try_publish(destination, &body, &[("seq", &text)]).await.map(drop)
-        } else {
-            client.try_send(destination, &body, &[("seq", &text)]).await
-        };
-        sent.unwrap_or_else(|e| panic!("SEND seq {n} to {destination}: {e}"));
-    }
-}
-
-/// Receives exactly `seqs`, in order, and returns the frames. `who` names the receiver.
-async fn expect_in_order(client: &mut Client, who: &str, seqs: Range<u64>) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    for expected in seqs.clone() {
-        let frame = client
-            .try_recv_message(RECV)
-            .await
-            .unwrap_or_else(|e| panic!("{who}: waiting for seq {expected} (of {seqs:?}): {e}"));
-        assert_eq!(seq(&frame), expected, "{who}: out of order, duplicate or gap: {}", show(&frame));
-        frames.push(frame);
-    }
-    frames
 }
 
 /// Asserts the history offsets of `frames` strictly increase, after `after` if given.
@@ -136,15 +84,6 @@ fn spawn_consumer(
     })
 }
 
-/// How often each seq occurs in `seqs`.
-fn tally(seqs: impl IntoIterator<Item = u64>) -> BTreeMap<u64, usize> {
-    let mut counts = BTreeMap::new();
-    for n in seqs {
-        *counts.entry(n).or_insert(0) += 1;
-    }
-    counts
-}
-
 /// Asserts every seq of `0..count` occurs exactly once.
 fn assert_exactly_once(what: &str, counts: &BTreeMap<u64, usize>, count: u64) {
     let missing: Vec<u64> = (0..count).filter(|n| !counts.contains_key(n)).collect();
@@ -155,14 +94,6 @@ fn assert_exactly_once(what: &str, counts: &BTreeMap<u64, usize>, count: u64) {
         missing.is_empty() && duplicated.is_empty() && unknown.is_empty(),
         "{what}: missing {missing:?}, duplicated (seq, times) {duplicated:?}, unknown {unknown:?}"
     );
-}
-
-async fn readyz_everywhere(cluster: &Cluster) -> Vec<Option<u16>> {
-    let mut statuses = Vec::new();
-    for node in cluster.nodes() {
-        statuses.push(node.readyz().await);
-    }
-    statuses
 }
 
 // === Scenario 1: topic fan-out ===

@@ -14,29 +14,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stampede::stomp::Frame;
 use stampede_testkit::client::{ack_frame, header, send_frame, show};
 use stampede_testkit::cluster::RECLAIM_AFTER;
 use stampede_testkit::{
-    eventually, holds_within, Client, ClientError, Cluster, Endpoint, Node, RedisCluster, RedisDeployment,
+    eventually, holds_within, Client, ClientError, Cluster, Endpoint, RedisCluster, RedisDeployment,
     RedisSentinel, Transport,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Patience for one message that must come.
-const RECV: Duration = Duration::from_secs(10);
-/// A window in which nothing more may arrive.
-const QUIET: Duration = Duration::from_millis(500);
-/// Patience for a state that spreads through the cluster (delivery of a batch, readiness).
-const SPREAD: Duration = Duration::from_secs(30);
-
-const HISTORY: &str = "/topic/hist.*=1000";
+mod common;
+use common::*;
 
 /// Scenario (a): topics, and messages per topic.
 const TOPICS: usize = 20;
@@ -164,60 +156,6 @@ impl RedisDeployment for Topology {
 
 // === Helpers ===
 
-async fn connect(node: &Node, transport: Transport, login: Option<&str>) -> Client {
-    Client::connect_to(&node.endpoint(transport), login)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {} over {transport:?} as {login:?}: {e}", node.id()))
-}
-
-/// The `seq` header every publisher here sets.
-fn seq(frame: &Frame) -> u64 {
-    header(frame, "seq").parse().unwrap_or_else(|_| panic!("bad seq in {}", show(frame)))
-}
-
-fn offset(frame: &Frame) -> u64 {
-    header(frame, "x-offset").parse().unwrap_or_else(|_| panic!("bad x-offset in {}", show(frame)))
-}
-
-/// Sends `seqs` to `destination` (header `seq`); the last one with a receipt, so when this
-/// returns the broker has accepted all of them (a session handles frames in order).
-async fn publish(client: &mut Client, destination: &str, seqs: Range<u64>) {
-    let last = seqs.end.saturating_sub(1);
-    for n in seqs {
-        let text = n.to_string();
-        let body = format!("message {n}");
-        let sent = if n == last {
-            client.try_publish(destination, &body, &[("seq", &text)]).await.map(drop)
-        } else {
-            client.try_send(destination, &body, &[("seq", &text)]).await
-        };
-        sent.unwrap_or_else(|e| panic!("SEND seq {n} to {destination}: {e}"));
-    }
-}
-
-/// Receives exactly `seqs`, in order, and returns the frames. `who` names the receiver.
-async fn expect_in_order(client: &mut Client, who: &str, seqs: Range<u64>) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    for expected in seqs.clone() {
-        let frame = client
-            .try_recv_message(RECV)
-            .await
-            .unwrap_or_else(|e| panic!("{who}: waiting for seq {expected} (of {seqs:?}): {e}"));
-        assert_eq!(seq(&frame), expected, "{who}: out of order, duplicate or gap: {}", show(&frame));
-        frames.push(frame);
-    }
-    frames
-}
-
-/// How often each seq occurs in `seqs`.
-fn tally(seqs: impl IntoIterator<Item = u64>) -> BTreeMap<u64, usize> {
-    let mut counts = BTreeMap::new();
-    for n in seqs {
-        *counts.entry(n).or_insert(0) += 1;
-    }
-    counts
-}
-
 /// What a consumer task saw: every delivery's seq, and each error that ended one of its
 /// sessions.
 #[derive(Default)]
@@ -316,14 +254,6 @@ impl Drop for AbortOnDrop {
 
 fn guard<T>(task: &JoinHandle<T>) -> AbortOnDrop {
     AbortOnDrop(task.abort_handle())
-}
-
-async fn readyz_everywhere(cluster: &Cluster) -> Vec<Option<u16>> {
-    let mut statuses = Vec::new();
-    for node in cluster.nodes() {
-        statuses.push(node.readyz().await);
-    }
-    statuses
 }
 
 // === (a) per-publisher order across 20 topics ===
@@ -696,9 +626,8 @@ async fn master_killed_under_receipted_traffic(cluster: Arc<Cluster>, topology: 
     // The one SEND whose write was on its way to the master when it died has no known outcome
     // (it may be stored, or not): its ERROR, carrying its receipt-id, is the honest answer, and
     // ends that session. Every other session must stay (docs/cluster.md, failovers).
-    let cut_off = |e: &String| {
-        e.starts_with("producer") && (e.contains("Request timed out") || e.contains("Connection closed"))
-    };
+    let cut_off =
+        |e: &String| e.starts_with("producer") && (e.contains("Request timed out") || e.contains("IO Error"));
     let in_flight = errors.iter().filter(|e| cut_off(e)).count();
     if in_flight > 1 || errors.iter().any(|e| !cut_off(e)) {
         faults.push(format!("{} sessions ended (why: how often): {:?}", errors.len(), summarize(&errors)));
