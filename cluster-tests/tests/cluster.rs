@@ -595,29 +595,7 @@ async fn redis_restart_keeps_sessions_history_and_queues() {
 async fn user_destination_reaches_every_session_of_that_user_only() {
     let redis = Redis::start().await;
     let cluster = Cluster::start(3, &redis, &[]).await;
-    let sessions = [
-        ("ann", 1, Transport::Ws),
-        ("ann", 2, Transport::Tcp),
-        ("bob", 1, Transport::Tcp),
-        ("bob", 2, Transport::Ws),
-    ];
-    let mut clients = Vec::new();
-    for (user, node, transport) in sessions {
-        let mut client = connect(cluster.node(node), transport, Some(user)).await;
-        client.try_subscribe("/user/queue/inbox", "inbox", &[]).await.expect("SUBSCRIBE /user/queue/inbox");
-        clients.push((user, format!("{user} on node-{node} over {transport:?}"), client));
-    }
-    let mut sender = connect(cluster.node(0), Transport::Ws, Some("carl")).await;
-    publish(&mut sender, "/user/ann/queue/inbox", 0..20).await;
-    // A marker for bob, after ann's messages.
-    publish(&mut sender, "/user/bob/queue/inbox", 1000..1001).await;
-    for (user, who, mut client) in clients {
-        let expected = if user == "ann" { 0..20 } else { 1000..1001 };
-        for frame in expect_in_order(&mut client, &who, expected).await {
-            assert_eq!(header(&frame, "destination"), "/user/queue/inbox", "{who}");
-        }
-        client.try_quiet(QUIET).await.unwrap_or_else(|e| panic!("{who}: another user's message: {e}"));
-    }
+    user_destinations_reach_their_users(&cluster).await;
 }
 
 // === Scenario 7: resume on another node ===

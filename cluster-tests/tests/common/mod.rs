@@ -84,3 +84,31 @@ pub(crate) async fn readyz_everywhere(cluster: &Cluster) -> Vec<Option<u16>> {
     }
     statuses
 }
+
+/// A SEND to `/user/ann/queue/inbox` on node-0 reaches both of ann's sessions (on node-1 and
+/// node-2, subscribed to `/user/queue/inbox`), in order; bob's sessions get only bob's message,
+/// sent after ann's.
+pub(crate) async fn user_destinations_reach_their_users(cluster: &Cluster) {
+    let sessions = [
+        ("ann", 1, Transport::Ws),
+        ("ann", 2, Transport::Tcp),
+        ("bob", 1, Transport::Tcp),
+        ("bob", 2, Transport::Ws),
+    ];
+    let mut clients = Vec::new();
+    for (user, node, transport) in sessions {
+        let mut client = connect(cluster.node(node), transport, Some(user)).await;
+        client.try_subscribe("/user/queue/inbox", "inbox", &[]).await.expect("SUBSCRIBE /user/queue/inbox");
+        clients.push((user, format!("{user} on node-{node} over {transport:?}"), client));
+    }
+    let mut sender = connect(cluster.node(0), Transport::Ws, Some("carl")).await;
+    publish(&mut sender, "/user/ann/queue/inbox", 0..20).await;
+    publish(&mut sender, "/user/bob/queue/inbox", 1000..1001).await;
+    for (user, who, mut client) in clients {
+        let expected = if user == "ann" { 0..20 } else { 1000..1001 };
+        for frame in expect_in_order(&mut client, &who, expected).await {
+            assert_eq!(header(&frame, "destination"), "/user/queue/inbox", "{who}");
+        }
+        client.try_quiet(QUIET).await.unwrap_or_else(|e| panic!("{who}: another user's message: {e}"));
+    }
+}
