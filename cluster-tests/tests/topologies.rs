@@ -6,8 +6,9 @@
 //! One test per deployment runs the scenarios in sequence on one start of it (starting a
 //! deployment costs seconds; CI's time is counted): (a) per-publisher order across 20 topics,
 //! (b) queue exactly-once across competing consumers, (c) history resume on another node, (d)
-//! user destinations across nodes, and last (it changes the deployment) (e) kill -9 of the
-//! master serving a queue under receipted traffic. Each scenario runs in a task of its own, so
+//! user destinations across nodes, then (they change the deployment) (e) kill -9 of the
+//! master serving a queue under receipted traffic, and on the Cluster (f) one shard stuck
+//! (SIGSTOP) while the others carry on. Each scenario runs in a task of its own, so
 //! one that fails (its panic printed as it happens) does not hide the others' results; the test
 //! fails at the end naming every scenario that failed, and prints every process's log.
 //! `README.md` says what each scenario proves; the failover figures are printed (`--nocapture`).
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use stampede_testkit::client::{ack_frame, header, send_frame, show};
 use stampede_testkit::cluster::RECLAIM_AFTER;
+use stampede_testkit::http::{self, metric};
 use stampede_testkit::{
     eventually, holds_within, Client, ClientError, Cluster, Endpoint, RedisCluster, RedisDeployment,
     RedisSentinel, Transport,
@@ -86,6 +88,10 @@ async fn run_scenarios(topology: Topology) {
         master_killed_under_receipted_traffic(cluster.clone(), topology.clone()),
     )
     .await;
+    if matches!(topology.as_ref(), Topology::Cluster(_)) {
+        scenario(&mut failed, name, "f. one shard stuck", one_shard_stuck(cluster.clone(), topology.clone()))
+            .await;
+    }
     assert!(failed.is_empty(), "on {name}, these scenarios failed (their panics are above): {failed:?}");
 }
 
@@ -624,4 +630,205 @@ async fn master_killed_under_receipted_traffic(cluster: Arc<Cluster>, topology: 
     }
     drop(guards);
     assert!(faults.is_empty(), "{name}: after kill -9 of the queue's master: {faults:?}");
+}
+
+// === (f) one shard stuck ===
+
+/// Scenario (f): how long the stuck shard's master stays stopped.
+const STALL: Duration = Duration::from_secs(10);
+/// Scenario (f): a RECEIPT for a SEND to a healthy shard's topic comes within this, stall or not.
+const HEALTHY_RECEIPT: Duration = Duration::from_secs(3);
+/// Scenario (f): messages each node's publisher sends to each healthy topic during the stall.
+const PER_HEALTHY_TOPIC: u64 = 20;
+
+/// Scenario (f), Redis Cluster only, run last: one shard's master stopped (SIGSTOP) for
+/// [`STALL`], its replica told not to take over, and `cluster-require-full-coverage no`, so the
+/// other shards go on serving their slots (docs/cluster.md, "Partial failures"). Throughout the
+/// stall every node stays ready; receipted SENDs from every node to topics on the healthy shards
+/// are confirmed within [`HEALTHY_RECEIPT`] and delivered, in order, to a subscriber on every
+/// node; a new SUBSCRIBE to one of them is confirmed too. Once the master is continued, its
+/// shard's topic carries messages again to the subscribers that were on it all along.
+async fn one_shard_stuck(cluster: Arc<Cluster>, topology: Arc<Topology>) {
+    let Topology::Cluster(redis) = topology.as_ref() else {
+        unreachable!("scenario (f) runs on a Redis Cluster")
+    };
+    for node in redis.nodes().iter().filter(|n| n.is_running()) {
+        node.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
+    }
+    // Topics by the master that serves them, and a master that has a replica to stop with it.
+    let mut by_master: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for i in 0..40 {
+        let topic = format!("/topic/partial.{i}");
+        by_master.entry(redis.master_for_key(&format!("{{{topic}}}")).await).or_default().push(topic);
+    }
+    let mut stuck = None;
+    for port in by_master.keys() {
+        if let Some(replica) = replica_of(redis, *port).await {
+            stuck = Some((*port, replica));
+            break;
+        }
+    }
+    let (stuck, replica) = stuck.expect("a master with a replica");
+    redis.cli(replica, &["CONFIG", "SET", "cluster-replica-no-failover", "yes"]).await;
+    let stuck_topic = by_master[&stuck][0].clone();
+    let healthy: Vec<String> = by_master
+        .iter()
+        .filter(|(port, _)| **port != stuck)
+        .flat_map(|(_, t)| t.iter().take(2).cloned())
+        .collect();
+    assert!(healthy.len() >= 2, "topics on at least two healthy shards: {by_master:?}");
+
+    let mut subscribers = Vec::new();
+    for (node, transport) in [(0, Transport::Ws), (1, Transport::Tcp), (2, Transport::Ws)] {
+        let mut client = connect(cluster.node(node), transport, None).await;
+        for (i, topic) in healthy.iter().chain([&stuck_topic]).enumerate() {
+            client.try_subscribe(topic, &format!("s{i}"), &[]).await.expect("SUBSCRIBE");
+        }
+        subscribers.push((format!("subscriber on node-{node} over {transport:?}"), client));
+    }
+    let mut publishers = Vec::new();
+    for node in 0..3 {
+        publishers.push(connect(cluster.node(node), Transport::Tcp, None).await);
+    }
+
+    // Watches readiness for the stall's whole length.
+    let stopped_at = Instant::now();
+    let watcher = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let mut unready = Vec::new();
+            while stopped_at.elapsed() < STALL {
+                let statuses = readyz_everywhere(&cluster).await;
+                if statuses.iter().any(|s| *s != Some(200)) {
+                    unready.push((stopped_at.elapsed(), statuses));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            unready
+        })
+    };
+    let _watching = guard(&watcher);
+    redis.node(stuck).signal("STOP");
+    let _continue = ContinueOnDrop(redis.node(stuck));
+    // Past the readiness probe's verdict (two unanswered probes) and the Cluster's node timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut faults = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for n in 0..PER_HEALTHY_TOPIC {
+        for (node, publisher) in publishers.iter_mut().enumerate() {
+            for topic in &healthy {
+                let text = (node as u64 * 1000 + n).to_string();
+                let sent = Instant::now();
+                let frame = send_frame(topic, "healthy", &[("seq", &text)]);
+                let outcome = match publisher.try_send_with_receipt(frame).await {
+                    Ok(id) => publisher.try_await_receipt(&id, HEALTHY_RECEIPT).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                slowest = slowest.max(sent.elapsed());
+                if let Err(e) = outcome {
+                    panic!("SEND seq {text} to {topic} on node-{node}, its shard healthy: {}", why(&e));
+                }
+            }
+        }
+    }
+    // The stall is real: the stopped shard's topic takes no SEND, and every node counts one
+    // primary down.
+    let mut blocked = connect(cluster.node(2), Transport::Tcp, None).await;
+    let sent = blocked.try_publish(&stuck_topic, "stuck", &[("seq", "8888")]);
+    if let Ok(outcome) = tokio::time::timeout(HEALTHY_RECEIPT, sent).await {
+        faults.push(format!("a SEND to {stuck_topic}, on the stopped shard, answered: {outcome:?}"));
+    }
+    drop(blocked);
+    for node in cluster.nodes() {
+        let metrics = http::get(node.admin_addr(), "/metrics").await.expect("/metrics").body;
+        let down = metric(&metrics, "stampede_redis_primaries_down");
+        if down != Some(1.0) {
+            faults.push(format!("{}: stampede_redis_primaries_down {down:?} during the stall", node.id()));
+        }
+    }
+    let mut late = connect(cluster.node(1), Transport::Ws, None).await;
+    let subscribed =
+        tokio::time::timeout(HEALTHY_RECEIPT, late.try_subscribe(&healthy[0], "late", &[])).await;
+    if !matches!(subscribed, Ok(Ok(_))) {
+        faults.push(format!("a SUBSCRIBE to {} during the stall: {subscribed:?}", healthy[0]));
+    }
+    let expected = 3 * healthy.len() * PER_HEALTHY_TOPIC as usize;
+    for (who, client) in &mut subscribers {
+        let mut per_topic: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for _ in 0..expected {
+            match client.try_recv_message(RECV).await {
+                Ok(frame) => {
+                    per_topic.entry(header(&frame, "destination").to_owned()).or_default().push(seq(&frame))
+                }
+                Err(e) => {
+                    faults.push(format!(
+                        "{who}: {} of {expected} during the stall, then {e}",
+                        per_topic.values().map(Vec::len).sum::<usize>()
+                    ));
+                    break;
+                }
+            }
+        }
+        for (topic, seqs) in &per_topic {
+            for node in 0..3u64 {
+                let from: Vec<u64> = seqs.iter().copied().filter(|s| s / 1000 == node).collect();
+                if from != (node * 1000..node * 1000 + PER_HEALTHY_TOPIC).collect::<Vec<_>>() {
+                    faults.push(format!("{who}: {topic} from node-{node}: {from:?}"));
+                }
+            }
+        }
+    }
+    let unready = watcher.await.expect("readiness watcher");
+    if !unready.is_empty() {
+        faults.push(format!("not ready during the stall (at, statuses): {unready:?}"));
+    }
+    redis.node(stuck).signal("CONT");
+    let stalled = stopped_at.elapsed();
+
+    // The stuck shard's topic works again, for the subscribers that were on it all along.
+    let back = Instant::now();
+    let mut confirmed = false;
+    while !confirmed && back.elapsed() < SPREAD {
+        let mut publisher = connect(cluster.node(0), Transport::Tcp, None).await;
+        let sent = publisher.try_publish(&stuck_topic, "back", &[("seq", "9999")]);
+        confirmed = matches!(tokio::time::timeout(RECV, sent).await, Ok(Ok(_)));
+        if !confirmed {
+            tokio::time::sleep(REOPEN_AFTER).await;
+        }
+    }
+    eprintln!(
+        "Redis Cluster: master on port {stuck} stopped {stalled:?}: {expected} SENDs to {} healthy topics, \
+         slowest RECEIPT {slowest:?}; its own topic confirmed again {:?} after SIGCONT",
+        healthy.len(),
+        back.elapsed()
+    );
+    if !confirmed {
+        faults
+            .push(format!("no RECEIPT for a SEND to {stuck_topic} within {SPREAD:?} of the master's return"));
+    }
+    for (who, client) in &mut subscribers {
+        match client.try_recv_message(SPREAD).await {
+            Ok(frame) if header(&frame, "destination") == stuck_topic => {}
+            Ok(frame) => faults.push(format!("{who}: after the stall, {}", show(&frame))),
+            Err(e) => faults.push(format!("{who}: nothing on {stuck_topic} after the stall: {e}")),
+        }
+    }
+    assert!(faults.is_empty(), "one shard stuck: {faults:?}");
+}
+
+/// The port of the replica of the master on `port`, if it has one.
+async fn replica_of(redis: &RedisCluster, port: u16) -> Option<u16> {
+    let replication = redis.cli(port, &["INFO", "replication"]).await;
+    let line = replication.lines().find(|l| l.starts_with("slave0:"))?;
+    line.split(',').find_map(|f| f.strip_prefix("port=")).and_then(|p| p.trim().parse().ok())
+}
+
+/// Sends SIGCONT on drop, so a failed scenario leaves no server stopped for the next.
+struct ContinueOnDrop<'a>(&'a stampede_testkit::Redis);
+
+impl Drop for ContinueOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
 }
