@@ -500,8 +500,10 @@ fn spawn_producer(
 /// consumers on all three nodes acknowledge (`client-individual`). Once 100 are confirmed, the
 /// master serving the queue's slot gets kill -9. After Redis fails over: every node's
 /// `/readyz` is 200 again within [`READY_AGAIN`] of the kill, traffic goes on, each message
-/// whose RECEIPT arrived is delivered exactly once, none is delivered twice, and no session got
-/// an ERROR. Prints the measured times, and judges everything before failing.
+/// whose RECEIPT arrived is delivered exactly once, none is delivered twice (but for
+/// redeliveries marked `redelivered:true`), and no session got an ERROR, not even the
+/// producer's whose SEND was in flight at the kill. Prints the measured times, and judges
+/// everything before failing.
 async fn master_killed_under_receipted_traffic(cluster: Arc<Cluster>, topology: Arc<Topology>) {
     let name = topology.name();
     let stop_producer = Arc::new(AtomicBool::new(false));
@@ -608,13 +610,10 @@ async fn master_killed_under_receipted_traffic(cluster: Arc<Cluster>, topology: 
         redeliveries.len(),
         summarize(&errors),
     );
-    // The one SEND whose write was on its way to the master when it died has no known outcome
-    // (it may be stored, or not): its ERROR, carrying its receipt-id, is the honest answer, and
-    // ends that session. Every other session must stay (docs/cluster.md, failovers).
-    let cut_off =
-        |e: &String| e.starts_with("producer") && (e.contains("Request timed out") || e.contains("IO Error"));
-    let in_flight = errors.iter().filter(|e| cut_off(e)).count();
-    if in_flight > 1 || errors.iter().any(|e| !cut_off(e)) {
+    // No session ends, the producer's included: the SEND whose write was on its way to the
+    // master when it died is sent again by the node once Redis answers, and stored once
+    // (docs/cluster.md, failovers).
+    if !errors.is_empty() {
         faults.push(format!("{} sessions ended (why: how often): {:?}", errors.len(), summarize(&errors)));
     }
     if !lost.is_empty() {

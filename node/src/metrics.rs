@@ -257,6 +257,9 @@ label_enum! {
         QueueLost = "queue_lost",
         /// Acknowledgements and releases kept until the message store answers again.
         Deferred = "deferred",
+        /// Enqueue calls sent again because their connection was lost (or they timed out)
+        /// before Redis answered; each is stored once however often it is sent.
+        Resent = "resent",
     }
 }
 

@@ -43,6 +43,13 @@ impl Keys {
         format!("{}:{{{queue}}}:q", self.prefix)
     }
 
+    /// Marker of one ENQUEUE call (`batch`: its id, see `publisher.rs`), set by the call, in the
+    /// queue's slot, and expiring on its own: a call sent again after its connection was lost is
+    /// skipped when the marker says it ran.
+    pub(super) fn enqueued(&self, queue: &str, batch: &str) -> String {
+        format!("{}:{{{queue}}}:sent:{batch}", self.prefix)
+    }
+
     /// Hash of a queue's lifetime and users: `expires` (ms) and `auto` (0/1) when a SUBSCRIBE
     /// declared them, `used` (ms: its last SUBSCRIBE, or its last consumer leaving) and one
     /// `n:<node-id>` field per node that has consumers of it.

@@ -24,13 +24,22 @@
 //! release waits for the ACKs taken before it ([`Request::Flush`]), so it never puts back an
 //! entry whose ACK is still on its way.
 //!
+//! An enqueue whose connection is lost, or that times out, before Redis answers may have been
+//! stored or not. Each ENQUEUE call carries a marker key of its own (a process-random number and
+//! a count), which the script sets first and skips the call if set, so such a call is sent again,
+//! with the same marker, until Redis answers or [`OUTAGE_PATIENCE`] runs out ([`resend`]): a
+//! failover or a stall costs its SENDs a late RECEIPT, not an ERROR, and never a duplicate. Plain
+//! and history publishes are not sent again (a PUBLISH sent twice may reach subscribers twice).
+//!
 //! Scripts go as EVALSHA, loaded (SCRIPT LOAD) before the first pipeline that needs them on each
 //! connection. Should Redis lose its script cache unnoticed (a failover the client has not seen
 //! yet), those calls fail with NOSCRIPT and are run again, in their order, with EVAL: only then
 //! can a script call land after a PUBLISH that was taken after it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fred::error::{Error as RedisError, ErrorKind};
@@ -40,7 +49,7 @@ use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::scripts::{self, Script};
-use super::{unavailable, Inner, IDS_PER_CALL};
+use super::{unavailable, Inner, IDS_PER_CALL, OUTAGE_PATIENCE};
 use crate::engine::{EngineError, EntryId};
 use crate::metrics::{DropReason, EngineEvent, RedisCommand};
 
@@ -288,8 +297,16 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
         }
     }
     let sharded = inner.keys.sharded();
+    // Each ENQUEUE call's marker (see `resend`).
+    let markers: Vec<Option<String>> = groups
+        .iter()
+        .map(|group| match &jobs[group.start].op {
+            Op::Enqueue { .. } => Some(inner.keys.enqueued(&jobs[group.start].destination, &batch_id())),
+            _ => None,
+        })
+        .collect();
     let pipeline = inner.client.pipeline();
-    for group in &groups {
+    for (group, marker) in groups.iter().zip(&markers) {
         // Queued in memory: only the pipeline's send can fail.
         let _: Result<(), RedisError> = match &jobs[group.start].op {
             Op::Publish { channel, envelope } if group.len() == 1 && sharded => {
@@ -307,8 +324,9 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
                 pipeline.custom(command, args).await
             }
             Op::Enqueue { key, .. } => {
+                let keys: Vec<&str> = std::iter::once(key.as_str()).chain(marker.as_deref()).collect();
                 let (command, args) =
-                    scripts::ENQUEUE.evalsha(sharded, &[key], &enqueue_args(inner, &jobs[group.clone()]));
+                    scripts::ENQUEUE.evalsha(sharded, &keys, &enqueue_args(inner, &jobs[group.clone()]));
                 pipeline.custom(command, args).await
             }
             Op::Script { script, keys, args, .. } => {
@@ -329,18 +347,24 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     let mut results = results.into_iter();
     let mut jobs = jobs.into_iter();
     let mut again = Vec::new();
-    for group in groups {
+    // ENQUEUE calls whose outcome is unknown, with their markers: sent again below.
+    let mut resends = Vec::new();
+    for (group, marker) in groups.into_iter().zip(markers) {
         let members: Vec<Job> = jobs.by_ref().take(group.len()).collect();
-        match results.next() {
-            Some(Err(error)) if is_script(&members) && scripts::is_noscript(&error) => {
+        match (results.next(), marker) {
+            (Some(Err(error)), marker) if is_script(&members) && scripts::is_noscript(&error) => {
                 // The cache was lost under us (a restart or failover not seen yet).
                 *loaded = false;
-                again.push(members);
+                again.push((members, marker));
             }
             // The slot moved (Redis Cluster): not run; the client has read the new owners.
-            Some(Err(error)) if super::is_redirect(&error) => again.push(members),
-            Some(result) => answer_all(inner, members, result),
-            None => {
+            (Some(Err(error)), marker) if super::is_redirect(&error) => again.push((members, marker)),
+            (Some(Err(error)), Some(marker)) if is_cut_off(&error) => resends.push((members, marker, error)),
+            (None, Some(marker)) => {
+                resends.push((members, marker, RedisError::new(ErrorKind::IO, "Redis gave no reply")))
+            }
+            (Some(result), _) => answer_all(inner, members, result),
+            (None, None) => {
                 for job in members {
                     answer(inner, job, Err(EngineError::Unavailable("Redis gave no reply".to_owned())));
                 }
@@ -362,7 +386,7 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     }
     // These run late, in their order: every command of a moved slot was refused, so each
     // channel's publishes stay in order among themselves.
-    for members in again {
+    for (members, marker) in again {
         let result = match &members[0].op {
             Op::Publish { channel, envelope } if members.len() == 1 => {
                 let args = vec![Value::from(channel.as_str()), Value::Bytes(envelope.clone())];
@@ -373,14 +397,18 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
                 inner.script(&scripts::PUBLISH_MANY, &keys, publish_many_args(&members)).await
             }
             Op::Enqueue { key, .. } => {
-                inner.script(&scripts::ENQUEUE, &[key], enqueue_args(inner, &members)).await
+                let keys: Vec<&str> = std::iter::once(key.as_str()).chain(marker.as_deref()).collect();
+                inner.script(&scripts::ENQUEUE, &keys, enqueue_args(inner, &members)).await
             }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                 inner.script(script, &keys, args.clone()).await
             }
         };
-        answer_all(inner, members, result);
+        match (result, marker) {
+            (Err(error), Some(marker)) if is_cut_off(&error) => resends.push((members, marker, error)),
+            (result, _) => answer_all(inner, members, result),
+        }
     }
     for (queue, key, ids) in acks_again {
         let n = ids.len();
@@ -388,6 +416,79 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
             acked(inner, &queue, n, Err(error));
         }
     }
+    resend(inner, resends).await;
+}
+
+/// Sends ENQUEUE calls again whose connection was lost (or that timed out) before their reply
+/// came: they may have run, or not. Each goes again with its marker, so a call that did run is
+/// not run twice (see [`scripts::ENQUEUE`]); it is tried again while Redis does not answer, for
+/// [`OUTAGE_PATIENCE`] from now (a failover: the SENDs get their RECEIPTs late), and only then
+/// do its SENDs fail. The lane waits meanwhile: the writes taken after these go after them.
+async fn resend(inner: &Inner, resends: Vec<(Vec<Job>, String, RedisError)>) {
+    if resends.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+    for (members, marker, error) in resends {
+        let Op::Enqueue { key, .. } = &members[0].op else { unreachable!("only enqueues are sent again") };
+        tracing::info!(queue = %members[0].destination, messages = members.len(), %error,
+            "an enqueue's connection was lost before its reply; sending it again");
+        inner.metrics.engine_event(EngineEvent::Resent, 1);
+        let keys = [key.as_str(), marker.as_str()];
+        let mut pause = RESEND_PAUSE;
+        let result = loop {
+            while !inner.client.is_connected() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match inner.script(&scripts::ENQUEUE, &keys, enqueue_args(inner, &members)).await {
+                Err(error) if is_cut_off(&error) && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RESEND_PAUSE_MAX);
+                }
+                result => break result,
+            }
+        };
+        if let Ok(reply) = &result {
+            if already_stored(reply) {
+                tracing::info!(queue = %members[0].destination, messages = members.len(),
+                    "the enqueue sent again had been stored before its connection was lost: not stored twice");
+            }
+        }
+        answer_all(inner, members, result);
+    }
+}
+
+/// Whether a write failed before its reply came in a way that leaves its outcome unknown (the
+/// connection was lost, or it timed out), or was refused by a server not ready to run it (a
+/// Redis Cluster or Sentinel failover in progress); a script's own error is neither.
+fn is_cut_off(error: &RedisError) -> bool {
+    const NOT_RUN: [&str; 7] = [
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "LOADING",
+        "MASTERDOWN",
+        "READONLY",
+        "Too many failed write attempts",
+        "Max attempts",
+    ];
+    matches!(error.kind(), ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing)
+        || NOT_RUN.iter().any(|prefix| error.details().contains(prefix))
+}
+
+/// An ENQUEUE's reply saying that its marker was set: the call had run before.
+fn already_stored(reply: &Value) -> bool {
+    matches!(reply, Value::Array(items) if items.get(2).and_then(Value::as_u64) == Some(1))
+}
+
+/// The first pause between two sends of an ENQUEUE call again, doubled each time up to the max.
+const RESEND_PAUSE: Duration = Duration::from_millis(50);
+const RESEND_PAUSE_MAX: Duration = Duration::from_millis(800);
+
+/// A new id for an ENQUEUE call: a number random to this process, and a count.
+fn batch_id() -> String {
+    static PROCESS: LazyLock<u64> = LazyLock::new(rand::random);
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    format!("{:016x}.{:x}", *PROCESS, CALLS.fetch_add(1, Ordering::Relaxed))
 }
 
 /// pending in Redis and come back after `queue-reclaim-after`.

@@ -306,26 +306,43 @@ return out
     )
 });
 
-/// KEYS: queue. ARGV: max length, channel, envelopes... Appends each (redeliveries 0), in order,
-/// then trims the oldest ready entries past the bound (what trimming after each append would
-/// leave) and notifies once: a run of SENDs to one queue is one call and one notification.
-/// Returns `{dropped, created}`: how many entries were dropped, and 1 when the appends created
-/// the stream (a new queue, or one deleted before it). The appends' ids are the time of these
-/// SENDs: what the sweep reads as the queue's last use.
+/// KEYS: queue, and (optional) the call's marker. ARGV: max length, channel, envelopes...
+/// Appends each (redeliveries 0), in order, then trims the oldest ready entries past the bound
+/// (what trimming after each append would leave) and notifies once: a run of SENDs to one queue
+/// is one call and one notification. Returns `{dropped, created}`: how many entries were
+/// dropped, and 1 when the appends created the stream (a new queue, or one deleted before it).
+/// The appends' ids are the time of these SENDs: what the sweep reads as the queue's last use.
+///
+/// With a marker (`Keys::enqueued`, unique per call) the call is idempotent: it sets the marker
+/// (SET NX, expiring after [`ENQUEUE_MARKED_FOR`]) before anything else, and a call whose marker
+/// is already set did run, so it does nothing and returns `{0, 0, 1}`. The publisher sends a
+/// call again, with the same marker, when its connection was lost before the reply came.
 pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "enqueue",
-        r#"
+        &format!(
+            r#"
+if KEYS[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', {marked}) then
+  return {{ 0, 0, 1 }}
+end
 local created = 1 - redis.call('EXISTS', KEYS[1])
 for i = 3, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'e', ARGV[i], 'r', 0)
 end
 local dropped = trim(KEYS[1], tonumber(ARGV[1]))
 redis.call(PUBLISH, ARGV[2], 'r')
-return { dropped, created }
+return {{ dropped, created }}
 "#,
+            marked = ENQUEUE_MARKED_FOR.as_millis()
+        ),
     )
 });
+
+/// How long an ENQUEUE call's marker lives: far longer than the publisher keeps sending a call
+/// again (`OUTAGE_PATIENCE` plus a command timeout or two after the first send), so that a late
+/// resend still finds it, and short enough that markers cost little memory (one small key per
+/// call, and a call carries a run of SENDs).
+pub(super) const ENQUEUE_MARKED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// KEYS: queue, life. ARGV: node, rule's expires ms (0 = none), rule's auto-delete (0/1).
 /// The node has consumers of the queue now: records it and the time, creates the consumer group

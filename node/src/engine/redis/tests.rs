@@ -805,6 +805,71 @@ async fn queue_enqueues_and_acks_go_as_few_calls_in_order() {
     assert!(b.engine.fetch("/queue/batch", 10).await.expect("fetch").is_empty(), "acknowledged stays so");
 }
 
+/// An ENQUEUE call with a marker runs once: called again with the same marker (what the
+/// publisher does when the first call's reply was lost), it stores nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_call_with_the_same_marker_stores_once() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    let inner = &a.engine.inner;
+    let (queue, key) = ("/queue/twice", "stampede:{/queue/twice}:q");
+    let marker = inner.keys.enqueued(queue, "test.1");
+    let call = || async {
+        let args = vec![Value::Integer(1000), Value::from(inner.keys.channel(queue)), "a".into(), "b".into()];
+        inner.script(&scripts::ENQUEUE, &[key, &marker], args).await.expect("ENQUEUE runs")
+    };
+    let first = call().await.into_array();
+    assert_eq!(first.len(), 2, "the first call stores: {first:?}");
+    let again = call().await.into_array();
+    assert_eq!(again.get(2).and_then(Value::as_u64), Some(1), "the second says it ran before: {again:?}");
+    assert_eq!(raw(&a, "XLEN", key, &[key]).await.as_u64(), Some(2), "each envelope stored once");
+    let ttl = raw(&a, "PTTL", &marker, &[&marker]).await.as_i64().expect("a ttl");
+    let marked = scripts::ENQUEUE_MARKED_FOR.as_millis() as i64;
+    assert!((marked - 5_000..=marked).contains(&ttl), "the marker expires on its own: {ttl} ms");
+    // Another marker is another call.
+    let other = inner.keys.enqueued(queue, "test.2");
+    let args = vec![Value::Integer(1000), Value::from(inner.keys.channel(queue)), "c".into()];
+    inner.script(&scripts::ENQUEUE, &[key, &other], args).await.expect("ENQUEUE runs");
+    assert_eq!(raw(&a, "XLEN", key, &[key]).await.as_u64(), Some(3));
+}
+
+/// An enqueue whose reply does not come in time (Redis stalled past the command timeout: the
+/// call may have run or not) is sent again with its marker, and once Redis answers, it is stored
+/// once and its SENDs succeed: the stall costs a late RECEIPT, not an ERROR nor a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_cut_off_by_a_stall_is_sent_again_and_stored_once() {
+    let server = Redis::start_ephemeral().await;
+    let a = node(&server, "node-a", |_| {}).await;
+    let (queue, key) = ("/queue/once", "stampede:{/queue/once}:q");
+    // Creates and registers the queue, and loads the scripts.
+    a.engine.enqueue(message(queue, "first")).await.outcome().await.expect("enqueue");
+    server.signal("STOP");
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(a.engine.enqueue(message(queue, i.to_string())).await);
+    }
+    // The calls time out (the first send's bytes wait in the stopped server's socket), and are
+    // sent again behind them.
+    tokio::time::sleep(super::COMMAND_TIMEOUT + Duration::from_millis(1500)).await;
+    server.signal("CONT");
+    for pending in sent {
+        assert_eq!(pending.outcome().await, Ok(None), "stored, late");
+    }
+    let resent = counter(&a.metrics, "engine_events_total{event=\"resent\"}");
+    assert!(resent >= 1, "the enqueue was sent again: {resent}");
+    assert_eq!(raw(&a, "XLEN", key, &[key]).await.as_u64(), Some(4), "each message stored once");
+    a.engine.watch(queue).wait().await.expect("watch");
+    let bodies: Vec<String> = a
+        .engine
+        .fetch(queue, 10)
+        .await
+        .expect("fetch")
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.message.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["first", "0", "1", "2"], "in order, once each");
+}
+
 // === presence ===
 
 /// The presence events (`x-presence`, session) a node was handed, in order.
