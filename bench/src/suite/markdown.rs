@@ -679,7 +679,9 @@ fn sharded_section(r: &Results, s: &Sharded) -> String {
          (heartbeats and slot probes subtracted). **How to read it:** this machine has {cpus} cores, \
          shared by the nodes, every redis-server and the load generator, so more primaries cannot add \
          cores here: read the rows for the cost of the sharded path and for throughput that holds as \
-         primaries are added (the ratio to the first row, in parentheses), not for scale-out. \
+         primaries are added (the ratio to the first row, in parentheses), not for scale-out. The \
+         share column is each primary's part of the Redis commands of the many-topics run (heartbeats \
+         included): the topics' slots spread the work over the primaries. \
          \"Bus messages per message\" counts the pub/sub messages Redis nodes sent each other \
          (`publish` + `publishshard` in `CLUSTER INFO`'s `cluster_stats_messages_*_sent`, summed over \
          the nodes) per message published: a classic PUBLISH on a Cluster goes to every other Redis \
@@ -700,9 +702,10 @@ fn sharded_section(r: &Results, s: &Sharded) -> String {
         out,
         "| Redis | fan-out deliveries/s | fan-out deliveries per CPU-s | many topics deliveries/s | many \
          topics p99 (ms) | queue deliveries/s (acked) | queue p99 (ms) | Redis commands per message: \
-         fan-out / topics / queue | bus messages per message: fan-out / topics / queue |"
+         fan-out / topics / queue | many topics: share of Redis commands per primary | bus messages per \
+         message: fan-out / topics / queue |"
     );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let first = s.counts.iter().find(|c| c.failure.is_none()).map(|c| &c.runs);
     if let Some(cluster) = r.target(Kind::Cluster) {
         out.push_str(&sharded_row("standalone (the cluster target)", &cluster.runs, None, false));
@@ -713,7 +716,7 @@ fn sharded_section(r: &Results, s: &Sharded) -> String {
         match &count.failure {
             Some(why) => {
                 let _ =
-                    writeln!(out, "| {label} | did not start: {} |{}", why.replace('|', "/"), " |".repeat(7));
+                    writeln!(out, "| {label} | did not start: {} |{}", why.replace('|', "/"), " |".repeat(8));
             }
             None => out.push_str(&sharded_row(&label, &count.runs, first, true)),
         }
@@ -762,8 +765,15 @@ fn sharded_row(
             .collect();
         cells.join(" / ")
     };
+    let shares = |run: &str| {
+        let counts = &runs.get(run)?.redis.as_ref()?.per_server;
+        let total: u64 = counts.iter().sum();
+        let cells: Vec<String> =
+            counts.iter().map(|n| format!("{:.0}%", *n as f64 * 100.0 / total as f64)).collect();
+        (total > 0).then(|| cells.join(" / "))
+    };
     format!(
-        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         throughput("fanout"),
         opt(report("fanout").and_then(Report::deliveries_per_broker_cpu_s), int),
         throughput("topics"),
@@ -771,6 +781,7 @@ fn sharded_row(
         throughput("queue"),
         p99("queue"),
         each(|d| d.per_message),
+        if bus { shares("topics").unwrap_or_else(|| "—".into()) } else { "n/a".into() },
         if bus { each(|d| d.bus_pubsub_per_message) } else { "n/a".into() },
     )
 }
@@ -1230,6 +1241,7 @@ mod tests {
             redis: Some(RedisDelta {
                 per_message: Some(1.25),
                 bus_pubsub_per_message: bus,
+                per_server: vec![300, 100],
                 ..RedisDelta::default()
             }),
             failure: None,
@@ -1266,18 +1278,21 @@ mod tests {
         assert!(page.contains("this machine has 2 cores"), "{page}");
         assert!(
             page.contains(
-                "| standalone (the cluster target) | 3,000 | 1,500 | 3,000 | 4.0 | 3,000 | 4.0 | 1.25 / 1.25 / 1.25 | n/a |"
+                "| standalone (the cluster target) | 3,000 | 1,500 | 3,000 | 4.0 | 3,000 | 4.0 | 1.25 / 1.25 / 1.25 | n/a | n/a |"
             ),
             "{page}"
         );
         assert!(
             page.contains(
-                "| Cluster, 1 primary | 1,000 (1.00×) | 500 | 1,000 (1.00×) | 4.0 | 1,000 (1.00×) | 4.0 | 1.25 / 1.25 / 1.25 | 0.00 / 0.00 / 0.00 |"
+                "| Cluster, 1 primary | 1,000 (1.00×) | 500 | 1,000 (1.00×) | 4.0 | 1,000 (1.00×) | 4.0 | 1.25 / 1.25 / 1.25 | 75% / 25% | 0.00 / 0.00 / 0.00 |"
             ),
             "{page}"
         );
         assert!(page.contains("| Cluster, 2 primaries | 2,000 (2.00×) | 1,000 | 2,000 (2.00×) |"), "{page}");
-        assert!(page.contains("| Cluster, 3 primaries | did not start: it broke | | | | | | | |"), "{page}");
+        assert!(
+            page.contains("| Cluster, 3 primaries | did not start: it broke | | | | | | | | |"),
+            "{page}"
+        );
         assert!(page.contains("\nRedis 7.0.15.\n"), "{page}");
     }
 

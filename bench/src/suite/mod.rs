@@ -212,6 +212,10 @@ pub struct RedisDelta {
     /// pub/sub traffic between Redis nodes per message.
     #[serde(default)]
     pub bus_pubsub_per_message: Option<f64>,
+    /// Calls per Redis server during the run (heartbeats included), in the order of the
+    /// target's servers: how a Redis Cluster's primaries shared the work.
+    #[serde(default)]
+    pub per_server: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -741,7 +745,8 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         if inv.rate > 0.0 { format!(" --rate {:.0}", inv.rate) } else { String::new() }
     );
     let servers = running.redis_servers();
-    let redis_before = if servers.is_empty() { None } else { Some(targets::command_stats(&servers).await) };
+    let redis_before =
+        if servers.is_empty() { None } else { Some(targets::command_stats_each(&servers).await) };
     let bus_before =
         if running.redis_cluster.is_some() { Some(targets::bus_stats(&servers).await) } else { None };
     // Room in the conntrack table for every connection the run opens, before it starts.
@@ -781,7 +786,12 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         result.failure = Some(format!("stampede-bench exited with {}", output.status));
     }
     if let Some(before) = redis_before {
-        let commands = delta(&before, &targets::command_stats(&servers).await);
+        let after = targets::command_stats_each(&servers).await;
+        let each: Vec<BTreeMap<String, u64>> = before.iter().zip(&after).map(|(b, a)| delta(b, a)).collect();
+        let mut commands = BTreeMap::new();
+        for (name, calls) in each.iter().flatten() {
+            *commands.entry(name.clone()).or_insert(0) += calls;
+        }
         let bus = match bus_before {
             Some(before) => delta(&before, &targets::bus_stats(&servers).await),
             None => BTreeMap::new(),
@@ -805,6 +815,7 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
             background: bg,
             seconds,
             bus,
+            per_server: each.iter().map(|m| m.values().sum()).collect(),
         });
     }
     // Let the broker close what the generator left behind before the next run.

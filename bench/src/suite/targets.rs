@@ -538,8 +538,21 @@ async fn redis_version(redis: &Redis) -> String {
 /// `servers`.
 pub async fn command_stats(servers: &[&Redis]) -> BTreeMap<String, u64> {
     let mut stats = BTreeMap::new();
+    for each in command_stats_each(servers).await {
+        for (name, calls) in each {
+            *stats.entry(name).or_insert(0) += calls;
+        }
+    }
+    stats
+}
+
+/// `INFO commandstats` of each of `servers`, in their order, as command → calls (the `info`
+/// command itself left out).
+pub async fn command_stats_each(servers: &[&Redis]) -> Vec<BTreeMap<String, u64>> {
+    let mut all = Vec::with_capacity(servers.len());
     for redis in servers {
         let text = redis.cli(&["INFO", "commandstats"]).await;
+        let mut stats = BTreeMap::new();
         for line in text.lines() {
             let Some((name, rest)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
             else {
@@ -551,11 +564,12 @@ pub async fn command_stats(servers: &[&Redis]) -> BTreeMap<String, u64> {
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0);
             if name != "info" {
-                *stats.entry(name.to_owned()).or_insert(0) += calls;
+                stats.insert(name.to_owned(), calls);
             }
         }
+        all.push(stats);
     }
-    stats
+    all
 }
 
 /// The cluster-bus messages sent, by type (`ping`, `pong`, `publish`, `publishshard`, ...), from
