@@ -4,8 +4,8 @@
 # scenarios, on loopback, and the nodes on a sharded Redis Cluster per number of primaries; writes
 # docs/benchmarks.md.
 #
-#   bench/run.sh                 full run (about 17 minutes)
-#   bench/run.sh --short         smoke run (about 2 minutes)
+#   bench/run.sh                 full run (about 20 minutes)
+#   bench/run.sh --short         smoke run (about 3 minutes)
 #   bench/run.sh --targets apps --out target/bench/apps.md
 #                                the applications phase alone: hooks and an HTTP backend (1 minute)
 #   bench/run.sh --targets cluster-sharded --out target/bench/sharded.md

@@ -1049,8 +1049,8 @@ subjects, a PING's PONG stands for a receipt); its queue row is n/a, since core 
 queues and no acknowledgements.
 
 ```
-bench/run.sh              # the full run, about 17 minutes; writes docs/benchmarks.md
-bench/run.sh --short      # a smoke run, about 2 minutes
+bench/run.sh              # the full run, about 20 minutes; writes docs/benchmarks.md
+bench/run.sh --short      # a smoke run, about 3 minutes
 bench/run.sh --targets memory,rabbitmq --duration 20s
 ```
 
