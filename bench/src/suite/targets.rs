@@ -281,11 +281,8 @@ pub async fn start_with(
             let cluster = if kind == Kind::Memory {
                 Cluster::memory(extra_args).await
             } else {
-                // TODO(#18, point 8): sharded Cluster throughput per shard count. Once the engine
-                // speaks SPUBLISH/SSUBSCRIBE to a Redis Cluster (the lead's branch), add a
-                // `cluster-sharded` kind that starts the test kit's Redis Cluster with 1, 2 and 3
-                // masters in turn, points the nodes at it, and runs the fan-out and many-topics
-                // scenarios per shard count; `markdown.rs` then gets a row per count.
+                // One standalone redis-server (classic pub/sub); the same nodes on a Redis
+                // Cluster per number of primaries are the sharded phase's (`start_sharded`).
                 let redis = Redis::start().await;
                 // The harness's Redis fsyncs every write (for its crash tests); a benchmark wants
                 // Redis as deployed for pub/sub: no append-only file.
