@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The reproducible benchmark: Stampede (1 node, and N nodes on Redis), the peers (RabbitMQ Web-STOMP,
 # ActiveMQ over STOMP, NATS over WebSocket) and a raw WebSocket broadcast baseline, under the same
-# scenarios, on loopback; writes docs/benchmarks.md.
+# scenarios, on loopback, and the nodes on a sharded Redis Cluster per number of primaries; writes
+# docs/benchmarks.md.
 #
-#   bench/run.sh                 full run (about 17 minutes)
-#   bench/run.sh --short         smoke run (about 2 minutes)
+#   bench/run.sh                 full run (about 20 minutes)
+#   bench/run.sh --short         smoke run (about 3 minutes)
 #   bench/run.sh --targets apps --out target/bench/apps.md
 #                                the applications phase alone: hooks and an HTTP backend (1 minute)
+#   bench/run.sh --targets cluster-sharded --out target/bench/sharded.md
+#                                the nodes on a Redis Cluster of 1, 2 and 3 primaries alone (3 minutes)
 #   bench/run.sh --help          every option of bench-suite
 #
 # Installs nothing: it checks the prerequisites and says how to get what is missing.

@@ -8,6 +8,7 @@ use stampede::apps::settings::HttpRoute;
 use stampede_bench::Report;
 use stampede_testkit::local::TestNode;
 use stampede_testkit::process::free_port;
+use stampede_testkit::{Redis, RedisCluster};
 
 /// Runs the `stampede-bench` binary with `args` and returns its JSON report.
 async fn bench(args: &[&str]) -> Report {
@@ -181,4 +182,54 @@ async fn the_application_scenarios_serve_the_nodes_hooks_and_backend() {
         (2, 2),
         "each client's CONNECT and SUBSCRIBE asked the hooks"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_topics_on_a_sharded_cluster_use_every_primary_and_no_bus_pubsub() {
+    // One and two primaries, formed by hand (`redis-cli --cluster create` wants three), as the
+    // suite's cluster-sharded target forms them.
+    for primaries in [1, 2] {
+        let cluster = RedisCluster::start_unreplicated(primaries).await;
+        let servers: Vec<&Redis> = cluster.nodes().iter().collect();
+        let url = cluster.url();
+        let node = TestNode::start(|c| c.redis_url = Some(url.clone())).await;
+        let bus_before = stampede_bench::suite::targets::bus_stats(&servers).await;
+        let report = bench(&[
+            "topics",
+            "--url",
+            &node.ws_url(),
+            "--connections",
+            "40",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--size",
+            "64",
+        ])
+        .await;
+        assert_eq!(report.errors, 0, "{primaries} primaries: {report:#?}");
+        assert!(report.received > 0, "no deliveries through {primaries} primaries: {report:#?}");
+        // 40 topics, each in its own slot: every primary took some of the node's shard
+        // subscriptions and of its publishes.
+        for server in &servers {
+            let calls = stampede_bench::suite::targets::command_stats(&[server]).await;
+            for command in ["ssubscribe", "spublish"] {
+                assert!(
+                    calls.get(command).is_some_and(|n| *n > 0),
+                    "no {command} on the primary on port {}: {calls:?}",
+                    server.port()
+                );
+            }
+        }
+        // SPUBLISH goes to its own shard's replicas only (none here): no pub/sub on the bus.
+        let bus_after = stampede_bench::suite::targets::bus_stats(&servers).await;
+        for kind in ["publish", "publishshard"] {
+            let sent = bus_after.get(kind).unwrap_or(&0) - bus_before.get(kind).unwrap_or(&0);
+            assert_eq!(sent, 0, "{kind} messages on the cluster bus: {bus_before:?} -> {bus_after:?}");
+        }
+        if primaries > 1 {
+            assert!(bus_after.get("ping").is_some_and(|n| *n > 0), "bus counters read: {bus_after:?}");
+        }
+    }
 }

@@ -11,7 +11,8 @@
 //!
 //! # Layout
 //! - [`RedisCluster`]: `cluster-enabled yes`, `cluster-node-timeout 2000`, the append-only file
-//!   as [`Redis::start`] has it; [`RedisCluster::master_for_key`] (by `CLUSTER KEYSLOT` and
+//!   as [`Redis::start`] has it ([`RedisCluster::start_unreplicated`]: no persistence, no
+//!   replicas, any number of masters, for the benchmark); [`RedisCluster::master_for_key`] (by `CLUSTER KEYSLOT` and
 //!   `CLUSTER SLOTS`), [`RedisCluster::kill`], [`RedisCluster::wait_failover`],
 //!   [`RedisCluster::restart`], [`RedisCluster::cli`].
 //! - [`RedisSentinel`]: service [`SERVICE`], quorum 2, `down-after-milliseconds 1000`;
@@ -91,17 +92,8 @@ impl RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create wants at least 3 masters, not {masters}");
         crate::system::require("redis-cli", "redis-tools");
         let total = masters * (1 + replicas_per_master);
-        let timeout = CLUSTER_NODE_TIMEOUT.as_millis().to_string();
         let nodes: Vec<Redis> = (0..total)
-            .map(|i| {
-                let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-                    .into_iter()
-                    .chain(["--cluster-node-timeout", &timeout])
-                    .chain(NO_SYNC_DELAY)
-                    .map(str::to_owned)
-                    .collect();
-                Redis::member(&format!("redis-cluster-{i}"), free_port_with_bus(), true, args)
-            })
+            .map(|i| Redis::member(&format!("redis-cluster-{i}"), free_port_with_bus(), true, member_args()))
             .collect();
         // Owned before anything can fail, so every process is killed and its log printed.
         let cluster = RedisCluster { nodes };
@@ -120,6 +112,37 @@ impl RedisCluster {
             format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         cluster.nodes[0].log().note(&format!("redis-cli {}:\n{said}", create.join(" ")));
         assert!(output.status.success(), "redis-cli --cluster create failed ({}):\n{said}", output.status);
+        cluster.wait_whole("the new Redis Cluster").await;
+        cluster
+    }
+
+    /// `masters` servers without persistence (`appendonly no`) and without replicas, each
+    /// owning an even share of the 16384 slots (`CLUSTER ADDSLOTSRANGE`, Redis 7.0), joined by
+    /// `CLUSTER MEET`: the shape of a throughput benchmark per shard count. `redis-cli
+    /// --cluster create` wants 3 masters at least; this takes 1 and 2 as well. Waits until the
+    /// cluster is whole, as [`RedisCluster::start`]; panics, saying what it last saw, otherwise.
+    pub async fn start_unreplicated(masters: usize) -> RedisCluster {
+        assert!(masters >= 1, "a Redis Cluster has at least one master");
+        // A node that has met no other does not know its own address, and names it "" in
+        // CLUSTER SLOTS: announced, so a lone primary is reachable too.
+        let args: Vec<String> =
+            member_args().into_iter().chain(["--cluster-announce-ip".into(), "127.0.0.1".into()]).collect();
+        let nodes: Vec<Redis> = (0..masters)
+            .map(|i| Redis::member(&format!("redis-shard-{i}"), free_port_with_bus(), false, args.clone()))
+            .collect();
+        let cluster = RedisCluster { nodes };
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            node.launch().await;
+            let (first, last) = (i * SLOTS / masters, (i + 1) * SLOTS / masters - 1);
+            // Distinct config epochs before the nodes meet, as redis-cli sets them.
+            let epoch = (i + 1).to_string();
+            expect_ok(node, &["CLUSTER", "SET-CONFIG-EPOCH", &epoch]).await;
+            expect_ok(node, &["CLUSTER", "ADDSLOTSRANGE", &first.to_string(), &last.to_string()]).await;
+        }
+        let first = cluster.nodes[0].port().to_string();
+        for node in &cluster.nodes[1..] {
+            expect_ok(node, &["CLUSTER", "MEET", "127.0.0.1", &first]).await;
+        }
         cluster.wait_whole("the new Redis Cluster").await;
         cluster
     }
@@ -397,6 +420,28 @@ impl RedisSentinel {
     /// former master a replica of the new one.
     pub async fn restart(&self, port: u16) {
         self.server(port).restart().await;
+    }
+}
+
+/// The slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// The arguments of every Redis Cluster member: cluster mode, the short node timeout.
+fn member_args() -> Vec<String> {
+    let timeout = CLUSTER_NODE_TIMEOUT.as_millis().to_string();
+    ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([timeout])
+        .chain(NO_SYNC_DELAY.map(str::to_owned))
+        .collect()
+}
+
+/// Sends `args` to `node` and panics unless it answers `+OK`.
+async fn expect_ok(node: &Redis, args: &[&str]) {
+    match node.call(args).await {
+        Resp::Simple(ok) if ok == "OK" => {}
+        other => panic!("{}: {args:?} answered {other:?}", node.log().name()),
     }
 }
 

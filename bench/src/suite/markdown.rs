@@ -1,14 +1,16 @@
 //! `docs/benchmarks.md`: the machine, the command line, the goals (met or missed), the ratio
-//! table (Stampede against each peer: RabbitMQ, ActiveMQ, NATS), the raw numbers and the
-//! applications phase. A scenario with no meaning for a target (queues with acks on core NATS)
+//! table (Stampede against each peer: RabbitMQ, ActiveMQ, NATS), the raw numbers, the sharded
+//! Redis Cluster per number of primaries and the applications phase. A scenario with no meaning for a target (queues with acks on core NATS)
 //! shows `n/a` with the reason ([`not_applicable`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::apps::{Applications, Handshake};
 use super::rounds::{self, HeadToHead, Pass};
+use super::sharded::{Sharded, SCENARIOS};
 use super::targets::Kind;
-use super::{Plan, Results, TargetResult};
+use super::{Plan, RedisDelta, Results, RunResult, TargetResult};
 use crate::report::Report;
 
 /// Whether a goal was reached.
@@ -640,6 +642,10 @@ pub fn render(r: &Results) -> String {
         out.push('\n');
     }
 
+    if let Some(sharded) = &r.sharded {
+        out.push_str(&sharded_section(r, sharded));
+    }
+
     if let Some(apps) = &r.applications {
         out.push_str(&applications(apps, r.plan.size));
     }
@@ -650,6 +656,134 @@ pub fn render(r: &Results) -> String {
         out.push_str(&r.appendix);
     }
     out
+}
+
+/// The sharded phase: a row per number of Redis Cluster primaries, beside the cluster target's
+/// standalone Redis when it ran.
+fn sharded_section(r: &Results, s: &Sharded) -> String {
+    let mut out = String::new();
+    let p = &r.plan;
+    let _ = writeln!(out, "## Redis Cluster: sharded pub/sub per number of primaries\n");
+    let counts: Vec<String> = s.counts.iter().map(|c| c.primaries.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "Stampede's {nodes} nodes on a Redis Cluster (`redis-cluster://`: SPUBLISH and SSUBSCRIBE, each \
+         destination's channel in its destination's slot) of {counts} primaries in turn, each a fresh \
+         cluster, **without replicas** and without persistence (`appendonly no`): a throughput figure, \
+         not a deployment (one would add a replica per primary; each replica receives every SPUBLISH of \
+         its shard, [cluster.md](cluster.md)). Same parameters as above. Fan-out is one topic, so one \
+         slot on one primary whatever the count: its rows show what the sharded path costs and that \
+         adding primaries does not slow it. Many topics spreads its {topics} topics over the slots, so \
+         every primary carries a share of them; the queue is one stream in one slot. Broker CPU and \
+         memory count every redis-server with the nodes; Redis commands are summed over the primaries \
+         (heartbeats and slot probes subtracted). **How to read it:** this machine has {cpus} cores, \
+         shared by the nodes, every redis-server and the load generator, so more primaries cannot add \
+         cores here: read the rows for the cost of the sharded path and for throughput that holds as \
+         primaries are added (the ratio to the first row, in parentheses), not for scale-out. The \
+         share column is each primary's part of the Redis commands of the many-topics run (heartbeats \
+         included): the topics' slots spread the work over the primaries. \
+         \"Bus messages per message\" counts the pub/sub messages Redis nodes sent each other \
+         (`publish` + `publishshard` in `CLUSTER INFO`'s `cluster_stats_messages_*_sent`, summed over \
+         the nodes) per message published: a classic PUBLISH on a Cluster goes to every other Redis \
+         node (primaries − 1 here, more with replicas), a SPUBLISH only to its own shard's replicas \
+         (none here), so this stays 0 however many primaries there are.{standalone}\n",
+        nodes = s.nodes,
+        counts = counts.join(", "),
+        topics = group(p.topics as f64),
+        cpus = r.machine.cpus,
+        standalone = if r.target(Kind::Cluster).is_some() {
+            " The first row is the cluster target above (the same nodes on one standalone redis-server, \
+             classic pub/sub), run earlier in the suite."
+        } else {
+            ""
+        },
+    );
+    let _ = writeln!(
+        out,
+        "| Redis | fan-out deliveries/s | fan-out deliveries per CPU-s | many topics deliveries/s | many \
+         topics p99 (ms) | queue deliveries/s (acked) | queue p99 (ms) | Redis commands per message: \
+         fan-out / topics / queue | many topics: share of Redis commands per primary | bus messages per \
+         message: fan-out / topics / queue |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let first = s.counts.iter().find(|c| c.failure.is_none()).map(|c| &c.runs);
+    if let Some(cluster) = r.target(Kind::Cluster) {
+        out.push_str(&sharded_row("standalone (the cluster target)", &cluster.runs, None, false));
+    }
+    for count in &s.counts {
+        let s = if count.primaries == 1 { "y" } else { "ies" };
+        let label = format!("Cluster, {} primar{s}", count.primaries);
+        match &count.failure {
+            Some(why) => {
+                let _ =
+                    writeln!(out, "| {label} | did not start: {} |{}", why.replace('|', "/"), " |".repeat(8));
+            }
+            None => out.push_str(&sharded_row(&label, &count.runs, first, true)),
+        }
+    }
+    let versions: Vec<&str> = s.counts.iter().map(|c| c.version.as_str()).filter(|v| !v.is_empty()).collect();
+    if let Some(version) = versions.first() {
+        let _ = writeln!(out, "\n{version}.");
+    }
+    for count in &s.counts {
+        for (run, result) in &count.runs {
+            if let Some(rep) = result.report.as_ref().filter(|rep| rep.errors > 0) {
+                let _ =
+                    writeln!(out, "\n> {} primaries, {run}: errors {}", count.primaries, errors_cell(rep));
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// One row of the sharded table; throughput also as a ratio to `reference`'s, when given.
+fn sharded_row(
+    label: &str,
+    runs: &BTreeMap<String, RunResult>,
+    reference: Option<&BTreeMap<String, RunResult>>,
+    bus: bool,
+) -> String {
+    let rate = |runs: &BTreeMap<String, RunResult>, run: &str| {
+        runs.get(run)?.report.as_ref().map(|rep| rep.deliveries_per_s).filter(|v| *v > 0.0)
+    };
+    let throughput = |run: &str| match (rate(runs, run), runs.get(run).and_then(|x| x.failure.as_ref())) {
+        (Some(v), _) => match reference.and_then(|base| rate(base, run)) {
+            Some(base) => format!("{} ({:.2}×)", int(v), v / base),
+            None => int(v),
+        },
+        (None, Some(why)) => format!("failed: {}", why.replace('|', "/")),
+        (None, None) => "—".into(),
+    };
+    let report = |run: &str| runs.get(run)?.report.as_ref();
+    let p99 =
+        |run: &str| opt(report(run).and_then(|rep| rep.latency.as_ref()), |l| format!("{:.1}", l.p99_ms));
+    let each = |f: fn(&RedisDelta) -> Option<f64>| {
+        let cells: Vec<String> = SCENARIOS
+            .iter()
+            .map(|run| opt(runs.get(*run).and_then(|x| x.redis.as_ref()).and_then(f), |v| format!("{v:.2}")))
+            .collect();
+        cells.join(" / ")
+    };
+    let shares = |run: &str| {
+        let counts = &runs.get(run)?.redis.as_ref()?.per_server;
+        let total: u64 = counts.iter().sum();
+        let cells: Vec<String> =
+            counts.iter().map(|n| format!("{:.0}%", *n as f64 * 100.0 / total as f64)).collect();
+        (total > 0).then(|| cells.join(" / "))
+    };
+    format!(
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        throughput("fanout"),
+        opt(report("fanout").and_then(Report::deliveries_per_broker_cpu_s), int),
+        throughput("topics"),
+        p99("topics"),
+        throughput("queue"),
+        p99("queue"),
+        each(|d| d.per_message),
+        if bus { shares("topics").unwrap_or_else(|| "—".into()) } else { "n/a".into() },
+        if bus { each(|d| d.bus_pubsub_per_message) } else { "n/a".into() },
+    )
 }
 
 /// The applications phase: the hooks' latency round by round, and the HTTP backend's run.
@@ -915,8 +1049,8 @@ subjects, a PING's PONG stands for a receipt); its queue row is n/a, since core 
 queues and no acknowledgements.
 
 ```
-bench/run.sh              # the full run, about 17 minutes; writes docs/benchmarks.md
-bench/run.sh --short      # a smoke run, about 2 minutes
+bench/run.sh              # the full run, about 20 minutes; writes docs/benchmarks.md
+bench/run.sh --short      # a smoke run, about 3 minutes
 bench/run.sh --targets memory,rabbitmq --duration 20s
 ```
 
@@ -955,6 +1089,19 @@ as many idle connections as the limit allows and reports the count it reached. T
 its connections in four steps and samples the broker's RSS after each: the KiB each step added per
 connection (in the goal row) show whether the cost stays flat as connections are added, which is
 what carrying the measurement to 100,000 connections rests on.
+
+### Sharded Redis Cluster
+
+The sharded phase (`cluster-sharded` in `--targets`, on by default) needs what the cluster target
+needs (`redis-server` and `redis-cli`, Redis 7.0 or later for sharded pub/sub). For each count of
+`--shards` (default `1,2,3`) it starts its own Redis Cluster on loopback, that many primaries and
+no replicas (slots shared out with `CLUSTER ADDSLOTSRANGE`, nodes joined with `CLUSTER MEET`,
+since `redis-cli --cluster create` wants three primaries at least), points the nodes at it with a
+`redis-cluster://` URL, runs fan-out, many topics and the queue, and stops it all. Alone:
+
+```
+bench/run.sh --targets cluster-sharded --out target/bench/sharded.md --results target/bench/sharded.json
+```
 
 ### Hooks and HTTP backends
 
@@ -1005,6 +1152,7 @@ mod tests {
             scaling: Vec::new(),
             head_to_head: Some(HeadToHead { rounds: 3, subscribers: 100, runs, ..HeadToHead::default() }),
             applications: None,
+            sharded: None,
             elapsed_s: 0.0,
             appendix: String::new(),
         }
@@ -1075,6 +1223,77 @@ mod tests {
             ),
             "{page}"
         );
+    }
+
+    #[test]
+    fn the_sharded_section_has_a_row_per_count_of_primaries() {
+        use crate::stats::Latency;
+        use crate::suite::sharded::ShardCount;
+        use crate::suite::{RedisDelta, RunResult, TargetResult};
+        let run = |deliveries_per_s: f64, bus: Option<f64>| RunResult {
+            report: Some(Report {
+                deliveries_per_s,
+                received: deliveries_per_s as u64,
+                broker_cpu_s: Some(2.0),
+                latency: Some(Latency { p99_ms: 4.0, ..Latency::default() }),
+                ..Report::default()
+            }),
+            redis: Some(RedisDelta {
+                per_message: Some(1.25),
+                bus_pubsub_per_message: bus,
+                per_server: vec![300, 100],
+                ..RedisDelta::default()
+            }),
+            failure: None,
+        };
+        let runs = |scale: f64, bus: Option<f64>| {
+            SCENARIOS.iter().map(|s| (s.to_string(), run(1000.0 * scale, bus))).collect::<BTreeMap<_, _>>()
+        };
+        let mut r = results(Vec::new());
+        r.machine.cpus = 2;
+        r.targets.push(TargetResult {
+            kind: Kind::Cluster,
+            title: Kind::Cluster.title(3),
+            version: String::new(),
+            urls: Vec::new(),
+            runs: runs(3.0, None),
+            skipped: None,
+        });
+        r.sharded = Some(Sharded {
+            nodes: 3,
+            counts: vec![
+                ShardCount {
+                    primaries: 1,
+                    runs: runs(1.0, Some(0.0)),
+                    version: "Redis 7.0.15".into(),
+                    ..ShardCount::default()
+                },
+                ShardCount { primaries: 2, runs: runs(2.0, Some(0.0)), ..ShardCount::default() },
+                ShardCount { primaries: 3, failure: Some("it broke".into()), ..ShardCount::default() },
+            ],
+        });
+        let page = render(&r);
+        assert!(page.contains("## Redis Cluster: sharded pub/sub per number of primaries"), "{page}");
+        assert!(page.contains("of 1, 2, 3 primaries in turn"), "{page}");
+        assert!(page.contains("this machine has 2 cores"), "{page}");
+        assert!(
+            page.contains(
+                "| standalone (the cluster target) | 3,000 | 1,500 | 3,000 | 4.0 | 3,000 | 4.0 | 1.25 / 1.25 / 1.25 | n/a | n/a |"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "| Cluster, 1 primary | 1,000 (1.00×) | 500 | 1,000 (1.00×) | 4.0 | 1,000 (1.00×) | 4.0 | 1.25 / 1.25 / 1.25 | 75% / 25% | 0.00 / 0.00 / 0.00 |"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("| Cluster, 2 primaries | 2,000 (2.00×) | 1,000 | 2,000 (2.00×) |"), "{page}");
+        assert!(
+            page.contains("| Cluster, 3 primaries | did not start: it broke | | | | | | | | |"),
+            "{page}"
+        );
+        assert!(page.contains("\nRedis 7.0.15.\n"), "{page}");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //!
 //! Layout: `mod.rs` (arguments, the plan, the run), `targets.rs` (starting and stopping each
 //! target), `rounds.rs` (the head-to-head phase), `apps.rs` (the applications phase: hooks and
-//! HTTP backends), `markdown.rs` (the report and the goal checks).
+//! HTTP backends), `sharded.rs` (the sharded phase: the nodes on a Redis Cluster, per number of
+//! primaries), `markdown.rs` (the report and the goal checks).
 
 pub mod apps;
 pub mod markdown;
 pub mod rounds;
+pub mod sharded;
 pub mod targets;
 
 use std::collections::BTreeMap;
@@ -32,15 +34,20 @@ pub struct SuiteArgs {
     /// A smoke run: 2 s per scenario, few connections.
     #[arg(long)]
     pub short: bool,
-    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, activemq, nats, and
-    /// apps (the applications phase: Stampede's connect and subscribe hooks and HTTP backend, on
-    /// one node).
+    /// Targets to run, comma-separated: baseline, memory, cluster, rabbitmq, activemq, nats,
+    /// cluster-sharded (the nodes on a Redis Cluster of each --shards count of primaries:
+    /// sharded pub/sub), and apps (the applications phase: Stampede's connect and subscribe
+    /// hooks and HTTP backend, on one node).
     #[arg(
         long,
-        default_value = "baseline,memory,cluster,rabbitmq,activemq,nats,apps",
+        default_value = "baseline,memory,cluster,rabbitmq,activemq,nats,cluster-sharded,apps",
         value_delimiter = ','
     )]
     pub targets: Vec<String>,
+    /// Primaries of the Redis Cluster of the cluster-sharded target, one cluster per count, in
+    /// turn (no replicas, no persistence).
+    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
+    pub shards: Vec<usize>,
     /// Measured window per scenario (default 10 s, short 2 s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -131,6 +138,9 @@ pub struct Plan {
     pub app_clients: usize,
     #[serde(default)]
     pub app_window: u64,
+    /// Primaries of each Redis Cluster of the sharded phase.
+    #[serde(default)]
+    pub shards: Vec<usize>,
 }
 
 impl Plan {
@@ -175,6 +185,7 @@ impl Plan {
             app_concurrency: 8,
             app_clients: 16,
             app_window: 4,
+            shards: args.shards.iter().copied().filter(|n| *n > 0).collect(),
         };
         (plan, note)
     }
@@ -191,8 +202,20 @@ pub struct RedisDelta {
     pub seconds: f64,
     /// (total − background) / messages published.
     pub per_message: Option<f64>,
-    /// PUBLISH calls / messages published.
+    /// PUBLISH and SPUBLISH calls / messages published.
     pub publish_per_message: Option<f64>,
+    /// On a Redis Cluster: cluster-bus messages sent during the run, by type (`ping`, `pong`,
+    /// `publish`, `publishshard`, ...), summed over the Redis nodes.
+    #[serde(default)]
+    pub bus: BTreeMap<String, u64>,
+    /// On a Redis Cluster: (`publish` + `publishshard` bus messages) / messages published, the
+    /// pub/sub traffic between Redis nodes per message.
+    #[serde(default)]
+    pub bus_pubsub_per_message: Option<f64>,
+    /// Calls per Redis server during the run (heartbeats included), in the order of the
+    /// target's servers: how a Redis Cluster's primaries shared the work.
+    #[serde(default)]
+    pub per_server: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -264,6 +287,9 @@ pub struct Results {
     /// The hooks' latency and the HTTP backend's throughput.
     #[serde(default)]
     pub applications: Option<apps::Applications>,
+    /// The nodes on a Redis Cluster, per number of primaries.
+    #[serde(default)]
+    pub sharded: Option<sharded::Sharded>,
     pub elapsed_s: f64,
     /// Appended to the report as it is.
     #[serde(default)]
@@ -372,10 +398,18 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
     };
     let mut kinds = Vec::new();
     let mut applications = false;
+    let mut sharded = false;
     for name in &args.targets {
-        if name.trim() == "apps" {
-            applications = true;
-            continue;
+        match name.trim() {
+            "apps" => {
+                applications = true;
+                continue;
+            }
+            "cluster-sharded" | "sharded" => {
+                sharded = true;
+                continue;
+            }
+            _ => {}
         }
         let kind = Kind::parse(name.trim()).ok_or_else(|| format!("unknown target {name:?}"))?;
         if !kinds.contains(&kind) {
@@ -409,6 +443,17 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
             applications = false;
         }
     }
+    if sharded {
+        let missing = targets::missing(Kind::Cluster, &bins);
+        if !missing.is_empty() {
+            let text = missing.join("; ");
+            if !args.skip_missing {
+                return Err(format!("cluster-sharded cannot run: {text}\n(or pass --skip-missing)"));
+            }
+            eprintln!("bench-suite: skipping cluster-sharded: {text}");
+            sharded = false;
+        }
+    }
     let (plan, idle_note) = Plan::new(&args, stats::nofile_limit());
     let mut results = Results {
         machine: machine(),
@@ -423,6 +468,7 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         scaling: Vec::new(),
         head_to_head: None,
         applications: None,
+        sharded: None,
         elapsed_s: 0.0,
         appendix: match &args.notes {
             Some(path) => {
@@ -460,6 +506,9 @@ pub async fn run(args: SuiteArgs) -> Result<Results, String> {
         results.targets.push(target);
         // Let the machine calm down between targets (sockets in TIME_WAIT, freed memory).
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if sharded {
+        results.sharded = Some(sharded::run(&bins, &plan).await);
     }
     let contenders: Vec<Kind> =
         rounds::KINDS.into_iter().filter(|k| kinds.contains(k) && !skipped.contains_key(k)).collect();
@@ -508,114 +557,28 @@ async fn run_target(
     target: &mut TargetResult,
     scaling: &mut Vec<Scaling>,
 ) {
-    let background = match &running.redis {
-        Some(redis) => {
-            let seconds = if plan.duration_s < 5.0 { 1.0 } else { 3.0 };
-            let before = targets::command_stats(redis).await;
-            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-            let after = targets::command_stats(redis).await;
-            let calls: u64 = after.iter().map(|(k, v)| v.saturating_sub(*before.get(k).unwrap_or(&0))).sum();
-            calls as f64 / seconds
-        }
-        None => 0.0,
-    };
-    let d = plan.duration_s;
-    let w = plan.warmup_s;
+    let background = background_rate(plan, running).await;
     let urls = &running.urls;
     let n = |x: usize| x.to_string();
-    let mut runs: Vec<(&str, Invocation)> = vec![
-        (
-            "idle",
-            Invocation {
-                scenario: "idle",
-                extra: vec![
-                    "--connections".into(),
-                    n(plan.idle),
-                    "--hold".into(),
-                    format!("{}ms", (plan.idle_hold_s * 1000.0) as u64),
-                    // A broker slow to accept thousands of connections at once is given time.
-                    "--connect-timeout".into(),
-                    "30s".into(),
-                ],
-                urls,
-                rate: 0.0,
-                duration_s: d,
-                warmup_s: w,
-            },
-        ),
-        (
-            "fanout",
-            Invocation {
-                scenario: "fanout",
-                extra: vec!["--subscribers".into(), n(plan.subscribers)],
-                urls,
-                rate: 0.0,
-                duration_s: d,
-                warmup_s: w,
-            },
-        ),
-    ];
-    runs.push((
-        "topics",
-        Invocation {
-            scenario: "topics",
-            extra: vec!["--connections".into(), n(plan.topics)],
-            urls,
-            rate: 0.0,
-            duration_s: d,
-            warmup_s: w,
-        },
-    ));
+    let mut names = vec!["idle", "fanout", "topics"];
     if running.protocol == crate::conn::Protocol::Stomp {
-        runs.push((
-            "queue",
-            Invocation {
-                scenario: "queue",
-                extra: vec![
-                    "--producers".into(),
-                    n(plan.producers),
-                    "--consumers".into(),
-                    n(plan.consumers),
-                    "--prefetch".into(),
-                    plan.prefetch.to_string(),
-                ],
-                urls,
-                rate: 0.0,
-                duration_s: d,
-                warmup_s: w,
-            },
-        ));
+        names.push("queue");
     }
-    runs.push((
-        "churn",
-        Invocation {
-            scenario: "churn",
-            extra: vec!["--concurrency".into(), n(plan.churn_concurrency)],
-            urls,
-            rate: 0.0,
-            duration_s: d,
-            warmup_s: w,
-        },
-    ));
-    for (name, invocation) in runs {
+    names.push("churn");
+    for name in names {
+        let invocation = Invocation::closed_loop(plan, name, urls);
         let result = invoke(bins, running, &invocation, background).await;
         let peak = result.report.as_ref().filter(|_| name == "fanout").map(|r| r.sent_per_s);
         target.runs.insert(name.to_owned(), result);
         if let Some(peak) = peak.filter(|p| *p > 0.0) {
             // Latency at half the peak rate, open loop.
-            let half = Invocation {
-                scenario: "fanout",
-                extra: vec!["--subscribers".into(), n(plan.subscribers)],
-                urls,
-                rate: (peak / 2.0).max(1.0),
-                duration_s: d,
-                warmup_s: w,
-            };
+            let half =
+                Invocation { rate: (peak / 2.0).max(1.0), ..Invocation::closed_loop(plan, "fanout", urls) };
             let result = invoke(bins, running, &half, background).await;
             target.runs.insert("fanout-half".to_owned(), result);
         }
     }
-    if running.redis.is_some() {
+    if !running.redis_servers().is_empty() {
         let shapes =
             [(1, 1), (1, plan.subscribers), (plan.nodes, plan.nodes), (plan.nodes, plan.subscribers)];
         for (nodes, subscribers) in shapes {
@@ -640,6 +603,62 @@ async fn run_target(
             }
         }
     }
+}
+
+impl<'a> Invocation<'a> {
+    /// `scenario` (idle, fanout, topics, queue, churn) in the closed loop, with the plan's
+    /// parameters: the same for every target.
+    fn closed_loop(plan: &Plan, scenario: &'a str, urls: &'a [String]) -> Invocation<'a> {
+        let n = |x: usize| x.to_string();
+        let extra = match scenario {
+            "idle" => vec![
+                "--connections".into(),
+                n(plan.idle),
+                "--hold".into(),
+                format!("{}ms", (plan.idle_hold_s * 1000.0) as u64),
+                // A broker slow to accept thousands of connections at once is given time.
+                "--connect-timeout".into(),
+                "30s".into(),
+            ],
+            "fanout" => vec!["--subscribers".into(), n(plan.subscribers)],
+            "topics" => vec!["--connections".into(), n(plan.topics)],
+            "queue" => vec![
+                "--producers".into(),
+                n(plan.producers),
+                "--consumers".into(),
+                n(plan.consumers),
+                "--prefetch".into(),
+                plan.prefetch.to_string(),
+            ],
+            "churn" => vec!["--concurrency".into(), n(plan.churn_concurrency)],
+            _ => Vec::new(),
+        };
+        Invocation { scenario, extra, urls, rate: 0.0, duration_s: plan.duration_s, warmup_s: plan.warmup_s }
+    }
+}
+
+/// The Redis commands per second the target's nodes send while no client does anything
+/// (heartbeats, probes), subtracted from each run's count; 0 without Redis.
+async fn background_rate(plan: &Plan, running: &Running) -> f64 {
+    let servers = running.redis_servers();
+    if servers.is_empty() {
+        return 0.0;
+    }
+    let seconds = if plan.duration_s < 5.0 { 1.0 } else { 3.0 };
+    let before = targets::command_stats(&servers).await;
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let after = targets::command_stats(&servers).await;
+    let calls: u64 = after.iter().map(|(k, v)| v.saturating_sub(*before.get(k).unwrap_or(&0))).sum();
+    calls as f64 / seconds
+}
+
+/// `after − before`, per key, keeping what grew.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }
 
 /// Entries kept free in the conntrack table beyond what a run asks for: the connections of the
@@ -710,7 +729,7 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         .args(["--rate", &format!("{:.1}", inv.rate)])
         .arg("--json")
         .arg(&json)
-        .args(["--label", &running.kind.title(running.urls.len())]);
+        .args(["--label", &running.title()]);
     if let Some((login, passcode)) = &running.login {
         command.args(["--login", login, "--passcode", passcode]);
     }
@@ -725,10 +744,11 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
         inv.extra.join(" "),
         if inv.rate > 0.0 { format!(" --rate {:.0}", inv.rate) } else { String::new() }
     );
-    let redis_before = match &running.redis {
-        Some(redis) => Some(targets::command_stats(redis).await),
-        None => None,
-    };
+    let servers = running.redis_servers();
+    let redis_before =
+        if servers.is_empty() { None } else { Some(targets::command_stats_each(&servers).await) };
+    let bus_before =
+        if running.redis_cluster.is_some() { Some(targets::bus_stats(&servers).await) } else { None };
     // Room in the conntrack table for every connection the run opens, before it starts.
     let needs = match inv.scenario {
         "idle" => inv.extra.iter().skip_while(|a| *a != "--connections").nth(1).and_then(|n| n.parse().ok()),
@@ -765,24 +785,37 @@ async fn invoke(bins: &Bins, running: &Running, inv: &Invocation<'_>, background
     if !output.status.success() || result.report.is_none() {
         result.failure = Some(format!("stampede-bench exited with {}", output.status));
     }
-    if let (Some(redis), Some(before)) = (&running.redis, redis_before) {
-        let after = targets::command_stats(redis).await;
-        let commands: BTreeMap<String, u64> = after
-            .iter()
-            .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
-            .filter(|(_, v)| *v > 0)
-            .collect();
+    if let Some(before) = redis_before {
+        let after = targets::command_stats_each(&servers).await;
+        let each: Vec<BTreeMap<String, u64>> = before.iter().zip(&after).map(|(b, a)| delta(b, a)).collect();
+        let mut commands = BTreeMap::new();
+        for (name, calls) in each.iter().flatten() {
+            *commands.entry(name.clone()).or_insert(0) += calls;
+        }
+        let bus = match bus_before {
+            Some(before) => delta(&before, &targets::bus_stats(&servers).await),
+            None => BTreeMap::new(),
+        };
         let total: u64 = commands.values().sum();
         let bg = background * seconds;
         let messages = result.report.as_ref().map(|r| r.sent_total).unwrap_or(0);
         let per = |calls: f64| (messages > 0).then(|| calls / messages as f64);
+        let count = |map: &BTreeMap<String, u64>, names: &[&str]| {
+            names.iter().map(|n| *map.get(*n).unwrap_or(&0)).sum::<u64>() as f64
+        };
         result.redis = Some(RedisDelta {
-            publish_per_message: per(*commands.get("publish").unwrap_or(&0) as f64),
+            publish_per_message: per(count(&commands, &["publish", "spublish"])),
             per_message: per((total as f64 - bg).max(0.0)),
+            bus_pubsub_per_message: running
+                .redis_cluster
+                .as_ref()
+                .and_then(|_| per(count(&bus, &["publish", "publishshard"]))),
             commands,
             total,
             background: bg,
             seconds,
+            bus,
+            per_server: each.iter().map(|m| m.values().sum()).collect(),
         });
     }
     // Let the broker close what the generator left behind before the next run.

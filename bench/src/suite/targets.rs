@@ -1,7 +1,9 @@
 //! The targets, started on loopback and stopped again: the raw baseline, Stampede on its
 //! embedded engine, Stampede as N nodes on Redis (the test kit's process harness), and the peers
 //! users would pick instead, each a private instance with its own directory and loopback ports:
-//! RabbitMQ with Web-STOMP, ActiveMQ with STOMP, and nats-server with its WebSocket listener.
+//! RabbitMQ with Web-STOMP, ActiveMQ with STOMP, and nats-server with its WebSocket listener;
+//! and, for the sharded phase, the same N nodes on a Redis Cluster of a given number of
+//! primaries ([`start_sharded`]).
 //!
 //! ActiveMQ is driven over STOMP on plain TCP: Debian's build leaves out the `activemq-http`
 //! module, and with it the `ws://` transport ("Transport scheme NOT recognized: [ws]"; see
@@ -16,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stampede_testkit::process::{free_port, temp_dir, Process};
-use stampede_testkit::{Cluster, Log, Redis};
+use stampede_testkit::{Cluster, Log, Redis, RedisCluster};
 
 use crate::conn::Protocol;
 
@@ -85,6 +87,8 @@ pub struct Running {
     /// The version the target reports, when known.
     pub version: String,
     pub redis: Option<Redis>,
+    /// The Redis Cluster of the sharded phase (in place of `redis`).
+    pub redis_cluster: Option<RedisCluster>,
     cluster: Option<Cluster>,
     process: Option<Process>,
     rabbit: Option<Rabbit>,
@@ -100,10 +104,36 @@ impl Running {
         drop(self.cluster.take());
         drop(self.process.take());
         drop(self.redis.take());
+        drop(self.redis_cluster.take());
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+impl Running {
+    /// The redis-server processes the target runs on: none, the one, or every Cluster node.
+    pub fn redis_servers(&self) -> Vec<&Redis> {
+        match (&self.redis, &self.redis_cluster) {
+            (Some(redis), _) => vec![redis],
+            (None, Some(cluster)) => cluster.nodes().iter().collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// What the reports call it.
+    pub fn title(&self) -> String {
+        match &self.redis_cluster {
+            Some(cluster) => sharded_title(self.urls.len(), cluster.nodes().len()),
+            None => self.kind.title(self.urls.len()),
+        }
+    }
+}
+
+/// "Stampede, 3 nodes + Redis Cluster (2 primaries)".
+pub fn sharded_title(nodes: usize, primaries: usize) -> String {
+    let s = if primaries == 1 { "y" } else { "ies" };
+    format!("Stampede, {nodes} nodes + Redis Cluster ({primaries} primar{s})")
 }
 
 /// Programs the suite needs; a missing one is reported with how to install it.
@@ -226,6 +256,7 @@ pub async fn start_with(
         pids: Vec::new(),
         version: String::new(),
         redis: None,
+        redis_cluster: None,
         cluster: None,
         process: None,
         rabbit: None,
@@ -250,11 +281,8 @@ pub async fn start_with(
             let cluster = if kind == Kind::Memory {
                 Cluster::memory(extra_args).await
             } else {
-                // TODO(#18, point 8): sharded Cluster throughput per shard count. Once the engine
-                // speaks SPUBLISH/SSUBSCRIBE to a Redis Cluster (the lead's branch), add a
-                // `cluster-sharded` kind that starts the test kit's Redis Cluster with 1, 2 and 3
-                // masters in turn, points the nodes at it, and runs the fan-out and many-topics
-                // scenarios per shard count; `markdown.rs` then gets a row per count.
+                // One standalone redis-server (classic pub/sub); the same nodes on a Redis
+                // Cluster per number of primaries are the sharded phase's (`start_sharded`).
                 let redis = Redis::start().await;
                 // The harness's Redis fsyncs every write (for its crash tests); a benchmark wants
                 // Redis as deployed for pub/sub: no append-only file.
@@ -274,23 +302,7 @@ pub async fn start_with(
                 running.redis = Some(redis);
                 cluster
             };
-            for node in cluster.nodes() {
-                let listen = node.ws_url();
-                let listen = listen.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
-                let pid = find_pid(|args| args.windows(2).any(|w| w[0] == "--listen" && w[1] == listen))
-                    .ok_or_else(|| format!("cannot find the pid of {}", node.id()))?;
-                running.pids.push(pid);
-                running.urls.push(node.ws_url());
-            }
-            let version = Command::new(&bins.stampede).arg("--version").output().ok();
-            let stampede =
-                version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
-            running.version = if running.version.is_empty() {
-                stampede
-            } else {
-                format!("{stampede}; {}", running.version)
-            };
-            running.cluster = Some(cluster);
+            adopt_nodes(&mut running, bins, cluster)?;
         }
         Kind::Rabbitmq => {
             running.login = Some(("guest".into(), "guest".into()));
@@ -311,6 +323,81 @@ pub async fn start_with(
         Kind::Activemq => start_activemq(&mut running).await?,
         Kind::Nats => start_nats(&mut running).await?,
     }
+    Ok(running)
+}
+
+/// Takes `cluster`'s nodes into `running`: their pids (sampled), URLs and version.
+fn adopt_nodes(running: &mut Running, bins: &Bins, cluster: Cluster) -> Result<(), String> {
+    for node in cluster.nodes() {
+        let listen = node.ws_url();
+        let listen = listen.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
+        let pid = find_pid(|args| args.windows(2).any(|w| w[0] == "--listen" && w[1] == listen))
+            .ok_or_else(|| format!("cannot find the pid of {}", node.id()))?;
+        running.pids.push(pid);
+        running.urls.push(node.ws_url());
+    }
+    let version = Command::new(&bins.stampede).arg("--version").output().ok();
+    let stampede = version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    running.version =
+        if running.version.is_empty() { stampede } else { format!("{stampede}; {}", running.version) };
+    running.cluster = Some(cluster);
+    Ok(())
+}
+
+/// Starts a Redis Cluster of `primaries` primaries (no replicas, no persistence: the test kit's
+/// [`RedisCluster::start_unreplicated`]) and `nodes` Stampede nodes on it
+/// (`redis-cluster://...`: sharded pub/sub), and waits until every node is ready. Every
+/// redis-server's CPU and memory count with the nodes'.
+pub async fn start_sharded(
+    bins: &Bins,
+    nodes: usize,
+    node_workers: usize,
+    primaries: usize,
+) -> Result<Running, String> {
+    std::env::set_var(stampede_testkit::cluster::BIN_ENV, &bins.stampede);
+    // The test kit panics (after printing the servers' logs) when the cluster does not form.
+    let redis = tokio::spawn(RedisCluster::start_unreplicated(primaries))
+        .await
+        .map_err(|e| format!("the Redis Cluster of {primaries} did not form: {e}"))?;
+    let version = redis_version(&redis.nodes()[0]).await;
+    let major = version.strip_prefix("Redis ").and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    if major.is_some_and(|m| m < 7) {
+        return Err(format!("sharded pub/sub needs Redis 7.0 or later; this is {version}"));
+    }
+    let mut running = Running {
+        kind: Kind::Cluster,
+        urls: Vec::new(),
+        protocol: Protocol::Stomp,
+        login: None,
+        pids: Vec::new(),
+        version,
+        redis: None,
+        redis_cluster: None,
+        cluster: None,
+        process: None,
+        rabbit: None,
+        dir: None,
+    };
+    for server in redis.nodes() {
+        let port = format!(":{}", server.port());
+        let pid = find_pid(|args| {
+            let line = args.join(" ");
+            line.contains("redis-server") && line.contains(&port)
+        })
+        .ok_or_else(|| format!("cannot find the pid of the redis-server on port {}", server.port()))?;
+        running.pids.push(pid);
+    }
+    // The test kit panics (after printing the nodes' logs) when a node does not get ready; the
+    // task's panic becomes this count's failure, and the servers are stopped with it.
+    let (redis, cluster) = tokio::spawn(async move {
+        let workers = node_workers.to_string();
+        let cluster = Cluster::start(nodes, &redis, &["--worker-threads", workers.as_str()]).await;
+        (redis, cluster)
+    })
+    .await
+    .map_err(|e| format!("the nodes on the Redis Cluster of {primaries} did not get ready: {e}"))?;
+    running.redis_cluster = Some(redis);
+    adopt_nodes(&mut running, bins, cluster)?;
     Ok(running)
 }
 
@@ -444,21 +531,59 @@ async fn redis_version(redis: &Redis) -> String {
         .unwrap_or_default()
 }
 
-/// `INFO commandstats` as command → calls (the `info` command itself left out).
-pub async fn command_stats(redis: &Redis) -> BTreeMap<String, u64> {
-    let text = redis.cli(&["INFO", "commandstats"]).await;
+/// `INFO commandstats` as command → calls (the `info` command itself left out), summed over
+/// `servers`.
+pub async fn command_stats(servers: &[&Redis]) -> BTreeMap<String, u64> {
     let mut stats = BTreeMap::new();
-    for line in text.lines() {
-        let Some((name, rest)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
-            continue;
-        };
-        let calls = rest
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("calls="))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if name != "info" {
-            stats.insert(name.to_owned(), calls);
+    for each in command_stats_each(servers).await {
+        for (name, calls) in each {
+            *stats.entry(name).or_insert(0) += calls;
+        }
+    }
+    stats
+}
+
+/// `INFO commandstats` of each of `servers`, in their order, as command → calls (the `info`
+/// command itself left out).
+pub async fn command_stats_each(servers: &[&Redis]) -> Vec<BTreeMap<String, u64>> {
+    let mut all = Vec::with_capacity(servers.len());
+    for redis in servers {
+        let text = redis.cli(&["INFO", "commandstats"]).await;
+        let mut stats = BTreeMap::new();
+        for line in text.lines() {
+            let Some((name, rest)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            if name != "info" {
+                stats.insert(name.to_owned(), calls);
+            }
+        }
+        all.push(stats);
+    }
+    all
+}
+
+/// The cluster-bus messages sent, by type (`ping`, `pong`, `publish`, `publishshard`, ...), from
+/// `CLUSTER INFO`'s `cluster_stats_messages_<type>_sent`, summed over `servers` (Redis Cluster
+/// nodes).
+pub async fn bus_stats(servers: &[&Redis]) -> BTreeMap<String, u64> {
+    let mut stats = BTreeMap::new();
+    for redis in servers {
+        let text = redis.cli(&["CLUSTER", "INFO"]).await;
+        for line in text.lines() {
+            let Some((name, value)) = line.trim().split_once(':') else { continue };
+            let Some(kind) =
+                name.strip_prefix("cluster_stats_messages_").and_then(|n| n.strip_suffix("_sent"))
+            else {
+                continue;
+            };
+            *stats.entry(kind.to_owned()).or_insert(0) += value.trim().parse::<u64>().unwrap_or(0);
         }
     }
     stats
