@@ -257,6 +257,9 @@ label_enum! {
         QueueLost = "queue_lost",
         /// Acknowledgements and releases kept until the message store answers again.
         Deferred = "deferred",
+        /// History topics whose offsets started again at 1 (Redis lost its data, or the topic's
+        /// counter expired) while this node followed them: it delivers the new offsets from 1.
+        HistoryRestarted = "history_restarted",
     }
 }
 
