@@ -7,6 +7,7 @@
 //! - a subscriber that stays connected through the restart gets every new offset, even when the
 //!   topic was published past its old offset before its node reached Redis again;
 //! - queues whose stream vanished are reported (metric and WARN log naming the queue);
+//! - a queue lifetime a SUBSCRIBE declares while Redis is away is declared once it answers;
 //! - ACK, NACK and SUBSCRIBE while Redis is stopped never end the session: the acknowledged
 //!   messages are not delivered again once Redis is back (or carry `redelivered:true`), the
 //!   subscription made during the stall receives what is published after Redis returns.
@@ -139,6 +140,32 @@ async fn a_subscriber_kept_through_an_empty_restart_gets_every_new_offset() {
 }
 
 const RESTARTED: &str = "stampede_engine_events_total{event=\"history_restarted\"}";
+
+/// A queue SUBSCRIBE declaring a lifetime (`x-expires`) while its node cannot reach Redis (its
+/// link cut): the session stays and gets its RECEIPT, and once Redis answers again the lifetime is
+/// in Redis as the subscription takes effect (the declaration is retried with the watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_lifetime_declared_while_redis_is_away_is_declared_once_it_answers() {
+    let redis = Redis::start_ephemeral().await;
+    let relay = Relay::start(redis.addr()).await;
+    let node = node_at(format!("redis://{}", relay.addr())).await;
+    let mut consumer = node.connect(Transport::Tcp, &[]).await;
+    relay.cut();
+    eventually(BACK, "/readyz answers 503", || async { node.get("/readyz").await.status == 503 }).await;
+    let subscribe = subscribe_frame("/queue/declared", "q").with_header("x-expires", "600000");
+    let receipt = consumer.try_send_with_receipt(subscribe).await.expect("SUBSCRIBE sent");
+    let answered = consumer.try_await_receipt(&receipt, RECEIPT_DURING_STALL).await;
+    assert!(answered.is_ok(), "RECEIPT {receipt}: {:?}\n{}", answered.err(), node.log().text());
+
+    relay.mend();
+    ready(&node).await;
+    let expires = || async { redis.call(&["HGET", "outage:{/queue/declared}:life", "expires"]).await };
+    eventually_eq(BACK, "the declared x-expires in Redis", Resp::Bulk(Some(b"600000".to_vec())), expires)
+        .await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
+    publish_all(&mut publisher, "/queue/declared", bodies(1..=1, "after")).await;
+    assert_eq!(body(&consumer.recv_message().await), "after-1");
+}
 
 /// A TCP relay to one Redis that a scenario can cut, as when the network between one node and
 /// Redis is down: [`Relay::cut`] closes every connection through it and closes new ones at once,

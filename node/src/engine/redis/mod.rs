@@ -199,6 +199,9 @@ struct Inner {
     /// Queues this node stopped consuming while Redis was away: their LEAVE is retried by the
     /// queue task (unless the node consumes them again by then).
     unleft: Mutex<HashSet<Arc<str>>>,
+    /// Queue lifetimes a SUBSCRIBE declared while Redis was away: declared again before the
+    /// queue's next watch and after each reconnection (`pubsub.rs`).
+    undeclared: Mutex<HashMap<Arc<str>, QueueLifetime>>,
     /// Queues whose stream this node has seen (registered), until it deletes them: a stream of
     /// one found missing was lost (`losses.rs`). Unlike `known_queues`, kept across reconnects.
     seen_queues: Mutex<HashSet<Arc<str>>>,
@@ -311,6 +314,7 @@ impl RedisEngine {
             depths: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
+            undeclared: Mutex::new(HashMap::new()),
             down_since: Mutex::new(None),
             seen_queues: Mutex::new(HashSet::new()),
             epoch: Mutex::new(None),

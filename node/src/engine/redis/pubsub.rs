@@ -238,7 +238,7 @@ fn apply(inner: Arc<Inner>, request: Control) -> BoxFuture<'static, Arc<str>> {
                 destination
             }
             Control::Declare(queue, lifetime, reply) => {
-                let result = queues::declare(&inner, &queue, lifetime).await;
+                let result = declare(&inner, &queue, lifetime).await;
                 let _ = reply.send(result);
                 queue
             }
@@ -280,6 +280,33 @@ impl SlotCheck {
     }
 }
 
+/// Declares a queue's lifetime. One that Redis could not take (it is away) is kept and declared
+/// again before the queue's next watch (the session asks for the watch again until it succeeds,
+/// see `hub/settle.rs`) and after each reconnection while the queue is watched, so that the
+/// lifetime holds once Redis answers.
+async fn declare(inner: &Inner, queue: &Arc<str>, lifetime: QueueLifetime) -> Result<(), EngineError> {
+    let result = queues::declare(inner, queue, lifetime).await;
+    let mut undeclared = inner.undeclared.lock().expect("undeclared lock");
+    match &result {
+        Err(EngineError::Unavailable(_)) => {
+            undeclared.insert(queue.clone(), lifetime);
+        }
+        _ => {
+            undeclared.remove(queue);
+        }
+    }
+    result
+}
+
+/// Declares again the lifetime of `queue` that Redis could not take before, if any.
+async fn declare_again(inner: &Inner, queue: &Arc<str>) -> Result<(), EngineError> {
+    let lifetime = inner.undeclared.lock().expect("undeclared lock").get(queue).copied();
+    let Some(lifetime) = lifetime else { return Ok(()) };
+    declare(inner, queue, lifetime).await?;
+    tracing::info!(%queue, "queue lifetime declared after the message store came back");
+    Ok(())
+}
+
 /// Starts receiving `destination`. It stays watched even when this fails (Redis away): the next
 /// reconnection subscribes to it.
 async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError> {
@@ -300,7 +327,10 @@ async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError>
             let seq = current_offset(inner, destination).await?;
             set_last(inner, destination, seq);
         }
-        Watched::Queue => queues::join(inner, destination).await?,
+        Watched::Queue => {
+            declare_again(inner, destination).await?;
+            queues::join(inner, destination).await?;
+        }
         Watched::Topic => {}
     }
     listen(inner, inner.keys.channel(destination)).await.map_err(unavailable)?;
@@ -327,6 +357,12 @@ async fn unwatch(inner: &Inner, destination: &str) {
         }
     }
     if inner.config.is_queue(destination) {
+        // The lifetime a SUBSCRIBE declared decides what the leave does (an auto-delete queue).
+        let queue: Arc<str> = Arc::from(destination);
+        if let Err(error) = declare_again(inner, &queue).await {
+            tracing::warn!(%destination, %error, "a queue's lifetime could not be declared before it was left");
+        }
+        inner.undeclared.lock().expect("undeclared lock").remove(destination);
         queues::leave(inner, destination).await;
     }
 }
@@ -414,6 +450,9 @@ async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<Refill>) -> b
     }
     for (destination, kind) in &watched {
         if *kind == Watched::Queue {
+            if let Err(error) = declare_again(inner, destination).await {
+                tracing::warn!(%destination, %error, "could not declare the queue's lifetime");
+            }
             if let Err(error) = queues::join(inner, destination).await {
                 tracing::warn!(%destination, %error, "could not recreate the queue's consumer group");
             }
