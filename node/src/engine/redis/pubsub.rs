@@ -587,12 +587,14 @@ async fn restart_all(
             restarted += 1;
         }
     }
-    tracing::warn!(
-        topics = restarted,
-        "Redis lost its data (restarted without persistence, or flushed); following every history \
-         topic's offsets from 1 again"
-    );
-    inner.metrics.engine_event(EngineEvent::HistoryRestarted, restarted);
+    if restarted > 0 {
+        tracing::warn!(
+            topics = restarted,
+            "Redis lost its data (restarted without persistence, or flushed); following every \
+             history topic's offsets from 1 again"
+        );
+        inner.metrics.engine_event(EngineEvent::HistoryRestarted, restarted);
+    }
 }
 
 /// A history message: delivered when it is the next offset; a jump is filled from the stream
