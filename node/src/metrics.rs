@@ -260,6 +260,9 @@ label_enum! {
         /// Enqueue calls sent again because their connection was lost (or they timed out)
         /// before Redis answered; each is stored once however often it is sent.
         Resent = "resent",
+        /// History topics whose offsets started again at 1 (Redis lost its data, or the topic's
+        /// counter expired) while this node followed them: it delivers the new offsets from 1.
+        HistoryRestarted = "history_restarted",
     }
 }
 

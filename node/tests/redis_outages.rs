@@ -4,7 +4,10 @@
 //!   `x-recovered:false`, then gets everything published since the restart, in order, once;
 //!   the same resume on the memory engine (whose offsets never restart, so the client's offset
 //!   is simply ahead of the topic) behaves alike;
+//! - a subscriber that stays connected through the restart gets every new offset, even when the
+//!   topic was published past its old offset before its node reached Redis again;
 //! - queues whose stream vanished are reported (metric and WARN log naming the queue);
+//! - a queue lifetime a SUBSCRIBE declares while Redis is away is declared once it answers;
 //! - ACK, NACK and SUBSCRIBE while Redis is stopped never end the session: the acknowledged
 //!   messages are not delivered again once Redis is back (or carry `redelivered:true`), the
 //!   subscription made during the stall receives what is published after Redis returns.
@@ -30,7 +33,11 @@ fn history(c: &mut Config) {
 
 /// A node on `redis` (its own server: the scenarios restart or stop it).
 async fn node_on(redis: &Redis) -> TestNode {
-    let url = redis.url();
+    node_at(redis.url()).await
+}
+
+/// A node on the Redis at `url` (a [`Relay`] to the scenario's own server, or the server).
+async fn node_at(url: String) -> TestNode {
     let node = TestNode::start(|c| {
         history(c);
         c.redis_url = Some(url);
@@ -78,13 +85,7 @@ async fn a_resume_after_redis_restarted_empty_misses_nothing_published_since() {
 
     redis.restart().await;
     ready(&node).await;
-    // Publishing resumes once the node follows the topic again. (Publishing past the old
-    // offset before it re-subscribes hides the restart from its counter check: a known limit,
-    // see docs/cluster.md.)
-    eventually(BACK, "the node re-subscribed after Redis restarted", || async {
-        node.log().text().contains("re-subscribing after connecting to Redis")
-    })
-    .await;
+    // Publishing resumes at once, whether or not the node subscribed again yet.
     publish_all(&mut publisher, TOPIC, bodies(1..=10, "new")).await;
 
     let mut resumed = node.connect(Transport::Tcp, &[]).await;
@@ -99,6 +100,130 @@ async fn a_resume_after_redis_restarted_empty_misses_nothing_published_since() {
     // The subscriber that stayed on through the restart followed the new offsets too.
     let kept: Vec<String> = before.recv_messages(55).await.iter().map(body).collect();
     assert_eq!(kept, bodies(1..=55, "new"));
+}
+
+/// Issue 18's known limit: a subscriber stays connected to its node through Redis's empty restart,
+/// and the topic is published past the offset it had (50) before its node reaches Redis again (the
+/// node's own link to Redis is cut meanwhile, while another node publishes 60 messages). It still
+/// receives every new offset, 1 to 60, in order, once; its node counts the topic's restart once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_kept_through_an_empty_restart_gets_every_new_offset() {
+    let redis = Redis::start_ephemeral().await;
+    let relay = Relay::start(redis.addr()).await;
+    let kept = node_at(format!("redis://{}", relay.addr())).await;
+    let publishing = node_on(&redis).await;
+    let mut publisher = publishing.connect(Transport::Tcp, &[]).await;
+    let mut subscriber = kept.connect(Transport::Tcp, &[]).await;
+    subscriber.subscribe(TOPIC, "s", &[]).await;
+    publish_all(&mut publisher, TOPIC, bodies(1..=50, "old")).await;
+    let last = subscriber.recv_messages(50).await.pop().expect("50 messages");
+    assert_eq!(header(&last, "x-offset"), "50");
+
+    relay.cut();
+    redis.restart().await;
+    ready(&publishing).await;
+    publish_all(&mut publisher, TOPIC, bodies(1..=60, "new")).await;
+    relay.mend();
+    ready(&kept).await;
+
+    let mut got = Vec::new();
+    while got.len() < 60 {
+        match subscriber.try_recv_message(BACK).await {
+            Ok(m) => got.push((body(&m), header(&m, "x-offset").to_owned())),
+            Err(error) => panic!("after {} messages: {error}\n{:?}\n{}", got.len(), got, kept.log().text()),
+        }
+    }
+    let expected: Vec<(String, String)> = (1..=60).map(|i| (format!("new-{i}"), i.to_string())).collect();
+    assert_eq!(got, expected, "{}", kept.log().text());
+    subscriber.assert_quiet().await;
+    assert_eq!(kept.metric(RESTARTED).await, Some(1.0), "one history topic restarted");
+}
+
+const RESTARTED: &str = "stampede_engine_events_total{event=\"history_restarted\"}";
+
+/// A queue SUBSCRIBE declaring a lifetime (`x-expires`) while its node cannot reach Redis (its
+/// link cut): the session stays and gets its RECEIPT, and once Redis answers again the lifetime is
+/// in Redis as the subscription takes effect (the declaration is retried with the watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_lifetime_declared_while_redis_is_away_is_declared_once_it_answers() {
+    let redis = Redis::start_ephemeral().await;
+    let relay = Relay::start(redis.addr()).await;
+    let node = node_at(format!("redis://{}", relay.addr())).await;
+    let mut consumer = node.connect(Transport::Tcp, &[]).await;
+    relay.cut();
+    eventually(BACK, "/readyz answers 503", || async { node.get("/readyz").await.status == 503 }).await;
+    let subscribe = subscribe_frame("/queue/declared", "q").with_header("x-expires", "600000");
+    let receipt = consumer.try_send_with_receipt(subscribe).await.expect("SUBSCRIBE sent");
+    let answered = consumer.try_await_receipt(&receipt, RECEIPT_DURING_STALL).await;
+    assert!(answered.is_ok(), "RECEIPT {receipt}: {:?}\n{}", answered.err(), node.log().text());
+
+    relay.mend();
+    ready(&node).await;
+    let expires = || async { redis.call(&["HGET", "outage:{/queue/declared}:life", "expires"]).await };
+    eventually_eq(BACK, "the declared x-expires in Redis", Resp::Bulk(Some(b"600000".to_vec())), expires)
+        .await;
+    let mut publisher = node.connect(Transport::Tcp, &[]).await;
+    publish_all(&mut publisher, "/queue/declared", bodies(1..=1, "after")).await;
+    assert_eq!(body(&consumer.recv_message().await), "after-1");
+}
+
+/// A TCP relay to one Redis that a scenario can cut, as when the network between one node and
+/// Redis is down: [`Relay::cut`] closes every connection through it and closes new ones at once,
+/// until [`Relay::mend`].
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// Whether it relays, and the relaying tasks, under one lock (a cut leaves none behind).
+    links: std::sync::Arc<std::sync::Mutex<(bool, Vec<tokio::task::AbortHandle>)>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let addr = listener.local_addr().expect("the relay's address");
+        let links = std::sync::Arc::new(std::sync::Mutex::new((true, Vec::new())));
+        let accepting = tokio::spawn({
+            let links = links.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let mut links = links.lock().expect("relay lock");
+                    if !links.0 {
+                        continue; // dropped: closed at once
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    links.1.push(link.abort_handle());
+                }
+            }
+        });
+        Relay { addr, links, accepting }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    fn cut(&self) {
+        let mut links = self.links.lock().expect("relay lock");
+        links.0 = false;
+        for link in links.1.drain(..) {
+            link.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.links.lock().expect("relay lock").0 = true;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accepting.abort();
+    }
 }
 
 /// The same resume on the embedded engine: an offset ahead of the topic's (as a client's is after

@@ -13,6 +13,9 @@
 //!
 //! Each loss is counted once (`stampede_engine_events_total{event="queue_lost"}`) and logged at
 //! WARN with the queue's name. How many messages went with it cannot be known any more.
+//!
+//! The same epoch tells the pub/sub control task that every history topic's offsets restarted
+//! ([`epoch_changed`], see `pubsub.rs`).
 
 use std::sync::Arc;
 
@@ -61,14 +64,10 @@ pub(super) fn deleted(inner: &Inner, queue: &str) {
 /// than this node saw before means Redis lost its data: every queue remembered here without a
 /// stream now is reported.
 pub(super) async fn check_epoch(inner: &Inner) -> Result<(), EngineError> {
-    let key = inner.keys.epoch();
-    let mine = format!("{}-{}", inner.config.node_id, super::registry::now_ms());
-    let args = vec![Value::from(key.as_str()), Value::from(mine.as_str()), Value::from("NX")];
-    inner.command("SET", &key, args).await?;
-    let now = inner.command("GET", &key, vec![Value::from(key.as_str())]).await?;
-    let Some(now) = now.as_string() else { return Ok(()) };
-    let before = inner.epoch.lock().expect("epoch lock").replace(now.clone());
-    if before.is_none_or(|before| before == now) {
+    let mut seen = inner.epoch.lock().expect("epoch lock").clone();
+    let changed = epoch_changed(inner, &mut seen).await?;
+    *inner.epoch.lock().expect("epoch lock") = seen;
+    if !changed {
         return Ok(());
     }
     let queues: Vec<Arc<str>> = inner.seen_queues.lock().expect("seen queues lock").iter().cloned().collect();
@@ -81,4 +80,19 @@ pub(super) async fn check_epoch(inner: &Inner) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// Reads the store's epoch (`P:epoch`), setting it first if it has none (SET NX: the first node to
+/// connect to an empty store names it). True when it differs from `seen`, the one read before:
+/// the store lost its data since. `seen` becomes the one read now. Each task that must react to a
+/// loss keeps its own `seen` (queues: [`Inner::epoch`]; history topics: the pub/sub control task).
+pub(super) async fn epoch_changed(inner: &Inner, seen: &mut Option<String>) -> Result<bool, EngineError> {
+    let key = inner.keys.epoch();
+    let mine = format!("{}-{}", inner.config.node_id, super::registry::now_ms());
+    let args = vec![Value::from(key.as_str()), Value::from(mine.as_str()), Value::from("NX")];
+    inner.command("SET", &key, args).await?;
+    let now = inner.command("GET", &key, vec![Value::from(key.as_str())]).await?;
+    let Some(now) = now.as_string() else { return Ok(false) };
+    let before = seen.replace(now.clone());
+    Ok(before.is_some_and(|before| before != now))
 }

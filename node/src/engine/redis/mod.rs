@@ -21,6 +21,7 @@
 //! | `P:queues` | set | names of every queue enqueued to (for reclaiming and depth metrics) |
 //! | `P:lifetimes` | sorted set | queues that have a lifetime, scored by when (ms) the sweep looks at them next |
 //! | `P:sweeper` | string | the node sweeping queues now (SET NX PX) |
+//! | `P:epoch` | string | the store's epoch: set once (SET NX) by the first node to connect to an empty Redis; another one after a reconnection means Redis lost its data (`losses.rs`, `pubsub.rs`) |
 //! | `P:node:<id>` | hash | a node's heartbeat: `connections`, `subscriptions`, `last_seen_ms`, `published`, `delivered`; expires after 5 s |
 //! | `P:nodes` | sorted set | node ids scored by their last heartbeat (ms) |
 //! | `P:ch:/topic/t`, `P:ch:/user/u/...` | channel | live messages of a topic or user destination (envelopes); on Redis Cluster a shard channel `P:ch:{/topic/t}` |
@@ -45,9 +46,11 @@
 //! `MAXLEN size`), PEXPIRE both keys (3 × ttl) when the rule has a ttl, PUBLISH. Each node
 //! remembers the last offset it delivered per watched history topic: live messages at or below it
 //! are duplicates and dropped; a jump (a lost message) and every reconnect or pub/sub lag are
-//! filled from the stream before going on, in the delivering task, so order holds. An offset below
-//! the remembered one with the counter also below it means the topic restarted (expired counter,
-//! Redis restarted empty): delivery restarts from the new offsets.
+//! filled from the stream before going on, in the delivering task, so order holds. When Redis lost
+//! its data (its epoch changed, read after every reconnection before subscribing again), every
+//! remembered offset is forgotten and delivery follows the new offsets from 1; an offset below the
+//! remembered one with the counter also below it means the topic restarted on its own (expired
+//! counter): delivery restarts from the new offsets (`pubsub.rs`).
 //!
 //! # Queues
 //! Streams with a consumer group: `fetch` is a non-blocking XREADGROUP of new entries; `ack` is
@@ -197,10 +200,14 @@ struct Inner {
     /// Queues this node stopped consuming while Redis was away: their LEAVE is retried by the
     /// queue task (unless the node consumes them again by then).
     unleft: Mutex<HashSet<Arc<str>>>,
+    /// Queue lifetimes a SUBSCRIBE declared while Redis was away: declared again before the
+    /// queue's next watch and after each reconnection (`pubsub.rs`).
+    undeclared: Mutex<HashMap<Arc<str>, QueueLifetime>>,
     /// Queues whose stream this node has seen (registered), until it deletes them: a stream of
     /// one found missing was lost (`losses.rs`). Unlike `known_queues`, kept across reconnects.
     seen_queues: Mutex<HashSet<Arc<str>>>,
-    /// The store's epoch as this node last read it (`losses.rs`).
+    /// The store's epoch as the queue task last read it (`losses.rs`; the pub/sub control task
+    /// keeps its own).
     epoch: Mutex<Option<String>>,
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
@@ -308,6 +315,7 @@ impl RedisEngine {
             depths: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
+            undeclared: Mutex::new(HashMap::new()),
             down_since: Mutex::new(None),
             seen_queues: Mutex::new(HashSet::new()),
             epoch: Mutex::new(None),

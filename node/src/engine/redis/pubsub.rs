@@ -10,6 +10,31 @@
 //! arrive faster than one at a time, the hub queues several per subscriber under one lock and
 //! wakes each session once, so a session writes them with one socket write instead of one each.
 //! Nothing waits to fill a batch: it holds what had already arrived.
+//!
+//! # When Redis lost its data
+//! A history topic's offsets start again at 1 when Redis restarted empty (or was flushed), so the
+//! last offset delivered, which the delivering task remembers per topic, means nothing any more:
+//! kept, it would have the node drop every new offset up to it as a duplicate. The node learns of
+//! the loss from the store's *epoch* (`P:epoch`, see `losses.rs`), and it learns it in time,
+//! because of where it asks: after every (re)connection of the subscriber, and before it
+//! subscribes again, the control task reads the epoch. No message of the new store can reach this
+//! node before that subscription, so when the epoch changed, the delivering task ([`Refill::Restart`])
+//! first delivers what had arrived from the old store, then sets every watched history topic's
+//! last offset to 0, before any message of the new store exists for it; the catch-up that follows
+//! the subscription then delivers offsets 1.. from the stream, in order, and live ones after them.
+//! The loss is logged once at WARN and counted per topic
+//! (`stampede_engine_events_total{event="history_restarted"}`).
+//!
+//! The epoch, rather than the offsets: a counter that restarted and was already published past
+//! the last offset delivered looks like one that only moved on. The epoch could instead travel in
+//! every envelope, but that is a new envelope version that nodes of the previous one cannot read,
+//! and it is not needed: a new store is only ever heard through a new subscription.
+//! Without the epoch (it could not be read), and for a counter that restarted on its own (its
+//! rule's `ttl` expired it, or one Redis Cluster shard lost its data while the epoch's shard did
+//! not), the offsets remain the signal: a counter below the last offset delivered means the topic
+//! restarted. On Redis Cluster the epoch lives on one shard: losing that shard alone restarts every
+//! topic this node follows, and subscribers of topics on other shards may get retained messages
+//! again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,7 +48,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{calls, envelope, queues, unavailable, Inner, Watched};
+use super::{calls, envelope, losses, queues, unavailable, Inner, Watched};
 use crate::config::QueueLifetime;
 use crate::engine::{EngineError, Message};
 use crate::metrics::EngineEvent;
@@ -58,6 +83,16 @@ impl Batch {
     }
 }
 
+/// Requests to the delivering task.
+pub(super) enum Refill {
+    /// Deliver what each history topic's stream holds past the last offset delivered (after a
+    /// reconnection or a change of subscriptions).
+    CatchUp,
+    /// Redis lost its data: forget every history topic's last offset (see the module's docs),
+    /// then answer, before the control task subscribes again.
+    Restart(oneshot::Sender<()>),
+}
+
 /// Requests to the control task, in call order.
 pub(super) enum Control {
     Watch(Arc<str>, oneshot::Sender<Result<(), EngineError>>),
@@ -73,9 +108,11 @@ pub(super) async fn control_loop(
     inner: Arc<Inner>,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut reconnects: broadcast::Receiver<Server>,
-    refill: mpsc::UnboundedSender<()>,
+    refill: mpsc::UnboundedSender<Refill>,
 ) {
     let mut connections = 0u64;
+    // The store's epoch as this task last read it (see the module's docs).
+    let mut epoch = None;
     let mut work = Work::default();
     let mut slots = SlotCheck::default();
     let mut tick = tokio::time::interval(SLOT_CHECK_EVERY);
@@ -96,6 +133,7 @@ pub(super) async fn control_loop(
                     if connections > 1 {
                         inner.metrics.engine_event(EngineEvent::Reconnected, 1);
                     }
+                    follow_epoch(&inner, &mut epoch, &refill).await;
                     slots.complete = resubscribe(&inner, &refill).await;
                 }
                 Err(RecvError::Closed) => return,
@@ -107,6 +145,7 @@ pub(super) async fn control_loop(
             _ = tick.tick(), if inner.keys.sharded() => {
                 if slots.changed(&inner).await {
                     tracing::info!("the cluster's primaries changed; subscribing again to every shard channel");
+                    follow_epoch(&inner, &mut epoch, &refill).await;
                     slots.complete = resubscribe(&inner, &refill).await;
                 }
             }
@@ -199,7 +238,7 @@ fn apply(inner: Arc<Inner>, request: Control) -> BoxFuture<'static, Arc<str>> {
                 destination
             }
             Control::Declare(queue, lifetime, reply) => {
-                let result = queues::declare(&inner, &queue, lifetime).await;
+                let result = declare(&inner, &queue, lifetime).await;
                 let _ = reply.send(result);
                 queue
             }
@@ -241,6 +280,33 @@ impl SlotCheck {
     }
 }
 
+/// Declares a queue's lifetime. One that Redis could not take (it is away) is kept and declared
+/// again before the queue's next watch (the session asks for the watch again until it succeeds,
+/// see `hub/settle.rs`) and after each reconnection while the queue is watched, so that the
+/// lifetime holds once Redis answers.
+async fn declare(inner: &Inner, queue: &Arc<str>, lifetime: QueueLifetime) -> Result<(), EngineError> {
+    let result = queues::declare(inner, queue, lifetime).await;
+    let mut undeclared = inner.undeclared.lock().expect("undeclared lock");
+    match &result {
+        Err(EngineError::Unavailable(_)) => {
+            undeclared.insert(queue.clone(), lifetime);
+        }
+        _ => {
+            undeclared.remove(queue);
+        }
+    }
+    result
+}
+
+/// Declares again the lifetime of `queue` that Redis could not take before, if any.
+async fn declare_again(inner: &Inner, queue: &Arc<str>) -> Result<(), EngineError> {
+    let lifetime = inner.undeclared.lock().expect("undeclared lock").get(queue).copied();
+    let Some(lifetime) = lifetime else { return Ok(()) };
+    declare(inner, queue, lifetime).await?;
+    tracing::info!(%queue, "queue lifetime declared after the message store came back");
+    Ok(())
+}
+
 /// Starts receiving `destination`. It stays watched even when this fails (Redis away): the next
 /// reconnection subscribes to it.
 async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError> {
@@ -261,7 +327,10 @@ async fn watch(inner: &Inner, destination: &Arc<str>) -> Result<(), EngineError>
             let seq = current_offset(inner, destination).await?;
             set_last(inner, destination, seq);
         }
-        Watched::Queue => queues::join(inner, destination).await?,
+        Watched::Queue => {
+            declare_again(inner, destination).await?;
+            queues::join(inner, destination).await?;
+        }
         Watched::Topic => {}
     }
     listen(inner, inner.keys.channel(destination)).await.map_err(unavailable)?;
@@ -288,6 +357,12 @@ async fn unwatch(inner: &Inner, destination: &str) {
         }
     }
     if inner.config.is_queue(destination) {
+        // The lifetime a SUBSCRIBE declared decides what the leave does (an auto-delete queue).
+        let queue: Arc<str> = Arc::from(destination);
+        if let Err(error) = declare_again(inner, &queue).await {
+            tracing::warn!(%destination, %error, "a queue's lifetime could not be declared before it was left");
+        }
+        inner.undeclared.lock().expect("undeclared lock").remove(destination);
         queues::leave(inner, destination).await;
     }
 }
@@ -309,12 +384,39 @@ async fn listen(inner: &Inner, channel: String) -> Result<(), fred::error::Error
     }
 }
 
+/// How long the control task waits for the command connection to read the store's epoch after
+/// the subscriber reconnected (both come back together when Redis does).
+const EPOCH_WAIT: Duration = Duration::from_secs(5);
+
+/// Before subscribing again: when the store's epoch changed since `seen` (Redis lost its data),
+/// has the delivering task restart every history topic, and waits until it did (see the module's
+/// docs). When the epoch cannot be read, only the offsets tell a topic's restart.
+async fn follow_epoch(inner: &Inner, seen: &mut Option<String>, refill: &mpsc::UnboundedSender<Refill>) {
+    let deadline = tokio::time::Instant::now() + EPOCH_WAIT;
+    while !inner.client.is_connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match losses::epoch_changed(inner, seen).await {
+        Ok(false) => {}
+        Ok(true) => {
+            let (done, restarted) = oneshot::channel();
+            if refill.send(Refill::Restart(done)).is_ok() {
+                let _ = restarted.await;
+            }
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "could not read whether Redis lost its data; history topics' restarts are noticed by their offsets only"
+        ),
+    }
+}
+
 /// After a (re)connection, or a change of the cluster's primaries: subscribe to the calls'
 /// channels and to everything watched, recreate queue groups (Redis may have restarted empty),
 /// have the delivering task catch up, and wake the queue dispatchers for notifications missed
 /// meanwhile. False when a subscription failed (it is tried again at the next reconnection or
 /// check of the cluster's slots).
-async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) -> bool {
+async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<Refill>) -> bool {
     let mut complete = true;
     let calls = calls::channels(inner).to_vec();
     let called = if inner.keys.sharded() {
@@ -348,12 +450,15 @@ async fn resubscribe(inner: &Inner, refill: &mpsc::UnboundedSender<()>) -> bool 
     }
     for (destination, kind) in &watched {
         if *kind == Watched::Queue {
+            if let Err(error) = declare_again(inner, destination).await {
+                tracing::warn!(%destination, %error, "could not declare the queue's lifetime");
+            }
             if let Err(error) = queues::join(inner, destination).await {
                 tracing::warn!(%destination, %error, "could not recreate the queue's consumer group");
             }
         }
     }
-    let _ = refill.send(());
+    let _ = refill.send(Refill::CatchUp);
     queues::wake_watched(inner);
     complete
 }
@@ -379,14 +484,22 @@ async fn subscribe_each(inner: &Inner, channels: Vec<String>) -> Result<(), fred
 pub(super) async fn delivery_loop(
     inner: Arc<Inner>,
     mut messages: broadcast::Receiver<PubsubMessage>,
-    mut refill: mpsc::UnboundedReceiver<()>,
+    mut refill: mpsc::UnboundedReceiver<Refill>,
 ) {
     let mut batch = Batch::default();
     loop {
         let mut received = tokio::select! {
             biased;
-            Some(()) = refill.recv() => {
-                while refill.try_recv().is_ok() {}
+            Some(request) = refill.recv() => {
+                // Catch-ups asked together are one; a restart is answered before catching up.
+                let mut request = Some(request);
+                while let Some(asked) = request {
+                    if let Refill::Restart(done) = asked {
+                        restart_all(&inner, &mut messages, &mut batch).await;
+                        let _ = done.send(());
+                    }
+                    request = refill.try_recv().ok();
+                }
                 catch_up_all(&inner, &mut batch).await;
                 batch.flush(&inner);
                 continue;
@@ -398,7 +511,7 @@ pub(super) async fn delivery_loop(
         };
         loop {
             match received {
-                Ok(message) => on_message(&inner, message, &mut batch).await,
+                Ok(message) => on_message(&inner, message, &mut batch, false).await,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Lagged(lost)) => {
                     batch.flush(&inner);
@@ -419,7 +532,9 @@ pub(super) async fn delivery_loop(
     }
 }
 
-async fn on_message(inner: &Arc<Inner>, message: PubsubMessage, batch: &mut Batch) {
+/// Hands over one message. `stale`: it came from a store that lost its data, so a gap before it
+/// cannot be filled; it is delivered unless its offset was.
+async fn on_message(inner: &Arc<Inner>, message: PubsubMessage, batch: &mut Batch, stale: bool) {
     let Some(destination) = inner.keys.destination_of(&message.channel) else {
         calls::on_message(inner, &message.channel, message.value.as_bytes().unwrap_or_default());
         return;
@@ -435,10 +550,50 @@ async fn on_message(inner: &Arc<Inner>, message: PubsubMessage, batch: &mut Batc
         Err(error) => return inner.undecodable(destination, &error),
     };
     match (message.offset, cursor(inner, destination)) {
+        (Some(offset), Some(last)) if stale => {
+            if last.is_none_or(|last| offset > last) {
+                set_last(inner, destination, offset);
+                batch.push(inner, message);
+            }
+        }
         (Some(offset), Some(last)) => {
             deliver_in_order(inner, destination, message, offset, last, batch).await
         }
         _ => batch.push(inner, message),
+    }
+}
+
+/// Redis lost its data (its epoch changed; the control task has not subscribed again yet, so
+/// every message waiting here came from the old store): delivers those messages, then sets every
+/// watched history topic's last offset to 0, so that the new offsets are delivered from 1.
+async fn restart_all(
+    inner: &Arc<Inner>,
+    messages: &mut broadcast::Receiver<PubsubMessage>,
+    batch: &mut Batch,
+) {
+    // Only what is waiting now: on Redis Cluster, shards that kept their connection go on sending.
+    for _ in 0..messages.len() {
+        match messages.try_recv() {
+            Ok(message) => on_message(inner, message, batch, true).await,
+            Err(TryRecvError::Lagged(lost)) => inner.metrics.engine_event(EngineEvent::Lagged, lost),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    batch.flush(inner);
+    let mut restarted = 0;
+    for watched in inner.watched.lock().expect("watched lock").values_mut() {
+        if let Watched::History { last } = watched {
+            *last = Some(0);
+            restarted += 1;
+        }
+    }
+    if restarted > 0 {
+        tracing::warn!(
+            topics = restarted,
+            "Redis lost its data (restarted without persistence, or flushed); following every \
+             history topic's offsets from 1 again"
+        );
+        inner.metrics.engine_event(EngineEvent::HistoryRestarted, restarted);
     }
 }
 
@@ -517,6 +672,7 @@ async fn catch_up(
     let mut reached = last;
     if seq < last {
         tracing::info!(%destination, last, now = seq, "history topic restarted; following its new offsets");
+        inner.metrics.engine_event(EngineEvent::HistoryRestarted, 1);
         reached = 0;
         messages = inner.read_history(destination, 0).await?.1;
     }
