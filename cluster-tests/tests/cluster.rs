@@ -265,6 +265,87 @@ async fn kill_9_hands_unacknowledged_messages_to_other_nodes() {
     assert_eq!(redelivered_seqs, held, "redelivered:true must mark exactly the messages node-1 held");
 }
 
+/// The node reads entries ahead of its consumers' credit (the hub's read-ahead): they sit in
+/// its part of the consumer group's pending list. When it dies, they are redelivered by another
+/// node like the entries its consumers held, and no entry is lost or delivered twice otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_hands_entries_read_ahead_to_other_nodes() {
+    const COUNT: u64 = 1000;
+    const ACKED: u64 = 200;
+    const PREFETCH: u64 = 10;
+    let redis = Redis::start().await;
+    let cluster = Cluster::start(2, &redis, &[]).await;
+    let queue = "/queue/read-ahead";
+
+    // node-1's consumer acknowledges the first ACKED messages as they come (so its node reads
+    // ahead), then takes PREFETCH more and holds them.
+    let mut taker = connect(cluster.node(1), Transport::Tcp, None).await;
+    let prefetch = PREFETCH.to_string();
+    taker
+        .try_subscribe(queue, "taker", &[("ack", "client-individual"), ("prefetch-count", &prefetch)])
+        .await
+        .unwrap();
+    let mut producer = connect(cluster.node(0), Transport::Ws, None).await;
+    publish(&mut producer, queue, 0..COUNT).await;
+    let mut acked = Vec::new();
+    for _ in 0..ACKED {
+        let frame = taker.try_recv_message(RECV).await.expect("node-1's consumer gets a message");
+        taker.send_frame(&ack_frame(&frame)).await.expect("ACK");
+        acked.push(seq(&frame));
+    }
+    let mut held = BTreeSet::new();
+    for _ in 0..PREFETCH {
+        let frame = taker.try_recv_message(RECV).await.expect("node-1's consumer gets its prefetch");
+        held.insert(seq(&frame));
+    }
+    assert_eq!(acked, (0..ACKED).collect::<Vec<_>>(), "one consumer on one node: in order");
+
+    // Pending for node-1: what its consumer holds and what the node read ahead (its ACKs
+    // applied). Read before the node gives its unused read-ahead back (after 1 s without a
+    // hand-out).
+    let key = redis.cli(&["--scan", "--pattern", "*read-ahead*:q"]).await;
+    assert!(!key.is_empty(), "the queue's stream");
+    let pending = || async {
+        let summary = redis.cli(&["XPENDING", &key, "stampede"]).await;
+        summary.lines().next().and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    // Up to PREFETCH read ahead: as many as the consumer took in about the last 100 ms.
+    let deadline = Instant::now() + Duration::from_millis(600);
+    let mut seen = pending().await;
+    while seen <= PREFETCH && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = pending().await;
+    }
+    assert!(
+        seen > PREFETCH && seen <= 2 * PREFETCH,
+        "node-1 holds its consumer's {PREFETCH} and up to {PREFETCH} read ahead: {seen} pending"
+    );
+    cluster.node(1).kill();
+
+    // A consumer on node-0 gets everything node-1's consumer did not acknowledge, once.
+    let total = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut client = connect(cluster.node(0), Transport::Ws, None).await;
+    client
+        .try_subscribe(queue, "rest", &[("ack", "client-individual"), ("prefetch-count", "100")])
+        .await
+        .unwrap();
+    let task = spawn_consumer(client, "consumer on node-0".into(), total.clone(), stop.clone());
+    let rest = (COUNT - ACKED) as usize;
+    eventually_eq(SPREAD + RECLAIM_AFTER, "messages consumed after node-1's kill -9", rest, || async {
+        total.load(Ordering::SeqCst)
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let got = task.await.expect("consumer task");
+    let redelivered_seqs: BTreeSet<u64> = got.iter().filter(|f| redelivered(f)).map(seq).collect();
+    let mut all: Vec<u64> = got.iter().map(seq).collect();
+    all.extend(&acked);
+    assert_exactly_once("deliveries (node-1's acknowledged ones, then node-0's)", &tally(all), COUNT);
+    assert!(held.is_subset(&redelivered_seqs), "held {held:?} redelivered {redelivered_seqs:?}");
+    assert_eq!(redelivered_seqs.len() as u64, seen, "held and read ahead: {redelivered_seqs:?}");
+}
+
 // === Scenario 4: rolling restart ===
 
 /// A producer with receipts that fails over to the next node when its node goes; retries the
