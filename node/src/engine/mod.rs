@@ -274,12 +274,6 @@ pub trait Engine: Send + Sync {
         queue: &str,
         max: usize,
     ) -> impl Future<Output = Result<Vec<QueueEntry>, EngineError>> + Send;
-    /// Entries a queue's dispatcher may fetch beyond its consumers' credit and hold in the node
-    /// (the hub's read-ahead), so that returned credit does not wait for a fetch. 0 (the default,
-    /// the embedded engine: its fetch costs nothing) fetches only what consumers can take.
-    fn read_ahead(&self) -> usize {
-        0
-    }
     /// The entries were consumed: forget them. Resolves once taken (the Redis engine writes it
     /// with the node's other ACKs, unawaited; a failure there means a redelivery after
     /// `queue-reclaim-after`); a later `release` or `dead_letter` never overtakes it.
@@ -387,9 +381,6 @@ impl Engine for AnyEngine {
     }
     async fn fetch(&self, queue: &str, max: usize) -> Result<Vec<QueueEntry>, EngineError> {
         dispatch!(self, e => e.fetch(queue, max).await)
-    }
-    fn read_ahead(&self) -> usize {
-        dispatch!(self, e => e.read_ahead())
     }
     async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {
         dispatch!(self, e => e.ack(queue, ids).await)

@@ -3,19 +3,15 @@
 //! (`prefetch-count` minus what they hold unacknowledged) and hands them out round-robin.
 //! Acknowledging or releasing entries gives the credit back and wakes the dispatcher.
 
-use std::collections::{HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use super::settle::{How, Settlement};
 use super::{Delivery, EntryRef, Hub, MessageTail, Subscription};
-use crate::engine::{Engine, EngineError, EntryId, Pending, QueueEntry};
+use crate::engine::{Engine, EngineError, EntryId, Pending};
 
 /// Local consumers of one queue and the wake-up for its dispatcher task.
 pub(super) struct QueueDispatch {
@@ -32,20 +28,11 @@ impl QueueDispatch {
 }
 
 /// Backoff between failed queue fetches while consumers wait.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Entries fetched in one engine call at most.
-const FETCH_MAX: usize = 256;
-
-/// Read-ahead: besides its consumers' credit, a dispatcher fetches as many entries as they took
-/// in about the last window (at most their total prefetch and the engine's
-/// [`Engine::read_ahead`]), so a busy consumer's returned credit is met at once and an idle or
-/// slow one makes the node hold nothing beyond its credit.
-const READ_AHEAD_WINDOW: Duration = Duration::from_millis(100);
-
-/// Held entries nobody took for this long go back to the queue, for other nodes' consumers.
-const HOLD_MAX: Duration = Duration::from_secs(1);
+const FETCH_MAX: u32 = 256;
 
 impl Hub {
     pub(super) fn subscribe_queue(&self, subscription: Arc<Subscription>) -> Pending {
@@ -169,135 +156,64 @@ impl Hub {
     }
 
     /// Fetches and hands out entries of one queue while it has local consumers.
-    ///
-    /// One fetch is on its way at a time, asking for the consumers' credit plus the read-ahead
-    /// (see [`READ_AHEAD_WINDOW`]); what comes back is held here, in fetch order, and handed out
-    /// as credit comes back, so a consumer's ACK is answered from the node while the next fetch
-    /// is still out. Entries held [`HOLD_MAX`] without a hand-out, and those held when the last
-    /// consumer leaves, go back to the queue.
     async fn dispatch_queue(self: Arc<Hub>, dispatch: Arc<QueueDispatch>) {
-        let read_ahead_max = self.engine.read_ahead();
-        // Bounded: at most the consumers' credit plus the read-ahead (≤ their prefetch) when
-        // fetched; nothing is fetched while it holds that much.
-        let mut held: VecDeque<(Arc<MessageTail>, EntryRef)> = VecDeque::new();
-        let mut pace = Pace::new();
-        let mut fetching: Option<Fetching<'_>> = None;
-        // The last fetch got fewer entries than it asked for: none until a wake (new entries
-        // notified, credit back).
-        let mut drained = false;
         let mut backoff = RETRY_MIN;
-        let mut retry_at: Option<Instant> = None;
         loop {
-            pace.handed(self.hand_out_held(&dispatch, &mut held));
-            if dispatch.consumers.lock().expect("consumers lock").is_empty() {
-                // Nobody consumes here any more: give back what is held, then stop (the map
-                // entry goes with the task) unless a consumer came back meanwhile.
-                if let Some(fetch) = fetching.take() {
-                    if let Ok(entries) = fetch.future.await {
-                        held.extend(entries.into_iter().map(|entry| tail_and_ref(&dispatch.name, entry)));
+            dispatch.wake.notified().await;
+            loop {
+                let credit: u32 = {
+                    let consumers = dispatch.consumers.lock().expect("consumers lock");
+                    consumers.iter().map(|c| c.credit()).sum()
+                };
+                if credit == 0 {
+                    break;
+                }
+                let entries = match self.engine.fetch(&dispatch.name, credit.min(FETCH_MAX) as usize).await {
+                    Ok(entries) => {
+                        backoff = RETRY_MIN;
+                        entries
+                    }
+                    Err(error) => {
+                        // Consumers are waiting: retry with backoff until the engine is back.
+                        tracing::warn!(queue = %dispatch.name, %error, retry_in = ?backoff, "queue fetch failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                };
+                if entries.is_empty() {
+                    break;
+                }
+                let mut refused = Vec::new();
+                for entry in entries {
+                    let message = Arc::new(MessageTail::new(&entry.message));
+                    let entry_ref = EntryRef {
+                        queue: dispatch.name.clone(),
+                        id: entry.id,
+                        redeliveries: entry.redeliveries,
+                    };
+                    if !self.hand_out(&dispatch, message, entry_ref.clone()) {
+                        refused.push(entry_ref.id);
                     }
                 }
-                self.give_back(&dispatch.name, &mut held).await;
-                let mut queues = self.queues.lock().expect("queues lock");
-                if dispatch.consumers.lock().expect("consumers lock").is_empty() {
-                    if queues.get(&dispatch.name).is_some_and(|d| Arc::ptr_eq(d, &dispatch)) {
-                        queues.remove(&dispatch.name);
-                        self.engine.unwatch(&dispatch.name);
+                if !refused.is_empty() {
+                    if let Err(error) = self.engine.release(&dispatch.name, &refused, false).await {
+                        tracing::warn!(queue = %dispatch.name, %error, "could not release queue entries");
                     }
-                    return;
-                }
-                continue;
-            }
-            if !held.is_empty() && pace.last_hand_out.elapsed() >= HOLD_MAX {
-                // Local consumers stopped taking: other nodes' consumers may.
-                self.give_back(&dispatch.name, &mut held).await;
-            }
-            let (credit, prefetch) = {
-                let consumers = dispatch.consumers.lock().expect("consumers lock");
-                consumers
-                    .iter()
-                    .fold((0usize, 0usize), |(c, p), s| (c + s.credit() as usize, p + s.prefetch as usize))
-            };
-            let read_ahead = read_ahead_max.min(prefetch).min(pace.recent());
-            let wanted = (credit + read_ahead).saturating_sub(held.len());
-            // Consumers waiting for entries, or the read-ahead down to its low-water mark.
-            let low = held.len() < credit || held.len() <= credit + read_ahead / 2;
-            let retry_due = retry_at.is_none_or(|at| Instant::now() >= at);
-            if fetching.is_none() && !drained && retry_due && wanted > 0 && low {
-                let max = wanted.min(FETCH_MAX);
-                fetching = Some(Fetching { max, future: Box::pin(self.engine.fetch(&dispatch.name, max)) });
-            }
-
-            let deadline = match (held.is_empty(), retry_at) {
-                (false, _) => Some(pace.last_hand_out + HOLD_MAX),
-                (true, Some(at)) => Some(at),
-                (true, None) => None,
-            };
-            let event = tokio::select! {
-                result = async {
-                    match fetching.as_mut() {
-                        Some(fetch) => fetch.future.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                } => Event::Fetched(result),
-                () = dispatch.wake.notified() => Event::Woken,
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => Event::Timer,
-            };
-            match event {
-                Event::Fetched(result) => {
-                    let asked = fetching.take().map_or(0, |f| f.max);
-                    match result {
-                        Ok(entries) => {
-                            backoff = RETRY_MIN;
-                            retry_at = None;
-                            drained = entries.len() < asked;
-                            held.extend(entries.into_iter().map(|entry| tail_and_ref(&dispatch.name, entry)));
-                        }
-                        Err(error) => {
-                            // Consumers are waiting: retry with backoff until the engine is back.
-                            tracing::warn!(queue = %dispatch.name, %error, retry_in = ?backoff, "queue fetch failed");
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(RETRY_MAX);
-                        }
-                    }
-                }
-                Event::Woken => drained = false,
-                Event::Timer => {
-                    if retry_at.is_some_and(|at| Instant::now() >= at) {
-                        retry_at = None;
-                    }
+                    // Those consumers are full or gone; wait for a change before trying again.
+                    break;
                 }
             }
-        }
-    }
-
-    /// Hands out held entries, oldest first, while some consumer takes them; returns how many.
-    fn hand_out_held(
-        &self,
-        dispatch: &QueueDispatch,
-        held: &mut VecDeque<(Arc<MessageTail>, EntryRef)>,
-    ) -> usize {
-        let mut handed = 0;
-        while let Some((message, entry)) = held.front() {
-            if !self.hand_out(dispatch, message.clone(), entry.clone()) {
-                break;
+            // Stop once nobody consumes here any more; the map entry goes with it.
+            let mut queues = self.queues.lock().expect("queues lock");
+            let idle = dispatch.consumers.lock().expect("consumers lock").is_empty();
+            if idle {
+                if queues.get(&dispatch.name).is_some_and(|d| Arc::ptr_eq(d, &dispatch)) {
+                    queues.remove(&dispatch.name);
+                    self.engine.unwatch(&dispatch.name);
+                }
+                return;
             }
-            held.pop_front();
-            handed += 1;
-        }
-        handed
-    }
-
-    /// Puts every held entry back in the queue (no client saw them: not redeliveries).
-    async fn give_back(&self, queue: &Arc<str>, held: &mut VecDeque<(Arc<MessageTail>, EntryRef)>) {
-        if held.is_empty() {
-            return;
-        }
-        let ids: Vec<EntryId> = held.drain(..).map(|(_, entry)| entry.id).collect();
-        if let Err(error) = self.engine.release(queue, &ids, false).await {
-            // Still pending for this node: `queue-reclaim-after` after the node's end they are
-            // redelivered; until then they wait, as entries of a failed ACK do.
-            tracing::warn!(%queue, %error, "could not release queue entries");
         }
     }
 
@@ -326,65 +242,4 @@ impl Hub {
         }
         false
     }
-}
-
-/// A fetch on its way, and how many entries it asked for.
-struct Fetching<'a> {
-    max: usize,
-    future: Pin<Box<dyn Future<Output = Result<Vec<QueueEntry>, EngineError>> + Send + 'a>>,
-}
-
-/// What ended a dispatcher's wait.
-enum Event {
-    Fetched(Result<Vec<QueueEntry>, EngineError>),
-    Woken,
-    Timer,
-}
-
-/// How fast local consumers take entries: hand-outs in the current and the previous
-/// [`READ_AHEAD_WINDOW`], and when the last one was.
-struct Pace {
-    window_start: Instant,
-    current: usize,
-    previous: usize,
-    last_hand_out: Instant,
-}
-
-impl Pace {
-    fn new() -> Pace {
-        let now = Instant::now();
-        Pace { window_start: now, current: 0, previous: 0, last_hand_out: now }
-    }
-
-    fn roll(&mut self) {
-        let elapsed = self.window_start.elapsed();
-        if elapsed >= READ_AHEAD_WINDOW {
-            self.previous = if elapsed >= READ_AHEAD_WINDOW * 2 { 0 } else { self.current };
-            self.current = 0;
-            self.window_start = Instant::now();
-        }
-    }
-
-    fn handed(&mut self, n: usize) {
-        if n > 0 {
-            self.roll();
-            self.current += n;
-            self.last_hand_out = Instant::now();
-        }
-    }
-
-    /// Entries handed out in about the last window.
-    fn recent(&mut self) -> usize {
-        self.roll();
-        self.current.max(self.previous)
-    }
-}
-
-fn tail_and_ref(queue: &Arc<str>, entry: QueueEntry) -> (Arc<MessageTail>, EntryRef) {
-    let message = Arc::new(MessageTail::new(&entry.message));
-    (message, EntryRef { queue: queue.clone(), id: entry.id, redeliveries: entry.redeliveries })
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(3600)
 }

@@ -741,13 +741,6 @@ impl Engine for RedisEngine {
         queues::fetch(&self.inner, queue, max).await
     }
 
-    /// Entries fetched ahead sit in this node's part of the consumer group's pending list and
-    /// are refreshed like those of its consumers: if the node dies they are reclaimed and
-    /// redelivered by another node after `queue-reclaim-after`.
-    fn read_ahead(&self) -> usize {
-        queues::READ_AHEAD
-    }
-
     /// Handed to the publishing task and not waited for (see `publisher`): a session's run of
     /// ACKs costs no round trip, and the node's ACKs of a queue go as one call per pipeline.
     async fn ack(&self, queue: &str, ids: &[EntryId]) -> Result<(), EngineError> {

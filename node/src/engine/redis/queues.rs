@@ -25,8 +25,6 @@ use crate::metrics::DropReason;
 /// Entries claimed per XAUTOCLAIM, and calls per queue per reclaim pass.
 const RECLAIM_COUNT: u64 = 100;
 const RECLAIM_CALLS: usize = 10;
-/// Most entries of one queue a node fetches beyond its consumers' credit (the hub's read-ahead).
-pub(super) const READ_AHEAD: usize = 256;
 /// How often queue depths are read for the metrics, and for how many queues at most.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEPTH_QUEUES: usize = 1000;
