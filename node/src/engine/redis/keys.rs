@@ -43,11 +43,9 @@ impl Keys {
         format!("{}:{{{queue}}}:q", self.prefix)
     }
 
-    /// Marker of one ENQUEUE call (`batch`: its id, see `publisher.rs`), set by the call, in the
-    /// queue's slot, and expiring on its own: a call sent again after its connection was lost is
-    /// skipped when the marker says it ran.
-    pub(super) fn enqueued(&self, queue: &str, batch: &str) -> String {
-        format!("{}:{{{queue}}}:sent:{batch}", self.prefix)
+    /// Sorted set of a queue's ENQUEUE call markers, scored by time (`scripts::ENQUEUE`).
+    pub(super) fn sent(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:sent", self.prefix)
     }
 
     /// Hash of a queue's lifetime and users: `expires` (ms) and `auto` (0/1) when a SUBSCRIBE

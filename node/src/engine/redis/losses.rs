@@ -1,8 +1,10 @@
 //! Noticing queues whose stream vanished with its messages, so that no queue goes silently empty:
 //! Redis restarted without persistence (or was flushed), or someone deleted the key.
 //!
-//! The node remembers the queues whose stream it has seen ([`Inner::seen_queues`]: registered
-//! by an enqueue or a join, forgotten when this node deletes the queue by its lifetime). A loss
+//! The node remembers the queues whose stream it has seen ([`Inner::seen_queues`]: found by an
+//! enqueue, or by a join once its consumer group is there, forgotten when this node deletes the
+//! queue by its lifetime). Registering a queue (the `queues` set) is not seeing it: a node
+//! registers a queue before its enqueue runs, and the stream may be gone by then. A loss
 //! is noticed three ways:
 //! - after every (re)connection, the node compares the store's *epoch* (a key set once, with
 //!   `SET NX`, by whichever node connects first) with the one it saw before: a different one
@@ -50,7 +52,20 @@ pub(super) fn created(inner: &Inner, queue: &str) {
     }
 }
 
-/// This node has seen `queue`'s stream (registered it).
+/// An enqueue (or a check) found `queue`'s stream already there: seen, unless this node consumes
+/// it. A consumed queue is seen again only by its join, once its consumer group is back: an
+/// enqueue can find the stream of a lost queue re-created (by another enqueue) while its group is
+/// still missing, and the fetch that then finds no group must not report that loss again.
+pub(super) fn found(inner: &Inner, queue: &str) {
+    if inner.seen_queues.lock().expect("seen queues lock").contains(queue) {
+        return;
+    }
+    if inner.watched.lock().expect("watched lock").get(queue) != Some(&Watched::Queue) {
+        seen(inner, queue);
+    }
+}
+
+/// This node has seen `queue`'s stream, and its consumer group when it consumes it.
 pub(super) fn seen(inner: &Inner, queue: &str) {
     inner.seen_queues.lock().expect("seen queues lock").insert(Arc::from(queue));
 }

@@ -16,7 +16,7 @@
 //! | `P:{/topic/t}:log` | stream | history of a history topic: id `0-<offset>`, fields `e` (envelope), `t` (publish time, ms) |
 //! | `P:{/topic/t}:seq` | string | the history topic's last offset |
 //! | `P:{/queue/q}:q` | stream | a queue: fields `e` (envelope), `r` (redeliveries); consumer group `stampede`, one consumer per node (its `node-id`) |
-//! | `P:{/queue/q}:sent:<id>` | string | marker of one ENQUEUE call (SET NX by the call, expires after 60 s): a call sent again after a lost connection is not run twice ([`publisher`]) |
+//! | `P:{/queue/q}:sent` | sorted set | markers of the queue's recent ENQUEUE calls, scored by time (kept 60 s, deleted with the queue): a call sent again after a lost connection is not run twice ([`publisher`]) |
 //! | `P:{/queue/q}:life` | hash | a queue's lifetime and users: `expires`, `auto` (declared by a SUBSCRIBE), `used` (ms), `n:<node-id>` per node consuming it |
 //! | `P:queues` | set | names of every queue enqueued to (for reclaiming and depth metrics) |
 //! | `P:lifetimes` | sorted set | queues that have a lifetime, scored by when (ms) the sweep looks at them next |
@@ -203,7 +203,7 @@ struct Inner {
     /// Queue lifetimes a SUBSCRIBE declared while Redis was away: declared again before the
     /// queue's next watch and after each reconnection (`pubsub.rs`).
     undeclared: Mutex<HashMap<Arc<str>, QueueLifetime>>,
-    /// Queues whose stream this node has seen (registered), until it deletes them: a stream of
+    /// Queues whose stream this node has seen, until it deletes them: a stream of
     /// one found missing was lost (`losses.rs`). Unlike `known_queues`, kept across reconnects.
     seen_queues: Mutex<HashSet<Arc<str>>>,
     /// The store's epoch as the queue task last read it (`losses.rs`; the pub/sub control task
@@ -545,6 +545,8 @@ impl Inner {
     /// Adds a queue to the `queues` set, and to `lifetimes` when a rule gives it one, once per
     /// process (again after each reconnect, see the queue task, and after the queue was created
     /// again).
+    /// Registering says nothing of whether its stream exists: what the node has seen of it is
+    /// recorded by the enqueue or join that found it (`losses.rs`).
     async fn register_queue(&self, queue: &str) -> Result<(), EngineError> {
         let new = !self.known_queues.lock().expect("known queues lock").contains(queue);
         if new {
@@ -555,7 +557,6 @@ impl Inner {
                 self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
             }
             self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
-            losses::seen(self, queue);
         }
         Ok(())
     }

@@ -25,8 +25,8 @@
 //! entry whose ACK is still on its way.
 //!
 //! An enqueue whose connection is lost, or that times out, before Redis answers may have been
-//! stored or not. Each ENQUEUE call carries a marker key of its own (a process-random number and
-//! a count), which the script sets first and skips the call if set, so such a call is sent again,
+//! stored or not. Each ENQUEUE call carries a marker of its own (a process-random number and a
+//! count), which the script records first and skips the call if recorded, so such a call is sent again,
 //! with the same marker, until Redis answers or [`OUTAGE_PATIENCE`] runs out ([`resend`]): a
 //! failover or a stall costs its SENDs a late RECEIPT, not an ERROR, and never a duplicate. Plain
 //! and history publishes are not sent again (a PUBLISH sent twice may reach subscribers twice).
@@ -301,7 +301,7 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     let markers: Vec<Option<String>> = groups
         .iter()
         .map(|group| match &jobs[group.start].op {
-            Op::Enqueue { .. } => Some(inner.keys.enqueued(&jobs[group.start].destination, &batch_id())),
+            Op::Enqueue { .. } => Some(batch_id()),
             _ => None,
         })
         .collect();
@@ -324,9 +324,9 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
                 pipeline.custom(command, args).await
             }
             Op::Enqueue { key, .. } => {
-                let keys: Vec<&str> = std::iter::once(key.as_str()).chain(marker.as_deref()).collect();
-                let (command, args) =
-                    scripts::ENQUEUE.evalsha(sharded, &keys, &enqueue_args(inner, &jobs[group.clone()]));
+                let sent = inner.keys.sent(&jobs[group.start].destination);
+                let args = enqueue_args(inner, &jobs[group.clone()], marker.as_deref());
+                let (command, args) = scripts::ENQUEUE.evalsha(sharded, &[key.as_str(), &sent], &args);
                 pipeline.custom(command, args).await
             }
             Op::Script { script, keys, args, .. } => {
@@ -397,8 +397,9 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
                 inner.script(&scripts::PUBLISH_MANY, &keys, publish_many_args(&members)).await
             }
             Op::Enqueue { key, .. } => {
-                let keys: Vec<&str> = std::iter::once(key.as_str()).chain(marker.as_deref()).collect();
-                inner.script(&scripts::ENQUEUE, &keys, enqueue_args(inner, &members)).await
+                let sent = inner.keys.sent(&members[0].destination);
+                let args = enqueue_args(inner, &members, marker.as_deref());
+                inner.script(&scripts::ENQUEUE, &[key.as_str(), &sent], args).await
             }
             Op::Script { script, keys, args, .. } => {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -434,13 +435,14 @@ async fn resend(inner: &Inner, resends: Vec<(Vec<Job>, String, RedisError)>) {
         tracing::info!(queue = %members[0].destination, messages = members.len(), %error,
             "an enqueue's connection was lost before its reply; sending it again");
         inner.metrics.engine_event(EngineEvent::Resent, 1);
-        let keys = [key.as_str(), marker.as_str()];
+        let sent = inner.keys.sent(&members[0].destination);
+        let keys = [key.as_str(), sent.as_str()];
         let mut pause = RESEND_PAUSE;
         let result = loop {
             while !inner.client.is_connected() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            match inner.script(&scripts::ENQUEUE, &keys, enqueue_args(inner, &members)).await {
+            match inner.script(&scripts::ENQUEUE, &keys, enqueue_args(inner, &members, Some(&marker))).await {
                 Err(error) if is_cut_off(&error) && tokio::time::Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RESEND_PAUSE_MAX);
@@ -462,7 +464,9 @@ async fn resend(inner: &Inner, resends: Vec<(Vec<Job>, String, RedisError)>) {
 /// connection was lost, or it timed out), or was refused by a server not ready to run it (a
 /// Redis Cluster or Sentinel failover in progress); a script's own error is neither.
 fn is_cut_off(error: &RedisError) -> bool {
-    const NOT_RUN: [&str; 7] = [
+    const NOT_RUN: [&str; 8] = [
+        // fred had no connection to write it to (a Sentinel or Cluster reconnection under way).
+        "Failed to route command",
         "CLUSTERDOWN",
         "TRYAGAIN",
         "LOADING",
@@ -553,13 +557,14 @@ fn is_script(group: &[Job]) -> bool {
 }
 
 /// The arguments of [`scripts::ENQUEUE`] for a run of enqueues to one queue.
-fn enqueue_args(inner: &Inner, jobs: &[Job]) -> Vec<Value> {
-    let mut args = Vec::with_capacity(jobs.len() + 2);
+fn enqueue_args(inner: &Inner, jobs: &[Job], marker: Option<&str>) -> Vec<Value> {
+    let mut args = Vec::with_capacity(jobs.len() + 3);
     args.push(Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)));
     for job in jobs {
         if let Op::Enqueue { channel, envelope, .. } = &job.op {
             if args.len() == 1 {
                 args.push(Value::from(channel.as_str()));
+                args.push(Value::from(marker.unwrap_or("")));
             }
             args.push(Value::Bytes(envelope.clone()));
         }
@@ -604,6 +609,8 @@ fn answer_all(inner: &Inner, jobs: Vec<Job>, result: Result<Value, RedisError>) 
                     }
                     if created {
                         inner.created(&first.destination);
+                    } else {
+                        super::losses::found(inner, &first.destination);
                     }
                     Ok(None)
                 }

@@ -41,15 +41,19 @@ pub(super) async fn push(inner: &Inner, queue: &str, envelope: Vec<u8>) -> Resul
     let args = vec![
         Value::Integer(inner.config.queues.max_length.try_into().unwrap_or(i64::MAX)),
         Value::from(inner.keys.channel(queue)),
+        Value::from(""),
         Value::Bytes(envelope.into()),
     ];
-    let reply = inner.script(&scripts::ENQUEUE, &[&key], args).await.map_err(unavailable)?;
+    let sent = inner.keys.sent(queue);
+    let reply = inner.script(&scripts::ENQUEUE, &[&key, &sent], args).await.map_err(unavailable)?;
     let (dropped, created) = publisher::enqueued(&reply).unwrap_or((0, false));
     if dropped > 0 {
         inner.metrics.dropped(DropReason::QueueFull, dropped);
     }
     if created {
         inner.created(&Arc::from(queue));
+    } else {
+        losses::found(inner, queue);
     }
     Ok(())
 }
@@ -85,7 +89,8 @@ pub(super) async fn leave(inner: &Inner, queue: &str) {
     let (key, life) = (inner.keys.queue(queue), inner.keys.life(queue));
     let mut args = vec![Value::from(inner.config.node_id.as_str())];
     args.extend(inner.rule_args(queue));
-    let result = match scripts::LEAVE.run(&inner.client, &[&key, &life], args).await {
+    let sent = inner.keys.sent(queue);
+    let result = match scripts::LEAVE.run(&inner.client, &[&key, &life, &sent], args).await {
         Ok(reply) => {
             let mut items = reply.into_array().into_iter();
             let deleted = items.next().and_then(|v| v.as_i64()).unwrap_or(-1);
@@ -145,6 +150,7 @@ async fn deleted_queue(
     let exists = inner.command("EXISTS", &key, vec![Value::from(key.as_str())]).await?;
     if exists.as_u64() == Some(1) {
         inner.register_queue(queue).await?;
+        losses::found(inner, queue);
         let watched = inner.watched.lock().expect("watched lock").get(queue) == Some(&Watched::Queue);
         if watched || inner.config.queue_lifetime(queue).is_some() {
             inner.schedule(queue, inner.config.queues.reclaim_after, true).await?;
@@ -202,7 +208,9 @@ async fn sweep(inner: &Inner) -> Result<(), EngineError> {
         let mut args = inner.rule_args(&queue).to_vec();
         args.push(Value::Integer(recheck));
         args.extend(live.iter().map(|id| Value::from(id.as_str())));
-        let reply = scripts::SWEEP.run(&inner.client, &[&key, &life], args).await.map_err(unavailable)?;
+        let sent = inner.keys.sent(&queue);
+        let reply =
+            scripts::SWEEP.run(&inner.client, &[&key, &life, &sent], args).await.map_err(unavailable)?;
         let mut items = reply.into_array().into_iter();
         let deleted = items.next().and_then(|v| v.as_i64()).unwrap_or(-1);
         let next = items.next().and_then(|v| v.as_u64()).unwrap_or(0);

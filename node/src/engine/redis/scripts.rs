@@ -177,12 +177,12 @@ local function lifetime(life, rule_expires, rule_auto)
   return tonumber(d[1] or rule_expires) or 0, (d[2] or rule_auto) == '1'
 end
 
--- Deletes a queue: its stream (entries, consumer group) and its life hash. Returns how many
--- messages went with it.
-local function drop_queue(key, life)
+-- Deletes a queue: its stream (entries, consumer group), its life hash and its enqueue markers.
+-- Returns how many messages went with it.
+local function drop_queue(key, life, sent)
   local n = 0
   if redis.call('EXISTS', key) == 1 then n = redis.call('XLEN', key) end
-  redis.call('DEL', key, life)
+  redis.call('DEL', key, life, sent)
   return n
 end
 
@@ -306,27 +306,34 @@ return out
     )
 });
 
-/// KEYS: queue, and (optional) the call's marker. ARGV: max length, channel, envelopes...
-/// Appends each (redeliveries 0), in order, then trims the oldest ready entries past the bound
-/// (what trimming after each append would leave) and notifies once: a run of SENDs to one queue
-/// is one call and one notification. Returns `{dropped, created}`: how many entries were
-/// dropped, and 1 when the appends created the stream (a new queue, or one deleted before it).
-/// The appends' ids are the time of these SENDs: what the sweep reads as the queue's last use.
+/// KEYS: queue, its sent markers (`Keys::sent`). ARGV: max length, channel, the call's marker
+/// (`''` for none), envelopes... Appends each (redeliveries 0), in order, then trims the oldest
+/// ready entries past the bound (what trimming after each append would leave) and notifies once:
+/// a run of SENDs to one queue is one call and one notification. Returns `{dropped, created}`:
+/// how many entries were dropped, and 1 when the appends created the stream (a new queue, or one
+/// deleted before it). The appends' ids are the time of these SENDs: what the sweep reads as the
+/// queue's last use.
 ///
-/// With a marker (`Keys::enqueued`, unique per call) the call is idempotent: it sets the marker
-/// (SET NX, expiring after [`ENQUEUE_MARKED_FOR`]) before anything else, and a call whose marker
-/// is already set did run, so it does nothing and returns `{0, 0, 1}`. The publisher sends a
-/// call again, with the same marker, when its connection was lost before the reply came.
+/// With a marker (unique per call) the call is idempotent: it adds the marker to the queue's
+/// sorted set of markers (scored by time, those older than [`ENQUEUE_MARKED_FOR`] trimmed, the
+/// set expiring when no call came for as long) before anything else, and a call whose marker is
+/// already there did run, so it does nothing and returns `{0, 0, 1}`. The publisher sends a call
+/// again, with the same marker, when its connection was lost before the reply came. The set
+/// lives in the queue's slot and goes with the queue when it is deleted.
 pub(super) static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "enqueue",
         &format!(
             r#"
-if KEYS[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', {marked}) then
-  return {{ 0, 0, 1 }}
+if ARGV[3] ~= '' then
+  if redis.call('ZSCORE', KEYS[2], ARGV[3]) then return {{ 0, 0, 1 }} end
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - {marked})
+  redis.call('ZADD', KEYS[2], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], {marked})
 end
 local created = 1 - redis.call('EXISTS', KEYS[1])
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'e', ARGV[i], 'r', 0)
 end
 local dropped = trim(KEYS[1], tonumber(ARGV[1]))
@@ -338,10 +345,10 @@ return {{ dropped, created }}
     )
 });
 
-/// How long an ENQUEUE call's marker lives: far longer than the publisher keeps sending a call
+/// How long an ENQUEUE call's marker is kept: far longer than the publisher keeps sending a call
 /// again (`OUTAGE_PATIENCE` plus a command timeout or two after the first send), so that a late
-/// resend still finds it, and short enough that markers cost little memory (one small key per
-/// call, and a call carries a run of SENDs).
+/// resend still finds it, and short enough that markers cost little memory (one sorted-set
+/// member per call, and a call carries a run of SENDs).
 pub(super) const ENQUEUE_MARKED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// KEYS: queue, life. ARGV: node, rule's expires ms (0 = none), rule's auto-delete (0/1).
@@ -363,7 +370,7 @@ return { created, has }
     )
 });
 
-/// KEYS: queue, life. ARGV: node, rule's expires ms, rule's auto-delete (0/1).
+/// KEYS: queue, life, sent markers. ARGV: node, rule's expires ms, rule's auto-delete (0/1).
 /// The node's last consumer of the queue left. With no other node consuming it, an auto-delete
 /// queue is deleted; one that expires starts its unused time now. Returns `{deleted messages or
 /// -1, expires ms}`.
@@ -377,7 +384,7 @@ local fields = redis.call('HKEYS', KEYS[2])
 for _, f in ipairs(fields) do
   if string.sub(f, 1, 2) == 'n:' then return { -1, expires } end
 end
-if auto then return { drop_queue(KEYS[1], KEYS[2]), 0 } end
+if auto then return { drop_queue(KEYS[1], KEYS[2], KEYS[3]), 0 } end
 if expires > 0 then
   redis.call('HSET', KEYS[2], 'used', now_ms())
 elseif redis.call('HEXISTS', KEYS[2], 'auto') == 0 then
@@ -401,7 +408,7 @@ return 1
     )
 });
 
-/// KEYS: queue, life. ARGV: rule's expires ms, rule's auto-delete (0/1), recheck ms, live node
+/// KEYS: queue, life, sent markers. ARGV: rule's expires ms, rule's auto-delete (0/1), recheck ms, live node
 /// ids... Forgets the consumers of nodes no longer alive, then deletes the queue if an
 /// auto-delete queue lost its last consumer that way, or if it has had no consumer, SEND (the
 /// stream's last id is the time of its last append) or SUBSCRIBE for its `expires`. Returns
@@ -423,7 +430,7 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
 end
 local expires, auto = lifetime(KEYS[2], ARGV[1], ARGV[2])
 if users > 0 then return { -1, tonumber(ARGV[3]) } end
-if auto and gone > 0 then return { drop_queue(KEYS[1], KEYS[2]), 0 } end
+if auto and gone > 0 then return { drop_queue(KEYS[1], KEYS[2], KEYS[3]), 0 } end
 if expires <= 0 then return { -1, 0 } end
 local used = tonumber(redis.call('HGET', KEYS[2], 'used')) or 0
 local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
@@ -434,7 +441,7 @@ elseif redis.call('EXISTS', KEYS[2]) == 0 then
   return { 0, 0 }
 end
 local idle = now_ms() - used
-if idle >= expires then return { drop_queue(KEYS[1], KEYS[2]), 0 } end
+if idle >= expires then return { drop_queue(KEYS[1], KEYS[2], KEYS[3]), 0 } end
 return { -1, expires - idle }
 "#,
     )

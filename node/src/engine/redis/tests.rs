@@ -813,24 +813,27 @@ async fn an_enqueue_call_with_the_same_marker_stores_once() {
     let a = node(&server, "node-a", |_| {}).await;
     let inner = &a.engine.inner;
     let (queue, key) = ("/queue/twice", "stampede:{/queue/twice}:q");
-    let marker = inner.keys.enqueued(queue, "test.1");
-    let call = || async {
-        let args = vec![Value::Integer(1000), Value::from(inner.keys.channel(queue)), "a".into(), "b".into()];
-        inner.script(&scripts::ENQUEUE, &[key, &marker], args).await.expect("ENQUEUE runs")
+    let sent = inner.keys.sent(queue);
+    let call = |marker: &'static str, bodies: &[&'static str]| {
+        let mut args = vec![Value::Integer(1000), Value::from(inner.keys.channel(queue)), marker.into()];
+        args.extend(bodies.iter().map(|b| Value::from(*b)));
+        let keys = [key, sent.as_str()];
+        async move { inner.script(&scripts::ENQUEUE, &keys, args).await.expect("ENQUEUE runs").into_array() }
     };
-    let first = call().await.into_array();
+    let first = call("test.1", &["a", "b"]).await;
     assert_eq!(first.len(), 2, "the first call stores: {first:?}");
-    let again = call().await.into_array();
+    let again = call("test.1", &["a", "b"]).await;
     assert_eq!(again.get(2).and_then(Value::as_u64), Some(1), "the second says it ran before: {again:?}");
     assert_eq!(raw(&a, "XLEN", key, &[key]).await.as_u64(), Some(2), "each envelope stored once");
-    let ttl = raw(&a, "PTTL", &marker, &[&marker]).await.as_i64().expect("a ttl");
+    let ttl = raw(&a, "PTTL", &sent, &[&sent]).await.as_i64().expect("a ttl");
     let marked = scripts::ENQUEUE_MARKED_FOR.as_millis() as i64;
-    assert!((marked - 5_000..=marked).contains(&ttl), "the marker expires on its own: {ttl} ms");
-    // Another marker is another call.
-    let other = inner.keys.enqueued(queue, "test.2");
-    let args = vec![Value::Integer(1000), Value::from(inner.keys.channel(queue)), "c".into()];
-    inner.script(&scripts::ENQUEUE, &[key, &other], args).await.expect("ENQUEUE runs");
-    assert_eq!(raw(&a, "XLEN", key, &[key]).await.as_u64(), Some(3));
+    assert!((marked - 5_000..=marked).contains(&ttl), "the markers expire on their own: {ttl} ms");
+    // Another marker is another call; no marker, no check.
+    call("test.2", &["c"]).await;
+    call("", &["d"]).await;
+    call("", &["d"]).await;
+    assert_eq!(raw(&a, "XLEN", key, &[key]).await.as_u64(), Some(5));
+    assert_eq!(raw(&a, "ZCARD", &sent, &[&sent]).await.as_u64(), Some(2), "one marker a call");
 }
 
 /// An enqueue whose reply does not come in time (Redis stalled past the command timeout: the
