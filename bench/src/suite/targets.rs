@@ -97,6 +97,24 @@ pub struct Running {
 }
 
 impl Running {
+    /// A target of `kind` speaking STOMP, with nothing started yet.
+    fn new(kind: Kind, version: String) -> Running {
+        Running {
+            kind,
+            urls: Vec::new(),
+            protocol: Protocol::Stomp,
+            login: None,
+            pids: Vec::new(),
+            version,
+            redis: None,
+            redis_cluster: None,
+            cluster: None,
+            process: None,
+            rabbit: None,
+            dir: None,
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(mut rabbit) = self.rabbit.take() {
             rabbit.stop();
@@ -248,20 +266,7 @@ pub async fn start_with(
     rabbitmq_url: Option<&str>,
     extra_args: &[&str],
 ) -> Result<Running, String> {
-    let mut running = Running {
-        kind,
-        urls: Vec::new(),
-        protocol: Protocol::Stomp,
-        login: None,
-        pids: Vec::new(),
-        version: String::new(),
-        redis: None,
-        redis_cluster: None,
-        cluster: None,
-        process: None,
-        rabbit: None,
-        dir: None,
-    };
+    let mut running = Running::new(kind, String::new());
     match kind {
         Kind::Baseline => {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -364,20 +369,7 @@ pub async fn start_sharded(
     if major.is_some_and(|m| m < 7) {
         return Err(format!("sharded pub/sub needs Redis 7.0 or later; this is {version}"));
     }
-    let mut running = Running {
-        kind: Kind::Cluster,
-        urls: Vec::new(),
-        protocol: Protocol::Stomp,
-        login: None,
-        pids: Vec::new(),
-        version,
-        redis: None,
-        redis_cluster: None,
-        cluster: None,
-        process: None,
-        rabbit: None,
-        dir: None,
-    };
+    let mut running = Running::new(Kind::Cluster, version);
     for server in redis.nodes() {
         let port = format!(":{}", server.port());
         let pid = find_pid(|args| {
