@@ -1166,10 +1166,19 @@ async fn session_events_reach_the_backend_once_each(v: Variant) {
     cluster.shutdown().await;
 }
 
-/// Session events go to an HTTP backend when an `app-http` pattern matches their destination.
+/// Session events go to an HTTP backend when an `app-http` pattern matches their destination,
+/// one session's in order: the `disconnect` is sent once the (slow) `connect` was answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_events_go_to_an_http_backend_when_a_pattern_matches() {
-    let app = AppServer::start(|_, _| Answer::Empty).await;
+    const SLOW: Duration = Duration::from_millis(500);
+    let app = AppServer::start(|_, request| {
+        if request["headers"]["x-stampede-event"] == "connect" {
+            Answer::Late(SLOW, json!({}))
+        } else {
+            Answer::Empty
+        }
+    })
+    .await;
     let app_http = format!("{EVENTS}={}", app.url("/events"));
     let node =
         TestNode::start(|c| apply_flags(c, &[("session-events", EVENTS), ("app-http", &app_http)])).await;
@@ -1193,5 +1202,7 @@ async fn session_events_go_to_an_http_backend_when_a_pattern_matches() {
     let expected = |kind: &str| (json!(EVENTS), json!(session), json!(kind));
     assert_eq!(events, [expected("connect"), expected("disconnect")]);
     assert_eq!(documents[0].json["headers"]["x-stampede-event"], "connect", "{}", documents[0].json);
+    let waited = documents[1].at - documents[0].at;
+    assert!(waited >= SLOW, "the disconnect was sent {waited:?} after the connect, before its answer");
     node.shutdown().await;
 }

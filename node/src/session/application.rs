@@ -226,7 +226,7 @@ impl<S: FrameSink> Session<S> {
     }
 
     /// Sends a session event, when `session-events` is set.
-    pub(super) async fn emit(&self, event: AppEvent<'_>) {
+    pub(super) async fn emit(&mut self, event: AppEvent<'_>) {
         let meta = self.outbox.meta();
         let routed =
             events::message(self.node.apps(), &self.sender(), meta.transport.as_str(), meta.peer, event);
@@ -240,7 +240,13 @@ impl<S: FrameSink> Session<S> {
             }
             Some(Routed::Http(call)) => {
                 let node = self.node.clone();
-                tokio::spawn(async move { node.apps().serve(node.hub(), call).await });
+                let previous = self.event_call.take();
+                self.event_call = Some(tokio::spawn(async move {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                    node.apps().serve(node.hub(), call).await;
+                }));
             }
         }
     }

@@ -157,6 +157,7 @@ pub async fn run<S: FrameSink>(
         scratch: BytesMut::with_capacity(256),
         error_receipt: None,
         stashed: None,
+        event_call: None,
     };
     // Listed (once CONNECTED) for the admin API, which gives it orders through its outbox.
     session.outbox.describe(transport, peer);
@@ -225,6 +226,9 @@ struct Session<S> {
     error_receipt: Option<String>,
     /// An event taken from the reader while handling a run of frames, handled next.
     stashed: Option<Inbound>,
+    /// The last session event sent to an HTTP backend, on a task of its own: the next one waits
+    /// for it, so that a backend gets a session's events in the order they happened.
+    event_call: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Frames handled in one run at most before their deliveries are written.
