@@ -8,7 +8,7 @@
 //! (b) queue exactly-once across competing consumers, (c) history resume on another node, (d)
 //! user destinations across nodes, then (they change the deployment) (e) kill -9 of the
 //! master serving a queue under receipted traffic, and on the Cluster (f) one shard stuck
-//! (SIGSTOP) while the others carry on. Each scenario runs in a task of its own, so
+//! (SIGSTOP) and (g) one shard killed (kill -9), each while the others carry on. Each scenario runs in a task of its own, so
 //! one that fails (its panic printed as it happens) does not hide the others' results; the test
 //! fails at the end naming every scenario that failed, and prints every process's log.
 //! `README.md` says what each scenario proves; the failover figures are printed (`--nocapture`).
@@ -89,8 +89,11 @@ async fn run_scenarios(topology: Topology) {
     )
     .await;
     if matches!(topology.as_ref(), Topology::Cluster(_)) {
-        scenario(&mut failed, name, "f. one shard stuck", one_shard_stuck(cluster.clone(), topology.clone()))
-            .await;
+        let (f, g) = (one_shard_down(cluster.clone(), topology.clone(), Down::Stopped), {
+            one_shard_down(cluster.clone(), topology.clone(), Down::Killed)
+        });
+        scenario(&mut failed, name, "f. one shard stopped (SIGSTOP)", f).await;
+        scenario(&mut failed, name, "g. one shard killed (kill -9)", g).await;
     }
     assert!(failed.is_empty(), "on {name}, these scenarios failed (their panics are above): {failed:?}");
 }
@@ -640,16 +643,26 @@ const HEALTHY_RECEIPT: Duration = Duration::from_secs(3);
 /// Scenario (f): messages each node's publisher sends to each healthy topic during the stall.
 const PER_HEALTHY_TOPIC: u64 = 20;
 
-/// Scenario (f), Redis Cluster only, run last: one shard's master stopped (SIGSTOP) for
-/// [`STALL`], its replica told not to take over, and `cluster-require-full-coverage no`, so the
-/// other shards go on serving their slots (docs/cluster.md, "Partial failures"). Throughout the
-/// stall every node stays ready; receipted SENDs from every node to topics on the healthy shards
-/// are confirmed within [`HEALTHY_RECEIPT`] and delivered, in order, to a subscriber on every
-/// node; a new SUBSCRIBE to one of them is confirmed too. Once the master is continued, its
-/// shard's topic carries messages again to the subscribers that were on it all along.
-async fn one_shard_stuck(cluster: Arc<Cluster>, topology: Arc<Topology>) {
+/// How scenarios (f) and (g) take a shard's master down.
+#[derive(Clone, Copy, Debug)]
+enum Down {
+    /// (f) SIGSTOP: the master's connections stay open and nothing answers on them.
+    Stopped,
+    /// (g) kill -9: its connections are reset and new ones refused.
+    Killed,
+}
+
+/// Scenarios (f) and (g), Redis Cluster only, run last: one shard's master down (stopped with
+/// SIGSTOP, or killed with kill -9) for [`STALL`], its replica told not to take over, and
+/// `cluster-require-full-coverage no`, so the other shards go on serving their slots
+/// (docs/cluster.md, "Partial failures"). Throughout, every node stays ready; receipted SENDs
+/// from every node to topics on the healthy shards are confirmed within [`HEALTHY_RECEIPT`] and
+/// delivered, in order, to a subscriber on every node; a new SUBSCRIBE to one of them is
+/// confirmed too. Once the master is continued (or started again), its shard's topic carries
+/// messages again to the subscribers that were on it all along.
+async fn one_shard_down(cluster: Arc<Cluster>, topology: Arc<Topology>, down: Down) {
     let Topology::Cluster(redis) = topology.as_ref() else {
-        unreachable!("scenario (f) runs on a Redis Cluster")
+        unreachable!("scenarios (f) and (g) run on a Redis Cluster")
     };
     for node in redis.nodes().iter().filter(|n| n.is_running()) {
         node.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
@@ -707,8 +720,11 @@ async fn one_shard_stuck(cluster: Arc<Cluster>, topology: Arc<Topology>) {
         })
     };
     let _watching = guard(&watcher);
-    redis.node(stuck).signal("STOP");
     let _continue = ContinueOnDrop(redis.node(stuck));
+    match down {
+        Down::Stopped => redis.node(stuck).signal("STOP"),
+        Down::Killed => redis.kill(stuck),
+    }
     // Past the readiness probe's verdict (two unanswered probes) and the Cluster's node timeout.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -735,8 +751,9 @@ async fn one_shard_stuck(cluster: Arc<Cluster>, topology: Arc<Topology>) {
     // primary down.
     let mut blocked = connect(cluster.node(2), Transport::Tcp, None).await;
     let sent = blocked.try_publish(&stuck_topic, "stuck", &[("seq", "8888")]);
-    if let Ok(outcome) = tokio::time::timeout(HEALTHY_RECEIPT, sent).await {
-        faults.push(format!("a SEND to {stuck_topic}, on the stopped shard, answered: {outcome:?}"));
+    // Stopped, nothing answers; killed, the SEND is refused (an ERROR) or still waits.
+    if let Ok(Ok(receipt)) = tokio::time::timeout(HEALTHY_RECEIPT, sent).await {
+        faults.push(format!("a SEND to {stuck_topic}, on the {down:?} shard, was confirmed: {receipt:?}"));
     }
     drop(blocked);
     for node in cluster.nodes() {
@@ -782,38 +799,60 @@ async fn one_shard_stuck(cluster: Arc<Cluster>, topology: Arc<Topology>) {
     if !unready.is_empty() {
         faults.push(format!("not ready during the stall (at, statuses): {unready:?}"));
     }
-    redis.node(stuck).signal("CONT");
+    match down {
+        Down::Stopped => redis.node(stuck).signal("CONT"),
+        Down::Killed => redis.node(stuck).restart().await,
+    }
     let stalled = stopped_at.elapsed();
 
-    // The stuck shard's topic works again, for the subscribers that were on it all along.
+    // The shard's topic works again, for the subscribers that were on it all along. Stopped, they
+    // never left it; killed, each node subscribes again once it has reconnected, so a message
+    // confirmed before that reaches only some: publish until each subscriber has had one.
     let back = Instant::now();
-    let mut confirmed = false;
-    while !confirmed && back.elapsed() < SPREAD {
-        let mut publisher = connect(cluster.node(0), Transport::Tcp, None).await;
-        let sent = publisher.try_publish(&stuck_topic, "back", &[("seq", "9999")]);
-        confirmed = matches!(tokio::time::timeout(RECV, sent).await, Ok(Ok(_)));
-        if !confirmed {
+    let mut confirmed_after = None;
+    let mut publisher = None;
+    let mut waiting: Vec<usize> = (0..subscribers.len()).collect();
+    while !waiting.is_empty() && back.elapsed() < SPREAD {
+        let mut client = match publisher.take() {
+            Some(client) => client,
+            None => connect(cluster.node(0), Transport::Tcp, None).await,
+        };
+        let sent = client.try_publish(&stuck_topic, "back", &[("seq", "9999")]);
+        if !matches!(tokio::time::timeout(RECV, sent).await, Ok(Ok(_))) {
+            // Refused while the shard is away (the session ended), or no RECEIPT yet.
             tokio::time::sleep(REOPEN_AFTER).await;
+            continue;
         }
+        publisher = Some(client);
+        confirmed_after.get_or_insert(back.elapsed());
+        let mut still = Vec::new();
+        for i in waiting {
+            let (who, client) = &mut subscribers[i];
+            match client.try_recv_message(REOPEN_AFTER).await {
+                Ok(frame) if header(&frame, "destination") == stuck_topic => {}
+                Ok(frame) => faults.push(format!("{who}: after the return, {}", show(&frame))),
+                Err(ClientError::Timeout { .. }) => still.push(i),
+                Err(e) => faults.push(format!("{who}: after the return: {e}")),
+            }
+        }
+        waiting = still;
     }
     eprintln!(
-        "Redis Cluster: master on port {stuck} stopped {stalled:?}: {expected} SENDs to {} healthy topics, \
-         slowest RECEIPT {slowest:?}; its own topic confirmed again {:?} after SIGCONT",
+        "Redis Cluster: master on port {stuck} {down:?} for {stalled:?}: {expected} SENDs to {} healthy \
+         topics, slowest RECEIPT {slowest:?}; its own topic confirmed again {confirmed_after:?} after its \
+         return, and delivered on every node {:?} after it",
         healthy.len(),
         back.elapsed()
     );
-    if !confirmed {
+    if confirmed_after.is_none() {
         faults
             .push(format!("no RECEIPT for a SEND to {stuck_topic} within {SPREAD:?} of the master's return"));
     }
-    for (who, client) in &mut subscribers {
-        match client.try_recv_message(SPREAD).await {
-            Ok(frame) if header(&frame, "destination") == stuck_topic => {}
-            Ok(frame) => faults.push(format!("{who}: after the stall, {}", show(&frame))),
-            Err(e) => faults.push(format!("{who}: nothing on {stuck_topic} after the stall: {e}")),
-        }
+    for i in waiting {
+        faults
+            .push(format!("{}: nothing on {stuck_topic} within {SPREAD:?} of the return", subscribers[i].0));
     }
-    assert!(faults.is_empty(), "one shard stuck: {faults:?}");
+    assert!(faults.is_empty(), "one shard {down:?}: {faults:?}");
 }
 
 /// The port of the replica of the master on `port`, if it has one.
@@ -823,11 +862,14 @@ async fn replica_of(redis: &RedisCluster, port: u16) -> Option<u16> {
     line.split(',').find_map(|f| f.strip_prefix("port=")).and_then(|p| p.trim().parse().ok())
 }
 
-/// Sends SIGCONT on drop, so a failed scenario leaves no server stopped for the next.
+/// Sends SIGCONT on drop, so a failed scenario leaves no server stopped for the next (a killed
+/// one is not running: nothing happens).
 struct ContinueOnDrop<'a>(&'a stampede_testkit::Redis);
 
 impl Drop for ContinueOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.signal("CONT");
+        if self.0.is_running() {
+            self.0.signal("CONT");
+        }
     }
 }

@@ -15,11 +15,12 @@ use crate::{
   types::{config::ClusterDiscoveryPolicy, ClusterStateChange},
   utils as client_utils,
 };
-use futures::future::{join_all, try_join_all};
+use futures::future::join_all;
 use redis_protocol::resp3::types::{BytesFrame as Resp3Frame, FrameKind, Resp3Frame as _Resp3Frame};
 use std::{
   collections::{BTreeSet, HashMap, HashSet, VecDeque},
   ops::DerefMut,
+  time::{Duration, Instant},
 };
 
 async fn write_all_nodes(
@@ -514,11 +515,60 @@ pub async fn drop_broken_connections(writers: &mut HashMap<Server, Connection>) 
   buffer
 }
 
+/// Stampede's patch (vendor/README.md): a primary named by `CLUSTER SLOTS` that could not be
+/// connected to.
+#[derive(Clone, Copy, Debug)]
+pub struct Unreachable {
+  /// When the last attempt to connect to it failed.
+  pub failed:   Instant,
+  /// A sync that tries it again is queued.
+  pub retrying: bool,
+}
+
+/// Stampede's patch: how often a primary that could not be connected to is tried again, while
+/// commands are sent to its slots (each of which fails at once meanwhile).
+pub const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+/// Stampede's patch: the connection timeout of a new attempt to reach a primary that could not be
+/// connected to (at most the configured one): the routing task waits for the attempt, so a
+/// primary that does not answer at all must not hold the others' commands for long.
+pub const UNREACHABLE_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Stampede's patch: the primary that owns `command`'s slot (or the node it names) when it has no
+/// connection because connecting to it failed, and whether to queue a sync that tries it again
+/// (the last attempt is [`UNREACHABLE_RETRY`] old, and none is queued yet).
+pub fn unreachable_owner(
+  command: &Command,
+  connections: &HashMap<Server, Connection>,
+  cache: &ClusterRouting,
+  unreachable: &mut HashMap<Server, Unreachable>,
+) -> Option<(Server, bool)> {
+  if unreachable.is_empty() || command.is_all_cluster_nodes() || command.use_replica {
+    return None;
+  }
+  let owner = match command.cluster_node.as_ref() {
+    Some(server) => server,
+    None => cache.get_server(command.cluster_hash()?)?,
+  };
+  if connections.contains_key(owner) {
+    return None;
+  }
+  let state = unreachable.get_mut(owner)?;
+  let retry = !state.retrying && state.failed.elapsed() >= UNREACHABLE_RETRY;
+  state.retrying |= retry;
+  Some((owner.clone(), retry))
+}
+
 /// Run `CLUSTER SLOTS`, update the cached routing table, and modify the connection map.
+///
+/// Stampede's patch (vendor/README.md): a primary that cannot be connected to no longer fails the
+/// whole sync (fred#363: with one primary's process gone, every command to every primary waited
+/// for it). It is noted in `unreachable` and left out of the connection map, the others are
+/// connected, and the sync fails only when no primary at all is connected.
 pub async fn sync(
   inner: &RefCount<ClientInner>,
   connections: &mut HashMap<Server, Connection>,
   cache: &mut ClusterRouting,
+  unreachable: &mut HashMap<Server, Unreachable>,
   buffer: &mut VecDeque<Command>,
 ) -> Result<(), Error> {
   _debug!(inner, "Synchronizing cluster state.");
@@ -560,28 +610,62 @@ pub async fn sync(
     buffer.extend(commands);
   }
 
+  // forget the primaries that are no longer primaries (a failover moved their slots); this sync
+  // is the retry any command may have queued
+  unreachable.retain(|server, _| state.slots().iter().any(|range| range.primary == *server));
+  for state in unreachable.values_mut() {
+    state.retrying = false;
+  }
   let mut connections_ft = Vec::with_capacity(changes.add.len());
   let new_writers = RefCount::new(Mutex::new(HashMap::with_capacity(changes.add.len())));
   // connect to each of the new nodes concurrently
   for server in changes.add.into_iter() {
+    let failed_before = unreachable.get(&server).map(|state| state.failed);
+    if failed_before.is_some_and(|at| at.elapsed() < UNREACHABLE_RETRY) {
+      continue;
+    }
+    let timeout = failed_before.map(|_| UNREACHABLE_CONNECT_TIMEOUT.min(inner.connection_timeout()));
     let _inner = inner.clone();
     let _new_writers = new_writers.clone();
     connections_ft.push(async move {
       _debug!(inner, "Connecting to cluster node {}", server);
-      let mut transport = connection::create(&_inner, &server, None).await?;
-      transport.setup(&_inner, None).await?;
-      let connection = transport.into_pipelined(false);
-      inner.notifications.broadcast_reconnect(server.clone());
-      _new_writers.lock().insert(server, connection);
-      Ok::<_, Error>(())
+      let connected = async {
+        let mut transport = connection::create(&_inner, &server, timeout).await?;
+        transport.setup(&_inner, timeout).await?;
+        let connection = transport.into_pipelined(false);
+        inner.notifications.broadcast_reconnect(server.clone());
+        _new_writers.lock().insert(server.clone(), connection);
+        Ok::<_, Error>(())
+      };
+      (server.clone(), connected.await)
     });
   }
 
-  let _ = try_join_all(connections_ft).await?;
+  let mut first_error = None;
+  for (server, connected) in join_all(connections_ft).await {
+    match connected {
+      Ok(()) => {
+        unreachable.remove(&server);
+      },
+      Err(error) => {
+        _warn!(inner, "Cannot connect to cluster node {}, serving the others: {:?}", server, error);
+        unreachable.insert(server, Unreachable {
+          failed:   Instant::now(),
+          retrying: false,
+        });
+        first_error.get_or_insert(error);
+      },
+    }
+  }
   let mut server_version = None;
   for (server, writer) in new_writers.lock().drain() {
     server_version = writer.version.clone();
     connections.insert(server, writer);
+  }
+  if connections.is_empty() {
+    return Err(
+      first_error.unwrap_or_else(|| Error::new(ErrorKind::IO, "No cluster node could be connected to.")),
+    );
   }
 
   _debug!(inner, "Finish synchronizing cluster connections.");
@@ -602,7 +686,8 @@ pub async fn initialize_connections(
     Connections::Clustered {
       connections: ref mut writers,
       ref mut cache,
-    } => sync(inner, writers, cache, buffer).await,
+      ref mut unreachable,
+    } => sync(inner, writers, cache, unreachable, buffer).await,
     _ => Err(Error::new(ErrorKind::Config, "Expected clustered config.")),
   }
 }

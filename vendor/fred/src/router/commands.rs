@@ -139,6 +139,19 @@ pub async fn write_command(
         (false, None)
       }
     } else {
+      // Stampede's patch (vendor/README.md): a command for a primary that could not be connected to
+      // fails at once. Sent to another primary it would come back MOVED and sync again; failing to
+      // route it would start a reconnection that holds every other primary's commands. At most
+      // once a second such a command queues a sync that tries the primary again.
+      if let Some((server, retry)) = router.connections.unreachable_owner(&command) {
+        let error = Error::new(ErrorKind::Routing, format!("Cluster node {} is unreachable.", server));
+        command.respond_to_caller(Err(error));
+        if retry {
+          let (tx, _) = crate::runtime::oneshot_channel();
+          crate::interfaces::send_to_router(inner, RouterCommand::SyncCluster { tx })?;
+        }
+        return Ok(());
+      }
       let conn = match router.route(&command) {
         Some(conn) => conn,
         None => {

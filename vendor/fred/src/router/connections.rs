@@ -26,6 +26,9 @@ pub enum Connections {
     cache:       ClusterRouting,
     /// A map of server IDs and connections.
     connections: HashMap<Server, Connection>,
+    /// Stampede's patch (vendor/README.md): primaries named by `CLUSTER SLOTS` that could not be
+    /// connected to, and when the last attempt failed.
+    unreachable: HashMap<Server, clustered::Unreachable>,
   },
   Sentinel {
     /// The connection to the primary server.
@@ -42,10 +45,23 @@ impl Connections {
     Connections::Sentinel { connection: None }
   }
 
+  /// Stampede's patch (vendor/README.md): see [`clustered::unreachable_owner`].
+  pub fn unreachable_owner(&mut self, command: &Command) -> Option<(Server, bool)> {
+    match self {
+      Connections::Clustered {
+        connections,
+        cache,
+        unreachable,
+      } => clustered::unreachable_owner(command, connections, cache, unreachable),
+      _ => None,
+    }
+  }
+
   pub fn new_clustered() -> Self {
     Connections::Clustered {
       cache:       ClusterRouting::new(),
       connections: HashMap::new(),
+      unreachable: HashMap::new(),
     }
   }
 

@@ -192,6 +192,7 @@ impl Router {
         Connections::Clustered {
           connections: ref mut writers,
           ref cache,
+          ..
         } => {
           let server = command.cluster_hash().and_then(|slot| cache.get_server(slot));
           let has_server = server.map(|server| writers.contains_key(server)).unwrap_or(false);
@@ -304,8 +305,9 @@ impl Router {
       Connections::Clustered {
         connections: ref mut writers,
         ref mut cache,
+        ref mut unreachable,
       } => {
-        let result = clustered::sync(inner, writers, cache, &mut self.retry_buffer).await;
+        let result = clustered::sync(inner, writers, cache, unreachable, &mut self.retry_buffer).await;
 
         if result.is_ok() {
           #[cfg(feature = "replicas")]
