@@ -46,10 +46,12 @@ RUN find . -name Cargo.toml -not -path './target/*' -exec install -D -m 0644 {} 
 FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
 # Dependencies first, in their own layer: built with stub sources (one per target a manifest
-# names, plus src/lib.rs and src/main.rs), which are then removed.
+# names, plus src/lib.rs and src/main.rs), which are then removed. The vendored crates
+# (vendor/README.md) are dependencies too: copied whole, not stubbed.
 COPY --from=manifests /manifests/ ./
+COPY vendor/ vendor/
 RUN set -e; \
-    for manifest in $(find . -mindepth 2 -name Cargo.toml); do \
+    for manifest in $(find . -mindepth 2 -name Cargo.toml -not -path './vendor/*'); do \
         member=$(dirname "$manifest"); \
         for stub in src/lib.rs src/main.rs $(sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$manifest"); do \
             mkdir -p "$member/$(dirname "$stub")"; \
