@@ -799,11 +799,26 @@ async fn one_shard_down(cluster: Arc<Cluster>, topology: Arc<Topology>, down: Do
     if !unready.is_empty() {
         faults.push(format!("not ready during the stall (at, statuses): {unready:?}"));
     }
+    // A receipted SEND to the downed shard's topic, made just before its return, waits for it and
+    // is confirmed: stopped, it is on its way; killed, it was never sent, and its node sends it
+    // again while the shard is away (docs/cluster.md), for up to 8 s.
+    let mut waiting = connect(cluster.node(1), Transport::Tcp, None).await;
+    let late = waiting
+        .try_send_with_receipt(send_frame(&stuck_topic, "late", &[("seq", "7777")]))
+        .await
+        .expect("SEND");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     match down {
         Down::Stopped => redis.node(stuck).signal("CONT"),
         Down::Killed => redis.node(stuck).restart().await,
     }
     let stalled = stopped_at.elapsed();
+    let late_sent = Instant::now();
+    let late_outcome = waiting.try_await_receipt(&late, RECEIPT_PATIENCE).await;
+    let late_waited = late_sent.elapsed();
+    if let Err(e) = late_outcome {
+        faults.push(format!("the SEND to {stuck_topic} made just before its return: {}", why(&e)));
+    }
 
     // The shard's topic works again, for the subscribers that were on it all along. Stopped, they
     // never left it; killed, each node subscribes again once it has reconnected, so a message
@@ -839,8 +854,9 @@ async fn one_shard_down(cluster: Arc<Cluster>, topology: Arc<Topology>, down: Do
     }
     eprintln!(
         "Redis Cluster: master on port {stuck} {down:?} for {stalled:?}: {expected} SENDs to {} healthy \
-         topics, slowest RECEIPT {slowest:?}; its own topic confirmed again {confirmed_after:?} after its \
-         return, and delivered on every node {:?} after it",
+         topics, slowest RECEIPT {slowest:?}; a SEND made before its return confirmed {late_waited:?} after \
+         it; its own topic confirmed again {confirmed_after:?} after its return, and delivered on every \
+         node {:?} after it",
         healthy.len(),
         back.elapsed()
     );

@@ -29,7 +29,9 @@
 //! count), which the script records first and skips the call if recorded, so such a call is sent again,
 //! with the same marker, until Redis answers or [`OUTAGE_PATIENCE`] runs out ([`resend`]): a
 //! failover or a stall costs its SENDs a late RECEIPT, not an ERROR, and never a duplicate. Plain
-//! and history publishes are not sent again (a PUBLISH sent twice may reach subscribers twice).
+//! and history publishes are sent again only when they are known not to have been sent (their
+//! Redis Cluster shard unreachable, its failover under way): a PUBLISH sent twice may reach
+//! subscribers twice.
 //!
 //! Scripts go as EVALSHA, loaded (SCRIPT LOAD) before the first pipeline that needs them on each
 //! connection. Should Redis lose its script cache unnoticed (a failover the client has not seen
@@ -347,7 +349,8 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     let mut results = results.into_iter();
     let mut jobs = jobs.into_iter();
     let mut again = Vec::new();
-    // ENQUEUE calls whose outcome is unknown, with their markers: sent again below.
+    // ENQUEUE calls whose outcome is unknown, with their markers, and writes that were not sent
+    // (their shard unreachable): sent again below.
     let mut resends = Vec::new();
     for (group, marker) in groups.into_iter().zip(markers) {
         let members: Vec<Job> = jobs.by_ref().take(group.len()).collect();
@@ -359,9 +362,11 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
             }
             // The slot moved (Redis Cluster): not run; the client has read the new owners.
             (Some(Err(error)), marker) if super::is_redirect(&error) => again.push((members, marker)),
-            (Some(Err(error)), Some(marker)) if is_cut_off(&error) => resends.push((members, marker, error)),
+            (Some(Err(error)), marker) if may_send_again(&error, marker.is_some()) => {
+                resends.push((members, marker, error))
+            }
             (None, Some(marker)) => {
-                resends.push((members, marker, RedisError::new(ErrorKind::IO, "Redis gave no reply")))
+                resends.push((members, Some(marker), RedisError::new(ErrorKind::IO, "Redis gave no reply")))
             }
             (Some(result), _) => answer_all(inner, members, result),
             (None, None) => {
@@ -387,27 +392,11 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     // These run late, in their order: every command of a moved slot was refused, so each
     // channel's publishes stay in order among themselves.
     for (members, marker) in again {
-        let result = match &members[0].op {
-            Op::Publish { channel, envelope } if members.len() == 1 => {
-                let args = vec![Value::from(channel.as_str()), Value::Bytes(envelope.clone())];
-                inner.redis_command(inner.publish_command(), channel, args).await
-            }
-            Op::Publish { channel, .. } => {
-                let keys = publish_many_keys(sharded, channel);
-                inner.script(&scripts::PUBLISH_MANY, &keys, publish_many_args(&members)).await
-            }
-            Op::Enqueue { key, .. } => {
-                let sent = inner.keys.sent(&members[0].destination);
-                let args = enqueue_args(inner, &members, marker.as_deref());
-                inner.script(&scripts::ENQUEUE, &[key.as_str(), &sent], args).await
-            }
-            Op::Script { script, keys, args, .. } => {
-                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                inner.script(script, &keys, args.clone()).await
-            }
-        };
+        let result = write_alone(inner, &members, marker.as_deref()).await;
         match (result, marker) {
-            (Err(error), Some(marker)) if is_cut_off(&error) => resends.push((members, marker, error)),
+            (Err(error), marker) if may_send_again(&error, marker.is_some()) => {
+                resends.push((members, marker, error))
+            }
             (result, _) => answer_all(inner, members, result),
         }
     }
@@ -420,37 +409,80 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     resend(inner, resends).await;
 }
 
-/// Sends ENQUEUE calls again whose connection was lost (or that timed out) before their reply
-/// came: they may have run, or not. Each goes again with its marker, so a call that did run is
-/// not run twice (see [`scripts::ENQUEUE`]); it is tried again while Redis does not answer, for
-/// [`OUTAGE_PATIENCE`] from now (a failover: the SENDs get their RECEIPTs late), and only then
-/// do its SENDs fail. The lane waits meanwhile: the writes taken after these go after them.
-async fn resend(inner: &Inner, resends: Vec<(Vec<Job>, String, RedisError)>) {
+/// One run of writes (one pipeline entry: a PUBLISH, a PUBLISH_MANY, an ENQUEUE call with its
+/// marker, a script) sent on its own.
+async fn write_alone(inner: &Inner, members: &[Job], marker: Option<&str>) -> Result<Value, RedisError> {
+    let sharded = inner.keys.sharded();
+    match &members[0].op {
+        Op::Publish { channel, envelope } if members.len() == 1 => {
+            let args = vec![Value::from(channel.as_str()), Value::Bytes(envelope.clone())];
+            inner.redis_command(inner.publish_command(), channel, args).await
+        }
+        Op::Publish { channel, .. } => {
+            let keys = publish_many_keys(sharded, channel);
+            inner.script(&scripts::PUBLISH_MANY, &keys, publish_many_args(members)).await
+        }
+        Op::Enqueue { key, .. } => {
+            let sent = inner.keys.sent(&members[0].destination);
+            let args = enqueue_args(inner, members, marker);
+            inner.script(&scripts::ENQUEUE, &[key.as_str(), &sent], args).await
+        }
+        Op::Script { script, keys, args, .. } => {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            inner.script(script, &keys, args.clone()).await
+        }
+    }
+}
+
+/// Whether a failed write is sent again ([`resend`]): an ENQUEUE call (it has a marker) whose
+/// outcome is unknown ([`is_cut_off`]), or any write that was never sent ([`not_sent`]).
+fn may_send_again(error: &RedisError, marked: bool) -> bool {
+    if marked {
+        is_cut_off(error)
+    } else {
+        not_sent(error)
+    }
+}
+
+/// Sends writes again, each run on its own, in order: ENQUEUE calls whose connection was lost (or
+/// that timed out) before their reply came, which may have run or not, and writes of any kind
+/// that were never sent (their Redis Cluster shard unreachable, its failover under way). An
+/// ENQUEUE goes again with its marker, so a call that did run is not run twice (see
+/// [`scripts::ENQUEUE`]); a PUBLISH or a history publish only while it is known not to have been
+/// sent (a PUBLISH sent twice may reach subscribers twice). Each is tried again for
+/// [`OUTAGE_PATIENCE`] from now (a failover: the SENDs get their RECEIPTs late), and only then do
+/// its SENDs fail. The lane waits meanwhile: the writes taken after these go after them.
+async fn resend(inner: &Inner, resends: Vec<(Vec<Job>, Option<String>, RedisError)>) {
     if resends.is_empty() {
         return;
     }
     let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
     for (members, marker, error) in resends {
-        let Op::Enqueue { key, .. } = &members[0].op else { unreachable!("only enqueues are sent again") };
-        tracing::info!(queue = %members[0].destination, messages = members.len(), %error,
-            "an enqueue's connection was lost before its reply; sending it again");
+        if marker.is_some() {
+            tracing::info!(queue = %members[0].destination, messages = members.len(), %error,
+                "an enqueue's connection was lost before its reply; sending it again");
+        } else {
+            tracing::info!(destination = %members[0].destination, messages = members.len(), %error,
+                "a write could not be sent (its Redis shard is unreachable); sending it again");
+        }
         inner.metrics.engine_event(EngineEvent::Resent, 1);
-        let sent = inner.keys.sent(&members[0].destination);
-        let keys = [key.as_str(), sent.as_str()];
         let mut pause = RESEND_PAUSE;
         let result = loop {
             while !inner.client.is_connected() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            match inner.script(&scripts::ENQUEUE, &keys, enqueue_args(inner, &members, Some(&marker))).await {
-                Err(error) if is_cut_off(&error) && tokio::time::Instant::now() + pause < deadline => {
+            match write_alone(inner, &members, marker.as_deref()).await {
+                Err(error)
+                    if may_send_again(&error, marker.is_some())
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RESEND_PAUSE_MAX);
                 }
                 result => break result,
             }
         };
-        if let Ok(reply) = &result {
+        if let (Ok(reply), Some(_)) = (&result, &marker) {
             if already_stored(reply) {
                 tracing::info!(queue = %members[0].destination, messages = members.len(),
                     "the enqueue sent again had been stored before its connection was lost: not stored twice");
@@ -458,6 +490,14 @@ async fn resend(inner: &Inner, resends: Vec<(Vec<Job>, String, RedisError)>) {
         }
         answer_all(inner, members, result);
     }
+}
+
+/// Whether a write failed without having been sent: the Redis client had no connection to the
+/// primary of its slot (vendor/README.md: `Cluster node ... is unreachable.`), or none at all
+/// (`Failed to route command.`). Sending it again cannot run it twice.
+fn not_sent(error: &RedisError) -> bool {
+    const NOT_SENT: [&str; 2] = ["is unreachable", "Failed to route command"];
+    NOT_SENT.iter().any(|text| error.details().contains(text))
 }
 
 /// Whether a write failed before its reply came in a way that leaves its outcome unknown (the
