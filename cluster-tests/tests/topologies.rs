@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stampede::stomp::{Command, Frame};
 use stampede_testkit::client::{ack_frame, header, send_frame, show};
 use stampede_testkit::cluster::RECLAIM_AFTER;
 use stampede_testkit::http::{self, metric};
@@ -807,7 +808,25 @@ async fn one_shard_down(cluster: Arc<Cluster>, topology: Arc<Topology>, down: Do
         .try_send_with_receipt(send_frame(&stuck_topic, "late", &[("seq", "7777")]))
         .await
         .expect("SEND");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A DISCONNECT's RECEIPT says that everything the session sent was handled: after SENDs
+    // without receipt to the downed shard's topic, then to a healthy one (no subscriber there), it
+    // waits for the first
+    // (each shard's writes are answered in order, different shards' are not).
+    let mut leaving = connect(cluster.node(2), Transport::Ws, None).await;
+    leaving.try_send(&stuck_topic, "unreceipted", &[("seq", "6666")]).await.expect("SEND");
+    let unwatched = by_master
+        .iter()
+        .filter(|(port, _)| **port != stuck)
+        .find_map(|(_, topics)| topics.get(2).cloned())
+        .expect("a third topic on a healthy shard");
+    leaving.try_send(&unwatched, "unreceipted", &[("seq", "6667")]).await.expect("SEND");
+    let bye = leaving.try_send_with_receipt(Frame::new(Command::Disconnect)).await.expect("DISCONNECT");
+    if let Ok(receipt) = leaving.try_await_receipt(&bye, Duration::from_millis(500)).await {
+        faults.push(format!(
+            "a DISCONNECT's RECEIPT came while a SEND before it waited for the {down:?} shard: {}",
+            show(&receipt)
+        ));
+    }
     match down {
         Down::Stopped => redis.node(stuck).signal("CONT"),
         Down::Killed => redis.node(stuck).restart().await,
@@ -818,6 +837,9 @@ async fn one_shard_down(cluster: Arc<Cluster>, topology: Arc<Topology>, down: Do
     let late_waited = late_sent.elapsed();
     if let Err(e) = late_outcome {
         faults.push(format!("the SEND to {stuck_topic} made just before its return: {}", why(&e)));
+    }
+    if let Err(e) = leaving.try_await_receipt(&bye, RECEIPT_PATIENCE).await {
+        faults.push(format!("the DISCONNECT made before the return: {}", why(&e)));
     }
 
     // The shard's topic works again, for the subscribers that were on it all along. Stopped, they

@@ -177,6 +177,24 @@ impl PendingPublish {
         }
     }
 
+    /// Whether the outcome is known (taken in, if it just came).
+    pub fn settled(&mut self) -> bool {
+        match &mut self.0 {
+            Taken::Done(_) => true,
+            Taken::Waiting(rx) => match rx.try_recv() {
+                Ok(result) => {
+                    self.0 = Taken::Done(result);
+                    true
+                }
+                Err(oneshot::error::TryRecvError::Empty) => false,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.0 = Taken::Done(Err(EngineError::Closed));
+                    true
+                }
+            },
+        }
+    }
+
     /// Waits for the outcome: the history offset, if the destination keeps history.
     pub async fn outcome(self) -> Result<Option<u64>, EngineError> {
         match self.0 {

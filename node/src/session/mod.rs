@@ -144,7 +144,7 @@ pub async fn run<S: FrameSink>(
         last_write: Instant::now(),
         wrote: false,
         batch_messages: 0,
-        unconfirmed: None,
+        unconfirmed: Vec::new(),
         held: Vec::new(),
         subscriptions: HashMap::new(),
         next_sub_seq: 0,
@@ -205,7 +205,7 @@ struct Session<S> {
     batch_messages: u64,
     /// The last publish of a SEND without receipt, while the engine has not answered it: a
     /// DISCONNECT's receipt waits for it (and so, publishes being ordered, for all before it).
-    unconfirmed: Option<PendingPublish>,
+    unconfirmed: Vec<(Arc<str>, PendingPublish)>,
     /// Topic and user-destination messages of SENDs without receipt in the run being handled,
     /// published together when it ends ([`Session::publish_held`]).
     held: Vec<(Kind, Message)>,
@@ -575,11 +575,13 @@ impl<S: FrameSink> Session<S> {
             Command::Abort => self.on_abort(frame).await,
             Command::Disconnect => {
                 let receipt = frame.get("receipt").map(str::to_owned);
-                if let (Some(_), Some(published)) = (&receipt, self.unconfirmed.take()) {
+                if receipt.is_some() {
                     // The receipt tells the client everything it sent was handled: its publishes
                     // have reached the store, or failed (counted and logged).
-                    if let Err(error) = published.outcome().await {
-                        tracing::warn!(%error, "publish failed");
+                    for (_, published) in std::mem::take(&mut self.unconfirmed) {
+                        if let Err(error) = published.outcome().await {
+                            tracing::warn!(%error, "publish failed");
+                        }
                     }
                 }
                 self.write_batch().await?;

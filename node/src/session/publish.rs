@@ -48,6 +48,7 @@ impl<S: FrameSink> Session<S> {
         }
         // Ordered after the run's publishes so far.
         self.publish_held().await;
+        let destination = message.destination.clone();
         let published = self.node.hub().publish(kind, message).await;
         match receipt {
             // A receipt promises the message is published: wait for the engine's answer. A
@@ -59,7 +60,7 @@ impl<S: FrameSink> Session<S> {
             // Without one the client asked for no confirmation: the session goes on reading while
             // the engine sends (on Redis, pipelined with the publishes before and after it). A
             // failure is counted (messages_dropped{reason="publish_failed"}) and logged.
-            None => self.published_unconfirmed(published),
+            None => self.published_unconfirmed(destination, published),
         }
         Ok(Flow::Continue)
     }
@@ -74,21 +75,39 @@ impl<S: FrameSink> Session<S> {
         if held.len() == 1 {
             // A run of one: the single-message path, nothing to gather.
             let (kind, message) = held.pop().expect("one held");
+            let destination = message.destination.clone();
             let published = Box::pin(self.node.hub().publish(kind, message)).await;
-            self.published_unconfirmed(published);
+            self.published_unconfirmed(destination, published);
         } else {
-            for published in Box::pin(self.node.hub().publish_all(held)).await {
-                self.published_unconfirmed(published);
+            let destinations: Vec<Arc<str>> = held.iter().map(|(_, m)| m.destination.clone()).collect();
+            let published = Box::pin(self.node.hub().publish_all(held)).await;
+            for (destination, published) in destinations.into_iter().zip(published) {
+                self.published_unconfirmed(destination, published);
             }
         }
     }
 
     /// A publish no receipt waits for: a failure known now is logged (the hub has counted it);
-    /// otherwise it is the last one a DISCONNECT's receipt waits for.
-    pub(super) fn published_unconfirmed(&mut self, published: PendingPublish) {
-        match published.failed() {
-            Some(error) => tracing::warn!(%error, "publish failed"),
-            None => self.unconfirmed = Some(published),
+    /// otherwise it is its destination's last one, which a DISCONNECT's receipt waits for. One
+    /// per destination: an engine answers one destination's publishes in order, but not
+    /// different destinations' (on Redis Cluster each shard's writes go in a lane of their own,
+    /// and a shard that is away holds only its own).
+    pub(super) fn published_unconfirmed(&mut self, destination: Arc<str>, published: PendingPublish) {
+        if let Some(error) = published.failed() {
+            tracing::warn!(%error, "publish failed");
+            return;
         }
+        if let Some(last) = self.unconfirmed.iter_mut().find(|(d, _)| *d == destination) {
+            last.1 = published;
+            return;
+        }
+        if self.unconfirmed.len() >= UNCONFIRMED_PRUNE_AT {
+            self.unconfirmed.retain_mut(|(_, p)| !p.settled());
+        }
+        self.unconfirmed.push((destination, published));
     }
 }
+
+/// Destinations with a publish not yet answered that a session keeps before it drops those
+/// answered since (kept small: a session usually publishes to a few destinations).
+const UNCONFIRMED_PRUNE_AT: usize = 16;
