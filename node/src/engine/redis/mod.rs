@@ -212,6 +212,9 @@ struct Inner {
     /// False once Redis stopped answering the registry's probes, even if the connection looks up
     /// (fred only notices a dead peer when it stops *writing*; a cut network keeps it "connected").
     answering: std::sync::atomic::AtomicBool,
+    /// When both clients were last seen connected, in ms since `started` (see [`Inner::is_ready`]).
+    connected_at: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
     /// Presence: the writer task's queue and the dead nodes looked at.
     presence: presence::Local,
     /// Questions to every node waiting for their answers.
@@ -320,6 +323,8 @@ impl RedisEngine {
             seen_queues: Mutex::new(HashSet::new()),
             epoch: Mutex::new(None),
             answering: std::sync::atomic::AtomicBool::new(true),
+            connected_at: std::sync::atomic::AtomicU64::new(NEVER_CONNECTED),
+            started: std::time::Instant::now(),
             presence,
             calls: calls::Calls::default(),
             session_tag: crate::engine::new_session_tag(),
@@ -435,12 +440,39 @@ impl Inner {
         self.inbox.get().and_then(Weak::upgrade)
     }
 
+    /// Ready while Redis answers the probes and both clients are connected, or were seen
+    /// connected less than [`RECONNECT_GRACE`] ago: the client reconnects after losing any one
+    /// connection (a Cluster primary's), and is "connecting" meanwhile, for 100 ms or more, while
+    /// the other primaries serve on (docs/cluster.md, "Partial failures"). The registry's
+    /// heartbeat looks every second ([`Inner::seen_connected`]), so a node that lost Redis is not
+    /// ready within two seconds whether or not `/readyz` was asked meanwhile.
     fn is_ready(&self) -> bool {
-        self.client.is_connected()
-            && self.subscriber.is_connected()
-            && self.answering.load(std::sync::atomic::Ordering::Acquire)
+        let answering = self.answering.load(std::sync::atomic::Ordering::Acquire);
+        if self.seen_connected() {
+            return answering;
+        }
+        let last = self.connected_at.load(std::sync::atomic::Ordering::Acquire);
+        let now = self.started.elapsed().as_millis() as u64;
+        answering && last != NEVER_CONNECTED && now.saturating_sub(last) < RECONNECT_GRACE.as_millis() as u64
     }
 
+    /// Whether both clients are connected now; notes the time if so.
+    fn seen_connected(&self) -> bool {
+        let connected = self.client.is_connected() && self.subscriber.is_connected();
+        if connected {
+            let now = self.started.elapsed().as_millis() as u64;
+            self.connected_at.store(now, std::sync::atomic::Ordering::Release);
+        }
+        connected
+    }
+}
+
+/// How long after the clients were last seen connected a node stays ready while they reconnect.
+const RECONNECT_GRACE: Duration = Duration::from_secs(1);
+/// `connected_at` before the clients first connected: not ready until they have.
+const NEVER_CONNECTED: u64 = u64::MAX;
+
+impl Inner {
     /// Waits for the command connection while it has been down for less than
     /// [`OUTAGE_PATIENCE`] (a failover: the write goes out once Redis is back, and a SEND's
     /// RECEIPT comes late rather than an ERROR); past that, fails at once, so that client

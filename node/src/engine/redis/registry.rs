@@ -41,6 +41,8 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut failures = 0;
     loop {
         tick.tick().await;
+        // Readiness tells a reconnection from an outage by when the clients were last connected.
+        inner.seen_connected();
         let answered = if inner.keys.sharded() {
             probe_primaries(&inner).await
         } else {
