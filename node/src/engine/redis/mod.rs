@@ -134,6 +134,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// first found it down: a Sentinel or Cluster failover (2 to 7 s in `cluster-tests`) costs late
 /// RECEIPTs instead of ERRORs.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(8);
+/// How long after the clients were last seen connected a node stays ready while they reconnect.
+const RECONNECT_GRACE: Duration = Duration::from_secs(1);
+/// `connected_at` before the clients first connected: not ready until they have.
+const NEVER_CONNECTED: u64 = u64::MAX;
 /// How long `connect` waits for Redis before returning a not-yet-ready engine.
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How often a command refused by a moved slot is sent again, and the pause before the n-th time
@@ -465,14 +469,7 @@ impl Inner {
         }
         connected
     }
-}
 
-/// How long after the clients were last seen connected a node stays ready while they reconnect.
-const RECONNECT_GRACE: Duration = Duration::from_secs(1);
-/// `connected_at` before the clients first connected: not ready until they have.
-const NEVER_CONNECTED: u64 = u64::MAX;
-
-impl Inner {
     /// Waits for the command connection while it has been down for less than
     /// [`OUTAGE_PATIENCE`] (a failover: the write goes out once Redis is back, and a SEND's
     /// RECEIPT comes late rather than an ERROR); past that, fails at once, so that client
