@@ -203,8 +203,9 @@ struct Session<S> {
     wrote: bool,
     /// MESSAGE frames written in the current batch (counted in the metrics once per batch).
     batch_messages: u64,
-    /// The last publish of a SEND without receipt, while the engine has not answered it: a
-    /// DISCONNECT's receipt waits for it (and so, publishes being ordered, for all before it).
+    /// Per destination, the last publish of a SEND without receipt while the engine has not
+    /// answered it: a DISCONNECT's receipt waits for them (and so, one destination's publishes
+    /// being answered in order, for all before them; see [`Session::published_unconfirmed`]).
     unconfirmed: Vec<(Arc<str>, PendingPublish)>,
     /// Topic and user-destination messages of SENDs without receipt in the run being handled,
     /// published together when it ends ([`Session::publish_held`]).
