@@ -95,8 +95,10 @@ impl Hub {
         let Settlement { how, queue, ids } = settlement;
         match *how {
             How::Ack => self.engine.ack(queue, ids).await,
-            How::Release { delivered } => self.engine.release(queue, ids, delivered).await,
-            How::DeadLetter => self.engine.dead_letter(queue, ids).await,
+            // Boxed: the Redis engine's release is a future of about 8 KiB, which every ACK
+            // frame's future would otherwise carry, allocated per frame (bench/notes.md).
+            How::Release { delivered } => Box::pin(self.engine.release(queue, ids, delivered)).await,
+            How::DeadLetter => Box::pin(self.engine.dead_letter(queue, ids)).await,
         }
     }
 

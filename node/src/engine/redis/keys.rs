@@ -23,6 +23,19 @@ impl Keys {
         Keys { prefix: prefix.to_owned(), channel_prefix: format!("{prefix}:ch:"), sharded }
     }
 
+    /// `P:{<destination>}<suffix>`: a key in the destination's slot. Built by hand rather than
+    /// with `format!`: queue keys are named on every SEND and ACK, and `format!` was 4% of a
+    /// node's samples in the queue benchmark on Redis (bench/notes.md).
+    fn tagged(&self, destination: &str, suffix: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + destination.len() + suffix.len() + 3);
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(destination);
+        key.push('}');
+        key.push_str(suffix);
+        key
+    }
+
     /// Whether channels are shard channels (SPUBLISH/SSUBSCRIBE), as on Redis Cluster.
     pub(super) fn sharded(&self) -> bool {
         self.sharded
@@ -30,29 +43,29 @@ impl Keys {
 
     /// Stream of a history topic: entries `0-<offset>` with fields `e` (envelope), `t` (ms).
     pub(super) fn log(&self, destination: &str) -> String {
-        format!("{}:{{{destination}}}:log", self.prefix)
+        self.tagged(destination, ":log")
     }
 
     /// Counter of a history topic: its last offset.
     pub(super) fn seq(&self, destination: &str) -> String {
-        format!("{}:{{{destination}}}:seq", self.prefix)
+        self.tagged(destination, ":seq")
     }
 
     /// Stream of a queue: fields `e` (envelope), `r` (redeliveries).
     pub(super) fn queue(&self, queue: &str) -> String {
-        format!("{}:{{{queue}}}:q", self.prefix)
+        self.tagged(queue, ":q")
     }
 
     /// Sorted set of a queue's ENQUEUE call markers, scored by time (`scripts::ENQUEUE`).
     pub(super) fn sent(&self, queue: &str) -> String {
-        format!("{}:{{{queue}}}:sent", self.prefix)
+        self.tagged(queue, ":sent")
     }
 
     /// Hash of a queue's lifetime and users: `expires` (ms) and `auto` (0/1) when a SUBSCRIBE
     /// declared them, `used` (ms: its last SUBSCRIBE, or its last consumer leaving) and one
     /// `n:<node-id>` field per node that has consumers of it.
     pub(super) fn life(&self, queue: &str) -> String {
-        format!("{}:{{{queue}}}:life", self.prefix)
+        self.tagged(queue, ":life")
     }
 
     /// Sorted set of the queues that have a lifetime, scored by when (ms) to look at them next.
@@ -89,7 +102,7 @@ impl Keys {
     /// Hash of a destination's presence: field `<node-id>\t<session>`, value the user (empty for
     /// an anonymous session).
     pub(super) fn presence(&self, destination: &str) -> String {
-        format!("{}:{{{destination}}}:presence", self.prefix)
+        self.tagged(destination, ":presence")
     }
 
     /// Set of the destinations in which a node has presence members.
@@ -121,11 +134,16 @@ impl Keys {
     /// sharded pub/sub it is a shard channel in the slot of the destination's keys
     /// (`P:ch:{/topic/t}`), so a script over those keys may SPUBLISH on it.
     pub(super) fn channel(&self, destination: &str) -> String {
+        let mut channel = String::with_capacity(self.channel_prefix.len() + destination.len() + 2);
+        channel.push_str(&self.channel_prefix);
         if self.sharded {
-            format!("{}{{{destination}}}", self.channel_prefix)
+            channel.push('{');
+            channel.push_str(destination);
+            channel.push('}');
         } else {
-            format!("{}{destination}", self.channel_prefix)
+            channel.push_str(destination);
         }
+        channel
     }
 
     /// The destination a channel belongs to.

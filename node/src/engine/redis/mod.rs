@@ -109,7 +109,7 @@ use std::time::Duration;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, ReconnectPolicy};
-use fred::types::{Builder, ClusterHash, CustomCommand, Value};
+use fred::types::{Builder, ClusterHash, CustomCommand, Resp3Frame, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -527,6 +527,18 @@ impl Inner {
         key: &str,
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
+        self.raw_command(name, key, args).await.and_then(Value::try_from)
+    }
+
+    /// [`Inner::redis_command`]'s reply as the frame it came in, for replies too big to convert
+    /// into [`Value`]s at a profit: a queue fetch (see `queues::fetch`). An error reply is an `Ok`
+    /// frame; [`Value::try_from`] turns it into the error.
+    async fn raw_command(
+        &self,
+        name: &'static str,
+        key: &str,
+        args: Vec<Value>,
+    ) -> Result<Resp3Frame, fred::error::Error> {
         let hash = if key.is_empty() {
             ClusterHash::Random
         } else {
@@ -536,8 +548,12 @@ impl Inner {
         loop {
             let started = std::time::Instant::now();
             let command = CustomCommand::new_static(name, hash.clone(), false);
-            let reply = self.client.custom::<Value, Value>(command, args.clone()).await;
+            let reply = self.client.custom_raw::<Value>(command, args.clone()).await;
             self.metrics.redis_command(RedisCommand::of(name), started.elapsed());
+            let reply = match reply {
+                Ok(frame) if is_error_frame(&frame) => Value::try_from(frame).map(|_| Resp3Frame::Null),
+                reply => reply,
+            };
             match reply {
                 Err(error) if is_redirect(&error) && redirected < REDIRECTS => {
                     redirected += 1;
@@ -579,14 +595,21 @@ impl Inner {
     async fn register_queue(&self, queue: &str) -> Result<(), EngineError> {
         let new = !self.known_queues.lock().expect("known queues lock").contains(queue);
         if new {
-            let set = self.keys.queues();
-            self.command("SADD", &set, vec![Value::from(set.as_str()), Value::from(queue)]).await?;
-            let rule = self.config.queue_lifetime(queue);
-            if rule.is_some() {
-                self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
-            }
-            self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
+            // Boxed: its commands' futures are about 7 KiB, which every enqueue's future (and
+            // with it every SEND frame's, allocated per frame) would otherwise carry.
+            Box::pin(self.register_new_queue(queue)).await?;
         }
+        Ok(())
+    }
+
+    async fn register_new_queue(&self, queue: &str) -> Result<(), EngineError> {
+        let set = self.keys.queues();
+        self.command("SADD", &set, vec![Value::from(set.as_str()), Value::from(queue)]).await?;
+        let rule = self.config.queue_lifetime(queue);
+        if rule.is_some() {
+            self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
+        }
+        self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
         Ok(())
     }
 
@@ -668,6 +691,10 @@ fn lifetime_ms(duration: Duration) -> i64 {
 /// [`RedisEngine::connect`]): fred counts a redirected command's second write as a second attempt,
 /// and a command may be written once only, or one cut off by a disconnect could run twice. A
 /// refused command did not run, so the engine sends it again (after fred read the new owners).
+fn is_error_frame(frame: &Resp3Frame) -> bool {
+    matches!(frame, Resp3Frame::SimpleError { .. } | Resp3Frame::BlobError { .. })
+}
+
 fn is_redirect(error: &fred::error::Error) -> bool {
     let details = error.details();
     details.contains("Too many redirections") || details.starts_with("MOVED") || details.starts_with("ASK")

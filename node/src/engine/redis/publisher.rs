@@ -120,11 +120,14 @@ pub(super) struct Lanes {
     inner: Arc<Inner>,
     /// By primary (`host:port`; empty: the one lane of a server that is not a cluster).
     lanes: std::sync::Mutex<HashMap<String, mpsc::Sender<Request>>>,
+    /// The one lane of a server that is not a cluster, once started: taken without the lock,
+    /// for every SEND and ACK.
+    single: std::sync::OnceLock<mpsc::Sender<Request>>,
 }
 
 impl Lanes {
     pub(super) fn new(inner: Arc<Inner>) -> Lanes {
-        Lanes { inner, lanes: std::sync::Mutex::new(HashMap::new()) }
+        Lanes { inner, lanes: std::sync::Mutex::new(HashMap::new()), single: std::sync::OnceLock::new() }
     }
 
     /// The owner of `key`'s slot, as the client last read the cluster's slots.
@@ -137,17 +140,36 @@ impl Lanes {
         state.and_then(|state| state.get_server(slot).map(|server| server.to_string())).unwrap_or_default()
     }
 
+    /// The owner of `queue`'s stream's slot ([`Lanes::owner`]), its key named only on a cluster.
+    fn queue_owner(&self, queue: &str) -> String {
+        if self.inner.keys.sharded() {
+            self.owner(&self.inner.keys.queue(queue))
+        } else {
+            String::new()
+        }
+    }
+
     /// The lane of `owner`, started on first use.
     fn lane(&self, owner: String) -> mpsc::Sender<Request> {
+        if owner.is_empty() {
+            if let Some(lane) = self.single.get() {
+                return lane.clone();
+            }
+        }
         let mut lanes = self.lanes.lock().expect("lanes lock");
-        lanes
+        let single = owner.is_empty();
+        let lane = lanes
             .entry(owner)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(CAPACITY);
                 tokio::spawn(publish_loop(self.inner.clone(), rx));
                 tx
             })
-            .clone()
+            .clone();
+        if single {
+            let _ = self.single.set(lane.clone());
+        }
+        lane
     }
 
     /// Hands one write to its lane; the job back when the lane is gone (the engine is closing).
@@ -182,13 +204,13 @@ impl Lanes {
 
     /// Hands a queue's acknowledged entries to the lane of its slot (nobody waits for them).
     pub(super) async fn ack(&self, queue: Arc<str>, ids: Vec<EntryId>) -> Result<(), EngineError> {
-        let lane = self.lane(self.owner(&self.inner.keys.queue(&queue)));
+        let lane = self.lane(self.queue_owner(&queue));
         lane.send(Request::Ack(queue, ids)).await.map_err(|_| EngineError::Closed)
     }
 
     /// Waits until the writes (and ACKs) taken before in the lane of `queue`'s slot are answered.
     pub(super) async fn flush_queue(&self, queue: &str) {
-        let lane = self.lane(self.owner(&self.inner.keys.queue(queue)));
+        let lane = self.lane(self.queue_owner(queue));
         let (done, flushed) = oneshot::channel();
         if lane.send(Request::Flush(done)).await.is_ok() {
             let _ = flushed.await;
