@@ -51,7 +51,7 @@ impl Keys {
         self.tagged(destination, ":seq")
     }
 
-    /// Stream of a queue: fields `e` (envelope), `r` (redeliveries).
+    /// Stream of a queue: fields `e` (envelope), `r` (redeliveries; absent: 0).
     pub(super) fn queue(&self, queue: &str) -> String {
         self.tagged(queue, ":q")
     }

@@ -334,7 +334,7 @@ if ARGV[3] ~= '' then
 end
 local created = 1 - redis.call('EXISTS', KEYS[1])
 for i = 4, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i], 'r', 0)
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
 end
 local dropped = trim(KEYS[1], tonumber(ARGV[1]))
 redis.call(PUBLISH, ARGV[2], 'r')
