@@ -24,8 +24,8 @@ impl Keys {
     }
 
     /// `P:{<destination>}<suffix>`: a key in the destination's slot. Built by hand rather than
-    /// with `format!`: queue keys are named on every SEND and ACK, and `format!` was 4% of a
-    /// node's samples in the queue benchmark on Redis (bench/notes.md).
+    /// with `format!`: queue keys are named on every SEND, and naming them with `format!` was
+    /// 3.9% of a node's samples in the queue benchmark on Redis (bench/notes.md).
     fn tagged(&self, destination: &str, suffix: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + destination.len() + suffix.len() + 3);
         key.push_str(&self.prefix);

@@ -686,15 +686,16 @@ fn lifetime_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// Whether a raw reply is Redis's error (`-ERR ...`), which [`Value::try_from`] turns into one.
+fn is_error_frame(frame: &Resp3Frame) -> bool {
+    matches!(frame, Resp3Frame::SimpleError { .. } | Resp3Frame::BlobError { .. })
+}
+
 /// Whether Redis Cluster refused a command because its slot is served elsewhere (MOVED, or ASK
 /// while the slot migrates). The command client follows no redirection itself (see
 /// [`RedisEngine::connect`]): fred counts a redirected command's second write as a second attempt,
 /// and a command may be written once only, or one cut off by a disconnect could run twice. A
 /// refused command did not run, so the engine sends it again (after fred read the new owners).
-fn is_error_frame(frame: &Resp3Frame) -> bool {
-    matches!(frame, Resp3Frame::SimpleError { .. } | Resp3Frame::BlobError { .. })
-}
-
 fn is_redirect(error: &fred::error::Error) -> bool {
     let details = error.details();
     details.contains("Too many redirections") || details.starts_with("MOVED") || details.starts_with("ASK")

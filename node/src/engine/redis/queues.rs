@@ -255,7 +255,8 @@ pub(super) async fn fetch(inner: &Inner, queue: &str, max: usize) -> Result<Vec<
         result => result?,
     };
     // Read from the frames as they came: converting each entry's fields into `Value`s (a UTF-8
-    // check and a copy per envelope) was a tenth of a node's samples in the queue benchmark.
+    // check per envelope, then the conversion) was about 3% of a node's samples in the queue
+    // benchmark on Redis (bench/notes.md).
     let mut entries = Vec::new();
     for stream in streams(reply) {
         for entry in items(stream).into_iter().nth(1).map(items).unwrap_or_default() {
