@@ -1,8 +1,9 @@
 //! The envelope: how one message travels between nodes and how it is stored in Redis.
 //!
 //! Every message on a pub/sub channel, in a history stream and in a queue stream is one
-//! [`Envelope`], serialized with serde and bincode 2 (`config::standard()`: variable-length
-//! integers, little endian). The enum's variant index is the version: a node must keep decoding
+//! [`Envelope`] in the layout serde and bincode 2 give it (`config::standard()`: variable-length
+//! integers, little endian), encoded and decoded by hand for speed ([`encode_parts`], [`decode`])
+//! and held to bincode's bytes by the tests. The enum's variant index is the version: a node must keep decoding
 //! every variant it ever wrote, and a new layout is a new variant, never a change to `V1`.
 //!
 //! `offset` is deliberately the last field of `V1`: a history publish encodes the envelope with
@@ -35,21 +36,6 @@ pub enum Envelope {
     },
 }
 
-/// The same layout as [`Envelope`], borrowing from a [`Message`]: encoding it gives the bytes the
-/// owned form would, without copying the body first.
-#[derive(Serialize)]
-#[serde(rename = "Envelope")]
-enum EnvelopeRef<'a> {
-    V1 {
-        origin: &'a str,
-        destination: &'a str,
-        headers: &'a [(String, String)],
-        #[serde(serialize_with = "body::serialize")]
-        body: &'a [u8],
-        offset: Option<u64>,
-    },
-}
-
 /// Why bytes could not be read as an envelope.
 #[derive(Debug)]
 pub(super) struct DecodeError(String);
@@ -62,10 +48,6 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Encoding never allocates beyond the output; decoding refuses any length prefix above this, so
-/// a corrupt prefix cannot make the node allocate gigabytes.
-const DECODE_LIMIT: usize = 1 << 30;
-
 /// Encodes `message` as a V1 envelope from `origin`, with the offset the message carries.
 pub(super) fn encode(origin: &str, message: &Message) -> Vec<u8> {
     encode_parts(origin, message, message.offset)
@@ -77,23 +59,148 @@ pub(super) fn encode_without_offset(origin: &str, message: &Message) -> Vec<u8> 
 }
 
 fn encode_parts(origin: &str, message: &Message, offset: Option<u64>) -> Vec<u8> {
-    let envelope = EnvelopeRef::V1 {
-        origin,
-        destination: &message.destination,
-        headers: &message.headers,
-        body: &message.body,
-        offset,
-    };
-    // Writing into a Vec cannot fail; an empty envelope would only be refused when read.
-    bincode::serde::encode_to_vec(&envelope, bincode::config::standard()).unwrap_or_default()
+    let headers: usize = message.headers.iter().map(|(k, v)| string_len(k.len()) + string_len(v.len())).sum();
+    let size = 1
+        + string_len(origin.len())
+        + string_len(message.destination.len())
+        + varint_len(message.headers.len() as u64)
+        + headers
+        + string_len(message.body.len())
+        + offset.map_or(1, |o| 1 + varint_len(o));
+    let mut out = Vec::with_capacity(size);
+    out.push(0); // variant V1
+    put_string(&mut out, origin.as_bytes());
+    put_string(&mut out, message.destination.as_bytes());
+    put_varint(&mut out, message.headers.len() as u64);
+    for (name, value) in &message.headers {
+        put_string(&mut out, name.as_bytes());
+        put_string(&mut out, value.as_bytes());
+    }
+    put_string(&mut out, &message.body);
+    match offset {
+        None => out.push(0),
+        Some(offset) => {
+            out.push(1);
+            put_varint(&mut out, offset);
+        }
+    }
+    debug_assert_eq!(out.len(), size);
+    out
 }
 
 /// Reads an envelope of any version.
 pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
-    bincode::serde::decode_from_slice::<Envelope, _>(bytes, config)
-        .map(|(envelope, _)| envelope)
-        .map_err(|e| DecodeError(e.to_string()))
+    let mut reader = Reader { bytes };
+    match reader.varint()? {
+        0 => {}
+        variant => return Err(DecodeError(format!("unknown variant {variant}"))),
+    }
+    let origin = reader.string()?;
+    let destination = reader.string()?;
+    let count = reader.varint()?;
+    // A header takes two bytes at least: a count past that is corrupt, and must not allocate.
+    if count > (reader.bytes.len() / 2) as u64 {
+        return Err(DecodeError(format!("{count} headers in {} bytes", reader.bytes.len())));
+    }
+    let mut headers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        headers.push((reader.string()?, reader.string()?));
+    }
+    let body = reader.blob()?.to_vec();
+    let offset = match reader.byte()? {
+        0 => None,
+        1 => Some(reader.varint()?),
+        tag => return Err(DecodeError(format!("invalid option tag {tag}"))),
+    };
+    Ok(Envelope::V1 { origin, destination, headers, body, offset })
+}
+
+// The layout of bincode 2 with `config::standard()`, written by hand: a node encodes an envelope
+// for every message it sends through Redis and decodes one for every message it receives, and
+// bincode's serde path (an output grown as it is written, a zeroed buffer for the body, serde's
+// visitors) was 8.6% of a node's samples in the queue benchmark on Redis (bench/notes.md). The
+// tests hold it to bincode's bytes.
+
+/// An integer: below 251 one byte; else a marker (251, 252, 253) and the value as u16, u32 or
+/// u64, little endian.
+fn put_varint(out: &mut Vec<u8>, n: u64) {
+    if n < 251 {
+        out.push(n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(251);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+        out.push(252);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+fn varint_len(n: u64) -> usize {
+    match n {
+        0..251 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// A string or a byte string: its length, then its bytes.
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn string_len(len: usize) -> usize {
+    varint_len(len as u64) + len
+}
+
+/// What is left of an envelope being read.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
+        let left = self.bytes.len();
+        match usize::try_from(n) {
+            Ok(n) if n <= left => {
+                let (taken, rest) = self.bytes.split_at(n);
+                self.bytes = rest;
+                Ok(taken)
+            }
+            _ => Err(DecodeError(format!("{n} bytes wanted, {left} left"))),
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        fn le<const N: usize>(bytes: &[u8]) -> [u8; N] {
+            bytes.try_into().expect("took N bytes")
+        }
+        match self.byte()? {
+            n @ 0..251 => Ok(u64::from(n)),
+            251 => Ok(u64::from(u16::from_le_bytes(le(self.take(2)?)))),
+            252 => Ok(u64::from(u32::from_le_bytes(le(self.take(4)?)))),
+            253 => Ok(u64::from_le_bytes(le(self.take(8)?))),
+            marker => Err(DecodeError(format!("invalid integer marker {marker}"))),
+        }
+    }
+
+    fn blob(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint()?;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let bytes = self.blob()?;
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| DecodeError(e.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -102,19 +209,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
 pub(super) fn with_offset(encoded: &[u8], offset: u64) -> Vec<u8> {
     let mut out = encoded[..encoded.len().saturating_sub(1)].to_vec();
     out.push(1);
-    // bincode's varint: one byte below 251, else a marker byte and the value little endian.
-    if offset < 251 {
-        out.push(offset as u8);
-    } else if let Ok(v) = u16::try_from(offset) {
-        out.push(251);
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Ok(v) = u32::try_from(offset) {
-        out.push(252);
-        out.extend_from_slice(&v.to_le_bytes());
-    } else {
-        out.push(253);
-        out.extend_from_slice(&offset.to_le_bytes());
-    }
+    put_varint(&mut out, offset);
     out
 }
 
@@ -255,6 +350,58 @@ mod tests {
         let mut huge = vec![0x00, 0xfd];
         huge.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         assert!(decode(&huge).is_err());
+    }
+
+    /// Every message, encoded by hand, is what bincode makes of it, and decodes back from it.
+    fn matches_bincode(origin: &str, message: &Message) {
+        let owned = Envelope::V1 {
+            origin: origin.to_owned(),
+            destination: message.destination.to_string(),
+            headers: message.headers.clone(),
+            body: message.body.to_vec(),
+            offset: message.offset,
+        };
+        let by_bincode = bincode::serde::encode_to_vec(&owned, bincode::config::standard()).expect("encodes");
+        let encoded = encode(origin, message);
+        assert_eq!(encoded, by_bincode);
+        assert_eq!(decode(&encoded).expect("decodes"), owned);
+        let (by_bincode, _) =
+            bincode::serde::decode_from_slice::<Envelope, _>(&encoded, bincode::config::standard())
+                .expect("decodes");
+        assert_eq!(by_bincode, owned);
+        for cut in 0..encoded.len() {
+            assert!(decode(&encoded[..cut]).is_err(), "{cut} of {} bytes", encoded.len());
+        }
+    }
+
+    #[test]
+    fn every_integer_width_matches_bincode() {
+        for n in [0usize, 1, 250, 251, 255, 65_535, 65_536, 70_000] {
+            let message = Message {
+                destination: Arc::from("d".repeat(n % 300)),
+                headers: (0..n % 260).map(|i| (format!("k{i}"), "v".repeat(i))).collect(),
+                body: Bytes::from(vec![7; n]),
+                offset: Some(n as u64 * 65_537),
+            };
+            matches_bincode("node", &message);
+        }
+        let message = Message { offset: Some(u64::MAX), ..sample(None) };
+        matches_bincode("", &message);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_message_matches_bincode(
+            origin in ".{0,20}",
+            destination in ".{0,40}",
+            headers in proptest::collection::vec((".{0,12}", ".{0,300}"), 0..6),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            offset in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let message = Message { destination: Arc::from(destination), headers, body: Bytes::from(body), offset };
+            matches_bincode(&origin, &message);
+        }
     }
 
     #[test]
