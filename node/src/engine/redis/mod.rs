@@ -54,8 +54,8 @@
 //!
 //! # Queues
 //! Streams with a consumer group: `fetch` is a non-blocking XREADGROUP of new entries; `ack` is
-//! XACK + XDEL, handed to the [`publisher`] unawaited and sent with the node's other ACKs of the
-//! queue as one call (enqueues to one queue taken together are one call too); `release` re-adds entries **at the tail** (Redis cannot insert at a stream's head,
+//! XDEL + XACK, handed to the [`publisher`] unawaited and sent with the node's other ACKs of the
+//! queue as one of each (enqueues to one queue taken together are one call too); `release` re-adds entries **at the tail** (Redis cannot insert at a stream's head,
 //! unlike the in-memory engine, which puts them back first) with redeliveries + 1 when a client saw
 //! them, and moves them to `<queue>.dlq` once they reach `queue-max-deliveries`. The bound
 //! `queue-max-length` counts ready entries only; the oldest ready ones are dropped past it. Every

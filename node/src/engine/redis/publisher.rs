@@ -17,7 +17,7 @@
 //! taken together) go as one [`scripts::ENQUEUE`] call: its appends, one trim, and one "entries
 //! ready" PUBLISH, so consumers' nodes are woken once per run, not once per message. ACKs are
 //! not awaited by their sessions ([`Request::Ack`]): the task gathers every ACK it takes, across
-//! sessions, into one [`scripts::ACK`] call per queue per pipeline. An ACK commutes with every
+//! sessions, into one XDEL and one XACK per queue per pipeline ([`queues::delete_commands`]). An ACK commutes with every
 //! other write (it only deletes entries this node holds), so it goes after the pipeline's other
 //! writes; one that fails is logged and counted, and its entry, still pending in Redis but no
 //! longer refreshed by this node, is redelivered after `queue-reclaim-after` (at-least-once). A
@@ -50,6 +50,7 @@ use fred::types::Value;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::queues;
 use super::scripts::{self, Script};
 use super::{unavailable, Inner, IDS_PER_CALL, OUTAGE_PATIENCE};
 use crate::engine::{EngineError, EntryId};
@@ -288,7 +289,7 @@ impl Acks {
         self.0.is_empty()
     }
 
-    /// One ACK call each: (queue, its stream's key, at most [`IDS_PER_CALL`] ids).
+    /// One XDEL and XACK each: (queue, its stream's key, at most [`IDS_PER_CALL`] ids).
     fn calls(self, inner: &Inner) -> Vec<(Arc<str>, String, Vec<Value>)> {
         let mut calls = Vec::new();
         for (queue, ids) in self.0 {
@@ -307,13 +308,11 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
         return;
     }
     let groups = groups(&jobs);
-    let scripted = !acks.is_empty() || groups.iter().any(|group| is_script(&jobs[group.clone()]));
+    let scripted = groups.iter().any(|group| is_script(&jobs[group.clone()]));
     if !*loaded && scripted {
         // Load first, or the first EVALSHA of each script would fail and run late (out of order).
         *loaded = true;
-        for script in
-            [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY, &*scripts::ACK]
-        {
+        for script in [&*scripts::HISTORY_PUBLISH, &*scripts::ENQUEUE, &*scripts::PUBLISH_MANY] {
             if let Err(error) = script.load(&inner.client).await {
                 tracing::debug!(script = script.name, %error, "cannot load a script");
                 *loaded = false;
@@ -362,8 +361,9 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     }
     let acks = acks.calls(inner);
     for (_, key, ids) in &acks {
-        let (command, args) = scripts::ACK.evalsha(sharded, &[key], ids);
-        let _: Result<(), RedisError> = pipeline.custom(command, args).await;
+        for (command, args) in queues::delete_commands(key, ids) {
+            let _: Result<(), RedisError> = pipeline.custom(command, args).await;
+        }
     }
     let started = std::time::Instant::now();
     let results = pipeline.try_all::<Value>().await;
@@ -400,11 +400,9 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     }
     let mut acks_again = Vec::new();
     for (queue, key, ids) in acks {
-        match results.next() {
-            Some(Err(error)) if scripts::is_noscript(&error) => {
-                *loaded = false;
-                acks_again.push((queue, key, ids));
-            }
+        // The XDEL's reply, then the XACK's.
+        let (xdel, xack) = (results.next(), results.next());
+        match xdel.zip(xack).map(|(xdel, xack)| xdel.and(xack)) {
             Some(Err(error)) if super::is_redirect(&error) => acks_again.push((queue, key, ids)),
             Some(Err(error)) => acked(inner, &queue, ids.len(), Err(error)),
             Some(Ok(_)) => {}
@@ -424,7 +422,7 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
     }
     for (queue, key, ids) in acks_again {
         let n = ids.len();
-        if let Err(error) = inner.script(&scripts::ACK, &[&key], ids).await {
+        if let Err(error) = queues::delete_entries(inner, &key, &ids).await {
             acked(inner, &queue, n, Err(error));
         }
     }

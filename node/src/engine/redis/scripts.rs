@@ -447,17 +447,6 @@ return { -1, expires - idle }
     )
 });
 
-/// KEYS: queue. ARGV: ids. Acknowledges and deletes them.
-pub(super) static ACK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "ack",
-        r#"
-redis.call('XACK', KEYS[1], GROUP, unpack(ARGV))
-return redis.call('XDEL', KEYS[1], unpack(ARGV))
-"#,
-    )
-});
-
 /// KEYS: queue. ARGV: delivered (0/1), max deliveries, max length, channel, ids...
 /// Returns `{dropped, moved, dead id, dead envelope, ...}`; dead entries stay pending.
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {

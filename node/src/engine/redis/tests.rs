@@ -730,7 +730,7 @@ async fn queue_lifetimes_add_no_command_per_message() {
 }
 
 /// Queue writes are batched across messages and sessions: enqueues taken together go as one
-/// ENQUEUE call (one notification each call), ACKs as one ACK call per queue per pipeline, and
+/// ENQUEUE call (one notification each call), ACKs as one XDEL and one XACK per queue per pipeline, and
 /// nothing is lost, duplicated or reordered on the way; a release waits for the ACKs before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_enqueues_and_acks_go_as_few_calls_in_order() {
@@ -793,8 +793,8 @@ async fn queue_enqueues_and_acks_go_as_few_calls_in_order() {
         holds_within(WAIT, || async { raw(&b, "XLEN", key, &[key]).await.as_u64() == Some(0) }).await;
     assert!(deleted, "acknowledged entries are deleted");
     let acks = calls("xack").await - xack;
-    eprintln!("{n} ACKs: {acks} ACK calls");
-    assert!(acks <= n as u64 / 4, "{acks} ACK calls for {n} ACKs");
+    eprintln!("{n} ACKs: {acks} XACKs");
+    assert!(acks <= n as u64 / 4, "{acks} XACKs for {n} ACKs");
 
     // An ACK then a release of the same entry (a release never overtakes an ACK): nothing back.
     a.engine.enqueue(message("/queue/batch", "last")).await.outcome().await.expect("enqueue");
