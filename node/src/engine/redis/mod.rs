@@ -180,6 +180,14 @@ enum Watched {
     Queue,
 }
 
+/// A queue's stream key and "entries ready" channel, built once per queue (every SEND to it
+/// names both).
+#[derive(Clone)]
+struct QueueKeys {
+    key: Arc<str>,
+    channel: Arc<str>,
+}
+
 /// State shared by the engine and its tasks. Locks are held for a few lines, never across await.
 struct Inner {
     config: Arc<Config>,
@@ -192,8 +200,8 @@ struct Inner {
     watched: Mutex<HashMap<Arc<str>, Watched>>,
     /// Queue entries this node holds, from fetch until ack or release.
     in_flight: Mutex<HashMap<Arc<str>, HashSet<EntryId>>>,
-    /// Queues this node has added to the `queues` set.
-    known_queues: Mutex<HashSet<Arc<str>>>,
+    /// Queues this node has added to the `queues` set, with their keys.
+    known_queues: Mutex<HashMap<Arc<str>, QueueKeys>>,
     /// Ready entries per queue, refreshed by the queue task.
     depths: Mutex<Vec<(String, u64)>>,
     /// Queues whose stream an enqueue created, to register (again) by the queue task: a queue
@@ -318,7 +326,7 @@ impl RedisEngine {
             inbox: OnceLock::new(),
             watched: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            known_queues: Mutex::new(HashSet::new()),
+            known_queues: Mutex::new(HashMap::new()),
             depths: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             unleft: Mutex::new(HashSet::new()),
@@ -592,25 +600,28 @@ impl Inner {
     /// again).
     /// Registering says nothing of whether its stream exists: what the node has seen of it is
     /// recorded by the enqueue or join that found it (`losses.rs`).
-    async fn register_queue(&self, queue: &str) -> Result<(), EngineError> {
-        let new = !self.known_queues.lock().expect("known queues lock").contains(queue);
-        if new {
-            // Boxed: its commands' futures are about 7 KiB, which every enqueue's future (and
-            // with it every SEND frame's, allocated per frame) would otherwise carry.
-            Box::pin(self.register_new_queue(queue)).await?;
+    async fn register_queue(&self, queue: &str) -> Result<QueueKeys, EngineError> {
+        if let Some(keys) = self.known_queues.lock().expect("known queues lock").get(queue) {
+            return Ok(keys.clone());
         }
-        Ok(())
+        // Boxed: its commands' futures are about 7 KiB, which every enqueue's future (and with
+        // it every SEND frame's, allocated per frame) would otherwise carry.
+        Box::pin(self.register_new_queue(queue)).await
     }
 
-    async fn register_new_queue(&self, queue: &str) -> Result<(), EngineError> {
+    async fn register_new_queue(&self, queue: &str) -> Result<QueueKeys, EngineError> {
         let set = self.keys.queues();
         self.command("SADD", &set, vec![Value::from(set.as_str()), Value::from(queue)]).await?;
         let rule = self.config.queue_lifetime(queue);
         if rule.is_some() {
             self.schedule(queue, rule.expires.unwrap_or(self.config.queues.reclaim_after), true).await?;
         }
-        self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue));
-        Ok(())
+        let keys = QueueKeys {
+            key: Arc::from(self.keys.queue(queue)),
+            channel: Arc::from(self.keys.channel(queue)),
+        };
+        self.known_queues.lock().expect("known queues lock").insert(Arc::from(queue), keys.clone());
+        Ok(keys)
     }
 
     /// Has the sweep look at `queue` in `after` (only when it is not listed yet, with `new`).
@@ -793,12 +804,13 @@ impl Engine for RedisEngine {
         if let Err(error) = inner.connected().await {
             return PendingPublish::done(Err(error));
         }
-        if let Err(error) = inner.register_queue(&message.destination).await {
-            return PendingPublish::done(Err(error));
-        }
+        let keys = match inner.register_queue(&message.destination).await {
+            Ok(keys) => keys,
+            Err(error) => return PendingPublish::done(Err(error)),
+        };
         let op = Op::Enqueue {
-            key: inner.keys.queue(&message.destination),
-            channel: inner.keys.channel(&message.destination),
+            key: keys.key,
+            channel: keys.channel,
             envelope: envelope::encode(&inner.config.node_id, &message).into(),
         };
         self.write(message.destination, op).await

@@ -97,7 +97,7 @@ pub(super) enum Op {
     Publish { channel: String, envelope: Bytes },
     /// Append of an envelope to a queue (key: its stream), whose "entries ready" notifications
     /// go on `channel`.
-    Enqueue { key: String, channel: String, envelope: Bytes },
+    Enqueue { key: Arc<str>, channel: Arc<str>, envelope: Bytes },
     /// A script over one destination's keys.
     Script { script: &'static Script, keys: Vec<String>, args: Vec<Value>, reply: ScriptReply },
 }
@@ -349,7 +349,7 @@ async fn send(inner: &Inner, jobs: Vec<Job>, acks: Acks, loaded: &mut bool) {
             Op::Enqueue { key, .. } => {
                 let sent = inner.keys.sent(&jobs[group.start].destination);
                 let args = enqueue_args(inner, &jobs[group.clone()], marker.as_deref());
-                let (command, args) = scripts::ENQUEUE.evalsha(sharded, &[key.as_str(), &sent], &args);
+                let (command, args) = scripts::ENQUEUE.evalsha(sharded, &[&**key, &sent], &args);
                 pipeline.custom(command, args).await
             }
             Op::Script { script, keys, args, .. } => {
@@ -445,7 +445,7 @@ async fn write_alone(inner: &Inner, members: &[Job], marker: Option<&str>) -> Re
         Op::Enqueue { key, .. } => {
             let sent = inner.keys.sent(&members[0].destination);
             let args = enqueue_args(inner, members, marker);
-            inner.script(&scripts::ENQUEUE, &[key.as_str(), &sent], args).await
+            inner.script(&scripts::ENQUEUE, &[&**key, &sent], args).await
         }
         Op::Script { script, keys, args, .. } => {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -623,7 +623,7 @@ fn enqueue_args(inner: &Inner, jobs: &[Job], marker: Option<&str>) -> Vec<Value>
     for job in jobs {
         if let Op::Enqueue { channel, envelope, .. } = &job.op {
             if args.len() == 1 {
-                args.push(Value::from(channel.as_str()));
+                args.push(Value::from(&**channel));
                 args.push(Value::from(marker.unwrap_or("")));
             }
             args.push(Value::Bytes(envelope.clone()));

@@ -576,7 +576,7 @@ async fn reclaim(inner: &Inner, reclaim_after: Duration) -> Result<(), EngineErr
         .collect();
     let known: Vec<Value> = {
         let known = inner.known_queues.lock().expect("known queues lock");
-        consumed.iter().filter(|q| known.contains(*q)).map(|q| Value::from(&**q)).collect()
+        consumed.iter().filter(|q| known.contains_key(*q)).map(|q| Value::from(&**q)).collect()
     };
     if !known.is_empty() {
         let mut args = vec![Value::from(set.as_str())];
