@@ -65,11 +65,23 @@ const PIPELINE_MAX: usize = 512;
 /// (`redis-benchmark`, three subscribers: 514,000 plain PUBLISHes/s; through the script 345,000
 /// messages/s two at a time, 421,000 four at a time, 585,000 eight at a time).
 const GROUP_MIN: usize = 8;
-/// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at most (and enqueues one
-/// [`scripts::ENQUEUE`] call), and envelope bytes (a call is one command that Redis reads whole
-/// before running it).
+/// PUBLISHes one [`scripts::PUBLISH_MANY`] call carries at most, and envelope bytes of any call
+/// (a call is one command that Redis reads whole before running it).
 const GROUP_MAX: usize = 64;
 const GROUP_MAX_BYTES: usize = 1 << 20;
+/// Enqueues one [`scripts::ENQUEUE`] call carries at most. Each call also pays for its marker, its
+/// trim and its "entries ready" notification (which wakes every consuming node); Redis runs a
+/// call of 256 in about 0.3 ms. Queue benchmark on Redis (bench/notes.md), 3 rounds each:
+/// 118,000–127,000 deliveries/s at 64, 137,000–138,000 at 256, 129,000–133,000 at 512.
+const ENQUEUE_MAX: usize = 256;
+
+/// How many jobs a run that starts with `op` may take.
+fn group_max(op: &Op) -> usize {
+    match op {
+        Op::Enqueue { .. } => ENQUEUE_MAX,
+        _ => GROUP_MAX,
+    }
+}
 
 /// What the task is asked to do.
 pub(super) enum Request {
@@ -565,8 +577,8 @@ fn acked(inner: &Inner, queue: &str, n: usize, result: Result<(), RedisError>) {
 
 /// Splits `jobs` into what goes as one command each: a run of consecutive PUBLISHes on one
 /// channel (at least [`GROUP_MIN`], bounded by [`GROUP_MAX`] and [`GROUP_MAX_BYTES`]), a run of
-/// consecutive enqueues to one queue (bounded alike: one ENQUEUE call costs less than two), or
-/// a single job.
+/// consecutive enqueues to one queue (bounded by [`ENQUEUE_MAX`] and the bytes: one ENQUEUE call
+/// costs less than two), or a single job.
 fn groups(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
     /// The last run of PUBLISHes, if too short for the script, goes as its PUBLISHes.
     fn short(jobs: &[Job], groups: &mut Vec<std::ops::Range<usize>>) {
@@ -594,7 +606,7 @@ fn groups(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
         };
         if let Some(last) = groups.last_mut() {
             if joins(&jobs[last.start].op, &job.op)
-                && last.len() < GROUP_MAX
+                && last.len() < group_max(&job.op)
                 && bytes + size <= GROUP_MAX_BYTES
             {
                 last.end = i + 1;
@@ -741,6 +753,25 @@ mod tests {
             reply: ScriptReply::Offset,
         };
         Job { destination: Arc::from("h"), op, reply: oneshot::channel().0 }
+    }
+
+    fn enqueue(queue: &str) -> Job {
+        let op = Op::Enqueue {
+            key: Arc::from(queue),
+            channel: Arc::from(queue),
+            envelope: Bytes::from_static(b"e"),
+        };
+        Job { destination: Arc::from(queue), op, reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn runs_of_enqueues_to_one_queue_are_grouped_up_to_their_bound() {
+        let mut jobs: Vec<Job> = (0..300).map(|_| enqueue("q")).collect(); // 256, then 44
+        jobs.push(publish("q")); // not an enqueue: a run of its own
+        jobs.extend((0..2).map(|_| enqueue("r")));
+        jobs.push(enqueue("q"));
+        let lengths: Vec<usize> = groups(&jobs).iter().map(|g| g.len()).collect();
+        assert_eq!(lengths, vec![ENQUEUE_MAX, 44, 1, 2, 1]);
     }
 
     #[test]
