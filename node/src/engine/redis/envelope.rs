@@ -3,8 +3,9 @@
 //! Every message on a pub/sub channel, in a history stream and in a queue stream is one
 //! [`Envelope`] in the layout serde and bincode 2 give it (`config::standard()`: variable-length
 //! integers, little endian), encoded and decoded by hand for speed ([`encode_parts`], [`decode`])
-//! and held to bincode's bytes by the tests. The enum's variant index is the version: a node must keep decoding
-//! every variant it ever wrote, and a new layout is a new variant, never a change to `V1`.
+//! and held to bincode's bytes by the tests. The enum's variant index is the version: a node must
+//! keep decoding every variant it ever wrote, and a new layout is a new variant, never a change to
+//! `V1`.
 //!
 //! `offset` is deliberately the last field of `V1`: a history publish encodes the envelope with
 //! `offset: None` (last byte `0x00`) and the Lua script that assigns the offset replaces that byte

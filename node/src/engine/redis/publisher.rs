@@ -17,9 +17,9 @@
 //! taken together) go as one [`scripts::ENQUEUE`] call: its appends, one trim, and one "entries
 //! ready" PUBLISH, so consumers' nodes are woken once per run, not once per message. ACKs are
 //! not awaited by their sessions ([`Request::Ack`]): the task gathers every ACK it takes, across
-//! sessions, into one XDEL and one XACK per queue per pipeline ([`queues::delete_commands`]). An ACK commutes with every
-//! other write (it only deletes entries this node holds), so it goes after the pipeline's other
-//! writes; one that fails is logged and counted, and its entry, still pending in Redis but no
+//! sessions, into one XDEL and one XACK per queue per pipeline ([`queues::delete_commands`]). An
+//! ACK commutes with every other write (it only deletes entries this node holds), so it goes
+//! after the pipeline's other writes; one that fails is logged and counted, and its entry, still pending in Redis but no
 //! longer refreshed by this node, is redelivered after `queue-reclaim-after` (at-least-once). A
 //! release waits for the ACKs taken before it ([`Request::Flush`]), so it never puts back an
 //! entry whose ACK is still on its way.

@@ -347,8 +347,8 @@ async fn delete(inner: &Inner, queue: &str, ids: Vec<Value>) -> Result<(), Engin
 }
 
 /// Deletes entries this node holds from the stream `key`, then acknowledges them: an XDEL and an
-/// XACK, plain commands (through a script, the ids' trip into Lua and back cost Redis about 14% more
-/// per entry). In this order a lost XACK leaves nothing behind: the entry is gone, and its
+/// XACK, plain commands (through a script, the ids' trip into Lua and back cost Redis about 14%
+/// more per entry). In this order a lost XACK leaves nothing behind: the entry is gone, and its
 /// pending id is dropped by the next reclaim (XAUTOCLAIM forgets ids no longer in the stream)
 /// or by a release (which only XACKs an id it cannot find). The other order would leave an
 /// acknowledged entry in the stream, counted as ready.
